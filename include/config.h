@@ -1,0 +1,177 @@
+/* config.h: the configuration snapshot (general keys, databases, users) that one ini file yields. */
+#ifndef PGMUX_CONFIG_H
+#define PGMUX_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum pool_mode { POOL_SESSION = 0, POOL_TRANSACTION, POOL_STATEMENT };
+enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM };
+
+/* Value kinds of general keys.  CF_USEC values are written in seconds (fractions allowed, as
+ * PgBouncer reads them) and stored in microseconds.  CF_SIZE accepts a plain byte count or
+ * kB/MB/GB suffixes.  CF_MODE and CF_AUTH are the pool_mode / auth_type enums above.
+ * CF_STR fields of a loaded snapshot are never NULL ("" when unset).  unix_socket_mode is
+ * written, and shown, in octal as in PgBouncer. */
+enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH };
+
+/* The one table of general keys: X(kind, name, default-as-written, changeable-at-runtime).
+ * It drives the struct below, parsing, defaults, validation, SHOW CONFIG and the man page. */
+#define CONFIG_KEYS(X) \
+	X(CF_STR,  listen_addr,               "",            false) \
+	X(CF_INT,  listen_port,               "6432",        false) \
+	X(CF_STR,  unix_socket_dir,           "/tmp",        false) \
+	X(CF_INT,  unix_socket_mode,          "0777",        false) \
+	X(CF_INT,  listen_backlog,            "128",         false) \
+	X(CF_AUTH, auth_type,                 "md5",         true)  \
+	X(CF_STR,  auth_file,                 "",            true)  \
+	X(CF_MODE, pool_mode,                 "session",     true)  \
+	X(CF_INT,  default_pool_size,         "20",          true)  \
+	X(CF_INT,  min_pool_size,             "0",           true)  \
+	X(CF_INT,  reserve_pool_size,         "0",           true)  \
+	X(CF_USEC, reserve_pool_timeout,      "5",           true)  \
+	X(CF_INT,  max_client_conn,           "100",         true)  \
+	X(CF_INT,  max_db_connections,        "0",           true)  \
+	X(CF_INT,  max_user_connections,      "0",           true)  \
+	X(CF_STR,  server_reset_query,        "DISCARD ALL", true)  \
+	X(CF_BOOL, server_reset_query_always, "0",           true)  \
+	X(CF_STR,  server_check_query,        "select 1",    true)  \
+	X(CF_USEC, server_check_delay,        "30",          true)  \
+	X(CF_USEC, server_lifetime,           "3600",        true)  \
+	X(CF_USEC, server_idle_timeout,       "600",         true)  \
+	X(CF_USEC, server_connect_timeout,    "15",          true)  \
+	X(CF_USEC, server_login_retry,        "15",          true)  \
+	X(CF_USEC, query_timeout,             "0",           true)  \
+	X(CF_USEC, query_wait_timeout,        "120",         true)  \
+	X(CF_USEC, cancel_wait_timeout,       "10",          true)  \
+	X(CF_USEC, client_idle_timeout,       "0",           true)  \
+	X(CF_USEC, client_login_timeout,      "60",          true)  \
+	X(CF_USEC, idle_transaction_timeout,  "0",           true)  \
+	X(CF_USEC, suspend_timeout,           "10",          true)  \
+	X(CF_STR,  ignore_startup_parameters, "",            true)  \
+	X(CF_STR,  logfile,                   "",            true)  \
+	X(CF_STR,  pidfile,                   "",            false) \
+	X(CF_BOOL, syslog,                    "0",           true)  \
+	X(CF_STR,  syslog_ident,              "pgmux",       true)  \
+	X(CF_STR,  syslog_facility,           "daemon",      true)  \
+	X(CF_INT,  verbose,                   "0",           true)  \
+	X(CF_BOOL, log_connections,           "1",           true)  \
+	X(CF_BOOL, log_disconnections,        "1",           true)  \
+	X(CF_BOOL, log_pooler_errors,         "1",           true)  \
+	X(CF_BOOL, log_stats,                 "1",           true)  \
+	X(CF_BOOL, tcp_keepalive,             "1",           true)  \
+	X(CF_INT,  tcp_keepidle,              "0",           true)  \
+	X(CF_INT,  tcp_keepintvl,             "0",           true)  \
+	X(CF_INT,  tcp_keepcnt,               "0",           true)  \
+	X(CF_SIZE, max_packet_size,           "2147483647",  true)  \
+	X(CF_SIZE, pkt_buf,                   "4096",        false) \
+	X(CF_INT,  sbuf_loopcnt,              "5",           true)  \
+	X(CF_USEC, stats_period,              "60",          true)  \
+	X(CF_STR,  admin_users,               "",            true)  \
+	X(CF_STR,  stats_users,               "",            true)  \
+	X(CF_BOOL, application_name_add_host, "0",           true)  \
+	X(CF_BOOL, server_round_robin,        "0",           true)  \
+	X(CF_BOOL, disable_pqexec,            "0",           false) \
+	X(CF_INT,  max_prepared_statements,   "0",           true)  \
+	X(CF_USEC, autodb_idle_timeout,       "3600",        true)
+
+#define CF_CTYPE_CF_STR  char *
+#define CF_CTYPE_CF_INT  int64_t
+#define CF_CTYPE_CF_BOOL bool
+#define CF_CTYPE_CF_USEC int64_t
+#define CF_CTYPE_CF_SIZE int64_t
+#define CF_CTYPE_CF_MODE int
+#define CF_CTYPE_CF_AUTH int
+
+/* One [databases] line (or "*" fallback).  Integers are -1 when the entry does not set them,
+ * meaning "use the general default".  Strings are NULL when unset. */
+struct cfg_db {
+	char *name;             /* name clients connect to; "*" for the fallback */
+	char *host;             /* NULL or "/dir": Unix socket; else a name or address */
+	int port;               /* 5432 when unset */
+	char *dbname;           /* NULL: same as the name the client asked for */
+	char *user;             /* forced server user, or NULL */
+	char *password;         /* password for the forced or connecting user, or NULL */
+	char *auth_user;
+	char *connect_query;
+	char *client_encoding, *datestyle, *timezone, *application_name;
+	char *sslmode;          /* libpq sslmode (NULL = "prefer" as libpq does; "disable" skips) */
+	char *sslrootcert, *sslcert, *sslkey;
+	char *conninfo;         /* the libpq keywords of the entry, as "k='v' ..." (for libpq users);
+				 * always names the port, and the host (unix_socket_dir when the
+				 * entry names none, as PgBouncer connects there) */
+	int pool_size, min_pool_size, reserve_pool, max_db_connections, pool_mode;
+	int line;               /* line in the ini file, for messages */
+	struct cfg_db *next;
+};
+
+/* One [users] line. */
+struct cfg_user {
+	char *name;
+	int pool_mode;              /* -1: unset */
+	int max_user_connections;   /* -1: unset */
+	int line;
+	struct cfg_user *next;
+};
+
+struct config {
+#define CF_FIELD(kind, name, def, chg) CF_CTYPE_##kind name;
+	CONFIG_KEYS(CF_FIELD)
+#undef CF_FIELD
+	char *path;                 /* absolute path of the file that was read */
+	struct cfg_db *dbs;         /* in file order */
+	struct cfg_user *users;     /* in file order */
+};
+
+/* Reads and validates `path`.  On success returns a new snapshot in *out and 0.  On failure
+ * returns -1 and writes "file:line: reason" into err.  PgBouncer keys pgmux does not implement
+ * are accepted with one warning each through log_warn(); unknown keys are an error.  It sets
+ * inih's process-wide options while it runs, so call it from one thread at a time. */
+int config_load(const char *path, struct config **out, char *err, size_t errlen);
+
+/* Frees a snapshot and everything it owns.  NULL is allowed. */
+void config_free(struct config *cf);
+
+/* The entry for `name`: an exact match, else the "*" entry, else NULL. */
+const struct cfg_db *config_find_db(const struct config *cf, const char *name);
+
+/* The [users] entry for `name`, or NULL. */
+const struct cfg_user *config_find_user(const struct config *cf, const char *name);
+
+/* True when `user` appears in a comma/space separated list such as admin_users. */
+bool config_list_has(const char *list, const char *user);
+
+/* Writes a key's current value as text (for SHOW CONFIG); returns false for unknown keys. */
+bool config_value_text(const struct config *cf, const char *key, char *buf, size_t len);
+
+/* Walks the key table: calls fn(name, default, changeable, arg) for each general key. */
+void config_each_key(void (*fn)(const char *name, const char *def, bool changeable, void *arg),
+		     void *arg);
+
+/* Sets one changeable general key on a snapshot, validating it; 0 or -1 with err filled. */
+int config_set(struct config *cf, const char *key, const char *value, char *err, size_t errlen);
+
+const char *config_pool_mode_name(int mode);
+const char *config_auth_type_name(int type);
+
+/* True for a PgBouncer general key that pgmux does not implement yet: a file may name it (one
+ * warning, no effect; refused only where ignoring it would weaken security, such as
+ * server_tls_sslmode = require), but config_set refuses it. */
+bool config_key_unsupported(const char *name);
+
+/* Walks those PgBouncer-only general keys: calls fn(name, arg) for each. */
+void config_each_unsupported_key(void (*fn)(const char *name, void *arg), void *arg);
+
+/* A deep copy of one [databases] entry with next = NULL, owned by the caller (free it with
+ * config_db_free), or NULL when out of memory. */
+struct cfg_db *config_db_dup(const struct cfg_db *db);
+
+/* Frees one entry made by config_db_dup (not the rest of its list).  NULL is allowed. */
+void config_db_free(struct cfg_db *db);
+
+/* True when two entries connect the same way and have the same pool settings (names and
+ * line numbers are not compared), so a reload can keep the pools of an unchanged entry. */
+bool config_db_equal(const struct cfg_db *a, const struct cfg_db *b);
+
+#endif

@@ -1,0 +1,200 @@
+/* pgmux.h: the object model (worker, database, pool, client, server) that every module shares. */
+#ifndef PGMUX_PGMUX_H
+#define PGMUX_PGMUX_H
+
+#include "pgmux_config.h"
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include "config.h"
+#include "list.h"
+#include "proto.h"
+#include "scram.h"
+
+#define PGMUX_VERSION_STR "pgmux " PACKAGE_VERSION
+
+struct worker;
+struct pool;
+struct client;
+struct server;
+
+/* A receive buffer, taken from the worker's free list only while it holds bytes.
+ * Bytes [start, scan) are parsed and ready to go to the peer; [scan, end) await parsing. */
+struct iobuf {
+	uint32_t start, scan, end;
+	struct iobuf *next_free;
+	uint8_t data[];
+};
+
+enum conn_kind { CONN_CLIENT, CONN_SERVER, CONN_CANCEL };
+
+/* The socket half shared by clients and servers: events, buffers, peer. */
+struct conn {
+	int fd;
+	uint8_t kind;
+	bool rd_on;             /* ev_read is added */
+	bool wr_on;             /* ev_write is added */
+	bool dead;              /* torn down; memory is freed after the current callback */
+	bool hold;              /* do not read: waiting for a server, or the peer is full */
+	struct event ev_read, ev_write;
+	struct iobuf *in;
+	struct pktbuf out;      /* pgmux's own messages for this socket; sent before forwarded data */
+	struct conn *peer;      /* linked conn whose `in` bytes are sent to this one */
+	uint32_t pkt_left;      /* body bytes of the current message still to stream through */
+	uint64_t id;
+	struct worker *w;
+	struct conn *reap_next;
+};
+
+enum client_state { CL_LOGIN, CL_WAITING_LOGIN, CL_ACTIVE, CL_WAITING, CL_FREE };
+enum server_state { SV_LOGIN, SV_IDLE, SV_ACTIVE, SV_USED, SV_TESTED, SV_FREE };
+
+struct database {
+	struct list node;
+	struct worker *w;
+	char *name;
+	struct cfg_db *cf;          /* owned copy of the entry that made it */
+	bool from_wildcard;         /* made from the "*" entry */
+	bool removed;               /* gone from the config; pools drain */
+	/* resolved server address */
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	bool addr_ok;
+	bool resolving;
+	uint64_t resolved_at;
+	int n_servers;              /* across its pools, for max_db_connections */
+};
+
+struct user {
+	struct list node;
+	char *name;
+	int n_servers;              /* for max_user_connections */
+};
+
+struct pool {
+	struct list node;
+	struct worker *w;
+	struct database *db;
+	struct user *user;
+	struct list sv_login, sv_idle, sv_active, sv_used, sv_tested;
+	struct list cl_active, cl_waiting, cl_waiting_login;
+	int n_sv[SV_FREE];
+	int n_cl[CL_FREE];
+	/* what a new client is greeted with: the first server's ParameterStatus set */
+	struct pktbuf welcome;
+	struct varcache defaults;
+	bool welcome_ok;
+	/* server login trouble */
+	bool last_connect_failed;
+	uint64_t last_connect_time;
+	char last_error[256];
+	bool error_logged;
+	/* SCRAM pass-through: a client's proof gives the ClientKey the server login needs */
+	bool have_scram_keys;
+	uint8_t scram_client_key[SCRAM_KEY_LEN];
+	/* counters */
+	uint64_t xact_count, query_count, bytes_recv, bytes_sent;
+	uint64_t xact_time, query_time, wait_time;
+};
+
+struct client {
+	struct conn c;
+	struct list node;
+	enum client_state state;
+	struct pool *pool;
+	struct server *link;
+	struct varcache vars;
+	uint32_t cancel_pid, cancel_key;
+	struct client *cancel_next;
+	char *user_name, *db_name;          /* from the startup packet */
+	struct client_auth *auth;           /* login-time state only */
+	uint16_t expect_z;                  /* ReadyForQuery still owed to the client */
+	bool sync_pending;                  /* extended-protocol messages sent since the last Sync */
+	bool in_copy;
+	bool admin;
+	uint64_t connect_time, wait_start, last_active, xact_start, query_start;
+	char addr[48];
+};
+
+struct server {
+	struct conn c;
+	struct list node;
+	enum server_state state;
+	struct pool *pool;
+	struct client *link;
+	struct varcache vars;
+	uint32_t be_pid, be_key;
+	char tx;                            /* last ReadyForQuery status: I, T, E */
+	uint8_t login_step;
+	uint16_t internal_z;                /* ReadyForQuery owed for pgmux's own queries: swallow */
+	bool close_when_idle;
+	bool ready_notified;
+	uint16_t cancel_pending;            /* cancels in flight against it; not reusable until 0 */
+	struct server_login *login;         /* login-time state only */
+	uint64_t connect_time, last_used, last_check, link_time;
+};
+
+/* The event loop and every piece of hot-path state; one per thread. */
+struct worker {
+	struct event_base *base;
+	struct evdns_base *dns;
+	struct config *cf;
+	struct userlist *ul;
+	char *cf_path;
+	struct list databases, users, pools;
+	struct list cl_login;
+	int n_login;
+	int n_clients;
+	int n_servers;
+	uint64_t next_id;
+	/* cancel keys -> clients */
+	struct client **cancel_tab;
+	uint32_t cancel_mask;
+	/* buffers */
+	uint32_t bufsize;
+	struct iobuf *buf_free;
+	int n_buf_free, n_buf_used;
+	/* deferred frees */
+	struct conn *reap_head;
+	struct event ev_reap;
+	/* listeners */
+	int lfd[16];
+	struct event lev[16];
+	int n_listen;
+	bool listening;
+	char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct event ev_janitor;
+	struct event ev_sig[5];
+	int shutdown;                       /* 0, or one of PGMUX_SHUTDOWN_* */
+	bool paused;
+};
+
+enum { PGMUX_SHUTDOWN_WAIT_SERVERS = 1, PGMUX_SHUTDOWN_WAIT_CLIENTS, PGMUX_SHUTDOWN_NOW };
+
+/* Monotonic clock in microseconds. */
+uint64_t pgmux_now(void);
+
+/* Sets up the worker from a loaded config (listeners, signals, janitor); 0 or -1. */
+int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, struct userlist *ul);
+int pgmux_run(struct worker *w);
+/* Re-reads the config file and applies it; keeps the old one on error (logged). 0 or -1. */
+int pgmux_reload(struct worker *w);
+void pgmux_stop_listening(struct worker *w);
+/* Checks whether a graceful shutdown can complete now, and ends the loop if so. */
+void pgmux_check_shutdown(struct worker *w);
+
+/* Cancel-key table. */
+void pgmux_cancel_register(struct worker *w, struct client *cl);
+void pgmux_cancel_unregister(struct worker *w, struct client *cl);
+struct client *pgmux_cancel_find(struct worker *w, uint32_t pid, uint32_t key);
+
+/* Queues a dead conn's memory for release once the current callbacks are done. */
+void pgmux_reap(struct worker *w, struct conn *c);
+
+#endif

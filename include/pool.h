@@ -1,0 +1,42 @@
+/* pool.h: databases, users and (database, user) pools: limits, the wait queue, linking. */
+#ifndef PGMUX_POOL_H
+#define PGMUX_POOL_H
+
+#include "pgmux.h"
+
+/* The database clients name, made from the config on first use; NULL when unknown. */
+struct database *pool_find_database(struct worker *w, const char *name);
+/* The pool for (db, user), created on first use; NULL on allocation failure. */
+struct pool *pool_get(struct worker *w, struct database *db, const char *user);
+
+/* Effective settings, resolving per-database and per-user overrides against the defaults. */
+int pool_mode(const struct pool *p);
+int pool_size(const struct pool *p);
+int pool_min_size(const struct pool *p);
+int pool_reserve(const struct pool *p);
+const char *pool_server_user(const struct pool *p);
+const char *pool_server_dbname(const struct pool *p);
+
+/* A logged-in client needs the greeting: now if known, else after a server logs in. */
+void pool_client_ready(struct client *cl);
+/* A client needs a server for its next transaction: links one now or queues the client. */
+void pool_acquire(struct client *cl);
+/* The client's transaction (or session) is over: the server goes back or is reset/closed. */
+void pool_release(struct server *sv, bool client_gone);
+
+/* A server finished login / a login or connect failed. */
+void pool_server_ready(struct server *sv);
+void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate);
+
+/* Opens connections while waiters outnumber logins and the limits allow. */
+void pool_launch(struct pool *p);
+/* Gives idle servers to waiters, oldest first. */
+void pool_serve_waiters(struct pool *p);
+
+/* Applies a new config: updates databases, drops removed ones. */
+void pool_apply_config(struct worker *w);
+
+/* Resolves a database's address (evdns for names); calls pool_launch on its pools when done. */
+void pool_resolve(struct database *db, struct worker *w);
+
+#endif

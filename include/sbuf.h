@@ -1,0 +1,54 @@
+/* sbuf.h: socket I/O for one connection: lazy receive buffers, forwarding to the peer, backpressure. */
+#ifndef PGMUX_SBUF_H
+#define PGMUX_SBUF_H
+
+#include "pgmux.h"
+
+/* Minimum receive buffer: a startup packet (10000 bytes) must fit whole. */
+#define SBUF_MIN_SIZE 16384
+
+/* Prepares c's events for fd; nothing is added to the loop until sbuf_resume(). */
+void sbuf_init(struct conn *c, struct worker *w, int fd, int kind);
+
+/* Starts (or restarts) reading unless the conn is held or dead.  Cheap when already on. */
+void sbuf_resume(struct conn *c);
+/* Stops reading. */
+void sbuf_pause(struct conn *c);
+
+/* Queues nothing: tries to send c->out now.  Returns 0 when all of it went, 1 when the rest
+ * waits for a write event, -1 when the socket failed (the caller tears down). */
+int sbuf_send_out(struct conn *c);
+
+/* Sends src->in's parsed bytes to src->peer.  Returns true when nothing is left pending; false
+ * when the peer is full (src stops reading until the peer drains) or failed (the peer is torn
+ * down through its kind's close path). */
+bool sbuf_flush(struct conn *src);
+
+/* Removes n bytes at offset `at` of c->in (a message pgmux swallows). */
+void sbuf_drop(struct conn *c, uint32_t at, uint32_t n);
+
+/* Bytes in c->in not yet parsed. */
+static inline uint32_t sbuf_unparsed(const struct conn *c)
+{
+	return c->in ? c->in->end - c->in->scan : 0;
+}
+
+/* True when c->in holds nothing at all. */
+static inline bool sbuf_empty(const struct conn *c)
+{
+	return !c->in || c->in->start == c->in->end;
+}
+
+/* Returns c->in to the free list when it is empty. */
+void sbuf_release_buf(struct conn *c);
+
+/* Closes the socket and drops events and buffers; the object itself stays with the caller. */
+void sbuf_close(struct conn *c);
+
+/* Links two conns both ways (or unlinks when b is NULL). */
+void sbuf_link(struct conn *a, struct conn *b);
+
+void sbuf_set_nodelay(int fd);
+void sbuf_set_keepalive(int fd, const struct config *cf);
+
+#endif

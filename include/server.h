@@ -1,0 +1,33 @@
+/* server.h: server connections: non-blocking connect, login as a client, forwarding, teardown. */
+#ifndef PGMUX_SERVER_H
+#define PGMUX_SERVER_H
+
+#include "pgmux.h"
+
+/* Opens a new server connection for the pool (the database address must be resolved). */
+void server_connect(struct pool *p);
+
+/* sbuf hooks: bytes arrived; the socket failed; the socket became writable (returns true
+ * when it consumed the event, e.g. a finished connect). */
+void server_on_data(struct conn *c);
+void server_on_fail(struct conn *c, const char *reason);
+bool server_on_writable(struct conn *c);
+
+/* The only state change: moves the server between its pool's lists and keeps the counts. */
+void server_set_state(struct server *sv, enum server_state st);
+
+/* Sends a query of pgmux's own whose whole response is swallowed (reset, check, SET). */
+bool server_send_internal(struct server *sv, const char *sql);
+
+/* The one teardown path; a linked client is closed with an error too. */
+void server_close(struct server *sv, const char *reason);
+
+/* Sends a CancelRequest for the server's backend on a new connection. */
+void server_cancel(struct server *sv);
+
+const char *server_tag(const struct server *sv, char *buf, size_t len);
+
+/* Frees a reaped server. */
+void server_free(struct server *sv);
+
+#endif

@@ -1,0 +1,253 @@
+/* auth.c: authenticates clients (trust, any, plain, md5, scram-sha-256) against the auth_file's secrets. */
+#include "auth.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "client.h"
+#include "log.h"
+#include "pool.h"
+#include "pwcrypt.h"
+#include "sbuf.h"
+#include "userlist.h"
+
+enum auth_step { AUTH_WAIT_PLAIN, AUTH_WAIT_MD5, AUTH_WAIT_SASL_INIT, AUTH_WAIT_SASL_RESP };
+
+struct client_auth {
+	enum auth_step step;
+	uint8_t salt[4];
+	bool unknown_user;      /* run the exchange anyway, then fail: no user-name oracle */
+	struct scram_server scram;
+};
+
+void auth_free(struct client *cl)
+{
+	if (cl->auth) {
+		/* Holds derived keys: wipe before returning the memory. */
+		OPENSSL_cleanse(cl->auth, sizeof(*cl->auth));
+		free(cl->auth);
+		cl->auth = NULL;
+	}
+}
+
+static const char *user_secret(struct client *cl)
+{
+	struct worker *w = cl->c.w;
+	return w->ul ? userlist_get(w->ul, cl->user_name) : NULL;
+}
+
+static void auth_fail(struct client *cl)
+{
+	char msg[320];
+	snprintf(msg, sizeof(msg), "password authentication failed for user \"%s\"", cl->user_name);
+	client_close(cl, msg, "28P01");
+}
+
+static bool send_request(struct client *cl, uint32_t code, const void *data, size_t len)
+{
+	proto_auth_request(&cl->c.out, code, data, len);
+	if (sbuf_send_out(&cl->c) < 0) {
+		client_close(cl, "send failed during login", NULL);
+		return false;
+	}
+	return true;
+}
+
+static bool start_scram(struct client *cl, const char *secret)
+{
+	struct client_auth *a = cl->auth;
+	enum secret_kind kind = secret ? userlist_secret_kind(secret) : SECRET_NONE;
+	if (kind == SECRET_SCRAM) {
+		scram_parse_secret(secret, &a->scram.secret);
+	} else {
+		/* A plaintext (or missing) secret: make a verifier with a fresh salt for this login. */
+		uint8_t salt[16];
+		const char *pw = kind == SECRET_PLAIN ? secret : "";
+		if (kind != SECRET_PLAIN)
+			a->unknown_user = true;
+		if (!pwcrypt_random(salt, sizeof(salt)) ||
+		    !scram_secret_from_password(pw, salt, sizeof(salt), SCRAM_DEFAULT_ITERATIONS, &a->scram.secret)) {
+			client_close(cl, "could not prepare SCRAM authentication", "XX000");
+			return false;
+		}
+	}
+	a->step = AUTH_WAIT_SASL_INIT;
+	static const char mech[] = "SCRAM-SHA-256\0";
+	return send_request(cl, 10, mech, sizeof(mech));
+}
+
+void auth_start(struct client *cl)
+{
+	struct worker *w = cl->c.w;
+	int type = w->cf->auth_type;
+	const char *secret = user_secret(cl);
+
+	if (type == AUTH_ANY || (type == AUTH_TRUST && (!w->ul || secret))) {
+		client_auth_ok(cl);
+		return;
+	}
+	if (type == AUTH_TRUST) {
+		char msg[300];
+		snprintf(msg, sizeof(msg), "no such user: %s", cl->user_name);
+		client_close(cl, msg, "28000");
+		return;
+	}
+	cl->auth = calloc(1, sizeof(*cl->auth));
+	if (!cl->auth) {
+		client_close(cl, "out of memory", "53200");
+		return;
+	}
+	cl->auth->unknown_user = !secret;
+	enum secret_kind kind = secret ? userlist_secret_kind(secret) : SECRET_NONE;
+	if (type == AUTH_PLAIN) {
+		cl->auth->step = AUTH_WAIT_PLAIN;
+		send_request(cl, 3, NULL, 0);
+	} else if (type == AUTH_MD5 && kind != SECRET_SCRAM) {
+		cl->auth->step = AUTH_WAIT_MD5;
+		pwcrypt_random(cl->auth->salt, 4);
+		send_request(cl, 5, cl->auth->salt, 4);
+	} else {
+		/* scram-sha-256, or md5 with a SCRAM secret (md5 cannot be checked against it). */
+		if (kind == SECRET_MD5) {
+			char tag[256];
+			log_warn("%s SCRAM login impossible: the auth_file holds an md5 secret",
+				 client_tag(cl, tag, sizeof(tag)));
+			cl->auth->unknown_user = true;
+			secret = NULL;
+		}
+		start_scram(cl, secret);
+	}
+}
+
+static bool check_plain(struct client *cl, const char *pw)
+{
+	const char *secret = user_secret(cl);
+	if (!secret || cl->auth->unknown_user)
+		return false;
+	switch (userlist_secret_kind(secret)) {
+	case SECRET_PLAIN:
+		return *secret && pwcrypt_str_equal(secret, pw);
+	case SECRET_MD5: {
+		char h[PWCRYPT_MD5_LEN + 1];
+		pwcrypt_md5_secret(pw, cl->user_name, h);
+		return pwcrypt_str_equal(secret, h);
+	}
+	case SECRET_SCRAM: {
+		struct scram_secret want, got;
+		if (!scram_parse_secret(secret, &want) ||
+		    !scram_secret_from_password(pw, want.salt, want.salt_len, want.iterations, &got))
+			return false;
+		return pwcrypt_equal(want.stored_key, got.stored_key, SCRAM_KEY_LEN) &
+		       pwcrypt_equal(want.server_key, got.server_key, SCRAM_KEY_LEN);
+	}
+	default:
+		return false;
+	}
+}
+
+static bool check_md5(struct client *cl, const char *resp)
+{
+	const char *secret = user_secret(cl);
+	if (!secret || cl->auth->unknown_user)
+		return false;
+	char md5sec[PWCRYPT_MD5_LEN + 1], want[PWCRYPT_MD5_LEN + 1];
+	if (userlist_secret_kind(secret) == SECRET_PLAIN) {
+		if (!*secret)
+			return false;
+		pwcrypt_md5_secret(secret, cl->user_name, md5sec);
+		secret = md5sec;
+	}
+	pwcrypt_md5_response(secret, cl->auth->salt, want);
+	return pwcrypt_str_equal(want, resp);
+}
+
+bool auth_on_message(struct client *cl, char type, const uint8_t *body, uint32_t len)
+{
+	struct client_auth *a = cl->auth;
+	if (type != 'p') {
+		client_close(cl, "expected a password message during authentication", "08P01");
+		return false;
+	}
+	const uint8_t *p = body, *end = body + len;
+	switch (a->step) {
+	case AUTH_WAIT_PLAIN:
+	case AUTH_WAIT_MD5: {
+		const char *pw = proto_get_str(&p, end);
+		if (!pw) {
+			client_close(cl, "invalid password message", "08P01");
+			return false;
+		}
+		bool ok = a->step == AUTH_WAIT_PLAIN ? check_plain(cl, pw) : check_md5(cl, pw);
+		if (!ok) {
+			auth_fail(cl);
+			return false;
+		}
+		client_auth_ok(cl);
+		return !cl->c.dead;
+	}
+	case AUTH_WAIT_SASL_INIT: {
+		const char *mech = proto_get_str(&p, end);
+		if (!mech || end - p < 4) {
+			client_close(cl, "invalid SASL initial response", "08P01");
+			return false;
+		}
+		if (strcmp(mech, "SCRAM-SHA-256") != 0) {
+			client_close(cl, "unsupported SASL mechanism", "28000");
+			return false;
+		}
+		int32_t dlen = (int32_t)proto_get32(p);
+		p += 4;
+		if (dlen < 0 || dlen > end - p) {
+			client_close(cl, "invalid SASL initial response length", "08P01");
+			return false;
+		}
+		char out[512], err[128];
+		size_t outlen;
+		if (scram_server_first(&a->scram, (const char *)p, (size_t)dlen, out, sizeof(out), &outlen,
+				       err, sizeof(err)) < 0) {
+			client_close(cl, err, "08P01");
+			return false;
+		}
+		a->step = AUTH_WAIT_SASL_RESP;
+		return send_request(cl, 11, out, outlen);
+	}
+	case AUTH_WAIT_SASL_RESP: {
+		char out[512], err[128];
+		size_t outlen;
+		if (scram_server_final(&a->scram, (const char *)body, len, out, sizeof(out), &outlen,
+				       err, sizeof(err)) < 0 || a->unknown_user) {
+			char tag[256];
+			log_info("%s SCRAM authentication failed: %s", client_tag(cl, tag, sizeof(tag)),
+				 a->unknown_user ? "no usable secret" : err);
+			auth_fail(cl);
+			return false;
+		}
+		if (!send_request(cl, 12, out, outlen))
+			return false;
+		a->scram.done = true;
+		client_auth_ok(cl);
+		return !cl->c.dead;
+	}
+	}
+	return false;
+}
+
+void auth_export_keys(struct client *cl, struct pool *p)
+{
+	/* The ClientKey from a verified proof lets the pool log in to the server by pass-through. */
+	if (cl->auth && cl->auth->scram.done && !p->have_scram_keys) {
+		memcpy(p->scram_client_key, cl->auth->scram.client_key, SCRAM_KEY_LEN);
+		p->have_scram_keys = true;
+	}
+}
+
+const char *auth_server_secret(struct pool *p)
+{
+	struct worker *w = p->w;
+	if (p->db->cf->password)
+		return p->db->cf->password;
+	return w->ul ? userlist_get(w->ul, pool_server_user(p)) : NULL;
+}

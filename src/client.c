@@ -1,0 +1,486 @@
+/* client.c: one client socket: startup packet, then the forwarding loop that tracks transactions. */
+#include "client.h"
+
+#include <errno.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "log.h"
+#include "pool.h"
+#include "pwcrypt.h"
+#include "sbuf.h"
+#include "server.h"
+
+/* Password and SASL messages are small; anything bigger during login is an attack or a bug. */
+#define LOGIN_MSG_MAX 8192
+
+const char *client_tag(const struct client *cl, char *buf, size_t len)
+{
+	snprintf(buf, len, "C-%llu %s/%s@%s", (unsigned long long)cl->c.id,
+		 cl->db_name ? cl->db_name : "(nodb)", cl->user_name ? cl->user_name : "(nouser)", cl->addr);
+	return buf;
+}
+
+static struct list *client_list(struct client *cl, enum client_state st)
+{
+	switch (st) {
+	case CL_LOGIN: return &cl->c.w->cl_login;
+	case CL_WAITING_LOGIN: return &cl->pool->cl_waiting_login;
+	case CL_ACTIVE: return &cl->pool->cl_active;
+	case CL_WAITING: return &cl->pool->cl_waiting;
+	default: return NULL;
+	}
+}
+
+void client_set_state(struct client *cl, enum client_state st)
+{
+	if (cl->state == st)
+		return;
+	if (client_list(cl, cl->state)) {
+		list_del(&cl->node);
+		if (cl->state == CL_LOGIN)
+			cl->c.w->n_login--;
+		else
+			cl->pool->n_cl[cl->state]--;
+	}
+	cl->state = st;
+	struct list *l = client_list(cl, st);
+	if (l) {
+		list_append(l, &cl->node);
+		if (st == CL_LOGIN)
+			cl->c.w->n_login++;
+		else
+			cl->pool->n_cl[st]++;
+	}
+}
+
+void client_send_error(struct client *cl, const char *severity, const char *sqlstate, const char *msg)
+{
+	proto_error(&cl->c.out, severity, sqlstate, msg);
+	if (sbuf_send_out(&cl->c) < 0)
+		pktbuf_free(&cl->c.out);
+}
+
+void client_close(struct client *cl, const char *reason, const char *sqlstate)
+{
+	struct worker *w = cl->c.w;
+	char tag[256];
+	if (cl->c.dead)
+		return;
+	if (sqlstate) {
+		/* Best effort: the socket may already be gone; a FATAL is the last word either way. */
+		proto_error(&cl->c.out, "FATAL", sqlstate, reason);
+		sbuf_send_out(&cl->c);
+		log_info("%s closing because: %s", client_tag(cl, tag, sizeof(tag)), reason);
+	} else if (w->cf->log_disconnections && cl->state != CL_LOGIN) {
+		log_info("%s closing because: %s", client_tag(cl, tag, sizeof(tag)), reason);
+	} else {
+		log_debug("%s closing because: %s", client_tag(cl, tag, sizeof(tag)), reason);
+	}
+	struct server *sv = cl->link;
+	if (sv) {
+		/* Bytes the client sent but the server never got would leave it mid-message. */
+		bool clean = sv->tx == 'I' && cl->expect_z == 0 && !cl->sync_pending &&
+			     sbuf_empty(&cl->c) && cl->c.pkt_left == 0 && !cl->in_copy;
+		if (!clean)
+			sv->close_when_idle = true;
+	}
+	pgmux_cancel_unregister(w, cl);
+	sbuf_close(&cl->c);
+	if (sv)
+		pool_release(sv, true);
+	client_set_state(cl, CL_FREE);
+	auth_free(cl);
+	w->n_clients--;
+	pgmux_reap(w, &cl->c);
+	pgmux_check_shutdown(w);
+}
+
+void client_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t salen)
+{
+	struct client *cl = calloc(1, sizeof(*cl));
+	if (!cl) {
+		close(fd);
+		return;
+	}
+	sbuf_init(&cl->c, w, fd, CONN_CLIENT);
+	list_init(&cl->node);
+	cl->state = CL_FREE;
+	cl->connect_time = cl->last_active = pgmux_now();
+	if (sa->sa_family == AF_INET) {
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, cl->addr, sizeof(cl->addr));
+		sbuf_set_nodelay(fd);
+		sbuf_set_keepalive(fd, w->cf);
+	} else if (sa->sa_family == AF_INET6) {
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, cl->addr, sizeof(cl->addr));
+		sbuf_set_nodelay(fd);
+		sbuf_set_keepalive(fd, w->cf);
+	} else {
+		snprintf(cl->addr, sizeof(cl->addr), "unix");
+	}
+	w->n_clients++;
+	client_set_state(cl, CL_LOGIN);
+	sbuf_resume(&cl->c);
+}
+
+/* Startup parameters PostgreSQL clients send that pgmux understands without a server. */
+static bool startup_param_ok(struct client *cl, const char *key, const char *val, char *err, size_t errlen)
+{
+	int var = varcache_lookup(key);
+	if (var >= 0) {
+		if (strlen(val) >= VAR_MAX_LEN) {
+			snprintf(err, errlen, "startup parameter %s is too long", key);
+			return false;
+		}
+		return varcache_set(&cl->vars, var, val);
+	}
+	if (config_list_has(cl->c.w->cf->ignore_startup_parameters, key))
+		return true;
+	snprintf(err, errlen, "unsupported startup parameter: %s", key);
+	return false;
+}
+
+static void send_single_byte(struct client *cl, char b)
+{
+	pktbuf_put_u8(&cl->c.out, (uint8_t)b);
+	sbuf_send_out(&cl->c);
+}
+
+static void handle_cancel(struct client *cl, const uint8_t *body)
+{
+	uint32_t pid = proto_get32(body + 4), key = proto_get32(body + 8);
+	struct client *target = pgmux_cancel_find(cl->c.w, pid, key);
+	if (target && target->link && !target->link->c.dead)
+		server_cancel(target->link);
+	else
+		log_debug("cancel request for unknown or idle client");
+	/* A cancel connection gets no answer; it just ends, as with PostgreSQL. */
+	cl->c.hold = true;
+	client_close(cl, "cancel request", NULL);
+}
+
+/* Returns false when the client is gone. */
+static bool handle_startup(struct client *cl)
+{
+	struct worker *w = cl->c.w;
+	struct iobuf *b = cl->c.in;
+	uint32_t avail = b->end - b->scan;
+	if (avail < 8)
+		return true;
+	uint32_t len = proto_get32(b->data + b->scan);
+	if (len < 8 || len > PROTO_MAX_STARTUP) {
+		client_close(cl, "invalid startup packet length", "08P01");
+		return false;
+	}
+	if (avail < len)
+		return true;
+	const uint8_t *body = b->data + b->scan + 4;
+	uint32_t code = proto_get32(body);
+	b->scan += len;
+	b->start = b->scan;
+
+	if (code == PROTO_SSL_CODE || code == PROTO_GSSENC_CODE) {
+		if (len != 8) {
+			client_close(cl, "invalid SSL/GSS request", "08P01");
+			return false;
+		}
+		send_single_byte(cl, 'N');
+		return true;
+	}
+	if (code == PROTO_CANCEL_CODE) {
+		if (len != 16) {
+			client_close(cl, "invalid cancel request", "08P01");
+			return false;
+		}
+		handle_cancel(cl, body);
+		return false;
+	}
+	if (code >> 16 != 3) {
+		char msg[128];
+		snprintf(msg, sizeof(msg), "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0",
+			 code >> 16, code & 0xffff);
+		client_close(cl, msg, "0A000");
+		return false;
+	}
+	struct startup st;
+	char err[256];
+	/* Copy out: the parse points into the buffer, which the next read may move. */
+	uint8_t *copy = malloc(len - 4);
+	if (!copy) {
+		client_close(cl, "out of memory", "53200");
+		return false;
+	}
+	memcpy(copy, body, len - 4);
+	if (proto_parse_startup(copy, len - 4, &st, err, sizeof(err)) < 0) {
+		free(copy);
+		client_close(cl, err, "08P01");
+		return false;
+	}
+	const char *user = NULL, *db = NULL;
+	bool ok = true;
+	int n_unknown_proto = 0;
+	for (int i = 0; i < st.nparams && ok; i++) {
+		if (strcmp(st.key[i], "user") == 0)
+			user = st.val[i];
+		else if (strcmp(st.key[i], "database") == 0)
+			db = st.val[i];
+		else if (strncmp(st.key[i], "_pq_.", 5) == 0)
+			n_unknown_proto++;
+		else
+			ok = startup_param_ok(cl, st.key[i], st.val[i], err, sizeof(err));
+	}
+	if (ok && (!user || !*user)) {
+		snprintf(err, sizeof(err), "no PostgreSQL user name specified in startup packet");
+		ok = false;
+	}
+	if (ok && (strlen(user) > 255 || (db && strlen(db) > 255))) {
+		snprintf(err, sizeof(err), "user or database name too long");
+		ok = false;
+	}
+	if (ok) {
+		cl->user_name = strdup(user);
+		cl->db_name = strdup(db && *db ? db : user);
+	}
+	if (ok && ((code & 0xffff) != 0 || n_unknown_proto)) {
+		/* Newer minor versions and _pq_ options: say what we speak, as PostgreSQL does. */
+		struct pktbuf *o = &cl->c.out;
+		pktbuf_begin(o, 'v');
+		pktbuf_put_u32(o, 0);
+		pktbuf_put_u32(o, (uint32_t)n_unknown_proto);
+		for (int i = 0; i < st.nparams; i++)
+			if (strncmp(st.key[i], "_pq_.", 5) == 0)
+				pktbuf_put_str(o, st.key[i]);
+		pktbuf_end(o);
+	}
+	free(copy);
+	if (!ok) {
+		client_close(cl, err, "08P01");
+		return false;
+	}
+	if (!cl->user_name || !cl->db_name) {
+		client_close(cl, "out of memory", "53200");
+		return false;
+	}
+	if (w->n_clients > w->cf->max_client_conn) {
+		client_close(cl, "no more connections allowed (max_client_conn)", "53300");
+		return false;
+	}
+	if (w->shutdown) {
+		client_close(cl, "pgmux is shutting down", "57P01");
+		return false;
+	}
+	if (!pool_find_database(w, cl->db_name)) {
+		char msg[300];
+		snprintf(msg, sizeof(msg), "no such database: %s", cl->db_name);
+		client_close(cl, msg, "3D000");
+		return false;
+	}
+	if (w->cf->log_connections) {
+		char tag[256];
+		log_info("%s login attempt", client_tag(cl, tag, sizeof(tag)));
+	}
+	auth_start(cl);
+	return !cl->c.dead;
+}
+
+static void login_loop(struct client *cl)
+{
+	while (!cl->c.dead && cl->state == CL_LOGIN && cl->c.in) {
+		struct iobuf *b = cl->c.in;
+		if (!cl->auth) {
+			uint32_t before = b->scan;
+			if (!handle_startup(cl) || b->scan == before)
+				break;
+			continue;
+		}
+		uint32_t avail = b->end - b->scan;
+		if (avail < PROTO_HDR)
+			break;
+		char type = (char)b->data[b->scan];
+		uint32_t len = proto_get32(b->data + b->scan + 1);
+		if (len < 4 || len > LOGIN_MSG_MAX) {
+			client_close(cl, "invalid packet during login", "08P01");
+			return;
+		}
+		if (avail < len + 1)
+			break;
+		const uint8_t *body = b->data + b->scan + PROTO_HDR;
+		b->scan += len + 1;
+		b->start = b->scan;
+		if (!auth_on_message(cl, type, body, len - 4))
+			return;
+	}
+	if (!cl->c.dead && cl->c.in && cl->c.in->start == cl->c.in->end) {
+		cl->c.in->start = cl->c.in->scan = cl->c.in->end = 0;
+		sbuf_release_buf(&cl->c);
+	}
+}
+
+void client_auth_ok(struct client *cl)
+{
+	struct worker *w = cl->c.w;
+	struct database *db = pool_find_database(w, cl->db_name);
+	struct pool *p = db ? pool_get(w, db, cl->user_name) : NULL;
+	if (!p) {
+		client_close(cl, db ? "out of memory" : "no such database", db ? "53200" : "3D000");
+		return;
+	}
+	cl->pool = p;
+	auth_export_keys(cl, p);
+	auth_free(cl);
+	proto_auth_request(&cl->c.out, 0, NULL, 0);
+	pool_client_ready(cl);
+}
+
+void client_send_welcome(struct client *cl)
+{
+	struct pool *p = cl->pool;
+	struct pktbuf *o = &cl->c.out;
+	/* The pool's greeting, with the client's own values for the parameters it chose. */
+	const uint8_t *m = p->welcome.data, *end = m + p->welcome.len;
+	while (m && m + PROTO_HDR <= end) {
+		uint32_t len = proto_get32(m + 1);
+		const uint8_t *q = m + PROTO_HDR, *qend = m + 1 + len;
+		const char *k = proto_get_str(&q, qend);
+		const char *v = k ? proto_get_str(&q, qend) : NULL;
+		if (k && v) {
+			int id = varcache_lookup(k);
+			if (id >= 0 && cl->vars.val[id])
+				v = cl->vars.val[id];
+			else if (id >= 0)
+				varcache_set(&cl->vars, id, v);
+			proto_param_status(o, k, v);
+		}
+		m = qend;
+	}
+	for (int i = 0; i < VAR_COUNT; i++)
+		if (!cl->vars.val[i] && p->defaults.val[i])
+			varcache_set(&cl->vars, i, p->defaults.val[i]);
+	pgmux_cancel_register(cl->c.w, cl);
+	proto_backend_key(o, cl->cancel_pid, cl->cancel_key);
+	proto_ready(o, 'I');
+	client_set_state(cl, CL_ACTIVE);
+	cl->c.hold = false;
+	cl->last_active = pgmux_now();
+	if (sbuf_send_out(&cl->c) < 0) {
+		client_close(cl, "send failed", NULL);
+		return;
+	}
+	sbuf_resume(&cl->c);
+	if (sbuf_unparsed(&cl->c))
+		client_on_data(cl);
+}
+
+void client_linked(struct client *cl)
+{
+	cl->c.hold = false;
+	sbuf_resume(&cl->c);
+	client_on_data(cl);
+}
+
+/* Forwarding: walks the message headers the client sent and keeps the in-flight counts that
+ * decide when its server can go back to the pool. */
+static void forward_loop(struct client *cl)
+{
+	struct conn *c = &cl->c;
+	struct iobuf *b = c->in;
+	const struct config *cf = c->w->cf;
+
+	while (b && b->scan < b->end) {
+		if (c->pkt_left) {
+			uint32_t n = b->end - b->scan;
+			if (n > c->pkt_left)
+				n = c->pkt_left;
+			b->scan += n;
+			c->pkt_left -= n;
+			continue;
+		}
+		uint32_t avail = b->end - b->scan;
+		if (avail < PROTO_HDR)
+			break;
+		const uint8_t *h = b->data + b->scan;
+		char type = (char)h[0];
+		uint32_t len = proto_get32(h + 1);
+		if (len < 4 || (int64_t)len > cf->max_packet_size) {
+			client_close(cl, len < 4 ? "invalid packet length" : "max_packet_size exceeded", "08P01");
+			return;
+		}
+		if (!cl->link) {
+			if (type == 'X') {
+				client_close(cl, "client close request", NULL);
+				return;
+			}
+			uint64_t now = pgmux_now();
+			cl->last_active = now;
+			cl->wait_start = now;
+			pool_acquire(cl);
+			if (c->dead || !cl->link)
+				return;   /* queued: client_linked() resumes this loop */
+		}
+		switch (type) {
+		case 'X':
+			if (!sbuf_flush(c))
+				return;
+			client_close(cl, "client close request", NULL);
+			return;
+		case 'Q':
+			if (!cl->expect_z)
+				cl->query_start = pgmux_now();
+			cl->expect_z++;
+			cl->pool->query_count++;
+			break;
+		case 'F':
+			if (!cl->expect_z)
+				cl->query_start = pgmux_now();
+			cl->expect_z++;
+			break;
+		case 'S':
+			if (!cl->expect_z)
+				cl->query_start = pgmux_now();
+			cl->expect_z++;
+			cl->sync_pending = false;
+			break;
+		case 'P': case 'B': case 'D': case 'C':
+			cl->sync_pending = true;
+			break;
+		case 'E':
+			cl->sync_pending = true;
+			cl->pool->query_count++;
+			break;
+		case 'd': case 'c': case 'f': case 'H':
+			break;
+		default:
+			client_close(cl, "unknown message type from client", "08P01");
+			return;
+		}
+		if (avail >= len + 1) {
+			b->scan += len + 1;
+		} else {
+			b->scan = b->end;
+			c->pkt_left = len + 1 - avail;
+		}
+	}
+	if (cl->link && b) {
+		uint32_t sent = b->scan - b->start;
+		cl->pool->bytes_recv += sent;
+		sbuf_flush(c);
+	}
+}
+
+void client_on_data(struct client *cl)
+{
+	if (cl->c.dead)
+		return;
+	if (cl->state == CL_LOGIN) {
+		login_loop(cl);
+		return;
+	}
+	if (cl->state != CL_ACTIVE)
+		return;
+	forward_loop(cl);
+}

@@ -1,0 +1,187 @@
+/* janitor.c: a periodic sweep: timeouts, server lifetimes and checks, retries and minimum pool sizes. */
+#include "janitor.h"
+
+#include <stdlib.h>
+
+#include "client.h"
+#include "log.h"
+#include "pool.h"
+#include "server.h"
+
+static void janitor_cb(evutil_socket_t fd, short what, void *arg)
+{
+	janitor_run(arg);
+}
+
+void janitor_start(struct worker *w)
+{
+	struct timeval tv = { 0, JANITOR_PERIOD_USEC };
+	event_assign(&w->ev_janitor, w->base, -1, EV_PERSIST, janitor_cb, w);
+	event_add(&w->ev_janitor, &tv);
+}
+
+/* Victims are gathered first and acted on after: closing one object can move others between
+ * lists (a released server serves a waiter), which would derail a list walk.  Memory stays
+ * valid until the reaper runs after this callback. */
+struct victims {
+	void **v;
+	const char **why;
+	size_t n, cap;
+};
+
+static void add(struct victims *vs, void *obj, const char *why)
+{
+	if (vs->n == vs->cap) {
+		size_t cap = vs->cap ? vs->cap * 2 : 64;
+		void **v = realloc(vs->v, cap * sizeof(*v));
+		const char **y = realloc(vs->why, cap * sizeof(*y));
+		if (v)
+			vs->v = v;
+		if (y)
+			vs->why = y;
+		if (!v || !y)
+			return;
+		vs->cap = cap;
+	}
+	vs->v[vs->n] = obj;
+	vs->why[vs->n++] = why;
+}
+
+static bool over(uint64_t now, uint64_t since, int64_t limit)
+{
+	return limit > 0 && now > since && now - since >= (uint64_t)limit;
+}
+
+static void sweep_clients(struct worker *w, uint64_t now, struct victims *cl)
+{
+	const struct config *cf = w->cf;
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &w->cl_login) {
+		struct client *c = list_entry(it, struct client, node);
+		if (over(now, c->connect_time, cf->client_login_timeout))
+			add(cl, c, "client_login_timeout");
+	}
+	list_for_each_safe(it, tmp, &w->pools) {
+		struct pool *p = list_entry(it, struct pool, node);
+		struct list *c2, *t2;
+		list_for_each_safe(c2, t2, &p->cl_waiting) {
+			struct client *c = list_entry(c2, struct client, node);
+			if (over(now, c->wait_start, cf->query_wait_timeout))
+				add(cl, c, "query_wait_timeout");
+		}
+		list_for_each_safe(c2, t2, &p->cl_waiting_login) {
+			struct client *c = list_entry(c2, struct client, node);
+			if (over(now, c->connect_time, cf->client_login_timeout))
+				add(cl, c, "client_login_timeout (server down)");
+			else if (over(now, c->wait_start, cf->query_wait_timeout))
+				add(cl, c, "query_wait_timeout");
+		}
+		if (cf->client_idle_timeout <= 0 && cf->idle_transaction_timeout <= 0 && cf->query_timeout <= 0)
+			continue;
+		list_for_each_safe(c2, t2, &p->cl_active) {
+			struct client *c = list_entry(c2, struct client, node);
+			if (!c->link) {
+				if (over(now, c->last_active, cf->client_idle_timeout))
+					add(cl, c, "client_idle_timeout");
+			} else if (c->expect_z || c->sync_pending) {
+				if (over(now, c->query_start, cf->query_timeout))
+					add(cl, c, "query timeout");
+			} else if (c->link->tx != 'I') {
+				if (over(now, c->last_active, cf->idle_transaction_timeout))
+					add(cl, c, "idle transaction timeout");
+			}
+		}
+	}
+}
+
+static void sweep_servers(struct worker *w, uint64_t now, struct victims *sv, struct victims *check)
+{
+	const struct config *cf = w->cf;
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &w->pools) {
+		struct pool *p = list_entry(it, struct pool, node);
+		struct list *s, *st;
+		list_for_each_safe(s, st, &p->sv_login) {
+			struct server *x = list_entry(s, struct server, node);
+			if (over(now, x->connect_time, cf->server_connect_timeout))
+				add(sv, x, "server_connect_timeout");
+		}
+		int total = p->n_sv[SV_LOGIN] + p->n_sv[SV_IDLE] + p->n_sv[SV_ACTIVE] + p->n_sv[SV_USED] +
+			    p->n_sv[SV_TESTED];
+		int excess = total - (pool_size(p) + pool_reserve(p));
+		int above_min = total - pool_min_size(p);
+		/* Oldest-used first: the list head has been idle longest. */
+		list_for_each_safe(s, st, &p->sv_idle) {
+			struct server *x = list_entry(s, struct server, node);
+			if (excess > 0) {
+				add(sv, x, "pool size reduced");
+				excess--;
+				above_min--;
+			} else if (over(now, x->connect_time, cf->server_lifetime) && above_min > 0) {
+				add(sv, x, "server lifetime over");
+				above_min--;
+			} else if (over(now, x->last_used, cf->server_idle_timeout) && above_min > 0) {
+				add(sv, x, "server idle timeout");
+				above_min--;
+			} else if (cf->server_check_query && *cf->server_check_query &&
+				   over(now, x->last_check, cf->server_check_delay) &&
+				   over(now, x->last_used, cf->server_check_delay)) {
+				add(check, x, NULL);
+			}
+		}
+	}
+}
+
+static void grow_pools(struct worker *w)
+{
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &w->pools) {
+		struct pool *p = list_entry(it, struct pool, node);
+		pool_launch(p);
+		int total = p->n_sv[SV_LOGIN] + p->n_sv[SV_IDLE] + p->n_sv[SV_ACTIVE] + p->n_sv[SV_USED] +
+			    p->n_sv[SV_TESTED];
+		if (!w->shutdown && !p->db->removed && p->db->addr_ok && total < pool_min_size(p) &&
+		    !(p->last_connect_failed &&
+		      pgmux_now() - p->last_connect_time < (uint64_t)w->cf->server_login_retry))
+			server_connect(p);
+	}
+}
+
+void janitor_run(struct worker *w)
+{
+	uint64_t now = pgmux_now();
+	struct victims cl = { 0 }, sv = { 0 }, check = { 0 };
+	sweep_clients(w, now, &cl);
+	sweep_servers(w, now, &sv, &check);
+	for (size_t i = 0; i < cl.n; i++) {
+		struct client *c = cl.v[i];
+		if (c->c.dead)
+			continue;
+		if (c->link && c->link->state == SV_ACTIVE && c->expect_z) {
+			/* A query over its time: the server is mid-query and cannot be reused. */
+			c->link->close_when_idle = true;
+		}
+		client_close(c, cl.why[i], "08P01");
+	}
+	for (size_t i = 0; i < sv.n; i++) {
+		struct server *s = sv.v[i];
+		if (!s->c.dead && (s->state == SV_IDLE || s->state == SV_LOGIN))
+			server_close(s, sv.why[i]);
+	}
+	for (size_t i = 0; i < check.n; i++) {
+		struct server *s = check.v[i];
+		if (s->c.dead || s->state != SV_IDLE)
+			continue;
+		server_set_state(s, SV_TESTED);
+		if (!server_send_internal(s, w->cf->server_check_query))
+			server_close(s, "server check query failed");
+	}
+	free(cl.v);
+	free(cl.why);
+	free(sv.v);
+	free(sv.why);
+	free(check.v);
+	free(check.why);
+	grow_pools(w);
+	pgmux_check_shutdown(w);
+}

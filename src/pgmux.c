@@ -1,0 +1,408 @@
+/* pgmux.c: the worker: event loop set-up, listeners, signals, reload, shutdown, cancel keys, reaping. */
+#include "pgmux.h"
+
+#include <errno.h>
+#include <event2/dns.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "janitor.h"
+#include "log.h"
+#include "pool.h"
+#include "pwcrypt.h"
+#include "sbuf.h"
+#include "server.h"
+#include "userlist.h"
+
+uint64_t pgmux_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* ---- cancel keys ---- */
+
+static uint32_t cancel_hash(uint32_t pid, uint32_t key)
+{
+	uint64_t x = ((uint64_t)pid << 32 | key) * 0x9E3779B97F4A7C15ull;
+	return (uint32_t)(x >> 32);
+}
+
+static void cancel_grow(struct worker *w)
+{
+	uint32_t n = (w->cancel_mask + 1) * 2;
+	struct client **tab = calloc(n, sizeof(*tab));
+	if (!tab)
+		return;
+	for (uint32_t i = 0; i <= w->cancel_mask; i++) {
+		struct client *c = w->cancel_tab[i];
+		while (c) {
+			struct client *next = c->cancel_next;
+			uint32_t h = cancel_hash(c->cancel_pid, c->cancel_key) & (n - 1);
+			c->cancel_next = tab[h];
+			tab[h] = c;
+			c = next;
+		}
+	}
+	free(w->cancel_tab);
+	w->cancel_tab = tab;
+	w->cancel_mask = n - 1;
+}
+
+void pgmux_cancel_register(struct worker *w, struct client *cl)
+{
+	if ((uint32_t)w->n_clients > w->cancel_mask)
+		cancel_grow(w);
+	do {
+		uint32_t k[2];
+		pwcrypt_random(k, sizeof(k));
+		cl->cancel_pid = k[0] & 0x7fffffff;
+		cl->cancel_key = k[1];
+	} while (!cl->cancel_pid || pgmux_cancel_find(w, cl->cancel_pid, cl->cancel_key));
+	uint32_t h = cancel_hash(cl->cancel_pid, cl->cancel_key) & w->cancel_mask;
+	cl->cancel_next = w->cancel_tab[h];
+	w->cancel_tab[h] = cl;
+}
+
+void pgmux_cancel_unregister(struct worker *w, struct client *cl)
+{
+	if (!cl->cancel_pid)
+		return;
+	struct client **pp = &w->cancel_tab[cancel_hash(cl->cancel_pid, cl->cancel_key) & w->cancel_mask];
+	for (; *pp; pp = &(*pp)->cancel_next) {
+		if (*pp == cl) {
+			*pp = cl->cancel_next;
+			break;
+		}
+	}
+	cl->cancel_pid = 0;
+}
+
+struct client *pgmux_cancel_find(struct worker *w, uint32_t pid, uint32_t key)
+{
+	struct client *c = w->cancel_tab[cancel_hash(pid, key) & w->cancel_mask];
+	for (; c; c = c->cancel_next)
+		if (c->cancel_pid == pid && pwcrypt_equal(&c->cancel_key, &key, sizeof(key)))
+			return c;
+	return NULL;
+}
+
+/* ---- reaping ---- */
+
+static void reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	while (w->reap_head) {
+		struct conn *c = w->reap_head;
+		w->reap_head = c->reap_next;
+		if (c->kind == CONN_CLIENT) {
+			struct client *cl = container_of(c, struct client, c);
+			varcache_clear(&cl->vars);
+			free(cl->user_name);
+			free(cl->db_name);
+			free(cl);
+		} else if (c->kind == CONN_SERVER) {
+			server_free(container_of(c, struct server, c));
+		} else {
+			free(c);   /* a cancel request: its conn is its first member */
+		}
+	}
+}
+
+void pgmux_reap(struct worker *w, struct conn *c)
+{
+	c->reap_next = w->reap_head;
+	w->reap_head = c;
+	event_active(&w->ev_reap, EV_TIMEOUT, 0);
+}
+
+/* ---- listeners ---- */
+
+static void on_accept(evutil_socket_t lfd, short what, void *arg)
+{
+	struct worker *w = arg;
+	/* A bounded batch per wakeup keeps one busy listener from starving the rest. */
+	for (int i = 0; i < 64; i++) {
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof(ss);
+		int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+				log_warn("accept failed: %s", strerror(errno));
+			return;
+		}
+		client_accept(w, fd, (struct sockaddr *)&ss, len);
+	}
+}
+
+static int add_listener(struct worker *w, int fd)
+{
+	if (w->n_listen >= (int)(sizeof(w->lfd) / sizeof(w->lfd[0]))) {
+		close(fd);
+		return -1;
+	}
+	int i = w->n_listen++;
+	w->lfd[i] = fd;
+	event_assign(&w->lev[i], w->base, fd, EV_READ | EV_PERSIST, on_accept, w);
+	event_add(&w->lev[i], NULL);
+	return 0;
+}
+
+static int listen_tcp(struct worker *w, const char *host, int port)
+{
+	struct addrinfo hints = { 0 }, *res, *ai;
+	char portstr[16];
+	snprintf(portstr, sizeof(portstr), "%d", port);
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE;
+	int rc = getaddrinfo(strcmp(host, "*") == 0 ? NULL : host, portstr, &hints, &res);
+	if (rc != 0) {
+		log_error("listen_addr %s: %s", host, gai_strerror(rc));
+		return -1;
+	}
+	int ok = 0;
+	for (ai = res; ai; ai = ai->ai_next) {
+		int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			continue;
+		int on = 1;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+		if (ai->ai_family == AF_INET6)
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, (int)w->cf->listen_backlog) < 0) {
+			log_error("could not listen on %s:%d: %s", host, port, strerror(errno));
+			close(fd);
+			continue;
+		}
+		if (add_listener(w, fd) == 0)
+			ok++;
+	}
+	freeaddrinfo(res);
+	return ok ? 0 : -1;
+}
+
+static int listen_unix(struct worker *w, const char *dir, int port)
+{
+	struct sockaddr_un un = { .sun_family = AF_UNIX };
+	int n = snprintf(un.sun_path, sizeof(un.sun_path), "%s/.s.PGSQL.%d", dir, port);
+	if (n < 0 || (size_t)n >= sizeof(un.sun_path)) {
+		log_error("unix_socket_dir is too long");
+		return -1;
+	}
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	/* A stale socket file from a crashed run: remove it only if nobody answers on it. */
+	int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (probe >= 0) {
+		if (connect(probe, (struct sockaddr *)&un, sizeof(un)) == 0) {
+			log_error("%s is in use by another process", un.sun_path);
+			close(probe);
+			close(fd);
+			return -1;
+		}
+		close(probe);
+	}
+	unlink(un.sun_path);
+	if (bind(fd, (struct sockaddr *)&un, sizeof(un)) < 0 || listen(fd, (int)w->cf->listen_backlog) < 0) {
+		log_error("could not listen on %s: %s", un.sun_path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	chmod(un.sun_path, (mode_t)w->cf->unix_socket_mode);
+	snprintf(w->unix_path, sizeof(w->unix_path), "%s", un.sun_path);
+	return add_listener(w, fd);
+}
+
+static int start_listening(struct worker *w)
+{
+	const struct config *cf = w->cf;
+	char *addrs = strdup(cf->listen_addr ? cf->listen_addr : "");
+	int rc = 0;
+	for (char *save = NULL, *tok = strtok_r(addrs, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save))
+		if (listen_tcp(w, tok, (int)cf->listen_port) < 0)
+			rc = -1;
+	free(addrs);
+	if (cf->unix_socket_dir && *cf->unix_socket_dir && listen_unix(w, cf->unix_socket_dir, (int)cf->listen_port) < 0)
+		rc = -1;
+	if (rc == 0 && w->n_listen == 0) {
+		log_error("nothing to listen on: set listen_addr or unix_socket_dir");
+		rc = -1;
+	}
+	w->listening = rc == 0;
+	return rc;
+}
+
+void pgmux_stop_listening(struct worker *w)
+{
+	for (int i = 0; i < w->n_listen; i++) {
+		event_del(&w->lev[i]);
+		close(w->lfd[i]);
+	}
+	w->n_listen = 0;
+	w->listening = false;
+	if (w->unix_path[0]) {
+		unlink(w->unix_path);
+		w->unix_path[0] = 0;
+	}
+}
+
+/* ---- shutdown ---- */
+
+void pgmux_check_shutdown(struct worker *w)
+{
+	if (!w->shutdown)
+		return;
+	bool done = false;
+	if (w->shutdown == PGMUX_SHUTDOWN_NOW) {
+		done = true;
+	} else if (w->shutdown == PGMUX_SHUTDOWN_WAIT_CLIENTS) {
+		done = w->n_clients == 0;
+	} else {
+		done = true;
+		struct list *it, *tmp;
+		list_for_each_safe(it, tmp, &w->pools) {
+			struct pool *p = list_entry(it, struct pool, node);
+			if (p->n_sv[SV_ACTIVE] || p->n_sv[SV_USED])
+				done = false;
+		}
+	}
+	if (done)
+		event_base_loopbreak(w->base);
+}
+
+/* ---- reload ---- */
+
+int pgmux_reload(struct worker *w)
+{
+	struct config *cf;
+	char err[512];
+	if (config_load(w->cf_path, &cf, err, sizeof(err)) < 0) {
+		log_error("reload failed, keeping the old configuration: %s", err);
+		return -1;
+	}
+	struct userlist *ul = NULL;
+	if (cf->auth_file && *cf->auth_file && userlist_load(cf->auth_file, &ul, err, sizeof(err)) < 0) {
+		log_error("reload failed, keeping the old configuration: %s", err);
+		config_free(cf);
+		return -1;
+	}
+	struct config *old = w->cf;
+	if (!((old->listen_addr == NULL && cf->listen_addr == NULL) ||
+	      (old->listen_addr && cf->listen_addr && strcmp(old->listen_addr, cf->listen_addr) == 0)) ||
+	    old->listen_port != cf->listen_port)
+		log_warn("listen_addr/listen_port changes need a restart; keeping the old listeners");
+	w->cf = cf;
+	if (w->ul)
+		userlist_free(w->ul);
+	w->ul = ul;
+	log_verbosity = (int)cf->verbose > log_verbosity ? (int)cf->verbose : log_verbosity;
+	log_reopen();
+	pool_apply_config(w);
+	config_free(old);
+	log_info("configuration reloaded from %s", w->cf_path);
+	return 0;
+}
+
+/* ---- signals ---- */
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct worker *w = arg;
+	switch (sig) {
+	case SIGHUP:
+		log_info("got SIGHUP, reloading");
+		pgmux_reload(w);
+		break;
+	case SIGINT:
+		log_info("got SIGINT, shutting down once servers are released");
+		pgmux_stop_listening(w);
+		w->paused = true;
+		w->shutdown = PGMUX_SHUTDOWN_WAIT_SERVERS;
+		break;
+	case SIGTERM:
+		log_info("got SIGTERM, shutting down once clients are gone");
+		pgmux_stop_listening(w);
+		w->shutdown = PGMUX_SHUTDOWN_WAIT_CLIENTS;
+		break;
+	case SIGQUIT:
+		log_info("got SIGQUIT, exiting now");
+		w->shutdown = PGMUX_SHUTDOWN_NOW;
+		break;
+	case SIGUSR1:
+		log_info("got SIGUSR1, pausing");
+		w->paused = true;
+		break;
+	case SIGUSR2: {
+		log_info("got SIGUSR2, resuming");
+		w->paused = false;
+		struct list *it, *tmp;
+		list_for_each_safe(it, tmp, &w->pools)
+			pool_serve_waiters(list_entry(it, struct pool, node));
+		break;
+	}
+	}
+	pgmux_check_shutdown(w);
+}
+
+int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, struct userlist *ul)
+{
+	struct event_config *ec = event_config_new();
+	event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+	w->base = event_base_new_with_config(ec);
+	event_config_free(ec);
+	if (!w->base)
+		return -1;
+	w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+	if (!w->dns)
+		w->dns = evdns_base_new(w->base, 0);
+	if (w->dns)
+		evdns_base_load_hosts(w->dns, NULL);
+	w->cf = cf;
+	w->ul = ul;
+	w->cf_path = realpath(cf_path, NULL);
+	if (!w->cf_path)
+		w->cf_path = strdup(cf_path);
+	list_init(&w->databases);
+	list_init(&w->users);
+	list_init(&w->pools);
+	list_init(&w->cl_login);
+	w->bufsize = cf->pkt_buf > SBUF_MIN_SIZE ? (uint32_t)cf->pkt_buf : SBUF_MIN_SIZE;
+	w->cancel_mask = 1023;
+	w->cancel_tab = calloc(w->cancel_mask + 1, sizeof(*w->cancel_tab));
+	if (!w->cancel_tab)
+		return -1;
+	event_assign(&w->ev_reap, w->base, -1, 0, reap_cb, w);
+	signal(SIGPIPE, SIG_IGN);
+	int sigs[] = { SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGUSR1 };
+	for (int i = 0; i < 5; i++) {
+		evsignal_assign(&w->ev_sig[i], w->base, sigs[i], on_signal, w);
+		evsignal_add(&w->ev_sig[i], NULL);
+	}
+	static struct event ev_usr2;
+	evsignal_assign(&ev_usr2, w->base, SIGUSR2, on_signal, w);
+	evsignal_add(&ev_usr2, NULL);
+	if (start_listening(w) < 0)
+		return -1;
+	janitor_start(w);
+	return 0;
+}
+
+int pgmux_run(struct worker *w)
+{
+	log_info("pgmux %s listening; %d listener(s)", PACKAGE_VERSION, w->n_listen);
+	event_base_dispatch(w->base);
+	pgmux_stop_listening(w);
+	log_info("shutdown complete");
+	return 0;
+}

@@ -1,0 +1,571 @@
+/* pool.c: databases, users and (database, user) pools: limits, the FIFO wait queue and linking. */
+#include "pool.h"
+
+#include <arpa/inet.h>
+#include <event2/dns.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "client.h"
+#include "log.h"
+#include "sbuf.h"
+#include "server.h"
+
+static char *dupstr(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+static void cfgdb_free(struct cfg_db *d)
+{
+	if (!d)
+		return;
+	char **strs[] = { &d->name, &d->host, &d->dbname, &d->user, &d->password, &d->auth_user,
+			  &d->connect_query, &d->client_encoding, &d->datestyle, &d->timezone,
+			  &d->application_name, &d->sslmode, &d->sslrootcert, &d->sslcert, &d->sslkey,
+			  &d->conninfo };
+	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
+		free(*strs[i]);
+	free(d);
+}
+
+/* Databases outlive config snapshots (a reload frees the old one), so they keep a copy. */
+static struct cfg_db *cfgdb_copy(const struct cfg_db *s)
+{
+	struct cfg_db *d = malloc(sizeof(*d));
+	if (!d)
+		return NULL;
+	*d = *s;
+	d->next = NULL;
+	d->name = dupstr(s->name);
+	d->host = dupstr(s->host);
+	d->dbname = dupstr(s->dbname);
+	d->user = dupstr(s->user);
+	d->password = dupstr(s->password);
+	d->auth_user = dupstr(s->auth_user);
+	d->connect_query = dupstr(s->connect_query);
+	d->client_encoding = dupstr(s->client_encoding);
+	d->datestyle = dupstr(s->datestyle);
+	d->timezone = dupstr(s->timezone);
+	d->application_name = dupstr(s->application_name);
+	d->sslmode = dupstr(s->sslmode);
+	d->sslrootcert = dupstr(s->sslrootcert);
+	d->sslcert = dupstr(s->sslcert);
+	d->sslkey = dupstr(s->sslkey);
+	d->conninfo = dupstr(s->conninfo);
+	return d;
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+	return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+struct database *pool_find_database(struct worker *w, const char *name)
+{
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &w->databases) {
+		struct database *db = list_entry(it, struct database, node);
+		if (strcmp(db->name, name) == 0)
+			return db->removed ? NULL : db;
+	}
+	const struct cfg_db *e = config_find_db(w->cf, name);
+	if (!e)
+		return NULL;
+	struct database *db = calloc(1, sizeof(*db));
+	if (!db)
+		return NULL;
+	db->name = strdup(name);
+	db->w = w;
+	db->cf = cfgdb_copy(e);
+	db->from_wildcard = strcmp(e->name, "*") == 0 && strcmp(name, "*") != 0;
+	if (!db->name || !db->cf) {
+		free(db->name);
+		cfgdb_free(db->cf);
+		free(db);
+		return NULL;
+	}
+	list_append(&w->databases, &db->node);
+	return db;
+}
+
+static struct user *find_user(struct worker *w, const char *name)
+{
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &w->users) {
+		struct user *u = list_entry(it, struct user, node);
+		if (strcmp(u->name, name) == 0)
+			return u;
+	}
+	struct user *u = calloc(1, sizeof(*u));
+	if (!u || !(u->name = strdup(name))) {
+		free(u);
+		return NULL;
+	}
+	list_append(&w->users, &u->node);
+	return u;
+}
+
+struct pool *pool_get(struct worker *w, struct database *db, const char *user)
+{
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &w->pools) {
+		struct pool *p = list_entry(it, struct pool, node);
+		if (p->db == db && strcmp(p->user->name, user) == 0)
+			return p;
+	}
+	struct user *u = find_user(w, user);
+	struct pool *p = u ? calloc(1, sizeof(*p)) : NULL;
+	if (!p)
+		return NULL;
+	p->w = w;
+	p->db = db;
+	p->user = u;
+	list_init(&p->sv_login);
+	list_init(&p->sv_idle);
+	list_init(&p->sv_active);
+	list_init(&p->sv_used);
+	list_init(&p->sv_tested);
+	list_init(&p->cl_active);
+	list_init(&p->cl_waiting);
+	list_init(&p->cl_waiting_login);
+	list_append(&w->pools, &p->node);
+	return p;
+}
+
+int pool_mode(const struct pool *p)
+{
+	const struct cfg_user *u = config_find_user(p->w->cf, p->user->name);
+	if (u && u->pool_mode >= 0)
+		return u->pool_mode;
+	if (p->db->cf->pool_mode >= 0)
+		return p->db->cf->pool_mode;
+	return p->w->cf->pool_mode;
+}
+
+int pool_size(const struct pool *p)
+{
+	return p->db->cf->pool_size >= 0 ? p->db->cf->pool_size : (int)p->w->cf->default_pool_size;
+}
+
+int pool_min_size(const struct pool *p)
+{
+	return p->db->cf->min_pool_size >= 0 ? p->db->cf->min_pool_size : (int)p->w->cf->min_pool_size;
+}
+
+int pool_reserve(const struct pool *p)
+{
+	return p->db->cf->reserve_pool >= 0 ? p->db->cf->reserve_pool : (int)p->w->cf->reserve_pool_size;
+}
+
+static int max_db_conns(const struct pool *p)
+{
+	return p->db->cf->max_db_connections >= 0 ? p->db->cf->max_db_connections
+						   : (int)p->w->cf->max_db_connections;
+}
+
+static int max_user_conns(const struct pool *p)
+{
+	const struct cfg_user *u = config_find_user(p->w->cf, p->user->name);
+	if (u && u->max_user_connections >= 0)
+		return u->max_user_connections;
+	return (int)p->w->cf->max_user_connections;
+}
+
+const char *pool_server_user(const struct pool *p)
+{
+	return p->db->cf->user ? p->db->cf->user : p->user->name;
+}
+
+const char *pool_server_dbname(const struct pool *p)
+{
+	return p->db->cf->dbname ? p->db->cf->dbname : p->db->name;
+}
+
+static int pool_servers(const struct pool *p)
+{
+	return p->n_sv[SV_LOGIN] + p->n_sv[SV_IDLE] + p->n_sv[SV_ACTIVE] + p->n_sv[SV_USED] +
+	       p->n_sv[SV_TESTED];
+}
+
+static bool login_retry_wait(const struct pool *p)
+{
+	return p->last_connect_failed &&
+	       pgmux_now() - p->last_connect_time < (uint64_t)p->w->cf->server_login_retry;
+}
+
+static bool can_open(const struct pool *p, bool reserve)
+{
+	int limit = pool_size(p) + (reserve ? pool_reserve(p) : 0);
+	if (pool_servers(p) >= limit)
+		return false;
+	int maxdb = max_db_conns(p), maxuser = max_user_conns(p);
+	if (maxdb > 0 && p->db->n_servers >= maxdb)
+		return false;
+	if (maxuser > 0 && p->user->n_servers >= maxuser)
+		return false;
+	return !login_retry_wait(p);
+}
+
+void pool_launch(struct pool *p)
+{
+	struct worker *w = p->w;
+	if (p->db->removed || w->shutdown == PGMUX_SHUTDOWN_NOW)
+		return;
+	int want = p->n_cl[CL_WAITING];
+	if (p->n_cl[CL_WAITING_LOGIN] && !want)
+		want = 1;
+	if (want <= p->n_sv[SV_LOGIN])
+		return;
+	if (!p->db->addr_ok) {
+		pool_resolve(p->db, w);
+		return;
+	}
+	/* The reserve opens only for a client that has waited reserve_pool_timeout. */
+	bool reserve = false;
+	struct list *first = list_first(&p->cl_waiting);
+	if (first && pool_reserve(p) > 0) {
+		struct client *cl = list_entry(first, struct client, node);
+		reserve = pgmux_now() - cl->wait_start >= (uint64_t)w->cf->reserve_pool_timeout;
+	}
+	int pending = p->n_sv[SV_LOGIN];
+	while (want > pending && can_open(p, reserve)) {
+		int before = pool_servers(p);
+		server_connect(p);
+		if (pool_servers(p) == before)
+			break;
+		pending++;
+	}
+}
+
+static void link_pair(struct client *cl, struct server *sv)
+{
+	struct pool *p = cl->pool;
+	uint64_t now = pgmux_now();
+	server_set_state(sv, SV_ACTIVE);
+	sv->link = cl;
+	cl->link = sv;
+	sbuf_link(&cl->c, &sv->c);
+	sv->link_time = now;
+	cl->xact_start = now;
+	if (cl->state == CL_WAITING) {
+		p->wait_time += now - cl->wait_start;
+		client_set_state(cl, CL_ACTIVE);
+	}
+	if (varcache_apply(&cl->vars, &sv->vars, &sv->c.out)) {
+		sv->internal_z++;
+		if (sbuf_send_out(&sv->c) < 0)
+			server_close(sv, "send failed");
+	}
+}
+
+static struct server *take_idle(struct pool *p)
+{
+	if (list_empty(&p->sv_idle))
+		return NULL;
+	/* LIFO keeps few servers hot; round robin spreads load when asked to. */
+	struct list *it = p->w->cf->server_round_robin ? p->sv_idle.next : p->sv_idle.prev;
+	return list_entry(it, struct server, node);
+}
+
+static void fail_fast(struct client *cl)
+{
+	char msg[400];
+	snprintf(msg, sizeof(msg), "server login has been failing, try again later (server_login_retry)%s%s",
+		 cl->pool->last_error[0] ? ": " : "", cl->pool->last_error);
+	client_close(cl, msg, "08P01");
+}
+
+void pool_client_ready(struct client *cl)
+{
+	struct pool *p = cl->pool;
+	if (p->welcome_ok) {
+		client_send_welcome(cl);
+		return;
+	}
+	if (login_retry_wait(p) && pool_servers(p) == 0) {
+		fail_fast(cl);
+		return;
+	}
+	if (sbuf_send_out(&cl->c) < 0) {
+		client_close(cl, "send failed", NULL);
+		return;
+	}
+	client_set_state(cl, CL_WAITING_LOGIN);
+	cl->c.hold = true;
+	sbuf_pause(&cl->c);
+	cl->wait_start = pgmux_now();
+	pool_launch(p);
+}
+
+void pool_acquire(struct client *cl)
+{
+	struct pool *p = cl->pool;
+	struct worker *w = cl->c.w;
+	struct server *sv = w->paused ? NULL : take_idle(p);
+	if (sv && list_empty(&p->cl_waiting)) {
+		link_pair(cl, sv);
+		return;
+	}
+	if (login_retry_wait(p) && pool_servers(p) == 0) {
+		fail_fast(cl);
+		return;
+	}
+	client_set_state(cl, CL_WAITING);
+	cl->c.hold = true;
+	sbuf_pause(&cl->c);
+	pool_launch(p);
+	pool_serve_waiters(p);
+}
+
+void pool_serve_waiters(struct pool *p)
+{
+	struct worker *w = p->w;
+	while (!w->paused && !list_empty(&p->cl_waiting)) {
+		struct server *sv = take_idle(p);
+		if (!sv)
+			break;
+		struct client *cl = list_entry(p->cl_waiting.next, struct client, node);
+		link_pair(cl, sv);
+		if (!sv->c.dead)
+			client_linked(cl);
+		else
+			client_close(cl, "server conn crashed?", "08P01");
+	}
+}
+
+void pool_release(struct server *sv, bool client_gone)
+{
+	struct pool *p = sv->pool;
+	struct worker *w = p->w;
+	struct client *cl = sv->link;
+	uint64_t now = pgmux_now();
+
+	if (cl) {
+		p->xact_count++;
+		p->xact_time += now - cl->xact_start;
+		cl->link = NULL;
+		sv->link = NULL;
+		sbuf_link(&sv->c, NULL);
+	}
+	if (sv->c.dead)
+		return;
+	const struct config *cf = w->cf;
+	const char *why = NULL;
+	if (sv->close_when_idle)
+		why = "client disconnected mid-transaction or server marked for close";
+	else if (sv->tx != 'I')
+		why = "server not idle at release";
+	else if (p->db->removed)
+		why = "database removed";
+	else if (cf->server_lifetime > 0 && now - sv->connect_time > (uint64_t)cf->server_lifetime)
+		why = "server lifetime over";
+	else if (pool_servers(p) > pool_size(p) + pool_reserve(p))
+		why = "pool shrank";
+	if (why) {
+		server_close(sv, why);
+		pool_launch(p);
+		return;
+	}
+	bool reset = (cf->server_reset_query_always || (client_gone && pool_mode(p) == POOL_SESSION)) &&
+		     cf->server_reset_query && *cf->server_reset_query;
+	if (reset) {
+		server_set_state(sv, SV_USED);
+		if (!server_send_internal(sv, cf->server_reset_query))
+			server_close(sv, "reset query failed");
+		return;
+	}
+	if (sv->cancel_pending) {
+		server_set_state(sv, SV_USED);
+		return;
+	}
+	server_set_state(sv, SV_IDLE);
+	sv->last_used = now;
+	pool_serve_waiters(p);
+	if (cl && !client_gone && !cl->c.dead && sbuf_unparsed(&cl->c))
+		client_on_data(cl);
+	pgmux_check_shutdown(w);
+}
+
+void pool_server_ready(struct server *sv)
+{
+	struct pool *p = sv->pool;
+	p->last_connect_failed = false;
+	p->error_logged = false;
+	server_set_state(sv, SV_IDLE);
+	sv->last_used = sv->last_check = pgmux_now();
+	while (p->welcome_ok && !list_empty(&p->cl_waiting_login)) {
+		struct client *cl = list_entry(p->cl_waiting_login.next, struct client, node);
+		client_send_welcome(cl);
+	}
+	pool_serve_waiters(p);
+	pgmux_check_shutdown(p->w);
+}
+
+void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate)
+{
+	p->last_connect_failed = true;
+	p->last_connect_time = pgmux_now();
+	if (!p->error_logged || strcmp(p->last_error, msg) != 0) {
+		log_warn("pool %s/%s: server login failed: %s", p->db->name, p->user->name, msg);
+		p->error_logged = true;
+	}
+	snprintf(p->last_error, sizeof(p->last_error), "%s", msg);
+	if (pool_servers(p) > 0)
+		return;
+	while (!list_empty(&p->cl_waiting_login)) {
+		struct client *cl = list_entry(p->cl_waiting_login.next, struct client, node);
+		client_close(cl, msg, sqlstate ? sqlstate : "08P01");
+	}
+	while (!list_empty(&p->cl_waiting)) {
+		struct client *cl = list_entry(p->cl_waiting.next, struct client, node);
+		fail_fast(cl);
+	}
+}
+
+static void launch_db_pools(struct worker *w, struct database *db)
+{
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &w->pools) {
+		struct pool *p = list_entry(it, struct pool, node);
+		if (p->db == db)
+			pool_launch(p);
+	}
+}
+
+static void resolved(int err, struct evutil_addrinfo *res, void *arg)
+{
+	struct database *db = arg;
+	struct worker *w = db->w;
+	db->resolving = false;
+	if (err || !res) {
+		char msg[300];
+		snprintf(msg, sizeof(msg), "could not resolve host \"%s\": %s", db->cf->host,
+			 evutil_gai_strerror(err));
+		struct list *it, *tmp;
+		list_for_each_safe(it, tmp, &w->pools) {
+			struct pool *p = list_entry(it, struct pool, node);
+			if (p->db == db)
+				pool_server_failed(p, msg, "08006");
+		}
+		return;
+	}
+	memcpy(&db->addr, res->ai_addr, res->ai_addrlen);
+	db->addrlen = (socklen_t)res->ai_addrlen;
+	((struct sockaddr_in *)&db->addr)->sin_port = htons((uint16_t)db->cf->port);
+	db->addr_ok = true;
+	db->resolved_at = pgmux_now();
+	evutil_freeaddrinfo(res);
+	launch_db_pools(w, db);
+}
+
+/* Debian's PostgreSQL listens there; elsewhere the historical default is /tmp. */
+static const char *default_socket_dir(void)
+{
+	struct stat st;
+	return stat("/var/run/postgresql", &st) == 0 ? "/var/run/postgresql" : "/tmp";
+}
+
+void pool_resolve(struct database *db, struct worker *w)
+{
+	const char *host = db->cf->host;
+	db->w = w;
+	if (db->addr_ok || db->resolving)
+		return;
+	memset(&db->addr, 0, sizeof(db->addr));
+	if (!host || !*host || host[0] == '/') {
+		struct sockaddr_un *un = (struct sockaddr_un *)&db->addr;
+		un->sun_family = AF_UNIX;
+		int n = snprintf(un->sun_path, sizeof(un->sun_path), "%s/.s.PGSQL.%d",
+				 host && *host ? host : default_socket_dir(), db->cf->port);
+		if (n < 0 || (size_t)n >= sizeof(un->sun_path)) {
+			log_error("database %s: unix socket path too long", db->name);
+			return;
+		}
+		db->addrlen = sizeof(*un);
+		db->addr_ok = true;
+	} else {
+		struct sockaddr_in *in4 = (struct sockaddr_in *)&db->addr;
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&db->addr;
+		if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+			in4->sin_family = AF_INET;
+			in4->sin_port = htons((uint16_t)db->cf->port);
+			db->addrlen = sizeof(*in4);
+			db->addr_ok = true;
+		} else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+			in6->sin6_family = AF_INET6;
+			in6->sin6_port = htons((uint16_t)db->cf->port);
+			db->addrlen = sizeof(*in6);
+			db->addr_ok = true;
+		} else {
+			struct evutil_addrinfo hints = { 0 };
+			hints.ai_family = AF_UNSPEC;
+			hints.ai_socktype = SOCK_STREAM;
+			db->resolving = true;
+			/* The callback may run before this returns (cached or immediate failure). */
+			evdns_getaddrinfo(w->dns, host, NULL, &hints, resolved, db);
+			return;
+		}
+	}
+	launch_db_pools(w, db);
+}
+
+static void mark_servers_for_close(struct worker *w, struct database *db)
+{
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &w->pools) {
+		struct pool *p = list_entry(it, struct pool, node);
+		if (p->db != db)
+			continue;
+		struct list *lists[] = { &p->sv_login, &p->sv_idle, &p->sv_active, &p->sv_used, &p->sv_tested };
+		for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+			struct list *s, *stmp;
+			list_for_each_safe(s, stmp, lists[i]) {
+				struct server *sv = list_entry(s, struct server, node);
+				if (sv->state == SV_IDLE)
+					server_close(sv, "database configuration changed");
+				else
+					sv->close_when_idle = true;
+			}
+		}
+	}
+}
+
+void pool_apply_config(struct worker *w)
+{
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &w->databases) {
+		struct database *db = list_entry(it, struct database, node);
+		const struct cfg_db *e = config_find_db(w->cf, db->name);
+		if (e && db->from_wildcard != (strcmp(e->name, "*") == 0))
+			e = NULL;   /* switched between explicit and wildcard: treat as new */
+		if (!e) {
+			if (!db->removed)
+				log_info("database %s removed from the configuration", db->name);
+			db->removed = true;
+			mark_servers_for_close(w, db);
+			continue;
+		}
+		struct cfg_db *copy = cfgdb_copy(e);
+		if (!copy)
+			continue;
+		bool moved = !str_eq(copy->host, db->cf->host) || copy->port != db->cf->port ||
+			     !str_eq(copy->dbname, db->cf->dbname) || !str_eq(copy->user, db->cf->user) ||
+			     !str_eq(copy->password, db->cf->password) || !str_eq(copy->sslmode, db->cf->sslmode);
+		cfgdb_free(db->cf);
+		db->cf = copy;
+		db->removed = false;
+		if (moved) {
+			db->addr_ok = false;
+			mark_servers_for_close(w, db);
+		}
+	}
+	list_for_each_safe(it, tmp, &w->pools) {
+		struct pool *p = list_entry(it, struct pool, node);
+		pool_launch(p);
+		pool_serve_waiters(p);
+	}
+}

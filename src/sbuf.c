@@ -1,0 +1,287 @@
+/* sbuf.c: moves bytes: recv into the source's lazy buffer, send straight to the peer, pause on backpressure. */
+#include "sbuf.h"
+
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "log.h"
+#include "server.h"
+
+static void sbuf_on_read(evutil_socket_t fd, short what, void *arg);
+static void sbuf_on_write(evutil_socket_t fd, short what, void *arg);
+
+void sbuf_init(struct conn *c, struct worker *w, int fd, int kind)
+{
+	c->fd = fd;
+	c->kind = (uint8_t)kind;
+	c->w = w;
+	c->id = ++w->next_id;
+	event_assign(&c->ev_read, w->base, fd, EV_READ | EV_PERSIST, sbuf_on_read, c);
+	event_assign(&c->ev_write, w->base, fd, EV_WRITE | EV_PERSIST, sbuf_on_write, c);
+}
+
+void sbuf_resume(struct conn *c)
+{
+	if (c->rd_on || c->hold || c->dead || c->fd < 0)
+		return;
+	if (event_add(&c->ev_read, NULL) == 0)
+		c->rd_on = true;
+}
+
+void sbuf_pause(struct conn *c)
+{
+	if (!c->rd_on)
+		return;
+	event_del(&c->ev_read);
+	c->rd_on = false;
+}
+
+static void arm_write(struct conn *c)
+{
+	if (!c->wr_on && event_add(&c->ev_write, NULL) == 0)
+		c->wr_on = true;
+}
+
+static void disarm_write(struct conn *c)
+{
+	if (c->wr_on) {
+		event_del(&c->ev_write);
+		c->wr_on = false;
+	}
+}
+
+static struct iobuf *buf_get(struct worker *w)
+{
+	struct iobuf *b = w->buf_free;
+	if (b) {
+		w->buf_free = b->next_free;
+		w->n_buf_free--;
+	} else {
+		b = malloc(sizeof(*b) + w->bufsize);
+		if (!b)
+			return NULL;
+	}
+	b->start = b->scan = b->end = 0;
+	w->n_buf_used++;
+	return b;
+}
+
+/* A few spare buffers absorb churn; beyond that memory goes back, so idle clients cost none. */
+#define BUF_FREE_KEEP 64
+
+static void buf_put(struct worker *w, struct iobuf *b)
+{
+	w->n_buf_used--;
+	if (w->n_buf_free >= BUF_FREE_KEEP) {
+		free(b);
+		return;
+	}
+	b->next_free = w->buf_free;
+	w->buf_free = b;
+	w->n_buf_free++;
+}
+
+void sbuf_release_buf(struct conn *c)
+{
+	if (c->in && c->in->start == c->in->end && c->pkt_left == 0) {
+		buf_put(c->w, c->in);
+		c->in = NULL;
+	}
+}
+
+/* Routes a conn whose socket failed to its kind's single teardown path. */
+static void conn_fail(struct conn *c, const char *reason)
+{
+	if (c->dead)
+		return;
+	if (c->kind == CONN_CLIENT)
+		client_close(container_of(c, struct client, c), reason, NULL);
+	else
+		server_on_fail(c, reason);
+}
+
+static void conn_dispatch(struct conn *c)
+{
+	if (c->kind == CONN_CLIENT)
+		client_on_data(container_of(c, struct client, c));
+	else
+		server_on_data(c);
+}
+
+static void sbuf_on_read(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	struct worker *w = c->w;
+
+	if (!c->in && !(c->in = buf_get(w))) {
+		log_error("out of memory for a receive buffer");
+		return;
+	}
+	struct iobuf *b = c->in;
+	if (b->end == w->bufsize && b->start > 0) {
+		memmove(b->data, b->data + b->start, b->end - b->start);
+		b->end -= b->start;
+		b->scan -= b->start;
+		b->start = 0;
+	}
+	if (b->end == w->bufsize) {
+		/* Full of bytes the peer has not taken: wait for it to drain. */
+		sbuf_pause(c);
+		return;
+	}
+	ssize_t n = recv(fd, b->data + b->end, w->bufsize - b->end, 0);
+	if (n > 0) {
+		b->end += (uint32_t)n;
+		conn_dispatch(c);
+		return;
+	}
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+		sbuf_release_buf(c);
+		return;
+	}
+	if (n == 0)
+		conn_fail(c, c->kind == CONN_CLIENT ? "client closed connection" : "server closed connection");
+	else
+		conn_fail(c, strerror(errno));
+}
+
+int sbuf_send_out(struct conn *c)
+{
+	struct pktbuf *o = &c->out;
+	if (o->failed)
+		return -1;
+	while (o->sent < o->len) {
+		ssize_t n = send(c->fd, o->data + o->sent, o->len - o->sent, MSG_NOSIGNAL);
+		if (n > 0) {
+			o->sent += (uint32_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			arm_write(c);
+			return 1;
+		}
+		return -1;
+	}
+	/* Generated messages are rare: give their memory back. */
+	pktbuf_free(o);
+	return 0;
+}
+
+bool sbuf_flush(struct conn *src)
+{
+	struct conn *dst = src->peer;
+	struct iobuf *b = src->in;
+	if (!dst || !b || b->scan == b->start)
+		return true;
+	if (dst->wr_on || dst->out.len) {
+		sbuf_pause(src);
+		return false;
+	}
+	for (;;) {
+		ssize_t n = send(dst->fd, b->data + b->start, b->scan - b->start, MSG_NOSIGNAL);
+		if (n > 0) {
+			b->start += (uint32_t)n;
+			if (b->start < b->scan)
+				continue;
+			if (b->start == b->end) {
+				b->start = b->scan = b->end = 0;
+				sbuf_release_buf(src);
+			}
+			return true;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			arm_write(dst);
+			sbuf_pause(src);
+			return false;
+		}
+		conn_fail(dst, n < 0 ? strerror(errno) : "send failed");
+		return false;
+	}
+}
+
+static void sbuf_on_write(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	if (c->out.len) {
+		int r = sbuf_send_out(c);
+		if (r < 0) {
+			conn_fail(c, "send failed");
+			return;
+		}
+		if (r > 0)
+			return;
+	}
+	disarm_write(c);
+	if (c->kind != CONN_CLIENT && server_on_writable(c))
+		return;
+	struct conn *src = c->peer;
+	if (src && !src->dead) {
+		if (!sbuf_flush(src))
+			return;
+		sbuf_resume(src);
+		conn_dispatch(src);
+	}
+}
+
+void sbuf_drop(struct conn *c, uint32_t at, uint32_t n)
+{
+	struct iobuf *b = c->in;
+	memmove(b->data + at, b->data + at + n, b->end - at - n);
+	b->end -= n;
+}
+
+void sbuf_close(struct conn *c)
+{
+	sbuf_pause(c);
+	disarm_write(c);
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	if (c->in) {
+		c->in->start = c->in->end;
+		c->pkt_left = 0;
+		buf_put(c->w, c->in);
+		c->in = NULL;
+	}
+	pktbuf_free(&c->out);
+	c->dead = true;
+}
+
+void sbuf_link(struct conn *a, struct conn *b)
+{
+	if (a->peer && a->peer != b)
+		a->peer->peer = NULL;
+	a->peer = b;
+	if (b)
+		b->peer = a;
+}
+
+void sbuf_set_nodelay(int fd)
+{
+	int on = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+}
+
+void sbuf_set_keepalive(int fd, const struct config *cf)
+{
+	int on = cf->tcp_keepalive ? 1 : 0;
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+	if (!on)
+		return;
+	int v;
+	if (cf->tcp_keepidle > 0 && (v = (int)cf->tcp_keepidle))
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, sizeof(v));
+	if (cf->tcp_keepintvl > 0 && (v = (int)cf->tcp_keepintvl))
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &v, sizeof(v));
+	if (cf->tcp_keepcnt > 0 && (v = (int)cf->tcp_keepcnt))
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &v, sizeof(v));
+}

@@ -1,0 +1,725 @@
+/* server.c: server connections: non-blocking connect, login as a PostgreSQL client, response tracking. */
+#include "server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "auth.h"
+#include "client.h"
+#include "log.h"
+#include "pool.h"
+#include "pwcrypt.h"
+#include "sbuf.h"
+#include "userlist.h"
+
+enum login_step { LS_CONNECTING, LS_AUTH, LS_CONNECT_QUERY };
+
+struct server_login {
+	struct scram_client scram;
+	struct pktbuf params;      /* the ParameterStatus messages, for the pool's greeting */
+	char password[256];
+};
+
+/* A short connection that carries one CancelRequest to a server's postmaster. */
+struct cancel_req {
+	struct conn c;
+	struct server *target;
+};
+
+const char *server_tag(const struct server *sv, char *buf, size_t len)
+{
+	snprintf(buf, len, "S-%llu %s/%s", (unsigned long long)sv->c.id, sv->pool->db->name,
+		 sv->pool->user->name);
+	return buf;
+}
+
+static struct list *server_list(struct server *sv, enum server_state st)
+{
+	struct pool *p = sv->pool;
+	switch (st) {
+	case SV_LOGIN: return &p->sv_login;
+	case SV_IDLE: return &p->sv_idle;
+	case SV_ACTIVE: return &p->sv_active;
+	case SV_USED: return &p->sv_used;
+	case SV_TESTED: return &p->sv_tested;
+	default: return NULL;
+	}
+}
+
+void server_set_state(struct server *sv, enum server_state st)
+{
+	if (sv->state == st)
+		return;
+	if (server_list(sv, sv->state)) {
+		list_del(&sv->node);
+		sv->pool->n_sv[sv->state]--;
+	}
+	sv->state = st;
+	struct list *l = server_list(sv, st);
+	if (l) {
+		list_append(l, &sv->node);
+		sv->pool->n_sv[st]++;
+	}
+}
+
+static void free_login(struct server *sv)
+{
+	if (!sv->login)
+		return;
+	pktbuf_free(&sv->login->params);
+	OPENSSL_cleanse(sv->login, sizeof(*sv->login));
+	free(sv->login);
+	sv->login = NULL;
+}
+
+void server_free(struct server *sv)
+{
+	free_login(sv);
+	varcache_clear(&sv->vars);
+	free(sv);
+}
+
+static void close_internal(struct server *sv, const char *reason, bool login_failed, const char *sqlstate)
+{
+	struct pool *p = sv->pool;
+	struct worker *w = p->w;
+	char tag[256];
+	if (sv->c.dead)
+		return;
+	if (login_failed)
+		log_debug("%s closing: %s", server_tag(sv, tag, sizeof(tag)), reason);
+	else
+		log_info("%s closing because: %s", server_tag(sv, tag, sizeof(tag)), reason);
+	struct client *cl = sv->link;
+	if (cl) {
+		cl->link = NULL;
+		sv->link = NULL;
+		sbuf_link(&sv->c, NULL);
+	}
+	if (sv->state != SV_LOGIN && sv->c.fd >= 0 && !sv->c.out.len) {
+		proto_terminate(&sv->c.out);
+		sbuf_send_out(&sv->c);
+	}
+	sbuf_close(&sv->c);
+	server_set_state(sv, SV_FREE);
+	p->db->n_servers--;
+	p->user->n_servers--;
+	w->n_servers--;
+	free_login(sv);
+	if (!sv->cancel_pending)
+		pgmux_reap(w, &sv->c);
+	if (cl)
+		client_close(cl, "server conn crashed?", "08P01");
+	if (login_failed)
+		pool_server_failed(p, reason, sqlstate);
+	else
+		pool_launch(p);
+	pgmux_check_shutdown(w);
+}
+
+void server_close(struct server *sv, const char *reason)
+{
+	close_internal(sv, reason, sv->state == SV_LOGIN, NULL);
+}
+
+static void login_failed(struct server *sv, const char *reason, const char *sqlstate)
+{
+	close_internal(sv, reason, true, sqlstate);
+}
+
+static int socket_for(const struct database *db)
+{
+	int fd = socket(db->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd >= 0 && db->addr.ss_family != AF_UNIX)
+		sbuf_set_nodelay(fd);
+	return fd;
+}
+
+static void arm_write(struct conn *c)
+{
+	if (!c->wr_on && event_add(&c->ev_write, NULL) == 0)
+		c->wr_on = true;
+}
+
+void server_connect(struct pool *p)
+{
+	struct worker *w = p->w;
+	struct database *db = p->db;
+	struct server *sv = calloc(1, sizeof(*sv));
+	if (!sv)
+		return;
+	sv->login = calloc(1, sizeof(*sv->login));
+	int fd = sv->login ? socket_for(db) : -1;
+	if (fd < 0) {
+		log_error("could not create a server socket: %s", strerror(errno));
+		free(sv->login);
+		free(sv);
+		return;
+	}
+	sbuf_init(&sv->c, w, fd, CONN_SERVER);
+	list_init(&sv->node);
+	sv->pool = p;
+	sv->state = SV_FREE;
+	sv->tx = 'I';
+	sv->connect_time = pgmux_now();
+	server_set_state(sv, SV_LOGIN);
+	db->n_servers++;
+	p->user->n_servers++;
+	w->n_servers++;
+	p->last_connect_time = sv->connect_time;
+	if (db->addr.ss_family != AF_UNIX)
+		sbuf_set_keepalive(fd, w->cf);
+
+	const char *mode = db->cf->sslmode;
+	if (mode && (strcmp(mode, "require") == 0 || strncmp(mode, "verify", 6) == 0)) {
+		char msg[128];
+		snprintf(msg, sizeof(msg), "sslmode=%s is not supported by this pgmux build yet", mode);
+		login_failed(sv, msg, "08001");
+		return;
+	}
+	sv->login_step = LS_CONNECTING;
+	if (connect(fd, (struct sockaddr *)&db->addr, db->addrlen) < 0 && errno != EINPROGRESS) {
+		char msg[300];
+		snprintf(msg, sizeof(msg), "could not connect to server: %s", strerror(errno));
+		login_failed(sv, msg, "08006");
+		return;
+	}
+	arm_write(&sv->c);
+}
+
+static bool send_startup(struct server *sv)
+{
+	struct pool *p = sv->pool;
+	const struct cfg_db *d = p->db->cf;
+	struct pktbuf *o = &sv->c.out;
+	pktbuf_begin(o, 0);
+	pktbuf_put_u32(o, PROTO_V3);
+	pktbuf_put_str(o, "user");
+	pktbuf_put_str(o, pool_server_user(p));
+	pktbuf_put_str(o, "database");
+	pktbuf_put_str(o, pool_server_dbname(p));
+	const char *extra[][2] = { { "client_encoding", d->client_encoding }, { "datestyle", d->datestyle },
+				   { "timezone", d->timezone }, { "application_name", d->application_name } };
+	for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++) {
+		if (extra[i][1]) {
+			pktbuf_put_str(o, extra[i][0]);
+			pktbuf_put_str(o, extra[i][1]);
+		}
+	}
+	pktbuf_put_u8(o, 0);
+	pktbuf_end(o);
+	sv->login_step = LS_AUTH;
+	return sbuf_send_out(&sv->c) >= 0;
+}
+
+static void cancel_done(struct cancel_req *cr, const char *why)
+{
+	struct server *sv = cr->target;
+	struct worker *w = cr->c.w;
+	if (cr->c.dead)
+		return;
+	log_debug("cancel request finished: %s", why);
+	sbuf_close(&cr->c);
+	pgmux_reap(w, &cr->c);
+	if (!sv)
+		return;
+	cr->target = NULL;
+	if (--sv->cancel_pending)
+		return;
+	if (sv->c.dead)
+		pgmux_reap(w, &sv->c);
+	else if (sv->state == SV_USED && !sv->internal_z && !sv->link)
+		pool_server_ready(sv);
+}
+
+bool server_on_writable(struct conn *c)
+{
+	if (c->kind == CONN_CANCEL) {
+		sbuf_resume(c);   /* sent; the postmaster closes when done */
+		return true;
+	}
+	struct server *sv = container_of(c, struct server, c);
+	if (sv->state != SV_LOGIN || sv->login_step != LS_CONNECTING)
+		return false;
+	int err = 0;
+	socklen_t len = sizeof(err);
+	if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		err = errno;
+	if (err) {
+		char msg[300];
+		snprintf(msg, sizeof(msg), "could not connect to server: %s", strerror(err));
+		login_failed(sv, msg, "08006");
+		return true;
+	}
+	if (!send_startup(sv)) {
+		login_failed(sv, "could not send startup packet", "08006");
+		return true;
+	}
+	sbuf_resume(c);
+	return true;
+}
+
+void server_on_fail(struct conn *c, const char *reason)
+{
+	if (c->kind == CONN_CANCEL) {
+		cancel_done(container_of(c, struct cancel_req, c), reason);
+		return;
+	}
+	struct server *sv = container_of(c, struct server, c);
+	if (sv->state == SV_LOGIN) {
+		char msg[300];
+		snprintf(msg, sizeof(msg), "server login failed: %s", reason);
+		login_failed(sv, msg, "08006");
+	} else {
+		server_close(sv, reason);
+	}
+}
+
+void server_cancel(struct server *sv)
+{
+	struct worker *w = sv->pool->w;
+	struct database *db = sv->pool->db;
+	struct cancel_req *cr = calloc(1, sizeof(*cr));
+	int fd = cr ? socket_for(db) : -1;
+	if (fd < 0) {
+		free(cr);
+		log_error("could not open a cancel connection: %s", strerror(errno));
+		return;
+	}
+	sbuf_init(&cr->c, w, fd, CONN_CANCEL);
+	cr->target = sv;
+	sv->cancel_pending++;
+	proto_cancel_request(&cr->c.out, sv->be_pid, sv->be_key);
+	if (connect(fd, (struct sockaddr *)&db->addr, db->addrlen) < 0 && errno != EINPROGRESS) {
+		cancel_done(cr, strerror(errno));
+		return;
+	}
+	arm_write(&cr->c);
+}
+
+bool server_send_internal(struct server *sv, const char *sql)
+{
+	proto_query(&sv->c.out, sql);
+	sv->internal_z++;
+	return sbuf_send_out(&sv->c) >= 0;
+}
+
+/* ---- login ---- */
+
+static bool send_password_msg(struct server *sv, const void *data, size_t len)
+{
+	struct pktbuf *o = &sv->c.out;
+	pktbuf_begin(o, 'p');
+	pktbuf_put(o, data, len);
+	pktbuf_end(o);
+	return sbuf_send_out(&sv->c) >= 0;
+}
+
+static bool login_auth(struct server *sv, const uint8_t *body, uint32_t len)
+{
+	struct pool *p = sv->pool;
+	struct server_login *lg = sv->login;
+	if (len < 4) {
+		login_failed(sv, "invalid authentication request from server", "08P01");
+		return false;
+	}
+	uint32_t code = proto_get32(body);
+	const char *secret = auth_server_secret(p);
+	enum secret_kind kind = secret ? userlist_secret_kind(secret) : SECRET_NONE;
+	const char *user = pool_server_user(p);
+	char msg[200];
+
+	switch (code) {
+	case 0:
+		return true;
+	case 3:
+		if (kind != SECRET_PLAIN) {
+			login_failed(sv, "server asks for a cleartext password, but pgmux has none for this user",
+				     "28P01");
+			return false;
+		}
+		return send_password_msg(sv, secret, strlen(secret) + 1);
+	case 5: {
+		if (len < 8 || (kind != SECRET_PLAIN && kind != SECRET_MD5)) {
+			login_failed(sv, "server asks for md5, but pgmux has no password or md5 secret for this user",
+				     "28P01");
+			return false;
+		}
+		char md5sec[PWCRYPT_MD5_LEN + 1], resp[PWCRYPT_MD5_LEN + 1];
+		if (kind == SECRET_PLAIN) {
+			pwcrypt_md5_secret(secret, user, md5sec);
+			secret = md5sec;
+		}
+		pwcrypt_md5_response(secret, body + 4, resp);
+		return send_password_msg(sv, resp, sizeof(resp));
+	}
+	case 10: {
+		bool has_scram = false;
+		const uint8_t *q = body + 4, *end = body + len;
+		const char *mech;
+		while ((mech = proto_get_str(&q, end)) && *mech)
+			if (strcmp(mech, "SCRAM-SHA-256") == 0)
+				has_scram = true;
+		if (!has_scram) {
+			login_failed(sv, "server offers no SASL mechanism pgmux supports", "28000");
+			return false;
+		}
+		if (kind == SECRET_PLAIN) {
+			snprintf(lg->password, sizeof(lg->password), "%s", secret);
+			lg->scram.password = lg->password;
+		} else if (kind == SECRET_SCRAM && p->have_scram_keys) {
+			struct scram_secret ss;
+			if (!scram_parse_secret(secret, &ss)) {
+				login_failed(sv, "invalid SCRAM secret in auth_file", "28000");
+				return false;
+			}
+			lg->scram.have_keys = true;
+			memcpy(lg->scram.client_key, p->scram_client_key, SCRAM_KEY_LEN);
+			memcpy(lg->scram.server_key, ss.server_key, SCRAM_KEY_LEN);
+			memcpy(lg->scram.key_salt, ss.salt, (size_t)ss.salt_len);
+			lg->scram.key_salt_len = ss.salt_len;
+			lg->scram.key_iterations = ss.iterations;
+		} else {
+			login_failed(sv, kind == SECRET_SCRAM
+					 ? "SCRAM pass-through needs a client to log in with SCRAM first"
+					 : "server asks for SCRAM, but pgmux has no password for this user", "28P01");
+			return false;
+		}
+		char out[256];
+		size_t outlen;
+		if (scram_client_first(&lg->scram, out, sizeof(out), &outlen) < 0) {
+			login_failed(sv, "SCRAM client-first failed", "28000");
+			return false;
+		}
+		struct pktbuf *o = &sv->c.out;
+		pktbuf_begin(o, 'p');
+		pktbuf_put_str(o, "SCRAM-SHA-256");
+		pktbuf_put_u32(o, (uint32_t)outlen);
+		pktbuf_put(o, out, outlen);
+		pktbuf_end(o);
+		return sbuf_send_out(&sv->c) >= 0;
+	}
+	case 11: {
+		char out[512], err[128];
+		size_t outlen;
+		if (scram_client_final(&lg->scram, (const char *)body + 4, len - 4, out, sizeof(out), &outlen,
+				       err, sizeof(err)) < 0) {
+			snprintf(msg, sizeof(msg), "SCRAM exchange with server failed: %s", err);
+			login_failed(sv, msg, "28000");
+			return false;
+		}
+		return send_password_msg(sv, out, outlen);
+	}
+	case 12: {
+		char err[128];
+		if (scram_client_verify(&lg->scram, (const char *)body + 4, len - 4, err, sizeof(err)) < 0) {
+			snprintf(msg, sizeof(msg), "server's SCRAM signature is wrong: %s", err);
+			login_failed(sv, msg, "28000");
+			return false;
+		}
+		return true;
+	}
+	default:
+		snprintf(msg, sizeof(msg), "server asks for unsupported authentication method %u", code);
+		login_failed(sv, msg, "28000");
+		return false;
+	}
+}
+
+static void track_param(struct server *sv, const uint8_t *body, uint32_t len)
+{
+	const uint8_t *q = body, *end = body + len;
+	const char *k = proto_get_str(&q, end);
+	const char *v = k ? proto_get_str(&q, end) : NULL;
+	if (!v)
+		return;
+	int id = varcache_lookup(k);
+	if (id < 0)
+		return;
+	varcache_set(&sv->vars, id, v);
+	if (sv->link)
+		varcache_set(&sv->link->vars, id, v);
+}
+
+static void login_done(struct server *sv)
+{
+	struct pool *p = sv->pool;
+	if (!p->welcome_ok) {
+		p->welcome = sv->login->params;
+		memset(&sv->login->params, 0, sizeof(sv->login->params));
+		for (int i = 0; i < VAR_COUNT; i++)
+			if (sv->vars.val[i])
+				varcache_set(&p->defaults, i, sv->vars.val[i]);
+		p->welcome_ok = true;
+	}
+	free_login(sv);
+	const char *cq = p->db->cf->connect_query;
+	if (cq && *cq) {
+		sv->login_step = LS_CONNECT_QUERY;
+		if (!server_send_internal(sv, cq))
+			login_failed(sv, "could not send connect_query", "08006");
+		return;
+	}
+	if (p->w->cf->log_connections) {
+		char tag[256];
+		log_info("%s new server connection", server_tag(sv, tag, sizeof(tag)));
+	}
+	pool_server_ready(sv);
+}
+
+/* Whole messages only: login traffic is small and must be read completely. */
+static void login_loop(struct server *sv)
+{
+	struct conn *c = &sv->c;
+	while (!c->dead && sv->state == SV_LOGIN && sv->login_step == LS_AUTH && c->in) {
+		struct iobuf *b = c->in;
+		uint32_t avail = b->end - b->scan;
+		if (avail < PROTO_HDR)
+			break;
+		char type = (char)b->data[b->scan];
+		uint32_t len = proto_get32(b->data + b->scan + 1);
+		if (len < 4 || len + 1 > c->w->bufsize) {
+			login_failed(sv, "invalid message from server during login", "08P01");
+			return;
+		}
+		if (avail < len + 1)
+			break;
+		const uint8_t *body = b->data + b->scan + PROTO_HDR;
+		uint32_t blen = len - 4;
+		b->scan += len + 1;
+		b->start = b->scan;
+		switch (type) {
+		case 'R':
+			if (!login_auth(sv, body, blen))
+				return;
+			break;
+		case 'S':
+			track_param(sv, body, blen);
+			pktbuf_put(&sv->login->params, body - PROTO_HDR, len + 1);
+			break;
+		case 'K':
+			if (blen >= 8) {
+				sv->be_pid = proto_get32(body);
+				sv->be_key = proto_get32(body + 4);
+			}
+			break;
+		case 'E': {
+			char msg[300];
+			snprintf(msg, sizeof(msg), "%s", proto_error_field(body, blen, 'M'));
+			const char *code = proto_error_field(body, blen, 'C');
+			login_failed(sv, msg, *code ? code : "08P01");
+			return;
+		}
+		case 'Z':
+			sv->tx = blen ? (char)body[0] : 'I';
+			login_done(sv);
+			break;
+		case 'N':
+		case 'v':
+			break;
+		default:
+			login_failed(sv, "unexpected message from server during login", "08P01");
+			return;
+		}
+	}
+	if (!c->dead && c->in && c->in->start == c->in->end) {
+		c->in->start = c->in->scan = c->in->end = 0;
+		sbuf_release_buf(c);
+	}
+}
+
+/* ---- after login ---- */
+
+/* pgmux's own query finished (reset, check, SET, connect_query). */
+static void internal_done(struct server *sv)
+{
+	if (sv->link)
+		return;   /* SETs ahead of a client's query: its traffic follows */
+	if (sv->cancel_pending) {
+		server_set_state(sv, SV_USED);
+		return;
+	}
+	if (sv->state == SV_TESTED) {
+		sv->last_check = pgmux_now();
+		server_set_state(sv, SV_IDLE);
+		pool_serve_waiters(sv->pool);
+	} else if (sv->state == SV_LOGIN) {
+		char tag[256];
+		if (sv->pool->w->cf->log_connections)
+			log_info("%s new server connection", server_tag(sv, tag, sizeof(tag)));
+		pool_server_ready(sv);
+	} else {
+		pool_server_ready(sv);
+	}
+}
+
+/* Returns false when the server was closed. */
+static bool swallow(struct server *sv, char type, const uint8_t *body, uint32_t blen)
+{
+	char tag[256];
+	switch (type) {
+	case 'S':
+		track_param(sv, body, blen);
+		break;
+	case 'E':
+		if (sv->internal_z)
+			log_warn("%s pgmux's own query failed: %s", server_tag(sv, tag, sizeof(tag)),
+				 proto_error_field(body, blen, 'M'));
+		else {
+			log_warn("%s error from idle server: %s", server_tag(sv, tag, sizeof(tag)),
+				 proto_error_field(body, blen, 'M'));
+			server_close(sv, "server sent an error while idle");
+			return false;
+		}
+		break;
+	case 'Z':
+		if (sv->internal_z) {
+			sv->tx = blen ? (char)body[0] : 'I';
+			if (--sv->internal_z == 0 && sv->tx == 'I') {
+				internal_done(sv);
+			} else if (sv->tx != 'I') {
+				server_close(sv, "pgmux's own query left a transaction open");
+				return false;
+			}
+		}
+		break;
+	default:
+		break;
+	}
+	return true;
+}
+
+static void forward_loop(struct server *sv)
+{
+	struct conn *c = &sv->c;
+	struct iobuf *b = c->in;
+	bool release = false;
+
+	while (b && b->scan < b->end && !c->dead) {
+		if (c->pkt_left) {
+			uint32_t n = b->end - b->scan;
+			if (n > c->pkt_left)
+				n = c->pkt_left;
+			b->scan += n;
+			c->pkt_left -= n;
+			continue;
+		}
+		uint32_t avail = b->end - b->scan;
+		if (avail < PROTO_HDR)
+			break;
+		const uint8_t *h = b->data + b->scan;
+		char type = (char)h[0];
+		uint32_t len = proto_get32(h + 1);
+		if (len < 4) {
+			server_close(sv, "invalid packet length from server");
+			return;
+		}
+		struct client *cl = sv->link;
+		bool whole = avail >= len + 1;
+		if (sv->internal_z || !cl) {
+			/* Nobody to forward to: read it whole, act on it, drop it. */
+			if (len + 1 > c->w->bufsize) {
+				server_close(sv, "oversized message from server outside a client query");
+				return;
+			}
+			if (!whole)
+				break;
+			uint32_t at = b->scan;
+			bool alive = swallow(sv, type, h + PROTO_HDR, len - 4);
+			if (!alive || c->dead)
+				return;
+			if (b != c->in)
+				return;
+			sbuf_drop(c, at, len + 1);
+			if (!sv->link && sv->state != SV_ACTIVE && sv->internal_z == 0)
+				continue;
+			continue;
+		}
+		if ((type == 'Z' || type == 'S') && !whole && len + 1 <= c->w->bufsize)
+			break;   /* small messages pgmux reads: wait for the rest */
+		switch (type) {
+		case 'Z': {
+			char tx = len > 4 ? (char)h[PROTO_HDR] : 'I';
+			sv->tx = tx;
+			if (cl->expect_z && --cl->expect_z == 0)
+				cl->last_active = pgmux_now();
+			cl->in_copy = false;
+			b->scan += len + 1;
+			if (cl->expect_z == 0 && !cl->sync_pending) {
+				int mode = pool_mode(sv->pool);
+				if (mode == POOL_STATEMENT && tx != 'I') {
+					sv->close_when_idle = true;
+					client_close(cl, "transaction blocks not allowed in statement pooling mode", "08P01");
+					return;
+				}
+				if (tx == 'I' && mode != POOL_SESSION)
+					release = true;
+			}
+			if (release)
+				goto flush;
+			continue;
+		}
+		case 'S':
+			if (whole)
+				track_param(sv, h + PROTO_HDR, len - 4);
+			break;
+		case 'G':
+		case 'W':
+			cl->in_copy = true;
+			break;
+		default:
+			break;
+		}
+		if (whole) {
+			b->scan += len + 1;
+		} else {
+			b->scan = b->end;
+			c->pkt_left = len + 1 - avail;
+		}
+	}
+flush:
+	if (c->dead || !b)
+		return;
+	if (sv->link) {
+		sv->pool->bytes_sent += b->scan - b->start;
+		if (!sbuf_flush(c)) {
+			if (release)
+				sv->ready_notified = true;   /* release once the client drained */
+			return;
+		}
+		if (release || sv->ready_notified) {
+			sv->ready_notified = false;
+			pool_release(sv, false);
+			return;
+		}
+	} else if (b->start == b->end) {
+		b->start = b->scan = b->end = 0;
+		sbuf_release_buf(c);
+	}
+}
+
+void server_on_data(struct conn *c)
+{
+	if (c->kind == CONN_CANCEL) {
+		/* The postmaster sends nothing back; any byte or EOF means it is done. */
+		struct cancel_req *cr = container_of(c, struct cancel_req, c);
+		c->in->start = c->in->scan = c->in->end = 0;
+		cancel_done(cr, "answered");
+		return;
+	}
+	struct server *sv = container_of(c, struct server, c);
+	if (c->dead)
+		return;
+	if (sv->state == SV_LOGIN && sv->login_step == LS_AUTH) {
+		login_loop(sv);
+		if (c->dead || sv->state == SV_LOGIN)
+			return;
+	}
+	forward_loop(sv);
+}
