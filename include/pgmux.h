@@ -153,6 +153,7 @@ struct worker {
 	int n_clients;
 	int n_servers;
 	uint64_t next_id;
+	uint64_t now;                       /* pgmux_now() at the start of the current callback */
 	/* cancel keys -> clients */
 	struct client **cancel_tab;
 	uint32_t cancel_mask;

@@ -415,7 +415,7 @@ static void forward_loop(struct client *cl)
 				client_close(cl, "client close request", NULL);
 				return;
 			}
-			uint64_t now = pgmux_now();
+			uint64_t now = c->w->now;
 			cl->last_active = now;
 			cl->wait_start = now;
 			pool_acquire(cl);
@@ -430,18 +430,18 @@ static void forward_loop(struct client *cl)
 			return;
 		case 'Q':
 			if (!cl->expect_z)
-				cl->query_start = pgmux_now();
+				cl->query_start = c->w->now;
 			cl->expect_z++;
 			cl->pool->query_count++;
 			break;
 		case 'F':
 			if (!cl->expect_z)
-				cl->query_start = pgmux_now();
+				cl->query_start = c->w->now;
 			cl->expect_z++;
 			break;
 		case 'S':
 			if (!cl->expect_z)
-				cl->query_start = pgmux_now();
+				cl->query_start = c->w->now;
 			cl->expect_z++;
 			cl->sync_pending = false;
 			break;

@@ -149,7 +149,7 @@ static void grow_pools(struct worker *w)
 
 void janitor_run(struct worker *w)
 {
-	uint64_t now = pgmux_now();
+	uint64_t now = w->now = pgmux_now();
 	struct victims cl = { 0 }, sv = { 0 }, check = { 0 };
 	sweep_clients(w, now, &cl);
 	sweep_servers(w, now, &sv, &check);

@@ -130,6 +130,7 @@ void pgmux_reap(struct worker *w, struct conn *c)
 static void on_accept(evutil_socket_t lfd, short what, void *arg)
 {
 	struct worker *w = arg;
+	w->now = pgmux_now();
 	/* A bounded batch per wakeup keeps one busy listener from starving the rest. */
 	for (int i = 0; i < 64; i++) {
 		struct sockaddr_storage ss;
@@ -319,6 +320,7 @@ int pgmux_reload(struct worker *w)
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
 	struct worker *w = arg;
+	w->now = pgmux_now();
 	switch (sig) {
 	case SIGHUP:
 		log_info("got SIGHUP, reloading");

@@ -194,7 +194,7 @@ static int pool_servers(const struct pool *p)
 static bool login_retry_wait(const struct pool *p)
 {
 	return p->last_connect_failed &&
-	       pgmux_now() - p->last_connect_time < (uint64_t)p->w->cf->server_login_retry;
+	       p->w->now - p->last_connect_time < (uint64_t)p->w->cf->server_login_retry;
 }
 
 static bool can_open(const struct pool *p, bool reserve)
@@ -244,7 +244,7 @@ void pool_launch(struct pool *p)
 static void link_pair(struct client *cl, struct server *sv)
 {
 	struct pool *p = cl->pool;
-	uint64_t now = pgmux_now();
+	uint64_t now = p->w->now;
 	server_set_state(sv, SV_ACTIVE);
 	sv->link = cl;
 	cl->link = sv;
@@ -294,10 +294,10 @@ void pool_client_ready(struct client *cl)
 		client_close(cl, "send failed", NULL);
 		return;
 	}
+	/* Reading stays on while it waits: no epoll_ctl per wait, and a hang-up is noticed.
+	 * Anything it sends meanwhile stays buffered until it has a server. */
 	client_set_state(cl, CL_WAITING_LOGIN);
-	cl->c.hold = true;
-	sbuf_pause(&cl->c);
-	cl->wait_start = pgmux_now();
+	cl->wait_start = p->w->now;
 	pool_launch(p);
 }
 
@@ -315,8 +315,6 @@ void pool_acquire(struct client *cl)
 		return;
 	}
 	client_set_state(cl, CL_WAITING);
-	cl->c.hold = true;
-	sbuf_pause(&cl->c);
 	pool_launch(p);
 	pool_serve_waiters(p);
 }
@@ -342,7 +340,7 @@ void pool_release(struct server *sv, bool client_gone)
 	struct pool *p = sv->pool;
 	struct worker *w = p->w;
 	struct client *cl = sv->link;
-	uint64_t now = pgmux_now();
+	uint64_t now = w->now;
 
 	if (cl) {
 		p->xact_count++;
@@ -462,10 +460,13 @@ static void resolved(int err, struct evutil_addrinfo *res, void *arg)
 	launch_db_pools(w, db);
 }
 
-/* Debian's PostgreSQL listens there; elsewhere the historical default is /tmp. */
-static const char *default_socket_dir(void)
+/* As in PgBouncer, an entry without a host means the socket in unix_socket_dir; with that
+ * empty, Debian's PostgreSQL directory if present, else the historical /tmp. */
+static const char *default_socket_dir(const struct config *cf)
 {
 	struct stat st;
+	if (cf->unix_socket_dir && *cf->unix_socket_dir)
+		return cf->unix_socket_dir;
 	return stat("/var/run/postgresql", &st) == 0 ? "/var/run/postgresql" : "/tmp";
 }
 
@@ -480,7 +481,7 @@ void pool_resolve(struct database *db, struct worker *w)
 		struct sockaddr_un *un = (struct sockaddr_un *)&db->addr;
 		un->sun_family = AF_UNIX;
 		int n = snprintf(un->sun_path, sizeof(un->sun_path), "%s/.s.PGSQL.%d",
-				 host && *host ? host : default_socket_dir(), db->cf->port);
+				 host && *host ? host : default_socket_dir(w->cf), db->cf->port);
 		if (n < 0 || (size_t)n >= sizeof(un->sun_path)) {
 			log_error("database %s: unix socket path too long", db->name);
 			return;

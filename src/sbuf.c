@@ -118,6 +118,7 @@ static void sbuf_on_read(evutil_socket_t fd, short what, void *arg)
 	struct conn *c = arg;
 	struct worker *w = c->w;
 
+	w->now = pgmux_now();
 	if (!c->in && !(c->in = buf_get(w))) {
 		log_error("out of memory for a receive buffer");
 		return;
@@ -211,6 +212,7 @@ bool sbuf_flush(struct conn *src)
 static void sbuf_on_write(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn *c = arg;
+	c->w->now = pgmux_now();
 	if (c->out.len) {
 		int r = sbuf_send_out(c);
 		if (r < 0) {

@@ -648,7 +648,7 @@ static void forward_loop(struct server *sv)
 			char tx = len > 4 ? (char)h[PROTO_HDR] : 'I';
 			sv->tx = tx;
 			if (cl->expect_z && --cl->expect_z == 0)
-				cl->last_active = pgmux_now();
+				cl->last_active = c->w->now;
 			cl->in_copy = false;
 			b->scan += len + 1;
 			if (cl->expect_z == 0 && !cl->sync_pending) {
