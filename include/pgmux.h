@@ -42,6 +42,7 @@ struct conn {
 	bool wr_on;             /* ev_write is added */
 	bool dead;              /* torn down; memory is freed after the current callback */
 	bool hold;              /* do not read: waiting for a server, or the peer is full */
+	bool handshaking;       /* TLS handshake in progress: events go to the owner, not to I/O */
 	struct event ev_read, ev_write;
 	struct iobuf *in;
 	struct pktbuf out;      /* pgmux's own messages for this socket; sent before forwarded data */
@@ -50,6 +51,7 @@ struct conn {
 	uint64_t id;
 	struct worker *w;
 	struct conn *reap_next;
+	struct ssl_st *ssl;     /* TLS session, or NULL for plain TCP/Unix */
 };
 
 enum client_state { CL_LOGIN, CL_WAITING_LOGIN, CL_ACTIVE, CL_WAITING, CL_FREE };
@@ -68,6 +70,7 @@ struct database {
 	bool addr_ok;
 	bool resolving;
 	uint64_t resolved_at;
+	struct ssl_ctx_st *ssl_ctx;  /* TLS context for its servers, made on first use */
 	int n_servers;              /* across its pools, for max_db_connections */
 };
 

@@ -12,6 +12,8 @@ void server_connect(struct pool *p);
 void server_on_data(struct conn *c);
 void server_on_fail(struct conn *c, const char *reason);
 bool server_on_writable(struct conn *c);
+/* A read or write event during the TLS handshake. */
+void server_on_handshake(struct conn *c);
 
 /* The only state change: moves the server between its pool's lists and keeps the counts. */
 void server_set_state(struct server *sv, enum server_state st);

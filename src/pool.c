@@ -13,6 +13,7 @@
 #include "log.h"
 #include "sbuf.h"
 #include "server.h"
+#include "tls.h"
 
 static char *dupstr(const char *s)
 {
@@ -558,10 +559,18 @@ void pool_apply_config(struct worker *w)
 			     !str_eq(copy->password, db->cf->password) || !str_eq(copy->sslmode, db->cf->sslmode);
 		cfgdb_free(db->cf);
 		db->cf = copy;
+		tls_db_free(db);   /* certificate files may have changed: reload on next use */
 		db->removed = false;
 		if (moved) {
 			db->addr_ok = false;
 			mark_servers_for_close(w, db);
+		}
+		/* A changed entry deserves a fresh try, not the old login_retry wait. */
+		struct list *pi, *pt;
+		list_for_each_safe(pi, pt, &w->pools) {
+			struct pool *p = list_entry(pi, struct pool, node);
+			if (p->db == db)
+				p->last_connect_failed = false;
 		}
 	}
 	list_for_each_safe(it, tmp, &w->pools) {

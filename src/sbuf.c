@@ -11,6 +11,7 @@
 #include "client.h"
 #include "log.h"
 #include "server.h"
+#include "tls.h"
 
 static void sbuf_on_read(evutil_socket_t fd, short what, void *arg);
 static void sbuf_on_write(evutil_socket_t fd, short what, void *arg);
@@ -105,6 +106,16 @@ static void conn_fail(struct conn *c, const char *reason)
 		server_on_fail(c, reason);
 }
 
+static inline ssize_t conn_recv(struct conn *c, void *buf, size_t len)
+{
+	return c->ssl ? tls_recv(c, buf, len) : recv(c->fd, buf, len, 0);
+}
+
+static inline ssize_t conn_send(struct conn *c, const void *buf, size_t len)
+{
+	return c->ssl ? tls_send(c, buf, len) : send(c->fd, buf, len, MSG_NOSIGNAL);
+}
+
 static void conn_dispatch(struct conn *c)
 {
 	if (c->kind == CONN_CLIENT)
@@ -119,6 +130,10 @@ static void sbuf_on_read(evutil_socket_t fd, short what, void *arg)
 	struct worker *w = c->w;
 
 	w->now = pgmux_now();
+	if (c->handshaking) {
+		server_on_handshake(c);
+		return;
+	}
 	if (!c->in && !(c->in = buf_get(w))) {
 		log_error("out of memory for a receive buffer");
 		return;
@@ -135,10 +150,13 @@ static void sbuf_on_read(evutil_socket_t fd, short what, void *arg)
 		sbuf_pause(c);
 		return;
 	}
-	ssize_t n = recv(fd, b->data + b->end, w->bufsize - b->end, 0);
+	ssize_t n = conn_recv(c, b->data + b->end, w->bufsize - b->end);
 	if (n > 0) {
 		b->end += (uint32_t)n;
 		conn_dispatch(c);
+		/* Decrypted bytes can wait inside OpenSSL while the socket polls quiet. */
+		if (c->ssl && !c->dead && c->rd_on && tls_pending(c))
+			event_active(&c->ev_read, EV_READ, 0);
 		return;
 	}
 	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
@@ -157,7 +175,7 @@ int sbuf_send_out(struct conn *c)
 	if (o->failed)
 		return -1;
 	while (o->sent < o->len) {
-		ssize_t n = send(c->fd, o->data + o->sent, o->len - o->sent, MSG_NOSIGNAL);
+		ssize_t n = conn_send(c, o->data + o->sent, o->len - o->sent);
 		if (n > 0) {
 			o->sent += (uint32_t)n;
 			continue;
@@ -186,7 +204,7 @@ bool sbuf_flush(struct conn *src)
 		return false;
 	}
 	for (;;) {
-		ssize_t n = send(dst->fd, b->data + b->start, b->scan - b->start, MSG_NOSIGNAL);
+		ssize_t n = conn_send(dst, b->data + b->start, b->scan - b->start);
 		if (n > 0) {
 			b->start += (uint32_t)n;
 			if (b->start < b->scan)
@@ -213,6 +231,10 @@ static void sbuf_on_write(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn *c = arg;
 	c->w->now = pgmux_now();
+	if (c->handshaking) {
+		server_on_handshake(c);
+		return;
+	}
 	if (c->out.len) {
 		int r = sbuf_send_out(c);
 		if (r < 0) {
@@ -245,6 +267,7 @@ void sbuf_close(struct conn *c)
 {
 	sbuf_pause(c);
 	disarm_write(c);
+	tls_free(c);
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;

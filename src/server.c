@@ -16,9 +16,10 @@
 #include "pool.h"
 #include "pwcrypt.h"
 #include "sbuf.h"
+#include "tls.h"
 #include "userlist.h"
 
-enum login_step { LS_CONNECTING, LS_AUTH, LS_CONNECT_QUERY };
+enum login_step { LS_CONNECTING, LS_SSL_REPLY, LS_TLS, LS_AUTH, LS_CONNECT_QUERY };
 
 struct server_login {
 	struct scram_client scram;
@@ -176,13 +177,6 @@ void server_connect(struct pool *p)
 	if (db->addr.ss_family != AF_UNIX)
 		sbuf_set_keepalive(fd, w->cf);
 
-	const char *mode = db->cf->sslmode;
-	if (mode && (strcmp(mode, "require") == 0 || strncmp(mode, "verify", 6) == 0)) {
-		char msg[128];
-		snprintf(msg, sizeof(msg), "sslmode=%s is not supported by this pgmux build yet", mode);
-		login_failed(sv, msg, "08001");
-		return;
-	}
 	sv->login_step = LS_CONNECTING;
 	if (connect(fd, (struct sockaddr *)&db->addr, db->addrlen) < 0 && errno != EINPROGRESS) {
 		char msg[300];
@@ -257,12 +251,87 @@ bool server_on_writable(struct conn *c)
 		login_failed(sv, msg, "08006");
 		return true;
 	}
-	if (!send_startup(sv)) {
+	/* As libpq: TLS is asked for over TCP unless sslmode is disable or allow. */
+	enum tls_mode mode = tls_mode_of(sv->pool->db->cf->sslmode);
+	if (mode >= TLS_PREFER && sv->pool->db->addr.ss_family != AF_UNIX) {
+		pktbuf_begin(&c->out, 0);
+		pktbuf_put_u32(&c->out, PROTO_SSL_CODE);
+		pktbuf_end(&c->out);
+		sv->login_step = LS_SSL_REPLY;
+		if (sbuf_send_out(c) < 0) {
+			login_failed(sv, "could not send SSLRequest", "08006");
+			return true;
+		}
+	} else if (!send_startup(sv)) {
 		login_failed(sv, "could not send startup packet", "08006");
 		return true;
 	}
 	sbuf_resume(c);
 	return true;
+}
+
+/* The one-byte answer to SSLRequest. */
+static void ssl_reply(struct server *sv)
+{
+	struct conn *c = &sv->c;
+	struct iobuf *b = c->in;
+	if (!b || b->end == b->scan)
+		return;
+	char r = (char)b->data[b->scan];
+	enum tls_mode mode = tls_mode_of(sv->pool->db->cf->sslmode);
+	if (r == 'S') {
+		if (b->end - b->scan != 1) {
+			/* Bytes before the handshake would be trusted as if encrypted (CVE-2021-23222). */
+			login_failed(sv, "received unencrypted data after SSL response", "08P01");
+			return;
+		}
+		b->start = b->scan = b->end = 0;
+		sbuf_release_buf(c);
+		char err[300];
+		if (tls_client_start(c, sv->pool->db, err, sizeof(err)) < 0) {
+			login_failed(sv, err, "08006");
+			return;
+		}
+		sv->login_step = LS_TLS;
+		c->handshaking = true;
+		server_on_handshake(c);
+		return;
+	}
+	if (r == 'N') {
+		b->scan++;
+		b->start = b->scan;
+		if (mode >= TLS_REQUIRE) {
+			login_failed(sv, "server does not support SSL, but SSL was required", "08001");
+			return;
+		}
+		if (!send_startup(sv))
+			login_failed(sv, "could not send startup packet", "08006");
+		return;
+	}
+	login_failed(sv, "unexpected answer to SSLRequest", "08P01");
+}
+
+void server_on_handshake(struct conn *c)
+{
+	struct server *sv = container_of(c, struct server, c);
+	if (c->wr_on) {
+		event_del(&c->ev_write);
+		c->wr_on = false;
+	}
+	char err[300];
+	int r = tls_handshake(c, err, sizeof(err));
+	if (r == 0)
+		return;
+	if (r < 0) {
+		login_failed(sv, err, "08006");
+		return;
+	}
+	c->handshaking = false;
+	if (!send_startup(sv)) {
+		login_failed(sv, "could not send startup packet", "08006");
+		return;
+	}
+	sbuf_resume(c);
 }
 
 void server_on_fail(struct conn *c, const char *reason)
@@ -716,6 +785,11 @@ void server_on_data(struct conn *c)
 	struct server *sv = container_of(c, struct server, c);
 	if (c->dead)
 		return;
+	if (sv->state == SV_LOGIN && sv->login_step == LS_SSL_REPLY) {
+		ssl_reply(sv);
+		if (c->dead || sv->login_step != LS_AUTH)
+			return;
+	}
 	if (sv->state == SV_LOGIN && sv->login_step == LS_AUTH) {
 		login_loop(sv);
 		if (c->dead || sv->state == SV_LOGIN)
