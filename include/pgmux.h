@@ -157,6 +157,7 @@ struct worker {
 	int n_servers;
 	uint64_t next_id;
 	uint64_t now;                       /* pgmux_now() at the start of the current callback */
+	struct vtab vars;                   /* interned session-parameter values */
 	/* cancel keys -> clients */
 	struct client **cancel_tab;
 	uint32_t cancel_mask;

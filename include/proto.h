@@ -93,18 +93,38 @@ enum var_id {
 };
 #define VAR_MAX_LEN 128
 
-/* One value per tracked parameter, in one allocation; a NULL value means unknown. */
+/* Values are interned in a per-worker table, so that comparing a client's parameters with a
+ * server's (on every link in transaction mode) is six pointer compares, and ten thousand
+ * clients with the same TimeZone hold one copy of it. */
+struct vstr {
+	struct vstr *next;
+	uint32_t refs, hash;
+	char s[];
+};
+
+#define VTAB_BUCKETS 256
+struct vtab {
+	struct vstr *bucket[VTAB_BUCKETS];
+	size_t count;
+};
+
+/* One interned value per tracked parameter; NULL means unknown. */
 struct varcache {
-	char *val[VAR_COUNT];
+	struct vstr *val[VAR_COUNT];
 };
 
 /* Index of a tracked parameter (case-insensitive), or -1. */
 int varcache_lookup(const char *name);
 const char *varcache_name(int id);
-/* Sets a value (copied, capped at VAR_MAX_LEN); false on allocation failure. */
-bool varcache_set(struct varcache *vc, int id, const char *val);
-void varcache_clear(struct varcache *vc);
-/* Writes into pb one simple Query that makes `server` match `client` ("SET a='x'; SET b='y'");
+/* Sets a value (capped at VAR_MAX_LEN); false on allocation failure. */
+bool varcache_set(struct vtab *t, struct varcache *vc, int id, const char *val);
+/* The value as text, or NULL. */
+static inline const char *varcache_get(const struct varcache *vc, int id)
+{
+	return vc->val[id] ? vc->val[id]->s : NULL;
+}
+void varcache_clear(struct vtab *t, struct varcache *vc);
+/* Writes into pb one simple Query that makes `server` match `client` ("SET a='x';SET b='y';");
  * returns false (writing nothing) when they already match.  Unknown client values are skipped. */
 bool varcache_apply(const struct varcache *client, const struct varcache *server, struct pktbuf *pb);
 

@@ -137,7 +137,7 @@ static bool startup_param_ok(struct client *cl, const char *key, const char *val
 			snprintf(err, errlen, "startup parameter %s is too long", key);
 			return false;
 		}
-		return varcache_set(&cl->vars, var, val);
+		return varcache_set(&cl->c.w->vars, &cl->vars, var, val);
 	}
 	if (config_list_has(cl->c.w->cf->ignore_startup_parameters, key))
 		return true;
@@ -351,16 +351,16 @@ void client_send_welcome(struct client *cl)
 		if (k && v) {
 			int id = varcache_lookup(k);
 			if (id >= 0 && cl->vars.val[id])
-				v = cl->vars.val[id];
+				v = varcache_get(&cl->vars, id);
 			else if (id >= 0)
-				varcache_set(&cl->vars, id, v);
+				varcache_set(&cl->c.w->vars, &cl->vars, id, v);
 			proto_param_status(o, k, v);
 		}
 		m = qend;
 	}
 	for (int i = 0; i < VAR_COUNT; i++)
 		if (!cl->vars.val[i] && p->defaults.val[i])
-			varcache_set(&cl->vars, i, p->defaults.val[i]);
+			varcache_set(&cl->c.w->vars, &cl->vars, i, varcache_get(&p->defaults, i));
 	pgmux_cancel_register(cl->c.w, cl);
 	proto_backend_key(o, cl->cancel_pid, cl->cancel_key);
 	proto_ready(o, 'I');

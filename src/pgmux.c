@@ -106,7 +106,7 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 		w->reap_head = c->reap_next;
 		if (c->kind == CONN_CLIENT) {
 			struct client *cl = container_of(c, struct client, c);
-			varcache_clear(&cl->vars);
+			varcache_clear(&w->vars, &cl->vars);
 			free(cl->user_name);
 			free(cl->db_name);
 			free(cl);

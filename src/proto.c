@@ -263,44 +263,80 @@ const char *varcache_name(int id)
 	return var_names[id];
 }
 
-bool varcache_set(struct varcache *vc, int id, const char *val)
+static uint32_t vhash(const char *s, size_t n)
 {
-	if (vc->val[id] && strcmp(vc->val[id], val) == 0)
-		return true;
+	uint32_t h = 2166136261u;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ (uint8_t)s[i]) * 16777619u;
+	return h;
+}
+
+static void vstr_unref(struct vtab *t, struct vstr *v)
+{
+	if (!v || --v->refs)
+		return;
+	struct vstr **pp = &t->bucket[v->hash % VTAB_BUCKETS];
+	while (*pp != v)
+		pp = &(*pp)->next;
+	*pp = v->next;
+	t->count--;
+	free(v);
+}
+
+bool varcache_set(struct vtab *t, struct varcache *vc, int id, const char *val)
+{
 	size_t n = strnlen(val, VAR_MAX_LEN);
-	char *s = malloc(n + 1);
-	if (!s)
-		return false;
-	memcpy(s, val, n);
-	s[n] = 0;
-	free(vc->val[id]);
-	vc->val[id] = s;
+	if (vc->val[id] && strncmp(vc->val[id]->s, val, n) == 0 && vc->val[id]->s[n] == 0)
+		return true;
+	uint32_t h = vhash(val, n);
+	struct vstr *v = t->bucket[h % VTAB_BUCKETS];
+	while (v && !(v->hash == h && strncmp(v->s, val, n) == 0 && v->s[n] == 0))
+		v = v->next;
+	if (!v) {
+		v = malloc(sizeof(*v) + n + 1);
+		if (!v)
+			return false;
+		memcpy(v->s, val, n);
+		v->s[n] = 0;
+		v->hash = h;
+		v->refs = 0;
+		v->next = t->bucket[h % VTAB_BUCKETS];
+		t->bucket[h % VTAB_BUCKETS] = v;
+		t->count++;
+	}
+	v->refs++;
+	vstr_unref(t, vc->val[id]);
+	vc->val[id] = v;
 	return true;
 }
 
-void varcache_clear(struct varcache *vc)
+void varcache_clear(struct vtab *t, struct varcache *vc)
 {
 	for (int i = 0; i < VAR_COUNT; i++) {
-		free(vc->val[i]);
+		vstr_unref(t, vc->val[i]);
 		vc->val[i] = NULL;
 	}
 }
 
 bool varcache_apply(const struct varcache *client, const struct varcache *server, struct pktbuf *pb)
 {
+	int i;
+	for (i = 0; i < VAR_COUNT; i++)
+		if (client->val[i] && client->val[i] != server->val[i])
+			break;
+	if (i == VAR_COUNT)
+		return false;
 	char sql[VAR_COUNT * (VAR_MAX_LEN * 2 + 64)];
 	size_t n = 0;
-	for (int i = 0; i < VAR_COUNT; i++) {
-		const char *want = client->val[i], *have = server->val[i];
-		if (!want || (have && strcmp(want, have) == 0))
+	for (; i < VAR_COUNT; i++) {
+		const struct vstr *want = client->val[i];
+		if (!want || want == server->val[i])
 			continue;
 		char lit[VAR_MAX_LEN * 2 + 3];
-		if (!proto_quote_literal(want, lit, sizeof(lit)))
+		if (!proto_quote_literal(want->s, lit, sizeof(lit)))
 			continue;
 		n += (size_t)snprintf(sql + n, sizeof(sql) - n, "SET %s=%s;", var_names[i], lit);
 	}
-	if (!n)
-		return false;
 	proto_query(pb, sql);
 	return true;
 }

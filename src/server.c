@@ -82,7 +82,7 @@ static void free_login(struct server *sv)
 void server_free(struct server *sv)
 {
 	free_login(sv);
-	varcache_clear(&sv->vars);
+	varcache_clear(&sv->c.w->vars, &sv->vars);
 	free(sv);
 }
 
@@ -511,9 +511,9 @@ static void track_param(struct server *sv, const uint8_t *body, uint32_t len)
 	int id = varcache_lookup(k);
 	if (id < 0)
 		return;
-	varcache_set(&sv->vars, id, v);
+	varcache_set(&sv->c.w->vars, &sv->vars, id, v);
 	if (sv->link)
-		varcache_set(&sv->link->vars, id, v);
+		varcache_set(&sv->c.w->vars, &sv->link->vars, id, v);
 }
 
 static void login_done(struct server *sv)
@@ -524,7 +524,7 @@ static void login_done(struct server *sv)
 		memset(&sv->login->params, 0, sizeof(sv->login->params));
 		for (int i = 0; i < VAR_COUNT; i++)
 			if (sv->vars.val[i])
-				varcache_set(&p->defaults, i, sv->vars.val[i]);
+				varcache_set(&p->w->vars, &p->defaults, i, varcache_get(&sv->vars, i));
 		p->welcome_ok = true;
 	}
 	free_login(sv);

@@ -104,21 +104,31 @@ static void test_quote_literal(void **state)
 
 static void test_varcache_apply(void **state)
 {
+	static struct vtab t;
 	struct varcache cl = { 0 }, sv = { 0 };
 	struct pktbuf pb = { 0 };
 	assert_int_equal(varcache_lookup("timezone"), VAR_TIMEZONE);
 	assert_int_equal(varcache_lookup("DateStyle"), VAR_DATESTYLE);
 	assert_int_equal(varcache_lookup("search_path"), -1);
-	varcache_set(&cl, VAR_TIMEZONE, "UTC");
-	varcache_set(&sv, VAR_TIMEZONE, "UTC");
+	assert_true(varcache_set(&t, &cl, VAR_TIMEZONE, "UTC"));
+	assert_true(varcache_set(&t, &sv, VAR_TIMEZONE, "UTC"));
+	/* interned: one copy, shared */
+	assert_ptr_equal(cl.val[VAR_TIMEZONE], sv.val[VAR_TIMEZONE]);
+	assert_int_equal(t.count, 1);
 	assert_false(varcache_apply(&cl, &sv, &pb));
 	assert_int_equal(pb.len, 0);
-	varcache_set(&cl, VAR_APPNAME, "o'brien");
+	assert_true(varcache_set(&t, &cl, VAR_APPNAME, "o'brien"));
 	assert_true(varcache_apply(&cl, &sv, &pb));
 	assert_int_equal(pb.data[0], 'Q');
 	assert_string_equal((const char *)pb.data + 5, "SET application_name='o''brien';");
-	varcache_clear(&cl);
-	varcache_clear(&sv);
+	/* replacing a value drops the old one once nobody holds it */
+	assert_true(varcache_set(&t, &cl, VAR_APPNAME, "x"));
+	assert_int_equal(t.count, 2);
+	assert_string_equal(varcache_get(&cl, VAR_APPNAME), "x");
+	varcache_clear(&t, &cl);
+	assert_int_equal(t.count, 1);
+	varcache_clear(&t, &sv);
+	assert_int_equal(t.count, 0);
 	pktbuf_free(&pb);
 }
 
