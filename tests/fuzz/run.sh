@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# run.sh: builds the libFuzzer harnesses under ASan+UBSan and runs each for a bounded time.
+#
+# Usage: tests/fuzz/run.sh [harness ...]     (default: all; names without the fuzz_ prefix)
+# Environment:
+#   FUZZ_SECONDS  seconds per harness (default 15)
+#   FUZZ_CC       compiler (default clang; needs libclang-rt-14-dev for libFuzzer)
+#   FUZZ_KEEP=1   keep the work directory (binaries, logs, grown corpora) even when all pass
+# The seed corpus in tests/fuzz/corpus/<harness>/ is copied to a temporary directory first, so
+# the repository is never written.  Exit status: 0 when every harness ran clean, 1 when one
+# crashed, leaked, timed out or failed to build, 2 when the toolchain is missing.
+set -uo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+cd "$root" || exit 2
+
+FUZZ_SECONDS=${FUZZ_SECONDS:-15}
+CC=${FUZZ_CC:-clang}
+
+# harness -> the sources it links, and its libraries.
+declare -A SRCS=(
+	[startup]="src/proto.c"
+	[scram_server]="src/scram.c src/pwcrypt.c"
+	[scram_client]="src/scram.c src/pwcrypt.c"
+	[userlist]="src/userlist.c src/scram.c src/pwcrypt.c"
+	[secret]="src/userlist.c src/scram.c src/pwcrypt.c"
+	[config]="src/config.c src/log.c"
+)
+declare -A LIBS=(
+	[startup]=""
+	[scram_server]="-lcrypto"
+	[scram_client]="-lcrypto"
+	[userlist]="-lcrypto"
+	[secret]="-lcrypto"
+	[config]="-linih -lpq"
+)
+ALL=(startup scram_server scram_client userlist secret config)
+
+# shellcheck disable=SC2054  # the commas belong to -fsanitize=
+CFLAGS=(-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+	-D_GNU_SOURCE -Iinclude -I/usr/include/postgresql)
+
+if ! command -v "$CC" >/dev/null 2>&1; then
+	echo "fuzz: $CC not found; install clang and libclang-rt-14-dev (scripts/deps.sh does)" >&2
+	exit 2
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/pgmux-fuzz.XXXXXX") || exit 2
+keep=${FUZZ_KEEP:-0}
+cleanup() {
+	if [ "$keep" = 1 ]; then
+		echo "fuzz: work directory kept: $work"
+	else
+		rm -rf "$work"
+	fi
+}
+trap cleanup EXIT
+
+# A one-line program shows whether libFuzzer and the sanitizer runtimes are there at all.
+printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' \
+	>"$work/probe.c"
+if ! "$CC" "${CFLAGS[@]}" "$work/probe.c" -o "$work/probe" >"$work/probe.log" 2>&1; then
+	echo "fuzz: $CC cannot build a libFuzzer binary (is libclang-rt-14-dev installed?):" >&2
+	sed 's/^/  /' "$work/probe.log" >&2
+	exit 2
+fi
+
+if [ $# -gt 0 ]; then
+	names=("$@")
+else
+	names=("${ALL[@]}")
+fi
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:symbolize=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+
+passed=0
+failed=0
+for name in "${names[@]}"; do
+	if [ -z "${SRCS[$name]+x}" ]; then
+		echo "fuzz_$name: FAIL unknown harness (known: ${ALL[*]})"
+		failed=$((failed + 1))
+		continue
+	fi
+	bin="$work/fuzz_$name"
+	log="$work/fuzz_$name.log"
+	# shellcheck disable=SC2086  # the source and library lists are meant to split
+	if ! "$CC" "${CFLAGS[@]}" -I"$here" "$here/fuzz_$name.c" ${SRCS[$name]} ${LIBS[$name]} \
+		-o "$bin" >"$work/fuzz_$name.build.log" 2>&1; then
+		echo "fuzz_$name: FAIL build"
+		sed 's/^/  /' "$work/fuzz_$name.build.log"
+		failed=$((failed + 1))
+		keep=1
+		continue
+	fi
+	corpus="$work/corpus/$name"
+	mkdir -p "$corpus" "$work/artifacts"
+	if [ -d "$here/corpus/$name" ]; then
+		cp -R "$here/corpus/$name/." "$corpus/"
+	fi
+	"$bin" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -timeout=25 \
+		-print_final_stats=1 -artifact_prefix="$work/artifacts/fuzz_$name-" \
+		"$corpus" >"$log" 2>&1
+	rc=$?
+	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+	rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
+	cov=$(grep -Eo 'cov: [0-9]+' "$log" | tail -n 1 | grep -Eo '[0-9]+')
+	units=$(grep -Eo 'corp: [0-9]+' "$log" | tail -n 1 | grep -Eo '[0-9]+')
+	stats="${execs:-?} execs, ${rate:-?}/s, cov ${cov:-?}, corpus ${units:-?}"
+	if [ "$rc" -eq 0 ]; then
+		echo "fuzz_$name: ok ($stats)"
+		passed=$((passed + 1))
+	else
+		echo "fuzz_$name: FAIL exit $rc ($stats)"
+		# The sanitizer's report and the input that triggered it.
+		grep -E '^(==[0-9]+==ERROR|SUMMARY:|    #[0-9]+ |.*runtime error:|.*invariant failed:|.*Test unit written to)' \
+			"$log" | head -n 40 | sed 's/^/  /'
+		for a in "$work/artifacts/fuzz_$name-"*; do
+			[ -f "$a" ] || continue
+			echo "  input $(basename "$a") ($(wc -c <"$a") bytes, hex):"
+			od -An -tx1 -v "$a" | head -n 16 | sed 's/^/   /'
+		done
+		echo "  full log: $log"
+		failed=$((failed + 1))
+		keep=1
+	fi
+done
+
+echo "fuzz: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
