@@ -424,8 +424,12 @@ static void forward_loop(struct client *cl)
 		}
 		switch (type) {
 		case 'X':
+			/* Forward what came before; the Terminate itself is pgmux's to consume, so a
+			 * session-mode server goes back to the pool clean. */
 			if (!sbuf_flush(c))
 				return;
+			if (avail >= len + 1)
+				b->start = b->scan = b->scan + len + 1;
 			client_close(cl, "client close request", NULL);
 			return;
 		case 'Q':
