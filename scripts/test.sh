@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# test.sh: the whole test suite, as CI runs it.
+#   1. dependencies (scripts/deps.sh)
+#   2. the normal build in the source tree (scripts/build.sh): src/pgmux
+#   3. an ASan+UBSan build in build-asan/ (a copy of the tracked sources, built incrementally)
+#   4. the cmocka unit tests (make check) on the ASan build
+#   5. the libFuzzer harnesses (tests/fuzz/run.sh), FUZZ_SECONDS each
+#   6. the integration tests (tests/integration/run.py) against the ASan pgmux
+# The last line printed is "N passed, N failed" over all stages; the exit code is non-zero when
+# anything failed.
+#
+# Environment:
+#   PGMUX_TEST_ASAN=0      skip the ASan build: unit and integration tests use the normal build
+#   FUZZ_SECONDS=15        time per fuzz harness (0 skips fuzzing)
+#   PGMUX_TEST_ARGS="..."  extra arguments for run.py (e.g. "-k test_auth" or "-x")
+#   CONFIGURE_ARGS="..."   extra configure arguments for both builds
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+ASAN=${PGMUX_TEST_ASAN:-1}
+FUZZ_SECONDS=${FUZZ_SECONDS:-15}
+ASAN_DIR="$ROOT/build-asan"    # in .gitignore
+PY=/usr/bin/python3   # Debian's python: psycopg and asyncpg are installed for it only
+
+passed=0
+failed=0
+skipped=0
+summary=()
+T_START=$(date +%s)
+
+stage() { echo; echo "=== $* ==="; }
+ok() { passed=$((passed + ${2:-1})); summary+=("ok    $1"); }
+bad() { failed=$((failed + ${2:-1})); summary+=("FAIL  $1"); }
+finish() {
+	echo
+	echo "=== summary ($(( $(date +%s) - T_START ))s) ==="
+	for s in "${summary[@]}"; do echo "  $s"; done
+	if [ "$skipped" -gt 0 ]; then
+		echo "$passed passed, $failed failed, $skipped skipped"
+	else
+		echo "$passed passed, $failed failed"
+	fi
+	[ "$failed" -eq 0 ]
+	exit $?
+}
+
+# ---------------------------------------------------------------------------------------------
+stage "dependencies"
+if ! bash scripts/deps.sh; then
+	bad "deps.sh"
+	finish
+fi
+
+stage "build (normal)"
+t0=$(date +%s)
+if SKIP_DEPS=1 bash scripts/build.sh; then
+	ok "build: src/pgmux ($(( $(date +%s) - t0 ))s)"
+else
+	bad "build"
+	finish
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The ASan tree: the tracked (and untracked, not ignored) files copied into build-asan/, only the
+# ones whose content changed, so that make rebuilds incrementally.  A VPATH build cannot be used
+# while the source tree itself is configured.
+BUILD_DIR="$ROOT"
+if [ "$ASAN" = 1 ]; then
+	stage "build (ASan + UBSan) in build-asan/"
+	t0=$(date +%s)
+	if ! git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
+		echo "not a git checkout: cannot list sources for build-asan/" >&2
+		bad "build (ASan)"
+		finish
+	fi
+	mkdir -p "$ASAN_DIR"
+	copied=0
+	while IFS= read -r -d '' f; do
+		[ -f "$f" ] || continue
+		if ! cmp -s "$f" "$ASAN_DIR/$f"; then
+			mkdir -p "$ASAN_DIR/$(dirname "$f")"
+			cp "$f" "$ASAN_DIR/$f"
+			copied=$((copied + 1))
+		fi
+	done < <(git -C "$ROOT" ls-files -z -c -o --exclude-standard)
+	echo "copied $copied changed files"
+	if (cd "$ASAN_DIR" && CONFIGURE_ARGS="--enable-asan ${CONFIGURE_ARGS:-}" SKIP_DEPS=1 \
+		bash scripts/build.sh); then
+		ok "build (ASan): build-asan/src/pgmux ($(( $(date +%s) - t0 ))s)"
+		BUILD_DIR="$ASAN_DIR"
+	else
+		bad "build (ASan)"
+		finish
+	fi
+fi
+
+# ---------------------------------------------------------------------------------------------
+stage "unit tests (make check in ${BUILD_DIR#"$ROOT"/})"
+t0=$(date +%s)
+check_log=$(mktemp)
+(cd "$BUILD_DIR" && ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" make -j2 check) 2>&1 | tee "$check_log"
+check_rc=${PIPESTATUS[0]}
+u_pass=$(sed -n 's/^# PASS: *\([0-9]*\).*/\1/p' "$check_log" | tail -1)
+u_fail=$(sed -n 's/^# FAIL: *\([0-9]*\).*/\1/p' "$check_log" | tail -1)
+u_err=$(sed -n 's/^# ERROR: *\([0-9]*\).*/\1/p' "$check_log" | tail -1)
+u_xpass=$(sed -n 's/^# XPASS: *\([0-9]*\).*/\1/p' "$check_log" | tail -1)
+u_bad=$(( ${u_fail:-0} + ${u_err:-0} + ${u_xpass:-0} ))
+if [ "$check_rc" -ne 0 ]; then
+	echo "--- unit test logs ---"
+	for log in "$BUILD_DIR"/tests/unit/*.log; do
+		[ -f "$log" ] || continue
+		echo "----- ${log#"$BUILD_DIR"/} -----"
+		cat "$log"
+	done
+	[ "$u_bad" -gt 0 ] || u_bad=1   # the build of the tests failed, or no summary
+fi
+if [ -z "$u_pass" ] && [ "$check_rc" -eq 0 ]; then
+	# no test harness summary (no cmocka?): count make check as one test
+	u_pass=1
+fi
+rm -f "$check_log"
+passed=$((passed + ${u_pass:-0}))
+failed=$((failed + u_bad))
+if [ "$u_bad" -eq 0 ]; then
+	summary+=("ok    unit tests: ${u_pass:-0} programs ($(( $(date +%s) - t0 ))s)")
+else
+	summary+=("FAIL  unit tests: ${u_pass:-0} passed, $u_bad failed")
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Fuzzing: tests/fuzz/run.sh builds each libFuzzer harness (clang, ASan+UBSan) with the sources
+# it needs and runs it for FUZZ_SECONDS; its last line is "fuzz: N passed, N failed".
+shopt -s nullglob
+harnesses=(tests/fuzz/fuzz_*.c)
+shopt -u nullglob
+if [ "$FUZZ_SECONDS" = 0 ]; then
+	echo; echo "(FUZZ_SECONDS=0: fuzzing skipped)"
+elif [ -f tests/fuzz/run.sh ]; then
+	stage "fuzzing: ${#harnesses[@]} harnesses, ${FUZZ_SECONDS}s each (tests/fuzz/run.sh)"
+	t0=$(date +%s)
+	fuzz_log=$(mktemp)
+	FUZZ_SECONDS=$FUZZ_SECONDS bash tests/fuzz/run.sh 2>&1 | tee "$fuzz_log"
+	fuzz_rc=${PIPESTATUS[0]}
+	fline=$(grep -E '^fuzz: [0-9]+ passed, [0-9]+ failed' "$fuzz_log" | tail -1)
+	rm -f "$fuzz_log"
+	f_pass=$(echo "$fline" | sed -n 's/^fuzz: \([0-9]*\) passed.*/\1/p')
+	f_fail=$(echo "$fline" | sed -n 's/^fuzz: [0-9]* passed, \([0-9]*\) failed.*/\1/p')
+	f_pass=${f_pass:-0}
+	f_fail=${f_fail:-0}
+	if [ "$fuzz_rc" -ne 0 ] && [ "$f_fail" -eq 0 ]; then f_fail=1; fi
+	passed=$((passed + f_pass))
+	failed=$((failed + f_fail))
+	if [ "$f_fail" -eq 0 ]; then
+		summary+=("ok    fuzzing: $f_pass harnesses ($(( $(date +%s) - t0 ))s)")
+	else
+		summary+=("FAIL  fuzzing: $f_pass passed, $f_fail failed (exit $fuzz_rc)")
+	fi
+elif [ "${#harnesses[@]}" -gt 0 ]; then
+	bad "fuzzing: tests/fuzz/ has harnesses but no run.sh"
+else
+	echo; echo "(no fuzz harnesses in tests/fuzz/: fuzzing skipped)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+stage "integration tests (${BUILD_DIR#"$ROOT"/}/src/pgmux)"
+t0=$(date +%s)
+it_log=$(mktemp)
+# shellcheck disable=SC2086
+PGMUX_BIN="$BUILD_DIR/src/pgmux" ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" \
+	"$PY" tests/integration/run.py ${PGMUX_TEST_ARGS:-} 2>&1 | tee "$it_log"
+it_rc=${PIPESTATUS[0]}
+line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$it_log" | tail -1)
+rm -f "$it_log"
+i_pass=$(echo "$line" | sed -n 's/^\([0-9]*\) passed.*/\1/p')
+i_fail=$(echo "$line" | sed -n 's/^[0-9]* passed, \([0-9]*\) failed.*/\1/p')
+i_skip=$(echo "$line" | sed -n 's/.* failed, \([0-9]*\) skipped.*/\1/p')
+skipped=$((skipped + ${i_skip:-0}))
+if [ -z "$line" ]; then
+	i_pass=0
+	i_fail=1
+elif [ "$it_rc" -ne 0 ] && [ "${i_fail:-0}" -eq 0 ]; then
+	i_fail=1
+fi
+passed=$((passed + i_pass))
+failed=$((failed + i_fail))
+if [ "$i_fail" -eq 0 ]; then
+	summary+=("ok    integration tests: $i_pass passed, ${i_skip:-0} skipped ($(( $(date +%s) - t0 ))s)")
+else
+	summary+=("FAIL  integration tests: $i_pass passed, $i_fail failed ($(( $(date +%s) - t0 ))s)")
+fi
+
+finish
