@@ -117,9 +117,16 @@ struct client {
 	struct client *cancel_next;
 	char *user_name, *db_name;          /* from the startup packet */
 	struct client_auth *auth;           /* login-time state only */
-	uint16_t expect_z;                  /* ReadyForQuery still owed to the client */
+	uint32_t expect_z;                  /* ReadyForQuery still owed to the client */
 	bool sync_pending;                  /* extended-protocol messages sent since the last Sync */
-	bool in_copy;
+	bool discarding;                    /* pkt_left bytes are dropped, not forwarded */
+	/* COPY IN: PostgreSQL ignores Syncs until the copy ends, so the count is redone then */
+	bool in_copy;                       /* server sent CopyIn/CopyBoth and has not ended it */
+	bool copy_simple;                   /* started by a simple Query (its Z follows the copy) */
+	bool copy_client_done;              /* client sent CopyDone/CopyFail */
+	bool copy_fixup;                    /* server ended the copy first: recount at CopyDone */
+	char last_exec;                     /* 'Q' or 'E': the last message that ran a statement */
+	uint32_t copy_mark;                 /* expect_z when the client ended the copy */
 	bool admin;
 	uint64_t connect_time, wait_start, last_active, xact_start, query_start;
 	char addr[48];
@@ -175,6 +182,7 @@ struct worker {
 	bool listening;
 	char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	struct event ev_janitor;
+	struct event ev_accept_retry;       /* listeners come back after EMFILE */
 	struct event ev_sig[5];
 	int shutdown;                       /* 0, or one of PGMUX_SHUTDOWN_* */
 	bool paused;

@@ -30,6 +30,8 @@ void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate);
 
 /* Opens connections while waiters outnumber logins and the limits allow. */
 void pool_launch(struct pool *p);
+/* Opens one more server while the pool is below min_pool_size (and within its limits). */
+void pool_grow_min(struct pool *p);
 /* Gives idle servers to waiters, oldest first. */
 void pool_serve_waiters(struct pool *p);
 

@@ -21,6 +21,10 @@ void server_set_state(struct server *sv, enum server_state st);
 /* Sends a query of pgmux's own whose whole response is swallowed (reset, check, SET). */
 bool server_send_internal(struct server *sv, const char *sql);
 
+/* Handles bytes a just-released server still holds (late NOTICEs, notifications): they are
+ * read and dropped, never handed to the next client. */
+void server_drain_unlinked(struct server *sv);
+
 /* The one teardown path; a linked client is closed with an error too. */
 void server_close(struct server *sv, const char *reason);
 

@@ -20,6 +20,7 @@ struct client_auth {
 	enum auth_step step;
 	uint8_t salt[4];
 	bool unknown_user;      /* run the exchange anyway, then fail: no user-name oracle */
+	bool stored_scram;      /* verified against a stored SCRAM secret (pass-through possible) */
 	struct scram_server scram;
 };
 
@@ -61,7 +62,7 @@ static bool start_scram(struct client *cl, const char *secret)
 	struct client_auth *a = cl->auth;
 	enum secret_kind kind = secret ? userlist_secret_kind(secret) : SECRET_NONE;
 	if (kind == SECRET_SCRAM) {
-		scram_parse_secret(secret, &a->scram.secret);
+		a->stored_scram = scram_parse_secret(secret, &a->scram.secret);
 	} else {
 		/* A plaintext (or missing) secret: make a verifier with a fresh salt for this login. */
 		uint8_t salt[16];
@@ -237,8 +238,11 @@ bool auth_on_message(struct client *cl, char type, const uint8_t *body, uint32_t
 
 void auth_export_keys(struct client *cl, struct pool *p)
 {
-	/* The ClientKey from a verified proof lets the pool log in to the server by pass-through. */
-	if (cl->auth && cl->auth->scram.done && !p->have_scram_keys) {
+	/* The ClientKey from a verified proof lets the pool log in to the server by pass-through.
+	 * The latest login wins (a rotated password takes over), and only a key made for the
+	 * user the pool logs in as is any use. */
+	if (cl->auth && cl->auth->scram.done && cl->auth->stored_scram &&
+	    strcmp(pool_server_user(p), cl->user_name) == 0) {
 		memcpy(p->scram_client_key, cl->auth->scram.client_key, SCRAM_KEY_LEN);
 		p->have_scram_keys = true;
 	}

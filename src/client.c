@@ -86,7 +86,8 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 	if (sv) {
 		/* Bytes the client sent but the server never got would leave it mid-message. */
 		bool clean = sv->tx == 'I' && cl->expect_z == 0 && !cl->sync_pending &&
-			     sbuf_empty(&cl->c) && cl->c.pkt_left == 0 && !cl->in_copy;
+			     sbuf_empty(&cl->c) && cl->c.pkt_left == 0 && !cl->in_copy &&
+			     !sv->internal_z;
 		if (!clean)
 			sv->close_when_idle = true;
 	}
@@ -274,7 +275,8 @@ static bool handle_startup(struct client *cl)
 		client_close(cl, "pgmux is shutting down", "57P01");
 		return false;
 	}
-	if (!pool_find_database(w, cl->db_name)) {
+	/* Only a lookup before authentication: objects are made for authenticated clients. */
+	if (!config_find_db(w->cf, cl->db_name)) {
 		char msg[300];
 		snprintf(msg, sizeof(msg), "no such database: %s", cl->db_name);
 		client_close(cl, msg, "3D000");
@@ -294,7 +296,7 @@ static void login_loop(struct client *cl)
 		struct iobuf *b = cl->c.in;
 		if (!cl->auth) {
 			uint32_t before = b->scan;
-			if (!handle_startup(cl) || b->scan == before)
+			if (!handle_startup(cl) || cl->c.in != b || b->scan == before)
 				break;
 			continue;
 		}
@@ -383,6 +385,22 @@ void client_linked(struct client *cl)
 	client_on_data(cl);
 }
 
+/* Pipelining past this many unanswered requests is refused: the count must never wrap. */
+#define MAX_PIPELINE (1u << 20)
+
+static void note_query_start(struct client *cl)
+{
+	if (!cl->expect_z && !cl->sync_pending)
+		cl->query_start = cl->c.w->now;
+}
+
+/* Messages that ask nothing of a server: from a client without one, they are dropped
+ * rather than pin a server (PostgreSQL ignores stray copy messages outside COPY). */
+static bool needs_no_server(char type)
+{
+	return type == 'H' || type == 'd' || type == 'c' || type == 'f';
+}
+
 /* Forwarding: walks the message headers the client sent and keeps the in-flight counts that
  * decide when its server can go back to the pool. */
 static void forward_loop(struct client *cl)
@@ -398,6 +416,10 @@ static void forward_loop(struct client *cl)
 				n = c->pkt_left;
 			b->scan += n;
 			c->pkt_left -= n;
+			if (cl->discarding) {
+				b->start = b->scan;
+				cl->discarding = c->pkt_left > 0;
+			}
 			continue;
 		}
 		uint32_t avail = b->end - b->scan;
@@ -406,14 +428,27 @@ static void forward_loop(struct client *cl)
 		const uint8_t *h = b->data + b->scan;
 		char type = (char)h[0];
 		uint32_t len = proto_get32(h + 1);
-		if (len < 4 || (int64_t)len > cf->max_packet_size) {
-			client_close(cl, len < 4 ? "invalid packet length" : "max_packet_size exceeded", "08P01");
+		if (len < 4 || len > 0x7fffffffu || (int64_t)len > cf->max_packet_size) {
+			client_close(cl, len < 4 || len > 0x7fffffffu ? "invalid packet length" : "max_packet_size exceeded",
+				     "08P01");
 			return;
 		}
 		if (!cl->link) {
 			if (type == 'X') {
 				client_close(cl, "client close request", NULL);
 				return;
+			}
+			if (needs_no_server(type) && b->start == b->scan) {
+				if (type == 'c' || type == 'f')
+					cl->copy_fixup = false;
+				if (avail >= len + 1) {
+					b->start = b->scan = b->scan + len + 1;
+				} else {
+					b->start = b->scan = b->end;
+					c->pkt_left = len + 1 - avail;
+					cl->discarding = true;
+				}
+				continue;
 			}
 			uint64_t now = c->w->now;
 			cl->last_active = now;
@@ -422,6 +457,7 @@ static void forward_loop(struct client *cl)
 			if (c->dead || !cl->link)
 				return;   /* queued: client_linked() resumes this loop */
 		}
+		log_noise("C-%llu -> %c len %u expect_z %u", (unsigned long long)c->id, type, len, cl->expect_z);
 		switch (type) {
 		case 'X':
 			/* Forward what came before; the Terminate itself is pgmux's to consume, so a
@@ -433,33 +469,54 @@ static void forward_loop(struct client *cl)
 			client_close(cl, "client close request", NULL);
 			return;
 		case 'Q':
-			if (!cl->expect_z)
-				cl->query_start = c->w->now;
+			/* A simple Query is a sync point of its own, even after unsynced extended
+			 * messages (asyncpg sends Parse/Describe/Flush, then a Query). */
+			note_query_start(cl);
 			cl->expect_z++;
+			cl->sync_pending = false;
+			cl->last_exec = 'Q';
+			cl->copy_client_done = false;
 			cl->pool->query_count++;
 			break;
 		case 'F':
-			if (!cl->expect_z)
-				cl->query_start = c->w->now;
+			note_query_start(cl);
 			cl->expect_z++;
 			break;
 		case 'S':
-			if (!cl->expect_z)
-				cl->query_start = c->w->now;
+			note_query_start(cl);
 			cl->expect_z++;
 			cl->sync_pending = false;
 			break;
-		case 'P': case 'B': case 'D': case 'C':
-			cl->sync_pending = true;
-			break;
 		case 'E':
+			note_query_start(cl);
 			cl->sync_pending = true;
+			cl->last_exec = 'E';
+			cl->copy_client_done = false;
 			cl->pool->query_count++;
 			break;
-		case 'd': case 'c': case 'f': case 'H':
+		case 'P': case 'B': case 'D': case 'C':
+			note_query_start(cl);
+			cl->sync_pending = true;
+			break;
+		case 'c': case 'f':
+			if (cl->copy_fixup) {
+				/* The server already ended the copy: only Syncs from here on answer. */
+				cl->copy_fixup = false;
+				cl->expect_z = 0;
+			} else {
+				/* May come before the server's CopyInResponse when the client pipelines. */
+				cl->copy_client_done = true;
+				cl->copy_mark = cl->expect_z;
+			}
+			break;
+		case 'd': case 'H':
 			break;
 		default:
 			client_close(cl, "unknown message type from client", "08P01");
+			return;
+		}
+		if (cl->expect_z > MAX_PIPELINE) {
+			client_close(cl, "too many pipelined requests", "08P01");
 			return;
 		}
 		if (avail >= len + 1) {
@@ -473,6 +530,9 @@ static void forward_loop(struct client *cl)
 		uint32_t sent = b->scan - b->start;
 		cl->pool->bytes_recv += sent;
 		sbuf_flush(c);
+	} else if (b && b->start == b->end) {
+		b->start = b->scan = b->end = 0;
+		sbuf_release_buf(c);
 	}
 }
 

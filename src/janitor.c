@@ -2,6 +2,7 @@
 #include "janitor.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "client.h"
 #include "log.h"
@@ -80,7 +81,8 @@ static void sweep_clients(struct worker *w, uint64_t now, struct victims *cl)
 			continue;
 		list_for_each_safe(c2, t2, &p->cl_active) {
 			struct client *c = list_entry(c2, struct client, node);
-			if (!c->link) {
+			if (!c->link || (!c->expect_z && !c->sync_pending && c->link->tx == 'I')) {
+				/* unlinked, or a session-mode client with nothing in flight */
 				if (over(now, c->last_active, cf->client_idle_timeout))
 					add(cl, c, "client_idle_timeout");
 			} else if (c->expect_z || c->sync_pending) {
@@ -138,12 +140,7 @@ static void grow_pools(struct worker *w)
 	list_for_each_safe(it, tmp, &w->pools) {
 		struct pool *p = list_entry(it, struct pool, node);
 		pool_launch(p);
-		int total = p->n_sv[SV_LOGIN] + p->n_sv[SV_IDLE] + p->n_sv[SV_ACTIVE] + p->n_sv[SV_USED] +
-			    p->n_sv[SV_TESTED];
-		if (!w->shutdown && !p->db->removed && p->db->addr_ok && total < pool_min_size(p) &&
-		    !(p->last_connect_failed &&
-		      pgmux_now() - p->last_connect_time < (uint64_t)w->cf->server_login_retry))
-			server_connect(p);
+		pool_grow_min(p);
 	}
 }
 
@@ -156,6 +153,10 @@ void janitor_run(struct worker *w)
 	for (size_t i = 0; i < cl.n; i++) {
 		struct client *c = cl.v[i];
 		if (c->c.dead)
+			continue;
+		/* Closing an earlier victim may have served this one meanwhile. */
+		if (strcmp(cl.why[i], "query_wait_timeout") == 0 && c->state != CL_WAITING &&
+		    c->state != CL_WAITING_LOGIN)
 			continue;
 		if (c->link && c->link->state == SV_ACTIVE && c->expect_z) {
 			/* A query over its time: the server is mid-query and cannot be reused. */

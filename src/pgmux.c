@@ -137,12 +137,29 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
 		socklen_t len = sizeof(ss);
 		int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+				/* The pending connection keeps the listener readable: stop polling it for
+				 * a second instead of spinning. */
+				log_warn("accept failed: %s; not accepting for 1 s", strerror(errno));
+				for (int k = 0; k < w->n_listen; k++)
+					event_del(&w->lev[k]);
+				struct timeval tv = { 1, 0 };
+				event_add(&w->ev_accept_retry, &tv);
+			} else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+				   errno != ECONNABORTED) {
 				log_warn("accept failed: %s", strerror(errno));
+			}
 			return;
 		}
 		client_accept(w, fd, (struct sockaddr *)&ss, len);
 	}
+}
+
+static void accept_retry(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	for (int k = 0; k < w->n_listen; k++)
+		event_add(&w->lev[k], NULL);
 }
 
 static int add_listener(struct worker *w, int fd)
@@ -252,6 +269,7 @@ void pgmux_stop_listening(struct worker *w)
 	}
 	w->n_listen = 0;
 	w->listening = false;
+	evtimer_del(&w->ev_accept_retry);
 	if (w->unix_path[0]) {
 		unlink(w->unix_path);
 		w->unix_path[0] = 0;
@@ -385,6 +403,7 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 	if (!w->cancel_tab)
 		return -1;
 	event_assign(&w->ev_reap, w->base, -1, 0, reap_cb, w);
+	evtimer_assign(&w->ev_accept_retry, w->base, accept_retry, w);
 	signal(SIGPIPE, SIG_IGN);
 	int sigs[] = { SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGUSR1 };
 	for (int i = 0; i < 5; i++) {

@@ -320,6 +320,15 @@ void pool_acquire(struct client *cl)
 	pool_serve_waiters(p);
 }
 
+void pool_grow_min(struct pool *p)
+{
+	struct worker *w = p->w;
+	if (w->shutdown || p->db->removed || !p->db->addr_ok)
+		return;
+	if (pool_servers(p) < pool_min_size(p) && can_open(p, false))
+		server_connect(p);
+}
+
 void pool_serve_waiters(struct pool *p)
 {
 	struct worker *w = p->w;
@@ -352,6 +361,18 @@ void pool_release(struct server *sv, bool client_gone)
 	}
 	if (sv->c.dead)
 		return;
+	/* Scrub what belonged to the old client: a reply it never took (it left), a release it
+	 * was still owed, a read paused because it was full. */
+	sv->ready_notified = false;
+	struct iobuf *sb = sv->c.in;
+	if (sv->c.pkt_left)
+		sv->close_when_idle = true;   /* mid-message: the stream cannot be resynced */
+	else if (sb && sb->start != sb->scan)
+		sb->start = sb->scan;
+	sbuf_resume(&sv->c);
+	server_drain_unlinked(sv);
+	if (sv->c.dead)
+		return;
 	const struct config *cf = w->cf;
 	const char *why = NULL;
 	if (sv->close_when_idle)
@@ -367,6 +388,11 @@ void pool_release(struct server *sv, bool client_gone)
 	if (why) {
 		server_close(sv, why);
 		pool_launch(p);
+		return;
+	}
+	if (sv->internal_z) {
+		/* pgmux's own query is still answering: it finishes into the pool (internal_done). */
+		server_set_state(sv, SV_USED);
 		return;
 	}
 	bool reset = (cf->server_reset_query_always || (client_gone && pool_mode(p) == POOL_SESSION)) &&
@@ -392,10 +418,8 @@ void pool_release(struct server *sv, bool client_gone)
 void pool_server_ready(struct server *sv)
 {
 	struct pool *p = sv->pool;
-	p->last_connect_failed = false;
-	p->error_logged = false;
 	server_set_state(sv, SV_IDLE);
-	sv->last_used = sv->last_check = pgmux_now();
+	sv->last_used = sv->last_check = p->w->now;
 	while (p->welcome_ok && !list_empty(&p->cl_waiting_login)) {
 		struct client *cl = list_entry(p->cl_waiting_login.next, struct client, node);
 		client_send_welcome(cl);
@@ -407,7 +431,7 @@ void pool_server_ready(struct server *sv)
 void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate)
 {
 	p->last_connect_failed = true;
-	p->last_connect_time = pgmux_now();
+	p->last_connect_time = p->w->now;
 	if (!p->error_logged || strcmp(p->last_error, msg) != 0) {
 		log_warn("pool %s/%s: server login failed: %s", p->db->name, p->user->name, msg);
 		p->error_logged = true;
@@ -439,6 +463,7 @@ static void resolved(int err, struct evutil_addrinfo *res, void *arg)
 {
 	struct database *db = arg;
 	struct worker *w = db->w;
+	w->now = pgmux_now();
 	db->resolving = false;
 	if (err || !res) {
 		char msg[300];
@@ -456,7 +481,7 @@ static void resolved(int err, struct evutil_addrinfo *res, void *arg)
 	db->addrlen = (socklen_t)res->ai_addrlen;
 	((struct sockaddr_in *)&db->addr)->sin_port = htons((uint16_t)db->cf->port);
 	db->addr_ok = true;
-	db->resolved_at = pgmux_now();
+	db->resolved_at = w->now;
 	evutil_freeaddrinfo(res);
 	launch_db_pools(w, db);
 }

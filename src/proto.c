@@ -228,15 +228,20 @@ const char *proto_error_field(const uint8_t *body, size_t len, char code)
 
 bool proto_quote_literal(const char *val, char *out, size_t outlen)
 {
+	/* As PostgreSQL's quote_literal: with a backslash present, an E'' literal with backslashes
+	 * doubled, so the text means the same whatever standard_conforming_strings says. */
+	bool esc = strchr(val, '\\') != NULL;
 	size_t o = 0;
-	if (outlen < 3)
+	if (outlen < 4)
 		return false;
+	if (esc)
+		out[o++] = 'E';
 	out[o++] = '\'';
 	for (const char *s = val; *s; s++) {
 		if (o + 3 >= outlen)
 			return false;
-		if (*s == '\'')
-			out[o++] = '\'';
+		if (*s == '\'' || *s == '\\')
+			out[o++] = *s;
 		out[o++] = *s;
 	}
 	out[o++] = '\'';

@@ -32,6 +32,9 @@ void sbuf_resume(struct conn *c)
 		return;
 	if (event_add(&c->ev_read, NULL) == 0)
 		c->rd_on = true;
+	/* Decrypted bytes held by OpenSSL will not make the socket poll readable. */
+	if (c->ssl && tls_pending(c))
+		event_active(&c->ev_read, EV_READ, 0);
 }
 
 void sbuf_pause(struct conn *c)

@@ -23,6 +23,7 @@ enum login_step { LS_CONNECTING, LS_SSL_REPLY, LS_TLS, LS_AUTH, LS_CONNECT_QUERY
 
 struct server_login {
 	struct scram_client scram;
+	bool sasl_started, sasl_verified;   /* AuthenticationOk only counts after the server's proof */
 	struct pktbuf params;      /* the ParameterStatus messages, for the pool's greeting */
 	char password[256];
 };
@@ -168,7 +169,7 @@ void server_connect(struct pool *p)
 	sv->pool = p;
 	sv->state = SV_FREE;
 	sv->tx = 'I';
-	sv->connect_time = pgmux_now();
+	sv->connect_time = w->now;
 	server_set_state(sv, SV_LOGIN);
 	db->n_servers++;
 	p->user->n_servers++;
@@ -406,6 +407,10 @@ static bool login_auth(struct server *sv, const uint8_t *body, uint32_t len)
 
 	switch (code) {
 	case 0:
+		if (lg->sasl_started && !lg->sasl_verified) {
+			login_failed(sv, "server skipped the SCRAM server signature", "28000");
+			return false;
+		}
 		return true;
 	case 3:
 		if (kind != SECRET_PLAIN) {
@@ -462,6 +467,7 @@ static bool login_auth(struct server *sv, const uint8_t *body, uint32_t len)
 		}
 		char out[256];
 		size_t outlen;
+		lg->sasl_started = true;
 		if (scram_client_first(&lg->scram, out, sizeof(out), &outlen) < 0) {
 			login_failed(sv, "SCRAM client-first failed", "28000");
 			return false;
@@ -492,6 +498,7 @@ static bool login_auth(struct server *sv, const uint8_t *body, uint32_t len)
 			login_failed(sv, msg, "28000");
 			return false;
 		}
+		lg->sasl_verified = true;
 		return true;
 	}
 	default:
@@ -539,6 +546,8 @@ static void login_done(struct server *sv)
 		char tag[256];
 		log_info("%s new server connection", server_tag(sv, tag, sizeof(tag)));
 	}
+	p->last_connect_failed = false;
+	p->error_logged = false;
 	pool_server_ready(sv);
 }
 
@@ -622,6 +631,8 @@ static void internal_done(struct server *sv)
 		char tag[256];
 		if (sv->pool->w->cf->log_connections)
 			log_info("%s new server connection", server_tag(sv, tag, sizeof(tag)));
+		sv->pool->last_connect_failed = false;
+		sv->pool->error_logged = false;
 		pool_server_ready(sv);
 	} else {
 		pool_server_ready(sv);
@@ -637,10 +648,17 @@ static bool swallow(struct server *sv, char type, const uint8_t *body, uint32_t 
 		track_param(sv, body, blen);
 		break;
 	case 'E':
-		if (sv->internal_z)
+		if (sv->internal_z && sv->link) {
+			/* A client's session parameter the server refuses (a bad TimeZone, say): the
+			 * client cannot run as it asked, so it gets the server's error. */
+			char msg[300];
+			snprintf(msg, sizeof(msg), "invalid server parameter: %s", proto_error_field(body, blen, 'M'));
+			client_close(sv->link, msg, "22023");
+			return !sv->c.dead;
+		} else if (sv->internal_z) {
 			log_warn("%s pgmux's own query failed: %s", server_tag(sv, tag, sizeof(tag)),
 				 proto_error_field(body, blen, 'M'));
-		else {
+		} else {
 			log_warn("%s error from idle server: %s", server_tag(sv, tag, sizeof(tag)),
 				 proto_error_field(body, blen, 'M'));
 			server_close(sv, "server sent an error while idle");
@@ -664,6 +682,24 @@ static bool swallow(struct server *sv, char type, const uint8_t *body, uint32_t 
 	return true;
 }
 
+/* True when the client owes nothing and is owed nothing: its server may go back. */
+static bool client_settled(const struct client *cl)
+{
+	return cl->expect_z == 0 && !cl->sync_pending && !cl->in_copy && cl->c.pkt_left == 0;
+}
+
+/* The server ended a COPY IN: recount the ReadyForQuery still owed, since PostgreSQL ignored
+ * the Syncs that arrived during the copy. */
+static void copy_ended(struct client *cl)
+{
+	cl->in_copy = false;
+	if (cl->copy_client_done)
+		cl->expect_z = (cl->copy_simple ? 1 : 0) + (cl->expect_z - cl->copy_mark);
+	else
+		cl->copy_fixup = !cl->copy_simple;
+	cl->copy_client_done = false;
+}
+
 static void forward_loop(struct server *sv)
 {
 	struct conn *c = &sv->c;
@@ -685,8 +721,8 @@ static void forward_loop(struct server *sv)
 		const uint8_t *h = b->data + b->scan;
 		char type = (char)h[0];
 		uint32_t len = proto_get32(h + 1);
-		if (len < 4) {
-			server_close(sv, "invalid packet length from server");
+		if (len < 4 || len > 0x7fffffffu || (type == 'Z' && len != 5)) {
+			server_close(sv, "invalid message length from server");
 			return;
 		}
 		struct client *cl = sv->link;
@@ -700,47 +736,47 @@ static void forward_loop(struct server *sv)
 			if (!whole)
 				break;
 			uint32_t at = b->scan;
-			bool alive = swallow(sv, type, h + PROTO_HDR, len - 4);
-			if (!alive || c->dead)
-				return;
-			if (b != c->in)
+			if (!swallow(sv, type, h + PROTO_HDR, len - 4) || c->dead || b != c->in)
 				return;
 			sbuf_drop(c, at, len + 1);
-			if (!sv->link && sv->state != SV_ACTIVE && sv->internal_z == 0)
-				continue;
 			continue;
 		}
-		if ((type == 'Z' || type == 'S') && !whole && len + 1 <= c->w->bufsize)
+		if ((type == 'Z' || type == 'S') && !whole)
 			break;   /* small messages pgmux reads: wait for the rest */
+		log_noise("S-%llu <- %c len %u expect_z %u", (unsigned long long)c->id, type, len, cl->expect_z);
 		switch (type) {
 		case 'Z': {
-			char tx = len > 4 ? (char)h[PROTO_HDR] : 'I';
+			char tx = (char)h[PROTO_HDR];
 			sv->tx = tx;
 			if (cl->expect_z && --cl->expect_z == 0)
 				cl->last_active = c->w->now;
-			cl->in_copy = false;
 			b->scan += len + 1;
-			if (cl->expect_z == 0 && !cl->sync_pending) {
+			if (client_settled(cl)) {
 				int mode = pool_mode(sv->pool);
 				if (mode == POOL_STATEMENT && tx != 'I') {
 					sv->close_when_idle = true;
 					client_close(cl, "transaction blocks not allowed in statement pooling mode", "08P01");
 					return;
 				}
-				if (tx == 'I' && mode != POOL_SESSION)
+				if (tx == 'I' && mode != POOL_SESSION) {
 					release = true;
+					goto flush;
+				}
 			}
-			if (release)
-				goto flush;
 			continue;
 		}
 		case 'S':
-			if (whole)
-				track_param(sv, h + PROTO_HDR, len - 4);
+			track_param(sv, h + PROTO_HDR, len - 4);
 			break;
 		case 'G':
 		case 'W':
 			cl->in_copy = true;
+			cl->copy_simple = cl->last_exec == 'Q';
+			break;
+		case 'C':
+		case 'E':
+			if (cl->in_copy)
+				copy_ended(cl);
 			break;
 		default:
 			break;
@@ -753,24 +789,34 @@ static void forward_loop(struct server *sv)
 		}
 	}
 flush:
-	if (c->dead || !b)
+	if (c->dead)
 		return;
-	if (sv->link) {
-		sv->pool->bytes_sent += b->scan - b->start;
-		if (!sbuf_flush(c)) {
-			if (release)
-				sv->ready_notified = true;   /* release once the client drained */
-			return;
+	struct client *cl = sv->link;
+	if (cl) {
+		if (b) {
+			sv->pool->bytes_sent += b->scan - b->start;
+			if (!sbuf_flush(c)) {
+				/* The client is full: release once it has drained (sbuf re-enters here). */
+				if (release && !c->dead && sv->link == cl)
+					sv->ready_notified = true;
+				return;
+			}
 		}
-		if (release || sv->ready_notified) {
+		if ((release || sv->ready_notified) && sv->link == cl && !c->dead) {
 			sv->ready_notified = false;
-			pool_release(sv, false);
-			return;
+			if (client_settled(cl) && sv->tx == 'I')
+				pool_release(sv, false);
 		}
-	} else if (b->start == b->end) {
+	} else if (b && b->start == b->end) {
 		b->start = b->scan = b->end = 0;
 		sbuf_release_buf(c);
 	}
+}
+
+void server_drain_unlinked(struct server *sv)
+{
+	if (!sv->c.dead && !sv->link && sbuf_unparsed(&sv->c))
+		forward_loop(sv);
 }
 
 void server_on_data(struct conn *c)

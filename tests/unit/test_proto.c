@@ -100,6 +100,9 @@ static void test_quote_literal(void **state)
 	assert_true(proto_quote_literal("it's", out, sizeof(out)));
 	assert_string_equal(out, "'it''s'");
 	assert_false(proto_quote_literal("0123456789012345678901234567890123", out, sizeof(out)));
+	/* a backslash must not escape the closing quote when standard_conforming_strings is off */
+	assert_true(proto_quote_literal("\\'; drop", out, sizeof(out)));
+	assert_string_equal(out, "E'\\\\''; drop'");
 }
 
 static void test_varcache_apply(void **state)
