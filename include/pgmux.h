@@ -23,6 +23,7 @@ struct worker;
 struct pool;
 struct client;
 struct server;
+struct admin_session;
 
 /* A receive buffer, taken from the worker's free list only while it holds bytes.
  * Bytes [start, scan) are parsed and ready to go to the peer; [scan, end) await parsing. */
@@ -54,7 +55,7 @@ struct conn {
 	struct ssl_st *ssl;     /* TLS session, or NULL for plain TCP/Unix */
 };
 
-enum client_state { CL_LOGIN, CL_WAITING_LOGIN, CL_ACTIVE, CL_WAITING, CL_FREE };
+enum client_state { CL_LOGIN, CL_WAITING_LOGIN, CL_ACTIVE, CL_WAITING, CL_ADMIN, CL_FREE };
 enum server_state { SV_LOGIN, SV_IDLE, SV_ACTIVE, SV_USED, SV_TESTED, SV_FREE };
 
 struct database {
@@ -127,7 +128,8 @@ struct client {
 	bool copy_fixup;                    /* server ended the copy first: recount at CopyDone */
 	char last_exec;                     /* 'Q' or 'E': the last message that ran a statement */
 	uint32_t copy_mark;                 /* expect_z when the client ended the copy */
-	bool admin;
+	bool admin;                         /* may run console control commands (admin_users) */
+	struct admin_session *console;      /* console state, for CL_ADMIN clients */
 	uint64_t connect_time, wait_start, last_active, xact_start, query_start;
 	char addr[48];
 };
@@ -160,6 +162,8 @@ struct worker {
 	struct list databases, users, pools;
 	struct list cl_login;
 	int n_login;
+	struct list cl_admin;               /* console clients (database pgmux / pgbouncer) */
+	int n_admin;
 	int n_clients;
 	int n_servers;
 	uint64_t next_id;

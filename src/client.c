@@ -9,6 +9,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "auth.h"
 #include "log.h"
 #include "pool.h"
@@ -30,6 +31,7 @@ static struct list *client_list(struct client *cl, enum client_state st)
 {
 	switch (st) {
 	case CL_LOGIN: return &cl->c.w->cl_login;
+	case CL_ADMIN: return &cl->c.w->cl_admin;
 	case CL_WAITING_LOGIN: return &cl->pool->cl_waiting_login;
 	case CL_ACTIVE: return &cl->pool->cl_active;
 	case CL_WAITING: return &cl->pool->cl_waiting;
@@ -45,6 +47,8 @@ void client_set_state(struct client *cl, enum client_state st)
 		list_del(&cl->node);
 		if (cl->state == CL_LOGIN)
 			cl->c.w->n_login--;
+		else if (cl->state == CL_ADMIN)
+			cl->c.w->n_admin--;
 		else
 			cl->pool->n_cl[cl->state]--;
 	}
@@ -54,6 +58,8 @@ void client_set_state(struct client *cl, enum client_state st)
 		list_append(l, &cl->node);
 		if (st == CL_LOGIN)
 			cl->c.w->n_login++;
+		else if (st == CL_ADMIN)
+			cl->c.w->n_admin++;
 		else
 			cl->pool->n_cl[st]++;
 	}
@@ -97,6 +103,7 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 		pool_release(sv, true);
 	client_set_state(cl, CL_FREE);
 	auth_free(cl);
+	admin_client_gone(cl);
 	w->n_clients--;
 	pgmux_reap(w, &cl->c);
 	pgmux_check_shutdown(w);
@@ -276,7 +283,7 @@ static bool handle_startup(struct client *cl)
 		return false;
 	}
 	/* Only a lookup before authentication: objects are made for authenticated clients. */
-	if (!config_find_db(w->cf, cl->db_name)) {
+	if (!admin_is_console_db(cl->db_name) && !config_find_db(w->cf, cl->db_name)) {
 		char msg[300];
 		snprintf(msg, sizeof(msg), "no such database: %s", cl->db_name);
 		client_close(cl, msg, "3D000");
@@ -326,6 +333,11 @@ static void login_loop(struct client *cl)
 void client_auth_ok(struct client *cl)
 {
 	struct worker *w = cl->c.w;
+	if (admin_is_console_db(cl->db_name)) {
+		auth_free(cl);
+		admin_client_ready(cl);
+		return;
+	}
 	struct database *db = pool_find_database(w, cl->db_name);
 	struct pool *p = db ? pool_get(w, db, cl->user_name) : NULL;
 	if (!p) {
@@ -542,6 +554,10 @@ void client_on_data(struct client *cl)
 		return;
 	if (cl->state == CL_LOGIN) {
 		login_loop(cl);
+		return;
+	}
+	if (cl->state == CL_ADMIN) {
+		admin_on_data(cl);
 		return;
 	}
 	if (cl->state != CL_ACTIVE)
