@@ -73,7 +73,7 @@ enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH };
 	X(CF_BOOL, application_name_add_host, "0",           true)  \
 	X(CF_BOOL, server_round_robin,        "0",           true)  \
 	X(CF_BOOL, disable_pqexec,            "0",           false) \
-	X(CF_INT,  max_prepared_statements,   "0",           true)  \
+	X(CF_INT,  max_prepared_statements,   "200",         true)  \
 	X(CF_USEC, autodb_idle_timeout,       "3600",        true)
 
 #define CF_CTYPE_CF_STR  char *

@@ -24,6 +24,10 @@ struct pool;
 struct client;
 struct server;
 struct admin_session;
+struct stats_state;
+struct ps_cmap;
+struct ps_server;
+struct ps_global;
 
 /* A receive buffer, taken from the worker's free list only while it holds bytes.
  * Bytes [start, scan) are parsed and ready to go to the peer; [scan, end) await parsing. */
@@ -73,6 +77,8 @@ struct database {
 	uint64_t resolved_at;
 	struct ssl_ctx_st *ssl_ctx;  /* TLS context for its servers, made on first use */
 	int n_servers;              /* across its pools, for max_db_connections */
+	bool paused;                /* console PAUSE db / KILL db: no new server links until RESUME */
+	bool disabled;              /* console DISABLE db: new client logins are refused */
 };
 
 struct user {
@@ -105,6 +111,7 @@ struct pool {
 	/* counters */
 	uint64_t xact_count, query_count, bytes_recv, bytes_sent;
 	uint64_t xact_time, query_time, wait_time;
+	uint64_t client_parse_count, server_parse_count, bind_count;
 };
 
 struct client {
@@ -130,6 +137,8 @@ struct client {
 	uint32_t copy_mark;                 /* expect_z when the client ended the copy */
 	bool admin;                         /* may run console control commands (admin_users) */
 	struct admin_session *console;      /* console state, for CL_ADMIN clients */
+	struct ps_cmap *ps;                 /* its named prepared statements, or NULL */
+	bool ps_skip;                       /* after pgmux's own error: drop until Sync */
 	uint64_t connect_time, wait_start, last_active, xact_start, query_start;
 	char addr[48];
 };
@@ -149,6 +158,8 @@ struct server {
 	bool ready_notified;
 	uint16_t cancel_pending;            /* cancels in flight against it; not reusable until 0 */
 	struct server_login *login;         /* login-time state only */
+	struct ps_server *ps;               /* statements it holds, requests in flight */
+	bool ps_active;                     /* this link tracks prepared statements */
 	uint64_t connect_time, last_used, last_check, link_time;
 };
 
@@ -169,6 +180,7 @@ struct worker {
 	uint64_t next_id;
 	uint64_t now;                       /* pgmux_now() at the start of the current callback */
 	struct vtab vars;                   /* interned session-parameter values */
+	struct ps_global *ps;               /* prepared statements by text, for all clients */
 	/* cancel keys -> clients */
 	struct client **cancel_tab;
 	uint32_t cancel_mask;
@@ -190,6 +202,7 @@ struct worker {
 	struct event ev_sig[5];
 	int shutdown;                       /* 0, or one of PGMUX_SHUTDOWN_* */
 	bool paused;
+	struct stats_state *stats;          /* stats_period snapshots (stats.c), or NULL */
 };
 
 enum { PGMUX_SHUTDOWN_WAIT_SERVERS = 1, PGMUX_SHUTDOWN_WAIT_CLIENTS, PGMUX_SHUTDOWN_NOW };

@@ -27,6 +27,14 @@ bool sbuf_flush(struct conn *src);
 /* Removes n bytes at offset `at` of c->in (a message pgmux swallows). */
 void sbuf_drop(struct conn *c, uint32_t at, uint32_t n);
 
+/* Puts n bytes into c->in at the parse position, as if they had been received and parsed
+ * (pgmux's own replies spliced into a server's stream).  False when there is no room. */
+bool sbuf_insert(struct conn *c, const void *data, uint32_t n);
+
+/* Replaces the first oldn bytes at the parse position of c->in with data (a message renamed
+ * in place, so it still goes out in the same send).  False when there is no room. */
+bool sbuf_replace(struct conn *c, uint32_t oldn, const void *data, uint32_t newn);
+
 /* Bytes in c->in not yet parsed. */
 static inline uint32_t sbuf_unparsed(const struct conn *c)
 {

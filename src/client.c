@@ -13,6 +13,7 @@
 #include "auth.h"
 #include "log.h"
 #include "pool.h"
+#include "prepared.h"
 #include "pwcrypt.h"
 #include "sbuf.h"
 #include "server.h"
@@ -470,6 +471,21 @@ static void forward_loop(struct client *cl)
 				return;   /* queued: client_linked() resumes this loop */
 		}
 		log_noise("C-%llu -> %c len %u expect_z %u", (unsigned long long)c->id, type, len, cl->expect_z);
+		if (cl->link->ps_active && type != 'X') {
+			enum ps_result r = ps_client_message(cl, type, len + 1, avail);
+			if (r == PS_CLOSED || c->dead)
+				return;
+			if (r == PS_WAIT)
+				break;
+			if (r == PS_CONSUMED) {
+				if (type == 'P' || type == 'B' || type == 'D' || type == 'C') {
+					note_query_start(cl);
+					cl->sync_pending = true;
+				}
+				b = c->in;
+				continue;
+			}
+		}
 		switch (type) {
 		case 'X':
 			/* Forward what came before; the Terminate itself is pgmux's to consume, so a
@@ -537,6 +553,19 @@ static void forward_loop(struct client *cl)
 			b->scan = b->end;
 			c->pkt_left = len + 1 - avail;
 		}
+	}
+	struct server *sv = cl->link;
+	if (sv && sv->ps_active) {
+		/* pgmux's own bytes for the server go first; its own answers due now go out too. */
+		if (sv->c.out.len && sbuf_send_out(&sv->c) < 0) {
+			server_close(sv, "send failed");
+			return;
+		}
+		if (ps_emit(sv) == PS_CLOSED || c->dead)
+			return;
+		if (!sbuf_empty(&sv->c) && !sbuf_flush(&sv->c) && (c->dead || sv->c.dead))
+			return;
+		b = c->in;
 	}
 	if (cl->link && b) {
 		uint32_t sent = b->scan - b->start;

@@ -17,6 +17,7 @@
 #include "janitor.h"
 #include "log.h"
 #include "pool.h"
+#include "prepared.h"
 #include "pwcrypt.h"
 #include "sbuf.h"
 #include "server.h"
@@ -107,6 +108,7 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 		if (c->kind == CONN_CLIENT) {
 			struct client *cl = container_of(c, struct client, c);
 			varcache_clear(&w->vars, &cl->vars);
+			ps_client_free(cl);
 			free(cl->user_name);
 			free(cl->db_name);
 			free(cl);

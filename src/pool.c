@@ -12,6 +12,7 @@
 #include "client.h"
 #include "log.h"
 #include "sbuf.h"
+#include "prepared.h"
 #include "server.h"
 #include "tls.h"
 
@@ -251,6 +252,7 @@ static void link_pair(struct client *cl, struct server *sv)
 	cl->link = sv;
 	sbuf_link(&cl->c, &sv->c);
 	sv->link_time = now;
+	sv->ps_active = ps_enabled(p);
 	cl->xact_start = now;
 	if (cl->state == CL_WAITING) {
 		p->wait_time += now - cl->wait_start;
@@ -364,6 +366,9 @@ void pool_release(struct server *sv, bool client_gone)
 	/* Scrub what belonged to the old client: a reply it never took (it left), a release it
 	 * was still owed, a read paused because it was full. */
 	sv->ready_notified = false;
+	if (ps_pending(sv))
+		sv->close_when_idle = true;   /* answers still owed: cannot be handed on */
+	ps_unlink(sv);
 	struct iobuf *sb = sv->c.in;
 	if (sv->c.pkt_left)
 		sv->close_when_idle = true;   /* mid-message: the stream cannot be resynced */
@@ -399,6 +404,8 @@ void pool_release(struct server *sv, bool client_gone)
 		     cf->server_reset_query && *cf->server_reset_query;
 	if (reset) {
 		server_set_state(sv, SV_USED);
+		/* DISCARD ALL / DEALLOCATE ALL drop the server's prepared statements. */
+		ps_server_forget(sv);
 		if (!server_send_internal(sv, cf->server_reset_query))
 			server_close(sv, "reset query failed");
 		return;

@@ -266,6 +266,45 @@ void sbuf_drop(struct conn *c, uint32_t at, uint32_t n)
 	b->end -= n;
 }
 
+bool sbuf_insert(struct conn *c, const void *data, uint32_t n)
+{
+	struct worker *w = c->w;
+	if (!c->in && !(c->in = buf_get(w)))
+		return false;
+	struct iobuf *b = c->in;
+	if (b->end + n > w->bufsize && b->start > 0) {
+		memmove(b->data, b->data + b->start, b->end - b->start);
+		b->end -= b->start;
+		b->scan -= b->start;
+		b->start = 0;
+	}
+	if (b->end + n > w->bufsize)
+		return false;
+	memmove(b->data + b->scan + n, b->data + b->scan, b->end - b->scan);
+	memcpy(b->data + b->scan, data, n);
+	b->end += n;
+	b->scan += n;
+	return true;
+}
+
+bool sbuf_replace(struct conn *c, uint32_t oldn, const void *data, uint32_t newn)
+{
+	struct worker *w = c->w;
+	struct iobuf *b = c->in;
+	if (newn > oldn && b->end + (newn - oldn) > w->bufsize && b->start > 0) {
+		memmove(b->data, b->data + b->start, b->end - b->start);
+		b->end -= b->start;
+		b->scan -= b->start;
+		b->start = 0;
+	}
+	if (newn > oldn && b->end + (newn - oldn) > w->bufsize)
+		return false;
+	memmove(b->data + b->scan + newn, b->data + b->scan + oldn, b->end - b->scan - oldn);
+	memcpy(b->data + b->scan, data, newn);
+	b->end = b->end + newn - oldn;
+	return true;
+}
+
 void sbuf_close(struct conn *c)
 {
 	sbuf_pause(c);

@@ -14,6 +14,7 @@
 #include "client.h"
 #include "log.h"
 #include "pool.h"
+#include "prepared.h"
 #include "pwcrypt.h"
 #include "sbuf.h"
 #include "tls.h"
@@ -83,6 +84,7 @@ static void free_login(struct server *sv)
 void server_free(struct server *sv)
 {
 	free_login(sv);
+	ps_server_free(sv);
 	varcache_clear(&sv->c.w->vars, &sv->vars);
 	free(sv);
 }
@@ -744,6 +746,19 @@ static void forward_loop(struct server *sv)
 		if ((type == 'Z' || type == 'S') && !whole)
 			break;   /* small messages pgmux reads: wait for the rest */
 		log_noise("S-%llu <- %c len %u expect_z %u", (unsigned long long)c->id, type, len, cl->expect_z);
+		if (sv->ps_active) {
+			if (type == 'E' && !whole && len + 1 <= c->w->bufsize)
+				break;
+			enum ps_result r = ps_server_message(sv, type, h + PROTO_HDR, len - 4);
+			if (r == PS_CLOSED || c->dead)
+				return;
+			if (r == PS_WAIT)
+				goto flush;
+			if (r == PS_CONSUMED) {
+				b = c->in;
+				continue;
+			}
+		}
 		switch (type) {
 		case 'Z': {
 			char tx = (char)h[PROTO_HDR];
@@ -788,9 +803,12 @@ static void forward_loop(struct server *sv)
 			c->pkt_left = len + 1 - avail;
 		}
 	}
+	if (sv->ps_active && sv->link && !c->dead && ps_emit(sv) == PS_CLOSED)
+		return;
 flush:
 	if (c->dead)
 		return;
+	b = c->in;
 	struct client *cl = sv->link;
 	if (cl) {
 		if (b) {

@@ -16,7 +16,7 @@ from test_pgbench import pgbench, pgbench_init
 
 # Tracking is not implemented yet (README, "Not yet"): the tracked tests are skipped unless
 # PGMUX_TEST_PREPARED=1.  Turn the default to "1" when it lands.
-TRACKED = os.environ.get("PGMUX_TEST_PREPARED", "0") == "1"
+TRACKED = os.environ.get("PGMUX_TEST_PREPARED", "1") == "1"
 
 
 def _need_tracking():
@@ -28,8 +28,9 @@ def _need_tracking():
 @timeout(60)
 def test_prepared_untracked_gives_errors_not_hangs(env):
     db = env.database()
-    # max_prepared_statements left at its default, 0 (PgBouncer 1.18 does not know the key)
-    px = env.pgmux([db], {"pool_mode": "transaction", "default_pool_size": 1})
+    # tracking off, as in PgBouncer before 1.21 (PgBouncer 1.18 does not know the key)
+    extra = {} if os.environ.get("PGMUX_SECTION") == "pgbouncer" else {"max_prepared_statements": 0}
+    px = env.pgmux([db], {"pool_mode": "transaction", "default_pool_size": 1, **extra})
     a = px.connect(db, prepare_threshold=0)   # psycopg names its statements _pg3_0, _pg3_1 ...
     b = px.connect(db, prepare_threshold=0)
     assert a.execute("SELECT %s::int + 1", (1,)).fetchone()[0] == 2

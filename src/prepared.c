@@ -1,0 +1,912 @@
+/* prepared.c: named prepared statements across pooled servers: name mapping, per-server LRU, response matching. */
+#include "prepared.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "client.h"
+#include "log.h"
+#include "pool.h"
+#include "sbuf.h"
+#include "server.h"
+
+/* A statement as PostgreSQL sees it: query text plus parameter types.  Shared by every
+ * client that prepared the same thing; on a server it is named "pgmux_<id>". */
+struct ps_stmt {
+	struct ps_stmt *next;
+	uint64_t id;
+	uint32_t hash, refs;
+	uint32_t len;              /* of body: query\0, int16 n, int32 oids[n] */
+	uint8_t body[];
+};
+
+struct ps_global {
+	struct ps_stmt **tab;
+	uint32_t mask, n;
+	uint64_t next_id;
+	size_t bytes;
+};
+
+/* A client's name for a statement. */
+struct ps_cname {
+	struct ps_cname *next;
+	struct ps_stmt *st;
+	uint32_t hash;
+	char name[];
+};
+
+struct ps_cmap {
+	struct ps_cname **tab;
+	uint32_t mask, n;
+};
+
+/* A statement a server holds, in its LRU. */
+struct ps_sent {
+	struct ps_sent *next;
+	struct list lru;
+	struct ps_stmt *st;
+	bool stale;                /* its plan went bad: close and parse again before use */
+};
+
+/* What a request sent to the server (or answered by pgmux) expects back. */
+enum ps_kind {
+	PSR_PARSE, PSR_PARSE_HIDDEN, PSR_PARSE_SYNTH,
+	PSR_CLOSE, PSR_CLOSE_HIDDEN, PSR_CLOSE_SYNTH,
+	PSR_ERROR_SYNTH,
+	PSR_BIND, PSR_DESCRIBE, PSR_EXECUTE, PSR_SYNC, PSR_QUERY, PSR_FUNC
+};
+
+struct ps_req {
+	uint8_t kind;
+	bool failed;               /* QUERY: an error came back */
+	bool discard;              /* QUERY: DISCARD ALL / DEALLOCATE ALL */
+	struct ps_stmt *st;        /* PARSE*, BIND: the statement (a reference) */
+	char *err;                 /* ERROR_SYNTH: "SQLSTATE message" */
+};
+
+/* Bounded like the client's own pipeline. */
+#define PS_FIFO_MAX (1u << 20)
+
+struct ps_server {
+	struct ps_sent **tab;
+	uint32_t mask, n;
+	struct list lru;           /* head: least recently used */
+	struct ps_req *q;
+	uint32_t qhead, qn, qcap;
+};
+
+static uint32_t hash_bytes(const void *p, size_t n)
+{
+	const uint8_t *s = p;
+	uint32_t h = 2166136261u;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ s[i]) * 16777619u;
+	return h;
+}
+
+bool ps_enabled(const struct pool *p)
+{
+	return p->w->cf->max_prepared_statements > 0 && pool_mode(p) != POOL_SESSION;
+}
+
+/* ---- the global statement table ---- */
+
+static struct ps_global *global(struct worker *w)
+{
+	if (!w->ps) {
+		w->ps = calloc(1, sizeof(*w->ps));
+		if (w->ps) {
+			w->ps->mask = 255;
+			w->ps->tab = calloc(256, sizeof(*w->ps->tab));
+			if (!w->ps->tab) {
+				free(w->ps);
+				w->ps = NULL;
+			}
+		}
+	}
+	return w->ps;
+}
+
+static void grow_tab(void ***tabp, uint32_t *mask, size_t next_off, size_t hash_off)
+{
+	uint32_t n = (*mask + 1) * 2;
+	void **tab = calloc(n, sizeof(*tab));
+	if (!tab)
+		return;
+	for (uint32_t i = 0; i <= *mask; i++) {
+		void *e = (*tabp)[i];
+		while (e) {
+			void *next = *(void **)((char *)e + next_off);
+			uint32_t h = *(uint32_t *)((char *)e + hash_off);
+			*(void **)((char *)e + next_off) = tab[h & (n - 1)];
+			tab[h & (n - 1)] = e;
+			e = next;
+		}
+	}
+	free(*tabp);
+	*tabp = tab;
+	*mask = n - 1;
+}
+
+static struct ps_stmt *stmt_intern(struct worker *w, const uint8_t *body, uint32_t len)
+{
+	struct ps_global *g = global(w);
+	if (!g)
+		return NULL;
+	uint32_t h = hash_bytes(body, len);
+	for (struct ps_stmt *s = g->tab[h & g->mask]; s; s = s->next)
+		if (s->hash == h && s->len == len && memcmp(s->body, body, len) == 0)
+			return s;
+	if (g->bytes + len > PS_GLOBAL_MAX_BYTES)
+		return NULL;
+	struct ps_stmt *s = malloc(sizeof(*s) + len);
+	if (!s)
+		return NULL;
+	s->id = ++g->next_id;
+	s->hash = h;
+	s->refs = 0;
+	s->len = len;
+	memcpy(s->body, body, len);
+	if (g->n > g->mask)
+		grow_tab((void ***)&g->tab, &g->mask, offsetof(struct ps_stmt, next), offsetof(struct ps_stmt, hash));
+	s->next = g->tab[h & g->mask];
+	g->tab[h & g->mask] = s;
+	g->n++;
+	g->bytes += len;
+	return s;
+}
+
+static void stmt_ref(struct ps_stmt *s)
+{
+	s->refs++;
+}
+
+static void stmt_unref(struct worker *w, struct ps_stmt *s)
+{
+	if (!s || --s->refs)
+		return;
+	struct ps_global *g = w->ps;
+	struct ps_stmt **pp = &g->tab[s->hash & g->mask];
+	while (*pp != s)
+		pp = &(*pp)->next;
+	*pp = s->next;
+	g->n--;
+	g->bytes -= s->len;
+	free(s);
+}
+
+static void server_name(const struct ps_stmt *s, char *buf, size_t len)
+{
+	snprintf(buf, len, "pgmux_%llu", (unsigned long long)s->id);
+}
+
+/* ---- a client's names ---- */
+
+static struct ps_cname *cname_find(struct client *cl, const char *name, uint32_t h)
+{
+	if (!cl->ps)
+		return NULL;
+	for (struct ps_cname *e = cl->ps->tab[h & cl->ps->mask]; e; e = e->next)
+		if (e->hash == h && strcmp(e->name, name) == 0)
+			return e;
+	return NULL;
+}
+
+static bool cname_add(struct client *cl, const char *name, uint32_t h, struct ps_stmt *st)
+{
+	if (!cl->ps) {
+		cl->ps = calloc(1, sizeof(*cl->ps));
+		if (!cl->ps)
+			return false;
+		cl->ps->mask = 15;
+		cl->ps->tab = calloc(16, sizeof(*cl->ps->tab));
+		if (!cl->ps->tab) {
+			free(cl->ps);
+			cl->ps = NULL;
+			return false;
+		}
+	}
+	size_t n = strlen(name);
+	struct ps_cname *e = malloc(sizeof(*e) + n + 1);
+	if (!e)
+		return false;
+	memcpy(e->name, name, n + 1);
+	e->hash = h;
+	e->st = st;
+	stmt_ref(st);
+	if (cl->ps->n > cl->ps->mask)
+		grow_tab((void ***)&cl->ps->tab, &cl->ps->mask, offsetof(struct ps_cname, next),
+			 offsetof(struct ps_cname, hash));
+	e->next = cl->ps->tab[h & cl->ps->mask];
+	cl->ps->tab[h & cl->ps->mask] = e;
+	cl->ps->n++;
+	return true;
+}
+
+static void cname_del(struct client *cl, const char *name, uint32_t h)
+{
+	if (!cl->ps)
+		return;
+	struct ps_cname **pp = &cl->ps->tab[h & cl->ps->mask];
+	for (; *pp; pp = &(*pp)->next) {
+		struct ps_cname *e = *pp;
+		if (e->hash == h && strcmp(e->name, name) == 0) {
+			*pp = e->next;
+			stmt_unref(cl->c.w, e->st);
+			free(e);
+			cl->ps->n--;
+			return;
+		}
+	}
+}
+
+static void cmap_clear(struct client *cl)
+{
+	if (!cl->ps)
+		return;
+	for (uint32_t i = 0; i <= cl->ps->mask; i++) {
+		struct ps_cname *e = cl->ps->tab[i];
+		while (e) {
+			struct ps_cname *next = e->next;
+			stmt_unref(cl->c.w, e->st);
+			free(e);
+			e = next;
+		}
+	}
+	free(cl->ps->tab);
+	free(cl->ps);
+	cl->ps = NULL;
+}
+
+void ps_client_free(struct client *cl)
+{
+	cmap_clear(cl);
+}
+
+/* ---- a server's statements and requests ---- */
+
+static struct ps_server *sps(struct server *sv)
+{
+	if (!sv->ps) {
+		sv->ps = calloc(1, sizeof(*sv->ps));
+		if (!sv->ps)
+			return NULL;
+		sv->ps->mask = 31;
+		sv->ps->tab = calloc(32, sizeof(*sv->ps->tab));
+		list_init(&sv->ps->lru);
+		if (!sv->ps->tab) {
+			free(sv->ps);
+			sv->ps = NULL;
+		}
+	}
+	return sv->ps;
+}
+
+static uint32_t ptr_hash(const struct ps_stmt *st)
+{
+	return (uint32_t)(st->id * 2654435761u);
+}
+
+static struct ps_sent *sent_find(struct ps_server *ps, const struct ps_stmt *st)
+{
+	for (struct ps_sent *e = ps->tab[ptr_hash(st) & ps->mask]; e; e = e->next)
+		if (e->st == st)
+			return e;
+	return NULL;
+}
+
+static void sent_del(struct worker *w, struct ps_server *ps, struct ps_sent *e)
+{
+	struct ps_sent **pp = &ps->tab[ptr_hash(e->st) & ps->mask];
+	while (*pp != e)
+		pp = &(*pp)->next;
+	*pp = e->next;
+	list_del(&e->lru);
+	stmt_unref(w, e->st);
+	free(e);
+	ps->n--;
+}
+
+static bool sent_add(struct ps_server *ps, struct ps_stmt *st)
+{
+	struct ps_sent *e = calloc(1, sizeof(*e));
+	if (!e)
+		return false;
+	e->st = st;
+	stmt_ref(st);
+	uint32_t h = ptr_hash(st) & ps->mask;
+	e->next = ps->tab[h];
+	ps->tab[h] = e;
+	list_append(&ps->lru, &e->lru);
+	ps->n++;
+	if (ps->n > ps->mask * 2) {
+		/* Rehash by hand: entries hash on their statement, not a stored field. */
+		uint32_t n = (ps->mask + 1) * 2;
+		struct ps_sent **tab = calloc(n, sizeof(*tab));
+		if (tab) {
+			for (uint32_t i = 0; i <= ps->mask; i++) {
+				struct ps_sent *x = ps->tab[i];
+				while (x) {
+					struct ps_sent *next = x->next;
+					x->next = tab[ptr_hash(x->st) & (n - 1)];
+					tab[ptr_hash(x->st) & (n - 1)] = x;
+					x = next;
+				}
+			}
+			free(ps->tab);
+			ps->tab = tab;
+			ps->mask = n - 1;
+		}
+	}
+	return true;
+}
+
+static struct ps_req *push(struct ps_server *ps, uint8_t kind, struct ps_stmt *st)
+{
+	if (ps->qn == ps->qcap) {
+		if (ps->qcap >= PS_FIFO_MAX)
+			return NULL;
+		uint32_t cap = ps->qcap ? ps->qcap * 2 : 16;
+		struct ps_req *q = malloc(cap * sizeof(*q));
+		if (!q)
+			return NULL;
+		for (uint32_t i = 0; i < ps->qn; i++)
+			q[i] = ps->q[(ps->qhead + i) % ps->qcap];
+		free(ps->q);
+		ps->q = q;
+		ps->qcap = cap;
+		ps->qhead = 0;
+	}
+	struct ps_req *r = &ps->q[(ps->qhead + ps->qn++) % ps->qcap];
+	memset(r, 0, sizeof(*r));
+	r->kind = kind;
+	r->st = st;
+	if (st)
+		stmt_ref(st);
+	return r;
+}
+
+static struct ps_req *head(struct ps_server *ps)
+{
+	return ps && ps->qn ? &ps->q[ps->qhead] : NULL;
+}
+
+static void pop(struct worker *w, struct ps_server *ps)
+{
+	struct ps_req *r = &ps->q[ps->qhead];
+	stmt_unref(w, r->st);
+	free(r->err);
+	ps->qhead = (ps->qhead + 1) % ps->qcap;
+	ps->qn--;
+}
+
+bool ps_pending(const struct server *sv)
+{
+	return sv->ps && sv->ps->qn;
+}
+
+void ps_unlink(struct server *sv)
+{
+	struct worker *w = sv->c.w;
+	while (sv->ps && sv->ps->qn)
+		pop(w, sv->ps);
+	sv->ps_active = false;
+}
+
+void ps_server_forget(struct server *sv)
+{
+	struct ps_server *ps = sv->ps;
+	while (ps && !list_empty(&ps->lru))
+		sent_del(sv->c.w, ps, list_entry(ps->lru.next, struct ps_sent, lru));
+}
+
+void ps_server_free(struct server *sv)
+{
+	if (!sv->ps)
+		return;
+	ps_unlink(sv);
+	ps_server_forget(sv);
+	free(sv->ps->tab);
+	free(sv->ps->q);
+	free(sv->ps);
+	sv->ps = NULL;
+}
+
+/* ---- writing to the server ---- */
+
+static void put_parse(struct pktbuf *o, const struct ps_stmt *st)
+{
+	char name[32];
+	server_name(st, name, sizeof(name));
+	pktbuf_begin(o, 'P');
+	pktbuf_put_str(o, name);
+	pktbuf_put(o, st->body, st->len);
+	pktbuf_end(o);
+}
+
+static void put_close(struct pktbuf *o, const struct ps_stmt *st)
+{
+	char name[32];
+	server_name(st, name, sizeof(name));
+	pktbuf_begin(o, 'C');
+	pktbuf_put_u8(o, 'S');
+	pktbuf_put_str(o, name);
+	pktbuf_end(o);
+}
+
+/* Makes room in the server's LRU, closing what falls out. */
+static bool make_room(struct server *sv, struct ps_server *ps)
+{
+	int64_t max = sv->c.w->cf->max_prepared_statements;
+	while ((int64_t)ps->n >= max && !list_empty(&ps->lru)) {
+		struct ps_sent *old = list_entry(ps->lru.next, struct ps_sent, lru);
+		put_close(&sv->c.out, old->st);
+		if (!push(ps, PSR_CLOSE_HIDDEN, NULL))
+			return false;
+		sent_del(sv->c.w, ps, old);
+	}
+	return true;
+}
+
+/* Sees that the server holds st, injecting a Parse (answer swallowed) if it does not. */
+static bool ensure_on_server(struct server *sv, struct ps_stmt *st)
+{
+	struct ps_server *ps = sps(sv);
+	if (!ps)
+		return false;
+	struct ps_sent *e = sent_find(ps, st);
+	if (e && !e->stale) {
+		list_del(&e->lru);
+		list_append(&ps->lru, &e->lru);
+		return true;
+	}
+	if (e) {
+		put_close(&sv->c.out, st);
+		if (!push(ps, PSR_CLOSE_HIDDEN, NULL))
+			return false;
+		sent_del(sv->c.w, ps, e);
+	}
+	if (!make_room(sv, ps))
+		return false;
+	put_parse(&sv->c.out, st);
+	sv->pool->server_parse_count++;
+	return push(ps, PSR_PARSE_HIDDEN, st) && sent_add(ps, st);
+}
+
+/* ---- client side ---- */
+
+static uint32_t name_hash(const char *s)
+{
+	return hash_bytes(s, strlen(s));
+}
+
+/* pgmux answers with an error of its own once the replies before it are out, and drops the
+ * client's messages up to its Sync, as PostgreSQL would. */
+static enum ps_result synth_error(struct client *cl, struct ps_server *ps, const char *code, const char *msg)
+{
+	struct ps_req *r = push(ps, PSR_ERROR_SYNTH, NULL);
+	if (!r || !(r->err = malloc(strlen(code) + strlen(msg) + 2))) {
+		client_close(cl, "out of memory", "53200");
+		return PS_CLOSED;
+	}
+	sprintf(r->err, "%s %s", code, msg);
+	cl->ps_skip = true;
+	return PS_CONSUMED;
+}
+
+/* Drops the message at scan (whole) from the client's buffer. */
+static void drop_msg(struct client *cl, uint32_t total)
+{
+	sbuf_drop(&cl->c, cl->c.in->scan, total);
+}
+
+/* Drops the message at scan, reading away what has not arrived yet.  Everything before it
+ * must already be on its way to the server (start == scan). */
+static void discard_rest(struct client *cl, uint32_t total, uint32_t avail)
+{
+	struct iobuf *b = cl->c.in;
+	if (avail >= total) {
+		drop_msg(cl, total);
+		return;
+	}
+	b->end = b->scan;
+	cl->c.pkt_left = total - avail;
+	cl->discarding = true;
+}
+
+static bool is_discard_all(const uint8_t *q, uint32_t len)
+{
+	const char *s = (const char *)q, *end = s + len;
+	while (s < end && (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r'))
+		s++;
+	size_t n = (size_t)(end - s);
+	return (n >= 11 && strncasecmp(s, "DISCARD ALL", 11) == 0) ||
+	       (n >= 14 && strncasecmp(s, "DEALLOCATE ALL", 14) == 0);
+}
+
+static enum ps_result client_parse(struct client *cl, struct ps_server *ps, uint32_t total, uint32_t avail)
+{
+	struct conn *c = &cl->c;
+	struct server *sv = cl->link;
+	const uint8_t *m = c->in->data + c->in->scan;
+	const uint8_t *nul = memchr(m + PROTO_HDR, 0, avail - PROTO_HDR);
+	if (!nul)
+		return avail >= total ? PS_FORWARD : PS_WAIT;   /* malformed: the server says so */
+	const char *name = (const char *)m + PROTO_HDR;
+	if (!*name) {
+		if (!push(ps, PSR_PARSE, NULL))
+			goto oom;
+		return PS_FORWARD;
+	}
+	if (total > c->w->bufsize) {
+		char msg[128];
+		snprintf(msg, sizeof(msg), "prepared statement too long for pgmux (%u bytes, limit %u)",
+			 total, c->w->bufsize);
+		if (!sbuf_flush(c))
+			return c->dead ? PS_CLOSED : PS_WAIT;
+		discard_rest(cl, total, avail);
+		return synth_error(cl, ps, "54000", msg);
+	}
+	if (avail < total)
+		return PS_WAIT;
+	uint32_t h = name_hash(name);
+	if (cname_find(cl, name, h)) {
+		char msg[300];
+		snprintf(msg, sizeof(msg), "prepared statement \"%.200s\" already exists", name);
+		drop_msg(cl, total);
+		return synth_error(cl, ps, "42P05", msg);
+	}
+	if (cl->ps && cl->ps->n >= PS_CLIENT_MAX) {
+		char msg[128];
+		snprintf(msg, sizeof(msg), "too many prepared statements for one client (max %d)", PS_CLIENT_MAX);
+		drop_msg(cl, total);
+		return synth_error(cl, ps, "54000", msg);
+	}
+	/* Everything before this message must reach the server before pgmux's own bytes. */
+	if (!sbuf_flush(c))
+		return c->dead ? PS_CLOSED : PS_WAIT;
+	const uint8_t *body = (const uint8_t *)name + strlen(name) + 1;
+	struct ps_stmt *st = stmt_intern(c->w, body, (uint32_t)(m + total - body));
+	if (!st || !cname_add(cl, name, h, st)) {
+		if (st && !st->refs) {
+			st->refs = 1;   /* nobody took it: let the table forget it */
+			stmt_unref(c->w, st);
+		}
+		drop_msg(cl, total);
+		return synth_error(cl, ps, "53200", "out of memory for prepared statements");
+	}
+	cl->pool->client_parse_count++;
+	drop_msg(cl, total);
+	struct ps_sent *e = sent_find(ps, st);
+	if (e && !e->stale) {
+		list_del(&e->lru);
+		list_append(&ps->lru, &e->lru);
+		if (!push(ps, PSR_PARSE_SYNTH, NULL))
+			goto oom;
+		return PS_CONSUMED;
+	}
+	/* The client's own Parse, renamed: its ParseComplete goes to the client. */
+	if (e) {
+		put_close(&sv->c.out, st);
+		if (!push(ps, PSR_CLOSE_HIDDEN, NULL))
+			goto oom;
+		sent_del(c->w, ps, e);
+	}
+	if (!make_room(sv, ps))
+		goto oom;
+	put_parse(&sv->c.out, st);
+	sv->pool->server_parse_count++;
+	if (!push(ps, PSR_PARSE, st) || !sent_add(ps, st))
+		goto oom;
+	return PS_CONSUMED;
+oom:
+	client_close(cl, "out of memory", "53200");
+	return PS_CLOSED;
+}
+
+/* Bind and Describe('S') name a statement: map the name, make sure the server has it. */
+static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, char type,
+				       uint32_t total, uint32_t avail)
+{
+	struct conn *c = &cl->c;
+	struct server *sv = cl->link;
+	const uint8_t *m = c->in->data + c->in->scan;
+	const uint8_t *p = m + PROTO_HDR, *end = m + avail;
+	const char *portal = NULL;
+	if (type == 'B') {
+		portal = proto_get_str(&p, end);
+		if (!portal)
+			return avail >= total || avail >= c->w->bufsize ? PS_FORWARD : PS_WAIT;
+	} else {
+		if (p >= end)
+			return PS_WAIT;
+		if (*p != 'S') {
+			if (!push(ps, PSR_DESCRIBE, NULL))
+				goto oom;
+			return PS_FORWARD;
+		}
+		p++;
+	}
+	const char *name = proto_get_str(&p, end);
+	if (!name)
+		return avail >= total || avail >= c->w->bufsize ? PS_FORWARD : PS_WAIT;
+	if (!*name) {
+		if (type == 'B')
+			cl->pool->bind_count++;
+		if (!push(ps, type == 'B' ? PSR_BIND : PSR_DESCRIBE, NULL))
+			goto oom;
+		return PS_FORWARD;
+	}
+	uint32_t prefix = (uint32_t)(p - m);
+	if (type == 'D' && avail < total)
+		return PS_WAIT;
+	struct ps_cname *cn = cname_find(cl, name, name_hash(name));
+	if (!cn) {
+		char msg[300];
+		snprintf(msg, sizeof(msg), "prepared statement \"%.200s\" does not exist", name);
+		if (!sbuf_flush(c))
+			return c->dead ? PS_CLOSED : PS_WAIT;
+		discard_rest(cl, total, avail);
+		return synth_error(cl, ps, "26000", msg);
+	}
+	struct ps_stmt *st = cn->st;
+	struct ps_sent *e = sent_find(ps, st);
+	if (e && !e->stale) {
+		list_del(&e->lru);
+		list_append(&ps->lru, &e->lru);
+	} else {
+		/* pgmux's Parse must reach the server after everything the client sent before. */
+		if (!sbuf_flush(c))
+			return c->dead ? PS_CLOSED : PS_WAIT;
+		if (!ensure_on_server(sv, st))
+			goto oom;
+	}
+	char sname[32];
+	server_name(st, sname, sizeof(sname));
+	uint32_t newlen = total - 1 - (uint32_t)strlen(name) + (uint32_t)strlen(sname);
+	struct pktbuf hb = { 0 };
+	pktbuf_put_u8(&hb, (uint8_t)type);
+	pktbuf_put_u32(&hb, newlen);
+	if (type == 'B')
+		pktbuf_put_str(&hb, portal);
+	else
+		pktbuf_put_u8(&hb, 'S');
+	pktbuf_put_str(&hb, sname);
+	if (hb.failed) {
+		pktbuf_free(&hb);
+		goto oom;
+	}
+	bool inplace = avail >= total && sbuf_replace(c, prefix, hb.data, hb.len);
+	if (!inplace && !sbuf_flush(c)) {
+		pktbuf_free(&hb);
+		return c->dead ? PS_CLOSED : PS_WAIT;
+	}
+	if (!push(ps, type == 'B' ? PSR_BIND : PSR_DESCRIBE, type == 'B' ? st : NULL)) {
+		pktbuf_free(&hb);
+		goto oom;
+	}
+	if (type == 'B')
+		cl->pool->bind_count++;
+	if (inplace) {
+		/* Renamed in place: it leaves in the same send as its neighbours. */
+		c->in->scan += newlen + 1;
+		pktbuf_free(&hb);
+		return PS_CONSUMED;
+	}
+	/* A message too big to hold: the renamed head goes through pgmux's own buffer and the
+	 * client's remaining bytes follow it unchanged. */
+	pktbuf_put(&sv->c.out, hb.data, hb.len);
+	pktbuf_free(&hb);
+	sbuf_drop(c, c->in->scan, prefix);
+	uint32_t rest = total - prefix, have = avail - prefix;
+	if (have >= rest) {
+		c->in->scan += rest;
+	} else {
+		c->in->scan += have;
+		c->pkt_left = rest - have;
+	}
+	return PS_CONSUMED;
+oom:
+	client_close(cl, "out of memory", "53200");
+	return PS_CLOSED;
+}
+
+static enum ps_result client_close_msg(struct client *cl, struct ps_server *ps, uint32_t total, uint32_t avail)
+{
+	if (avail < total)
+		return total > cl->c.w->bufsize ? PS_FORWARD : PS_WAIT;
+	const uint8_t *m = cl->c.in->data + cl->c.in->scan;
+	const uint8_t *p = m + PROTO_HDR + 1, *end = m + total;
+	const char *name = total > PROTO_HDR ? proto_get_str(&p, end) : NULL;
+	if (total <= PROTO_HDR || m[PROTO_HDR] != 'S' || !name || !*name) {
+		if (!push(ps, PSR_CLOSE, NULL))
+			goto oom;
+		return PS_FORWARD;
+	}
+	/* The server keeps it cached for others; the client's name goes. */
+	cname_del(cl, name, name_hash(name));
+	drop_msg(cl, total);
+	if (!push(ps, PSR_CLOSE_SYNTH, NULL))
+		goto oom;
+	return PS_CONSUMED;
+oom:
+	client_close(cl, "out of memory", "53200");
+	return PS_CLOSED;
+}
+
+enum ps_result ps_client_message(struct client *cl, char type, uint32_t total, uint32_t avail)
+{
+	struct server *sv = cl->link;
+	struct ps_server *ps = sps(sv);
+	if (!ps) {
+		client_close(cl, "out of memory", "53200");
+		return PS_CLOSED;
+	}
+	if (cl->ps_skip && type != 'S') {
+		if (type == 'd' || type == 'c' || type == 'f' || type == 'H')
+			return PS_FORWARD;
+		if (!sbuf_flush(&cl->c))
+			return cl->c.dead ? PS_CLOSED : PS_WAIT;
+		discard_rest(cl, total, avail);
+		return PS_CONSUMED;
+	}
+	struct ps_req *r;
+	switch (type) {
+	case 'P':
+		return client_parse(cl, ps, total, avail);
+	case 'B':
+	case 'D':
+		return client_uses_stmt(cl, ps, type, total, avail);
+	case 'C':
+		return client_close_msg(cl, ps, total, avail);
+	case 'E':
+		r = push(ps, PSR_EXECUTE, NULL);
+		break;
+	case 'S':
+		cl->ps_skip = false;
+		r = push(ps, PSR_SYNC, NULL);
+		break;
+	case 'Q':
+		r = push(ps, PSR_QUERY, NULL);
+		if (r && avail >= total && is_discard_all(cl->c.in->data + cl->c.in->scan + PROTO_HDR,
+							  total - PROTO_HDR)) {
+			r->discard = true;
+			cmap_clear(cl);
+		}
+		break;
+	case 'F':
+		r = push(ps, PSR_FUNC, NULL);
+		break;
+	default:
+		return PS_FORWARD;
+	}
+	if (!r) {
+		client_close(cl, "too many pipelined requests", "08P01");
+		return PS_CLOSED;
+	}
+	return PS_FORWARD;
+}
+
+/* ---- server side ---- */
+
+enum ps_result ps_emit(struct server *sv)
+{
+	struct ps_server *ps = sv->ps;
+	struct ps_req *r;
+	while ((r = head(ps)) && (r->kind == PSR_PARSE_SYNTH || r->kind == PSR_CLOSE_SYNTH ||
+				  r->kind == PSR_ERROR_SYNTH)) {
+		uint8_t msg[600];
+		uint32_t n;
+		if (r->kind == PSR_ERROR_SYNTH) {
+			struct pktbuf pb = { 0 };
+			const char *sp = strchr(r->err, ' ');
+			char code[6] = "XX000";
+			if (sp && sp - r->err == 5)
+				memcpy(code, r->err, 5);
+			proto_error(&pb, "ERROR", code, sp ? sp + 1 : r->err);
+			n = pb.len < sizeof(msg) ? pb.len : 0;
+			if (n)
+				memcpy(msg, pb.data, n);
+			pktbuf_free(&pb);
+			if (!n)
+				return PS_FORWARD;
+		} else {
+			msg[0] = r->kind == PSR_PARSE_SYNTH ? '1' : '3';
+			proto_put32(msg + 1, 4);
+			n = 5;
+		}
+		if (!sbuf_insert(&sv->c, msg, n)) {
+			if (!sbuf_flush(&sv->c) || !sbuf_insert(&sv->c, msg, n))
+				return sv->c.dead ? PS_CLOSED : PS_WAIT;
+		}
+		pop(sv->c.w, ps);
+	}
+	return PS_FORWARD;
+}
+
+/* An error ends the server's work up to the next Sync: what was queued behind it never ran. */
+static void error_skip(struct server *sv, struct ps_server *ps, const uint8_t *body, uint32_t blen)
+{
+	struct ps_req *r = head(ps);
+	if (r && r->kind == PSR_BIND && r->st &&
+	    strcmp(proto_error_field(body, blen, 'C'), "0A000") == 0 &&
+	    strstr(proto_error_field(body, blen, 'M'), "cached plan must not change result type")) {
+		struct ps_sent *e = sent_find(ps, r->st);
+		if (e)
+			e->stale = true;
+	}
+	while ((r = head(ps)) && r->kind != PSR_SYNC) {
+		if ((r->kind == PSR_PARSE_HIDDEN || r->kind == PSR_PARSE) && r->st) {
+			struct ps_sent *e = sent_find(ps, r->st);
+			if (e)
+				sent_del(sv->c.w, ps, e);
+		}
+		pop(sv->c.w, ps);
+	}
+}
+
+enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *body, uint32_t blen)
+{
+	struct ps_server *ps = sv->ps;
+	if (!ps || type == 'S' || type == 'N' || type == 'A')
+		return PS_FORWARD;
+	struct ps_req *r = head(ps);
+	if (r && (r->kind == PSR_PARSE_SYNTH || r->kind == PSR_CLOSE_SYNTH || r->kind == PSR_ERROR_SYNTH)) {
+		enum ps_result e = ps_emit(sv);
+		return e == PS_FORWARD ? PS_CONSUMED : e;
+	}
+	if (!r)
+		return PS_FORWARD;
+	switch (type) {
+	case '1':
+		if (r->kind == PSR_PARSE_HIDDEN) {
+			pop(sv->c.w, ps);
+			sbuf_drop(&sv->c, sv->c.in->scan, PROTO_HDR + blen);
+			return PS_CONSUMED;
+		}
+		if (r->kind == PSR_PARSE)
+			pop(sv->c.w, ps);
+		break;
+	case '2':
+		if (r->kind == PSR_BIND)
+			pop(sv->c.w, ps);
+		break;
+	case '3':
+		if (r->kind == PSR_CLOSE_HIDDEN) {
+			pop(sv->c.w, ps);
+			sbuf_drop(&sv->c, sv->c.in->scan, PROTO_HDR + blen);
+			return PS_CONSUMED;
+		}
+		if (r->kind == PSR_CLOSE)
+			pop(sv->c.w, ps);
+		break;
+	case 'T':
+	case 'n':
+		if (r->kind == PSR_DESCRIBE)
+			pop(sv->c.w, ps);
+		break;
+	case 'C':
+	case 'I':
+	case 's':
+		if (r->kind == PSR_EXECUTE)
+			pop(sv->c.w, ps);
+		break;
+	case 'E':
+		if (r->kind == PSR_QUERY || r->kind == PSR_FUNC)
+			r->failed = true;
+		else
+			error_skip(sv, ps, body, blen);
+		break;
+	case 'Z':
+		if (r->kind == PSR_QUERY && r->discard && !r->failed)
+			ps_server_forget(sv);
+		if (r->kind == PSR_SYNC || r->kind == PSR_QUERY || r->kind == PSR_FUNC)
+			pop(sv->c.w, ps);
+		break;
+	default:
+		break;
+	}
+	return PS_FORWARD;
+}
