@@ -340,6 +340,10 @@ void client_auth_ok(struct client *cl)
 		return;
 	}
 	struct database *db = pool_find_database(w, cl->db_name);
+	if (db && db->disabled) {
+		client_close(cl, "database does not allow connections", "57P03");
+		return;
+	}
 	struct pool *p = db ? pool_get(w, db, cl->user_name) : NULL;
 	if (!p) {
 		client_close(cl, db ? "out of memory" : "no such database", db ? "53200" : "3D000");

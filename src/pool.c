@@ -215,7 +215,7 @@ static bool can_open(const struct pool *p, bool reserve)
 void pool_launch(struct pool *p)
 {
 	struct worker *w = p->w;
-	if (p->db->removed || w->shutdown == PGMUX_SHUTDOWN_NOW)
+	if (p->db->removed || w->shutdown == PGMUX_SHUTDOWN_NOW || w->paused || p->db->paused)
 		return;
 	int want = p->n_cl[CL_WAITING];
 	if (p->n_cl[CL_WAITING_LOGIN] && !want)
@@ -308,7 +308,7 @@ void pool_acquire(struct client *cl)
 {
 	struct pool *p = cl->pool;
 	struct worker *w = cl->c.w;
-	struct server *sv = w->paused ? NULL : take_idle(p);
+	struct server *sv = (w->paused || p->db->paused) ? NULL : take_idle(p);
 	if (sv && list_empty(&p->cl_waiting)) {
 		link_pair(cl, sv);
 		return;
@@ -334,7 +334,7 @@ void pool_grow_min(struct pool *p)
 void pool_serve_waiters(struct pool *p)
 {
 	struct worker *w = p->w;
-	while (!w->paused && !list_empty(&p->cl_waiting)) {
+	while (!w->paused && !p->db->paused && !list_empty(&p->cl_waiting)) {
 		struct server *sv = take_idle(p);
 		if (!sv)
 			break;
