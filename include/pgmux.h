@@ -13,6 +13,7 @@
 #include <sys/un.h>
 
 #include "config.h"
+#include "hist.h"
 #include "list.h"
 #include "proto.h"
 #include "scram.h"
@@ -112,6 +113,9 @@ struct pool {
 	uint64_t xact_count, query_count, bytes_recv, bytes_sent;
 	uint64_t xact_time, query_time, wait_time;
 	uint64_t client_parse_count, server_parse_count, bind_count;
+	/* distributions for the saturation figures (µs) */
+	struct hist h_wait, h_query, h_xact;
+	int peak_active;            /* highest sv_active since the stats timer last took it */
 };
 
 struct client {

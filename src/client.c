@@ -405,10 +405,14 @@ void client_linked(struct client *cl)
 /* Pipelining past this many unanswered requests is refused: the count must never wrap. */
 #define MAX_PIPELINE (1u << 20)
 
+/* The first request after a quiet spell starts a query; on an idle server, a transaction. */
 static void note_query_start(struct client *cl)
 {
-	if (!cl->expect_z && !cl->sync_pending)
+	if (!cl->expect_z && !cl->sync_pending) {
 		cl->query_start = cl->c.w->now;
+		if (cl->link && cl->link->tx == 'I')
+			cl->xact_start = cl->query_start;
+	}
 }
 
 /* Messages that ask nothing of a server: from a client without one, they are dropped

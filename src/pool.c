@@ -253,11 +253,13 @@ static void link_pair(struct client *cl, struct server *sv)
 	sbuf_link(&cl->c, &sv->c);
 	sv->link_time = now;
 	sv->ps_active = ps_enabled(p);
-	cl->xact_start = now;
-	if (cl->state == CL_WAITING) {
-		p->wait_time += now - cl->wait_start;
+	/* Every acquisition counts, the immediate ones as 0 µs: the percentiles then say how
+	 * often clients wait at all. */
+	uint64_t waited = cl->state == CL_WAITING && now > cl->wait_start ? now - cl->wait_start : 0;
+	p->wait_time += waited;
+	hist_add(&p->h_wait, waited);
+	if (cl->state == CL_WAITING)
 		client_set_state(cl, CL_ACTIVE);
-	}
 	if (varcache_apply(&cl->vars, &sv->vars, &sv->c.out)) {
 		sv->internal_z++;
 		if (sbuf_send_out(&sv->c) < 0)
@@ -355,8 +357,6 @@ void pool_release(struct server *sv, bool client_gone)
 	uint64_t now = w->now;
 
 	if (cl) {
-		p->xact_count++;
-		p->xact_time += now - cl->xact_start;
 		cl->link = NULL;
 		sv->link = NULL;
 		sbuf_link(&sv->c, NULL);

@@ -69,6 +69,8 @@ void server_set_state(struct server *sv, enum server_state st)
 		list_append(l, &sv->node);
 		sv->pool->n_sv[st]++;
 	}
+	if (st == SV_ACTIVE && sv->pool->n_sv[SV_ACTIVE] > sv->pool->peak_active)
+		sv->pool->peak_active = sv->pool->n_sv[SV_ACTIVE];
 }
 
 static void free_login(struct server *sv)
@@ -763,8 +765,18 @@ static void forward_loop(struct server *sv)
 		case 'Z': {
 			char tx = (char)h[PROTO_HDR];
 			sv->tx = tx;
-			if (cl->expect_z && --cl->expect_z == 0)
-				cl->last_active = c->w->now;
+			if (cl->expect_z && --cl->expect_z == 0) {
+				struct pool *p = sv->pool;
+				uint64_t now = c->w->now;
+				cl->last_active = now;
+				p->query_time += now - cl->query_start;
+				hist_add(&p->h_query, now - cl->query_start);
+				if (tx == 'I' && !cl->sync_pending) {
+					p->xact_count++;
+					p->xact_time += now - cl->xact_start;
+					hist_add(&p->h_xact, now - cl->xact_start);
+				}
+			}
 			b->scan += len + 1;
 			if (client_settled(cl)) {
 				int mode = pool_mode(sv->pool);
