@@ -132,6 +132,7 @@ struct client {
 	uint32_t expect_z;                  /* ReadyForQuery still owed to the client */
 	bool sync_pending;                  /* extended-protocol messages sent since the last Sync */
 	bool discarding;                    /* pkt_left bytes are dropped, not forwarded */
+	bool unnamed_pending;               /* parsed the unnamed statement, not executed it yet */
 	/* COPY IN: PostgreSQL ignores Syncs until the copy ends, so the count is redone then */
 	bool in_copy;                       /* server sent CopyIn/CopyBoth and has not ended it */
 	bool copy_simple;                   /* started by a simple Query (its Z follows the copy) */

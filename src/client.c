@@ -510,6 +510,7 @@ static void forward_loop(struct client *cl)
 			note_query_start(cl);
 			cl->expect_z++;
 			cl->sync_pending = false;
+			cl->unnamed_pending = false;
 			cl->last_exec = 'Q';
 			cl->copy_client_done = false;
 			cl->pool->query_count++;
@@ -526,11 +527,20 @@ static void forward_loop(struct client *cl)
 		case 'E':
 			note_query_start(cl);
 			cl->sync_pending = true;
+			cl->unnamed_pending = false;
 			cl->last_exec = 'E';
 			cl->copy_client_done = false;
 			cl->pool->query_count++;
 			break;
-		case 'P': case 'B': case 'D': case 'C':
+		case 'P':
+			/* Drivers parse the unnamed statement, Sync, then Bind it (asyncpg without a
+			 * statement cache): the server must stay until it has run. */
+			if (avail > PROTO_HDR && h[PROTO_HDR] == 0)
+				cl->unnamed_pending = true;
+			note_query_start(cl);
+			cl->sync_pending = true;
+			break;
+		case 'B': case 'D': case 'C':
 			note_query_start(cl);
 			cl->sync_pending = true;
 			break;

@@ -689,7 +689,8 @@ static bool swallow(struct server *sv, char type, const uint8_t *body, uint32_t 
 /* True when the client owes nothing and is owed nothing: its server may go back. */
 static bool client_settled(const struct client *cl)
 {
-	return cl->expect_z == 0 && !cl->sync_pending && !cl->in_copy && cl->c.pkt_left == 0;
+	return cl->expect_z == 0 && !cl->sync_pending && !cl->in_copy && cl->c.pkt_left == 0 &&
+	       !cl->unnamed_pending;
 }
 
 /* The server ended a COPY IN: recount the ReadyForQuery still owed, since PostgreSQL ignored
