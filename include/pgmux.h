@@ -143,7 +143,6 @@ struct client {
 	bool admin;                         /* may run console control commands (admin_users) */
 	struct admin_session *console;      /* console state, for CL_ADMIN clients */
 	struct ps_cmap *ps;                 /* its named prepared statements, or NULL */
-	bool ps_skip;                       /* after pgmux's own error: drop until Sync */
 	uint64_t connect_time, wait_start, last_active, xact_start, query_start;
 	char addr[48];
 };

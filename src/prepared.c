@@ -54,7 +54,7 @@ struct ps_sent {
 enum ps_kind {
 	PSR_PARSE, PSR_PARSE_HIDDEN, PSR_PARSE_SYNTH,
 	PSR_CLOSE, PSR_CLOSE_HIDDEN, PSR_CLOSE_SYNTH,
-	PSR_ERROR_SYNTH,
+	PSR_ERROR_VIA_SERVER,
 	PSR_BIND, PSR_DESCRIBE, PSR_EXECUTE, PSR_SYNC, PSR_QUERY, PSR_FUNC
 };
 
@@ -64,6 +64,7 @@ struct ps_req {
 	bool discard;              /* QUERY: DISCARD ALL / DEALLOCATE ALL */
 	struct ps_stmt *st;        /* PARSE*, BIND: the statement (a reference) */
 	char *err;                 /* ERROR_SYNTH: "SQLSTATE message" */
+	char *cname;               /* PARSE, PARSE_SYNTH: the client's name, dropped if skipped */
 };
 
 /* Bounded like the client's own pipeline. */
@@ -378,6 +379,7 @@ static void pop(struct worker *w, struct ps_server *ps)
 	struct ps_req *r = &ps->q[ps->qhead];
 	stmt_unref(w, r->st);
 	free(r->err);
+	free(r->cname);
 	ps->qhead = (ps->qhead + 1) % ps->qcap;
 	ps->qn--;
 }
@@ -482,18 +484,41 @@ static uint32_t name_hash(const char *s)
 	return hash_bytes(s, strlen(s));
 }
 
-/* pgmux answers with an error of its own once the replies before it are out, and drops the
- * client's messages up to its Sync, as PostgreSQL would. */
+/* pgmux refuses a message with an error of its own.  It has the server refuse a Parse in its
+ * place, so that the server skips to the next Sync and aborts a transaction exactly as it would
+ * for its own error; the server's error text is then replaced by pgmux's.  Everything the
+ * client sent before must already be flushed (flush_first). */
 static enum ps_result synth_error(struct client *cl, struct ps_server *ps, const char *code, const char *msg)
 {
-	struct ps_req *r = push(ps, PSR_ERROR_SYNTH, NULL);
+	struct server *sv = cl->link;
+	struct ps_req *r = push(ps, PSR_ERROR_VIA_SERVER, NULL);
 	if (!r || !(r->err = malloc(strlen(code) + strlen(msg) + 2))) {
 		client_close(cl, "out of memory", "53200");
 		return PS_CLOSED;
 	}
 	sprintf(r->err, "%s %s", code, msg);
-	cl->ps_skip = true;
+	struct pktbuf *o = &sv->c.out;
+	pktbuf_begin(o, 'P');
+	pktbuf_put_str(o, "pgmux_refused");
+	pktbuf_put_str(o, "pgmux refused this message");   /* a syntax error, by design */
+	pktbuf_put_u16(o, 0);
+	pktbuf_end(o);
 	return PS_CONSUMED;
+}
+
+/* Everything the client sent before the message at scan must reach the server before pgmux's
+ * own bytes do: pgmux's pending bytes go first, then the client's.  PS_WAIT when the server
+ * cannot take them now (its write event resumes the client). */
+static enum ps_result flush_first(struct client *cl)
+{
+	struct server *sv = cl->link;
+	if (sv->c.out.len && !sv->c.wr_on && sbuf_send_out(&sv->c) < 0) {
+		server_close(sv, "send failed");
+		return PS_CLOSED;
+	}
+	if (!sbuf_flush(&cl->c))
+		return cl->c.dead ? PS_CLOSED : PS_WAIT;
+	return PS_FORWARD;
 }
 
 /* Drops the message at scan (whole) from the client's buffer. */
@@ -528,6 +553,7 @@ static bool is_discard_all(const uint8_t *q, uint32_t len)
 
 static enum ps_result client_parse(struct client *cl, struct ps_server *ps, uint32_t total, uint32_t avail)
 {
+	enum ps_result fr;
 	struct conn *c = &cl->c;
 	struct server *sv = cl->link;
 	const uint8_t *m = c->in->data + c->in->scan;
@@ -544,8 +570,8 @@ static enum ps_result client_parse(struct client *cl, struct ps_server *ps, uint
 		char msg[128];
 		snprintf(msg, sizeof(msg), "prepared statement too long for pgmux (%u bytes, limit %u)",
 			 total, c->w->bufsize);
-		if (!sbuf_flush(c))
-			return c->dead ? PS_CLOSED : PS_WAIT;
+		if ((fr = flush_first(cl)) != PS_FORWARD)
+			return fr;
 		discard_rest(cl, total, avail);
 		return synth_error(cl, ps, "54000", msg);
 	}
@@ -555,18 +581,22 @@ static enum ps_result client_parse(struct client *cl, struct ps_server *ps, uint
 	if (cname_find(cl, name, h)) {
 		char msg[300];
 		snprintf(msg, sizeof(msg), "prepared statement \"%.200s\" already exists", name);
+		if ((fr = flush_first(cl)) != PS_FORWARD)
+			return fr;
 		drop_msg(cl, total);
 		return synth_error(cl, ps, "42P05", msg);
 	}
 	if (cl->ps && cl->ps->n >= PS_CLIENT_MAX) {
 		char msg[128];
 		snprintf(msg, sizeof(msg), "too many prepared statements for one client (max %d)", PS_CLIENT_MAX);
+		if ((fr = flush_first(cl)) != PS_FORWARD)
+			return fr;
 		drop_msg(cl, total);
 		return synth_error(cl, ps, "54000", msg);
 	}
 	/* Everything before this message must reach the server before pgmux's own bytes. */
-	if (!sbuf_flush(c))
-		return c->dead ? PS_CLOSED : PS_WAIT;
+	if ((fr = flush_first(cl)) != PS_FORWARD)
+		return fr;
 	const uint8_t *body = (const uint8_t *)name + strlen(name) + 1;
 	struct ps_stmt *st = stmt_intern(c->w, body, (uint32_t)(m + total - body));
 	if (!st || !cname_add(cl, name, h, st)) {
@@ -578,27 +608,44 @@ static enum ps_result client_parse(struct client *cl, struct ps_server *ps, uint
 		return synth_error(cl, ps, "53200", "out of memory for prepared statements");
 	}
 	cl->pool->client_parse_count++;
+	/* The name lives in the bytes about to be dropped; the request keeps its own copy. */
+	char *nm = strdup(name);
+	if (!nm)
+		goto oom;
 	drop_msg(cl, total);
 	struct ps_sent *e = sent_find(ps, st);
+	struct ps_req *r;
 	if (e && !e->stale) {
 		list_del(&e->lru);
 		list_append(&ps->lru, &e->lru);
-		if (!push(ps, PSR_PARSE_SYNTH, NULL))
+		if (!(r = push(ps, PSR_PARSE_SYNTH, NULL))) {
+			free(nm);
 			goto oom;
+		}
+		r->cname = nm;
 		return PS_CONSUMED;
 	}
 	/* The client's own Parse, renamed: its ParseComplete goes to the client. */
 	if (e) {
 		put_close(&sv->c.out, st);
-		if (!push(ps, PSR_CLOSE_HIDDEN, NULL))
+		if (!push(ps, PSR_CLOSE_HIDDEN, NULL)) {
+			free(nm);
 			goto oom;
+		}
 		sent_del(c->w, ps, e);
 	}
-	if (!make_room(sv, ps))
+	if (!make_room(sv, ps)) {
+		free(nm);
 		goto oom;
+	}
 	put_parse(&sv->c.out, st);
 	sv->pool->server_parse_count++;
-	if (!push(ps, PSR_PARSE, st) || !sent_add(ps, st))
+	if (!(r = push(ps, PSR_PARSE, st))) {
+		free(nm);
+		goto oom;
+	}
+	r->cname = nm;
+	if (!sent_add(ps, st))
 		goto oom;
 	return PS_CONSUMED;
 oom:
@@ -610,6 +657,7 @@ oom:
 static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, char type,
 				       uint32_t total, uint32_t avail)
 {
+	enum ps_result fr;
 	struct conn *c = &cl->c;
 	struct server *sv = cl->link;
 	const uint8_t *m = c->in->data + c->in->scan;
@@ -646,8 +694,8 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 	if (!cn) {
 		char msg[300];
 		snprintf(msg, sizeof(msg), "prepared statement \"%.200s\" does not exist", name);
-		if (!sbuf_flush(c))
-			return c->dead ? PS_CLOSED : PS_WAIT;
+		if ((fr = flush_first(cl)) != PS_FORWARD)
+			return fr;
 		discard_rest(cl, total, avail);
 		return synth_error(cl, ps, "26000", msg);
 	}
@@ -658,8 +706,8 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 		list_append(&ps->lru, &e->lru);
 	} else {
 		/* pgmux's Parse must reach the server after everything the client sent before. */
-		if (!sbuf_flush(c))
-			return c->dead ? PS_CLOSED : PS_WAIT;
+		if ((fr = flush_first(cl)) != PS_FORWARD)
+			return fr;
 		if (!ensure_on_server(sv, st))
 			goto oom;
 	}
@@ -679,9 +727,9 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 		goto oom;
 	}
 	bool inplace = avail >= total && sbuf_replace(c, prefix, hb.data, hb.len);
-	if (!inplace && !sbuf_flush(c)) {
+	if (!inplace && (fr = flush_first(cl)) != PS_FORWARD) {
 		pktbuf_free(&hb);
-		return c->dead ? PS_CLOSED : PS_WAIT;
+		return fr;
 	}
 	if (!push(ps, type == 'B' ? PSR_BIND : PSR_DESCRIBE, type == 'B' ? st : NULL)) {
 		pktbuf_free(&hb);
@@ -736,6 +784,109 @@ oom:
 	return PS_CLOSED;
 }
 
+/* "DEALLOCATE [PREPARE] name" of one of the client's names (psycopg 3.1 evicts its cache so):
+ * the server knows the statement as pgmux_<id>, so the query is renamed in place, after
+ * making sure the server holds it; the server's copy is then gone for everyone. */
+/* The statement name of "DEALLOCATE [PREPARE] name" (folded as an identifier), or false. */
+static bool dealloc_name(const char *q, char *name, size_t cap)
+{
+	size_t n = 0;
+	while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
+		q++;
+	if (strncasecmp(q, "DEALLOCATE", 10) != 0 || (q[10] != ' ' && q[10] != '\t'))
+		return false;
+	q += 10;
+	while (*q == ' ' || *q == '\t')
+		q++;
+	if (strncasecmp(q, "PREPARE", 7) == 0 && (q[7] == ' ' || q[7] == '\t')) {
+		q += 7;
+		while (*q == ' ' || *q == '\t')
+			q++;
+	}
+	if (*q == '"') {
+		for (q++; *q && n < cap - 1; q++) {
+			if (*q == '"' && q[1] == '"')
+				q++;
+			else if (*q == '"')
+				break;
+			name[n++] = *q;
+		}
+		if (*q != '"')
+			return false;
+		q++;
+	} else {
+		while ((*q == '_' || (*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') ||
+			(*q >= '0' && *q <= '9') || *q == '$') && n < cap - 1)
+			name[n++] = (char)(*q >= 'A' && *q <= 'Z' ? *q + 32 : *q), q++;
+	}
+	name[n] = 0;
+	while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r' || *q == ';')
+		q++;
+	return n && !*q && strcasecmp(name, "all") != 0;
+}
+
+/* "DEALLOCATE name" of one of the client's names, as a simple Query or an unnamed Parse (how
+ * psycopg 3.1 evicts its cache): the server knows the statement as pgmux_<id>, so the text is
+ * renamed in place after making sure the server holds it; the server's copy is then gone. */
+static enum ps_result client_deallocate(struct client *cl, struct ps_server *ps, char type,
+					uint32_t total, uint32_t avail)
+{
+	if (avail < total || total > 1024)
+		return PS_FORWARD;
+	const uint8_t *m = cl->c.in->data + cl->c.in->scan;
+	const char *q = (const char *)m + PROTO_HDR;
+	const uint8_t *tail = NULL;
+	if (type == 'P') {
+		if (*q)
+			return PS_FORWARD;   /* only the unnamed statement carries such utility text */
+		q++;
+		const uint8_t *qe = memchr(q, 0, (size_t)(m + total - (const uint8_t *)q));
+		if (!qe)
+			return PS_FORWARD;
+		tail = qe + 1;
+	} else if (!memchr(q, 0, total - PROTO_HDR)) {
+		return PS_FORWARD;
+	}
+	char name[256];
+	if (!dealloc_name(q, name, sizeof(name)))
+		return PS_FORWARD;
+	uint32_t h = name_hash(name);
+	struct ps_cname *cn = cname_find(cl, name, h);
+	if (!cn)
+		return PS_FORWARD;
+	enum ps_result fr = flush_first(cl);
+	if (fr != PS_FORWARD)
+		return fr;
+	struct ps_stmt *st = cn->st;
+	if (!ensure_on_server(cl->link, st)) {
+		client_close(cl, "out of memory", "53200");
+		return PS_CLOSED;
+	}
+	char sql[64];
+	memcpy(sql, "DEALLOCATE ", 11);
+	server_name(st, sql + 11, sizeof(sql) - 11);
+	struct pktbuf pb = { 0 };
+	if (type == 'P') {
+		pktbuf_begin(&pb, 'P');
+		pktbuf_put_str(&pb, "");
+		pktbuf_put_str(&pb, sql);
+		pktbuf_put(&pb, tail, (size_t)(m + total - tail));
+		pktbuf_end(&pb);
+	} else {
+		proto_query(&pb, sql);
+	}
+	bool ok = !pb.failed && sbuf_replace(&cl->c, total, pb.data, pb.len);
+	pktbuf_free(&pb);
+	if (!ok)
+		return PS_FORWARD;
+	struct ps_sent *e = sent_find(ps, st);
+	if (e)
+		sent_del(cl->c.w, ps, e);
+	cname_del(cl, name, h);
+	/* Not advanced: the loop reads the renamed message again and forwards it as usual. */
+	return PS_CONSUMED;
+}
+
 enum ps_result ps_client_message(struct client *cl, char type, uint32_t total, uint32_t avail)
 {
 	struct server *sv = cl->link;
@@ -744,18 +895,14 @@ enum ps_result ps_client_message(struct client *cl, char type, uint32_t total, u
 		client_close(cl, "out of memory", "53200");
 		return PS_CLOSED;
 	}
-	if (cl->ps_skip && type != 'S') {
-		if (type == 'd' || type == 'c' || type == 'f' || type == 'H')
-			return PS_FORWARD;
-		if (!sbuf_flush(&cl->c))
-			return cl->c.dead ? PS_CLOSED : PS_WAIT;
-		discard_rest(cl, total, avail);
-		return PS_CONSUMED;
-	}
 	struct ps_req *r;
 	switch (type) {
-	case 'P':
+	case 'P': {
+		enum ps_result dr = client_deallocate(cl, ps, 'P', total, avail);
+		if (dr != PS_FORWARD)
+			return dr;
 		return client_parse(cl, ps, total, avail);
+	}
 	case 'B':
 	case 'D':
 		return client_uses_stmt(cl, ps, type, total, avail);
@@ -765,10 +912,12 @@ enum ps_result ps_client_message(struct client *cl, char type, uint32_t total, u
 		r = push(ps, PSR_EXECUTE, NULL);
 		break;
 	case 'S':
-		cl->ps_skip = false;
 		r = push(ps, PSR_SYNC, NULL);
 		break;
-	case 'Q':
+	case 'Q': {
+		enum ps_result dr = client_deallocate(cl, ps, 'Q', total, avail);
+		if (dr != PS_FORWARD)
+			return dr;
 		r = push(ps, PSR_QUERY, NULL);
 		if (r && avail >= total && is_discard_all(cl->c.in->data + cl->c.in->scan + PROTO_HDR,
 							  total - PROTO_HDR)) {
@@ -776,6 +925,7 @@ enum ps_result ps_client_message(struct client *cl, char type, uint32_t total, u
 			cmap_clear(cl);
 		}
 		break;
+	}
 	case 'F':
 		r = push(ps, PSR_FUNC, NULL);
 		break;
@@ -795,28 +945,11 @@ enum ps_result ps_emit(struct server *sv)
 {
 	struct ps_server *ps = sv->ps;
 	struct ps_req *r;
-	while ((r = head(ps)) && (r->kind == PSR_PARSE_SYNTH || r->kind == PSR_CLOSE_SYNTH ||
-				  r->kind == PSR_ERROR_SYNTH)) {
-		uint8_t msg[600];
-		uint32_t n;
-		if (r->kind == PSR_ERROR_SYNTH) {
-			struct pktbuf pb = { 0 };
-			const char *sp = strchr(r->err, ' ');
-			char code[6] = "XX000";
-			if (sp && sp - r->err == 5)
-				memcpy(code, r->err, 5);
-			proto_error(&pb, "ERROR", code, sp ? sp + 1 : r->err);
-			n = pb.len < sizeof(msg) ? pb.len : 0;
-			if (n)
-				memcpy(msg, pb.data, n);
-			pktbuf_free(&pb);
-			if (!n)
-				return PS_FORWARD;
-		} else {
-			msg[0] = r->kind == PSR_PARSE_SYNTH ? '1' : '3';
-			proto_put32(msg + 1, 4);
-			n = 5;
-		}
+	while ((r = head(ps)) && (r->kind == PSR_PARSE_SYNTH || r->kind == PSR_CLOSE_SYNTH)) {
+		uint8_t msg[5];
+		uint32_t n = 5;
+		msg[0] = r->kind == PSR_PARSE_SYNTH ? '1' : '3';
+		proto_put32(msg + 1, 4);
 		if (!sbuf_insert(&sv->c, msg, n)) {
 			if (!sbuf_flush(&sv->c) || !sbuf_insert(&sv->c, msg, n))
 				return sv->c.dead ? PS_CLOSED : PS_WAIT;
@@ -843,6 +976,9 @@ static void error_skip(struct server *sv, struct ps_server *ps, const uint8_t *b
 			if (e)
 				sent_del(sv->c.w, ps, e);
 		}
+		/* A Parse that failed or was skipped leaves no statement behind, as in PostgreSQL. */
+		if (r->cname && sv->link)
+			cname_del(sv->link, r->cname, name_hash(r->cname));
 		pop(sv->c.w, ps);
 	}
 }
@@ -853,7 +989,7 @@ enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *bo
 	if (!ps || type == 'S' || type == 'N' || type == 'A')
 		return PS_FORWARD;
 	struct ps_req *r = head(ps);
-	if (r && (r->kind == PSR_PARSE_SYNTH || r->kind == PSR_CLOSE_SYNTH || r->kind == PSR_ERROR_SYNTH)) {
+	if (r && (r->kind == PSR_PARSE_SYNTH || r->kind == PSR_CLOSE_SYNTH)) {
 		enum ps_result e = ps_emit(sv);
 		return e == PS_FORWARD ? PS_CONSUMED : e;
 	}
@@ -894,6 +1030,20 @@ enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *bo
 			pop(sv->c.w, ps);
 		break;
 	case 'E':
+		if (r->kind == PSR_ERROR_VIA_SERVER) {
+			/* The refused Parse: pgmux's error goes out in place of the server's. */
+			struct pktbuf pb = { 0 };
+			const char *sp = strchr(r->err, ' ');
+			char code[6] = "XX000";
+			if (sp && sp - r->err == 5)
+				memcpy(code, r->err, 5);
+			proto_error(&pb, "ERROR", code, sp ? sp + 1 : r->err);
+			pop(sv->c.w, ps);
+			error_skip(sv, ps, body, blen);
+			bool ok = !pb.failed && sbuf_replace(&sv->c, PROTO_HDR + blen, pb.data, pb.len);
+			pktbuf_free(&pb);
+			return ok ? PS_CONSUMED : PS_FORWARD;
+		}
 		if (r->kind == PSR_QUERY || r->kind == PSR_FUNC)
 			r->failed = true;
 		else
