@@ -12,9 +12,10 @@ enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM };
 /* Value kinds of general keys.  CF_USEC values are written in seconds (fractions allowed, as
  * PgBouncer reads them) and stored in microseconds.  CF_SIZE accepts a plain byte count or
  * kB/MB/GB suffixes.  CF_MODE and CF_AUTH are the pool_mode / auth_type enums above.
+ * CF_REAL is a fraction from 0 to 1 written in decimal ("0.8"), stored as a double.
  * CF_STR fields of a loaded snapshot are never NULL ("" when unset).  unix_socket_mode is
  * written, and shown, in octal as in PgBouncer. */
-enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH };
+enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH, CF_REAL };
 
 /* The one table of general keys: X(kind, name, default-as-written, changeable-at-runtime).
  * It drives the struct below, parsing, defaults, validation, SHOW CONFIG and the man page. */
@@ -68,6 +69,9 @@ enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH };
 	X(CF_SIZE, pkt_buf,                   "4096",        false) \
 	X(CF_INT,  sbuf_loopcnt,              "5",           true)  \
 	X(CF_USEC, stats_period,              "60",          true)  \
+	X(CF_REAL, saturation_warn,           "0.8",         true)  \
+	X(CF_USEC, saturation_warn_after,     "60",          true)  \
+	X(CF_STR,  stats_listen,              "",            false) \
 	X(CF_STR,  admin_users,               "",            true)  \
 	X(CF_STR,  stats_users,               "",            true)  \
 	X(CF_BOOL, application_name_add_host, "0",           true)  \
@@ -83,6 +87,7 @@ enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH };
 #define CF_CTYPE_CF_SIZE int64_t
 #define CF_CTYPE_CF_MODE int
 #define CF_CTYPE_CF_AUTH int
+#define CF_CTYPE_CF_REAL double
 
 /* One [databases] line (or "*" fallback).  Integers are -1 when the entry does not set them,
  * meaning "use the general default".  Strings are NULL when unset. */
@@ -144,6 +149,12 @@ bool config_list_has(const char *list, const char *user);
 
 /* Writes a key's current value as text (for SHOW CONFIG); returns false for unknown keys. */
 bool config_value_text(const struct config *cf, const char *key, char *buf, size_t len);
+
+/* Splits "host:port" (or "[v6addr]:port") as stats_listen takes it: host is copied without
+ * brackets into host[hostlen], the port (1..65535) into *port.  False, with a reason in why
+ * when why is not NULL, for anything else (an empty host, no port, a host too long). */
+bool config_parse_hostport(const char *s, char *host, size_t hostlen, int *port, char *why,
+			   size_t whylen);
 
 /* Walks the key table: calls fn(name, default, changeable, arg) for each general key. */
 void config_each_key(void (*fn)(const char *name, const char *def, bool changeable, void *arg),

@@ -300,6 +300,7 @@ static enum admin_rc show_version(struct admin_ctx *x)
 }
 
 static enum admin_rc show_help(struct admin_ctx *x);
+static size_t list_len(const struct list *l);
 
 static enum admin_rc show_pools(struct admin_ctx *x)
 {
@@ -307,44 +308,71 @@ static enum admin_rc show_pools(struct admin_ctx *x)
 	struct list *it, *tmp;
 	list_for_each_safe(it, tmp, &x->w->pools) {
 		struct pool *p = list_entry(it, struct pool, node);
-		int being_canceled = 0;
-		struct list *l[N_SV_LISTS], *s, *st;
-		server_lists(p, l);
-		for (int i = 0; i < N_SV_LISTS; i++)
-			list_for_each_safe(s, st, l[i])
-				if (list_entry(s, struct server, node)->cancel_pending)
-					being_canceled++;
-		uint64_t maxwait = 0;
-		struct list *firsts[] = { list_first(&p->cl_waiting), list_first(&p->cl_waiting_login) };
-		for (int i = 0; i < 2; i++) {
-			if (!firsts[i])
-				continue;
-			struct client *c = list_entry(firsts[i], struct client, node);
-			if (now > c->wait_start && now - c->wait_start > maxwait)
-				maxwait = now - c->wait_start;
-		}
-		int size = pool_size(p);
+		struct stats_pool_row r;
+		stats_pool_row(p, now, &r);
 		row_begin(x);
 		col_str(x, p->db->name);
 		col_str(x, p->user->name);
-		col_int(x, p->n_cl[CL_ACTIVE]);
-		col_int(x, p->n_cl[CL_WAITING] + p->n_cl[CL_WAITING_LOGIN]);
-		col_int(x, 0);                          /* cl_active_cancel_req */
-		col_int(x, 0);                          /* cl_waiting_cancel_req */
-		col_int(x, p->n_sv[SV_ACTIVE]);
-		col_int(x, 0);                          /* sv_active_cancel */
-		col_int(x, being_canceled);
-		col_int(x, p->n_sv[SV_IDLE]);
-		col_int(x, p->n_sv[SV_USED]);
-		col_int(x, p->n_sv[SV_TESTED]);
-		col_int(x, p->n_sv[SV_LOGIN]);
-		col_uint(x, maxwait / 1000000u);
-		col_uint(x, maxwait % 1000000u);
+#define POOL_FIGURE_COL(member, help) col_int(x, r.member);
+		POOL_FIGURES(POOL_FIGURE_COL)
+#undef POOL_FIGURE_COL
 		col_str(x, config_pool_mode_name(pool_mode(p)));
-		col_int(x, size);
-		col_float(x, size > 0 ? (double)p->n_sv[SV_ACTIVE] / size : 0.0);
+		col_int(x, r.pool_size);
+		col_float(x, r.saturation);
 		row_end(x);
 	}
+	return ADMIN_OK;
+}
+
+/* Most saturated first: by saturation, then the last minute's peak, then waiting clients;
+ * ties in name order so that the listing is stable. */
+static int saturation_cmp(const void *a, const void *b)
+{
+	const struct stats_saturation *x = a, *y = b;
+	if (x->saturation != y->saturation)
+		return x->saturation > y->saturation ? -1 : 1;
+	if (x->peak_saturation_1m != y->peak_saturation_1m)
+		return x->peak_saturation_1m > y->peak_saturation_1m ? -1 : 1;
+	if (x->cl_waiting != y->cl_waiting)
+		return x->cl_waiting > y->cl_waiting ? -1 : 1;
+	int c = strcmp(x->pool->db->name, y->pool->db->name);
+	return c ? c : strcmp(x->pool->user->name, y->pool->user->name);
+}
+
+static enum admin_rc show_saturation(struct admin_ctx *x)
+{
+	size_t n = list_len(&x->w->pools), i = 0;
+	struct stats_saturation *rows = n ? calloc(n, sizeof(*rows)) : NULL;
+	if (n && !rows) {
+		cmd_error(x, "53200", "out of memory");
+		return ADMIN_ERR;
+	}
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &x->w->pools)
+		if (i < n)
+			stats_saturation_of(x->w, list_entry(it, struct pool, node), &rows[i++]);
+	qsort(rows, i, sizeof(*rows), saturation_cmp);
+	for (size_t r = 0; r < i; r++) {
+		const struct stats_saturation *s = &rows[r];
+		row_begin(x);
+		col_str(x, s->pool->db->name);
+		col_str(x, s->pool->user->name);
+		col_int(x, s->pool_size);
+		col_int(x, s->sv_active);
+		col_float(x, s->saturation);
+		col_int(x, s->peak_1m);
+		col_float(x, s->peak_saturation_1m);
+		col_int(x, s->peak_period);
+		col_int(x, s->cl_waiting);
+		col_uint(x, s->maxwait_us);
+		for (int k = 0; k < STATS_NH; k++)
+			for (int q = 0; q < STATS_NQ; q++)
+				col_uint(x, s->q[k][q]);
+		col_int(x, s->headroom);
+		col_uint(x, s->saturated_us / 1000000u);
+		row_end(x);
+	}
+	free(rows);
 	return ADMIN_OK;
 }
 
@@ -1147,6 +1175,15 @@ static const struct admin_col cols_lists[] = { T("list"), I("items") };
 static const struct admin_col cols_config[] = { T("key"), T("value"), T("default"), T("changeable") };
 static const struct admin_col cols_mem[] = { T("name"), I("size"), I("used"), I("free"), I("memtotal") };
 static const struct admin_col cols_state[] = { T("key"), T("value") };
+#define F(name) { name, OID_FLOAT8 }
+static const struct admin_col cols_saturation[] = {
+	T("database"), T("user"), I("pool_size"), I("sv_active"), F("saturation"), I("peak_1m"),
+	F("peak_saturation_1m"), I("peak_period"), I("cl_waiting"), I("maxwait_us"),
+	I("wait_p50_us"), I("wait_p95_us"), I("wait_p99_us"),
+	I("query_p50_us"), I("query_p95_us"), I("query_p99_us"),
+	I("xact_p50_us"), I("xact_p95_us"), I("xact_p99_us"),
+	I("headroom"), I("saturated_for"),
+};
 
 #define SHOW(name, fn, cols, help) { "SHOW " name, ARG_NONE, "", false, fn, COLS(cols), help }
 #define CTRL(name, arg, args, fn, help) { name, arg, args, true, fn, NULL, 0, help }
@@ -1170,6 +1207,9 @@ static const struct admin_cmd admin_cmds[] = {
 	SHOW("CONFIG", show_config, cols_config, "every general setting: value, default, changeable at run time"),
 	SHOW("MEM", show_mem, cols_mem, "memory held per object kind"),
 	SHOW("STATE", show_state, cols_state, "whether pgmux is paused or shutting down"),
+	SHOW("SATURATION", show_saturation, cols_saturation,
+	     "per pool, most saturated first: sv_active / pool_size, peaks, waits, p50/p95/p99 of "
+	     "wait, query and transaction time (microseconds), headroom"),
 	CTRL("PAUSE", ARG_DB_OPT, "[db]", cmd_pause,
 	     "hold new transactions; returns once every server is released"),
 	CTRL("RESUME", ARG_DB_OPT, "[db]", cmd_resume, "undo PAUSE or KILL"),

@@ -40,6 +40,9 @@ static const struct key_desc key_table[] = { CONFIG_KEYS(CF_DESC) };
 typedef bool (*str_check_fn)(const char *value, char *why, size_t whylen);
 
 static bool check_facility(const char *value, char *why, size_t whylen);
+static bool check_listen(const char *value, char *why, size_t whylen);
+static bool parse_int(const char *s, bool octal, int64_t min, int64_t max, int64_t *out,
+		      char *why, size_t whylen);
 
 /* Narrower limits than the kind's default (0 .. INT32_MAX), and notations, per key.  Ranges
  * follow what PgBouncer refuses or what cannot work (a port, a mode, a buffer too small to
@@ -57,6 +60,7 @@ static const struct key_rule {
 	{ "pkt_buf",           512, INT32_MAX, false, NULL },
 	{ "max_packet_size",   1,   INT32_MAX, false, NULL },
 	{ "syslog_facility",   0,   0,         false, check_facility },
+	{ "stats_listen",      0,   0,         false, check_listen },
 };
 
 static const struct key_rule default_rule = { NULL, 0, INT32_MAX, false, NULL };
@@ -225,6 +229,67 @@ static bool check_facility(const char *value, char *why, size_t whylen)
 	return false;
 }
 
+bool config_parse_hostport(const char *s, char *host, size_t hostlen, int *port, char *why,
+			   size_t whylen)
+{
+	char dummy[1];
+	if (!why) {
+		why = dummy;
+		whylen = sizeof(dummy);
+	}
+	const char *h = s, *colon;
+	size_t hl;
+	if (*s == '[') {
+		const char *close = strchr(s, ']');
+		if (!close || close[1] != ':') {
+			snprintf(why, whylen, "expected host:port or [address]:port, such as 127.0.0.1:9127");
+			return false;
+		}
+		h = s + 1;
+		hl = (size_t)(close - h);
+		colon = close + 1;
+	} else {
+		colon = strrchr(s, ':');
+		if (!colon || memchr(s, ':', (size_t)(colon - s))) {
+			snprintf(why, whylen, colon ? "an IPv6 address needs brackets: [address]:port"
+				 : "expected host:port, such as 127.0.0.1:9127");
+			return false;
+		}
+		hl = (size_t)(colon - s);
+	}
+	if (hl == 0) {
+		snprintf(why, whylen, "expected host:port with a host, such as 127.0.0.1:9127 "
+			 "(0.0.0.0 for every address)");
+		return false;
+	}
+	if (hl >= hostlen) {
+		snprintf(why, whylen, "host name too long");
+		return false;
+	}
+	for (size_t i = 0; i < hl; i++)
+		if (isspace((unsigned char)h[i]) || h[i] == '[' || h[i] == ']') {
+			snprintf(why, whylen, "invalid character in the host");
+			return false;
+		}
+	int64_t pv;
+	char pwhy[128];
+	if (!parse_int(colon + 1, false, 1, 65535, &pv, pwhy, sizeof(pwhy))) {
+		snprintf(why, whylen, "bad port: %s", pwhy);
+		return false;
+	}
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	*port = (int)pv;
+	return true;
+}
+
+static bool check_listen(const char *value, char *why, size_t whylen)
+{
+	char host[256];
+	int port;
+	return !*value || config_parse_hostport(value, host, sizeof(host), &port, why, whylen);
+}
+
 static bool only_disable(const char *value, char *why, size_t whylen)
 {
 	if (!*value || strcasecmp(value, "disable") == 0)
@@ -303,6 +368,29 @@ static bool parse_usec(const char *s, int64_t *out, char *why, size_t whylen)
 	return true;
 }
 
+/* A fraction from 0 to 1 in plain decimal ("0.8", ".5", "1"): no sign, exponent or unit, so
+ * that what SHOW CONFIG prints reads back the same. */
+static bool parse_real(const char *s, double *out, char *why, size_t whylen)
+{
+	size_t ni = strspn(s, "0123456789"), nf = 0;
+	const char *end = s + ni;
+	if (*end == '.') {
+		nf = strspn(end + 1, "0123456789");
+		end += 1 + nf;
+	}
+	if (*end != '\0' || (ni == 0 && nf == 0) || ni > 12 || nf > 12) {
+		snprintf(why, whylen, "expected a fraction from 0 to 1, such as 0.8");
+		return false;
+	}
+	double v = strtod(s, NULL);
+	if (!(v >= 0.0 && v <= 1.0)) {
+		snprintf(why, whylen, "out of range (0 to 1)");
+		return false;
+	}
+	*out = v;
+	return true;
+}
+
 /* A byte count with an optional PostgreSQL-style unit (kB, MB, GB: powers of 1024). */
 static bool parse_size(const char *s, int64_t min, int64_t max, int64_t *out, char *why,
 		       size_t whylen)
@@ -358,6 +446,7 @@ union cf_val {
 	int64_t i;
 	bool b;
 	int e;
+	double d;
 };
 
 /* Parses one general value; a string result is a new allocation the caller owns. */
@@ -392,6 +481,8 @@ static bool parse_value(const struct key_desc *k, const char *text, union cf_val
 		return parse_mode(text, &v->e, why, whylen);
 	case CF_AUTH:
 		return parse_auth(text, &v->e, why, whylen);
+	case CF_REAL:
+		return parse_real(text, &v->d, why, whylen);
 	}
 	snprintf(why, whylen, "internal error: unknown kind");
 	return false;
@@ -416,6 +507,9 @@ static void store_value(struct config *cf, const struct key_desc *k, union cf_va
 	case CF_MODE:
 	case CF_AUTH:
 		*(int *)field = v.e;
+		break;
+	case CF_REAL:
+		*(double *)field = v.d;
 		break;
 	}
 }
@@ -459,6 +553,10 @@ static void format_value(const struct config *cf, const struct key_desc *k, char
 		return;
 	case CF_AUTH:
 		snprintf(buf, len, "%s", config_auth_type_name(*(const int *)field));
+		return;
+	case CF_REAL:
+		/* 15 significant digits give back what was written ("0.8", not 0.80000000000000004) */
+		snprintf(buf, len, "%.15g", *(const double *)field);
 		return;
 	}
 }

@@ -134,6 +134,7 @@ int main(int argc, char **argv)
 		log_error("startup failed");
 		if (pidfile)
 			unlink(pidfile);
+		free(pidfile);
 		return 1;
 	}
 	int rc = pgmux_run(&w);

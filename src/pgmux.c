@@ -20,6 +20,7 @@
 #include "prepared.h"
 #include "pwcrypt.h"
 #include "sbuf.h"
+#include "prom.h"
 #include "stats.h"
 #include "server.h"
 #include "userlist.h"
@@ -421,6 +422,8 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 		return -1;
 	janitor_start(w);
 	stats_start(w);
+	if (prom_start(w) < 0)
+		return -1;
 	return 0;
 }
 
@@ -429,6 +432,7 @@ int pgmux_run(struct worker *w)
 	log_info("pgmux %s listening; %d listener(s)", PACKAGE_VERSION, w->n_listen);
 	event_base_dispatch(w->base);
 	stats_stop(w);
+	prom_stop(w);
 	pgmux_stop_listening(w);
 	log_info("shutdown complete");
 	return 0;

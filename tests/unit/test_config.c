@@ -272,6 +272,9 @@ static void test_defaults(void **state)
 	assert_int_equal(cf->max_packet_size, 2147483647);
 	assert_string_equal(cf->server_reset_query, "DISCARD ALL");
 	assert_string_equal(cf->syslog_ident, "pgmux");
+	assert_true(cf->saturation_warn == 0.8);
+	assert_int_equal(cf->saturation_warn_after, 60000000);
+	assert_string_equal(cf->stats_listen, "");
 	assert_null(cf->dbs);
 	assert_null(cf->users);
 	config_free(cf);
@@ -315,6 +318,24 @@ static const struct kind_case {
 	{ "auth_type", "cert", NULL }, { "auth_type", "pam", NULL }, { "auth_type", "scram", NULL },
 	{ "syslog_facility", "local3", "local3" }, { "syslog_facility", "kern", NULL },
 	{ "admin_users", "a, b", "a, b" }, { "logfile", "", "" },
+	{ "saturation_warn", "0.8", "0.8" }, { "saturation_warn", "1", "1" },
+	{ "saturation_warn", "0", "0" }, { "saturation_warn", ".5", "0.5" },
+	{ "saturation_warn", "0.80", "0.8" }, { "saturation_warn", "1.0", "1" },
+	{ "saturation_warn", "0.123456789", "0.123456789" }, { "saturation_warn", "1.01", NULL },
+	{ "saturation_warn", "2", NULL }, { "saturation_warn", "-0.1", NULL },
+	{ "saturation_warn", "80%", NULL }, { "saturation_warn", "8e-1", NULL },
+	{ "saturation_warn", ".", NULL }, { "saturation_warn", "", NULL },
+	{ "saturation_warn", "nan", NULL }, { "saturation_warn", "0x1", NULL },
+	{ "saturation_warn_after", "1", "1" }, { "saturation_warn_after", "0.5", "0.5" },
+	{ "saturation_warn_after", "-1", NULL },
+	{ "stats_listen", "", "" }, { "stats_listen", "127.0.0.1:9127", "127.0.0.1:9127" },
+	{ "stats_listen", "localhost:1", "localhost:1" }, { "stats_listen", "[::1]:9127", "[::1]:9127" },
+	{ "stats_listen", "0.0.0.0:65535", "0.0.0.0:65535" },
+	{ "stats_listen", "9127", NULL }, { "stats_listen", ":9127", NULL },
+	{ "stats_listen", "host:", NULL }, { "stats_listen", "host:0", NULL },
+	{ "stats_listen", "host:65536", NULL }, { "stats_listen", "::1:9127", NULL },
+	{ "stats_listen", "[::1]9127", NULL }, { "stats_listen", "h ost:1", NULL },
+	{ "stats_listen", "host:12ab", NULL },
 };
 
 static void test_value_kinds(void **state)
@@ -677,6 +698,18 @@ static void test_set(void **state)
 	assert_int_equal(config_set(cf, "unix_socket_dir", "/x", err, sizeof(err)), -1);
 	assert_string_equal(cf->unix_socket_dir, "/var/run/pgmux");
 
+	/* the saturation keys change at run time, the endpoint's address does not */
+	assert_int_equal(config_set(cf, "saturation_warn", "0.95", err, sizeof(err)), 0);
+	assert_true(cf->saturation_warn == 0.95);
+	assert_value(cf, "saturation_warn", "0.95");
+	assert_int_equal(config_set(cf, "saturation_warn", "1.5", err, sizeof(err)), -1);
+	assert_string_equal(err, "invalid value \"1.5\" for saturation_warn: out of range (0 to 1)");
+	assert_true(cf->saturation_warn == 0.95);
+	assert_int_equal(config_set(cf, "saturation_warn_after", "1", err, sizeof(err)), 0);
+	assert_int_equal(cf->saturation_warn_after, 1000000);
+	assert_int_equal(config_set(cf, "stats_listen", "127.0.0.1:9127", err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "stats_listen cannot be changed at run time"));
+
 	/* unknown, and PgBouncer-only */
 	assert_int_equal(config_set(cf, "bogus", "1", err, sizeof(err)), -1);
 	assert_string_equal(err, "unknown key \"bogus\"");
@@ -700,6 +733,45 @@ static void test_set_follows_table(void **state)
 	struct config *cf = load_ok(DATA("config_good.ini"));
 	config_each_key(check_changeable_matches_set, cf);
 	config_free(cf);
+}
+
+/* ---- host:port (stats_listen) ----------------------------------------------------------- */
+
+static void test_parse_hostport(void **state)
+{
+	static const struct {
+		const char *in, *host;
+		int port;               /* 0: refused */
+	} cases[] = {
+		{ "127.0.0.1:9127", "127.0.0.1", 9127 }, { "localhost:1", "localhost", 1 },
+		{ "[::1]:80", "::1", 80 }, { "[fe80::1%eth0]:443", "fe80::1%eth0", 443 },
+		{ "a:65535", "a", 65535 }, { "a:65536", NULL, 0 }, { "a:0", NULL, 0 },
+		{ "a:-1", NULL, 0 }, { "a", NULL, 0 }, { ":1", NULL, 0 }, { "[]:1", NULL, 0 },
+		{ "[::1]", NULL, 0 }, { "::1:80", NULL, 0 }, { "a:1:", NULL, 0 }, { "", NULL, 0 },
+		{ "a b:1", NULL, 0 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char host[64] = "unchanged", why[256] = "";
+		int port = -1;
+		bool ok = config_parse_hostport(cases[i].in, host, sizeof(host), &port, why, sizeof(why));
+		if (ok != (cases[i].port != 0))
+			print_error("case %zu \"%s\": %s (%s)\n", i, cases[i].in, ok ? "accepted" : "refused",
+				    why);
+		assert_int_equal(ok, cases[i].port != 0);
+		if (ok) {
+			assert_string_equal(host, cases[i].host);
+			assert_int_equal(port, cases[i].port);
+		} else {
+			assert_true(why[0] != '\0');
+			assert_string_equal(host, "unchanged");
+		}
+	}
+	/* a host that does not fit, and no room for a reason */
+	char tiny[4];
+	int port;
+	assert_false(config_parse_hostport("abcd:1", tiny, sizeof(tiny), &port, NULL, 0));
+	assert_true(config_parse_hostport("abc:1", tiny, sizeof(tiny), &port, NULL, 0));
+	assert_string_equal(tiny, "abc");
 }
 
 /* ---- copies of entries -------------------------------------------------------------------- */
@@ -819,6 +891,7 @@ int main(void)
 		cmocka_unit_test(test_value_text_round_trip),
 		cmocka_unit_test(test_set),
 		cmocka_unit_test(test_set_follows_table),
+		cmocka_unit_test(test_parse_hostport),
 		cmocka_unit_test(test_db_dup_equal),
 		cmocka_unit_test(test_sample_config_loads),
 		cmocka_unit_test(test_man_page_covers_table),
