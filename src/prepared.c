@@ -18,6 +18,7 @@ struct ps_stmt {
 	struct ps_stmt *next;
 	uint64_t id;
 	uint32_t hash, refs;
+	uint32_t gen;              /* bumped when its result type changed under it (0A000) */
 	uint32_t len;              /* of body: query\0, int16 n, int32 oids[n] */
 	uint8_t body[];
 };
@@ -34,6 +35,7 @@ struct ps_cname {
 	struct ps_cname *next;
 	struct ps_stmt *st;
 	uint32_t hash;
+	uint32_t gen;              /* st->gen when the client prepared it */
 	char name[];
 };
 
@@ -48,6 +50,9 @@ struct ps_sent {
 	struct list lru;
 	struct ps_stmt *st;
 	bool stale;                /* its plan went bad: close and parse again before use */
+	bool confirmed;            /* its ParseComplete came back */
+	uint32_t block;            /* the sync block its Parse went in */
+	uint32_t gen;              /* st->gen it was parsed at */
 };
 
 /* What a request sent to the server (or answered by pgmux) expects back. */
@@ -61,7 +66,6 @@ enum ps_kind {
 struct ps_req {
 	uint8_t kind;
 	bool failed;               /* QUERY: an error came back */
-	bool discard;              /* QUERY: DISCARD ALL / DEALLOCATE ALL */
 	struct ps_stmt *st;        /* PARSE*, BIND: the statement (a reference) */
 	char *err;                 /* ERROR_SYNTH: "SQLSTATE message" */
 	char *cname;               /* PARSE, PARSE_SYNTH: the client's name, dropped if skipped */
@@ -76,6 +80,7 @@ struct ps_server {
 	struct list lru;           /* head: least recently used */
 	struct ps_req *q;
 	uint32_t qhead, qn, qcap;
+	uint32_t block;            /* counts the client's Sync/Query: the current sync block */
 };
 
 static uint32_t hash_bytes(const void *p, size_t n)
@@ -148,6 +153,7 @@ static struct ps_stmt *stmt_intern(struct worker *w, const uint8_t *body, uint32
 	s->id = ++g->next_id;
 	s->hash = h;
 	s->refs = 0;
+	s->gen = 0;
 	s->len = len;
 	memcpy(s->body, body, len);
 	if (g->n > g->mask)
@@ -216,6 +222,7 @@ static bool cname_add(struct client *cl, const char *name, uint32_t h, struct ps
 	memcpy(e->name, name, n + 1);
 	e->hash = h;
 	e->st = st;
+	e->gen = st->gen;
 	stmt_ref(st);
 	if (cl->ps->n > cl->ps->mask)
 		grow_tab((void ***)&cl->ps->tab, &cl->ps->mask, offsetof(struct ps_cname, next),
@@ -316,6 +323,8 @@ static bool sent_add(struct ps_server *ps, struct ps_stmt *st)
 	if (!e)
 		return false;
 	e->st = st;
+	e->block = ps->block;
+	e->gen = st->gen;
 	stmt_ref(st);
 	uint32_t h = ptr_hash(st) & ps->mask;
 	e->next = ps->tab[h];
@@ -438,6 +447,14 @@ static void put_close(struct pktbuf *o, const struct ps_stmt *st)
 	pktbuf_end(o);
 }
 
+/* The server surely holds the statement as it is now: its Parse came back, or it went in this
+ * very sync block (so an error that skips it also skips its users), and no result-type change
+ * happened since. */
+static bool sent_usable(const struct ps_server *ps, const struct ps_sent *e)
+{
+	return e && !e->stale && e->gen == e->st->gen && (e->confirmed || e->block == ps->block);
+}
+
 /* Makes room in the server's LRU, closing what falls out. */
 static bool make_room(struct server *sv, struct ps_server *ps)
 {
@@ -459,12 +476,13 @@ static bool ensure_on_server(struct server *sv, struct ps_stmt *st)
 	if (!ps)
 		return false;
 	struct ps_sent *e = sent_find(ps, st);
-	if (e && !e->stale) {
+	if (sent_usable(ps, e)) {
 		list_del(&e->lru);
 		list_append(&ps->lru, &e->lru);
 		return true;
 	}
 	if (e) {
+		/* Closing a statement the server may not have is no error, so this is safe either way. */
 		put_close(&sv->c.out, st);
 		if (!push(ps, PSR_CLOSE_HIDDEN, NULL))
 			return false;
@@ -541,15 +559,6 @@ static void discard_rest(struct client *cl, uint32_t total, uint32_t avail)
 	cl->discarding = true;
 }
 
-static bool is_discard_all(const uint8_t *q, uint32_t len)
-{
-	const char *s = (const char *)q, *end = s + len;
-	while (s < end && (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r'))
-		s++;
-	size_t n = (size_t)(end - s);
-	return (n >= 11 && strncasecmp(s, "DISCARD ALL", 11) == 0) ||
-	       (n >= 14 && strncasecmp(s, "DEALLOCATE ALL", 14) == 0);
-}
 
 static enum ps_result client_parse(struct client *cl, struct ps_server *ps, uint32_t total, uint32_t avail)
 {
@@ -615,7 +624,7 @@ static enum ps_result client_parse(struct client *cl, struct ps_server *ps, uint
 	drop_msg(cl, total);
 	struct ps_sent *e = sent_find(ps, st);
 	struct ps_req *r;
-	if (e && !e->stale) {
+	if (sent_usable(ps, e)) {
 		list_del(&e->lru);
 		list_append(&ps->lru, &e->lru);
 		if (!(r = push(ps, PSR_PARSE_SYNTH, NULL))) {
@@ -699,9 +708,16 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 		discard_rest(cl, total, avail);
 		return synth_error(cl, ps, "26000", msg);
 	}
+	if (type == 'B' && cn->gen != cn->st->gen) {
+		/* Prepared before its result type changed: PostgreSQL refuses it until re-prepared. */
+		if ((fr = flush_first(cl)) != PS_FORWARD)
+			return fr;
+		discard_rest(cl, total, avail);
+		return synth_error(cl, ps, "0A000", "cached plan must not change result type");
+	}
 	struct ps_stmt *st = cn->st;
 	struct ps_sent *e = sent_find(ps, st);
-	if (e && !e->stale) {
+	if (sent_usable(ps, e)) {
 		list_del(&e->lru);
 		list_append(&ps->lru, &e->lru);
 	} else {
@@ -879,9 +895,11 @@ static enum ps_result client_deallocate(struct client *cl, struct ps_server *ps,
 	pktbuf_free(&pb);
 	if (!ok)
 		return PS_FORWARD;
+	/* Gone from the server once it runs: never trusted again, so the next use closes (no
+	 * error if absent) and parses afresh. */
 	struct ps_sent *e = sent_find(ps, st);
 	if (e)
-		sent_del(cl->c.w, ps, e);
+		e->stale = true;
 	cname_del(cl, name, h);
 	/* Not advanced: the loop reads the renamed message again and forwards it as usual. */
 	return PS_CONSUMED;
@@ -913,17 +931,14 @@ enum ps_result ps_client_message(struct client *cl, char type, uint32_t total, u
 		break;
 	case 'S':
 		r = push(ps, PSR_SYNC, NULL);
+		ps->block++;
 		break;
 	case 'Q': {
 		enum ps_result dr = client_deallocate(cl, ps, 'Q', total, avail);
 		if (dr != PS_FORWARD)
 			return dr;
 		r = push(ps, PSR_QUERY, NULL);
-		if (r && avail >= total && is_discard_all(cl->c.in->data + cl->c.in->scan + PROTO_HDR,
-							  total - PROTO_HDR)) {
-			r->discard = true;
-			cmap_clear(cl);
-		}
+		ps->block++;
 		break;
 	}
 	case 'F':
@@ -967,8 +982,13 @@ static void error_skip(struct server *sv, struct ps_server *ps, const uint8_t *b
 	    strcmp(proto_error_field(body, blen, 'C'), "0A000") == 0 &&
 	    strstr(proto_error_field(body, blen, 'M'), "cached plan must not change result type")) {
 		struct ps_sent *e = sent_find(ps, r->st);
-		if (e)
+		if (e) {
+			/* The first server to notice bumps the statement: every client that prepared it
+			 * before gets this error too, as from its own statement in PostgreSQL. */
+			if (e->gen == r->st->gen)
+				r->st->gen++;
 			e->stale = true;
+		}
 	}
 	while ((r = head(ps)) && r->kind != PSR_SYNC) {
 		if ((r->kind == PSR_PARSE_HIDDEN || r->kind == PSR_PARSE) && r->st) {
@@ -981,6 +1001,12 @@ static void error_skip(struct server *sv, struct ps_server *ps, const uint8_t *b
 			cname_del(sv->link, r->cname, name_hash(r->cname));
 		pop(sv->c.w, ps);
 	}
+}
+
+static bool tag_is(const uint8_t *body, uint32_t blen, const char *tag)
+{
+	size_t n = strlen(tag) + 1;
+	return blen >= n && memcmp(body, tag, n) == 0;
 }
 
 enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *body, uint32_t blen)
@@ -997,6 +1023,13 @@ enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *bo
 		return PS_FORWARD;
 	switch (type) {
 	case '1':
+		if ((r->kind == PSR_PARSE_HIDDEN || r->kind == PSR_PARSE) && r->st) {
+			struct ps_sent *e = sent_find(ps, r->st);
+			if (!e && sent_add(ps, r->st))
+				e = sent_find(ps, r->st);   /* forgotten meanwhile (DISCARD ALL) but parsed after */
+			if (e)
+				e->confirmed = true;
+		}
 		if (r->kind == PSR_PARSE_HIDDEN) {
 			pop(sv->c.w, ps);
 			sbuf_drop(&sv->c, sv->c.in->scan, PROTO_HDR + blen);
@@ -1024,6 +1057,16 @@ enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *bo
 			pop(sv->c.w, ps);
 		break;
 	case 'C':
+		/* DISCARD ALL / DEALLOCATE ALL that ran, by whatever protocol: the server's statements
+		 * are gone, and so are the client's names, as in PostgreSQL. */
+		if (tag_is(body, blen, "DISCARD ALL") || tag_is(body, blen, "DEALLOCATE ALL")) {
+			ps_server_forget(sv);
+			if (sv->link)
+				cmap_clear(sv->link);
+		}
+		if (r->kind == PSR_EXECUTE)
+			pop(sv->c.w, ps);
+		break;
 	case 'I':
 	case 's':
 		if (r->kind == PSR_EXECUTE)
@@ -1050,8 +1093,6 @@ enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *bo
 			error_skip(sv, ps, body, blen);
 		break;
 	case 'Z':
-		if (r->kind == PSR_QUERY && r->discard && !r->failed)
-			ps_server_forget(sv);
 		if (r->kind == PSR_SYNC || r->kind == PSR_QUERY || r->kind == PSR_FUNC)
 			pop(sv->c.w, ps);
 		break;

@@ -750,7 +750,7 @@ static void forward_loop(struct server *sv)
 			break;   /* small messages pgmux reads: wait for the rest */
 		log_noise("S-%llu <- %c len %u expect_z %u", (unsigned long long)c->id, type, len, cl->expect_z);
 		if (sv->ps_active) {
-			if (type == 'E' && !whole && len + 1 <= c->w->bufsize)
+			if ((type == 'E' || type == 'C') && !whole && len + 1 <= c->w->bufsize)
 				break;
 			enum ps_result r = ps_server_message(sv, type, h + PROTO_HDR, len - 4);
 			if (r == PS_CLOSED || c->dead)
