@@ -4,6 +4,9 @@
 
 #include "pgmux.h"
 
+/* An existing database object by name, without making one; *known tells whether the name
+ * was found at all (it may be found but removed, which returns NULL). */
+struct database *pool_lookup_database(struct worker *w, const char *name, bool *known);
 /* The database clients name, made from the config on first use; NULL when unknown. */
 struct database *pool_find_database(struct worker *w, const char *name);
 /* The pool for (db, user), created on first use; NULL on allocation failure. */
@@ -12,6 +15,8 @@ struct pool *pool_get(struct worker *w, struct database *db, const char *user);
 /* Effective settings, resolving per-database and per-user overrides against the defaults. */
 int pool_mode(const struct pool *p);
 int pool_size(const struct pool *p);
+/* Servers of the pool in any state (login, idle, active, used, tested). */
+int pool_servers(const struct pool *p);
 int pool_min_size(const struct pool *p);
 int pool_reserve(const struct pool *p);
 const char *pool_server_user(const struct pool *p);
@@ -35,6 +40,8 @@ void pool_grow_min(struct pool *p);
 /* Gives idle servers to waiters, oldest first. */
 void pool_serve_waiters(struct pool *p);
 
+/* Every pool: open what waiters need, hand idle servers to them (after RESUME, a reload, SET). */
+void pool_serve_all(struct worker *w);
 /* Applies a new config: updates databases, drops removed ones. */
 void pool_apply_config(struct worker *w);
 

@@ -537,16 +537,6 @@ static enum admin_rc show_servers(struct admin_ctx *x)
 	return ADMIN_OK;
 }
 
-static struct database *live_db(struct worker *w, const char *name)
-{
-	struct list *it, *tmp;
-	list_for_each_safe(it, tmp, &w->databases) {
-		struct database *db = list_entry(it, struct database, node);
-		if (strcmp(db->name, name) == 0)
-			return db->removed ? NULL : db;
-	}
-	return NULL;
-}
 
 static void database_row(struct admin_ctx *x, const char *name, const struct cfg_db *e,
 			 const struct database *db)
@@ -575,9 +565,10 @@ static void database_row(struct admin_ctx *x, const char *name, const struct cfg
 static enum admin_rc show_databases(struct admin_ctx *x)
 {
 	struct worker *w = x->w;
+	bool known;
 	for (const struct cfg_db *e = w->cf->dbs; e; e = e->next)
 		if (strcmp(e->name, "*") != 0)
-			database_row(x, e->name, e, live_db(w, e->name));
+			database_row(x, e->name, e, pool_lookup_database(w, e->name, &known));
 	/* databases made from the "*" entry */
 	struct list *it, *tmp;
 	list_for_each_safe(it, tmp, &w->databases) {
@@ -789,15 +780,6 @@ static enum admin_rc start_wait(struct admin_ctx *x, enum admin_wait_kind kind)
 	return ADMIN_WAIT;
 }
 
-static void serve_all(struct worker *w)
-{
-	struct list *it, *tmp;
-	list_for_each_safe(it, tmp, &w->pools) {
-		struct pool *p = list_entry(it, struct pool, node);
-		pool_launch(p);
-		pool_serve_waiters(p);
-	}
-}
 
 static enum admin_rc cmd_pause(struct admin_ctx *x)
 {
@@ -848,7 +830,7 @@ static enum admin_rc cmd_resume(struct admin_ctx *x)
 		w->paused = false;
 		log_info("console: resuming");
 	}
-	serve_all(w);
+	pool_serve_all(w);
 	return ADMIN_OK;
 }
 
@@ -880,7 +862,7 @@ static enum admin_rc cmd_reconnect(struct admin_ctx *x)
 				list_entry(s, struct server, node)->close_when_idle = true;
 	}
 	close_marked_idle(x->w, x->db);
-	serve_all(x->w);
+	pool_serve_all(x->w);
 	log_info("console: reconnecting %s", x->db ? x->db->name : "all databases");
 	return ADMIN_OK;
 }
@@ -1130,7 +1112,7 @@ static enum admin_rc cmd_set(struct admin_ctx *x)
 	if (!strcmp(key, "verbose") && x->w->cf->verbose > log_verbosity)
 		log_verbosity = (int)x->w->cf->verbose;
 	log_info("console: SET %s = '%s'", key, val);
-	serve_all(x->w);   /* a larger pool may serve waiters now */
+	pool_serve_all(x->w);   /* a larger pool may serve waiters now */
 	return ADMIN_OK;
 }
 

@@ -108,8 +108,7 @@ static void sweep_servers(struct worker *w, uint64_t now, struct victims *sv, st
 			if (over(now, x->connect_time, cf->server_connect_timeout))
 				add(sv, x, "server_connect_timeout");
 		}
-		int total = p->n_sv[SV_LOGIN] + p->n_sv[SV_IDLE] + p->n_sv[SV_ACTIVE] + p->n_sv[SV_USED] +
-			    p->n_sv[SV_TESTED];
+		int total = pool_servers(p);
 		int excess = total - (pool_size(p) + pool_reserve(p));
 		int above_min = total - pool_min_size(p);
 		/* Oldest-used first: the list head has been idle longest. */

@@ -370,9 +370,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	case SIGUSR2: {
 		log_info("got SIGUSR2, resuming");
 		w->paused = false;
-		struct list *it, *tmp;
-		list_for_each_safe(it, tmp, &w->pools)
-			pool_serve_waiters(list_entry(it, struct pool, node));
+		pool_serve_all(w);
 		break;
 	}
 	}

@@ -66,14 +66,26 @@ static bool str_eq(const char *a, const char *b)
 	return (!a && !b) || (a && b && strcmp(a, b) == 0);
 }
 
-struct database *pool_find_database(struct worker *w, const char *name)
+struct database *pool_lookup_database(struct worker *w, const char *name, bool *known)
 {
 	struct list *it, *tmp;
+	*known = false;
 	list_for_each_safe(it, tmp, &w->databases) {
 		struct database *db = list_entry(it, struct database, node);
-		if (strcmp(db->name, name) == 0)
+		if (strcmp(db->name, name) == 0) {
+			*known = true;
 			return db->removed ? NULL : db;
+		}
 	}
+	return NULL;
+}
+
+struct database *pool_find_database(struct worker *w, const char *name)
+{
+	bool known;
+	struct database *found = pool_lookup_database(w, name, &known);
+	if (known)
+		return found;
 	const struct cfg_db *e = config_find_db(w->cf, name);
 	if (!e)
 		return NULL;
@@ -187,7 +199,7 @@ const char *pool_server_dbname(const struct pool *p)
 	return p->db->cf->dbname ? p->db->cf->dbname : p->db->name;
 }
 
-static int pool_servers(const struct pool *p)
+int pool_servers(const struct pool *p)
 {
 	return p->n_sv[SV_LOGIN] + p->n_sv[SV_IDLE] + p->n_sv[SV_ACTIVE] + p->n_sv[SV_USED] +
 	       p->n_sv[SV_TESTED];
@@ -605,6 +617,12 @@ void pool_apply_config(struct worker *w)
 				p->last_connect_failed = false;
 		}
 	}
+	pool_serve_all(w);
+}
+
+void pool_serve_all(struct worker *w)
+{
+	struct list *it, *tmp;
 	list_for_each_safe(it, tmp, &w->pools) {
 		struct pool *p = list_entry(it, struct pool, node);
 		pool_launch(p);
