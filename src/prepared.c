@@ -363,13 +363,13 @@ static struct ps_req *push(struct ps_server *ps, uint8_t kind, struct ps_stmt *s
 		if (!q)
 			return NULL;
 		for (uint32_t i = 0; i < ps->qn; i++)
-			q[i] = ps->q[(ps->qhead + i) % ps->qcap];
+			q[i] = ps->q[(ps->qhead + i) & (ps->qcap - 1)];
 		free(ps->q);
 		ps->q = q;
 		ps->qcap = cap;
 		ps->qhead = 0;
 	}
-	struct ps_req *r = &ps->q[(ps->qhead + ps->qn++) % ps->qcap];
+	struct ps_req *r = &ps->q[(ps->qhead + ps->qn++) & (ps->qcap - 1)];  /* qcap: a power of 2 */
 	memset(r, 0, sizeof(*r));
 	r->kind = kind;
 	r->st = st;
@@ -389,7 +389,7 @@ static void pop(struct worker *w, struct ps_server *ps)
 	stmt_unref(w, r->st);
 	free(r->err);
 	free(r->cname);
-	ps->qhead = (ps->qhead + 1) % ps->qcap;
+	ps->qhead = (ps->qhead + 1) & (ps->qcap - 1);
 	ps->qn--;
 }
 
@@ -856,11 +856,14 @@ static enum ps_result client_deallocate(struct client *cl, struct ps_server *ps,
 		if (*q)
 			return PS_FORWARD;   /* only the unnamed statement carries such utility text */
 		q++;
+		if ((q[0] | 0x20) != 'd' && q[0] != ' ' && q[0] != '\n' && q[0] != '\t')
+			return PS_FORWARD;   /* the common case, decided without scanning the text */
 		const uint8_t *qe = memchr(q, 0, (size_t)(m + total - (const uint8_t *)q));
 		if (!qe)
 			return PS_FORWARD;
 		tail = qe + 1;
-	} else if (!memchr(q, 0, total - PROTO_HDR)) {
+	} else if (((q[0] | 0x20) != 'd' && q[0] != ' ' && q[0] != '\n' && q[0] != '\t') ||
+		   !memchr(q, 0, total - PROTO_HDR)) {
 		return PS_FORWARD;
 	}
 	char name[256];
@@ -1059,7 +1062,8 @@ enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *bo
 	case 'C':
 		/* DISCARD ALL / DEALLOCATE ALL that ran, by whatever protocol: the server's statements
 		 * are gone, and so are the client's names, as in PostgreSQL. */
-		if (tag_is(body, blen, "DISCARD ALL") || tag_is(body, blen, "DEALLOCATE ALL")) {
+		if (blen && (body[0] == 'D') &&
+		    (tag_is(body, blen, "DISCARD ALL") || tag_is(body, blen, "DEALLOCATE ALL"))) {
 			ps_server_forget(sv);
 			if (sv->link)
 				cmap_clear(sv->link);
