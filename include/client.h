@@ -12,6 +12,8 @@ void client_on_data(struct client *cl);
 
 /* The only state change: moves the client between its lists and keeps the counts. */
 void client_set_state(struct client *cl, enum client_state st);
+/* Moves a client without a server to another pool (routing), keeping its state. */
+void client_move(struct client *cl, struct pool *p);
 
 /* Authentication succeeded: hands the client to its pool (welcome now, or after a server login). */
 void client_auth_ok(struct client *cl);

@@ -17,6 +17,12 @@ enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM };
  * written, and shown, in octal as in PgBouncer. */
 enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH, CF_REAL };
 
+/* Functions whose call makes a statement a write (read routing); '*' is a glob. */
+#define CONFIG_WRITE_FUNCTIONS \
+	"nextval, setval, lastval, currval, pg_advisory*lock*, pg_try_advisory*lock*, " \
+	"pg_notify, set_config, txid_current, txid_current_if_assigned, pg_current_xact_id, " \
+	"pg_current_xact_id_if_assigned, lo_*"
+
 /* The one table of general keys: X(kind, name, default-as-written, changeable-at-runtime).
  * It drives the struct below, parsing, defaults, validation, SHOW CONFIG and the man page. */
 #define CONFIG_KEYS(X) \
@@ -78,7 +84,11 @@ enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH, CF_R
 	X(CF_BOOL, server_round_robin,        "0",           true)  \
 	X(CF_BOOL, disable_pqexec,            "0",           false) \
 	X(CF_INT,  max_prepared_statements,   "200",         true)  \
-	X(CF_USEC, autodb_idle_timeout,       "3600",        true)
+	X(CF_USEC, autodb_idle_timeout,       "3600",        true)  \
+	X(CF_USEC, monitor_interval,          "1",           true)  \
+	X(CF_STR,  monitor_user,              "",            true)  \
+	X(CF_STR,  monitor_password,          "",            true)  \
+	X(CF_STR,  write_functions,           CONFIG_WRITE_FUNCTIONS, true)
 
 #define CF_CTYPE_CF_STR  char *
 #define CF_CTYPE_CF_INT  int64_t
@@ -107,8 +117,33 @@ struct cfg_db {
 				 * always names the port, and the host (unix_socket_dir when the
 				 * entry names none, as PgBouncer connects there) */
 	int pool_size, min_pool_size, reserve_pool, max_db_connections, pool_mode;
+	/* [database X] sections: the front entry (name X, shard -1) and one entry per backend,
+	 * named "X/primary", "X/replica0" ... or "X/1/primary" when sharded (shard >= 0). */
+	char *cluster;          /* the section's name, or NULL for a [databases] line */
+	int shard;              /* -1: not a backend */
+	int replica;            /* -1: the primary line; else the replica's number in its shard */
+	int weight;             /* replica weight; -1 when unset (1) */
 	int line;               /* line in the ini file, for messages */
 	struct cfg_db *next;
+};
+
+enum { RYW_OFF = 0, RYW_LSN };
+enum { NOSHARD_ERROR = 0, NOSHARD_SHARD0, NOSHARD_ALL };
+
+/* One [database X] section: read routing (and sharding) over the backends named above. */
+struct cfg_cluster {
+	char *name;
+	bool read_routing;          /* on by default */
+	bool replica_fallback;      /* reads go to the primary when no replica qualifies */
+	int64_t max_lag_bytes;      /* -1: no byte limit */
+	int64_t max_lag_usec;       /* -1: no time limit */
+	int read_your_writes;       /* RYW_* */
+	int n_shards;
+	char *shard_key;            /* NULL unless sharded */
+	int no_shard_key;           /* NOSHARD_* */
+	int pool_size, min_pool_size, reserve_pool, max_db_connections, pool_mode; /* -1: unset */
+	int line;
+	struct cfg_cluster *next;
 };
 
 /* One [users] line. */
@@ -127,6 +162,7 @@ struct config {
 	char *path;                 /* absolute path of the file that was read */
 	struct cfg_db *dbs;         /* in file order */
 	struct cfg_user *users;     /* in file order */
+	struct cfg_cluster *clusters; /* [database X] sections, in file order */
 };
 
 /* Reads and validates `path`.  On success returns a new snapshot in *out and 0.  On failure
@@ -140,6 +176,9 @@ void config_free(struct config *cf);
 
 /* The entry for `name`: an exact match, else the "*" entry, else NULL. */
 const struct cfg_db *config_find_db(const struct config *cf, const char *name);
+
+/* The [database X] section named `name`, or NULL. */
+const struct cfg_cluster *config_find_cluster(const struct config *cf, const char *name);
 
 /* The [users] entry for `name`, or NULL. */
 const struct cfg_user *config_find_user(const struct config *cf, const char *name);

@@ -29,6 +29,12 @@ struct stats_state;
 struct ps_cmap;
 struct ps_server;
 struct ps_global;
+struct cluster;
+struct backend;
+struct route_set;
+struct route_fanout;
+struct retry_buf;
+struct sqlscan_funcs;
 
 /* A receive buffer, taken from the worker's free list only while it holds bytes.
  * Bytes [start, scan) are parsed and ready to go to the peer; [scan, end) await parsing. */
@@ -80,6 +86,8 @@ struct database {
 	int n_servers;              /* across its pools, for max_db_connections */
 	bool paused;                /* console PAUSE db / KILL db: no new server links until RESUME */
 	bool disabled;              /* console DISABLE db: new client logins are refused */
+	struct cluster *cluster;    /* a [database X] section's front name: routed, no servers */
+	struct backend *be;         /* one server of such a section (route.h) */
 };
 
 struct user {
@@ -143,6 +151,30 @@ struct client {
 	bool admin;                         /* may run console control commands (admin_users) */
 	struct admin_session *console;      /* console state, for CL_ADMIN clients */
 	struct ps_cmap *ps;                 /* its named prepared statements, or NULL */
+	/* read/write routing (route.c); rs is NULL for a plain [databases] entry */
+	struct route_set *rs;
+	uint8_t role_pref;                  /* SET pgmux.role */
+	uint8_t rt_force;                   /* the next batch's route, for a retry */
+	bool rt_primary;                    /* the current transaction must run on the primary */
+	bool rt_write;                      /* ... and may write (read-your-writes asks its LSN) */
+	bool rt_fake, rt_fake_err, rt_fake_end;   /* answering an extended batch locally */
+	uint8_t rt_fake_tag;                /* its CommandComplete (route.c, enum fake_tag) */
+	bool deferred_failed;               /* that transaction hit an error pgmux gave */
+	int16_t rt_be;                      /* backend of the current transaction, -1 none */
+	int16_t rt_shard;                   /* its shard */
+	bool rt_prepare_only;               /* it only prepared: a Bind may move it to its shard */
+	int16_t rt_avoid;                   /* backend that just lost this client's read */
+	uint64_t ryw_lsn;                   /* its last commit's WAL position (read your writes) */
+	struct server *ryw_server;          /* that position is being read there: reads wait */
+	uint8_t *retry;                     /* a read batch kept until its first answer */
+	uint32_t retry_len;
+	bool retry_sent;                    /* the saved batch has gone out whole */
+	struct route_fanout *fo;            /* a read running on every shard in turn */
+	uint8_t *deferred;                  /* a BEGIN not yet sent: its first statement routes */
+	uint32_t deferred_len;
+	bool has_user_id;                   /* SET pgmux.user_id */
+	int64_t user_id;
+	int32_t shard_pref;                 /* SET pgmux.shard, -1 none */
 	uint64_t connect_time, wait_start, last_active, xact_start, query_start;
 	char addr[48];
 };
@@ -164,6 +196,7 @@ struct server {
 	struct server_login *login;         /* login-time state only */
 	struct ps_server *ps;               /* statements it holds, requests in flight */
 	bool ps_active;                     /* this link tracks prepared statements */
+	struct client *ryw_client;          /* its commit-LSN query answers to this client */
 	uint64_t connect_time, last_used, last_check, link_time;
 };
 
@@ -207,6 +240,10 @@ struct worker {
 	int shutdown;                       /* 0, or one of PGMUX_SHUTDOWN_* */
 	bool paused;
 	struct stats_state *stats;          /* stats_period snapshots (stats.c), or NULL */
+	struct sqlscan_funcs *write_funcs;  /* write_functions, compiled (route.c) */
+	char *write_funcs_text;             /* the text it was compiled from */
+	struct retry_buf *retry_free;       /* spare buffers for reads kept for a retry */
+	int n_retry_free;
 };
 
 enum { PGMUX_SHUTDOWN_WAIT_SERVERS = 1, PGMUX_SHUTDOWN_WAIT_CLIENTS, PGMUX_SHUTDOWN_NOW };

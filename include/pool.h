@@ -12,6 +12,12 @@ struct database *pool_find_database(struct worker *w, const char *name);
 /* The pool for (db, user), created on first use; NULL on allocation failure. */
 struct pool *pool_get(struct worker *w, struct database *db, const char *user);
 
+/* True when db is `target` or one of the backends behind it (a [database] section's name):
+ * console commands that name a database reach its backends' pools too. */
+bool pool_db_match(const struct database *target, const struct database *db);
+/* Paused by the console: itself, or the name in front of it. */
+bool pool_db_paused(const struct database *db);
+
 /* Effective settings, resolving per-database and per-user overrides against the defaults. */
 int pool_mode(const struct pool *p);
 int pool_size(const struct pool *p);

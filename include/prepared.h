@@ -39,6 +39,9 @@ void ps_unlink(struct server *sv);
 /* The server's statements are gone (DISCARD ALL ran as the reset query). */
 void ps_server_forget(struct server *sv);
 
+/* The query text of a client's named statement (for routing a Bind), or NULL. */
+const char *ps_client_query(struct client *cl, const char *name, uint32_t *len);
+
 void ps_client_free(struct client *cl);
 void ps_server_free(struct server *sv);
 

@@ -17,6 +17,7 @@
 #include "client.h"
 #include "log.h"
 #include "pool.h"
+#include "route.h"
 #include "sbuf.h"
 #include "server.h"
 #include "stats.h"
@@ -320,6 +321,118 @@ static enum admin_rc show_pools(struct admin_ctx *x)
 		col_int(x, r.pool_size);
 		col_float(x, r.saturation);
 		row_end(x);
+	}
+	return ADMIN_OK;
+}
+
+/* Read/write routing: each backend of every [database X] section, with what the monitor saw
+ * and what was routed to it. */
+static enum admin_rc show_backends(struct admin_ctx *x)
+{
+	struct list *it;
+	for (it = x->w->databases.next; it != &x->w->databases; it = it->next) {
+		struct database *db = list_entry(it, struct database, node);
+		struct cluster *c = db->cluster;
+		if (!c)
+			continue;
+		for (int i = 0; i < c->n_be; i++) {
+			const struct backend *b = c->be[i];
+			int cl_active = 0, cl_waiting = 0, sv_active = 0, sv_idle = 0, sv_used = 0;
+			for (struct list *si = c->sets.next; si != &c->sets; si = si->next) {
+				const struct route_set *rs = list_entry(si, struct route_set, node);
+				if (i >= rs->n)
+					continue;
+				const struct pool *p = rs->pools[i];
+				cl_active += p->n_cl[CL_ACTIVE];
+				cl_waiting += p->n_cl[CL_WAITING];
+				sv_active += p->n_sv[SV_ACTIVE];
+				sv_idle += p->n_sv[SV_IDLE];
+				sv_used += p->n_sv[SV_USED] + p->n_sv[SV_TESTED];
+			}
+			int role = c->primary[b->shard] == i ? ROLE_PRIMARY
+				   : b->seen_role != ROLE_UNKNOWN ? b->seen_role
+				   : b->cfg_replica ? ROLE_REPLICA : ROLE_PRIMARY;
+			row_begin(x);
+			col_str(x, c->name);
+			col_str(x, b->db->name);
+			col_int(x, b->shard);
+			col_str(x, b->db->cf->host ? b->db->cf->host : "");
+			col_int(x, b->db->cf->port);
+			col_str(x, b->cfg_replica ? "replica" : "primary");
+			col_str(x, route_role_name(role));
+			col_str(x, route_role_name(b->seen_role));
+			col_str(x, route_state_name(b->state));
+			col_int(x, b->lag_bytes);
+			col_int(x, b->lag_ms);
+			col_int(x, b->weight);
+			col_int(x, cl_active);
+			col_int(x, cl_waiting);
+			col_int(x, sv_active);
+			col_int(x, sv_idle);
+			col_int(x, sv_used);
+			col_int(x, (int64_t)b->reads);
+			col_int(x, (int64_t)b->writes);
+			col_int(x, (int64_t)b->retries);
+			col_str(x, b->last_error);
+			row_end(x);
+		}
+	}
+	return ADMIN_OK;
+}
+
+/* Sharding: one row per shard of every [database X] section (an unsharded one is shard 0). */
+static enum admin_rc show_shards(struct admin_ctx *x)
+{
+	struct list *it;
+	for (it = x->w->databases.next; it != &x->w->databases; it = it->next) {
+		struct database *db = list_entry(it, struct database, node);
+		struct cluster *c = db->cluster;
+		if (!c)
+			continue;
+		for (int s = 0; s < c->n_shards; s++) {
+			char list[1024] = "";
+			size_t used = 0;
+			int n = 0, up = 0, rep = 0, rep_up = 0;
+			int64_t max_lag = 0;
+			uint64_t reads = 0, writes = 0;
+			for (int i = 0; i < c->n_be; i++) {
+				const struct backend *b = c->be[i];
+				if (b->shard != s)
+					continue;
+				bool is_primary = c->primary[s] == i;
+				n++;
+				up += b->state == BE_UP;
+				if (!is_primary) {
+					rep++;
+					rep_up += b->state == BE_UP;
+					if (b->lag_bytes > max_lag)
+						max_lag = b->lag_bytes;
+				}
+				reads += b->reads;
+				writes += b->writes;
+				int w = snprintf(list + used, sizeof(list) - used, "%s%s (%s, %s)",
+						 used ? ", " : "", b->db->name,
+						 is_primary ? "primary" : "replica", route_state_name(b->state));
+				if (w > 0 && (size_t)w < sizeof(list) - used)
+					used += (size_t)w;
+			}
+			int p = c->primary[s];
+			row_begin(x);
+			col_str(x, c->name);
+			col_int(x, s);
+			col_str(x, p >= 0 ? c->be[p]->db->name : "");
+			col_str(x, p >= 0 ? route_state_name(c->be[p]->state) : "down");
+			col_int(x, n);
+			col_int(x, up);
+			col_int(x, rep);
+			col_int(x, rep_up);
+			col_int(x, max_lag);
+			col_int(x, (int64_t)reads);
+			col_int(x, (int64_t)writes);
+			col_int(x, (int64_t)(c->shard_keyed ? c->shard_keyed[s] : 0));
+			col_str(x, list);
+			row_end(x);
+		}
 	}
 	return ADMIN_OK;
 }
@@ -705,7 +818,7 @@ static bool wait_done(struct worker *w, enum admin_wait_kind kind, const struct 
 	struct list *it, *tmp, *s, *st;
 	list_for_each_safe(it, tmp, &w->pools) {
 		struct pool *p = list_entry(it, struct pool, node);
-		if (db && p->db != db)
+		if (db && !pool_db_match(db, p->db))
 			continue;
 		if (kind == WAIT_PAUSE) {
 			if (p->n_sv[SV_ACTIVE] || p->n_sv[SV_USED] || p->n_sv[SV_TESTED])
@@ -729,7 +842,7 @@ static void close_marked_idle(struct worker *w, const struct database *db)
 	struct list *it, *tmp, *s, *st;
 	list_for_each_safe(it, tmp, &w->pools) {
 		struct pool *p = list_entry(it, struct pool, node);
-		if (db && p->db != db)
+		if (db && !pool_db_match(db, p->db))
 			continue;
 		list_for_each_safe(s, st, &p->sv_idle) {
 			struct server *sv = list_entry(s, struct server, node);
@@ -853,7 +966,7 @@ static enum admin_rc cmd_reconnect(struct admin_ctx *x)
 	struct list *it, *tmp, *s, *st;
 	list_for_each_safe(it, tmp, &x->w->pools) {
 		struct pool *p = list_entry(it, struct pool, node);
-		if (x->db && p->db != x->db)
+		if (x->db && !pool_db_match(x->db, p->db))
 			continue;
 		struct list *l[N_SV_LISTS];
 		server_lists(p, l);
@@ -900,7 +1013,7 @@ static enum admin_rc cmd_kill(struct admin_ctx *x)
 	struct list *it, *tmp, *e, *et;
 	list_for_each_safe(it, tmp, &w->pools) {
 		struct pool *p = list_entry(it, struct pool, node);
-		if (x->db && p->db != x->db)
+		if (x->db && !pool_db_match(x->db, p->db))
 			continue;
 		struct list *sl[N_SV_LISTS], *cl[N_CL_LISTS];
 		server_lists(p, sl);
@@ -1112,6 +1225,7 @@ static enum admin_rc cmd_set(struct admin_ctx *x)
 	if (!strcmp(key, "verbose") && x->w->cf->verbose > log_verbosity)
 		log_verbosity = (int)x->w->cf->verbose;
 	log_info("console: SET %s = '%s'", key, val);
+	route_write_funcs_update(x->w);
 	pool_serve_all(x->w);   /* a larger pool may serve waiters now */
 	return ADMIN_OK;
 }
@@ -1167,6 +1281,19 @@ static const struct admin_col cols_saturation[] = {
 	I("headroom"), I("saturated_for"),
 };
 
+static const struct admin_col cols_backends[] = {
+	T("database"), T("backend"), I("shard"), T("host"), I("port"), T("config_role"), T("role"),
+	T("seen_role"), T("state"), I("lag_bytes"), I("lag_ms"), I("weight"), I("cl_active"),
+	I("cl_waiting"), I("sv_active"), I("sv_idle"), I("sv_used"), I("reads"), I("writes"),
+	I("retries"), T("last_error"),
+};
+
+static const struct admin_col cols_shards[] = {
+	T("database"), I("shard"), T("primary"), T("primary_state"), I("backends"), I("backends_up"),
+	I("replicas"), I("replicas_up"), I("max_lag_bytes"), I("reads"), I("writes"), I("keyed"),
+	T("members"),
+};
+
 #define SHOW(name, fn, cols, help) { "SHOW " name, ARG_NONE, "", false, fn, COLS(cols), help }
 #define CTRL(name, arg, args, fn, help) { name, arg, args, true, fn, NULL, 0, help }
 
@@ -1189,6 +1316,10 @@ static const struct admin_cmd admin_cmds[] = {
 	SHOW("CONFIG", show_config, cols_config, "every general setting: value, default, changeable at run time"),
 	SHOW("MEM", show_mem, cols_mem, "memory held per object kind"),
 	SHOW("STATE", show_state, cols_state, "whether pgmux is paused or shutting down"),
+	SHOW("BACKENDS", show_backends, cols_backends,
+	     "read/write routing: each backend's role, health, lag and routed reads and writes"),
+	SHOW("SHARDS", show_shards, cols_shards,
+	     "sharding: per shard, its backends, their health and lag, and what was routed to it"),
 	SHOW("SATURATION", show_saturation, cols_saturation,
 	     "per pool, most saturated first: sv_active / pool_size, peaks, waits, p50/p95/p99 of "
 	     "wait, query and transaction time (microseconds), headroom"),

@@ -12,6 +12,7 @@
 #include "admin.h"
 #include "auth.h"
 #include "log.h"
+#include "route.h"
 #include "pool.h"
 #include "prepared.h"
 #include "pwcrypt.h"
@@ -66,6 +67,23 @@ void client_set_state(struct client *cl, enum client_state st)
 	}
 }
 
+void client_move(struct client *cl, struct pool *p)
+{
+	struct pool *old = cl->pool;
+	if (old == p)
+		return;
+	struct list *l = client_list(cl, cl->state);
+	if (l) {
+		list_del(&cl->node);
+		old->n_cl[cl->state]--;
+	}
+	cl->pool = p;
+	if ((l = client_list(cl, cl->state))) {
+		list_append(l, &cl->node);
+		p->n_cl[cl->state]++;
+	}
+}
+
 void client_send_error(struct client *cl, const char *severity, const char *sqlstate, const char *msg)
 {
 	proto_error(&cl->c.out, severity, sqlstate, msg);
@@ -99,6 +117,7 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 			sv->close_when_idle = true;
 	}
 	pgmux_cancel_unregister(w, cl);
+	route_client_free(cl);
 	sbuf_close(&cl->c);
 	if (sv)
 		pool_release(sv, true);
@@ -120,6 +139,8 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_
 	sbuf_init(&cl->c, w, fd, CONN_CLIENT);
 	list_init(&cl->node);
 	cl->state = CL_FREE;
+	cl->rt_be = cl->rt_avoid = cl->rt_shard = -1;
+	cl->shard_pref = -1;
 	cl->connect_time = cl->last_active = pgmux_now();
 	if (sa->sa_family == AF_INET) {
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, cl->addr, sizeof(cl->addr));
@@ -344,7 +365,17 @@ void client_auth_ok(struct client *cl)
 		client_close(cl, "database does not allow connections", "57P03");
 		return;
 	}
-	struct pool *p = db ? pool_get(w, db, cl->user_name) : NULL;
+	struct pool *p = NULL;
+	if (db && db->cluster) {
+		cl->rs = route_set_get(db, cl->user_name);
+		if (cl->rs) {
+			for (int i = 0; i < cl->rs->n; i++)
+				auth_export_keys(cl, cl->rs->pools[i]);
+			p = route_login_pool(cl->rs);
+		}
+	} else if (db) {
+		p = pool_get(w, db, cl->user_name);
+	}
 	if (!p) {
 		client_close(cl, db ? "out of memory" : "no such database", db ? "53200" : "3D000");
 		return;
@@ -471,6 +502,15 @@ static void forward_loop(struct client *cl)
 				}
 				continue;
 			}
+			if (cl->rs) {
+				enum route_result r = route_pick(cl, type, h, len + 1, avail);
+				if (r == ROUTE_WAIT || r == ROUTE_CLOSED || c->dead)
+					return;
+				if (r == ROUTE_DONE) {
+					b = c->in;
+					continue;
+				}
+			}
 			uint64_t now = c->w->now;
 			cl->last_active = now;
 			cl->wait_start = now;
@@ -479,6 +519,28 @@ static void forward_loop(struct client *cl)
 				return;   /* queued: client_linked() resumes this loop */
 		}
 		log_noise("C-%llu -> %c len %u expect_z %u", (unsigned long long)c->id, type, len, cl->expect_z);
+		if (cl->rt_prepare_only && type == 'B' && avail >= len + 1 &&
+		    route_bind_shard(cl, h, len + 1, avail)) {
+			if (c->dead)
+				return;
+			b = c->in;
+			continue;   /* unlinked: the Bind routes to its own shard */
+		}
+		if (cl->rs && cl->link->tx != 'I' && (type == 'Q' || type == 'P' || type == 'B') &&
+		    cl->rs->cl->n_shards > 1 && avail >= len + 1 &&
+		    route_check_shard(cl, type, h, len + 1, avail)) {
+			if (c->dead)
+				return;
+			b = c->in;
+			continue;   /* the message was rewritten: read it again */
+		}
+		if (cl->retry) {
+			/* Only a lone batch can run again: anything pipelined after it cancels that. */
+			if (cl->retry_sent)
+				route_retry_clear(cl);
+			else if (type == 'Q' || type == 'S')
+				cl->retry_sent = true;
+		}
 		if (cl->link->ps_active && type != 'X') {
 			enum ps_result r = ps_client_message(cl, type, len + 1, avail);
 			if (r == PS_CLOSED || c->dead)

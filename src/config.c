@@ -16,6 +16,7 @@
 #include <libpq-fe.h>
 
 #include "log.h"
+#include "sqlscan.h"
 
 /* inih's line buffer; a [databases] line with a long password and TLS paths must fit. */
 #define CF_MAX_LINE 16384
@@ -563,7 +564,7 @@ static void format_value(const struct config *cf, const struct key_desc *k, char
 
 /* ---- parse state, errors ---------------------------------------------------------------- */
 
-enum section { SEC_NONE, SEC_GENERAL, SEC_DATABASES, SEC_USERS };
+enum section { SEC_NONE, SEC_GENERAL, SEC_DATABASES, SEC_USERS, SEC_CLUSTER };
 
 static const struct {
 	const char *name;
@@ -586,6 +587,8 @@ struct parse {
 	int key_line[N_KEYS];   /* where each general key was last set; 0: default */
 	struct cfg_db **db_tail;
 	struct cfg_user **user_tail;
+	struct cfg_cluster **cluster_tail;
+	struct cfg_cluster *cluster;    /* the [database X] section being read */
 	char *err;
 	size_t errlen;
 	bool failed;
@@ -627,6 +630,8 @@ static char *trim(char *s)
 
 /* ---- reading lines: line numbers, section headers, directives --------------------------- */
 
+static bool add_cluster(struct parse *ps, const char *rawname);
+
 /* Section headers are checked here rather than in the pair handler because inih reports no
  * event for a section without keys, and an unknown empty section must still be an error. */
 static bool enter_section(struct parse *ps, char *hdr)
@@ -644,8 +649,7 @@ static bool enter_section(struct parse *ps, char *hdr)
 			return true;
 		}
 	if (strncasecmp(name, "database", 8) == 0 && isspace((unsigned char)name[8]))
-		fail(ps, "sections like [%s] (replica and shard topology) are not supported by "
-		     "pgmux yet", name);
+		return add_cluster(ps, trim(name + 8));
 	else if (strcasecmp(name, "peers") == 0)
 		fail(ps, "section [peers] (PgBouncer peering) is not supported by pgmux yet");
 	else
@@ -769,6 +773,7 @@ static const struct entry_key db_keys[] = {
 	{ "reserve_pool_size",  EK_COUNT, DBF(reserve_pool),       false, NULL },
 	{ "max_db_connections", EK_COUNT, DBF(max_db_connections), false, NULL },
 	{ "pool_mode",          EK_MODE,  DBF(pool_mode),          false, NULL },
+	{ "weight",             EK_COUNT, DBF(weight),             false, NULL },
 	{ "auth_dbname",               EK_LATER, 0, false, NULL },
 	{ "auth_query",                EK_LATER, 0, false, NULL },
 	{ "load_balance_hosts",        EK_LATER, 0, false, NULL },
@@ -803,12 +808,15 @@ static const size_t db_str_fields[] = {
 	offsetof(struct cfg_db, application_name), offsetof(struct cfg_db, sslmode),
 	offsetof(struct cfg_db, sslrootcert), offsetof(struct cfg_db, sslcert),
 	offsetof(struct cfg_db, sslkey), offsetof(struct cfg_db, conninfo),
+	offsetof(struct cfg_db, cluster),
 };
 
 static const size_t db_int_fields[] = {
 	offsetof(struct cfg_db, port), offsetof(struct cfg_db, pool_size),
 	offsetof(struct cfg_db, min_pool_size), offsetof(struct cfg_db, reserve_pool),
 	offsetof(struct cfg_db, max_db_connections), offsetof(struct cfg_db, pool_mode),
+	offsetof(struct cfg_db, shard), offsetof(struct cfg_db, replica),
+	offsetof(struct cfg_db, weight),
 };
 
 #define DB_STR(db, off) (*(char **)((char *)(db) + (off)))
@@ -1173,6 +1181,31 @@ static bool parse_db_value(struct parse *ps, struct cfg_db *db, const char *valu
 /* The console answers on these names; an entry would hide it. */
 static const char *const reserved_db_names[] = { "pgmux", "pgbouncer" };
 
+/* A new entry linked into the list (so config_free owns it whatever happens next); takes
+ * name.  NULL, with the error recorded, for a name already taken. */
+static struct cfg_db *new_db_entry(struct parse *ps, char *name)
+{
+	for (const struct cfg_db *d = ps->cf->dbs; d; d = d->next)
+		if (strcmp(d->name, name) == 0) {
+			fail(ps, "database \"%s\" is already defined on line %d", name, d->line);
+			free(name);
+			return NULL;
+		}
+	struct cfg_db *db = calloc(1, sizeof(*db));
+	if (!db) {
+		free(name);
+		fail(ps, "out of memory");
+		return NULL;
+	}
+	db->name = name;
+	db->line = ps->line;
+	for (size_t i = 0; i < ARRAY_LEN(db_int_fields); i++)
+		DB_INT(db, db_int_fields[i]) = -1;
+	*ps->db_tail = db;
+	ps->db_tail = &db->next;
+	return db;
+}
+
 static bool add_db(struct parse *ps, const char *rawname, const char *value)
 {
 	char why[512];
@@ -1186,26 +1219,15 @@ static bool add_db(struct parse *ps, const char *rawname, const char *value)
 		free(name);
 		return false;
 	}
-	for (const struct cfg_db *d = ps->cf->dbs; d; d = d->next)
-		if (strcmp(d->name, name) == 0) {
-			fail(ps, "database \"%s\" is already defined on line %d", name, d->line);
-			free(name);
-			return false;
-		}
-	struct cfg_db *db = calloc(1, sizeof(*db));
-	if (!db) {
-		free(name);
-		fail(ps, "out of memory");
+	struct cfg_db *db = new_db_entry(ps, name);
+	if (!db || !parse_db_value(ps, db, value))
+		return false;
+	if (db->weight >= 0) {
+		fail(ps, "database \"%s\": weight applies only to replica lines of a [database %s] "
+		     "section", db->name, db->name);
 		return false;
 	}
-	db->name = name;
-	db->line = ps->line;
-	for (size_t i = 0; i < ARRAY_LEN(db_int_fields); i++)
-		DB_INT(db, db_int_fields[i]) = -1;
-	/* Linked before parsing the value so that config_free owns it whatever happens. */
-	*ps->db_tail = db;
-	ps->db_tail = &db->next;
-	return parse_db_value(ps, db, value);
+	return true;
 }
 
 static bool add_user(struct parse *ps, const char *rawname, const char *value)
@@ -1254,6 +1276,313 @@ static bool add_user(struct parse *ps, const char *rawname, const char *value)
 	}
 }
 
+/* ---- [database X] sections: primary, replicas, shards ----------------------------------- */
+
+static bool add_cluster(struct parse *ps, const char *rawname)
+{
+	char why[512];
+	char *name = entry_name(rawname, why, sizeof(why));
+	if (!name) {
+		fail(ps, "[database] section name: %s", why);
+		return false;
+	}
+	if (in_list(reserved_db_names, ARRAY_LEN(reserved_db_names), name) || strchr(name, '/')) {
+		fail(ps, "database name \"%s\" is reserved or contains \"/\"", name);
+		free(name);
+		return false;
+	}
+	struct cfg_cluster *c = calloc(1, sizeof(*c));
+	char *front_name = strdup(name);
+	if (!c || !front_name) {
+		free(c);
+		free(name);
+		free(front_name);
+		fail(ps, "out of memory");
+		return false;
+	}
+	c->name = name;
+	c->line = ps->line;
+	c->read_routing = true;
+	c->replica_fallback = true;
+	c->max_lag_bytes = c->max_lag_usec = -1;
+	c->pool_size = c->min_pool_size = c->reserve_pool = c->max_db_connections = -1;
+	c->pool_mode = -1;
+	*ps->cluster_tail = c;
+	ps->cluster_tail = &c->next;
+	ps->cluster = c;
+	ps->section = SEC_CLUSTER;
+	/* The name clients connect to: an entry with no server of its own. */
+	struct cfg_db *front = new_db_entry(ps, front_name);
+	if (!front || !(front->cluster = strdup(name))) {
+		fail(ps, "out of memory");
+		return false;
+	}
+	return true;
+}
+
+/* "shard.N.primary" / "shard.N.replica" -> N and the role word; -1 when not that form. */
+static int shard_key_form(const char *key, const char **role)
+{
+	if (strncasecmp(key, "shard.", 6) != 0 || !isdigit((unsigned char)key[6]))
+		return -1;
+	char *end;
+	long n = strtol(key + 6, &end, 10);
+	if (*end != '.' || n > 4096)
+		return -1;
+	*role = end + 1;
+	return (int)n;
+}
+
+static bool add_backend(struct parse *ps, struct cfg_cluster *c, int shard, bool replica,
+			bool sharded_form, const char *value)
+{
+	int n_rep = 0;
+	for (const struct cfg_db *d = ps->cf->dbs; d; d = d->next) {
+		if (!d->cluster || strcmp(d->cluster, c->name) != 0 || d->shard != shard)
+			continue;
+		if (!replica && d->replica < 0) {
+			fail(ps, "[database %s]: shard %d already has a primary (line %d)", c->name,
+			     shard, d->line);
+			return false;
+		}
+		if (d->replica >= 0)
+			n_rep++;
+	}
+	char name[300], role[32];
+	if (replica)
+		snprintf(role, sizeof(role), "replica%d", n_rep);
+	else
+		snprintf(role, sizeof(role), "primary");
+	if (sharded_form)
+		snprintf(name, sizeof(name), "%s/%d/%s", c->name, shard, role);
+	else
+		snprintf(name, sizeof(name), "%s/%s", c->name, role);
+	char *copy = strdup(name);
+	if (!copy) {
+		fail(ps, "out of memory");
+		return false;
+	}
+	struct cfg_db *db = new_db_entry(ps, copy);
+	if (!db || !parse_db_value(ps, db, value))
+		return false;
+	if (!(db->cluster = strdup(c->name))) {
+		fail(ps, "out of memory");
+		return false;
+	}
+	db->shard = shard;
+	db->replica = replica ? n_rep : -1;
+	if (!db->dbname) {
+		/* The entry's name is not a database: connect to the section's name instead. */
+		char *ci = NULL;
+		size_t cilen = 0;
+		FILE *out = open_memstream(&ci, &cilen);
+		if (out) {
+			fputs(db->conninfo, out);
+			fputc(' ', out);
+			put_conninfo_pair(out, "dbname", c->name);
+		}
+		if (!out || fclose(out) != 0 || !(db->dbname = strdup(c->name))) {
+			free(ci);
+			fail(ps, "out of memory");
+			return false;
+		}
+		free(db->conninfo);
+		db->conninfo = ci;
+	}
+	if (!replica && db->weight >= 0) {
+		fail(ps, "[database %s]: weight applies only to replica lines", c->name);
+		return false;
+	}
+	return true;
+}
+
+/* max_replica_lag: bytes (1MB, 65536) or a time (500ms, 2s, 1min). */
+static bool parse_lag(const char *v, struct cfg_cluster *c, char *why, size_t whylen)
+{
+	char *end;
+	errno = 0;
+	double x = strtod(v, &end);
+	if (end == v || errno || x < 0) {
+		snprintf(why, whylen, "expected a size (64kB, 1MB) or a time (500ms, 2s)");
+		return false;
+	}
+	while (isspace((unsigned char)*end))
+		end++;
+	static const struct { const char *u; double usec; } times[] = {
+		{ "us", 1 }, { "ms", 1e3 }, { "s", 1e6 }, { "min", 60e6 },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(times); i++)
+		if (strcasecmp(end, times[i].u) == 0) {
+			c->max_lag_usec = (int64_t)(x * times[i].usec);
+			c->max_lag_bytes = -1;
+			return true;
+		}
+	int64_t n;
+	if (!parse_size(v, 0, INT64_MAX, &n, why, whylen)) {
+		snprintf(why, whylen, "expected a size (64kB, 1MB) or a time (500ms, 2s)");
+		return false;
+	}
+	c->max_lag_bytes = n;
+	c->max_lag_usec = -1;
+	return true;
+}
+
+static bool cluster_pair(struct parse *ps, const char *key, const char *value)
+{
+	struct cfg_cluster *c = ps->cluster;
+	char why[512];
+	const char *role;
+	int shard = shard_key_form(key, &role);
+	bool sharded_form = shard >= 0;
+	int64_t n;
+	int b;
+	if (shard >= 0 || !strcasecmp(key, "primary") || !strcasecmp(key, "replica")) {
+		if (shard < 0) {
+			role = key;
+			if (c->n_shards > 1 || c->shard_key) {
+				fail(ps, "[database %s] is sharded: write shard.N.%s", c->name, key);
+				return false;
+			}
+			c->n_shards = -1;   /* plain form: no shard.N lines may follow */
+			shard = 0;
+		} else if (c->n_shards == -1) {
+			fail(ps, "[database %s]: shard.N lines cannot follow plain primary/replica lines",
+			     c->name);
+			return false;
+		}
+		if (strcasecmp(role, "primary") && strcasecmp(role, "replica")) {
+			fail(ps, "unknown key \"%s\" in [database %s]", key, c->name);
+			return false;
+		}
+		return add_backend(ps, c, shard, !strcasecmp(role, "replica"), sharded_form, value);
+	}
+	if (!strcasecmp(key, "read_routing") || !strcasecmp(key, "replica_fallback")) {
+		if (!lookup_name(bool_names, ARRAY_LEN(bool_names), value, &b)) {
+			fail(ps, "invalid value \"%s\" for %s: expected on or off", value, key);
+			return false;
+		}
+		if (!strcasecmp(key, "read_routing"))
+			c->read_routing = b;
+		else
+			c->replica_fallback = b;
+	} else if (!strcasecmp(key, "max_replica_lag")) {
+		if (!parse_lag(value, c, why, sizeof(why))) {
+			fail(ps, "invalid value \"%s\" for max_replica_lag: %s", value, why);
+			return false;
+		}
+	} else if (!strcasecmp(key, "read_your_writes")) {
+		if (!strcasecmp(value, "off") || !strcasecmp(value, "0"))
+			c->read_your_writes = RYW_OFF;
+		else if (!strcasecmp(value, "lsn"))
+			c->read_your_writes = RYW_LSN;
+		else {
+			fail(ps, "invalid value \"%s\" for read_your_writes: expected off or lsn", value);
+			return false;
+		}
+	} else if (!strcasecmp(key, "shards")) {
+		if (!parse_int(value, false, 1, 4096, &n, why, sizeof(why))) {
+			fail(ps, "invalid value \"%s\" for shards: %s", value, why);
+			return false;
+		}
+		if (c->n_shards == -1) {
+			fail(ps, "[database %s]: shards must come before the backend lines", c->name);
+			return false;
+		}
+		c->n_shards = (int)n;
+	} else if (!strcasecmp(key, "shard_key")) {
+		free(c->shard_key);
+		if (!*value || !(c->shard_key = strdup(value))) {
+			fail(ps, *value ? "out of memory" : "shard_key needs a column name");
+			return false;
+		}
+	} else if (!strcasecmp(key, "no_shard_key")) {
+		static const struct name_val names[] = {
+			{ "error", NOSHARD_ERROR }, { "shard0", NOSHARD_SHARD0 }, { "all", NOSHARD_ALL },
+		};
+		if (!lookup_name(names, ARRAY_LEN(names), value, &c->no_shard_key)) {
+			fail(ps, "invalid value \"%s\" for no_shard_key: expected error, shard0 or all",
+			     value);
+			return false;
+		}
+	} else if (!strcasecmp(key, "pool_mode")) {
+		if (!parse_mode(value, &c->pool_mode, why, sizeof(why))) {
+			fail(ps, "invalid value \"%s\" for pool_mode: %s", value, why);
+			return false;
+		}
+	} else {
+		static const struct { const char *k; size_t off; } ints[] = {
+			{ "pool_size", offsetof(struct cfg_cluster, pool_size) },
+			{ "min_pool_size", offsetof(struct cfg_cluster, min_pool_size) },
+			{ "reserve_pool", offsetof(struct cfg_cluster, reserve_pool) },
+			{ "reserve_pool_size", offsetof(struct cfg_cluster, reserve_pool) },
+			{ "max_db_connections", offsetof(struct cfg_cluster, max_db_connections) },
+		};
+		for (size_t i = 0; i < ARRAY_LEN(ints); i++) {
+			if (strcasecmp(key, ints[i].k) != 0)
+				continue;
+			if (!parse_int(value, false, 0, INT32_MAX, &n, why, sizeof(why))) {
+				fail(ps, "invalid value \"%s\" for %s: %s", value, key, why);
+				return false;
+			}
+			*(int *)((char *)c + ints[i].off) = (int)n;
+			return true;
+		}
+		fail(ps, "unknown key \"%s\" in [database %s] (expected primary, replica, "
+		     "read_routing, max_replica_lag, read_your_writes, replica_fallback, shards, "
+		     "shard_key, no_shard_key, shard.N.primary, shard.N.replica or a pool setting)",
+		     key, c->name);
+		return false;
+	}
+	return true;
+}
+
+/* Whole-section checks, once the file is read: every shard has its primary, and the
+ * section's pool settings reach the backends that do not set their own. */
+static void finish_clusters(struct parse *ps)
+{
+	for (struct cfg_cluster *c = ps->cf->clusters; c; c = c->next) {
+		if (c->n_shards <= 0)
+			c->n_shards = 1;
+		if (c->n_shards > 1 && !c->shard_key) {
+			fail_at(ps, c->line, "[database %s]: shards = %d needs shard_key", c->name,
+				c->n_shards);
+			return;
+		}
+		for (int s = 0; s < c->n_shards; s++) {
+			bool primary = false;
+			for (const struct cfg_db *d = ps->cf->dbs; d; d = d->next)
+				if (d->cluster && !strcmp(d->cluster, c->name) && d->shard == s &&
+				    d->replica < 0)
+					primary = true;
+			if (!primary) {
+				fail_at(ps, c->line, c->n_shards > 1 ? "[database %s]: shard %d has no "
+					"primary (shard.%d.primary = ...)" : "[database %s]: no primary "
+					"line%.0d%.0d", c->name, s, s);
+				return;
+			}
+		}
+		for (struct cfg_db *d = ps->cf->dbs; d; d = d->next) {
+			if (!d->cluster || strcmp(d->cluster, c->name) != 0 || d->shard < 0)
+				continue;
+			if (d->shard >= c->n_shards) {
+				fail_at(ps, d->line, "[database %s]: shard %d is out of range (shards = %d)",
+					c->name, d->shard, c->n_shards);
+				return;
+			}
+			if (d->pool_size < 0)
+				d->pool_size = c->pool_size;
+			if (d->min_pool_size < 0)
+				d->min_pool_size = c->min_pool_size;
+			if (d->reserve_pool < 0)
+				d->reserve_pool = c->reserve_pool;
+			if (d->max_db_connections < 0)
+				d->max_db_connections = c->max_db_connections;
+			if (d->pool_mode < 0)
+				d->pool_mode = c->pool_mode;
+		}
+	}
+}
+
 /* inih's handler: 1 to go on, 0 to stop at this line (the error is already recorded). */
 static int on_pair(void *arg, const char *section, const char *name, const char *value)
 {
@@ -1267,6 +1596,8 @@ static int on_pair(void *arg, const char *section, const char *name, const char 
 		return add_db(ps, name, value);
 	case SEC_USERS:
 		return add_user(ps, name, value);
+	case SEC_CLUSTER:
+		return cluster_pair(ps, name, value);
 	case SEC_NONE:
 		break;
 	}
@@ -1337,6 +1668,18 @@ static void finish(struct parse *ps)
 		db->conninfo = s;
 	}
 
+	finish_clusters(ps);
+	if (ps->failed)
+		return;
+	const char *wf_err = NULL;
+	struct sqlscan_funcs *wf = sqlscan_funcs_new(cf->write_functions, &wf_err);
+	if (!wf) {
+		fail_at(ps, key_line(ps, "write_functions"), "invalid write_functions: %s",
+			wf_err ? wf_err : "out of memory");
+		return;
+	}
+	sqlscan_funcs_free(wf);
+
 	if (cf->auth_type != AUTH_ANY && !*cf->auth_file)
 		log_warn("%s: auth_type %s without auth_file: no user will be able to log in",
 			 ps->file, config_auth_type_name(cf->auth_type));
@@ -1378,6 +1721,7 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
 	}
 	ps.db_tail = &ps.cf->dbs;
 	ps.user_tail = &ps.cf->users;
+	ps.cluster_tail = &ps.cf->clusters;
 	if (!(ps.fp = fopen(path, "r"))) {
 		fail_at(&ps, 0, "cannot open: %s", strerror(errno));
 		config_free(ps.cf);
@@ -1477,6 +1821,12 @@ void config_free(struct config *cf)
 		free(u->name);
 		free(u);
 	}
+	for (struct cfg_cluster *c = cf->clusters, *next; c; c = next) {
+		next = c->next;
+		free(c->name);
+		free(c->shard_key);
+		free(c);
+	}
 	free(cf->path);
 	free(cf);
 }
@@ -1491,6 +1841,14 @@ const struct cfg_db *config_find_db(const struct config *cf, const char *name)
 			star = db;
 	}
 	return star;
+}
+
+const struct cfg_cluster *config_find_cluster(const struct config *cf, const char *name)
+{
+	for (const struct cfg_cluster *c = cf->clusters; c; c = c->next)
+		if (strcmp(c->name, name) == 0)
+			return c;
+	return NULL;
 }
 
 const struct cfg_user *config_find_user(const struct config *cf, const char *name)

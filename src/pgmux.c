@@ -17,6 +17,7 @@
 #include "janitor.h"
 #include "log.h"
 #include "pool.h"
+#include "route.h"
 #include "prepared.h"
 #include "pwcrypt.h"
 #include "sbuf.h"
@@ -332,6 +333,7 @@ int pgmux_reload(struct worker *w)
 	log_verbosity = (int)cf->verbose > log_verbosity ? (int)cf->verbose : log_verbosity;
 	log_reopen();
 	pool_apply_config(w);
+	route_apply_config(w);
 	config_free(old);
 	log_info("configuration reloaded from %s", w->cf_path);
 	return 0;
@@ -419,6 +421,7 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 	if (start_listening(w) < 0)
 		return -1;
 	janitor_start(w);
+	route_apply_config(w);
 	stats_start(w);
 	if (prom_start(w) < 0)
 		return -1;
@@ -431,6 +434,7 @@ int pgmux_run(struct worker *w)
 	event_base_dispatch(w->base);
 	stats_stop(w);
 	prom_stop(w);
+	route_shutdown(w);
 	pgmux_stop_listening(w);
 	log_info("shutdown complete");
 	return 0;

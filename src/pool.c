@@ -13,53 +13,9 @@
 #include "log.h"
 #include "sbuf.h"
 #include "prepared.h"
+#include "route.h"
 #include "server.h"
 #include "tls.h"
-
-static char *dupstr(const char *s)
-{
-	return s ? strdup(s) : NULL;
-}
-
-static void cfgdb_free(struct cfg_db *d)
-{
-	if (!d)
-		return;
-	char **strs[] = { &d->name, &d->host, &d->dbname, &d->user, &d->password, &d->auth_user,
-			  &d->connect_query, &d->client_encoding, &d->datestyle, &d->timezone,
-			  &d->application_name, &d->sslmode, &d->sslrootcert, &d->sslcert, &d->sslkey,
-			  &d->conninfo };
-	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
-		free(*strs[i]);
-	free(d);
-}
-
-/* Databases outlive config snapshots (a reload frees the old one), so they keep a copy. */
-static struct cfg_db *cfgdb_copy(const struct cfg_db *s)
-{
-	struct cfg_db *d = malloc(sizeof(*d));
-	if (!d)
-		return NULL;
-	*d = *s;
-	d->next = NULL;
-	d->name = dupstr(s->name);
-	d->host = dupstr(s->host);
-	d->dbname = dupstr(s->dbname);
-	d->user = dupstr(s->user);
-	d->password = dupstr(s->password);
-	d->auth_user = dupstr(s->auth_user);
-	d->connect_query = dupstr(s->connect_query);
-	d->client_encoding = dupstr(s->client_encoding);
-	d->datestyle = dupstr(s->datestyle);
-	d->timezone = dupstr(s->timezone);
-	d->application_name = dupstr(s->application_name);
-	d->sslmode = dupstr(s->sslmode);
-	d->sslrootcert = dupstr(s->sslrootcert);
-	d->sslcert = dupstr(s->sslcert);
-	d->sslkey = dupstr(s->sslkey);
-	d->conninfo = dupstr(s->conninfo);
-	return d;
-}
 
 static bool str_eq(const char *a, const char *b)
 {
@@ -94,11 +50,11 @@ struct database *pool_find_database(struct worker *w, const char *name)
 		return NULL;
 	db->name = strdup(name);
 	db->w = w;
-	db->cf = cfgdb_copy(e);
+	db->cf = config_db_dup(e);
 	db->from_wildcard = strcmp(e->name, "*") == 0 && strcmp(name, "*") != 0;
 	if (!db->name || !db->cf) {
 		free(db->name);
-		cfgdb_free(db->cf);
+		config_db_free(db->cf);
 		free(db);
 		return NULL;
 	}
@@ -148,6 +104,16 @@ struct pool *pool_get(struct worker *w, struct database *db, const char *user)
 	list_init(&p->cl_waiting_login);
 	list_append(&w->pools, &p->node);
 	return p;
+}
+
+bool pool_db_match(const struct database *target, const struct database *db)
+{
+	return db == target || (db->be && db->be->cl && db->be->cl->front == target);
+}
+
+bool pool_db_paused(const struct database *db)
+{
+	return db->paused || (db->be && db->be->cl && db->be->cl->front->paused);
 }
 
 int pool_mode(const struct pool *p)
@@ -227,8 +193,10 @@ static bool can_open(const struct pool *p, bool reserve)
 void pool_launch(struct pool *p)
 {
 	struct worker *w = p->w;
-	if (p->db->removed || w->shutdown == PGMUX_SHUTDOWN_NOW || w->paused || p->db->paused)
+	if (p->db->removed || w->shutdown == PGMUX_SHUTDOWN_NOW || w->paused || pool_db_paused(p->db))
 		return;
+	if (p->db->be && p->db->be->state == BE_DOWN)
+		return;   /* the monitor says when it is back */
 	int want = p->n_cl[CL_WAITING];
 	if (p->n_cl[CL_WAITING_LOGIN] && !want)
 		want = 1;
@@ -272,11 +240,21 @@ static void link_pair(struct client *cl, struct server *sv)
 	hist_add(&p->h_wait, waited);
 	if (cl->state == CL_WAITING)
 		client_set_state(cl, CL_ACTIVE);
-	if (varcache_apply(&cl->vars, &sv->vars, &sv->c.out)) {
+	bool internal = varcache_apply(&cl->vars, &sv->vars, &sv->c.out);
+	if (internal)
 		sv->internal_z++;
-		if (sbuf_send_out(&sv->c) < 0)
-			server_close(sv, "send failed");
+	if (cl->deferred && !cl->rt_prepare_only) {
+		/* The BEGIN pgmux answered itself goes first; its answers are pgmux's.  A link
+		 * that only prepares keeps it back for the Bind's shard (route_bind_shard). */
+		pktbuf_put(&sv->c.out, cl->deferred, cl->deferred_len);
+		free(cl->deferred);
+		cl->deferred = NULL;
+		cl->deferred_len = 0;
+		sv->internal_z++;
+		internal = true;
 	}
+	if (internal && sbuf_send_out(&sv->c) < 0)
+		server_close(sv, "send failed");
 }
 
 static struct server *take_idle(struct pool *p)
@@ -322,7 +300,7 @@ void pool_acquire(struct client *cl)
 {
 	struct pool *p = cl->pool;
 	struct worker *w = cl->c.w;
-	struct server *sv = (w->paused || p->db->paused) ? NULL : take_idle(p);
+	struct server *sv = (w->paused || pool_db_paused(p->db)) ? NULL : take_idle(p);
 	if (sv && list_empty(&p->cl_waiting)) {
 		link_pair(cl, sv);
 		return;
@@ -348,7 +326,7 @@ void pool_grow_min(struct pool *p)
 void pool_serve_waiters(struct pool *p)
 {
 	struct worker *w = p->w;
-	while (!w->paused && !p->db->paused && !list_empty(&p->cl_waiting)) {
+	while (!w->paused && !pool_db_paused(p->db) && !list_empty(&p->cl_waiting)) {
 		struct server *sv = take_idle(p);
 		if (!sv)
 			break;
@@ -368,6 +346,8 @@ void pool_release(struct server *sv, bool client_gone)
 	struct client *cl = sv->link;
 	uint64_t now = w->now;
 
+	if (cl && cl->rs && !client_gone)
+		route_need_lsn(sv);   /* read your writes: the commit LSN, asked before release */
 	if (cl) {
 		cl->link = NULL;
 		sv->link = NULL;
@@ -456,6 +436,13 @@ void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate)
 		p->error_logged = true;
 	}
 	snprintf(p->last_error, sizeof(p->last_error), "%s", msg);
+	/* A routed backend that cannot be reached is down: its waiters go elsewhere. Errors
+	 * from a server that answered (auth, no such database) still reach the clients. */
+	if (p->db->be && (!sqlstate || !strncmp(sqlstate, "08", 2) || !strncmp(sqlstate, "57P", 3))) {
+		p->last_connect_failed = false;
+		route_backend_failed(p->db->be, msg);
+		return;
+	}
 	if (pool_servers(p) > 0)
 		return;
 	while (!list_empty(&p->cl_waiting_login)) {
@@ -595,13 +582,13 @@ void pool_apply_config(struct worker *w)
 			mark_servers_for_close(w, db);
 			continue;
 		}
-		struct cfg_db *copy = cfgdb_copy(e);
+		struct cfg_db *copy = config_db_dup(e);
 		if (!copy)
 			continue;
 		bool moved = !str_eq(copy->host, db->cf->host) || copy->port != db->cf->port ||
 			     !str_eq(copy->dbname, db->cf->dbname) || !str_eq(copy->user, db->cf->user) ||
 			     !str_eq(copy->password, db->cf->password) || !str_eq(copy->sslmode, db->cf->sslmode);
-		cfgdb_free(db->cf);
+		config_db_free(db->cf);
 		db->cf = copy;
 		tls_db_free(db);   /* certificate files may have changed: reload on next use */
 		db->removed = false;

@@ -1105,3 +1105,14 @@ enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *bo
 	}
 	return PS_FORWARD;
 }
+
+const char *ps_client_query(struct client *cl, const char *name, uint32_t *len)
+{
+	if (!cl->ps)
+		return NULL;
+	struct ps_cname *n = cname_find(cl, name, name_hash(name));
+	if (!n)
+		return NULL;
+	*len = (uint32_t)strlen((const char *)n->st->body);
+	return (const char *)n->st->body;
+}

@@ -13,6 +13,7 @@
 #include "auth.h"
 #include "client.h"
 #include "log.h"
+#include "route.h"
 #include "pool.h"
 #include "prepared.h"
 #include "pwcrypt.h"
@@ -120,7 +121,10 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 	free_login(sv);
 	if (!sv->cancel_pending)
 		pgmux_reap(w, &sv->c);
-	if (cl)
+	route_lsn_done(sv);
+	if (cl && route_retry_lost(cl))
+		client_on_data(cl);   /* its read goes to another backend */
+	else if (cl)
 		client_close(cl, "server conn crashed?", "08P01");
 	if (login_failed)
 		pool_server_failed(p, reason, sqlstate);
@@ -623,6 +627,7 @@ static void internal_done(struct server *sv)
 {
 	if (sv->link)
 		return;   /* SETs ahead of a client's query: its traffic follows */
+	route_lsn_done(sv);
 	if (sv->cancel_pending) {
 		server_set_state(sv, SV_USED);
 		return;
@@ -651,8 +656,15 @@ static bool swallow(struct server *sv, char type, const uint8_t *body, uint32_t 
 	case 'S':
 		track_param(sv, body, blen);
 		break;
+	case 'D':
+		if (sv->ryw_client)
+			route_lsn_row(sv, body, blen);
+		break;
 	case 'E':
-		if (sv->internal_z && sv->link) {
+		if (sv->ryw_client) {
+			log_warn("%s commit LSN query failed: %s", server_tag(sv, tag, sizeof(tag)),
+				 proto_error_field(body, blen, 'M'));
+		} else if (sv->internal_z && sv->link) {
 			/* A client's session parameter the server refuses (a bad TimeZone, say): the
 			 * client cannot run as it asked, so it gets the server's error. */
 			char msg[300];
@@ -674,7 +686,8 @@ static bool swallow(struct server *sv, char type, const uint8_t *body, uint32_t 
 			sv->tx = blen ? (char)body[0] : 'I';
 			if (--sv->internal_z == 0 && sv->tx == 'I') {
 				internal_done(sv);
-			} else if (sv->tx != 'I') {
+			} else if (sv->tx != 'I' && !sv->link) {
+				/* Linked, 'T' is the BEGIN a routed client's transaction started with. */
 				server_close(sv, "pgmux's own query left a transaction open");
 				return false;
 			}
@@ -745,6 +758,27 @@ static void forward_loop(struct server *sv)
 				return;
 			sbuf_drop(c, at, len + 1);
 			continue;
+		}
+		if (cl->fo) {
+			int r = route_fanout_message(sv, type, len, whole);
+			if (r < 0)
+				break;
+			if (r == 2) {
+				release = true;
+				goto flush;
+			}
+			if (r == 1) {
+				b = c->in;
+				continue;
+			}
+		}
+		if (cl->retry) {
+			/* The first answers to a read that may run again elsewhere. */
+			int r = route_retry_check(sv);
+			if (r < 0)
+				break;
+			if (r > 0)
+				return;
 		}
 		if ((type == 'Z' || type == 'S') && !whole)
 			break;   /* small messages pgmux reads: wait for the rest */
@@ -835,8 +869,11 @@ flush:
 		}
 		if ((release || sv->ready_notified) && sv->link == cl && !c->dead) {
 			sv->ready_notified = false;
-			if (client_settled(cl) && sv->tx == 'I')
+			if (client_settled(cl) && sv->tx == 'I') {
 				pool_release(sv, false);
+				if (cl->fo)
+					route_fanout_next(cl);
+			}
 		}
 	} else if (b && b->start == b->end) {
 		b->start = b->scan = b->end = 0;

@@ -25,7 +25,9 @@ declare -A SRCS=(
 	[scram_client]="src/scram.c src/pwcrypt.c"
 	[userlist]="src/userlist.c src/scram.c src/pwcrypt.c"
 	[secret]="src/userlist.c src/scram.c src/pwcrypt.c"
-	[config]="src/config.c src/log.c"
+	[config]="src/config.c src/log.c src/sqlscan.c"
+	[sqlscan]="src/sqlscan.c"
+	[bind]="src/shard.c src/sqlscan.c src/shardhash.c"
 )
 declare -A LIBS=(
 	[startup]=""
@@ -34,8 +36,10 @@ declare -A LIBS=(
 	[userlist]="-lcrypto"
 	[secret]="-lcrypto"
 	[config]="-linih -lpq"
+	[sqlscan]=""
+	[bind]=""
 )
-ALL=(startup scram_server scram_client userlist secret config)
+ALL=(startup scram_server scram_client userlist secret config sqlscan bind)
 
 # shellcheck disable=SC2054  # the commas belong to -fsanitize=
 CFLAGS=(-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined

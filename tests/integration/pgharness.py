@@ -8,12 +8,26 @@ Objects:
              Runs as the `postgres` system user when we are root.
   Cluster    the session-wide topology: a primary now; replicas (pg_basebackup -R) and shard
              primaries are started lazily by replica(i) / shard(i) the first time a test asks.
+             Shared: tests must not stop or promote its servers (ensure_running() restarts
+             stopped ones and resumes paused replay after every test).
+  Topology   a private primary + streaming replicas in one test's directory (env.topology()),
+             for tests that stop, pause or promote servers (failover); stopped when the test
+             ends, or by the runner's next ensure_running() if the test was killed.
   Pgmux      one pgmux process with its own ini, auth_file, log and port.  PGMUX_BIN overrides
              the binary and PGMUX_SECTION the ini section, so the same tests can run against
              PgBouncer (PGMUX_BIN=/usr/sbin/pgbouncer PGMUX_SECTION=pgbouncer).
   TestEnv    what a test function receives: the cluster, a scratch directory, unique databases
              and roles, and pgmux instances that are stopped (and checked for sanitizer
              reports) when the test ends.
+
+Replication helpers (PgServer): is_in_recovery(), promote(method='pg_ctl'|'sql'),
+pause_replay() / resume_replay() / replay_paused_state(), wait_replay(primary),
+lag_bytes(primary), wait_streaming(replica) (on the primary), follow(new_primary).
+Routing ([database X] sections): Pgmux(sections={name: {key: value or [values]}}),
+px.write_section(), px.show("BACKENDS"), env.backend_entry(), env.routing_section(),
+env.replicas(n), env.topology(n_replicas), env.database(replicas=[...]).
+Sharding: env.shard_topologies(n, n_replicas) (n private topologies started at once),
+env.sharded_section(dbname, topologies, shard_key=..., **keys).
 
 Server-side authentication: TCP logins are trusted, except for members of the roles
 pw_password, pw_md5 and pw_scram, which must log in with cleartext, md5 or scram-sha-256.
@@ -222,7 +236,8 @@ max_locks_per_transaction = 128
 class PgServer:
     """One PostgreSQL server (a primary or a streaming replica) in basedir/name."""
 
-    def __init__(self, basedir, name="primary", port=None, max_connections=600):
+    def __init__(self, basedir, name="primary", port=None, max_connections=600,
+                 extra_conf=None):
         self.name = name
         self.dir = Path(basedir) / name
         self.datadir = self.dir / "data"
@@ -233,6 +248,8 @@ class PgServer:
         self.max_connections = max_connections
         self.superuser = "postgres"
         self.is_replica = False
+        # postgresql.conf lines written after PG_CONF (a dict, or text): later lines win
+        self.extra_conf = extra_conf
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _prepare_dirs(self):
@@ -254,9 +271,17 @@ class PgServer:
         return r
 
     def _write_conf(self):
+        extra = self.extra_conf or ""
+        if isinstance(extra, dict):
+            extra = "".join(f"{k} = {v}\n" for k, v in extra.items())
         with open(self.datadir / "postgresql.conf", "a") as f:
             f.write(PG_CONF.format(port=self.port, sockdir=self.sockdir,
                                    max_connections=self.max_connections))
+            # a replica's walreceiver reports cluster_name as its application_name
+            # (pg_stat_replication on the primary): see wait_streaming()
+            f.write(f"cluster_name = {quote_literal(self.name)}\n")
+            if extra:
+                f.write("# extra settings\n" + extra + "\n")
 
     def save_meta(self):
         (self.dir / "meta.json").write_text(json.dumps(
@@ -395,6 +420,117 @@ class PgServer:
             params.append(user)
         return self.sql1(q, params)
 
+    # -- replication ------------------------------------------------------------------------------
+    def is_in_recovery(self):
+        """pg_is_in_recovery(): True on a standby, False on a primary (or a promoted standby)."""
+        return self.sql1("SELECT pg_is_in_recovery()")
+
+    def current_lsn(self):
+        """pg_current_wal_lsn() (a primary) as text, e.g. '0/3000148'."""
+        return self.sql1("SELECT pg_current_wal_lsn()::text")
+
+    def replay_lsn(self):
+        """pg_last_wal_replay_lsn() (a standby) as text, or None."""
+        return self.sql1("SELECT pg_last_wal_replay_lsn()::text")
+
+    def sync_lsn(self):
+        """An LSN that a standby has replayed only once everything committed on this primary
+        so far is visible to it.  (pg_current_wal_lsn() alone can fall short: commits are
+        asynchronous here, and the insert position can sit just past a page header.)  Writes
+        one tiny transactional WAL message with a flushing commit, and returns its end LSN."""
+        with self.connect() as conn:
+            conn.execute("SET synchronous_commit = local")
+            return conn.execute(
+                "SELECT pg_logical_emit_message(true, 'pgharness', 'sync')::text"
+            ).fetchone()[0]
+
+    def replayed(self, lsn):
+        """True when this standby has replayed WAL up to lsn (text or None: False)."""
+        if lsn is None:
+            return False
+        return bool(self.sql1("SELECT coalesce(pg_last_wal_replay_lsn() >= %s::pg_lsn, false)",
+                              (lsn,)))
+
+    def wait_replay(self, primary, timeout=30):
+        """Waits until this standby has replayed everything primary had committed when called
+        (its pg_last_wal_replay_lsn() passes the primary's WAL position).  Returns the LSN."""
+        lsn = primary.sync_lsn()
+        try:
+            wait_for(lambda: self.replayed(lsn), timeout, 0.02)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{self.name} (port {self.port}) did not replay {primary.name} up to {lsn} "
+                f"within {timeout}s: replayed {self.replay_lsn()}, replay "
+                f"{self.replay_paused_state()}, replication state "
+                f"{primary.replication_state(self)}") from None
+        return lsn
+
+    def lag_bytes(self, primary):
+        """Bytes of WAL the primary has written that this standby has not replayed yet."""
+        cur = primary.current_lsn()
+        return self.sql1("SELECT pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())::bigint",
+                         (cur,))
+
+    def pause_replay(self, timeout=10):
+        """pg_wal_replay_pause() on this standby; returns once nothing more is replayed (state
+        'paused', or 'pause requested': the startup process checks before every record)."""
+        self.sql("SELECT pg_wal_replay_pause()")
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: self.replay_paused_state() == "paused", min(timeout, 1), 0.02)
+        return self
+
+    def resume_replay(self):
+        self.sql("SELECT pg_wal_replay_resume()")
+        return self
+
+    def replay_paused_state(self):
+        """pg_get_wal_replay_pause_state(): 'not paused', 'pause requested', 'paused' (None when
+        not a standby or not reachable)."""
+        with contextlib.suppress(Exception):
+            return self.sql1("SELECT CASE WHEN pg_is_in_recovery() "
+                             "THEN pg_get_wal_replay_pause_state() END")
+        return None
+
+    def promote(self, method="pg_ctl", timeout=60):
+        """Promotes this standby to a primary and waits until it accepts writes.  method:
+        'pg_ctl' (pg_ctl promote -w) or 'sql' (SELECT pg_promote(true, timeout))."""
+        if method == "pg_ctl":
+            self._run([pg_bin("pg_ctl"), "-D", str(self.datadir), "-w", "-t", str(timeout),
+                       "promote"], timeout=timeout + 10)
+        elif method == "sql":
+            if not self.sql1("SELECT pg_promote(true, %s)", (int(timeout),)):
+                raise RuntimeError(f"pg_promote() on {self.name} did not finish in {timeout}s")
+        else:
+            raise ValueError(f"unknown promote method {method!r}")
+        wait_for(lambda: not self.is_in_recovery(), timeout, 0.05, f"{self.name} to promote")
+        self.is_replica = False
+        self.save_meta()
+        return self
+
+    def follow(self, primary):
+        """Points this standby's walreceiver at another primary (after a failover); replicas
+        follow the new timeline (recovery_target_timeline = latest)."""
+        ci = conninfo(host=primary.host, port=primary.port, user=primary.superuser,
+                      application_name=self.name)
+        with self.connect() as conn:
+            conn.execute(f"ALTER SYSTEM SET primary_conninfo = {quote_literal(ci)}")
+            conn.execute("SELECT pg_reload_conf()")
+        return self
+
+    def replication_state(self, replica):
+        """pg_stat_replication.state on this primary for replica ('streaming', 'catchup', ...),
+        or None when it is not connected."""
+        name = replica if isinstance(replica, str) else replica.name
+        rows = self.sql("SELECT state FROM pg_stat_replication WHERE application_name = %s",
+                        (name,))
+        return rows[0][0] if rows else None
+
+    def wait_streaming(self, replica, timeout=30):
+        """Waits until replica streams from this primary (pg_stat_replication: 'streaming')."""
+        wait_for(lambda: self.replication_state(replica) == "streaming", timeout, 0.05,
+                 f"{getattr(replica, 'name', replica)} to stream from {self.name}")
+        return self
+
 
 class Cluster:
     """The session-wide set of servers: the primary now, replicas and shards on demand.
@@ -430,10 +566,42 @@ class Cluster:
         return srv
 
     def replica(self, i=0):
-        """Streaming replica i of the primary (pg_basebackup -R), created on first use."""
+        """Streaming replica i of the primary (pg_basebackup -R, hot_standby), created on first
+        use; it streams from the primary when this returns."""
         name = f"replica{i}"
-        return self._get(name, lambda: PgServer(self.basedir, name)
-                         .init_replica(self.primary).start())
+
+        def create():
+            srv = PgServer(self.basedir, name).init_replica(self.primary).start()
+            self.primary.wait_streaming(srv)
+            return srv
+        return self._get(name, create)
+
+    # Private servers (TestEnv.topology) live in a test's directory; each registers a marker
+    # here so that one a test leaves running (killed on timeout) is stopped after it.
+    def _private_dir(self):
+        d = self.basedir / "_private"
+        d.mkdir(exist_ok=True)
+        return d
+
+    def register_private(self, server):
+        (self._private_dir() / f"{os.getpid()}_{server.port}").write_text(str(server.dir))
+
+    def reap_private(self):
+        """Stops (immediate) every private server still running; returns their names."""
+        reaped = []
+        d = self.basedir / "_private"
+        if not d.is_dir():
+            return reaped
+        for marker in d.iterdir():
+            with contextlib.suppress(Exception):
+                path = Path(marker.read_text().strip())
+                srv = PgServer.load(path.parent, path.name)
+                if srv is not None and srv.is_running():
+                    srv.stop(mode="immediate", check=False)
+                    reaped.append(str(path))
+            with contextlib.suppress(OSError):
+                marker.unlink()
+        return reaped
 
     def shard(self, i):
         """Shard primary i: shard 0 is the main primary, others are separate clusters with the
@@ -457,21 +625,130 @@ class Cluster:
         return out
 
     def ensure_running(self):
-        """Starts any server that a test left stopped; returns the names restarted."""
+        """Starts any server that a test left stopped, resumes WAL replay on a shared replica
+        that a test left paused, and stops private servers a test left running; returns the
+        names of the shared servers fixed."""
         fixed = []
+        self.reap_private()
         for s in self.servers():
             if not s.is_ready():
                 with contextlib.suppress(Exception):
                     s.stop(mode="immediate", check=False)
                 s.start()
                 fixed.append(s.name)
+            if s.is_replica:
+                with contextlib.suppress(Exception):
+                    if s.replay_paused_state() in ("paused", "pause requested"):
+                        s.resume_replay()
+                        fixed.append(f"{s.name} (replay resumed)")
         return fixed
 
     def stop(self):
+        self.reap_private()
         # replicas first, so they do not complain about a vanished primary
         for s in sorted(self.servers(), key=lambda s: not s.is_replica):
             with contextlib.suppress(Exception):
                 s.stop(mode="immediate", check=False)
+
+
+PRIVATE_PG_CONF = {
+    # small and quick: a private topology is started per test
+    "shared_buffers": "16MB",
+    "wal_keep_size": "64MB",
+    "max_wal_size": "256MB",
+    "autovacuum": "off",
+    # a standby retries a lost (or redirected, see follow()) primary quickly
+    "wal_retrieve_retry_interval": "100ms",
+    "wal_receiver_status_interval": "1s",
+}
+
+
+class Topology:
+    """A private primary with n streaming replicas in dir (see TestEnv.topology): a test may
+    stop, pause or promote them without disturbing the session-wide Cluster.
+
+    .primary is the configured primary (what pgmux's `primary =` line points at), .replicas
+    the standbys in order; after a failover use current_primary()."""
+
+    def __init__(self, basedir, n_replicas=2, max_connections=100, extra_conf=None,
+                 on_create=None):
+        self.dir = Path(basedir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        conf = dict(PRIVATE_PG_CONF)
+        conf.update(extra_conf or {})
+        self.primary = PgServer(self.dir, "primary", max_connections=max_connections,
+                                extra_conf=conf)
+        self.replicas = [PgServer(self.dir, f"replica{i}", max_connections=max_connections,
+                                  extra_conf=conf) for i in range(n_replicas)]
+        self.on_create = on_create
+        self.timings = {}
+
+    @property
+    def servers(self):
+        return [self.primary] + self.replicas
+
+    def start(self, timeout=60):
+        t0 = time.monotonic()
+        self.primary._prepare_dirs()
+        if self.on_create:
+            self.on_create(self.primary)
+        self.primary.init().start(timeout)
+        Cluster._bootstrap(self.primary)
+        self.timings["primary"] = time.monotonic() - t0
+        errors = []
+
+        def make(r):
+            try:
+                r._prepare_dirs()
+                if self.on_create:
+                    self.on_create(r)
+                r.init_replica(self.primary).start(timeout)
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+        threads = [threading.Thread(target=make, args=(r,)) for r in self.replicas]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout + 30)
+        if errors:
+            raise errors[0]
+        for r in self.replicas:
+            self.primary.wait_streaming(r, timeout)
+        self.timings["total"] = time.monotonic() - t0
+        return self
+
+    def current_primary(self):
+        """The running server that is not in recovery (the promoted one after a failover)."""
+        for s in self.servers:
+            if s.is_ready():
+                with contextlib.suppress(Exception):
+                    if not s.is_in_recovery():
+                        return s
+        return None
+
+    def wait_replay(self, timeout=30, primary=None):
+        """Waits until every running standby has replayed the primary's WAL."""
+        primary = primary or self.current_primary() or self.primary
+        for r in self.replicas:
+            if r is not primary and r.is_ready():
+                r.wait_replay(primary, timeout)
+
+    def database(self, name, owner=None):
+        """Creates database name on the (current) primary, waits for the standbys to have it."""
+        primary = self.current_primary() or self.primary
+        primary.create_database(name, owner)
+        self.wait_replay(primary=primary)
+        return name
+
+    def stop(self, mode="immediate"):
+        for s in reversed(self.servers):
+            with contextlib.suppress(Exception):
+                s.stop(mode=mode, check=False)
+
+    def logs(self, lines=30):
+        return "\n".join(f"--- {s.name} (port {s.port}) postgres.log, last {lines} lines ---\n"
+                         + tail(s.log_text(), lines) for s in self.servers)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,13 +764,16 @@ class Pgmux:
     """One pgmux (or PgBouncer) process.
 
     settings: general keys (dict); databases: {name: "host=... port=... dbname=..."};
-    users: {name: secret} written to the auth_file; user_settings: the [users] section.
+    users: {name: secret} written to the auth_file; user_settings: the [users] section;
+    sections: {name: {key: value}} rendered as [database NAME] sections after [databases]
+    (a list value renders as repeated keys: {"replica": [a, b]} -> two `replica =` lines).
     """
 
     _ids = itertools.count(1)
 
     def __init__(self, workdir, databases, settings=None, users=None, user_settings=None,
-                 binary=None, section=None, verbose=0, port=None, env=None, args=()):
+                 binary=None, section=None, verbose=0, port=None, env=None, args=(),
+                 sections=None):
         self.id = next(Pgmux._ids)
         self.dir = Path(workdir) / f"pgmux{self.id}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -518,6 +798,7 @@ class Pgmux:
         self.databases = dict(databases)
         self.users = dict(users or {})
         self.user_settings = dict(user_settings or {})
+        self.sections = {k: dict(v) for k, v in (sections or {}).items()}
         self.settings = {
             "listen_addr": "127.0.0.1",
             "listen_port": self.port,
@@ -534,10 +815,11 @@ class Pgmux:
         self.write_userlist()
 
     # -- files ----------------------------------------------------------------------------------
-    def render_config(self, settings=None, databases=None, user_settings=None):
+    def render_config(self, settings=None, databases=None, user_settings=None, sections=None):
         settings = self.settings if settings is None else settings
         databases = self.databases if databases is None else databases
         user_settings = self.user_settings if user_settings is None else user_settings
+        sections = self.sections if sections is None else sections
         lines = [f"[{self.section}]"]
         lines += [f"{k} = {_ini_value(v)}" for k, v in settings.items() if v is not None]
         lines += ["", "[databases]"]
@@ -545,7 +827,21 @@ class Pgmux:
         if user_settings:
             lines += ["", "[users]"]
             lines += [f"{k} = {v}" for k, v in user_settings.items()]
+        for name, keys in sections.items():
+            lines += ["", f"[database {name}]"]
+            for k, v in keys.items():
+                for one in (v if isinstance(v, (list, tuple)) else [v]):
+                    if one is not None:
+                        lines.append(f"{k} = {_ini_value(one)}")
         return "\n".join(lines) + "\n"
+
+    def config_line(self, pattern):
+        """The 1-based line number of the first ini line matching the regex pattern."""
+        rx = re.compile(pattern)
+        for i, line in enumerate(self.ini.read_text().splitlines(), 1):
+            if rx.search(line):
+                return i
+        raise LookupError(f"no line matching {pattern!r} in {self.ini}")
 
     def _write(self, path, text):
         tmp = path.with_suffix(".tmp")
@@ -565,6 +861,17 @@ class Pgmux:
                     self.settings[k] = v
             raw = self.render_config()
         self._write(self.ini, raw)
+
+    def write_section(self, name, **changes):
+        """Updates [database name] (a value of None removes a key; the section is created when
+        missing) and rewrites the ini."""
+        keys = self.sections.setdefault(name, {})
+        for k, v in changes.items():
+            if v is None:
+                keys.pop(k, None)
+            else:
+                keys[k] = v
+        self._write(self.ini, self.render_config())
 
     def write_userlist(self, users=None):
         if users is not None:
@@ -730,6 +1037,16 @@ class Pgmux:
         conn.prepare_threshold = prepare_threshold
         return conn
 
+    def show(self, what, user="postgres"):
+        """Runs "SHOW <what>" on the admin console (simple query protocol) and returns the
+        rows as dicts (column order kept)."""
+        admin_db = "pgbouncer" if self.section == "pgbouncer" else "pgmux"
+        with psycopg.connect(self.dsn(admin_db, user), autocommit=True,
+                             connect_timeout=10) as conn:
+            cur = conn.execute(f"SHOW {what}")
+            names = [d.name for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
     async def aconnect(self, dbname, user=TEST_USER, password=None, **kw):
         """An asyncpg connection through pgmux."""
         import asyncpg
@@ -772,14 +1089,101 @@ class TestEnv:
         self.name = name
         self.short = re.sub(r"[^a-z0-9]+", "_", name.lower().replace("test_", ""))[:40]
         self.pgmuxes = []
+        self.topologies = []
         self._seq = itertools.count(1)
         self._cleanups = []
 
-    def database(self, suffix="", server=None, owner=None):
-        """Creates a fresh database for this test (owned by `app`) and returns its name."""
+    def database(self, suffix="", server=None, owner=None, replicas=()):
+        """Creates a fresh database for this test (owned by `app`) and returns its name.
+        replicas: standbys of server to wait for (until they have the database too)."""
         server = server or self.pg
         name = f"t_{self.short}{suffix}_{next(self._seq)}"
-        return server.create_database(name, owner=owner)
+        server.create_database(name, owner=owner)
+        for r in replicas:
+            r.wait_replay(server)
+        return name
+
+    # -- replicas -------------------------------------------------------------------------------
+    def replicas(self, n=2):
+        """The session-wide cluster's first n streaming replicas of env.pg (created on first
+        use, shared by every test): do not stop or promote them; a test that pauses replay
+        must resume it (see pause_shared_replay)."""
+        return [self.cluster.replica(i) for i in range(n)]
+
+    def pause_shared_replay(self, replica):
+        """Pauses WAL replay on a shared replica and resumes it when the test ends."""
+        replica.pause_replay()
+        self.on_cleanup(replica.resume_replay)
+        return replica
+
+    def topology(self, n_replicas=2, **kw):
+        """A private primary + n_replicas streaming standbys in this test's directory (same
+        roles as the shared cluster), stopped (immediate) when the test ends.  Returns a
+        Topology (.primary, .replicas, .database(name), .wait_replay(), .timings)."""
+        topo = Topology(self.dir / f"topo{next(self._seq)}", n_replicas,
+                        on_create=self.cluster.register_private, **kw)
+        self.topologies.append(topo)
+        topo.start()
+        print(f"private topology: primary {topo.primary.port}, replicas "
+              f"{[r.port for r in topo.replicas]}, started in {topo.timings['total']:.2f}s")
+        return topo
+
+    def shard_topologies(self, n, n_replicas=1, **kw):
+        """n private topologies (see topology()) started at the same time; a list of Topology.
+        For sharding tests: one topology per shard."""
+        topos = [Topology(self.dir / f"topo{next(self._seq)}", n_replicas,
+                          on_create=self.cluster.register_private, **kw) for _ in range(n)]
+        self.topologies.extend(topos)
+        errors = []
+
+        def start(t):
+            try:
+                t.start()
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+        threads = [threading.Thread(target=start, args=(t,)) for t in topos]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(150)
+        if errors:
+            raise errors[0]
+        for i, t in enumerate(topos):
+            print(f"private topology {i}: primary {t.primary.port}, replicas "
+                  f"{[r.port for r in t.replicas]}, started in {t.timings['total']:.2f}s")
+        return topos
+
+    def sharded_section(self, dbname, topologies, shard_key="user_id", **keys):
+        """A sharded [database X] section (for Pgmux(sections={X: ...})): shard_key, shards,
+        then shard.N.primary / shard.N.replica lines for dbname on topologies[N]'s primary
+        and replicas, then keys (no_shard_key, read_routing, ...)."""
+        sec = {"shard_key": shard_key, "shards": len(topologies)}
+        for i, t in enumerate(topologies):
+            sec[f"shard.{i}.primary"] = self.backend_entry(t.primary, dbname)
+            sec[f"shard.{i}.replica"] = [self.backend_entry(r, dbname) for r in t.replicas]
+        sec.update(keys)
+        return sec
+
+    def backend_entry(self, server, dbname, **extra):
+        """A primary/replica line for a [database X] section: server over TCP, as user
+        postgres (the monitor logs in with it), with extra keys (weight=2, ...)."""
+        parts = [f"host={server.host}", f"port={server.port}", f"dbname={dbname}",
+                 "user=postgres"]
+        parts += [f"{k}={v}" for k, v in extra.items()]
+        return " ".join(parts)
+
+    def routing_section(self, dbname, primary=None, replicas=(), weights=None, **keys):
+        """A [database X] section (for env.pgmux(sections={X: ...})): primary and replica
+        lines for dbname, weights[i] (None: no weight key) on replica i, then keys."""
+        primary = primary or self.pg
+        weights = list(weights or [])
+        sec = {"primary": self.backend_entry(primary, dbname), "replica": []}
+        for i, r in enumerate(replicas):
+            w = weights[i] if i < len(weights) else None
+            extra = {"weight": w} if w is not None else {}
+            sec["replica"].append(self.backend_entry(r, dbname, **extra))
+        sec.update(keys)
+        return sec
 
     def role(self, base, password=None, method=None, superuser=False, server=None):
         """Creates a fresh role (see PgServer.create_role) and returns its name."""
@@ -826,6 +1230,8 @@ class TestEnv:
         for px in self.pgmuxes:
             out.append(f"--- pgmux{px.id} ({px.binary}, port {px.port}) log, last {lines} "
                        f"lines ---\n" + tail(px.log_text_dedup(), lines))
+        for topo in self.topologies:
+            out.append(topo.logs(20))
         return "\n".join(out)
 
     def cleanup(self):
@@ -837,6 +1243,12 @@ class TestEnv:
                 problems.append(f"cleanup {fn!r} failed: {e!r}")
         for px in self.pgmuxes:
             problems += px.stop()
+        # after pgmux: it would only log its backends' disappearance
+        for topo in self.topologies:
+            try:
+                topo.stop()
+            except Exception as e:  # noqa: BLE001
+                problems.append(f"stopping private topology {topo.dir} failed: {e!r}")
         return problems
 
 

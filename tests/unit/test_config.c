@@ -385,7 +385,26 @@ static const struct bad_case {
 } bad_cases[] = {
 	{ "[pgmux]\nauth_type = hba\n", 2, "auth_type hba is not supported by pgmux yet" },
 	{ "[pgmux]\nauth_type = pam\n", 2, "not supported by pgmux yet" },
-	{ "[pgmux]\n[database orders]\nprimary = host=a\n", 2, "not supported by pgmux yet" },
+	{ "[database orders]\nreplica = host=a\n", 1, "no primary line" },
+	{ "[database orders]\nprimary = host=a\nprimary = host=b\n", 3, "already has a primary" },
+	{ "[database orders]\nprimary = host=a\nread_routing = maybe\n", 3, "expected on or off" },
+	{ "[database orders]\nprimary = host=a\nmax_replica_lag = 12 parsecs\n", 3,
+	  "invalid value \"12 parsecs\" for max_replica_lag" },
+	{ "[database orders]\nprimary = host=a\nread_your_writes = yes\n", 3, "expected off or lsn" },
+	{ "[database orders]\nprimary = host=a weight=2\n", 2, "weight applies only to replica" },
+	{ "[database orders]\nprimary = host=a\ncolour = red\n", 3, "unknown key \"colour\"" },
+	{ "[database orders]\nprimary = host=a\nshards = 2\n", 3, "shards must come before" },
+	{ "[database u]\nshards = 2\nshard_key = id\nshard.0.primary = host=a\n", 1,
+	  "shard 1 has no primary" },
+	{ "[database u]\nshards = 2\nshard.0.primary = host=a\nshard.1.primary = host=b\n", 1,
+	  "needs shard_key" },
+	{ "[database u]\nshards = 2\nshard_key = id\nshard.0.primary = host=a\n"
+	  "shard.1.primary = host=b\nshard.2.primary = host=c\n", 6, "out of range" },
+	{ "[database orders]\nprimary = host=a\n[databases]\norders = host=b\n", 4,
+	  "already defined on line 1" },
+	{ "[database pgmux]\nprimary = host=a\n", 1, "reserved" },
+	{ "[databases]\na = host=x weight=3\n", 2, "weight applies only to replica" },
+	{ "[pgmux]\nwrite_functions = nextval, (\n", 2, "invalid write_functions" },
 	{ "[peers]\n1 = host=/tmp/p1\n", 1, "[peers]" },
 	{ "[pgmux]\n%include other.ini\n", 2, "%include is not supported" },
 	{ "listen_port = 6432\n[pgmux]\n", 1, "before any section" },
@@ -415,6 +434,68 @@ static const struct bad_case {
 	{ "[pgmux]\npkt_buf = 256\n", 2, "out of range" },
 	{ "[pgmux]\nno_such_key = 1\n", 2, "unknown key \"no_such_key\"" },
 };
+
+/* [database X] sections: the front entry, backend entries with their roles and the section's
+ * pool settings, and the routing keys. */
+static void test_clusters(void **state)
+{
+	(void)state;
+	struct config *cf = load_text_ok(
+		"[pgmux]\nmonitor_interval = 0.5\n"
+		"[database orders]\n"
+		"primary = host=10.0.0.1 port=5432 dbname=orders\n"
+		"replica = host=10.0.0.2\n"
+		"replica = host=10.0.0.3 weight=2 pool_size=7\n"
+		"read_routing = off\nmax_replica_lag = 1MB\nread_your_writes = lsn\n"
+		"replica_fallback = off\npool_size = 5\npool_mode = transaction\n"
+		"[database lagms]\nprimary = host=a\nmax_replica_lag = 500ms\n"
+		"[database users]\nshards = 2\nshard_key = users.user_id\nno_shard_key = all\n"
+		"shard.0.primary = host=s0\nshard.0.replica = host=s0r\nshard.1.primary = host=s1\n");
+	assert_int_equal(cf->monitor_interval, 500000);
+	const struct cfg_cluster *c = config_find_cluster(cf, "orders");
+	assert_non_null(c);
+	assert_false(c->read_routing);
+	assert_false(c->replica_fallback);
+	assert_int_equal(c->max_lag_bytes, 1024 * 1024);
+	assert_int_equal(c->max_lag_usec, -1);
+	assert_int_equal(c->read_your_writes, RYW_LSN);
+	assert_int_equal(c->n_shards, 1);
+	const struct cfg_db *front = config_find_db(cf, "orders");
+	assert_non_null(front);
+	assert_string_equal(front->cluster, "orders");
+	assert_int_equal(front->shard, -1);
+	const struct cfg_db *p = config_find_db(cf, "orders/primary");
+	assert_non_null(p);
+	assert_int_equal(p->shard, 0);
+	assert_int_equal(p->replica, -1);
+	assert_int_equal(p->pool_size, 5);
+	assert_int_equal(p->pool_mode, POOL_TRANSACTION);
+	const struct cfg_db *r0 = config_find_db(cf, "orders/replica0");
+	assert_non_null(r0);
+	assert_int_equal(r0->replica, 0);
+	assert_int_equal(r0->weight, -1);
+	/* no dbname: the section's name, in the struct and for libpq */
+	assert_string_equal(r0->dbname, "orders");
+	assert_non_null(strstr(r0->conninfo, "dbname='orders'"));
+	const struct cfg_db *r1 = config_find_db(cf, "orders/replica1");
+	assert_non_null(r1);
+	assert_int_equal(r1->weight, 2);
+	assert_int_equal(r1->pool_size, 7);
+	c = config_find_cluster(cf, "lagms");
+	assert_int_equal(c->max_lag_usec, 500000);
+	assert_int_equal(c->max_lag_bytes, -1);
+	assert_true(c->read_routing);
+	assert_true(c->replica_fallback);
+	c = config_find_cluster(cf, "users");
+	assert_int_equal(c->n_shards, 2);
+	assert_string_equal(c->shard_key, "users.user_id");
+	assert_int_equal(c->no_shard_key, NOSHARD_ALL);
+	assert_non_null(config_find_db(cf, "users/0/primary"));
+	assert_non_null(config_find_db(cf, "users/0/replica0"));
+	assert_int_equal(config_find_db(cf, "users/1/primary")->shard, 1);
+	assert_null(config_find_cluster(cf, "nope"));
+	config_free(cf);
+}
 
 static void test_bad_cases(void **state)
 {
@@ -816,6 +897,33 @@ static void test_sample_config_loads(void **state)
 	config_free(cf);
 }
 
+/* The topology samples: the launch (replicas), month 6 (2 shards) and month 12 (4 shards). */
+static void test_topology_samples_load(void **state)
+{
+	(void)state;
+	struct config *cf = load_ok(SRCDIR "/etc/pgmux-replicas.ini");
+	const struct cfg_cluster *c = config_find_cluster(cf, "orders");
+	assert_non_null(c);
+	assert_int_equal(c->n_shards, 1);
+	assert_non_null(config_find_db(cf, "orders/replica1"));
+	assert_int_equal(config_find_db(cf, "orders/replica1")->weight, 2);
+	config_free(cf);
+	const char *files[] = { SRCDIR "/etc/pgmux-shards-2.ini", SRCDIR "/etc/pgmux-shards-4.ini" };
+	for (int i = 0; i < 2; i++) {
+		cf = load_ok(files[i]);
+		c = config_find_cluster(cf, "users");
+		assert_non_null(c);
+		assert_int_equal(c->n_shards, 2 * (i + 1));
+		assert_string_equal(c->shard_key, "user_id");
+		for (int s = 0; s < c->n_shards; s++) {
+			char name[64];
+			snprintf(name, sizeof(name), "users/%d/replica1", s);
+			assert_non_null(config_find_db(cf, name));
+		}
+		config_free(cf);
+	}
+}
+
 static char *read_file(const char *path)
 {
 	FILE *f = fopen(path, "r");
@@ -880,6 +988,8 @@ int main(void)
 		cmocka_unit_test(test_value_kinds),
 		cmocka_unit_test(test_bad_files),
 		cmocka_unit_test(test_bad_cases),
+		cmocka_unit_test(test_clusters),
+		cmocka_unit_test(test_topology_samples_load),
 		cmocka_unit_test(test_open_error),
 		cmocka_unit_test(test_long_lines),
 		cmocka_unit_test(test_pgbouncer_alias_and_warnings),

@@ -1,0 +1,131 @@
+/* route.h: read/write routing over a [database X] section's backends: health, choice per transaction. */
+#ifndef PGMUX_ROUTE_H
+#define PGMUX_ROUTE_H
+
+#include "pgmux.h"
+
+enum be_state { BE_UNKNOWN = 0, BE_UP, BE_DOWN };
+enum be_role { ROLE_UNKNOWN = 0, ROLE_PRIMARY, ROLE_REPLICA };
+/* What a client asked for with SET pgmux.role, or what a transaction was routed as. */
+enum rt_pref { RT_AUTO = 0, RT_PRIMARY, RT_REPLICA };
+
+struct monitor;
+
+/* One server of a cluster: a primary or replica line, with what the monitor last saw. */
+struct backend {
+	struct cluster *cl;
+	struct database *db;        /* its pools' database ("orders/replica0") */
+	int index;                  /* in cl->be */
+	int shard;
+	bool cfg_replica;           /* configured as a replica */
+	int weight;
+	uint8_t state;              /* be_state */
+	uint8_t seen_role;          /* be_role from pg_is_in_recovery() */
+	uint64_t lsn;               /* primary: pg_current_wal_lsn; replica: replay LSN */
+	int64_t lag_bytes, lag_ms;  /* -1 while unknown */
+	uint64_t reads, writes, retries;
+	uint64_t state_since;
+	struct monitor *mon;
+	char last_error[160];
+};
+
+struct cluster {
+	struct worker *w;
+	struct database *front;     /* the name clients connect to */
+	char *name;
+	struct cfg_cluster cf;      /* scalar settings (strings not kept) */
+	struct backend **be;
+	int n_be;
+	int n_shards;
+	char *shard_key;            /* the key column when sharded, else NULL */
+	uint64_t *shard_keyed;      /* per shard: transactions routed by a key or hint */
+	int *primary;               /* per shard: index of the backend taking writes, -1: none */
+	unsigned rr;                /* rotates ties between equally loaded replicas */
+	struct list sets;           /* route_set per user */
+	bool removed;
+};
+
+/* One user's pools over every backend of a cluster, indexed like cluster->be. */
+struct route_set {
+	struct list node;
+	struct cluster *cl;
+	struct user *user;
+	char *user_name;
+	struct pool **pools;
+	int n;
+	bool session;               /* session pooling: one route per session */
+};
+
+/* A sharded database's client sent a statement inside a transaction bound to one shard:
+ * when its key points to another, the statement is replaced by one that fails with a clear
+ * error (so the server's transaction fails as PostgreSQL's would).  True when replaced. */
+bool route_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t total,
+		       uint32_t avail);
+
+/* A Bind on a link that only prepared so far (asyncpg: Parse, Describe, Flush, then Bind):
+ * when its key belongs to another shard, the server's implicit transaction is ended with a
+ * Sync of pgmux's own and the link let go, so the Bind routes afresh.  True when let go. */
+bool route_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint32_t avail);
+
+/* Results of route_pick. */
+enum route_result { ROUTE_GO, ROUTE_WAIT, ROUTE_DONE, ROUTE_CLOSED };
+
+/* Compiles write_functions again when the setting changed (console SET). */
+void route_write_funcs_update(struct worker *w);
+
+/* Builds or updates clusters from the current config (start and reload); starts monitors. */
+void route_apply_config(struct worker *w);
+/* The set of pools for (front database, user); NULL when out of memory. */
+struct route_set *route_set_get(struct database *front, const char *user);
+/* The pool a new client of a routed database starts in (for its greeting). */
+struct pool *route_login_pool(struct route_set *rs);
+
+/* An unlinked client's first message of a transaction is at c->in->scan (total bytes, avail
+ * of them in the buffer): chooses the backend and moves the client to its pool (ROUTE_GO),
+ * or needs more bytes (ROUTE_WAIT), or answered it itself (ROUTE_DONE: read on), or closed. */
+enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
+			     uint32_t avail);
+
+/* The monitor's news: a backend's state, role or lag changed. */
+void route_backend_update(struct backend *be);
+/* pgmux's own connection to a backend failed: down until the monitor sees it again. */
+void route_backend_failed(struct backend *be, const char *msg);
+
+/* A write transaction finished on a primary and its client wants read-your-writes: pgmux
+ * asks the server for its WAL insert LSN before it goes back to the pool, and the client's
+ * next route waits for the answer (route_lsn_row, then route_lsn_done). */
+void route_need_lsn(struct server *sv);
+/* A DataRow of that query (text LSN); called by the server's swallow path. */
+void route_lsn_row(struct server *sv, const uint8_t *body, uint32_t blen);
+/* The query finished, failed or its server died: the client routes again. */
+void route_lsn_done(struct server *sv);
+
+/* A retryable read's first answers are at the server's parse position: looks past the
+ * headers of its result (ParseComplete, BindComplete, RowDescription...) for an error.
+ * -1: more bytes needed; 1: the read went elsewhere (25006: to the primary; the server shut
+ * down: anywhere); 0: it ran, forward as usual (the saved copy is dropped). */
+int route_retry_check(struct server *sv);
+/* The server of a retryable read died before answering: true when the query was re-routed. */
+bool route_retry_lost(struct client *cl);
+/* A server answer while the client's read fans out over every shard: merges the results
+ * into one (one RowDescription, every shard's rows, the summed CommandComplete).  -1: more
+ * bytes needed; 0: forward as usual; 1: consumed or rewritten (read on); 2: this shard is
+ * done: flush what it sent and release the server, then call route_fanout_next. */
+int route_fanout_message(struct server *sv, char type, uint32_t len, bool whole);
+/* After that release: the batch goes to the next shard. */
+void route_fanout_next(struct client *cl);
+
+/* Forgets a client's saved query (it got its answer, or left). */
+void route_retry_clear(struct client *cl);
+
+/* A client leaves: its saved batches go. */
+void route_client_free(struct client *cl);
+
+/* Shutdown: monitors stop, clusters are freed. */
+void route_shutdown(struct worker *w);
+
+/* Text of a role / state for the console. */
+const char *route_role_name(int role);
+const char *route_state_name(int state);
+
+#endif

@@ -1,0 +1,350 @@
+/* monitor.c: polls each backend over libpq (async, on the event loop) for role, WAL LSN and replay lag. */
+#include "monitor.h"
+
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <libpq-fe.h>
+
+#include "log.h"
+#include "route.h"
+
+enum mon_phase { MON_IDLE, MON_CONNECTING, MON_QUERY };
+
+struct monitor {
+	struct backend *be;
+	PGconn *conn;
+	struct event ev_io;
+	struct event ev_timer;
+	bool io_added;
+	int io_fd;
+	uint8_t phase;
+	uint64_t probe_start;
+};
+
+/* One query for both roles, so a promoted replica needs no other probe. */
+static const char probe_sql[] =
+	"SELECT pg_is_in_recovery(), "
+	"(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+	"ELSE pg_current_wal_lsn() END)::text, "
+	"COALESCE((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::int8, -1)";
+
+static void on_io(evutil_socket_t fd, short what, void *arg);
+static void on_timer(evutil_socket_t fd, short what, void *arg);
+
+static uint64_t interval(const struct monitor *m)
+{
+	int64_t v = m->be->cl->w->cf->monitor_interval;
+	return v > 0 ? (uint64_t)v : 1000000;
+}
+
+/* A probe that takes longer than this counts as a failure: a hung server is a down server. */
+static uint64_t probe_timeout(const struct monitor *m)
+{
+	uint64_t t = 2 * interval(m);
+	return t < 2000000 ? 2000000 : t;
+}
+
+static void arm_timer(struct monitor *m, uint64_t usec)
+{
+	struct timeval tv = { (time_t)(usec / 1000000), (suseconds_t)(usec % 1000000) };
+	evtimer_add(&m->ev_timer, &tv);
+}
+
+static void io_off(struct monitor *m)
+{
+	if (m->io_added) {
+		event_del(&m->ev_io);
+		m->io_added = false;
+	}
+}
+
+/* libpq may change sockets while connecting (another address): re-register each time. */
+static void io_wait(struct monitor *m, short what)
+{
+	io_off(m);
+	int fd = PQsocket(m->conn);
+	if (fd < 0)
+		return;
+	event_assign(&m->ev_io, m->be->cl->w->base, fd, what, on_io, m);
+	event_add(&m->ev_io, NULL);
+	m->io_added = true;
+	m->io_fd = fd;
+}
+
+static void drop_conn(struct monitor *m)
+{
+	io_off(m);
+	if (m->conn)
+		PQfinish(m->conn);
+	m->conn = NULL;
+	m->phase = MON_IDLE;
+}
+
+static void probe_failed(struct monitor *m, const char *why)
+{
+	struct backend *be = m->be;
+	char msg[sizeof(be->last_error)];
+	snprintf(msg, sizeof(msg), "%s", why && *why ? why : "unknown error");
+	/* libpq's messages end in a newline; the log line should not. */
+	size_t n = strlen(msg);
+	while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+		msg[--n] = '\0';
+	drop_conn(m);
+	if (be->state != BE_DOWN)
+		log_warn("backend %s is down: %s", be->db->name, msg);
+	snprintf(be->last_error, sizeof(be->last_error), "%s", msg);
+	be->state = BE_DOWN;
+	be->lag_bytes = be->lag_ms = -1;
+	route_backend_update(be);
+}
+
+static bool parse_lsn(const char *s, uint64_t *out)
+{
+	unsigned int hi, lo;
+	if (!s || sscanf(s, "%X/%X", &hi, &lo) != 2)
+		return false;
+	*out = ((uint64_t)hi << 32) | lo;
+	return true;
+}
+
+static void probe_result(struct monitor *m, PGresult *res)
+{
+	struct backend *be = m->be;
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) != 3) {
+		probe_failed(m, PQresultErrorMessage(res));
+		return;
+	}
+	bool recovery = PQgetvalue(res, 0, 0)[0] == 't';
+	uint64_t lsn = 0;
+	if (!PQgetisnull(res, 0, 1))
+		parse_lsn(PQgetvalue(res, 0, 1), &lsn);
+	int64_t age_ms = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+	uint8_t role = recovery ? ROLE_REPLICA : ROLE_PRIMARY;
+	if (be->state != BE_UP || be->seen_role != role)
+		log_info("backend %s is up as %s", be->db->name, route_role_name(role));
+	be->state = BE_UP;
+	be->seen_role = role;
+	be->lsn = lsn;
+	be->lag_ms = recovery ? age_ms : 0;
+	be->last_error[0] = '\0';
+	route_backend_update(be);
+}
+
+static void put_pair(FILE *out, const char *key, const char *val)
+{
+	fprintf(out, " %s='", key);
+	for (const char *p = val; *p; p++) {
+		if (*p == '\'' || *p == '\\')
+			fputc('\\', out);
+		fputc(*p, out);
+	}
+	fputc('\'', out);
+}
+
+/* Connection string: the entry's own, plus the monitor's credentials where it names none. */
+static char *monitor_conninfo(const struct backend *be)
+{
+	const struct cfg_db *e = be->db->cf;
+	const struct config *cf = be->cl->w->cf;
+	char *s = NULL;
+	size_t n = 0;
+	FILE *out = open_memstream(&s, &n);
+	if (!out)
+		return NULL;
+	fputs(e->conninfo ? e->conninfo : "", out);
+	if (!e->user && *cf->monitor_user)
+		put_pair(out, "user", cf->monitor_user);
+	if (!e->password && *cf->monitor_password)
+		put_pair(out, "password", cf->monitor_password);
+	if (!e->application_name)
+		fputs(" application_name='pgmux monitor'", out);
+	/* A name libpq would resolve with a blocking lookup: use the address pgmux resolved. */
+	const struct database *db = be->db;
+	char ip[INET6_ADDRSTRLEN];
+	if (db->addr_ok && e->host && e->host[0] != '/') {
+		const void *a = NULL;
+		if (db->addr.ss_family == AF_INET)
+			a = &((const struct sockaddr_in *)&db->addr)->sin_addr;
+		else if (db->addr.ss_family == AF_INET6)
+			a = &((const struct sockaddr_in6 *)&db->addr)->sin6_addr;
+		if (a && inet_ntop(db->addr.ss_family, a, ip, sizeof(ip)))
+			put_pair(out, "hostaddr", ip);
+	}
+	if (fclose(out) != 0) {
+		free(s);
+		return NULL;
+	}
+	return s;
+}
+
+static void send_probe(struct monitor *m)
+{
+	if (!PQsendQuery(m->conn, probe_sql)) {
+		probe_failed(m, PQerrorMessage(m->conn));
+		return;
+	}
+	m->phase = MON_QUERY;
+	int f = PQflush(m->conn);
+	if (f < 0) {
+		probe_failed(m, PQerrorMessage(m->conn));
+		return;
+	}
+	io_wait(m, (short)(EV_READ | EV_PERSIST | (f ? EV_WRITE : 0)));
+}
+
+static void start_probe(struct monitor *m)
+{
+	m->probe_start = pgmux_now();
+	if (m->conn && PQstatus(m->conn) == CONNECTION_OK) {
+		send_probe(m);
+		return;
+	}
+	drop_conn(m);
+	char *ci = monitor_conninfo(m->be);
+	if (!ci) {
+		probe_failed(m, "out of memory");
+		return;
+	}
+	m->conn = PQconnectStart(ci);
+	/* The string holds a password: scrub it before it goes back to the allocator. */
+	explicit_bzero(ci, strlen(ci));
+	free(ci);
+	if (!m->conn || PQstatus(m->conn) == CONNECTION_BAD) {
+		probe_failed(m, m->conn ? PQerrorMessage(m->conn) : "out of memory");
+		return;
+	}
+	PQsetnonblocking(m->conn, 1);
+	m->phase = MON_CONNECTING;
+	io_wait(m, EV_WRITE);
+}
+
+static void on_connect_io(struct monitor *m)
+{
+	switch (PQconnectPoll(m->conn)) {
+	case PGRES_POLLING_READING:
+		io_wait(m, EV_READ);
+		break;
+	case PGRES_POLLING_WRITING:
+		io_wait(m, EV_WRITE);
+		break;
+	case PGRES_POLLING_OK:
+		send_probe(m);
+		break;
+	default:
+		probe_failed(m, PQerrorMessage(m->conn));
+		break;
+	}
+}
+
+static void on_query_io(struct monitor *m, short what)
+{
+	if (what & EV_WRITE) {
+		int f = PQflush(m->conn);
+		if (f < 0) {
+			probe_failed(m, PQerrorMessage(m->conn));
+			return;
+		}
+		if (f == 0)
+			io_wait(m, EV_READ | EV_PERSIST);
+	}
+	if (!(what & EV_READ))
+		return;
+	if (!PQconsumeInput(m->conn)) {
+		probe_failed(m, PQerrorMessage(m->conn));
+		return;
+	}
+	PGresult *res, *first = NULL;
+	while (!PQisBusy(m->conn) && (res = PQgetResult(m->conn))) {
+		if (!first)
+			first = res;
+		else
+			PQclear(res);
+	}
+	if (PQisBusy(m->conn)) {
+		if (first)
+			PQclear(first);   /* cannot happen with one statement; be safe */
+		return;
+	}
+	if (!first) {
+		probe_failed(m, "no result");
+		return;
+	}
+	m->phase = MON_IDLE;
+	io_off(m);
+	probe_result(m, first);
+	PQclear(first);
+	/* Between probes the socket is watched for EOF, so a server that stops is seen at
+	 * once, not at the next tick. */
+	if (m->conn)
+		io_wait(m, EV_READ | EV_PERSIST);
+}
+
+static void on_io(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	struct monitor *m = arg;
+	m->be->cl->w->now = pgmux_now();
+	if (m->phase == MON_CONNECTING) {
+		on_connect_io(m);
+	} else if (m->phase == MON_QUERY) {
+		on_query_io(m, what);
+	} else if (m->conn) {
+		/* Idle: anything readable is a notice or the end (the server shut down). */
+		if (!PQconsumeInput(m->conn) || PQstatus(m->conn) != CONNECTION_OK) {
+			probe_failed(m, PQerrorMessage(m->conn));
+			return;
+		}
+		PGresult *res;
+		while (!PQisBusy(m->conn) && (res = PQgetResult(m->conn)))
+			PQclear(res);
+	}
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct monitor *m = arg;
+	uint64_t now = pgmux_now();
+	m->be->cl->w->now = now;
+	arm_timer(m, interval(m));
+	if (m->phase == MON_IDLE)
+		start_probe(m);
+	else if (now - m->probe_start > probe_timeout(m))
+		probe_failed(m, m->phase == MON_CONNECTING ? "monitor connect timed out"
+							   : "monitor query timed out");
+}
+
+struct monitor *monitor_start(struct backend *be)
+{
+	struct monitor *m = calloc(1, sizeof(*m));
+	if (!m)
+		return NULL;
+	m->be = be;
+	m->io_fd = -1;
+	evtimer_assign(&m->ev_timer, be->cl->w->base, on_timer, m);
+	arm_timer(m, 0);
+	return m;
+}
+
+void monitor_kick(struct monitor *m)
+{
+	if (m && m->phase == MON_IDLE) {
+		evtimer_del(&m->ev_timer);
+		arm_timer(m, 0);
+	}
+}
+
+void monitor_stop(struct monitor *m)
+{
+	if (!m)
+		return;
+	drop_conn(m);
+	evtimer_del(&m->ev_timer);
+	free(m);
+}

@@ -1,0 +1,1448 @@
+/* route.c: read/write routing for [database X] sections: which backend serves each transaction. */
+#include "route.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "client.h"
+#include "log.h"
+#include "monitor.h"
+#include "pool.h"
+#include "prepared.h"
+#include "sbuf.h"
+#include "server.h"
+#include "shard.h"
+#include "sqlscan.h"
+
+/* A read batch longer than this is not kept for a retry. */
+#define RETRY_MAX 8192
+
+const char *route_role_name(int role)
+{
+	return role == ROLE_PRIMARY ? "primary" : role == ROLE_REPLICA ? "replica" : "unknown";
+}
+
+const char *route_state_name(int state)
+{
+	return state == BE_UP ? "up" : state == BE_DOWN ? "down" : "unknown";
+}
+
+/* ---- configuration ---------------------------------------------------------------------- */
+
+/* Compiles write_functions when its text changed (start, reload, console SET). */
+void route_write_funcs_update(struct worker *w)
+{
+	const char *want = w->cf->write_functions;
+	if (w->write_funcs && w->write_funcs_text && strcmp(w->write_funcs_text, want) == 0)
+		return;
+	const char *err = NULL;
+	struct sqlscan_funcs *f = sqlscan_funcs_new(want, &err);
+	char *text = strdup(want);
+	if (!f || !text) {
+		log_warn("write_functions: %s; keeping the previous list", err ? err : "out of memory");
+		sqlscan_funcs_free(f);
+		free(text);
+		return;
+	}
+	sqlscan_funcs_free(w->write_funcs);
+	free(w->write_funcs_text);
+	w->write_funcs = f;
+	w->write_funcs_text = text;
+}
+
+static inline const struct sqlscan_funcs *write_funcs(const struct worker *w)
+{
+	return w->write_funcs;
+}
+
+/* ---- saved batches: a small free list, since reads on replicas keep one each ------------- */
+
+#define RETRY_BUF_SIZE 1024
+#define RETRY_FREE_MAX 64
+
+struct retry_buf {
+	struct retry_buf *next;
+	uint8_t data[RETRY_BUF_SIZE];
+};
+
+static uint8_t *batch_alloc(struct worker *w, uint32_t n)
+{
+	if (n > RETRY_BUF_SIZE)
+		return malloc(n);
+	struct retry_buf *rb = w->retry_free;
+	if (rb) {
+		w->retry_free = rb->next;
+		w->n_retry_free--;
+	} else if (!(rb = malloc(sizeof(*rb)))) {
+		return NULL;
+	}
+	return rb->data;
+}
+
+static void batch_free(struct worker *w, uint8_t *p, uint32_t n)
+{
+	if (!p)
+		return;
+	if (n > RETRY_BUF_SIZE) {
+		free(p);
+		return;
+	}
+	struct retry_buf *rb = (struct retry_buf *)(p - offsetof(struct retry_buf, data));
+	if (w->n_retry_free >= RETRY_FREE_MAX) {
+		free(rb);
+		return;
+	}
+	rb->next = w->retry_free;
+	w->retry_free = rb;
+	w->n_retry_free++;
+}
+
+static void set_fill(struct route_set *rs)
+{
+	struct cluster *c = rs->cl;
+	struct pool **p = realloc(rs->pools, sizeof(*p) * (size_t)(c->n_be ? c->n_be : 1));
+	if (!p)
+		return;
+	rs->pools = p;
+	rs->session = false;
+	int n = 0;
+	for (int i = 0; i < c->n_be; i++) {
+		p[i] = pool_get(c->w, c->be[i]->db, rs->user_name);
+		if (!p[i])
+			break;
+		rs->session |= pool_mode(p[i]) == POOL_SESSION;
+		n++;
+	}
+	rs->n = n;
+}
+
+struct route_set *route_set_get(struct database *front, const char *user)
+{
+	struct cluster *c = front->cluster;
+	struct list *it;
+	for (it = c->sets.next; it != &c->sets; it = it->next) {
+		struct route_set *rs = list_entry(it, struct route_set, node);
+		if (strcmp(rs->user_name, user) == 0)
+			return rs->n == c->n_be ? rs : NULL;
+	}
+	struct route_set *rs = calloc(1, sizeof(*rs));
+	if (!rs || !(rs->user_name = strdup(user))) {
+		free(rs);
+		return NULL;
+	}
+	rs->cl = c;
+	list_append(&c->sets, &rs->node);
+	set_fill(rs);
+	return rs->n == c->n_be ? rs : NULL;
+}
+
+static void recompute(struct cluster *c, int shard);
+
+static struct cluster *cluster_new(struct worker *w, struct database *front)
+{
+	struct cluster *c = calloc(1, sizeof(*c));
+	if (!c || !(c->name = strdup(front->name))) {
+		free(c);
+		return NULL;
+	}
+	c->w = w;
+	c->front = front;
+	list_init(&c->sets);
+	front->cluster = c;
+	return c;
+}
+
+static void backend_free(struct backend *be)
+{
+	monitor_stop(be->mon);
+	if (be->db && be->db->be == be)
+		be->db->be = NULL;
+	free(be);
+}
+
+static void cluster_apply(struct worker *w, const struct cfg_cluster *cc)
+{
+	struct database *front = pool_find_database(w, cc->name);
+	if (!front)
+		return;
+	struct cluster *c = front->cluster ? front->cluster : cluster_new(w, front);
+	if (!c)
+		return;
+	c->cf = *cc;
+	c->cf.name = NULL;
+	c->cf.shard_key = NULL;
+	free(c->shard_key);
+	c->shard_key = cc->shard_key ? strdup(cc->shard_key) : NULL;
+	c->cf.next = NULL;
+	c->removed = false;
+	int n = 0;
+	for (const struct cfg_db *e = w->cf->dbs; e; e = e->next)
+		if (e->cluster && e->shard >= 0 && !strcmp(e->cluster, cc->name))
+			n++;
+	struct backend **be = calloc((size_t)(n ? n : 1), sizeof(*be));
+	int *prim = calloc((size_t)cc->n_shards, sizeof(*prim));
+	if (!be || !prim) {
+		free(be);
+		free(prim);
+		log_error("[database %s]: out of memory", cc->name);
+		return;
+	}
+	int i = 0;
+	for (const struct cfg_db *e = w->cf->dbs; e; e = e->next) {
+		if (!e->cluster || e->shard < 0 || strcmp(e->cluster, cc->name) != 0)
+			continue;
+		struct database *db = pool_find_database(w, e->name);
+		if (!db)
+			continue;
+		struct backend *b = db->be;
+		if (!b) {
+			if (!(b = calloc(1, sizeof(*b))))
+				continue;
+			b->db = db;
+			b->lag_bytes = b->lag_ms = -1;
+			db->be = b;
+		}
+		b->cl = c;
+		b->index = i;
+		b->shard = e->shard;
+		b->cfg_replica = e->replica >= 0;
+		b->weight = e->weight >= 0 ? e->weight : 1;
+		be[i++] = b;
+	}
+	/* Backends that left the section: their databases are removed by the pool layer. */
+	for (int j = 0; j < c->n_be; j++) {
+		bool kept = false;
+		for (int k = 0; k < i; k++)
+			kept |= be[k] == c->be[j];
+		if (!kept)
+			backend_free(c->be[j]);
+	}
+	uint64_t *keyed = calloc((size_t)cc->n_shards, sizeof(*keyed));
+	if (keyed && c->shard_keyed)
+		memcpy(keyed, c->shard_keyed, sizeof(*keyed) * (size_t)(c->n_shards < cc->n_shards ? c->n_shards : cc->n_shards));
+	free(c->shard_keyed);
+	c->shard_keyed = keyed;
+	free(c->be);
+	free(c->primary);
+	c->be = be;
+	c->n_be = i;
+	c->primary = prim;
+	c->n_shards = cc->n_shards;
+	for (int s = 0; s < c->n_shards; s++)
+		c->primary[s] = -1;
+	for (int j = 0; j < c->n_be; j++)
+		if (!c->be[j]->mon)
+			c->be[j]->mon = monitor_start(c->be[j]);
+	for (struct list *it = c->sets.next; it != &c->sets; it = it->next)
+		set_fill(list_entry(it, struct route_set, node));
+	for (int s = 0; s < c->n_shards; s++)
+		recompute(c, s);
+}
+
+void route_apply_config(struct worker *w)
+{
+	route_write_funcs_update(w);
+	for (const struct cfg_cluster *cc = w->cf->clusters; cc; cc = cc->next)
+		cluster_apply(w, cc);
+	struct list *it;
+	for (it = w->databases.next; it != &w->databases; it = it->next) {
+		struct database *db = list_entry(it, struct database, node);
+		struct cluster *c = db->cluster;
+		if (!c || c->removed || config_find_cluster(w->cf, c->name))
+			continue;
+		/* Section gone: its clients keep their pools until they leave; no more probes. */
+		c->removed = true;
+		for (int j = 0; j < c->n_be; j++) {
+			monitor_stop(c->be[j]->mon);
+			c->be[j]->mon = NULL;
+		}
+	}
+}
+
+void route_shutdown(struct worker *w)
+{
+	struct list *it;
+	sqlscan_funcs_free(w->write_funcs);
+	free(w->write_funcs_text);
+	w->write_funcs = NULL;
+	w->write_funcs_text = NULL;
+	while (w->retry_free) {
+		struct retry_buf *rb = w->retry_free;
+		w->retry_free = rb->next;
+		free(rb);
+	}
+	w->n_retry_free = 0;
+	for (it = w->databases.next; it != &w->databases; it = it->next) {
+		struct database *db = list_entry(it, struct database, node);
+		struct cluster *c = db->cluster;
+		if (!c)
+			continue;
+		for (int j = 0; j < c->n_be; j++)
+			backend_free(c->be[j]);
+		while (!list_empty(&c->sets)) {
+			struct route_set *rs = list_entry(c->sets.next, struct route_set, node);
+			list_del(&rs->node);
+			free(rs->pools);
+			free(rs->user_name);
+			free(rs);
+		}
+		free(c->be);
+		free(c->primary);
+		free(c->shard_key);
+		free(c->shard_keyed);
+		free(c->name);
+		free(c);
+		db->cluster = NULL;
+	}
+}
+
+/* ---- choosing a backend ----------------------------------------------------------------- */
+
+/* Transactions running or queued on a backend, over every user's pool of it. */
+static int load_of(const struct cluster *c, int i)
+{
+	int n = 0;
+	for (struct list *it = c->sets.next; it != &c->sets; it = it->next) {
+		const struct route_set *rs = list_entry(it, struct route_set, node);
+		if (i < rs->n)
+			n += rs->pools[i]->n_sv[SV_ACTIVE] + rs->pools[i]->n_cl[CL_WAITING];
+	}
+	return n;
+}
+
+static bool replica_ok(const struct cluster *c, const struct backend *b, uint64_t need_lsn)
+{
+	if (b->state != BE_UP || b->seen_role != ROLE_REPLICA || b->weight <= 0)
+		return false;
+	if (c->cf.max_lag_bytes >= 0 && b->lag_bytes > c->cf.max_lag_bytes)
+		return false;
+	if (c->cf.max_lag_usec >= 0 && b->lag_ms >= 0 && b->lag_ms * 1000 > c->cf.max_lag_usec)
+		return false;
+	return need_lsn == 0 || b->lsn >= need_lsn;
+}
+
+/* Weighted least-outstanding: the lowest (load + 1) / weight; ties rotate. */
+static int choose_replica(struct cluster *c, int shard, uint64_t need_lsn, int avoid)
+{
+	int cand[64], n = 0;
+	for (int i = 0; i < c->n_be && n < 64; i++) {
+		const struct backend *b = c->be[i];
+		if (b->shard == shard && i != avoid && replica_ok(c, b, need_lsn))
+			cand[n++] = i;
+	}
+	if (n == 0)
+		return -1;
+	int best = -1;
+	uint64_t best_num = 0, best_den = 1;
+	unsigned start = c->rr++;
+	for (int k = 0; k < n; k++) {
+		int i = cand[(start + (unsigned)k) % (unsigned)n];
+		uint64_t num = (uint64_t)load_of(c, i) + 1, den = (uint64_t)c->be[i]->weight;
+		if (best < 0 || num * best_den < best_num * den) {
+			best = i;
+			best_num = num;
+			best_den = den;
+		}
+	}
+	return best;
+}
+
+/* The backend taking writes: sticky while it stays up as a primary, so a returning old
+ * primary does not split the writes. */
+static void recompute(struct cluster *c, int shard)
+{
+	int cur = c->primary[shard];
+	if (cur >= 0) {
+		const struct backend *b = c->be[cur];
+		if (b->state != BE_DOWN && b->seen_role != ROLE_REPLICA)
+			return;
+	}
+	int pick = -1;
+	/* The configured primary first, unless seen otherwise; then any server that says it
+	 * is a primary (a promoted replica). */
+	for (int i = 0; i < c->n_be && pick < 0; i++) {
+		const struct backend *b = c->be[i];
+		if (b->shard == shard && !b->cfg_replica && b->state != BE_DOWN &&
+		    b->seen_role != ROLE_REPLICA)
+			pick = i;
+	}
+	for (int i = 0; i < c->n_be && pick < 0; i++) {
+		const struct backend *b = c->be[i];
+		if (b->shard == shard && b->state == BE_UP && b->seen_role == ROLE_PRIMARY)
+			pick = i;
+	}
+	if (pick != cur) {
+		if (pick >= 0)
+			log_info("[database %s] shard %d: writes go to %s", c->name, shard,
+				 c->be[pick]->db->name);
+		else
+			log_warn("[database %s] shard %d: no primary available; writes wait", c->name,
+				 shard);
+	}
+	c->primary[shard] = pick;
+}
+
+/* Where a client's transaction goes now: a backend index, or -1 to wait for a primary. */
+static int target(struct client *cl, int shard, bool write, int avoid)
+{
+	struct cluster *c = cl->rs->cl;
+	if (!write) {
+		int i = choose_replica(c, shard, cl->ryw_lsn, avoid);
+		if (i >= 0 || !c->cf.replica_fallback)
+			return i;
+	}
+	return c->primary[shard];
+}
+
+/* Clients queued on a backend that cannot serve them any more go where they would go now. */
+static void reroute_waiters(struct cluster *c, int shard)
+{
+	for (int i = 0; i < c->n_be; i++) {
+		const struct backend *b = c->be[i];
+		if (b->shard != shard)
+			continue;
+		bool down = b->state == BE_DOWN;
+		for (struct list *it = c->sets.next; it != &c->sets; it = it->next) {
+			struct route_set *rs = list_entry(it, struct route_set, node);
+			if (i >= rs->n)
+				continue;
+			struct pool *p = rs->pools[i];
+			struct list *ci, *tmp;
+			list_for_each_safe(ci, tmp, &p->cl_waiting) {
+				struct client *cl = list_entry(ci, struct client, node);
+				bool write = cl->rt_primary;
+				if (!down && (!write || c->primary[shard] == i))
+					continue;
+				int t = target(cl, shard, write, -1);
+				if (t < 0 || t == i || t >= rs->n)
+					continue;
+				client_move(cl, rs->pools[t]);
+				pool_launch(rs->pools[t]);
+				pool_serve_waiters(rs->pools[t]);
+			}
+		}
+	}
+}
+
+void route_backend_update(struct backend *be)
+{
+	struct cluster *c = be->cl;
+	int shard = be->shard;
+	be->state_since = c->w->now;
+	recompute(c, shard);
+	/* Replica lag against the primary's last known position. */
+	int pi = c->primary[shard];
+	const struct backend *pb = pi >= 0 ? c->be[pi] : NULL;
+	for (int i = 0; i < c->n_be; i++) {
+		struct backend *b = c->be[i];
+		if (b->shard != shard || b == pb)
+			continue;
+		if (b->state != BE_UP || b->seen_role != ROLE_REPLICA) {
+			b->lag_bytes = b->state == BE_UP ? 0 : -1;
+			continue;
+		}
+		if (!pb || pb->state != BE_UP || pb->seen_role != ROLE_PRIMARY)
+			b->lag_bytes = -1;
+		else
+			b->lag_bytes = pb->lsn > b->lsn ? (int64_t)(pb->lsn - b->lsn) : 0;
+		if (b->lag_bytes == 0)
+			b->lag_ms = 0;
+	}
+	if (pb) {
+		((struct backend *)pb)->lag_bytes = 0;
+		((struct backend *)pb)->lag_ms = 0;
+	}
+	if (be->state == BE_UP) {
+		/* Back: a fresh connect, not the old server_login_retry wait. */
+		for (struct list *it = c->sets.next; it != &c->sets; it = it->next) {
+			struct route_set *rs = list_entry(it, struct route_set, node);
+			if (be->index < rs->n) {
+				rs->pools[be->index]->last_connect_failed = false;
+				pool_launch(rs->pools[be->index]);
+			}
+		}
+	}
+	reroute_waiters(c, shard);
+}
+
+void route_backend_failed(struct backend *be, const char *msg)
+{
+	if (be->state != BE_DOWN)
+		log_warn("backend %s is down: %s", be->db->name, msg);
+	snprintf(be->last_error, sizeof(be->last_error), "%s", msg);
+	be->state = BE_DOWN;
+	be->lag_bytes = be->lag_ms = -1;
+	route_backend_update(be);
+	monitor_kick(be->mon);
+}
+
+struct pool *route_login_pool(struct route_set *rs)
+{
+	struct cluster *c = rs->cl;
+	int p = c->primary[0];
+	if (p >= 0 && p < rs->n && rs->pools[p]->welcome_ok)
+		return rs->pools[p];
+	for (int i = 0; i < rs->n; i++)
+		if (rs->pools[i]->welcome_ok && c->be[i]->state != BE_DOWN)
+			return rs->pools[i];
+	if (p >= 0 && p < rs->n)
+		return rs->pools[p];
+	for (int i = 0; i < rs->n; i++)
+		if (c->be[i]->state != BE_DOWN)
+			return rs->pools[i];
+	return rs->pools[0];
+}
+
+/* ---- answering locally: SET pgmux.*, a deferred BEGIN ---------------------------------- */
+
+static void put_complete(struct pktbuf *o, const char *tag)
+{
+	pktbuf_begin(o, 'C');
+	pktbuf_put_str(o, tag);
+	pktbuf_end(o);
+}
+
+static void put_simple(struct pktbuf *o, char type)
+{
+	pktbuf_begin(o, type);
+	pktbuf_end(o);
+}
+
+/* Applies SET/RESET pgmux.*; false with msg filled for a bad value. */
+static bool apply_set(struct client *cl, const struct sqlscan_result *r, char *msg, size_t len)
+{
+	switch (r->set) {
+	case SQLSCAN_SET_ROLE:
+		if (!strcasecmp(r->set_value, "primary"))
+			cl->role_pref = RT_PRIMARY;
+		else if (!strcasecmp(r->set_value, "replica"))
+			cl->role_pref = RT_REPLICA;
+		else if (!strcasecmp(r->set_value, "auto") || !strcasecmp(r->set_value, "default"))
+			cl->role_pref = RT_AUTO;
+		else {
+			snprintf(msg, len, "invalid value for parameter \"pgmux.role\": \"%.60s\" "
+				 "(expected primary, replica or auto)", r->set_value);
+			return false;
+		}
+		return true;
+	case SQLSCAN_RESET_ROLE:
+		cl->role_pref = RT_AUTO;
+		return true;
+	case SQLSCAN_SET_USER_ID: {
+		char *end;
+		long long v = strtoll(r->set_value, &end, 10);
+		if (r->set_value_bad || end == r->set_value || *end) {
+			snprintf(msg, len, "invalid value for parameter \"pgmux.user_id\": \"%.60s\" "
+				 "(expected an integer)", r->set_value);
+			return false;
+		}
+		cl->has_user_id = true;
+		cl->user_id = v;
+		return true;
+	}
+	case SQLSCAN_RESET_USER_ID:
+		cl->has_user_id = false;
+		return true;
+	case SQLSCAN_SET_SHARD: {
+		char *end;
+		long v = strtol(r->set_value, &end, 10);
+		int n = cl->rs->cl->n_shards;
+		if (r->set_value_bad || end == r->set_value || *end || v < 0 || v >= n) {
+			snprintf(msg, len, "invalid value for parameter \"pgmux.shard\": \"%.60s\" "
+				 "(expected 0 to %d)", r->set_value, n - 1);
+			return false;
+		}
+		cl->shard_pref = (int32_t)v;
+		return true;
+	}
+	case SQLSCAN_RESET_SHARD:
+		cl->shard_pref = -1;
+		return true;
+	default:
+		return true;
+	}
+}
+
+static bool is_reset(int set)
+{
+	return set == SQLSCAN_RESET_ROLE || set == SQLSCAN_RESET_USER_ID || set == SQLSCAN_RESET_SHARD;
+}
+
+/* Status letter for a ReadyForQuery pgmux writes itself. */
+static char tx_status(const struct client *cl)
+{
+	return cl->deferred ? (cl->deferred_failed ? 'E' : 'T') : 'I';
+}
+
+enum fake_tag { FAKE_SET, FAKE_RESET, FAKE_BEGIN, FAKE_COMMIT, FAKE_ROLLBACK };
+static const char *const fake_tags[] = { "SET", "RESET", "BEGIN", "COMMIT", "ROLLBACK" };
+
+static void clear_deferred(struct client *cl);
+
+/* Consumes the message at scan (whole in the buffer). */
+static void consume(struct client *cl, uint32_t total)
+{
+	struct iobuf *b = cl->c.in;
+	b->scan += total;
+	b->start = b->scan;
+}
+
+static enum route_result reply_out(struct client *cl, uint32_t total)
+{
+	consume(cl, total);
+	if (sbuf_send_out(&cl->c) < 0) {
+		client_close(cl, "send failed", NULL);
+		return ROUTE_CLOSED;
+	}
+	return ROUTE_DONE;
+}
+
+/* An extended batch pgmux answers itself (SET pgmux.*, a BEGIN it holds back, the COMMIT of
+ * an empty transaction, or one it refused): each message answered until its Sync. */
+static enum route_result fake_message(struct client *cl, char type, uint32_t total, uint32_t avail)
+{
+	struct pktbuf *o = &cl->c.out;
+	if (total > avail)
+		return ROUTE_WAIT;   /* small messages: they fit */
+	switch (type) {
+	case 'B': put_simple(o, '2'); break;
+	case 'D': put_simple(o, 'n'); break;
+	case 'E':
+		if (!cl->rt_fake_err)
+			put_complete(o, fake_tags[cl->rt_fake_tag]);
+		break;
+	case 'C': put_simple(o, '3'); break;
+	case 'H': break;
+	case 'S':
+		if (cl->rt_fake_end)
+			clear_deferred(cl);
+		cl->rt_fake = false;
+		cl->rt_fake_err = false;
+		cl->rt_fake_end = false;
+		proto_ready(o, tx_status(cl));
+		break;
+	case 'P':
+		put_simple(o, '1');
+		break;
+	default:
+		client_close(cl, "unexpected message in an extended-protocol batch pgmux answers", "08P01");
+		return ROUTE_CLOSED;
+	}
+	return reply_out(cl, total);
+}
+
+static enum route_result handle_set(struct client *cl, char type, const struct sqlscan_result *r,
+				    uint32_t total)
+{
+	char msg[200];
+	bool ok = apply_set(cl, r, msg, sizeof(msg));
+	struct pktbuf *o = &cl->c.out;
+	if (type == 'Q') {
+		if (ok)
+			put_complete(o, is_reset(r->set) ? "RESET" : "SET");
+		else
+			proto_error(o, "ERROR", "22023", msg);
+		proto_ready(o, tx_status(cl));
+	} else {
+		/* Parse: the rest of the batch is answered as if it ran. */
+		cl->rt_fake = true;
+		cl->rt_fake_tag = is_reset(r->set) ? FAKE_RESET : FAKE_SET;
+		cl->rt_fake_err = !ok;
+		if (ok)
+			put_simple(o, '1');
+		else
+			proto_error(o, "ERROR", "22023", msg);
+	}
+	return reply_out(cl, total);
+}
+
+/* An error for a batch pgmux will not run: a Query gets it with its ReadyForQuery; an
+ * extended batch gets it now and the rest up to its Sync is answered by fake_message. */
+static enum route_result refuse(struct client *cl, char type, uint32_t total, const char *sqlstate,
+				const char *msg)
+{
+	struct pktbuf *o = &cl->c.out;
+	proto_error(o, "ERROR", sqlstate, msg);
+	if (cl->deferred)
+		cl->deferred_failed = true;   /* as PostgreSQL: the block is aborted */
+	if (type == 'Q') {
+		proto_ready(o, tx_status(cl));
+	} else if (type != 'S') {
+		cl->rt_fake = true;
+		cl->rt_fake_err = true;
+	} else {
+		proto_ready(o, tx_status(cl));
+	}
+	return reply_out(cl, total);
+}
+
+/* Why a statement of a sharded database found no single shard, and what to do about it. */
+static void shard_message(const struct cluster *c, int why, bool write, char *msg, size_t len)
+{
+	const char *key = c->shard_key ? c->shard_key : "the shard key";
+	if (why == SHARD_MULTI)
+		snprintf(msg, len, "pgmux: this statement's %s values belong to several shards of "
+			 "database \"%s\"; send one statement per shard (cross-shard statements are "
+			 "not supported%s)", key, c->name,
+			 c->cf.no_shard_key == NOSHARD_ALL && write ? "; only reads fan out" : "");
+	else if (why == SHARD_BAD)
+		snprintf(msg, len, "pgmux: the shard key value (%s, pgmux.user_id or pgmux.shard) "
+			 "is not a valid integer or shard number for database \"%s\" (%d shards)",
+			 key, c->name, c->n_shards);
+	else
+		snprintf(msg, len, "pgmux: no shard key for sharded database \"%s\"%s: add "
+			 "WHERE %s = <value>, a /* pgmux: user_id=<value> */ or /* pgmux: shard=<n> */ "
+			 "comment, or run SET pgmux.user_id = <value> (or SET pgmux.shard = <n>) first",
+			 c->name, c->cf.no_shard_key == NOSHARD_ALL && write
+			 ? " (no_shard_key = all fans out reads only)" : "", key);
+}
+
+/* ---- reads on every shard (no_shard_key = all) ------------------------------------------- */
+
+struct route_fanout {
+	uint8_t *batch;             /* the client's batch, sent again to each shard */
+	uint32_t len;
+	int shard;                  /* the shard running it now */
+	uint64_t rows;
+	char verb[32];              /* the CommandComplete verb ("SELECT") */
+	bool had_rows_tag;
+	bool tag_done;              /* the summed CommandComplete is in place */
+	bool advance;               /* the current shard finished: run on the next */
+};
+
+static void fanout_free(struct client *cl)
+{
+	if (cl->fo) {
+		free(cl->fo->batch);
+		free(cl->fo);
+		cl->fo = NULL;
+	}
+}
+
+/* Saves a read batch to run on each shard in turn: a Query, or a Parse ... Sync batch. */
+static enum route_result fanout_start(struct client *cl, const uint8_t *h, uint32_t total,
+				      uint32_t avail)
+{
+	uint32_t n = 0;
+	if (h[0] == 'Q') {
+		n = total;
+	} else {
+		uint32_t off = 0;
+		while (off + PROTO_HDR <= avail) {
+			char t = (char)h[off];
+			uint32_t len = proto_get32(h + off + 1);
+			if (len < 4 || off + len + 1 > avail)
+				break;
+			off += len + 1;
+			if (t == 'S') {
+				n = off;
+				break;
+			}
+		}
+		if (!n && avail < cl->c.w->bufsize)
+			return ROUTE_WAIT;   /* its Sync is on the way */
+	}
+	if (!n || n != avail || cl->expect_z || cl->sync_pending)
+		return refuse(cl, h[0], total, "0A000", "pgmux: a read that runs on every shard "
+			      "must come alone (not pipelined with other requests) and fit 16 kB");
+	/* A named Parse registers its name once (pgmux prepares it on the other shards itself):
+	 * the later shards get the batch from its Bind on. */
+	uint32_t skip = h[0] == 'P' && h[PROTO_HDR] != 0 ? total : 0;
+	cl->fo = calloc(1, sizeof(*cl->fo));
+	if (!cl->fo || !(cl->fo->batch = malloc(n - skip))) {
+		fanout_free(cl);
+		client_close(cl, "out of memory", "53200");
+		return ROUTE_CLOSED;
+	}
+	cl->fo->len = n - skip;
+	memcpy(cl->fo->batch, h + skip, n - skip);
+	cl->fo->shard = 0;
+	return ROUTE_GO;
+}
+
+int route_fanout_message(struct server *sv, char type, uint32_t len, bool whole)
+{
+	struct client *cl = sv->link;
+	struct route_fanout *fo = cl->fo;
+	struct cluster *c = cl->rs->cl;
+	bool first = fo->shard == 0, last = fo->shard == c->n_shards - 1;
+	struct iobuf *b = sv->c.in;
+	switch (type) {
+	case 'T': case '1': case '2': case 't': case 'n':
+		if (first)
+			return 0;
+		if (!whole)
+			return len + 1 <= sv->c.w->bufsize ? -1 : 0;
+		sbuf_drop(&sv->c, b->scan, len + 1);
+		return 1;
+	case 'C': {
+		if (fo->tag_done)
+			return 0;
+		if (!whole)
+			return -1;
+		const char *tag = (const char *)b->data + b->scan + PROTO_HDR;
+		const char *sp = memchr(tag, ' ', len - 4);
+		if (sp && (size_t)(sp - tag) < sizeof(fo->verb)) {
+			memcpy(fo->verb, tag, (size_t)(sp - tag));
+			fo->verb[sp - tag] = '\0';
+			fo->rows += strtoull(sp + 1, NULL, 10);
+			fo->had_rows_tag = true;
+		}
+		if (!last) {
+			sbuf_drop(&sv->c, b->scan, len + 1);
+			return 1;
+		}
+		if (fo->had_rows_tag) {
+			struct pktbuf pb = { 0 };
+			char t[64];
+			snprintf(t, sizeof(t), "%s %llu", fo->verb, (unsigned long long)fo->rows);
+			pktbuf_begin(&pb, 'C');
+			pktbuf_put_str(&pb, t);
+			pktbuf_end(&pb);
+			bool ok = !pb.failed && sbuf_replace(&sv->c, len + 1, pb.data, pb.len);
+			pktbuf_free(&pb);
+			fo->tag_done = true;
+			return ok ? 1 : 0;
+		}
+		return 0;
+	}
+	case 'E':
+		fanout_free(cl);   /* the error ends it: the client gets it and its ReadyForQuery */
+		return 0;
+	case 'Z': {
+		if (last) {
+			fanout_free(cl);
+			return 0;
+		}
+		if (!whole)
+			return -1;
+		/* This shard is done: what it sent goes out, the server goes back, and the batch
+		 * runs on the next shard (route_fanout_next, after the release). */
+		sv->tx = (char)b->data[b->scan + PROTO_HDR];
+		sbuf_drop(&sv->c, b->scan, len + 1);
+		cl->expect_z = 0;
+		cl->sync_pending = false;
+		cl->unnamed_pending = false;
+		fo->advance = true;
+		return 2;
+	}
+	default:
+		return 0;
+	}
+}
+
+void route_fanout_next(struct client *cl)
+{
+	struct route_fanout *fo = cl->fo;
+	if (!fo || !fo->advance || cl->link || cl->c.dead)
+		return;
+	fo->advance = false;
+	fo->shard++;
+	/* The same batch, back in front of the client's bytes, routes to the next shard. */
+	if (!sbuf_insert(&cl->c, fo->batch, fo->len)) {
+		fanout_free(cl);
+		client_close(cl, "no room to run the read on the next shard", "53200");
+		return;
+	}
+	cl->c.in->scan -= fo->len;
+	client_on_data(cl);
+}
+
+/* The first word of a COMMIT-like statement, for the tag pgmux answers with. */
+static const char *end_tag(const char *sql, size_t len)
+{
+	size_t i = 0;
+	while (i < len && (sql[i] == ' ' || sql[i] == '\t' || sql[i] == '\n' || sql[i] == '\r'))
+		i++;
+	return i < len && (sql[i] == 'r' || sql[i] == 'R' || sql[i] == 'a' || sql[i] == 'A')
+	       ? "ROLLBACK" : "COMMIT";
+}
+
+static void clear_deferred(struct client *cl)
+{
+	free(cl->deferred);
+	cl->deferred = NULL;
+	cl->deferred_len = 0;
+	cl->deferred_failed = false;
+}
+
+/* Holds a BEGIN back (as a simple Query, whatever protocol it came in) and answers it. */
+static enum route_result defer_begin(struct client *cl, char type, uint32_t total,
+				     const char *sql, size_t len)
+{
+	while (len && sql[len - 1] == '\0')
+		len--;
+	uint32_t n = (uint32_t)len + PROTO_HDR + 1;
+	if (!(cl->deferred = malloc(n))) {
+		client_close(cl, "out of memory", "53200");
+		return ROUTE_CLOSED;
+	}
+	cl->deferred[0] = 'Q';
+	proto_put32(cl->deferred + 1, n - 1);
+	memcpy(cl->deferred + PROTO_HDR, sql, len);
+	cl->deferred[n - 1] = 0;
+	cl->deferred_len = n;
+	cl->deferred_failed = false;
+	if (type == 'Q') {
+		put_complete(&cl->c.out, "BEGIN");
+		proto_ready(&cl->c.out, 'T');
+	} else {
+		cl->rt_fake = true;
+		cl->rt_fake_err = false;
+		cl->rt_fake_tag = FAKE_BEGIN;
+		put_simple(&cl->c.out, '1');
+	}
+	return reply_out(cl, total);
+}
+
+/* The end of a transaction that never reached a server: answered here. */
+static enum route_result end_deferred(struct client *cl, char type, uint32_t total,
+				      const char *sql, size_t len)
+{
+	bool rollback = cl->deferred_failed || !strcmp(end_tag(sql, len), "ROLLBACK");
+	if (type == 'Q') {
+		put_complete(&cl->c.out, rollback ? "ROLLBACK" : "COMMIT");
+		clear_deferred(cl);
+		proto_ready(&cl->c.out, 'I');
+	} else {
+		cl->rt_fake = true;
+		cl->rt_fake_err = false;
+		cl->rt_fake_end = true;
+		cl->rt_fake_tag = rollback ? FAKE_ROLLBACK : FAKE_COMMIT;
+		put_simple(&cl->c.out, '1');
+	}
+	return reply_out(cl, total);
+}
+
+/* Statements that read or write no table: they run on any shard when they name none. */
+static bool no_table(const char *sql, size_t len)
+{
+	static const char *const words[] = { "set", "reset", "show", "discard", "deallocate",
+					     "commit", "rollback", "end", "abort", "listen",
+					     "unlisten" };
+	size_t i = 0;
+	while (i < len && (sql[i] == ' ' || sql[i] == '\t' || sql[i] == '\n' || sql[i] == '\r'))
+		i++;
+	size_t j = i;
+	while (j < len && ((sql[j] | 0x20) >= 'a' && (sql[j] | 0x20) <= 'z'))
+		j++;
+	for (size_t k = 0; k < sizeof(words) / sizeof(words[0]); k++)
+		if (strlen(words[k]) == j - i && !strncasecmp(sql + i, words[k], j - i))
+			return true;
+	return false;
+}
+
+/* ---- the choice --------------------------------------------------------------------------- */
+
+/* The statement text of a message, when pgmux can see it whole. */
+static bool message_sql(struct client *cl, char type, const uint8_t *h, uint32_t total,
+			const char **sql, size_t *len)
+{
+	const uint8_t *body = h + PROTO_HDR, *end = h + total;
+	if (type == 'Q') {
+		*sql = (const char *)body;
+		*len = total - PROTO_HDR;
+		return true;
+	}
+	if (type == 'P') {
+		const uint8_t *q = memchr(body, 0, (size_t)(end - body));
+		if (!q)
+			return false;
+		*sql = (const char *)q + 1;
+		*len = (size_t)(end - q - 1);
+		return true;
+	}
+	if (type == 'B') {
+		const uint8_t *portal_end = memchr(body, 0, (size_t)(end - body));
+		if (!portal_end || portal_end + 1 >= end || portal_end[1] == 0)
+			return false;
+		const char *name = (const char *)portal_end + 1;
+		if (!memchr(name, 0, (size_t)(end - (const uint8_t *)name)))
+			return false;
+		uint32_t n;
+		const char *q = ps_client_query(cl, name, &n);
+		if (!q)
+			return false;
+		*sql = q;
+		*len = n;
+		return true;
+	}
+	return false;
+}
+
+/* With read routing off only hints and SET/RESET pgmux.* matter: a statement with no comment
+ * that does not start with SET or RESET need not be classified at all. */
+static bool may_say_pgmux(const char *sql, size_t len)
+{
+	size_t i = 0;
+	while (i < len && (sql[i] == ' ' || sql[i] == '\t' || sql[i] == '\n' || sql[i] == '\r'))
+		i++;
+	if ((len - i >= 4 && !strncasecmp(sql + i, "set", 3)) ||
+	    (len - i >= 6 && !strncasecmp(sql + i, "reset", 5)))
+		return true;
+	return memchr(sql + i, '/', len - i) != NULL;
+}
+
+/* A read batch that could run again elsewhere: a Query, or Parse (unnamed)/Bind/Describe/
+ * Execute up to a Sync, whole in the buffer; a Bind may name a statement pgmux tracks, since
+ * it prepares that on whichever server the batch lands. Returns its length, 0 when not. */
+static uint32_t retry_span(struct client *cl, const uint8_t *h, uint32_t avail, char type)
+{
+	if (type == 'Q')
+		return proto_get32(h + 1) + 1;
+	uint32_t off = 0;
+	while (off + PROTO_HDR <= avail) {
+		char t = (char)h[off];
+		uint32_t len = proto_get32(h + off + 1);
+		if (len < 4 || off + len + 1 > avail || off + len + 1 > RETRY_MAX)
+			return 0;
+		const uint8_t *body = h + off + PROTO_HDR;
+		if (t == 'P' && body[0] != 0)
+			return 0;
+		if (t == 'B') {
+			uint32_t dummy;
+			if (len < 6 || body[0] != 0)
+				return 0;
+			const char *stmt = (const char *)body + 1;
+			if (*stmt && (!memchr(stmt, 0, len - 5) || !ps_client_query(cl, stmt, &dummy)))
+				return 0;
+		}
+		if (t != 'P' && t != 'B' && t != 'D' && t != 'E' && t != 'S')
+			return 0;
+		off += len + 1;
+		if (t == 'S')
+			return off;
+	}
+	return 0;
+}
+
+enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
+			     uint32_t avail)
+{
+	struct route_set *rs = cl->rs;
+	struct cluster *c = rs->cl;
+	struct worker *w = c->w;
+	if (cl->rt_fake)
+		return fake_message(cl, type, total, avail);
+	if (cl->ryw_server)
+		return ROUTE_WAIT;   /* its last commit's LSN is on the way */
+
+	int force = cl->rt_force;
+	int avoid = cl->rt_avoid;
+	bool again = force || avoid >= 0;   /* a batch that already ran once: no second retry */
+	cl->rt_force = RT_AUTO;
+	cl->rt_avoid = -1;
+
+	struct sqlscan_result r;
+	bool have = false;
+	const char *sql = NULL;
+	size_t len = 0;
+	if (cl->fo) {
+		force = RT_REPLICA;   /* the next shard of a fan-out read */
+	} else if (!force && (type == 'Q' || type == 'P' || type == 'B')) {
+		if (total > avail && total <= w->bufsize)
+			return ROUTE_WAIT;
+		if (total <= avail && message_sql(cl, type, h, total, &sql, &len) &&
+		    (c->cf.read_routing || c->n_shards > 1 || may_say_pgmux(sql, len))) {
+			sqlscan_classify(sql, len, write_funcs(w), &r);
+			have = true;
+		}
+	}
+	if (have && r.set && type != 'B')
+		return handle_set(cl, type, &r, total);
+
+	bool write;
+	if (force)
+		write = force == RT_PRIMARY;
+	else if (have && r.hint_role == SQLSCAN_ROLE_PRIMARY)
+		write = true;
+	else if (have && r.hint_role == SQLSCAN_ROLE_REPLICA)
+		write = false;
+	else if (cl->role_pref)
+		write = cl->role_pref == RT_PRIMARY;
+	else if (!c->cf.read_routing || !have)
+		write = true;
+	else if (rs->session)
+		write = true;   /* a whole session: its first statement says little about the rest */
+	else if (cl->deferred)
+		write = r.tx != SQLSCAN_TX_SET_RO;   /* BEGIN; SET TRANSACTION READ ONLY */
+	else
+		write = !(r.verdict == SQLSCAN_READ || r.tx == SQLSCAN_TX_BEGIN_RO);
+
+	bool plain_msg = type == 'Q' || type == 'P';
+	if (have && plain_msg && cl->deferred && r.tx == SQLSCAN_TX_END && r.n_statements == 1)
+		return end_deferred(cl, type, total, sql, len);   /* nothing ran anywhere */
+	if (cl->deferred && cl->deferred_failed && (type == 'Q' || type == 'P' || type == 'B'))
+		return refuse(cl, type, total, "25P02", "current transaction is aborted, commands "
+			      "ignored until end of transaction block");
+	if (have && plain_msg && !cl->deferred && r.tx == SQLSCAN_TX_BEGIN && r.n_statements == 1 &&
+	    ((!r.hint_role && !cl->role_pref && c->cf.read_routing) || c->n_shards > 1) &&
+	    r.hint_shard < 0 && !r.has_hint_user_id && !rs->session &&
+	    pool_mode(cl->pool) == POOL_TRANSACTION) {
+		/* A bare BEGIN says nothing yet: its first statement decides (SET TRANSACTION READ
+		 * ONLY sends it to a replica; a shard key binds it to a shard). The BEGIN is
+		 * replayed on the chosen server. */
+		return defer_begin(cl, type, total, sql, len);
+	}
+
+	int shard = 0;
+	if (c->n_shards > 1 && (have || type == 'Q' || type == 'P' || type == 'B')) {
+		shard = cl->fo ? cl->fo->shard
+			       : shard_for(cl, type, h, total, avail, have ? &r : NULL, sql, len);
+		cl->rt_prepare_only = shard == SHARD_PREPARE;
+		if (shard == SHARD_PREPARE)
+			shard = 0;   /* prepared only: its Bind finds the shard (route_bind_shard) */
+		if (shard == SHARD_NONE && c->cf.no_shard_key == NOSHARD_ALL && !write && !cl->deferred &&
+		    (type == 'Q' || type == 'P' || type == 'B')) {
+			enum route_result fr = fanout_start(cl, h, total, avail);
+			if (fr != ROUTE_GO)
+				return fr;
+			shard = 0;
+		} else if (cl->fo) {
+			/* the next shard of a fan-out */
+		} else if (shard >= 0) {
+			c->shard_keyed[shard]++;
+		} else if (shard == SHARD_NONE && (c->cf.no_shard_key == NOSHARD_SHARD0 ||
+						      (have && no_table(sql, len)))) {
+			shard = 0;
+		} else {
+			char msg[400];
+			shard_message(c, shard, write, msg, sizeof(msg));
+			return refuse(cl, type, total, "0A000", msg);
+		}
+	}
+	cl->rt_shard = (int16_t)shard;
+
+	int t = target(cl, shard, write, avoid);
+	if (t < 0 && !write) {
+		/* replica_fallback = off and no replica qualifies */
+		if (type == 'Q') {
+			proto_error(&cl->c.out, "ERROR", "57P03",
+				    "no replica can take this read (replica_fallback = off)");
+			proto_ready(&cl->c.out, tx_status(cl));
+			return reply_out(cl, total);
+		}
+		client_close(cl, "no replica can take this read (replica_fallback = off)", "57P03");
+		return ROUTE_CLOSED;
+	}
+	if (t < 0)
+		t = c->primary[shard] >= 0 ? c->primary[shard] : 0;   /* waits: no primary known */
+	if (t < 0 || t >= rs->n) {
+		client_close(cl, "no backend for this database", "08006");
+		return ROUTE_CLOSED;
+	}
+	/* Read-your-writes needs the LSN after anything that may have written, not after a
+	 * read that a hint or SET sent to the primary. */
+	cl->rt_primary = write;
+	cl->rt_write = write && !(have && !force && r.verdict == SQLSCAN_READ && r.tx != SQLSCAN_TX_BEGIN);
+	cl->rt_be = (int16_t)t;
+	if (write)
+		c->be[t]->writes++;
+	else
+		c->be[t]->reads++;
+	client_move(cl, rs->pools[t]);
+
+	/* A read on a replica keeps its bytes until the first answer, to run again elsewhere
+	 * if that replica refuses it (25006) or goes away first. */
+	route_retry_clear(cl);
+	if (!write && !again && !cl->fo && c->be[t]->cfg_replica == true && c->be[t]->seen_role == ROLE_REPLICA &&
+	    cl->expect_z == 0 && !cl->sync_pending && !cl->deferred) {
+		uint32_t n = retry_span(cl, h, avail, type);
+		if (n && n == avail && n <= RETRY_MAX && (cl->retry = batch_alloc(w, n))) {
+			memcpy(cl->retry, h, n);
+			cl->retry_len = n;
+			cl->retry_sent = false;
+		}
+	}
+	return ROUTE_GO;
+}
+
+/* ---- after the answer -------------------------------------------------------------------- */
+
+void route_retry_clear(struct client *cl)
+{
+	if (cl->retry) {
+		batch_free(cl->c.w, cl->retry, cl->retry_len);
+		cl->retry = NULL;
+		cl->retry_len = 0;
+	}
+}
+
+/* Puts the saved batch back in front of the client's unread bytes and forgets the server's
+ * share of the exchange, so the batch is routed again. */
+static bool requeue(struct client *cl)
+{
+	uint8_t *data = cl->retry;
+	uint32_t n = cl->retry_len;
+	cl->retry = NULL;
+	cl->retry_len = 0;
+	bool ok = sbuf_insert(&cl->c, data, n);
+	if (ok)
+		cl->c.in->scan -= n;
+	batch_free(cl->c.w, data, n);
+	cl->expect_z = 0;
+	cl->sync_pending = false;
+	cl->unnamed_pending = false;
+	return ok;
+}
+
+static bool retry_error(struct server *sv, uint32_t skip, const uint8_t *body, uint32_t blen);
+
+int route_retry_check(struct server *sv)
+{
+	struct client *cl = sv->link;
+	const struct iobuf *b = sv->c.in;
+	uint32_t off = b->scan;
+	for (;;) {
+		if (off + PROTO_HDR > b->end)
+			break;
+		char t = (char)b->data[off];
+		uint32_t len = proto_get32(b->data + off + 1);
+		if (len < 4 || off + len + 1 > b->end)
+			break;
+		if (t == 'E') {
+			if (retry_error(sv, off - b->scan, b->data + off + PROTO_HDR, len - 4))
+				return 1;
+			route_retry_clear(cl);
+			return 0;
+		}
+		if (t != '1' && t != '2' && t != 'T' && t != 'n' && t != 't' && t != 'S' && t != 'N') {
+			route_retry_clear(cl);
+			return 0;
+		}
+		off += len + 1;
+	}
+	/* Incomplete: wait for more, unless the header part alone would not fit. */
+	if (b->end - b->scan >= sv->c.w->bufsize - PROTO_HDR || sv->c.pkt_left) {
+		route_retry_clear(cl);
+		return 0;
+	}
+	return -1;
+}
+
+/* skip: bytes of result headers before the error, dropped with it. */
+static bool retry_error(struct server *sv, uint32_t skip, const uint8_t *body, uint32_t blen)
+{
+	struct client *cl = sv->link;
+	const char *code = proto_error_field(body, blen, 'C');
+	struct backend *be = sv->pool->db->be;
+	if (!cl || !cl->rs || !be)
+		return false;
+	bool read_only = !strcmp(code, "25006");
+	bool going = !strncmp(code, "57P0", 4);   /* admin shutdown, crash, cannot connect now */
+	if (!read_only && !going)
+		return false;
+	if (going) {
+		/* The server is leaving: the teardown re-routes the saved batch (route_retry_lost). */
+		route_backend_failed(be, proto_error_field(body, blen, 'M'));
+		server_close(sv, "server is shutting down");
+		return true;
+	}
+	be->retries++;
+	/* Its error is dropped; its ReadyForQuery is pgmux's to swallow. */
+	struct iobuf *b = sv->c.in;
+	sbuf_drop(&sv->c, b->scan, skip + blen + PROTO_HDR);
+	sv->internal_z++;
+	if (!requeue(cl)) {
+		client_close(cl, "no room to retry the query on the primary", "53200");
+		return true;
+	}
+	cl->rt_force = RT_PRIMARY;
+	char tag[128];
+	log_debug("%s: read-only error on a replica; retrying on the primary",
+		  client_tag(cl, tag, sizeof(tag)));
+	pool_release(sv, false);
+	if (!cl->c.dead && !cl->link)
+		client_on_data(cl);
+	return true;
+}
+
+bool route_retry_lost(struct client *cl)
+{
+	if (!cl->retry || cl->c.dead)
+		return false;
+	struct backend *be = cl->rt_be >= 0 && cl->rt_be < cl->rs->n ? cl->rs->cl->be[cl->rt_be] : NULL;
+	if (!requeue(cl))
+		return false;
+	if (be) {
+		be->retries++;
+		cl->rt_avoid = (int16_t)be->index;
+	}
+	return true;
+}
+
+void route_need_lsn(struct server *sv)
+{
+	struct client *cl = sv->link;
+	if (!cl->rs || !cl->rt_write || sv->ryw_client || cl->ryw_server || sv->tx != 'I' ||
+	    sv->c.dead || cl->rs->cl->cf.read_your_writes != RYW_LSN || !sv->pool->db->be ||
+	    sv->pool->db->be->seen_role == ROLE_REPLICA)
+		return;
+	cl->rt_write = false;
+	if (!server_send_internal(sv, "SELECT pg_current_wal_insert_lsn()::text"))
+		return;
+	sv->ryw_client = cl;
+	cl->ryw_server = sv;
+}
+
+void route_lsn_done(struct server *sv)
+{
+	struct client *cl = sv->ryw_client;
+	if (!cl)
+		return;
+	sv->ryw_client = NULL;
+	cl->ryw_server = NULL;
+	if (!cl->c.dead && !cl->link && sbuf_unparsed(&cl->c))
+		client_on_data(cl);
+}
+
+void route_lsn_row(struct server *sv, const uint8_t *body, uint32_t blen)
+{
+	struct client *cl = sv->ryw_client;
+	/* DataRow: int16 1, int32 len, text */
+	if (!cl || blen < 6 || proto_get32(body + 2) > blen - 6)
+		return;
+	char txt[40];
+	uint32_t n = proto_get32(body + 2);
+	if (n >= sizeof(txt))
+		return;
+	memcpy(txt, body + 6, n);
+	txt[n] = '\0';
+	unsigned hi, lo;
+	if (sscanf(txt, "%X/%X", &hi, &lo) == 2) {
+		uint64_t lsn = ((uint64_t)hi << 32) | lo;
+		if (lsn > cl->ryw_lsn)
+			cl->ryw_lsn = lsn;
+	}
+}
+
+void route_client_free(struct client *cl)
+{
+	fanout_free(cl);
+	if (cl->ryw_server) {
+		cl->ryw_server->ryw_client = NULL;
+		cl->ryw_server = NULL;
+	}
+	route_retry_clear(cl);
+	clear_deferred(cl);
+}
+
+/* ---- inside a transaction on one shard ------------------------------------------------- */
+
+static void escape_into(char *out, size_t cap, const char *s)
+{
+	size_t o = 0;
+	for (; *s && o + 2 < cap; s++) {
+		if (*s == '\'')
+			out[o++] = '\'';
+		out[o++] = *s;
+	}
+	out[o] = '\0';
+}
+
+bool route_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t total,
+		       uint32_t avail)
+{
+	struct cluster *c = cl->rs->cl;
+	if (cl->rt_shard < 0)
+		return false;
+	const char *sql;
+	size_t len;
+	if (!message_sql(cl, type, h, total, &sql, &len))
+		return false;
+	struct sqlscan_result r;
+	sqlscan_classify(sql, len, write_funcs(c->w), &r);
+	/* Only the statement's own keys: the session's key is what bound the transaction. */
+	bool had_id = cl->has_user_id;
+	int32_t had_pref = cl->shard_pref;
+	cl->has_user_id = false;
+	cl->shard_pref = -1;
+	int s = shard_for(cl, type, h, total, avail, &r, sql, len);
+	cl->has_user_id = had_id;
+	cl->shard_pref = had_pref;
+	if (s == cl->rt_shard || (s < 0 && s != SHARD_MULTI && s != SHARD_BAD))
+		return false;   /* no key of its own, or prepared only (its Bind is checked) */
+	char msg[300], lit[700];
+	if (s >= 0)
+		snprintf(msg, sizeof(msg), "pgmux: this statement belongs to shard %d of database "
+			 "\"%s\", but its transaction runs on shard %d; cross-shard transactions are not "
+			 "supported (ROLLBACK, then run it in its own transaction)", s, c->name,
+			 cl->rt_shard);
+	else
+		shard_message(c, s, true, msg, sizeof(msg));
+	escape_into(lit, sizeof(lit), msg);
+	/* The server runs a statement that fails with this text, so its transaction is aborted
+	 * exactly as an error of its own would leave it. */
+	struct pktbuf pb = { 0 };
+	if (type == 'Q') {
+		char q[900];
+		snprintf(q, sizeof(q), "DO $pgmux$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', "
+			 "MESSAGE = '%s'; END$pgmux$", lit);
+		proto_query(&pb, q);
+	} else if (type == 'B') {
+		/* Bind: an unnamed Parse that fails takes its place; the server then skips the
+		 * rest of the batch up to its Sync, as after any error. */
+		char q[900];
+		snprintf(q, sizeof(q), "SELECT '%s'::int", lit);
+		pktbuf_begin(&pb, 'P');
+		pktbuf_put_u8(&pb, 0);
+		pktbuf_put_str(&pb, q);
+		pktbuf_put_u16(&pb, 0);
+		pktbuf_end(&pb);
+	} else {
+		/* Parse: same name and parameter types; a query that fails while it is parsed. */
+		const uint8_t *name_end = memchr(h + PROTO_HDR, 0, total - PROTO_HDR);
+		const uint8_t *q_end = name_end ? memchr(name_end + 1, 0, (size_t)(h + total - name_end - 1)) : NULL;
+		if (!q_end)
+			return false;
+		char q[900];
+		snprintf(q, sizeof(q), "SELECT '%s'::int", lit);
+		pktbuf_begin(&pb, 'P');
+		pktbuf_put(&pb, h + PROTO_HDR, (size_t)(name_end - (h + PROTO_HDR)) + 1);
+		pktbuf_put_str(&pb, q);
+		pktbuf_put(&pb, q_end + 1, (size_t)(h + total - q_end - 1));
+		pktbuf_end(&pb);
+	}
+	bool ok = pb.len && !pb.failed && sbuf_replace(&cl->c, total, pb.data, (uint32_t)pb.len);
+	pktbuf_free(&pb);
+	if (!ok) {
+		client_close(cl, msg, "0A000");
+		return true;
+	}
+	char tag[128];
+	log_debug("%s: cross-shard statement refused (shard %d in a transaction on shard %d)",
+		  client_tag(cl, tag, sizeof(tag)), s, cl->rt_shard);
+	return ok;
+}
+
+bool route_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint32_t avail)
+{
+	struct server *sv = cl->link;
+	cl->rt_prepare_only = false;
+	const char *sql;
+	size_t len;
+	if (!sv || !message_sql(cl, 'B', h, total, &sql, &len))
+		return false;
+	struct sqlscan_result r;
+	sqlscan_classify(sql, len, write_funcs(cl->c.w), &r);
+	int s = shard_for(cl, 'B', h, total, avail, &r, sql, len);
+	/* Another shard, no key (the policy decides afresh), or a BEGIN still held back (it
+	 * must go first, and the prepared-only link never saw it). */
+	if ((s == cl->rt_shard && !cl->deferred) || cl->expect_z || ps_pending(sv))
+		return false;
+	/* End the implicit transaction the Parse opened; its ReadyForQuery is pgmux's. */
+	pktbuf_begin(&sv->c.out, 'S');
+	pktbuf_end(&sv->c.out);
+	sv->internal_z++;
+	if (sbuf_send_out(&sv->c) < 0) {
+		server_close(sv, "send failed");
+		return true;
+	}
+	cl->sync_pending = false;
+	cl->unnamed_pending = false;
+	pool_release(sv, false);
+	return true;
+}
