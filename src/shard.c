@@ -1,6 +1,7 @@
 /* shard.c: finds the shard a statement belongs to: hint comments, session keys, key values in the SQL and its Bind. */
 #include "shard.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,6 +139,29 @@ static bool no_execute(const uint8_t *msg, uint32_t total, uint32_t avail)
 	return false;
 }
 
+/* How often the word OR appears outside quotes (roughly: a quote toggles). */
+static int count_or(const char *sql, size_t len)
+{
+	int n = 0;
+	bool quoted = false;
+	for (size_t i = 0; i + 1 < len; i++) {
+		char ch = sql[i];
+		if (ch == '\'' || ch == '"') {
+			quoted = !quoted;
+			continue;
+		}
+		if (quoted || (ch | 0x20) != 'o' || (sql[i + 1] | 0x20) != 'r')
+			continue;
+		bool left = i == 0 || !(isalnum((unsigned char)sql[i - 1]) || sql[i - 1] == '_' ||
+					sql[i - 1] == '$');
+		bool right = i + 2 >= len || !(isalnum((unsigned char)sql[i + 2]) || sql[i + 2] == '_' ||
+					      sql[i + 2] == '$');
+		if (left && right)
+			n++;
+	}
+	return n;
+}
+
 static int from_statement(struct client *cl, char type, const uint8_t *msg, uint32_t total,
 			  uint32_t avail, const char *sql, size_t len, const char *column, int n)
 {
@@ -146,7 +170,13 @@ static int from_statement(struct client *cl, char type, const uint8_t *msg, uint
 	if (found <= 0)
 		return SHARD_NONE;
 	if (found > SHARD_KEYS_MAX)
-		found = SHARD_KEYS_MAX;
+		return SHARD_MULTI;   /* the keys past the limit could be anywhere */
+	/* "key = 1 OR other = 2" may match rows on every shard.  Without boolean analysis: the
+	 * keys pin the statement down only when there are enough of them for every OR branch
+	 * ("key = 1 OR key = 2"); otherwise it counts as having no key. */
+	int n_or = count_or(sql, len);
+	if (n_or && found < n_or + 1)
+		return SHARD_NONE;
 	const uint8_t *bind = NULL;
 	uint32_t blen = 0;
 	bool bind_looked = false;

@@ -894,6 +894,9 @@ def test_shard_key_forms(env):
     refused("SELECT count(*) FROM accounts WHERE user_id = %s", ("abc",),
             what="user_id = $1 with 'abc' (text)")
     # no key at all (the no-key error, not a guess)
+    # a key OR'ed with another condition may match rows anywhere: no key, not that shard
+    refused(f"SELECT count(*) FROM accounts WHERE user_id = {a1} OR name = 'm'",
+            what="user_id = k OR another column", contains=("no shard key",))
     for sql in ("SELECT count(*) FROM accounts WHERE name = 'user_id = 5'",
                 "SELECT count(*) FROM accounts -- WHERE user_id = 5",
                 "SELECT count(*) FROM accounts /* user_id = 5 */",
