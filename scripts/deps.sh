@@ -9,6 +9,8 @@ PACKAGES=(
 	libevent-dev libpq-dev libssl-dev libinih-dev libcmocka-dev
 	# sanitizers and libFuzzer
 	clang libclang-rt-14-dev
+	# the SQL classifier's cross-check against PostgreSQL's own parser (tests only)
+	libpg-query-dev
 	# integration tests: PostgreSQL 15, the reference pooler, clients
 	postgresql-15 postgresql-contrib postgresql-client-15 pgbouncer
 	python3 python3-psycopg python3-asyncpg

@@ -129,6 +129,22 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
+# The classifier's verdicts against libpg_query's parse trees, on the same corpus.
+stage "classifier cross-check against libpg_query (tests/unit/sqlscan_pgquery.c)"
+if [ -f /usr/include/pg_query.h ]; then
+	qbin=$(mktemp)
+	if gcc -std=gnu11 -O2 -Iinclude src/sqlscan.c tests/unit/sqlscan_pgquery.c -lpg_query \
+		-o "$qbin" && "$qbin" tests/unit/data/sqlscan_corpus.txt; then
+		ok "classifier cross-check against libpg_query"
+	else
+		bad "classifier cross-check against libpg_query"
+	fi
+	rm -f "$qbin"
+else
+	echo "(libpg-query-dev not installed: cross-check skipped)"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # Fuzzing: tests/fuzz/run.sh builds each libFuzzer harness (clang, ASan+UBSan) with the sources
 # it needs and runs it for FUZZ_SECONDS; its last line is "fuzz: N passed, N failed".
 shopt -s nullglob

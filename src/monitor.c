@@ -95,12 +95,7 @@ static void probe_failed(struct monitor *m, const char *why)
 	while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
 		msg[--n] = '\0';
 	drop_conn(m);
-	if (be->state != BE_DOWN)
-		log_warn("backend %s is down: %s", be->db->name, msg);
-	snprintf(be->last_error, sizeof(be->last_error), "%s", msg);
-	be->state = BE_DOWN;
-	be->lag_bytes = be->lag_ms = -1;
-	route_backend_update(be);
+	route_backend_down(be, msg);
 }
 
 static bool parse_lsn(const char *s, uint64_t *out)

@@ -468,7 +468,7 @@ void route_backend_update(struct backend *be)
 	reroute_waiters(c, shard);
 }
 
-void route_backend_failed(struct backend *be, const char *msg)
+void route_backend_down(struct backend *be, const char *msg)
 {
 	if (be->state != BE_DOWN)
 		log_warn("backend %s is down: %s", be->db->name, msg);
@@ -476,7 +476,12 @@ void route_backend_failed(struct backend *be, const char *msg)
 	be->state = BE_DOWN;
 	be->lag_bytes = be->lag_ms = -1;
 	route_backend_update(be);
-	monitor_kick(be->mon);
+}
+
+void route_backend_failed(struct backend *be, const char *msg)
+{
+	route_backend_down(be, msg);
+	monitor_kick(be->mon);   /* the monitor says when it is back */
 }
 
 struct pool *route_login_pool(struct route_set *rs)
