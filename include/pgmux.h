@@ -34,6 +34,7 @@ struct backend;
 struct route_set;
 struct route_fanout;
 struct retry_buf;
+struct verdict_cache;
 struct sqlscan_funcs;
 
 /* A receive buffer, taken from the worker's free list only while it holds bytes.
@@ -243,6 +244,7 @@ struct worker {
 	struct sqlscan_funcs *write_funcs;  /* write_functions, compiled (route.c) */
 	char *write_funcs_text;             /* the text it was compiled from */
 	struct retry_buf *retry_free;       /* spare buffers for reads kept for a retry */
+	struct verdict_cache *verdicts;     /* classified statement texts (route.c) */
 	int n_retry_free;
 };
 

@@ -32,6 +32,8 @@ const char *route_state_name(int state)
 
 /* ---- configuration ---------------------------------------------------------------------- */
 
+static void verdicts_clear(struct worker *w);
+
 /* Compiles write_functions when its text changed (start, reload, console SET). */
 void route_write_funcs_update(struct worker *w)
 {
@@ -51,11 +53,85 @@ void route_write_funcs_update(struct worker *w)
 	free(w->write_funcs_text);
 	w->write_funcs = f;
 	w->write_funcs_text = text;
+	verdicts_clear(w);   /* verdicts made with the old list */
 }
 
 static inline const struct sqlscan_funcs *write_funcs(const struct worker *w)
 {
 	return w->write_funcs;
+}
+
+/* ---- verdicts of parameterised statements ---------------------------------------------- */
+
+/* Drivers send the same parameterised text again and again (Parse of "... WHERE id = $1"):
+ * a small direct-mapped cache of classified texts saves running the lexer each time.
+ * Simple-protocol text carries its literals and rarely repeats, so it is not cached. */
+#define VERDICT_SLOTS 256
+#define VERDICT_TEXT_MAX 512
+
+struct verdict_slot {
+	uint64_t hash;
+	uint32_t len;               /* 0: empty */
+	char *text;
+	struct sqlscan_result r;
+};
+
+struct verdict_cache {
+	struct verdict_slot slot[VERDICT_SLOTS];
+};
+
+static uint64_t text_hash(const char *s, size_t n)
+{
+	uint64_t h = 0x9E3779B97F4A7C15ull ^ n;
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		uint64_t v;
+		memcpy(&v, s + i, 8);
+		h = (h ^ v) * 0xff51afd7ed558ccdull;
+		h ^= h >> 32;
+	}
+	uint64_t t = 0;
+	memcpy(&t, s + i, n - i);
+	h = (h ^ t) * 0xc4ceb9fe1a85ec53ull;
+	return h ^ (h >> 29);
+}
+
+static void verdicts_clear(struct worker *w)
+{
+	if (!w->verdicts)
+		return;
+	for (int i = 0; i < VERDICT_SLOTS; i++)
+		free(w->verdicts->slot[i].text);
+	free(w->verdicts);
+	w->verdicts = NULL;
+}
+
+static void classify(struct worker *w, char type, const char *sql, size_t len,
+		     struct sqlscan_result *r)
+{
+	if (type == 'Q' || len == 0 || len > VERDICT_TEXT_MAX) {
+		sqlscan_classify(sql, len, write_funcs(w), r);
+		return;
+	}
+	if (!w->verdicts && !(w->verdicts = calloc(1, sizeof(*w->verdicts)))) {
+		sqlscan_classify(sql, len, write_funcs(w), r);
+		return;
+	}
+	uint64_t h = text_hash(sql, len);
+	struct verdict_slot *s = &w->verdicts->slot[h & (VERDICT_SLOTS - 1)];
+	if (s->len == len && s->hash == h && memcmp(s->text, sql, len) == 0) {
+		*r = s->r;
+		return;
+	}
+	sqlscan_classify(sql, len, write_funcs(w), r);
+	char *copy = s->len == len ? s->text : realloc(s->text, len);
+	if (!copy)
+		return;
+	memcpy(copy, sql, len);
+	s->text = copy;
+	s->len = (uint32_t)len;
+	s->hash = h;
+	s->r = *r;
 }
 
 /* ---- saved batches: a small free list, since reads on replicas keep one each ------------- */
@@ -269,6 +345,7 @@ void route_shutdown(struct worker *w)
 	free(w->write_funcs_text);
 	w->write_funcs = NULL;
 	w->write_funcs_text = NULL;
+	verdicts_clear(w);
 	while (w->retry_free) {
 		struct retry_buf *rb = w->retry_free;
 		w->retry_free = rb->next;
@@ -1052,7 +1129,7 @@ enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uin
 			return ROUTE_WAIT;
 		if (total <= avail && message_sql(cl, type, h, total, &sql, &len) &&
 		    (c->cf.read_routing || c->n_shards > 1 || may_say_pgmux(sql, len))) {
-			sqlscan_classify(sql, len, write_funcs(w), &r);
+			classify(w, type, sql, len, &r);
 			have = true;
 		}
 	}
