@@ -24,6 +24,7 @@ struct backend {
 	uint64_t lsn;               /* primary: pg_current_wal_lsn; replica: replay LSN */
 	int64_t lag_bytes, lag_ms;  /* -1 while unknown */
 	uint64_t reads, writes, retries;
+	uint64_t picks;             /* times chosen for a read: ties go to the fewest per weight */
 	uint64_t state_since;
 	struct monitor *mon;
 	char last_error[160];
@@ -40,7 +41,6 @@ struct cluster {
 	char *shard_key;            /* the key column when sharded, else NULL */
 	uint64_t *shard_keyed;      /* per shard: transactions routed by a key or hint */
 	int *primary;               /* per shard: index of the backend taking writes, -1: none */
-	unsigned rr;                /* rotates ties between equally loaded replicas */
 	struct list sets;           /* route_set per user */
 	bool removed;
 };

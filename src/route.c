@@ -401,29 +401,29 @@ static bool replica_ok(const struct cluster *c, const struct backend *b, uint64_
 	return need_lsn == 0 || b->lsn >= need_lsn;
 }
 
-/* Weighted least-outstanding: the lowest (load + 1) / weight; ties rotate. */
+/* Weighted least-outstanding: the lowest load / weight; ties (an idle cluster) go to the
+ * replica picked least often for its weight, so reads spread in proportion to the weights. */
 static int choose_replica(struct cluster *c, int shard, uint64_t need_lsn, int avoid)
 {
-	int cand[64], n = 0;
-	for (int i = 0; i < c->n_be && n < 64; i++) {
-		const struct backend *b = c->be[i];
-		if (b->shard == shard && i != avoid && replica_ok(c, b, need_lsn))
-			cand[n++] = i;
-	}
-	if (n == 0)
-		return -1;
 	int best = -1;
-	uint64_t best_num = 0, best_den = 1;
-	unsigned start = c->rr++;
-	for (int k = 0; k < n; k++) {
-		int i = cand[(start + (unsigned)k) % (unsigned)n];
-		uint64_t num = (uint64_t)load_of(c, i) + 1, den = (uint64_t)c->be[i]->weight;
-		if (best < 0 || num * best_den < best_num * den) {
-			best = i;
-			best_num = num;
-			best_den = den;
+	uint64_t best_load = 0, best_w = 1, best_picks = 0;
+	for (int i = 0; i < c->n_be; i++) {
+		struct backend *b = c->be[i];
+		if (b->shard != shard || i == avoid || !replica_ok(c, b, need_lsn))
+			continue;
+		uint64_t load = (uint64_t)load_of(c, i), w = (uint64_t)b->weight;
+		if (best >= 0) {
+			uint64_t l = load * best_w, r = best_load * w;
+			if (l > r || (l == r && b->picks * best_w >= best_picks * w))
+				continue;
 		}
+		best = i;
+		best_load = load;
+		best_w = w;
+		best_picks = b->picks;
 	}
+	if (best >= 0)
+		c->be[best]->picks++;
 	return best;
 }
 
