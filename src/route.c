@@ -1436,7 +1436,7 @@ bool route_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t 
 	if (!message_sql(cl, type, h, total, &sql, &len))
 		return false;
 	struct sqlscan_result r;
-	sqlscan_classify(sql, len, write_funcs(c->w), &r);
+	classify(c->w, type, sql, len, &r);
 	/* Only the statement's own keys: the session's key is what bound the transaction. */
 	bool had_id = cl->has_user_id;
 	int32_t had_pref = cl->shard_pref;
@@ -1509,7 +1509,7 @@ bool route_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint3
 	if (!sv || !message_sql(cl, 'B', h, total, &sql, &len))
 		return false;
 	struct sqlscan_result r;
-	sqlscan_classify(sql, len, write_funcs(cl->c.w), &r);
+	classify(cl->c.w, 'B', sql, len, &r);
 	int s = shard_for(cl, 'B', h, total, avail, &r, sql, len);
 	/* Another shard, no key (the policy decides afresh), or a BEGIN still held back (it
 	 * must go first, and the prepared-only link never saw it). */
