@@ -41,6 +41,8 @@ struct cluster {
 	char *shard_key;            /* the key column when sharded, else NULL */
 	uint64_t *shard_keyed;      /* per shard: transactions routed by a key or hint */
 	int *primary;               /* per shard: index of the backend taking writes, -1: none */
+	int *rd_idx;                /* replicas that may take reads, shard by shard */
+	int *rd_start;              /* per shard: where its replicas start in rd_idx (n_shards + 1) */
 	struct list sets;           /* route_set per user */
 	bool removed;
 };

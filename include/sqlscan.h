@@ -35,6 +35,8 @@ struct sqlscan_funcs;
  * message, or NULL with *err NULL when out of memory.  The caller frees the result. */
 struct sqlscan_funcs *sqlscan_funcs_new(const char *list, const char **err);
 void sqlscan_funcs_free(struct sqlscan_funcs *f);
+/* Whether a name in the list holds a digit (then verdicts can depend on a text's digits). */
+bool sqlscan_funcs_digits(const struct sqlscan_funcs *f);
 
 /* The default write_functions setting. */
 extern const char sqlscan_default_write_functions[];

@@ -16,6 +16,7 @@
 #include "server.h"
 #include "shard.h"
 #include "sqlscan.h"
+#include "verdict.h"
 
 /* A read batch longer than this is not kept for a retry. */
 #define RETRY_MAX 8192
@@ -61,77 +62,18 @@ static inline const struct sqlscan_funcs *write_funcs(const struct worker *w)
 	return w->write_funcs;
 }
 
-/* ---- verdicts of parameterised statements ---------------------------------------------- */
-
-/* Drivers send the same parameterised text again and again (Parse of "... WHERE id = $1"):
- * a small direct-mapped cache of classified texts saves running the lexer each time.
- * Simple-protocol text carries its literals and rarely repeats, so it is not cached. */
-#define VERDICT_SLOTS 256
-#define VERDICT_TEXT_MAX 512
-
-struct verdict_slot {
-	uint64_t hash;
-	uint32_t len;               /* 0: empty */
-	char *text;
-	struct sqlscan_result r;
-};
-
-struct verdict_cache {
-	struct verdict_slot slot[VERDICT_SLOTS];
-};
-
-static uint64_t text_hash(const char *s, size_t n)
-{
-	uint64_t h = 0x9E3779B97F4A7C15ull ^ n;
-	size_t i = 0;
-	for (; i + 8 <= n; i += 8) {
-		uint64_t v;
-		memcpy(&v, s + i, 8);
-		h = (h ^ v) * 0xff51afd7ed558ccdull;
-		h ^= h >> 32;
-	}
-	uint64_t t = 0;
-	memcpy(&t, s + i, n - i);
-	h = (h ^ t) * 0xc4ceb9fe1a85ec53ull;
-	return h ^ (h >> 29);
-}
+/* ---- verdicts ------------------------------------------------------------------------------ */
 
 static void verdicts_clear(struct worker *w)
 {
-	if (!w->verdicts)
-		return;
-	for (int i = 0; i < VERDICT_SLOTS; i++)
-		free(w->verdicts->slot[i].text);
-	free(w->verdicts);
+	verdict_free(w->verdicts);
 	w->verdicts = NULL;
 }
 
-static void classify(struct worker *w, char type, const char *sql, size_t len,
-		     struct sqlscan_result *r)
+static inline void classify(struct worker *w, struct client *cl, char type, const char *sql,
+			    size_t len, struct sqlscan_result *r)
 {
-	if (type == 'Q' || len == 0 || len > VERDICT_TEXT_MAX) {
-		sqlscan_classify(sql, len, write_funcs(w), r);
-		return;
-	}
-	if (!w->verdicts && !(w->verdicts = calloc(1, sizeof(*w->verdicts)))) {
-		sqlscan_classify(sql, len, write_funcs(w), r);
-		return;
-	}
-	uint64_t h = text_hash(sql, len);
-	struct verdict_slot *s = &w->verdicts->slot[h & (VERDICT_SLOTS - 1)];
-	if (s->len == len && s->hash == h && memcmp(s->text, sql, len) == 0) {
-		*r = s->r;
-		return;
-	}
-	sqlscan_classify(sql, len, write_funcs(w), r);
-	char *copy = s->len == len ? s->text : realloc(s->text, len);
-	if (!copy)
-		return;
-	memcpy(copy, sql, len);
-	s->text = copy;
-	s->len = (uint32_t)len;
-	s->hash = h;
-	s->r = *r;
+	verdict_classify(&w->verdicts, type == 'Q' ? &cl->shape_slot : NULL, sql, len, write_funcs(w), r);
 }
 
 /* ---- saved batches: a small free list, since reads on replicas keep one each ------------- */
@@ -216,6 +158,7 @@ struct route_set *route_set_get(struct database *front, const char *user)
 }
 
 static void recompute(struct cluster *c, int shard);
+static void readable_update(struct cluster *c);
 
 static struct cluster *cluster_new(struct worker *w, struct database *front)
 {
@@ -260,9 +203,13 @@ static void cluster_apply(struct worker *w, const struct cfg_cluster *cc)
 			n++;
 	struct backend **be = calloc((size_t)(n ? n : 1), sizeof(*be));
 	int *prim = calloc((size_t)cc->n_shards, sizeof(*prim));
-	if (!be || !prim) {
+	int *rd_idx = calloc((size_t)(n ? n : 1), sizeof(*rd_idx));
+	int *rd_start = calloc((size_t)cc->n_shards + 1, sizeof(*rd_start));
+	if (!be || !prim || !rd_idx || !rd_start) {
 		free(be);
 		free(prim);
+		free(rd_idx);
+		free(rd_start);
 		log_error("[database %s]: out of memory", cc->name);
 		return;
 	}
@@ -303,9 +250,13 @@ static void cluster_apply(struct worker *w, const struct cfg_cluster *cc)
 	c->shard_keyed = keyed;
 	free(c->be);
 	free(c->primary);
+	free(c->rd_idx);
+	free(c->rd_start);
 	c->be = be;
 	c->n_be = i;
 	c->primary = prim;
+	c->rd_idx = rd_idx;
+	c->rd_start = rd_start;
 	c->n_shards = cc->n_shards;
 	for (int s = 0; s < c->n_shards; s++)
 		c->primary[s] = -1;
@@ -316,6 +267,7 @@ static void cluster_apply(struct worker *w, const struct cfg_cluster *cc)
 		set_fill(list_entry(it, struct route_set, node));
 	for (int s = 0; s < c->n_shards; s++)
 		recompute(c, s);
+	readable_update(c);
 }
 
 void route_apply_config(struct worker *w)
@@ -368,6 +320,8 @@ void route_shutdown(struct worker *w)
 		}
 		free(c->be);
 		free(c->primary);
+		free(c->rd_idx);
+		free(c->rd_start);
 		free(c->shard_key);
 		free(c->shard_keyed);
 		free(c->name);
@@ -390,15 +344,28 @@ static int load_of(const struct cluster *c, int i)
 	return n;
 }
 
-static bool replica_ok(const struct cluster *c, const struct backend *b, uint64_t need_lsn)
+/* A replica that may take reads, before read-your-writes narrows the choice. */
+static bool replica_ok(const struct cluster *c, const struct backend *b)
 {
 	if (b->state != BE_UP || b->seen_role != ROLE_REPLICA || b->weight <= 0)
 		return false;
 	if (c->cf.max_lag_bytes >= 0 && b->lag_bytes > c->cf.max_lag_bytes)
 		return false;
-	if (c->cf.max_lag_usec >= 0 && b->lag_ms >= 0 && b->lag_ms * 1000 > c->cf.max_lag_usec)
-		return false;
-	return need_lsn == 0 || b->lsn >= need_lsn;
+	return !(c->cf.max_lag_usec >= 0 && b->lag_ms >= 0 && b->lag_ms * 1000 > c->cf.max_lag_usec);
+}
+
+/* The replicas that may take reads, per shard: the choice runs for every read, while health
+ * and lag change only when the monitor reports, so the list is made then. */
+static void readable_update(struct cluster *c)
+{
+	int k = 0;
+	for (int s = 0; s < c->n_shards; s++) {
+		c->rd_start[s] = k;
+		for (int i = 0; i < c->n_be; i++)
+			if (c->be[i]->shard == s && replica_ok(c, c->be[i]))
+				c->rd_idx[k++] = i;
+	}
+	c->rd_start[c->n_shards] = k;
 }
 
 /* Weighted least-outstanding: the lowest load / weight; ties (an idle cluster) go to the
@@ -407,9 +374,10 @@ static int choose_replica(struct cluster *c, int shard, uint64_t need_lsn, int a
 {
 	int best = -1;
 	uint64_t best_load = 0, best_w = 1, best_picks = 0;
-	for (int i = 0; i < c->n_be; i++) {
+	for (int k = c->rd_start[shard], end = c->rd_start[shard + 1]; k < end; k++) {
+		int i = c->rd_idx[k];
 		struct backend *b = c->be[i];
-		if (b->shard != shard || i == avoid || !replica_ok(c, b, need_lsn))
+		if (i == avoid || b->lsn < need_lsn)
 			continue;
 		uint64_t load = (uint64_t)load_of(c, i), w = (uint64_t)b->weight;
 		if (best >= 0) {
@@ -532,6 +500,7 @@ void route_backend_update(struct backend *be)
 		((struct backend *)pb)->lag_bytes = 0;
 		((struct backend *)pb)->lag_ms = 0;
 	}
+	readable_update(c);
 	if (be->state == BE_UP) {
 		/* Back: a fresh connect, not the old server_login_retry wait. */
 		for (struct list *it = c->sets.next; it != &c->sets; it = it->next) {
@@ -1129,7 +1098,7 @@ enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uin
 			return ROUTE_WAIT;
 		if (total <= avail && message_sql(cl, type, h, total, &sql, &len) &&
 		    (c->cf.read_routing || c->n_shards > 1 || may_say_pgmux(sql, len))) {
-			classify(w, type, sql, len, &r);
+			classify(w, cl, type, sql, len, &r);
 			have = true;
 		}
 	}
@@ -1436,7 +1405,7 @@ bool route_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t 
 	if (!message_sql(cl, type, h, total, &sql, &len))
 		return false;
 	struct sqlscan_result r;
-	classify(c->w, type, sql, len, &r);
+	classify(c->w, cl, type, sql, len, &r);
 	/* Only the statement's own keys: the session's key is what bound the transaction. */
 	bool had_id = cl->has_user_id;
 	int32_t had_pref = cl->shard_pref;
@@ -1509,7 +1478,7 @@ bool route_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint3
 	if (!sv || !message_sql(cl, 'B', h, total, &sql, &len))
 		return false;
 	struct sqlscan_result r;
-	classify(cl->c.w, 'B', sql, len, &r);
+	classify(cl->c.w, cl, 'B', sql, len, &r);
 	int s = shard_for(cl, 'B', h, total, avail, &r, sql, len);
 	/* Another shard, no key (the policy decides afresh), or a BEGIN still held back (it
 	 * must go first, and the prepared-only link never saw it). */

@@ -931,6 +931,11 @@ void sqlscan_funcs_free(struct sqlscan_funcs *f)
 	free(f);
 }
 
+bool sqlscan_funcs_digits(const struct sqlscan_funcs *f)
+{
+	return f && strpbrk(f->text, "0123456789") != NULL;
+}
+
 /* Glob match of a name against a pattern ('*' = any run), folding the name when unquoted. */
 static bool glob(const char *p, size_t pn, const unsigned char *s, size_t sn, bool fold_name)
 {
