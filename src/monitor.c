@@ -11,6 +11,7 @@
 #include <libpq-fe.h>
 
 #include "log.h"
+#include "pool.h"
 #include "route.h"
 
 enum mon_phase { MON_IDLE, MON_CONNECTING, MON_QUERY };
@@ -24,6 +25,7 @@ struct monitor {
 	int io_fd;
 	uint8_t phase;
 	uint64_t probe_start;
+	bool dns_wait;              /* a lookup of the backend's host name is under way */
 };
 
 /* One query for both roles, so a promoted replica needs no other probe. */
@@ -200,6 +202,27 @@ static void start_probe(struct monitor *m)
 		return;
 	}
 	drop_conn(m);
+	/* libpq would look a host name up with a blocking call inside PQconnectPoll, stalling every
+	 * client of this worker: pgmux's own resolver (evdns) answers first, and the conninfo then
+	 * carries the address (monitor_conninfo). */
+	struct database *db = m->be->db;
+	if (!db->addr_ok) {
+		if (!m->dns_wait)
+			pool_resolve(db, m->be->cl->w);
+		if (db->resolving) {
+			m->dns_wait = true;   /* look again soon, without starting another lookup */
+			arm_timer(m, 50000);
+			return;
+		}
+		m->dns_wait = false;
+		if (!db->addr_ok) {
+			char msg[300];
+			snprintf(msg, sizeof(msg), "could not resolve host \"%s\"", db->cf->host);
+			probe_failed(m, msg);
+			return;
+		}
+	}
+	m->dns_wait = false;
 	char *ci = monitor_conninfo(m->be);
 	if (!ci) {
 		probe_failed(m, "out of memory");

@@ -758,3 +758,30 @@ def test_bad_routing_config(env):
         assert f"{px.ini}:{line}" in log or f"pgmux.ini:{line}:" in log, \
             f"{keys}: the error does not name {px.ini.name}:{line}:\n{log[-2000:]}"
         assert key in log, f"{keys}: the error does not name {key}:\n{log[-2000:]}"
+
+
+@timeout(60)
+def test_unresolvable_replica_host(env):
+    """A replica whose host name does not resolve is marked down by the monitor (which looks
+    names up with pgmux's own resolver, not libpq's blocking one), and reads keep going to the
+    replica that works, with no client errors."""
+    reps, db = shared_setup(env, 2)
+    p, r0 = env.pg, reps[0]
+    sec = env.routing_section(db, p, [r0], read_routing="on", pool_mode="transaction")
+    bad = env.backend_entry(r0, db).replace(f"host={r0.host}", "host=no-such-replica.invalid")
+    sec["replica"].append(bad)
+    px = env.pgmux({}, {"monitor_interval": 0.2}, sections={db: sec})
+
+    def settled(rows):
+        return (sorted(rows) == ["primary", "replica0", "replica1"]
+                and rows["primary"]["state"] == "up" and rows["replica0"]["state"] == "up"
+                and rows["replica1"]["state"] == "down")
+    rows = wait_backends(px, db, settled, 15, "replica1 (bad host) down, the rest up")
+    assert "no-such-replica.invalid" in str(rows["replica1"]["last_error"]), brief(rows)
+    conn = px.connect(db)
+    ports = {q_simple(conn, PORT) for _ in range(20)} | {q_ext(conn, PORT) for _ in range(20)}
+    conn.close()
+    assert ports == {r0.port}, f"reads went to {ports}, want only replica0 ({r0.port})"
+    rows = backends(px, db)
+    assert num(rows["replica1"]["reads"]) == 0, brief(rows)
+    assert rows["replica1"]["state"] == "down", brief(rows)
