@@ -165,7 +165,7 @@ struct client {
 	int16_t rt_shard;                   /* its shard */
 	bool rt_prepare_only;               /* it only prepared: a Bind may move it to its shard */
 	int16_t rt_avoid;                   /* backend that just lost this client's read */
-	uint16_t shape_slot;                /* verdict cache slot of its last Query text, +1 */
+	uint16_t verdict_memo;              /* verdict cache slot of its last statement text */
 	uint64_t ryw_lsn;                   /* its last commit's WAL position (read your writes) */
 	struct server *ryw_server;          /* that position is being read there: reads wait */
 	uint8_t *retry;                     /* a read batch kept until its first answer */

@@ -29,6 +29,11 @@ struct verdict_cache;
 void verdict_classify(struct verdict_cache **vc, uint16_t *last, const char *sql, size_t len,
 		      const struct sqlscan_funcs *wf, struct sqlscan_result *r);
 
+/* The same, with a memo for either kind of text: simple says which cache (shapes for a Query
+ * text, exact for a Parse text); *memo (0 at first) is the caller's, e.g. one per client. */
+void verdict_lookup(struct verdict_cache **vc, uint16_t *memo, bool simple, const char *sql,
+		    size_t len, const struct sqlscan_funcs *wf, struct sqlscan_result *r);
+
 void verdict_free(struct verdict_cache *vc);
 
 /* For tests: copies sql[0..len) with every ASCII digit turned into '0' (the shape key). */

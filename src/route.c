@@ -73,7 +73,7 @@ static void verdicts_clear(struct worker *w)
 static inline void classify(struct worker *w, struct client *cl, char type, const char *sql,
 			    size_t len, struct sqlscan_result *r)
 {
-	verdict_classify(&w->verdicts, type == 'Q' ? &cl->shape_slot : NULL, sql, len, write_funcs(w), r);
+	verdict_lookup(&w->verdicts, &cl->verdict_memo, type == 'Q', sql, len, write_funcs(w), r);
 }
 
 /* ---- saved batches: a small free list, since reads on replicas keep one each ------------- */

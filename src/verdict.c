@@ -168,8 +168,11 @@ static char *slot_take(struct slot *s, uint64_t h, size_t len, const struct sqls
 	return buf;
 }
 
-void verdict_classify(struct verdict_cache **vc, uint16_t *last, const char *sql, size_t len,
-		      const struct sqlscan_funcs *wf, struct sqlscan_result *r)
+/* A memo holds the slot a client used last, plus one; MEMO_EXACT marks the exact cache's. */
+#define MEMO_EXACT 0x8000u
+
+void verdict_lookup(struct verdict_cache **vc, uint16_t *memo, bool simple, const char *sql,
+		    size_t len, const struct sqlscan_funcs *wf, struct sqlscan_result *r)
 {
 	struct verdict_cache *c = *vc;
 	if (len == 0 || len > VERDICT_TEXT_MAX) {
@@ -183,21 +186,24 @@ void verdict_classify(struct verdict_cache **vc, uint16_t *last, const char *sql
 		}
 		c->shapes = !sqlscan_funcs_digits(wf);
 	}
+	/* A client mostly sends what it sent last time: that slot is tried before hashing. */
+	unsigned m = *memo;
+	struct slot *s;
+	uint64_t h;
 	char *buf;
-	if (last) {
+	if (simple) {
 		if (!c->shapes) {
 			sqlscan_classify(sql, len, wf, r);
 			return;
 		}
-		/* A client mostly sends what it sent last time: that slot is tried before hashing. */
-		struct slot *s = *last ? &c->shape[*last - 1] : NULL;
+		s = m && !(m & MEMO_EXACT) ? &c->shape[m - 1] : NULL;
 		if (s && s->len == len && shape_equal(s->text, sql, len)) {
 			*r = s->r;
 			return;
 		}
-		uint64_t h = shape_hash(sql, len);
+		h = shape_hash(sql, len);
 		s = &c->shape[h & (SLOTS - 1)];
-		*last = (uint16_t)((h & (SLOTS - 1)) + 1);
+		*memo = (uint16_t)((h & (SLOTS - 1)) + 1);
 		if (s->len == len && s->hash == h && shape_equal(s->text, sql, len)) {
 			*r = s->r;
 			return;
@@ -207,8 +213,14 @@ void verdict_classify(struct verdict_cache **vc, uint16_t *last, const char *sql
 			verdict_fold_digits(sql, len, buf);
 		return;
 	}
-	uint64_t h = exact_hash(sql, len);
-	struct slot *s = &c->exact[h & (SLOTS - 1)];
+	s = m & MEMO_EXACT ? &c->exact[(m & ~MEMO_EXACT) - 1] : NULL;
+	if (s && s->len == len && memcmp(s->text, sql, len) == 0) {
+		*r = s->r;
+		return;
+	}
+	h = exact_hash(sql, len);
+	s = &c->exact[h & (SLOTS - 1)];
+	*memo = (uint16_t)(MEMO_EXACT | ((h & (SLOTS - 1)) + 1));
 	if (s->len == len && s->hash == h && memcmp(s->text, sql, len) == 0) {
 		*r = s->r;
 		return;
@@ -216,6 +228,13 @@ void verdict_classify(struct verdict_cache **vc, uint16_t *last, const char *sql
 	sqlscan_classify(sql, len, wf, r);
 	if ((buf = slot_take(s, h, len, r)))
 		memcpy(buf, sql, len);
+}
+
+void verdict_classify(struct verdict_cache **vc, uint16_t *last, const char *sql, size_t len,
+		      const struct sqlscan_funcs *wf, struct sqlscan_result *r)
+{
+	uint16_t none = 0;
+	verdict_lookup(vc, last ? last : &none, last != NULL, sql, len, wf, r);
 }
 
 void verdict_free(struct verdict_cache *vc)
