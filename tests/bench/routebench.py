@@ -33,7 +33,7 @@ classifier micro-benchmark tests/bench/bench_sqlscan if it is built.
 
 Usage (from the source tree; as root the servers and pgmux run as user postgres):
   /usr/bin/python3 tests/bench/routebench.py [--pgmux src/pgmux] [--compare routing,ryw]
-      [--clients 50] [--seconds 10] [--rounds 3] [--modes simple,extended]
+      [--clients 50] [--rate TPS] [--seconds 10] [--rounds 3] [--modes simple,extended]
       [--write-modes simple] [--write-workloads simple-update,write-read] [--ryw-clients 1,50]
       [--pool-size 20] [--scale 10] [--json FILE] [--keep] [--strict]
 
@@ -330,6 +330,8 @@ def pgbench(runner, port, dbname, workload, mode, clients, args, seconds):
     jobs = max(1, min(args.jobs, clients))
     argv = [f"{PGBIN}/pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-n",
             "-M", mode, "-c", str(clients), "-j", str(jobs), "-T", str(seconds)]
+    if args.rate:
+        argv += ["-R", str(args.rate)]
     argv += workload["argv"] + [dbname]
     try:
         out = runner.run(argv, capture_output=True, text=True, timeout=seconds + 120)
@@ -675,6 +677,9 @@ def main():
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--jobs", type=int, default=2, help="pgbench threads")
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rate", type=int, default=0,
+                    help="pgbench -R: the same transaction rate on every side, so that CPU per "
+                         "transaction is compared at equal load (0: as fast as possible)")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of uncounted pgbench per side")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--modes", type=csv_list, default=["simple", "extended"],

@@ -27,6 +27,7 @@ declare -A SRCS=(
 	[secret]="src/userlist.c src/scram.c src/pwcrypt.c"
 	[config]="src/config.c src/log.c src/sqlscan.c"
 	[sqlscan]="src/sqlscan.c"
+	[verdict]="src/verdict.c src/sqlscan.c"
 	[bind]="src/shard.c src/sqlscan.c src/shardhash.c"
 )
 declare -A LIBS=(
@@ -37,9 +38,10 @@ declare -A LIBS=(
 	[secret]="-lcrypto"
 	[config]="-linih -lpq"
 	[sqlscan]=""
+	[verdict]=""
 	[bind]=""
 )
-ALL=(startup scram_server scram_client userlist secret config sqlscan bind)
+ALL=(startup scram_server scram_client userlist secret config sqlscan verdict bind)
 
 # shellcheck disable=SC2054  # the commas belong to -fsanitize=
 CFLAGS=(-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
