@@ -999,7 +999,8 @@ static bool message_sql(struct client *cl, char type, const uint8_t *h, uint32_t
 		return true;
 	}
 	if (type == 'P') {
-		const uint8_t *q = memchr(body, 0, (size_t)(end - body));
+		/* mostly the unnamed statement: its name is the empty string */
+		const uint8_t *q = body < end && body[0] == 0 ? body : memchr(body, 0, (size_t)(end - body));
 		if (!q)
 			return false;
 		*sql = (const char *)q + 1;
@@ -1242,6 +1243,15 @@ static bool requeue(struct client *cl)
 
 static bool retry_error(struct server *sv, uint32_t skip, const uint8_t *body, uint32_t blen);
 
+/* What may come before a statement's rows or its error: ParseComplete, BindComplete,
+ * RowDescription, NoData, ParameterDescription, ParameterStatus, NoticeResponse. */
+static inline bool result_header(char t)
+{
+	static const uint8_t header[128] = { ['1'] = 1, ['2'] = 1, ['T'] = 1, ['n'] = 1, ['t'] = 1,
+					     ['S'] = 1, ['N'] = 1 };
+	return (unsigned char)t < 128 && header[(unsigned char)t];
+}
+
 int route_retry_check(struct server *sv)
 {
 	struct client *cl = sv->link;
@@ -1260,7 +1270,7 @@ int route_retry_check(struct server *sv)
 			route_retry_clear(cl);
 			return 0;
 		}
-		if (t != '1' && t != '2' && t != 'T' && t != 'n' && t != 't' && t != 'S' && t != 'N') {
+		if (!result_header(t)) {
 			route_retry_clear(cl);
 			return 0;
 		}
