@@ -10,6 +10,9 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_
 /* Called by sbuf when bytes arrived (or the peer drained): runs login or forwarding. */
 void client_on_data(struct client *cl);
 
+/* Called by sbuf for either socket event while the client's TLS handshake runs. */
+void client_on_handshake(struct client *cl);
+
 /* The only state change: moves the client between its lists and keeps the counts. */
 void client_set_state(struct client *cl, enum client_state st);
 /* Moves a client without a server to another pool (routing), keeping its state. */

@@ -74,6 +74,15 @@ enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH, CF_R
 	X(CF_SIZE, max_packet_size,           "2147483647",  true)  \
 	X(CF_SIZE, pkt_buf,                   "4096",        false) \
 	X(CF_INT,  sbuf_loopcnt,              "5",           true)  \
+	X(CF_STR,  client_tls_sslmode,        "disable",     true)  \
+	X(CF_STR,  client_tls_key_file,       "",            true)  \
+	X(CF_STR,  client_tls_cert_file,      "",            true)  \
+	X(CF_STR,  client_tls_ca_file,        "",            true)  \
+	X(CF_STR,  client_tls_protocols,      "secure",      true)  \
+	X(CF_STR,  client_tls_ciphers,        "default",     true)  \
+	X(CF_STR,  client_tls13_ciphers,      "",            true)  \
+	X(CF_STR,  client_tls_ecdhcurve,      "auto",        true)  \
+	X(CF_STR,  client_tls_dheparams,      "auto",        true)  \
 	X(CF_USEC, stats_period,              "60",          true)  \
 	X(CF_REAL, saturation_warn,           "0.8",         true)  \
 	X(CF_USEC, saturation_warn_after,     "60",          true)  \
@@ -188,6 +197,20 @@ bool config_list_has(const char *list, const char *user);
 
 /* Writes a key's current value as text (for SHOW CONFIG); returns false for unknown keys. */
 bool config_value_text(const struct config *cf, const char *key, char *buf, size_t len);
+
+/* TLS protocol versions, as a set (client_tls_protocols). */
+enum {
+	CONFIG_TLS_V1_0 = 1 << 0,
+	CONFIG_TLS_V1_1 = 1 << 1,
+	CONFIG_TLS_V1_2 = 1 << 2,
+	CONFIG_TLS_V1_3 = 1 << 3,
+};
+
+/* Parses a protocol list as PgBouncer writes it: tlsv1.0, tlsv1.1, tlsv1.2, tlsv1.3 and the
+ * shortcuts secure and default (1.2 and 1.3), all and legacy (all four), separated by commas,
+ * colons or spaces, case-insensitive; "!name" takes versions out again.  On success stores the
+ * set (never empty) in *mask and returns true; else false with a reason in why. */
+bool config_tls_protocols(const char *text, unsigned *mask, char *why, size_t whylen);
 
 /* Splits "host:port" (or "[v6addr]:port") as stats_listen takes it: host is copied without
  * brackets into host[hostlen], the port (1..65535) into *port.  False, with a reason in why

@@ -36,6 +36,7 @@ struct route_fanout;
 struct retry_buf;
 struct verdict_cache;
 struct sqlscan_funcs;
+struct tls_server;
 
 /* A receive buffer, taken from the worker's free list only while it holds bytes.
  * Bytes [start, scan) are parsed and ready to go to the peer; [scan, end) await parsing. */
@@ -241,6 +242,7 @@ struct worker {
 	struct event ev_sig[5];
 	int shutdown;                       /* 0, or one of PGMUX_SHUTDOWN_* */
 	bool paused;
+	struct tls_server *tls_srv;         /* TLS for clients (tls.c), NULL when client_tls_sslmode = disable */
 	struct stats_state *stats;          /* stats_period snapshots (stats.c), or NULL */
 	struct sqlscan_funcs *write_funcs;  /* write_functions, compiled (route.c) */
 	char *write_funcs_text;             /* the text it was compiled from */

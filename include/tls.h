@@ -1,4 +1,4 @@
-/* tls.h: TLS on server connections (OpenSSL), behind recv/send-shaped calls for sbuf. */
+/* tls.h: TLS (OpenSSL) on server connections and on client connections, behind recv/send-shaped calls for sbuf. */
 #ifndef PGMUX_TLS_H
 #define PGMUX_TLS_H
 
@@ -16,6 +16,35 @@ enum tls_mode tls_mode_of(const char *sslmode);
 /* Starts a client-side TLS session on c (already connected, SSLRequest answered 'S').
  * Returns 0, or -1 with err filled (context or certificate files unusable). */
 int tls_client_start(struct conn *c, struct database *db, char *err, size_t errlen);
+
+/* ---- pgmux as the TLS server, for its clients (client_tls_* keys) ---- */
+
+struct tls_server;
+
+/* Builds what client TLS needs from cf's client_tls_* keys, reading the key, certificate and
+ * CA files now.  *out is the new state (the caller owns it), or NULL when client_tls_sslmode
+ * is disable.  Returns 0, or -1 with err naming the key and file at fault (never key
+ * material) and *out untouched. */
+int tls_server_new(const struct config *cf, struct tls_server **out, char *err, size_t errlen);
+
+/* Frees the state.  Sessions already made from it keep working (OpenSSL counts references). */
+void tls_server_free(struct tls_server *ts);
+
+/* Rebuilds w->tls_srv from w->cf (console SET); on failure w keeps its old state.  0 or -1. */
+int tls_server_reconfigure(struct worker *w, char *err, size_t errlen);
+
+/* The mode new clients get: TLS_DISABLE for NULL. */
+enum tls_mode tls_server_mode(const struct tls_server *ts);
+
+/* Starts the server side of a handshake on c, whose SSLRequest was just answered 'S'.
+ * Returns 0, or -1 with err filled. */
+int tls_server_start(struct conn *c, const struct tls_server *ts, char *err, size_t errlen);
+
+/* PgBouncer's description of a session ("TLSv1.3/TLS_AES_256_GCM_SHA384/ECDH=X25519") in buf,
+ * or "" for a plain connection or one still in its handshake.  Returns buf. */
+const char *tls_describe(const struct conn *c, char *buf, size_t len);
+
+/* ---- both sides ---- */
 
 /* Drives the handshake.  Returns 1 when done, 0 when it needs the socket readable or writable
  * again (the events are armed), -1 on failure with err filled. */

@@ -5,7 +5,6 @@
 #include <ctype.h>
 #include <stdarg.h>
 #include <event2/event.h>
-#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +20,7 @@
 #include "sbuf.h"
 #include "server.h"
 #include "stats.h"
+#include "tls.h"
 #include "userlist.h"
 
 /* Console commands are short; a longer message is refused rather than buffered. */
@@ -263,12 +263,7 @@ static void col_ptr(struct admin_ctx *x, const struct conn *c)
 static void col_tls(struct admin_ctx *x, const struct conn *c)
 {
 	char b[160];
-	if (!c->ssl || c->handshaking) {
-		col_str(x, "");
-		return;
-	}
-	snprintf(b, sizeof(b), "%s/%s", SSL_get_version(c->ssl), SSL_get_cipher_name(c->ssl));
-	col_str(x, b);
+	col_str(x, tls_describe(c, b, sizeof(b)));
 }
 
 #define N_SV_LISTS 5
@@ -1218,8 +1213,20 @@ static enum admin_rc cmd_set(struct admin_ctx *x)
 	}
 	val[m] = 0;
 	char err[512];
+	/* A TLS key is only set once a context with it loads; else the old value comes back
+	 * (sized for a file path from the ini, which may be longer than a console command). */
+	bool tls_key = !strncmp(key, "client_tls", 10);
+	char old[8192] = "";
+	if (tls_key)
+		config_value_text(x->w->cf, key, old, sizeof(old));
 	if (config_set(x->w->cf, key, val, err, sizeof(err)) < 0) {
 		cmd_error(x, config_key_unsupported(key) ? "0A000" : "42704", "%s", err);
+		return ADMIN_ERR;
+	}
+	if (tls_key && tls_server_reconfigure(x->w, err, sizeof(err)) < 0) {
+		char ignored[64];
+		config_set(x->w->cf, key, old, ignored, sizeof(ignored));
+		cmd_error(x, "22023", "%s", err);
 		return ADMIN_ERR;
 	}
 	if (!strcmp(key, "verbose") && x->w->cf->verbose > log_verbosity)

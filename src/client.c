@@ -18,6 +18,7 @@
 #include "pwcrypt.h"
 #include "sbuf.h"
 #include "server.h"
+#include "tls.h"
 
 /* Password and SASL messages are small; anything bigger during login is an attack or a bug. */
 #define LOGIN_MSG_MAX 8192
@@ -98,9 +99,12 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 	if (cl->c.dead)
 		return;
 	if (sqlstate) {
-		/* Best effort: the socket may already be gone; a FATAL is the last word either way. */
-		proto_error(&cl->c.out, "FATAL", sqlstate, reason);
-		sbuf_send_out(&cl->c);
+		/* Best effort: the socket may already be gone; a FATAL is the last word either way.
+		 * Mid-handshake there is no channel for it: plaintext would break the TLS stream. */
+		if (!cl->c.handshaking) {
+			proto_error(&cl->c.out, "FATAL", sqlstate, reason);
+			sbuf_send_out(&cl->c);
+		}
 		log_info("%s closing because: %s", client_tag(cl, tag, sizeof(tag)), reason);
 	} else if (w->cf->log_disconnections && cl->state != CL_LOGIN) {
 		log_info("%s closing because: %s", client_tag(cl, tag, sizeof(tag)), reason);
@@ -194,6 +198,75 @@ static void handle_cancel(struct client *cl, const uint8_t *body)
 	client_close(cl, "cancel request", NULL);
 }
 
+/* PgBouncer's rule: TLS is for TCP; over a Unix socket SSLRequest gets 'N' and no mode
+ * requires it (the socket file's permissions are what guard it). */
+static bool client_is_unix(const struct client *cl)
+{
+	return strcmp(cl->addr, "unix") == 0;
+}
+
+void client_on_handshake(struct client *cl)
+{
+	struct conn *c = &cl->c;
+	char err[300], tag[256];
+	if (c->wr_on) {
+		event_del(&c->ev_write);
+		c->wr_on = false;
+	}
+	int r = tls_handshake(c, err, sizeof(err));
+	if (r == 0)
+		return;
+	if (r < 0) {
+		/* The client gets no ErrorResponse (no channel for one), so the log says why. */
+		log_info("%s %s", client_tag(cl, tag, sizeof(tag)), err);
+		client_close(cl, "TLS handshake failed", NULL);
+		return;
+	}
+	c->handshaking = false;
+	if (log_enabled(LOG_L_DEBUG)) {
+		char desc[160];
+		log_debug("%s TLS established: %s", client_tag(cl, tag, sizeof(tag)),
+			  tls_describe(c, desc, sizeof(desc)));
+	}
+	sbuf_resume(c);
+	/* The StartupMessage may have come in the handshake's last read: decrypted, it waits
+	 * inside OpenSSL where the socket's readiness cannot show it. */
+	if (c->rd_on && tls_pending(c))
+		event_active(&c->ev_read, EV_READ, 0);
+}
+
+/* Answers an SSLRequest with 'S' and starts the handshake.  Returns false when the client is
+ * gone. */
+static bool start_tls(struct client *cl)
+{
+	struct conn *c = &cl->c;
+	char err[300];
+	/* Bytes after the SSLRequest were sent before the client could see our answer, yet they
+	 * would be read as if they had come through TLS (CVE-2021-23214). */
+	if (sbuf_unparsed(c)) {
+		client_close(cl, "received unencrypted data after SSL request", "08P01");
+		return false;
+	}
+	pktbuf_put_u8(&c->out, 'S');
+	if (sbuf_send_out(c) != 0) {
+		client_close(cl, "could not answer SSLRequest", NULL);
+		return false;
+	}
+	if (c->in) {
+		c->in->start = c->in->scan = c->in->end = 0;
+		sbuf_release_buf(c);
+	}
+	if (tls_server_start(c, c->w->tls_srv, err, sizeof(err)) < 0) {
+		char tag[256];
+		log_error("%s %s", client_tag(cl, tag, sizeof(tag)), err);
+		client_close(cl, "cannot start TLS", NULL);
+		return false;
+	}
+	c->handshaking = true;
+	client_on_handshake(cl);
+	return !c->dead;
+}
+
 /* Returns false when the client is gone. */
 static bool handle_startup(struct client *cl)
 {
@@ -219,6 +292,12 @@ static bool handle_startup(struct client *cl)
 			client_close(cl, "invalid SSL/GSS request", "08P01");
 			return false;
 		}
+		if (code == PROTO_SSL_CODE && cl->c.ssl) {
+			client_close(cl, "SSL request inside an SSL connection", "08P01");
+			return false;
+		}
+		if (code == PROTO_SSL_CODE && w->tls_srv && !client_is_unix(cl))
+			return start_tls(cl);
 		send_single_byte(cl, 'N');
 		return true;
 	}
@@ -228,6 +307,11 @@ static bool handle_startup(struct client *cl)
 			return false;
 		}
 		handle_cancel(cl, body);
+		return false;
+	}
+	/* A cancel needs no TLS (libpq sends it in the clear); a login does from require up. */
+	if (!cl->c.ssl && tls_server_mode(w->tls_srv) >= TLS_REQUIRE && !client_is_unix(cl)) {
+		client_close(cl, "SSL required", "28000");
 		return false;
 	}
 	if (code >> 16 != 3) {
@@ -312,8 +396,9 @@ static bool handle_startup(struct client *cl)
 		return false;
 	}
 	if (w->cf->log_connections) {
-		char tag[256];
-		log_info("%s login attempt", client_tag(cl, tag, sizeof(tag)));
+		char tag[256], desc[160];
+		log_info("%s login attempt: tls=%s", client_tag(cl, tag, sizeof(tag)),
+			 cl->c.ssl ? tls_describe(&cl->c, desc, sizeof(desc)) : "no");
 	}
 	auth_start(cl);
 	return !cl->c.dead;

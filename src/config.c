@@ -42,6 +42,9 @@ typedef bool (*str_check_fn)(const char *value, char *why, size_t whylen);
 
 static bool check_facility(const char *value, char *why, size_t whylen);
 static bool check_listen(const char *value, char *why, size_t whylen);
+static bool check_client_sslmode(const char *value, char *why, size_t whylen);
+static bool check_tls_protocols(const char *value, char *why, size_t whylen);
+static bool check_dheparams(const char *value, char *why, size_t whylen);
 static bool parse_int(const char *s, bool octal, int64_t min, int64_t max, int64_t *out,
 		      char *why, size_t whylen);
 
@@ -62,6 +65,9 @@ static const struct key_rule {
 	{ "max_packet_size",   1,   INT32_MAX, false, NULL },
 	{ "syslog_facility",   0,   0,         false, check_facility },
 	{ "stats_listen",      0,   0,         false, check_listen },
+	{ "client_tls_sslmode", 0,  0,         false, check_client_sslmode },
+	{ "client_tls_protocols", 0, 0,        false, check_tls_protocols },
+	{ "client_tls_dheparams", 0, 0,        false, check_dheparams },
 };
 
 static const struct key_rule default_rule = { NULL, 0, INT32_MAX, false, NULL };
@@ -123,15 +129,6 @@ static const struct later_key {
 	{ "tcp_defer_accept", NULL },
 	{ "tcp_socket_buffer", NULL },
 	{ "tcp_user_timeout", NULL },
-	{ "client_tls_sslmode", only_disable },
-	{ "client_tls_key_file", NULL },
-	{ "client_tls_cert_file", NULL },
-	{ "client_tls_ca_file", NULL },
-	{ "client_tls_protocols", NULL },
-	{ "client_tls_ciphers", NULL },
-	{ "client_tls13_ciphers", NULL },
-	{ "client_tls_ecdhcurve", NULL },
-	{ "client_tls_dheparams", NULL },
 	{ "server_tls_sslmode", only_disable },
 	{ "server_tls_ca_file", NULL },
 	{ "server_tls_key_file", NULL },
@@ -297,6 +294,73 @@ static bool only_disable(const char *value, char *why, size_t whylen)
 		return true;
 	snprintf(why, whylen, "pgmux cannot do what it asks yet, and ignoring it would drop TLS; "
 		 "remove it or set it to \"disable\"");
+	return false;
+}
+
+/* client_tls_sslmode: PgBouncer's names.  Empty is refused rather than read as libpq's
+ * default (prefer), which would turn TLS on where the file seems to leave it off. */
+static bool check_client_sslmode(const char *value, char *why, size_t whylen)
+{
+	if (in_list(sslmode_names, ARRAY_LEN(sslmode_names), value))
+		return true;
+	snprintf(why, whylen, "expected disable, allow, prefer, require, verify-ca or verify-full");
+	return false;
+}
+
+static const struct name_val tls_protocol_names[] = {
+	{ "tlsv1.0", CONFIG_TLS_V1_0 }, { "tlsv1.1", CONFIG_TLS_V1_1 },
+	{ "tlsv1.2", CONFIG_TLS_V1_2 }, { "tlsv1.3", CONFIG_TLS_V1_3 },
+	{ "secure", CONFIG_TLS_V1_2 | CONFIG_TLS_V1_3 }, { "default", CONFIG_TLS_V1_2 | CONFIG_TLS_V1_3 },
+	{ "all", CONFIG_TLS_V1_0 | CONFIG_TLS_V1_1 | CONFIG_TLS_V1_2 | CONFIG_TLS_V1_3 },
+	{ "legacy", CONFIG_TLS_V1_0 | CONFIG_TLS_V1_1 | CONFIG_TLS_V1_2 | CONFIG_TLS_V1_3 },
+};
+
+bool config_tls_protocols(const char *text, unsigned *mask, char *why, size_t whylen)
+{
+	unsigned set = 0;
+	for (const char *p = text;;) {
+		p += strspn(p, ", :\t");
+		size_t n = strcspn(p, ", :\t");
+		if (n == 0)
+			break;
+		bool neg = *p == '!';
+		char word[16];
+		int bits;
+		if (n - neg >= sizeof(word)) {
+			snprintf(why, whylen, "unknown TLS protocol \"%.*s\" (expected tlsv1.0, tlsv1.1, "
+				 "tlsv1.2, tlsv1.3, secure, all)", (int)(n > 32 ? 32 : n), p);
+			return false;
+		}
+		memcpy(word, p + neg, n - neg);
+		word[n - neg] = '\0';
+		if (!lookup_name(tls_protocol_names, ARRAY_LEN(tls_protocol_names), word, &bits)) {
+			snprintf(why, whylen, "unknown TLS protocol \"%s\" (expected tlsv1.0, tlsv1.1, "
+				 "tlsv1.2, tlsv1.3, secure, all)", word);
+			return false;
+		}
+		set = neg ? set & ~(unsigned)bits : set | (unsigned)bits;
+		p += n;
+	}
+	if (!set) {
+		snprintf(why, whylen, "no TLS protocol version left (try secure)");
+		return false;
+	}
+	*mask = set;
+	return true;
+}
+
+static bool check_tls_protocols(const char *value, char *why, size_t whylen)
+{
+	unsigned mask;
+	return config_tls_protocols(value, &mask, why, whylen);
+}
+
+static bool check_dheparams(const char *value, char *why, size_t whylen)
+{
+	static const char *const names[] = { "none", "auto", "legacy" };
+	if (in_list(names, ARRAY_LEN(names), value))
+		return true;
+	snprintf(why, whylen, "expected none, auto or legacy");
 	return false;
 }
 
@@ -1679,6 +1743,24 @@ static void finish(struct parse *ps)
 		return;
 	}
 	sqlscan_funcs_free(wf);
+
+	/* What the files hold is for tls.c to judge when it builds the context; here only
+	 * that a mode which turns TLS on has something to work with. */
+	const char *mode = cf->client_tls_sslmode;
+	if (strcasecmp(mode, "disable") != 0) {
+		int at = key_line(ps, "client_tls_sslmode");
+		if (!*cf->client_tls_key_file || !*cf->client_tls_cert_file) {
+			fail_at(ps, at, "client_tls_sslmode = %s needs client_tls_key_file and "
+				"client_tls_cert_file", mode);
+			return;
+		}
+		if ((strcasecmp(mode, "verify-ca") == 0 || strcasecmp(mode, "verify-full") == 0) &&
+		    !*cf->client_tls_ca_file) {
+			fail_at(ps, at, "client_tls_sslmode = %s needs client_tls_ca_file to check "
+				"client certificates against", mode);
+			return;
+		}
+	}
 
 	if (cf->auth_type != AUTH_ANY && !*cf->auth_file)
 		log_warn("%s: auth_type %s without auth_file: no user will be able to log in",

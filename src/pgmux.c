@@ -24,6 +24,7 @@
 #include "prom.h"
 #include "stats.h"
 #include "server.h"
+#include "tls.h"
 #include "userlist.h"
 
 uint64_t pgmux_now(void)
@@ -321,6 +322,18 @@ int pgmux_reload(struct worker *w)
 		config_free(cf);
 		return -1;
 	}
+	/* Built before anything is swapped, so a bad certificate leaves the whole old config;
+	 * the files are read again even when their names did not change (rotation). */
+	struct tls_server *ts = NULL;
+	if (tls_server_new(cf, &ts, err, sizeof(err)) < 0) {
+		log_error("reload failed, keeping the old configuration: %s", err);
+		if (ul)
+			userlist_free(ul);
+		config_free(cf);
+		return -1;
+	}
+	tls_server_free(w->tls_srv);
+	w->tls_srv = ts;
 	struct config *old = w->cf;
 	if (!((old->listen_addr == NULL && cf->listen_addr == NULL) ||
 	      (old->listen_addr && cf->listen_addr && strcmp(old->listen_addr, cf->listen_addr) == 0)) ||
@@ -407,6 +420,11 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 	w->cancel_tab = calloc(w->cancel_mask + 1, sizeof(*w->cancel_tab));
 	if (!w->cancel_tab)
 		return -1;
+	char err[512];
+	if (tls_server_new(cf, &w->tls_srv, err, sizeof(err)) < 0) {
+		log_error("%s", err);
+		return -1;
+	}
 	event_assign(&w->ev_reap, w->base, -1, 0, reap_cb, w);
 	evtimer_assign(&w->ev_accept_retry, w->base, accept_retry, w);
 	signal(SIGPIPE, SIG_IGN);
@@ -436,6 +454,8 @@ int pgmux_run(struct worker *w)
 	prom_stop(w);
 	route_shutdown(w);
 	pgmux_stop_listening(w);
+	tls_server_free(w->tls_srv);
+	w->tls_srv = NULL;
 	log_info("shutdown complete");
 	return 0;
 }

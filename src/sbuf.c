@@ -127,6 +127,15 @@ static void conn_dispatch(struct conn *c)
 		server_on_data(c);
 }
 
+/* A TLS handshake in progress owns both events, whichever side pgmux plays. */
+static void conn_handshake(struct conn *c)
+{
+	if (c->kind == CONN_CLIENT)
+		client_on_handshake(container_of(c, struct client, c));
+	else
+		server_on_handshake(c);
+}
+
 static void sbuf_on_read(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn *c = arg;
@@ -134,7 +143,7 @@ static void sbuf_on_read(evutil_socket_t fd, short what, void *arg)
 
 	w->now = pgmux_now();
 	if (c->handshaking) {
-		server_on_handshake(c);
+		conn_handshake(c);
 		return;
 	}
 	if (!c->in && !(c->in = buf_get(w))) {
@@ -235,7 +244,7 @@ static void sbuf_on_write(evutil_socket_t fd, short what, void *arg)
 	struct conn *c = arg;
 	c->w->now = pgmux_now();
 	if (c->handshaking) {
-		server_on_handshake(c);
+		conn_handshake(c);
 		return;
 	}
 	if (c->out.len) {

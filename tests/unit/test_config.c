@@ -978,6 +978,101 @@ static void test_man_page_covers_table(void **state)
 	free(man);
 }
 
+/* ---- client TLS keys ------------------------------------------------------------------------ */
+
+static void test_tls_protocols(void **state)
+{
+	enum { V10 = CONFIG_TLS_V1_0, V11 = CONFIG_TLS_V1_1, V12 = CONFIG_TLS_V1_2,
+	       V13 = CONFIG_TLS_V1_3 };
+	static const struct {
+		const char *in;
+		unsigned want;          /* 0: refused */
+	} cases[] = {
+		{ "secure", V12 | V13 }, { "default", V12 | V13 }, { "SECURE", V12 | V13 },
+		{ "all", V10 | V11 | V12 | V13 }, { "legacy", V10 | V11 | V12 | V13 },
+		{ "tlsv1.2", V12 }, { "tlsv1.3", V13 }, { "TLSv1.0", V10 }, { "tlsv1.1", V11 },
+		{ "tlsv1.2,tlsv1.3", V12 | V13 }, { "tlsv1.1:tlsv1.3", V11 | V13 },
+		{ " tlsv1.0 , tlsv1.2 ", V10 | V12 }, { "all,!tlsv1.0", V11 | V12 | V13 },
+		{ "all !tlsv1.0 !tlsv1.1", V12 | V13 }, { "secure,!tlsv1.2", V13 },
+		{ "", 0 }, { " , ", 0 }, { "tlsv1.4", 0 }, { "sslv3", 0 }, { "tls1.2", 0 },
+		{ "!secure", 0 }, { "secure,!secure", 0 }, { "!", 0 }, { "tlsv1.2;tlsv1.3", 0 },
+		{ "averyveryverylongprotocolname", 0 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		unsigned mask = 0xdead;
+		char why[256] = "";
+		bool ok = config_tls_protocols(cases[i].in, &mask, why, sizeof(why));
+		if (ok != (cases[i].want != 0) || (ok && mask != cases[i].want))
+			print_error("case %zu \"%s\": %s, mask %#x (%s)\n", i, cases[i].in,
+				    ok ? "accepted" : "refused", mask, why);
+		assert_int_equal(ok, cases[i].want != 0);
+		if (ok) {
+			assert_int_equal(mask, cases[i].want);
+		} else {
+			assert_int_equal(mask, 0xdead);
+			assert_true(why[0] != '\0');
+		}
+	}
+}
+
+static void test_client_tls_keys(void **state)
+{
+	/* defaults as PgBouncer's; the files are only named here, tls.c reads them */
+	struct config *cf = load_text_ok("[pgmux]\nauth_file = u\n");
+	assert_string_equal(cf->client_tls_sslmode, "disable");
+	assert_string_equal(cf->client_tls_protocols, "secure");
+	assert_string_equal(cf->client_tls_ciphers, "default");
+	assert_string_equal(cf->client_tls_ecdhcurve, "auto");
+	assert_string_equal(cf->client_tls_dheparams, "auto");
+	assert_string_equal(cf->client_tls_key_file, "");
+	assert_false(config_key_unsupported("client_tls_sslmode"));
+	config_free(cf);
+
+	cf = load_text_ok("[pgbouncer]\nauth_file = u\nclient_tls_sslmode = Require\n"
+			  "client_tls_key_file = /k.pem\nclient_tls_cert_file = /c.pem\n"
+			  "client_tls_protocols = tlsv1.3\nclient_tls_ciphers = HIGH:!aNULL\n"
+			  "client_tls13_ciphers = TLS_AES_256_GCM_SHA384\n"
+			  "client_tls_ecdhcurve = prime256v1\nclient_tls_dheparams = none\n");
+	assert_value(cf, "client_tls_sslmode", "Require");
+	assert_value(cf, "client_tls_cert_file", "/c.pem");
+	assert_value(cf, "client_tls_protocols", "tlsv1.3");
+	assert_value(cf, "client_tls13_ciphers", "TLS_AES_256_GCM_SHA384");
+	config_free(cf);
+	cf = load_text_ok("[pgmux]\nauth_file = u\nclient_tls_sslmode = verify-full\n"
+			  "client_tls_key_file = k\nclient_tls_cert_file = c\nclient_tls_ca_file = ca\n");
+	config_free(cf);
+
+	/* refused: a bad mode or list, and modes without what they need, at the mode's line */
+	static const struct {
+		const char *text;
+		int line;
+		const char *reason;
+	} bad[] = {
+		{ "[pgmux]\nclient_tls_sslmode = sometimes\n", 2, "expected disable, allow, prefer" },
+		{ "[pgmux]\nclient_tls_sslmode =\n", 2, "invalid value \"\" for client_tls_sslmode" },
+		{ "[pgmux]\nclient_tls_protocols = tlsv1.2,tlsv9\n", 2, "unknown TLS protocol \"tlsv9\"" },
+		{ "[pgmux]\nclient_tls_dheparams = 4096\n", 2, "expected none, auto or legacy" },
+		{ "[pgmux]\nclient_tls_key_file = k\nclient_tls_sslmode = prefer\n", 3,
+		  "client_tls_sslmode = prefer needs client_tls_key_file and client_tls_cert_file" },
+		{ "[pgmux]\nclient_tls_sslmode = allow\nclient_tls_cert_file = c\n", 2,
+		  "needs client_tls_key_file and client_tls_cert_file" },
+		{ "[pgmux]\nclient_tls_sslmode = verify-ca\nclient_tls_key_file = k\n"
+		  "client_tls_cert_file = c\n", 2, "verify-ca needs client_tls_ca_file" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		expect_text_error(bad[i].text, bad[i].line, bad[i].reason);
+
+	/* SET checks single values; whole-context checks are tls.c's (console SET) */
+	char err[512];
+	cf = load_text_ok("[pgmux]\nauth_file = u\n");
+	assert_int_equal(config_set(cf, "client_tls_protocols", "all,!tlsv1.0", err, sizeof(err)), 0);
+	assert_int_equal(config_set(cf, "client_tls_protocols", "tlsv2", err, sizeof(err)), -1);
+	assert_value(cf, "client_tls_protocols", "all,!tlsv1.0");
+	assert_int_equal(config_set(cf, "client_tls_sslmode", "maybe", err, sizeof(err)), -1);
+	assert_value(cf, "client_tls_sslmode", "disable");
+	config_free(cf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1005,6 +1100,8 @@ int main(void)
 		cmocka_unit_test(test_db_dup_equal),
 		cmocka_unit_test(test_sample_config_loads),
 		cmocka_unit_test(test_man_page_covers_table),
+		cmocka_unit_test(test_tls_protocols),
+		cmocka_unit_test(test_client_tls_keys),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
