@@ -72,16 +72,12 @@ static inline __m128i load16(const void *p)
 	return _mm_loadu_si128((const __m128i *)p);
 }
 
-/* The last n % 16 bytes of s[0..n) as a folded block: the 16 bytes that end the text, shifted
- * down, when there are 16; else a zero-padded copy. */
+/* The folded block that ends the text when it has 16 bytes or more (it overlaps bytes already
+ * seen, which is harmless for both the hash and the compare); a zero-padded copy otherwise. */
 static inline __m128i tail16(const char *s, size_t n, size_t i)
 {
-	if (n >= 16) {
-		/* bytes before i were seen already: shifting by a variable count needs memory */
-		unsigned char b[32] = { 0 };
-		_mm_storeu_si128((__m128i *)b, fold16(load16(s + n - 16)));
-		return load16(b + (16 - (n - i)));
-	}
+	if (n >= 16)
+		return fold16(load16(s + n - 16));
 	unsigned char b[16] = { 0 };
 	memcpy(b, s + i, n - i);
 	return fold16(load16(b));
@@ -111,7 +107,8 @@ static bool shape_equal(const char *stored, const char *s, size_t n)
 	for (; i + 16 <= n; i += 16)
 		if (_mm_movemask_epi8(_mm_cmpeq_epi8(fold16(load16(s + i)), load16(stored + i))) != 0xffff)
 			return false;
-	if (i < n && _mm_movemask_epi8(_mm_cmpeq_epi8(tail16(s, n, i), load16(stored + i))) != 0xffff)
+	if (i < n && _mm_movemask_epi8(_mm_cmpeq_epi8(tail16(s, n, i),
+						       load16(stored + (n >= 16 ? n - 16 : 0)))) != 0xffff)
 		return false;
 	return true;
 }
