@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "sqlscan.h"
+#include "corpus.h"
 #include "verdict.h"
 
 /* ---- helpers ---------------------------------------------------------------------------- */
@@ -164,41 +165,6 @@ static int check_variants(struct ctx *c, const char *sql, size_t len)
 }
 
 /* ---- the corpus ------------------------------------------------------------------------- */
-
-static FILE *open_corpus(char *path, size_t size)
-{
-	const char *env = getenv("SQLSCAN_CORPUS");
-	if (env && *env) {
-		snprintf(path, size, "%s", env);
-		return fopen(path, "r");
-	}
-	/* automake runs tests from the build directory and exports srcdir */
-	const char *srcdir = getenv("srcdir");
-	snprintf(path, size, "%s/tests/unit/data/sqlscan_corpus.txt", srcdir && *srcdir ? srcdir : ".");
-	FILE *f = fopen(path, "r");
-#ifdef TEST_DATA_DIR
-	if (!f) {
-		snprintf(path, size, "%s/sqlscan_corpus.txt", TEST_DATA_DIR);
-		f = fopen(path, "r");
-	}
-#endif
-	return f;
-}
-
-/* The two characters \n become a newline; nothing else is escaped. */
-static void unescape_newlines(char *s)
-{
-	char *o = s;
-	for (char *p = s; *p; p++) {
-		if (p[0] == '\\' && p[1] == 'n') {
-			*o++ = '\n';
-			p++;
-		} else {
-			*o++ = *p;
-		}
-	}
-	*o = '\0';
-}
 
 struct corpus {
 	char **sql;
