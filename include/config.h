@@ -138,6 +138,7 @@ struct cfg_db {
 
 enum { RYW_OFF = 0, RYW_LSN };
 enum { NOSHARD_ERROR = 0, NOSHARD_SHARD0, NOSHARD_ALL };
+enum { SHARDKEY_INT = 0, SHARDKEY_TEXT, SHARDKEY_UUID };
 
 /* One [database X] section: read routing (and sharding) over the backends named above. */
 struct cfg_cluster {
@@ -150,6 +151,7 @@ struct cfg_cluster {
 	int n_shards;
 	char *shard_key;            /* NULL unless sharded */
 	int no_shard_key;           /* NOSHARD_* */
+	int shard_key_type;         /* SHARDKEY_*: how key values are read and hashed */
 	int pool_size, min_pool_size, reserve_pool, max_db_connections, pool_mode; /* -1: unset */
 	int line;
 	struct cfg_cluster *next;

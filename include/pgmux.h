@@ -176,7 +176,8 @@ struct client {
 	uint8_t *deferred;                  /* a BEGIN not yet sent: its first statement routes */
 	uint32_t deferred_len;
 	bool has_user_id;                   /* SET pgmux.user_id */
-	int64_t user_id;
+	uint64_t user_id_hash;              /* its key's partition hash (shard_key_hash): the
+					     * shard is this mod n_shards, whatever the key type */
 	int32_t shard_pref;                 /* SET pgmux.shard, -1 none */
 	uint64_t connect_time, wait_start, last_active, xact_start, query_start;
 	char addr[48];

@@ -1568,6 +1568,19 @@ static bool cluster_pair(struct parse *ps, const char *key, const char *value)
 			     value);
 			return false;
 		}
+	} else if (!strcasecmp(key, "shard_key_type")) {
+		/* The hash depends on the column's type: the SQL names that alias it are taken. */
+		static const struct name_val names[] = {
+			{ "int", SHARDKEY_INT }, { "integer", SHARDKEY_INT }, { "bigint", SHARDKEY_INT },
+			{ "smallint", SHARDKEY_INT }, { "int2", SHARDKEY_INT }, { "int4", SHARDKEY_INT },
+			{ "int8", SHARDKEY_INT }, { "text", SHARDKEY_TEXT }, { "varchar", SHARDKEY_TEXT },
+			{ "uuid", SHARDKEY_UUID },
+		};
+		if (!lookup_name(names, ARRAY_LEN(names), value, &c->shard_key_type)) {
+			fail(ps, "invalid value \"%s\" for shard_key_type: expected int, text or uuid",
+			     value);
+			return false;
+		}
 	} else if (!strcasecmp(key, "pool_mode")) {
 		if (!parse_mode(value, &c->pool_mode, why, sizeof(why))) {
 			fail(ps, "invalid value \"%s\" for pool_mode: %s", value, why);
@@ -1593,7 +1606,8 @@ static bool cluster_pair(struct parse *ps, const char *key, const char *value)
 		}
 		fail(ps, "unknown key \"%s\" in [database %s] (expected primary, replica, "
 		     "read_routing, max_replica_lag, read_your_writes, replica_fallback, shards, "
-		     "shard_key, no_shard_key, shard.N.primary, shard.N.replica or a pool setting)",
+		     "shard_key, shard_key_type, no_shard_key, shard.N.primary, shard.N.replica or a "
+		     "pool setting)",
 		     key, c->name);
 		return false;
 	}

@@ -562,8 +562,9 @@ static void put_simple(struct pktbuf *o, char type)
 	pktbuf_end(o);
 }
 
-/* Applies SET/RESET pgmux.*; false with msg filled for a bad value. */
-static bool apply_set(struct client *cl, const struct sqlscan_result *r, char *msg, size_t len)
+/* Applies SET/RESET pgmux.*; false with msg and *state (SQLSTATE) filled for a bad value. */
+static bool apply_set(struct client *cl, const struct sqlscan_result *r, char *msg, size_t len,
+		      const char **state)
 {
 	switch (r->set) {
 	case SQLSCAN_SET_ROLE:
@@ -582,18 +583,14 @@ static bool apply_set(struct client *cl, const struct sqlscan_result *r, char *m
 	case SQLSCAN_RESET_ROLE:
 		cl->role_pref = RT_AUTO;
 		return true;
-	case SQLSCAN_SET_USER_ID: {
-		char *end;
-		long long v = strtoll(r->set_value, &end, 10);
-		if (r->set_value_bad || end == r->set_value || *end) {
-			snprintf(msg, len, "invalid value for parameter \"pgmux.user_id\": \"%.60s\" "
-				 "(expected an integer)", r->set_value);
+	case SQLSCAN_SET_USER_ID:
+		/* Kept as the key's hash: text and uuid keys need no storage, and the shard
+		 * follows the shard count of a reload. */
+		if (!shard_user_id_hash(cl->rs->cl->cf.shard_key_type, r->set_value,
+					r->set_value_bad, &cl->user_id_hash, msg, len, state))
 			return false;
-		}
 		cl->has_user_id = true;
-		cl->user_id = v;
 		return true;
-	}
 	case SQLSCAN_RESET_USER_ID:
 		cl->has_user_id = false;
 		return true;
@@ -689,13 +686,14 @@ static enum route_result handle_set(struct client *cl, char type, const struct s
 				    uint32_t total)
 {
 	char msg[200];
-	bool ok = apply_set(cl, r, msg, sizeof(msg));
+	const char *state = "22023";
+	bool ok = apply_set(cl, r, msg, sizeof(msg), &state);
 	struct pktbuf *o = &cl->c.out;
 	if (type == 'Q') {
 		if (ok)
 			put_complete(o, is_reset(r->set) ? "RESET" : "SET");
 		else
-			proto_error(o, "ERROR", "22023", msg);
+			proto_error(o, "ERROR", state, msg);
 		proto_ready(o, tx_status(cl));
 	} else {
 		/* Parse: the rest of the batch is answered as if it ran. */
@@ -705,7 +703,7 @@ static enum route_result handle_set(struct client *cl, char type, const struct s
 		if (ok)
 			put_simple(o, '1');
 		else
-			proto_error(o, "ERROR", "22023", msg);
+			proto_error(o, "ERROR", state, msg);
 	}
 	return reply_out(cl, total);
 }
@@ -741,8 +739,9 @@ static void shard_message(const struct cluster *c, int why, bool write, char *ms
 			 c->cf.no_shard_key == NOSHARD_ALL && write ? "; only reads fan out" : "");
 	else if (why == SHARD_BAD)
 		snprintf(msg, len, "pgmux: the shard key value (%s, pgmux.user_id or pgmux.shard) "
-			 "is not a valid integer or shard number for database \"%s\" (%d shards)",
-			 key, c->name, c->n_shards);
+			 "is not a valid %s key (text keys: at most 1 KiB as a literal) or shard "
+			 "number for database \"%s\" (%d shards)", key,
+			 shard_key_type_name(c->cf.shard_key_type), c->name, c->n_shards);
 	else
 		snprintf(msg, len, "pgmux: no shard key for sharded database \"%s\"%s: add "
 			 "WHERE %s = <value>, a /* pgmux: user_id=<value> */ or /* pgmux: shard=<n> */ "

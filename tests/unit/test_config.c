@@ -497,6 +497,37 @@ static void test_clusters(void **state)
 	config_free(cf);
 }
 
+/* shard_key_type: int (the default) and SQL's names for it, text and varchar, uuid; anything
+ * else stops the load at its line. */
+static void test_shard_key_type(void **state)
+{
+	(void)state;
+	static const struct { const char *value; int type; } cases[] = {
+		{ "int", SHARDKEY_INT }, { "BIGINT", SHARDKEY_INT }, { "int8", SHARDKEY_INT },
+		{ "int4", SHARDKEY_INT }, { "integer", SHARDKEY_INT }, { "smallint", SHARDKEY_INT },
+		{ "text", SHARDKEY_TEXT }, { "varchar", SHARDKEY_TEXT }, { "uuid", SHARDKEY_UUID },
+		{ "UUID", SHARDKEY_UUID },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char text[300];
+		snprintf(text, sizeof(text), "[database u]\nshards = 2\nshard_key = id\n"
+			 "shard_key_type = %s\nshard.0.primary = host=a\nshard.1.primary = host=b\n",
+			 cases[i].value);
+		struct config *cf = load_text_ok(text);
+		assert_int_equal(config_find_cluster(cf, "u")->shard_key_type, cases[i].type);
+		config_free(cf);
+	}
+	struct config *cf = load_text_ok("[database u]\nshards = 2\nshard_key = id\n"
+					  "shard.0.primary = host=a\nshard.1.primary = host=b\n");
+	assert_int_equal(config_find_cluster(cf, "u")->shard_key_type, SHARDKEY_INT);
+	config_free(cf);
+	expect_text_error("[database u]\nshards = 2\nshard_key = id\nshard_key_type = bogus\n"
+			  "shard.0.primary = host=a\nshard.1.primary = host=b\n", 4,
+			  "invalid value \"bogus\" for shard_key_type: expected int, text or uuid");
+	expect_text_error("[database u]\nshards = 2\nshard_key = id\nshard_key_type = char\n", 4,
+			  "shard_key_type");
+}
+
 static void test_bad_cases(void **state)
 {
 	for (size_t i = 0; i < sizeof(bad_cases) / sizeof(bad_cases[0]); i++)
@@ -1084,6 +1115,7 @@ int main(void)
 		cmocka_unit_test(test_bad_files),
 		cmocka_unit_test(test_bad_cases),
 		cmocka_unit_test(test_clusters),
+		cmocka_unit_test(test_shard_key_type),
 		cmocka_unit_test(test_topology_samples_load),
 		cmocka_unit_test(test_open_error),
 		cmocka_unit_test(test_long_lines),
