@@ -31,9 +31,14 @@ per-round ratios.  "routed" lines give where the measured statements went (delta
 admin console's SHOW BACKENDS reads/writes).  After the comparisons it runs the SQL
 classifier micro-benchmark tests/bench/bench_sqlscan if it is built.
 
+CPU per transaction depends on load (the more transactions per wakeup, the less event-loop
+work each), and routing on serves fewer transactions here because the replicas share the
+machine's cores.  --rate N runs every side at pgbench -R N, and --rate auto at 80% of the
+slowest side's warm-up throughput, so that the sides are compared at the same load.
+
 Usage (from the source tree; as root the servers and pgmux run as user postgres):
   /usr/bin/python3 tests/bench/routebench.py [--pgmux src/pgmux] [--compare routing,ryw]
-      [--clients 50] [--rate TPS] [--seconds 10] [--rounds 3] [--modes simple,extended]
+      [--clients 50] [--rate TPS|auto] [--seconds 10] [--rounds 3] [--modes simple,extended]
       [--write-modes simple] [--write-workloads simple-update,write-read] [--ryw-clients 1,50]
       [--pool-size 20] [--scale 10] [--json FILE] [--keep] [--strict]
 
@@ -326,12 +331,18 @@ def tail(path, n=5):
 
 # ---- pgbench ------------------------------------------------------------------------------
 
-def pgbench(runner, port, dbname, workload, mode, clients, args, seconds):
+def rate_arg(v):
+    if v == "auto" or (v.isdigit() and int(v) >= 0):
+        return v
+    raise argparse.ArgumentTypeError("expected a transaction rate or 'auto'")
+
+
+def pgbench(runner, port, dbname, workload, mode, clients, args, seconds, rate=0):
     jobs = max(1, min(args.jobs, clients))
     argv = [f"{PGBIN}/pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-n",
             "-M", mode, "-c", str(clients), "-j", str(jobs), "-T", str(seconds)]
-    if args.rate:
-        argv += ["-R", str(args.rate)]
+    if rate:
+        argv += ["-R", str(rate)]
     argv += workload["argv"] + [dbname]
     try:
         out = runner.run(argv, capture_output=True, text=True, timeout=seconds + 120)
@@ -500,11 +511,19 @@ def run_comparison(comp, topo, args, root, runner, binary):
             raise RuntimeError("; ".join(dead.values()))
         cases = [(wl, mode, nc) for wl in comp["workloads"] for nc in wl["clients"] for mode in wl["modes"]]
         for wl, mode, nc in cases:
+            rate = 0 if args.rate == "auto" else int(args.rate)
+            warm_tps = []
             if args.warmup > 0:
                 for px in procs:
                     res = pgbench(runner, px.port, comp["dbname"], wl, mode, nc, args, args.warmup)
                     if not res["ok"]:
                         log(f"  warm-up {px.name} {mode} FAILED: {res['error']}")
+                    else:
+                        warm_tps.append(res["tps"])
+            if args.rate == "auto" and warm_tps:
+                # every side at 80% of what the slowest side managed in its warm-up
+                rate = int(0.8 * min(warm_tps))
+                log(f"  {wl['name']} {mode} c={nc}: pgbench -R {rate} on every side")
             rows = {v["name"]: [] for v in comp["variants"]}
             for name, why in dead.items():
                 rows[name] = [{"ok": False, "error": [why]}]
@@ -519,7 +538,7 @@ def run_comparison(comp, topo, args, root, runner, binary):
                     else:
                         u0, s0 = cpu_ticks(px.proc.pid)
                         res = pgbench(runner, px.port, comp["dbname"], wl, mode, nc, args,
-                                      args.seconds)
+                                      args.seconds, rate)
                         u1, s1 = cpu_ticks(px.proc.pid)
                         if res["ok"] and res["tx"]:
                             per = 1e6 / TCK / res["tx"]
@@ -534,6 +553,7 @@ def run_comparison(comp, topo, args, root, runner, binary):
                            + (f" failed={res['failed']}" if res["failed"] else "")
                            if res["ok"] else f"FAILED {res['error']}"))
             results.append(summarise(comp, wl["name"], mode, nc, rows))
+            results[-1]["rate"] = rate
             # where the measured rounds' statements went (SHOW BACKENDS reads/writes deltas)
             results[-1]["routed"] = routed = {}
             for px in procs:
@@ -625,7 +645,7 @@ def print_comparison(c):
                       ", ".join(f"{k} reads={v['reads']} writes={v['writes']}" for k, v in bk.items()))
     for r in c["results"]:
         for q in r["ratios"]:
-            head = f"{q['label']} [{r['case']}]"
+            head = f"{q['label']} [{r['case']}{', -R ' + str(r['rate']) if r.get('rate') else ''}]"
             if not q["ok"]:
                 print(f"{head}: n/a (a side failed)")
                 continue
@@ -677,9 +697,10 @@ def main():
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--jobs", type=int, default=2, help="pgbench threads")
     ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--rate", type=int, default=0,
+    ap.add_argument("--rate", default="0", type=rate_arg,
                     help="pgbench -R: the same transaction rate on every side, so that CPU per "
-                         "transaction is compared at equal load (0: as fast as possible)")
+                         "transaction is compared at equal load; 'auto': 80%% of the slowest "
+                         "side's warm-up throughput; 0: as fast as possible")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of uncounted pgbench per side")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--modes", type=csv_list, default=["simple", "extended"],
