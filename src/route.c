@@ -784,7 +784,7 @@ static enum route_result fanout_start(struct client *cl, const uint8_t *h, uint3
 		while (off + PROTO_HDR <= avail) {
 			char t = (char)h[off];
 			uint32_t len = proto_get32(h + off + 1);
-			if (len < 4 || off + len + 1 > avail)
+			if (len < 4 || len > avail - off - 1)   /* not off + len + 1: it may wrap */
 				break;
 			off += len + 1;
 			if (t == 'S') {
@@ -1048,7 +1048,7 @@ static uint32_t retry_span(struct client *cl, const uint8_t *h, uint32_t avail, 
 	while (off + PROTO_HDR <= avail) {
 		char t = (char)h[off];
 		uint32_t len = proto_get32(h + off + 1);
-		if (len < 4 || off + len + 1 > avail || off + len + 1 > RETRY_MAX)
+		if (len < 4 || len > avail - off - 1 || off + len + 1 > RETRY_MAX)
 			return 0;
 		const uint8_t *body = h + off + PROTO_HDR;
 		if (t == 'P' && body[0] != 0)
@@ -1261,7 +1261,7 @@ int route_retry_check(struct server *sv)
 			break;
 		char t = (char)b->data[off];
 		uint32_t len = proto_get32(b->data + off + 1);
-		if (len < 4 || off + len + 1 > b->end)
+		if (len < 4 || len > b->end - off - 1)
 			break;
 		if (t == 'E') {
 			if (retry_error(sv, off - b->scan, b->data + off + PROTO_HDR, len - 4))

@@ -55,7 +55,7 @@ static const uint8_t *find_bind(char type, const uint8_t *msg, uint32_t total, u
 				return NULL;
 			char t = (char)msg[off];
 			uint32_t len = proto_get32(msg + off + 1);
-			if (len < 4 || off + len + 1 > avail)
+			if (len < 4 || len > avail - off - 1)   /* not off + len + 1: it may wrap */
 				return NULL;
 			if (t == 'B')
 				break;
@@ -64,8 +64,10 @@ static const uint8_t *find_bind(char type, const uint8_t *msg, uint32_t total, u
 			off += len + 1;
 		}
 	}
+	if (off + PROTO_HDR > avail)
+		return NULL;
 	uint32_t len = proto_get32(msg + off + 1);
-	if (off + len + 1 > avail || len < 4)
+	if (len < 4 || len > avail - off - 1)
 		return NULL;
 	*blen = len - 4;
 	return msg + off + PROTO_HDR;
@@ -209,8 +211,8 @@ bool shard_user_id_hash(int type, const char *value, bool truncated, uint64_t *h
 	} else if (type == SHARDKEY_TEXT) {
 		*sqlstate = "22023";
 		snprintf(msg, len, "invalid value for parameter \"pgmux.user_id\": longer than %d "
-			 "bytes (give the key in the statement instead: WHERE key = '...')",
-			 SQLSCAN_SET_VALUE_MAX - 1);
+			 "bytes, or a \\u escape or U&/B/X literal pgmux cannot decode (give the key "
+			 "in the statement instead: WHERE key = '...')", SQLSCAN_SET_VALUE_MAX - 1);
 	} else {
 		*sqlstate = "22023";
 		snprintf(msg, len, "invalid value for parameter \"pgmux.user_id\": \"%.60s\" "
@@ -229,7 +231,7 @@ static bool no_execute(const uint8_t *msg, uint32_t total, uint32_t avail)
 		uint32_t len = proto_get32(msg + off + 1);
 		if (t == 'S' || t == 'H')
 			return true;
-		if (t == 'E' || t == 'B' || len < 4)
+		if (t == 'E' || t == 'B' || len < 4 || len > avail - off - 1)
 			return false;
 		off += len + 1;
 	}
