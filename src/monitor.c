@@ -26,6 +26,7 @@ struct monitor {
 	uint8_t phase;
 	uint64_t probe_start;
 	bool dns_wait;              /* a lookup of the backend's host name is under way */
+	bool dns_failed;            /* the last one failed: kicks wait for the next interval */
 };
 
 /* One query for both roles, so a promoted replica needs no other probe. */
@@ -217,12 +218,17 @@ static void start_probe(struct monitor *m)
 		m->dns_wait = false;
 		if (!db->addr_ok) {
 			char msg[300];
-			snprintf(msg, sizeof(msg), "could not resolve host \"%s\"", db->cf->host);
+			snprintf(msg, sizeof(msg), "could not resolve host \"%s\"",
+				 db->cf->host ? db->cf->host : "");
+			/* A failed lookup also fails the pools, which kick the monitor: without this
+			 * the kick would look the name up again at once, round after round. */
+			m->dns_failed = true;
 			probe_failed(m, msg);
 			return;
 		}
 	}
 	m->dns_wait = false;
+	m->dns_failed = false;
 	char *ci = monitor_conninfo(m->be);
 	if (!ci) {
 		probe_failed(m, "out of memory");
@@ -352,7 +358,7 @@ struct monitor *monitor_start(struct backend *be)
 
 void monitor_kick(struct monitor *m)
 {
-	if (m && m->phase == MON_IDLE) {
+	if (m && m->phase == MON_IDLE && !m->dns_failed) {
 		evtimer_del(&m->ev_timer);
 		arm_timer(m, 0);
 	}
