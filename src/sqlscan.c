@@ -1649,17 +1649,32 @@ static bool set_value(struct cls *C, struct tok *t)
 	}
 	p = L->s + t->pos;
 	switch (t->kind) {
-	case TK_STRING:
+	case TK_STRING: {
+		/* Decoded exactly as a key literal in a statement is (sqlscan_key_string), so that
+		 * SET pgmux.user_id = E'\x41' and WHERE key = E'\x41' name the same key; U&'', B''
+		 * and X'' values, and \u escapes, whose bytes pgmux cannot tell, are bad. */
+		if (t->sk == SK_UNICODE || t->sk == SK_BITS) {
+			b.overflow = true;
+			break;
+		}
+		if (t->sk == SK_E) {
+			struct sqlscan_key k = { .kind = SQLSCAN_KEY_STRING, .str_off = (uint32_t)t->pos,
+						 .str_len = (uint32_t)t->len, .needs_unescape = true,
+						 .e_string = true };
+			int n = sqlscan_key_string((const char *)L->s, &k, b.p, b.cap);
+			if (n < 0)
+				b.overflow = true;
+			else
+				b.o = (size_t)n;
+			break;
+		}
 		for (size_t i = 0; i < t->len; i++) {
-			if (t->sk == SK_E && p[i] == '\\' && i + 1 < t->len) {
-				out_c(&b, e_escape(p[++i]));
-				continue;
-			}
 			out_c(&b, (char)p[i]);
 			if (p[i] == '\'' && t->sk != SK_DOLLAR)
 				i++;
 		}
 		break;
+	}
 	case TK_QIDENT:
 		for (size_t i = 0; i < t->len; i++) {
 			out_c(&b, (char)p[i]);

@@ -229,7 +229,12 @@ static void test_set_reset(void **state)
 	expect_set("SET pgmux.user_id = 42", SQLSCAN_SET_USER_ID, "42", false);
 	expect_set("SET pgmux.user_id = '42'", SQLSCAN_SET_USER_ID, "42", false);
 	expect_set("SET pgmux.user_id = -42", SQLSCAN_SET_USER_ID, "-42", false);
-	expect_set("SET pgmux.user_id = E'4\\2'", SQLSCAN_SET_USER_ID, "42", false);
+	/* decoded as PostgreSQL does, like a key literal: \2 is octal, \x41 is hex, \q is q */
+	expect_set("SET pgmux.user_id = E'4\\2'", SQLSCAN_SET_USER_ID, "4\002", false);
+	expect_set("SET pgmux.user_id = E'\\x41\\q'", SQLSCAN_SET_USER_ID, "Aq", false);
+	expect_set("SET pgmux.user_id = E'it''s'", SQLSCAN_SET_USER_ID, "it's", false);
+	expect_set("SET pgmux.user_id = E'\\u0041'", SQLSCAN_SET_USER_ID, "", true);
+	expect_set("SET pgmux.user_id = B'101'", SQLSCAN_SET_USER_ID, "", true);
 	expect_set("SET pgmux.user_id = 'it''s'", SQLSCAN_SET_USER_ID, "it's", false);
 	expect_set("SET pgmux.user_id = $$7$$", SQLSCAN_SET_USER_ID, "7", false);
 	expect_set("SET pgmux.shard = 1", SQLSCAN_SET_SHARD, "1", false);
