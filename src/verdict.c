@@ -5,7 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
-#if defined(__SSE2__)
+#if defined(__SSE2__) && defined(__x86_64__)
 #include <emmintrin.h>
 #endif
 
@@ -58,7 +58,7 @@ void verdict_fold_digits(const char *sql, size_t len, char *out)
 		out[i] = (unsigned)(sql[i] - '0') < 10 ? '0' : sql[i];
 }
 
-#if defined(__SSE2__)
+#if defined(__SSE2__) && defined(__x86_64__)
 /* Sixteen bytes at a time: a digit d becomes d - (d - '0'). */
 static inline __m128i fold16(__m128i v)
 {
