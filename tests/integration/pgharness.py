@@ -1107,8 +1107,13 @@ class TestEnv:
     def replicas(self, n=2):
         """The session-wide cluster's first n streaming replicas of env.pg (created on first
         use, shared by every test): do not stop or promote them; a test that pauses replay
-        must resume it (see pause_shared_replay)."""
-        return [self.cluster.replica(i) for i in range(n)]
+        must resume it (see pause_shared_replay).  Waits until each one streams: a test that
+        restarted the primary (test_restart) leaves replicas that are still reconnecting."""
+        reps = [self.cluster.replica(i) for i in range(n)]
+        for r in reps:
+            wait_for(lambda r=r: self.pg.replication_state(r) == "streaming", 20, 0.05,
+                     f"{r.name} streaming from the primary")
+        return reps
 
     def pause_shared_replay(self, replica):
         """Pauses WAL replay on a shared replica and resumes it when the test ends."""
