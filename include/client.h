@@ -34,6 +34,21 @@ void client_send_error(struct client *cl, const char *severity, const char *sqls
  * The linked server, if any, goes back to its pool or is closed.  Memory is freed later. */
 void client_close(struct client *cl, const char *reason, const char *sqlstate);
 
+/* What pgmux holds on the client's behalf beyond its standard receive buffer: a grown
+ * buffer, prepared-statement names and texts, routing copies.  Capped by max_client_memory. */
+uint64_t client_memory(const struct client *cl);
+
+/* Gathering: the first `need` bytes of the message at c->in->scan must be in the buffer
+ * before pgmux acts on it.  1: they are; 0: not yet, the buffer has been made big enough
+ * (pointers into it are stale) and reading goes on: the caller returns and is called again;
+ * -1: more than max_client_memory allows, the caller streams the message on untouched or
+ * refuses it (54000). */
+int client_need(struct client *cl, uint32_t need);
+
+/* Drops the message at c->in->scan (total bytes, possibly not all received yet) together
+ * with the bytes parsed before it: it is answered or refused by pgmux, never forwarded. */
+void client_drop_msg(struct client *cl, uint32_t total);
+
 /* Log prefix "C-<id> db/user@addr". */
 const char *client_tag(const struct client *cl, char *buf, size_t len);
 

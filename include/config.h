@@ -93,6 +93,8 @@ enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH, CF_R
 	X(CF_BOOL, server_round_robin,        "0",           true)  \
 	X(CF_BOOL, disable_pqexec,            "0",           false) \
 	X(CF_INT,  max_prepared_statements,   "200",         true)  \
+	X(CF_SIZE, max_client_memory,         "16777216",        true)  \
+	X(CF_SIZE, max_prepared_statement_memory, "268435456",   true)  \
 	X(CF_USEC, autodb_idle_timeout,       "3600",        true)  \
 	X(CF_USEC, monitor_interval,          "1",           true)  \
 	X(CF_STR,  monitor_user,              "",            true)  \

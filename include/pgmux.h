@@ -42,6 +42,8 @@ struct tls_server;
  * Bytes [start, scan) are parsed and ready to go to the peer; [scan, end) await parsing. */
 struct iobuf {
 	uint32_t start, scan, end;
+	uint32_t cap;               /* bytes in data: the worker's bufsize, or more while a
+				     * message pgmux must read whole is gathered (sbuf_reserve) */
 	struct iobuf *next_free;
 	uint8_t data[];
 };
@@ -179,6 +181,11 @@ struct client {
 	uint64_t user_id_hash;              /* its key's partition hash (shard_key_hash): the
 					     * shard is this mod n_shards, whatever the key type */
 	int32_t shard_pref;                 /* SET pgmux.shard, -1 none */
+	/* A Query or Parse text too big to hold streams on: the last bytes seen, so that pgmux's
+	 * statement-name token is found across reads (prepared.c, ps_scan_stream). */
+	bool ps_tok_scan;
+	uint8_t ps_tok_keep;
+	uint8_t ps_tok_tail[19];
 	uint64_t connect_time, wait_start, last_active, xact_start, query_start;
 	char addr[48];
 };
@@ -229,6 +236,7 @@ struct worker {
 	uint32_t bufsize;
 	struct iobuf *buf_free;
 	int n_buf_free, n_buf_used;
+	uint64_t buf_grown;                 /* bytes of receive buffers beyond bufsize, all conns */
 	/* deferred frees */
 	struct conn *reap_head;
 	struct event ev_reap;

@@ -15,19 +15,46 @@ enum ps_result {
 	PS_CLOSED       /* the client or server was closed */
 };
 
-/* Per-client statement names are capped; so is the memory of all statements together. */
+/* Per-client statement names are capped in number; their bytes count towards
+ * max_client_memory, and all statement texts together towards
+ * max_prepared_statement_memory. */
 #define PS_CLIENT_MAX 10000
-#define PS_GLOBAL_MAX_BYTES (256u << 20)
+
+/* Digits of the random per-process token in pgmux's server-side statement names. */
+#define PS_TOKEN_LEN 20
+
+/* A simple Query or unnamed Parse up to this size is read for "DEALLOCATE name". */
+#define PS_DEALLOC_MAX 1024
 
 /* True when a pool tracks statements (max_prepared_statements > 0, not session mode). */
 bool ps_enabled(const struct pool *p);
 
-/* A client message while linked to a tracking server: type, full length (header
- * included) and the bytes of it available at c->in->scan. */
+/* How many bytes of the client message at m (total bytes, avail of them in the buffer)
+ * statement tracking must read before it acts: 0 for none, total for the messages it reads
+ * whole (named Parse, Describe, Close), the head up to the statement name for a Bind. */
+uint32_t ps_msg_need(const struct client *cl, char type, const uint8_t *m, uint32_t total,
+		     uint32_t avail);
+
+/* A client message while linked to a tracking server: type, full length (header included)
+ * and the bytes of it available at c->in->scan.  The caller has gathered ps_msg_need() bytes
+ * of it, unless the message was larger than max_client_memory allows; then pgmux refuses it
+ * (54000) or streams it on, as it needs.  Simple Queries and Parse texts that name pgmux's own
+ * server-side statements are refused (42501). */
 enum ps_result ps_client_message(struct client *cl, char type, uint32_t total, uint32_t avail);
 
-/* A server message (whole for the types it reads) for a tracking link. */
-enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *body, uint32_t blen);
+/* A Query or Parse text too big to hold streams through: its next `n` bytes.  False when
+ * they name pgmux's own statements (the caller closes the client: the server has part of
+ * the message). */
+bool ps_scan_stream(struct client *cl, const uint8_t *p, uint32_t n);
+
+/* Bytes of the client's statement names and the texts they reference (max_client_memory). */
+uint64_t ps_client_bytes(const struct client *cl);
+
+/* A server message for a tracking link; whole when body holds all blen bytes (the types it
+ * reads always are, up to max_client_memory; an ErrorResponse or CommandComplete beyond that
+ * is handled without its fields). */
+enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *body, uint32_t blen,
+				 bool whole);
 
 /* Splices pgmux's own answers that are due now into the server's stream. */
 enum ps_result ps_emit(struct server *sv);

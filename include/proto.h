@@ -77,6 +77,26 @@ const char *proto_error_field(const uint8_t *body, size_t len, char code);
 /* Escapes `val` as an SQL string literal into out ('...' with quotes doubled); false if too long. */
 bool proto_quote_literal(const char *val, char *out, size_t outlen);
 
+/* The longest frontend message of a type that PostgreSQL accepts (its length field): 10000
+ * for the small control messages, just under 1 GB for Query, Parse, Bind, FunctionCall,
+ * CopyData and the password/SASL messages (postgres.c, PQ_*_MESSAGE_LIMIT). */
+static inline uint32_t proto_max_msg_len(char type)
+{
+	switch (type) {
+	case 'C': case 'D': case 'E': case 'H': case 'S': case 'X': case 'c': case 'f':
+		return 10000;
+	default:
+		return 0x3fffffffu - 1;
+	}
+}
+
+/* Bind messages (m: the header, then avail bytes of it).  The offset just past the statement
+ * name's NUL, or 0 while the portal and statement names are not both within avail. */
+uint32_t proto_bind_names_end(const uint8_t *m, uint32_t avail);
+/* How much of a Bind of `total` bytes to hold to read its names: their end when they are in
+ * the avail bytes; otherwise more (doubling, at least `step` more), at most total. */
+uint32_t proto_bind_need(const uint8_t *m, uint32_t total, uint32_t avail, uint32_t step);
+
 /* The session parameters pgmux keeps in step between a client and the servers it borrows. */
 #define VAR_LIST(X) \
 	X(VAR_CLIENT_ENCODING, "client_encoding") \

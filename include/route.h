@@ -119,6 +119,17 @@ int route_fanout_message(struct server *sv, char type, uint32_t len, bool whole)
 /* After that release: the batch goes to the next shard. */
 void route_fanout_next(struct client *cl);
 
+/* How much of the client message at h (total bytes, avail here) routing reads before it acts:
+ * a Query or Parse whole, a Bind whole on a sharded database or up to its statement name
+ * otherwise; 0 for the rest.  client.c gathers it (bounded by max_client_memory); a message
+ * that was too big reaches route_pick / route_check_shard with avail < total and is routed
+ * without being read (read routing: to the primary) or refused (sharding: 54000). */
+uint32_t route_msg_need(const struct client *cl, char type, const uint8_t *h, uint32_t total,
+			uint32_t avail);
+
+/* Bytes routing holds for the client (retry copy, held-back BEGIN, fan-out batch). */
+uint64_t route_client_bytes(const struct client *cl);
+
 /* Forgets a client's saved query (it got its answer, or left). */
 void route_retry_clear(struct client *cl);
 

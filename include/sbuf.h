@@ -24,15 +24,30 @@ int sbuf_send_out(struct conn *c);
  * down through its kind's close path). */
 bool sbuf_flush(struct conn *src);
 
+/* Makes room for `need` bytes from c->in->scan on (compacting, then growing the buffer past
+ * the worker's bufsize), so that a message pgmux must read whole can arrive whole.  Every
+ * pointer into c->in is stale afterwards.  The caller bounds `need` (max_client_memory);
+ * false when out of memory.  A grown buffer goes back to the standard size once it holds
+ * little again. */
+bool sbuf_reserve(struct conn *c, uint32_t need);
+
+/* Bytes c's receive buffer holds beyond the worker's standard size (0 for most conns). */
+static inline uint32_t sbuf_extra(const struct conn *c)
+{
+	return c->in && c->in->cap > c->w->bufsize ? c->in->cap - c->w->bufsize : 0;
+}
+
 /* Removes n bytes at offset `at` of c->in (a message pgmux swallows). */
 void sbuf_drop(struct conn *c, uint32_t at, uint32_t n);
 
 /* Puts n bytes into c->in at the parse position, as if they had been received and parsed
- * (pgmux's own replies spliced into a server's stream).  False when there is no room. */
+ * (pgmux's own replies spliced into a server's stream).  The buffer may move or grow (stale
+ * pointers); false when out of memory. */
 bool sbuf_insert(struct conn *c, const void *data, uint32_t n);
 
 /* Replaces the first oldn bytes at the parse position of c->in with data (a message renamed
- * in place, so it still goes out in the same send).  False when there is no room. */
+ * in place, so it still goes out in the same send); those bytes must all be in the buffer.
+ * The buffer may move or grow (stale pointers); false when out of memory. */
 bool sbuf_replace(struct conn *c, uint32_t oldn, const void *data, uint32_t newn);
 
 /* Bytes in c->in not yet parsed. */

@@ -25,6 +25,15 @@ bool server_send_internal(struct server *sv, const char *sql);
  * read and dropped, never handed to the next client. */
 void server_drain_unlinked(struct server *sv);
 
+/* The one test of "this server may go back to the pool" (transaction and statement mode):
+ * the client owes nothing and is owed nothing, every byte it sent has reached the server and
+ * ended there at a message boundary, and the server is idle. */
+bool server_link_settled(const struct server *sv);
+
+/* The client of a link that owed a release has drained its bytes to the server: hands the
+ * server back when server_link_settled() now holds.  True when it was released. */
+bool server_release_owed(struct server *sv);
+
 /* The one teardown path; a linked client is closed with an error too. */
 void server_close(struct server *sv, const char *reason);
 

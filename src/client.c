@@ -521,6 +521,71 @@ void client_linked(struct client *cl)
 /* Pipelining past this many unanswered requests is refused: the count must never wrap. */
 #define MAX_PIPELINE (1u << 20)
 
+uint64_t client_memory(const struct client *cl)
+{
+	return sbuf_extra(&cl->c) + ps_client_bytes(cl) + route_client_bytes(cl);
+}
+
+int client_need(struct client *cl, uint32_t need)
+{
+	struct conn *c = &cl->c;
+	struct iobuf *b = c->in;
+	if (b && b->end - b->scan >= need)
+		return 1;
+	struct worker *w = c->w;
+	/* The standard buffer is every client's; growing past it counts against its limit. */
+	if (need > w->bufsize &&
+	    (uint64_t)need + ps_client_bytes(cl) + route_client_bytes(cl) > (uint64_t)w->cf->max_client_memory)
+		return -1;
+	if (!sbuf_reserve(c, need)) {
+		char tag[256];
+		log_warn("%s out of memory for a %u-byte message", client_tag(cl, tag, sizeof(tag)), need);
+		return -1;
+	}
+	return 0;
+}
+
+void client_drop_msg(struct client *cl, uint32_t total)
+{
+	struct conn *c = &cl->c;
+	struct iobuf *b = c->in;
+	uint32_t avail = b->end - b->scan;
+	if (avail >= total) {
+		b->scan += total;
+		b->start = b->scan;
+	} else {
+		/* The rest is read away as it arrives. */
+		b->start = b->scan = b->end;
+		c->pkt_left = total - avail;
+		cl->discarding = true;
+	}
+}
+
+/* What routing and statement tracking must read of the message at the parse position before
+ * they act on it: the rule that every message pgmux reads is whole (or its head is, for a
+ * Bind whose names are all that matter) lives here. */
+static uint32_t msg_need(struct client *cl, char type, const uint8_t *h, uint32_t total,
+			 uint32_t avail)
+{
+	uint32_t need = cl->rs ? route_msg_need(cl, type, h, total, avail) : 0;
+	if (cl->link && cl->link->ps_active) {
+		uint32_t n = ps_msg_need(cl, type, h, total, avail);
+		if (n > need)
+			need = n;
+	}
+	return need;
+}
+
+/* Gathers what msg_need asks for: 1 ready, 0 wait for more bytes (the loop returns), -1 too
+ * big to hold (the readers stream it or refuse it). */
+static int gather(struct client *cl, char type, uint32_t total)
+{
+	struct iobuf *b = cl->c.in;
+	uint32_t avail = b->end - b->scan;
+	uint32_t need = msg_need(cl, type, b->data + b->scan, total, avail);
+	return need <= avail ? 1 : client_need(cl, need);
+}
+
 /* The first request after a quiet spell starts a query; on an idle server, a transaction. */
 static void note_query_start(struct client *cl)
 {
@@ -551,8 +616,15 @@ static void forward_loop(struct client *cl)
 			uint32_t n = b->end - b->scan;
 			if (n > c->pkt_left)
 				n = c->pkt_left;
+			if (cl->ps_tok_scan && !cl->discarding && !ps_scan_stream(cl, b->data + b->scan, n)) {
+				client_close(cl, "pgmux's own prepared statements cannot be used from SQL",
+					     "42501");
+				return;
+			}
 			b->scan += n;
 			c->pkt_left -= n;
+			if (!c->pkt_left)
+				cl->ps_tok_scan = false;
 			if (cl->discarding) {
 				b->start = b->scan;
 				cl->discarding = c->pkt_left > 0;
@@ -565,11 +637,17 @@ static void forward_loop(struct client *cl)
 		const uint8_t *h = b->data + b->scan;
 		char type = (char)h[0];
 		uint32_t len = proto_get32(h + 1);
-		if (len < 4 || len > 0x7fffffffu || (int64_t)len > cf->max_packet_size) {
-			client_close(cl, len < 4 || len > 0x7fffffffu ? "invalid packet length" : "max_packet_size exceeded",
-				     "08P01");
+		if (len < 4 || len > proto_max_msg_len(type)) {
+			/* PostgreSQL would drop the connection for it: refusing it here keeps the
+			 * server connection, which other clients share, alive. */
+			client_close(cl, "invalid message length", "08P01");
 			return;
 		}
+		if ((int64_t)len > cf->max_packet_size) {
+			client_close(cl, "max_packet_size exceeded", "08P01");
+			return;
+		}
+		uint32_t total = len + 1;
 		if (!cl->link) {
 			if (type == 'X') {
 				client_close(cl, "client close request", NULL);
@@ -578,17 +656,17 @@ static void forward_loop(struct client *cl)
 			if (needs_no_server(type) && b->start == b->scan) {
 				if (type == 'c' || type == 'f')
 					cl->copy_fixup = false;
-				if (avail >= len + 1) {
-					b->start = b->scan = b->scan + len + 1;
-				} else {
-					b->start = b->scan = b->end;
-					c->pkt_left = len + 1 - avail;
-					cl->discarding = true;
-				}
+				client_drop_msg(cl, total);
 				continue;
 			}
 			if (cl->rs) {
-				enum route_result r = route_pick(cl, type, h, len + 1, avail);
+				int g = gather(cl, type, total);
+				if (g == 0 || c->dead)
+					break;
+				b = c->in;
+				h = b->data + b->scan;
+				avail = b->end - b->scan;
+				enum route_result r = route_pick(cl, type, h, total, avail);
 				if (r == ROUTE_WAIT || r == ROUTE_CLOSED || c->dead)
 					return;
 				if (r == ROUTE_DONE) {
@@ -603,17 +681,23 @@ static void forward_loop(struct client *cl)
 			if (c->dead || !cl->link)
 				return;   /* queued: client_linked() resumes this loop */
 		}
+		if (cl->link->ps_active || cl->rs) {
+			int g = gather(cl, type, total);
+			if (g == 0 || c->dead)
+				break;
+			b = c->in;
+			h = b->data + b->scan;
+			avail = b->end - b->scan;
+		}
 		log_noise("C-%llu -> %c len %u expect_z %u", (unsigned long long)c->id, type, len, cl->expect_z);
-		if (cl->rt_prepare_only && type == 'B' && avail >= len + 1 &&
-		    route_bind_shard(cl, h, len + 1, avail)) {
+		if (cl->rt_prepare_only && type == 'B' && route_bind_shard(cl, h, total, avail)) {
 			if (c->dead)
 				return;
 			b = c->in;
 			continue;   /* unlinked: the Bind routes to its own shard */
 		}
 		if (cl->rs && cl->link->tx != 'I' && (type == 'Q' || type == 'P' || type == 'B') &&
-		    cl->rs->cl->n_shards > 1 && avail >= len + 1 &&
-		    route_check_shard(cl, type, h, len + 1, avail)) {
+		    cl->rs->cl->n_shards > 1 && route_check_shard(cl, type, h, total, avail)) {
 			if (c->dead)
 				return;
 			b = c->in;
@@ -627,7 +711,7 @@ static void forward_loop(struct client *cl)
 				cl->retry_sent = true;
 		}
 		if (cl->link->ps_active && type != 'X') {
-			enum ps_result r = ps_client_message(cl, type, len + 1, avail);
+			enum ps_result r = ps_client_message(cl, type, total, avail);
 			if (r == PS_CLOSED || c->dead)
 				return;
 			if (r == PS_WAIT)
@@ -636,10 +720,22 @@ static void forward_loop(struct client *cl)
 				if (type == 'P' || type == 'B' || type == 'D' || type == 'C') {
 					note_query_start(cl);
 					cl->sync_pending = true;
+				} else if (type == 'Q') {
+					/* refused: the server answers pgmux's error and a ReadyForQuery */
+					note_query_start(cl);
+					cl->expect_z++;
+					cl->sync_pending = false;
+					cl->unnamed_pending = false;
+					cl->last_exec = 'Q';
 				}
 				b = c->in;
 				continue;
 			}
+			/* A DEALLOCATE may have been renamed in place: read its header again. */
+			b = c->in;
+			h = b->data + b->scan;
+			avail = b->end - b->scan;
+			total = proto_get32(h + 1) + 1;
 		}
 		switch (type) {
 		case 'X':
@@ -647,8 +743,8 @@ static void forward_loop(struct client *cl)
 			 * session-mode server goes back to the pool clean. */
 			if (!sbuf_flush(c))
 				return;
-			if (avail >= len + 1)
-				b->start = b->scan = b->scan + len + 1;
+			if (avail >= total)
+				b->start = b->scan = b->scan + total;
 			client_close(cl, "client close request", NULL);
 			return;
 		case 'Q':
@@ -712,11 +808,11 @@ static void forward_loop(struct client *cl)
 			client_close(cl, "too many pipelined requests", "08P01");
 			return;
 		}
-		if (avail >= len + 1) {
-			b->scan += len + 1;
+		if (avail >= total) {
+			b->scan += total;
 		} else {
 			b->scan = b->end;
-			c->pkt_left = len + 1 - avail;
+			c->pkt_left = total - avail;
 		}
 	}
 	struct server *sv = cl->link;
@@ -732,14 +828,22 @@ static void forward_loop(struct client *cl)
 			return;
 		b = c->in;
 	}
-	if (cl->link && b) {
-		uint32_t sent = b->scan - b->start;
-		cl->pool->bytes_recv += sent;
-		sbuf_flush(c);
-	} else if (b && b->start == b->end) {
-		b->start = b->scan = b->end = 0;
-		sbuf_release_buf(c);
+	sv = cl->link;
+	if (!sv) {
+		if (b && b->start == b->end) {
+			b->start = b->scan = b->end = 0;
+			sbuf_release_buf(c);
+		}
+		return;
 	}
+	if (b) {
+		cl->pool->bytes_recv += b->scan - b->start;
+		if (!sbuf_flush(c) || c->dead || cl->link != sv)
+			return;
+	}
+	/* Its server may have been owed a release until these bytes were all out. */
+	if (sv->ready_notified)
+		server_release_owed(sv);
 }
 
 void client_on_data(struct client *cl)

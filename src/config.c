@@ -63,6 +63,9 @@ static const struct key_rule {
 	{ "max_client_conn",   1,   INT32_MAX, false, NULL },
 	{ "pkt_buf",           512, INT32_MAX, false, NULL },
 	{ "max_packet_size",   1,   INT32_MAX, false, NULL },
+	/* below 64 kB a client could not even send a long prepared-statement name */
+	{ "max_client_memory", 65536, INT32_MAX, false, NULL },
+	{ "max_prepared_statement_memory", 65536, INT64_MAX / 2, false, NULL },
 	{ "syslog_facility",   0,   0,         false, check_facility },
 	{ "stats_listen",      0,   0,         false, check_listen },
 	{ "client_tls_sslmode", 0,  0,         false, check_client_sslmode },

@@ -1,10 +1,13 @@
 /* prepared.c: named prepared statements across pooled servers: name mapping, per-server LRU, response matching. */
 #include "prepared.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+
+#include <openssl/rand.h>
 
 #include "client.h"
 #include "log.h"
@@ -28,6 +31,9 @@ struct ps_global {
 	uint32_t mask, n;
 	uint64_t next_id;
 	size_t bytes;
+	/* Server-side names are "pgmux_<token>_<id>": the token is random per process, so
+	 * another client cannot guess a name, and SQL naming it can be refused (client_sql_ok). */
+	char token[PS_TOKEN_LEN + 1];
 };
 
 /* A client's name for a statement. */
@@ -42,7 +48,18 @@ struct ps_cname {
 struct ps_cmap {
 	struct ps_cname **tab;
 	uint32_t mask, n;
+	uint64_t bytes;            /* names and the texts they reference: max_client_memory */
 };
+
+/* PostgreSQL keys prepared statements by the first NAMEDATALEN - 1 bytes of their name (a
+ * longer name is the same statement as its prefix); pgmux compares names the same way. */
+#define PS_NAME_MAX 63
+
+/* What one client name costs, for max_client_memory: its entry, the name and the text. */
+static uint64_t cname_cost(size_t name_len, const struct ps_stmt *st)
+{
+	return sizeof(struct ps_cname) + name_len + 1 + sizeof(*st) + st->len;
+}
 
 /* A statement a server holds, in its LRU. */
 struct ps_sent {
@@ -106,10 +123,19 @@ static struct ps_global *global(struct worker *w)
 		if (w->ps) {
 			w->ps->mask = 255;
 			w->ps->tab = calloc(256, sizeof(*w->ps->tab));
-			if (!w->ps->tab) {
+			uint8_t rnd[PS_TOKEN_LEN];
+			if (!w->ps->tab || RAND_bytes(rnd, sizeof(rnd)) != 1) {
+				free(w->ps->tab);
 				free(w->ps);
 				w->ps = NULL;
+				return NULL;
 			}
+			for (int i = 0; i < PS_TOKEN_LEN; i++)
+				w->ps->token[i] = (char)('0' + rnd[i] % 10);
+			/* The first digit is never 0, so the token never looks like a short number. */
+			if (w->ps->token[0] == '0')
+				w->ps->token[0] = '7';
+			w->ps->token[PS_TOKEN_LEN] = '\0';
 		}
 	}
 	return w->ps;
@@ -145,8 +171,11 @@ static struct ps_stmt *stmt_intern(struct worker *w, const uint8_t *body, uint32
 	for (struct ps_stmt *s = g->tab[h & g->mask]; s; s = s->next)
 		if (s->hash == h && s->len == len && memcmp(s->body, body, len) == 0)
 			return s;
-	if (g->bytes + len > PS_GLOBAL_MAX_BYTES)
+	if (g->bytes + sizeof(struct ps_stmt) + len > (uint64_t)w->cf->max_prepared_statement_memory) {
+		log_warn("prepared statement cache is full (max_prepared_statement_memory = %lld bytes)",
+			 (long long)w->cf->max_prepared_statement_memory);
 		return NULL;
+	}
 	struct ps_stmt *s = malloc(sizeof(*s) + len);
 	if (!s)
 		return NULL;
@@ -161,7 +190,7 @@ static struct ps_stmt *stmt_intern(struct worker *w, const uint8_t *body, uint32
 	s->next = g->tab[h & g->mask];
 	g->tab[h & g->mask] = s;
 	g->n++;
-	g->bytes += len;
+	g->bytes += sizeof(*s) + len;
 	return s;
 }
 
@@ -180,13 +209,16 @@ static void stmt_unref(struct worker *w, struct ps_stmt *s)
 		pp = &(*pp)->next;
 	*pp = s->next;
 	g->n--;
-	g->bytes -= s->len;
+	g->bytes -= sizeof(*s) + s->len;
 	free(s);
 }
 
-static void server_name(const struct ps_stmt *s, char *buf, size_t len)
+/* Fits PS_NAME_MAX: "pgmux_" + 20 + "_" + at most 20 digits. */
+#define PS_SNAME_LEN 64
+
+static void server_name(struct worker *w, const struct ps_stmt *s, char *buf, size_t len)
 {
-	snprintf(buf, len, "pgmux_%llu", (unsigned long long)s->id);
+	snprintf(buf, len, "pgmux_%s_%llu", w->ps->token, (unsigned long long)s->id);
 }
 
 /* ---- a client's names ---- */
@@ -201,6 +233,7 @@ static struct ps_cname *cname_find(struct client *cl, const char *name, uint32_t
 	return NULL;
 }
 
+/* key is a name already cut to PS_NAME_MAX (name_key). */
 static bool cname_add(struct client *cl, const char *name, uint32_t h, struct ps_stmt *st)
 {
 	if (!cl->ps) {
@@ -230,6 +263,7 @@ static bool cname_add(struct client *cl, const char *name, uint32_t h, struct ps
 	e->next = cl->ps->tab[h & cl->ps->mask];
 	cl->ps->tab[h & cl->ps->mask] = e;
 	cl->ps->n++;
+	cl->ps->bytes += cname_cost(n, st);
 	return true;
 }
 
@@ -242,6 +276,8 @@ static void cname_del(struct client *cl, const char *name, uint32_t h)
 		struct ps_cname *e = *pp;
 		if (e->hash == h && strcmp(e->name, name) == 0) {
 			*pp = e->next;
+			assert(cl->ps->bytes >= cname_cost(strlen(e->name), e->st));
+			cl->ps->bytes -= cname_cost(strlen(e->name), e->st);
 			stmt_unref(cl->c.w, e->st);
 			free(e);
 			cl->ps->n--;
@@ -427,20 +463,20 @@ void ps_server_free(struct server *sv)
 
 /* ---- writing to the server ---- */
 
-static void put_parse(struct pktbuf *o, const struct ps_stmt *st)
+static void put_parse(struct worker *w, struct pktbuf *o, const struct ps_stmt *st)
 {
-	char name[32];
-	server_name(st, name, sizeof(name));
+	char name[PS_SNAME_LEN];
+	server_name(w, st, name, sizeof(name));
 	pktbuf_begin(o, 'P');
 	pktbuf_put_str(o, name);
 	pktbuf_put(o, st->body, st->len);
 	pktbuf_end(o);
 }
 
-static void put_close(struct pktbuf *o, const struct ps_stmt *st)
+static void put_close(struct worker *w, struct pktbuf *o, const struct ps_stmt *st)
 {
-	char name[32];
-	server_name(st, name, sizeof(name));
+	char name[PS_SNAME_LEN];
+	server_name(w, st, name, sizeof(name));
 	pktbuf_begin(o, 'C');
 	pktbuf_put_u8(o, 'S');
 	pktbuf_put_str(o, name);
@@ -461,7 +497,7 @@ static bool make_room(struct server *sv, struct ps_server *ps)
 	int64_t max = sv->c.w->cf->max_prepared_statements;
 	while ((int64_t)ps->n >= max && !list_empty(&ps->lru)) {
 		struct ps_sent *old = list_entry(ps->lru.next, struct ps_sent, lru);
-		put_close(&sv->c.out, old->st);
+		put_close(sv->c.w, &sv->c.out, old->st);
 		if (!push(ps, PSR_CLOSE_HIDDEN, NULL))
 			return false;
 		sent_del(sv->c.w, ps, old);
@@ -483,23 +519,39 @@ static bool ensure_on_server(struct server *sv, struct ps_stmt *st)
 	}
 	if (e) {
 		/* Closing a statement the server may not have is no error, so this is safe either way. */
-		put_close(&sv->c.out, st);
+		put_close(sv->c.w, &sv->c.out, st);
 		if (!push(ps, PSR_CLOSE_HIDDEN, NULL))
 			return false;
 		sent_del(sv->c.w, ps, e);
 	}
 	if (!make_room(sv, ps))
 		return false;
-	put_parse(&sv->c.out, st);
+	put_parse(sv->c.w, &sv->c.out, st);
 	sv->pool->server_parse_count++;
 	return push(ps, PSR_PARSE_HIDDEN, st) && sent_add(ps, st);
 }
 
 /* ---- client side ---- */
 
-static uint32_t name_hash(const char *s)
+/* Copies a client's statement name as PostgreSQL keys it (its first PS_NAME_MAX bytes) into
+ * key (PS_NAME_MAX + 1 bytes) and returns its hash. */
+static uint32_t name_key(const char *name, char *key)
 {
-	return hash_bytes(s, strlen(s));
+	size_t n = strnlen(name, PS_NAME_MAX);
+	memcpy(key, name, n);
+	key[n] = '\0';
+	return hash_bytes(key, n);
+}
+
+uint64_t ps_client_bytes(const struct client *cl)
+{
+	return cl->ps ? cl->ps->bytes + (uint64_t)(cl->ps->mask + 1) * sizeof(*cl->ps->tab) : 0;
+}
+
+/* True when `text` (n bytes) names one of pgmux's own server-side statements. */
+static bool names_pgmux_stmt(struct worker *w, const uint8_t *text, size_t n)
+{
+	return w->ps && memmem(text, n, w->ps->token, PS_TOKEN_LEN) != NULL;
 }
 
 /* pgmux refuses a message with an error of its own.  It has the server refuse a Parse in its
@@ -521,6 +573,30 @@ static enum ps_result synth_error(struct client *cl, struct ps_server *ps, const
 	pktbuf_put_str(o, "pgmux refused this message");   /* a syntax error, by design */
 	pktbuf_put_u16(o, 0);
 	pktbuf_end(o);
+	return PS_CONSUMED;
+}
+
+/* The simple-protocol form of synth_error: a Query that raises pgmux's error on the server
+ * (SQLSTATE and text exactly pgmux's), answered with ErrorResponse and ReadyForQuery as the
+ * client's own Query would be, and aborting a transaction the same way.  The caller counts
+ * the ReadyForQuery the client is owed (client.c: a consumed 'Q'). */
+static enum ps_result synth_query_error(struct client *cl, struct ps_server *ps, const char *code,
+					const char *msg)
+{
+	struct server *sv = cl->link;
+	char text[300], q[512];
+	size_t n = 0;
+	for (const char *m = msg; *m && n < sizeof(text) - 1; m++)
+		text[n++] = *m == '\'' || *m == '\\' || *m == '$' ? ' ' : *m;
+	text[n] = '\0';
+	snprintf(q, sizeof(q), "DO $pgmux$BEGIN RAISE EXCEPTION USING ERRCODE = '%.5s', "
+		 "MESSAGE = '%s'; END$pgmux$", code, text);
+	if (!push(ps, PSR_QUERY, NULL)) {
+		client_close(cl, "too many pipelined requests", "08P01");
+		return PS_CLOSED;
+	}
+	ps->block++;
+	proto_query(&sv->c.out, q);
 	return PS_CONSUMED;
 }
 
@@ -560,64 +636,173 @@ static void discard_rest(struct client *cl, uint32_t total, uint32_t avail)
 }
 
 
+/* Refuses the message at scan with pgmux's own error (see synth_error), dropping its bytes,
+ * including those still to come. */
+static enum ps_result refuse_msg(struct client *cl, struct ps_server *ps, uint32_t total,
+				 uint32_t avail, const char *code, const char *msg)
+{
+	char type = (char)cl->c.in->data[cl->c.in->scan];
+	enum ps_result fr = flush_first(cl);
+	if (fr != PS_FORWARD)
+		return fr;
+	discard_rest(cl, total, avail);
+	if (type == 'Q')
+		return synth_query_error(cl, ps, code, msg);
+	return synth_error(cl, ps, code, msg);
+}
+
+/* The 54000 a message gets when pgmux must read it whole but it exceeds what the client may
+ * hold. */
+static enum ps_result refuse_big(struct client *cl, struct ps_server *ps, uint32_t total,
+				 uint32_t avail, const char *what)
+{
+	char msg[200];
+	snprintf(msg, sizeof(msg), "%s of %u bytes is too large for pgmux to read (max_client_memory "
+		 "= %lld bytes)", what, total, (long long)cl->c.w->cf->max_client_memory);
+	return refuse_msg(cl, ps, total, avail, "54000", msg);
+}
+
+static const char refuse_own_name[] =
+	"pgmux's own prepared statements cannot be used from SQL";
+
+uint32_t ps_msg_need(const struct client *cl, char type, const uint8_t *m, uint32_t total,
+		     uint32_t avail)
+{
+	uint32_t bufsize = cl->c.w->bufsize;
+	switch (type) {
+	case 'P':
+		if (avail <= PROTO_HDR)
+			return total < PROTO_HDR + 1 ? total : PROTO_HDR + 1;
+		/* named: the whole message is interned; unnamed: only a short DEALLOCATE */
+		return m[PROTO_HDR] ? total : (total < PS_DEALLOC_MAX ? total : PS_DEALLOC_MAX);
+	case 'Q':
+		return total < PS_DEALLOC_MAX ? total : PS_DEALLOC_MAX;
+	case 'B':
+		return proto_bind_need(m, total, avail, bufsize);
+	case 'D':
+	case 'C':
+		return total;
+	default:
+		return 0;
+	}
+}
+
+/* A simple Query or Parse text that pgmux forwards: refused when it names pgmux's own
+ * statements (whole), or scanned on as the rest streams through (too big to hold). */
+static enum ps_result check_text(struct client *cl, struct ps_server *ps, char type, uint32_t total,
+				 uint32_t avail)
+{
+	struct worker *w = cl->c.w;
+	if (!w->ps)
+		return PS_FORWARD;   /* no statement of pgmux's exists anywhere yet */
+	const uint8_t *m = cl->c.in->data + cl->c.in->scan;
+	uint32_t n = avail < total ? avail : total;
+	if (names_pgmux_stmt(w, m + PROTO_HDR, n - PROTO_HDR)) {
+		char tag[256];
+		log_warn("%s refused SQL naming pgmux's own prepared statements",
+			 client_tag(cl, tag, sizeof(tag)));
+		return refuse_msg(cl, ps, total, avail, "42501", refuse_own_name);
+	}
+	if (avail < total) {
+		/* Keep the tail: the token may straddle the next read. */
+		uint32_t keep = n - PROTO_HDR < PS_TOKEN_LEN - 1 ? n - PROTO_HDR : PS_TOKEN_LEN - 1;
+		memcpy(cl->ps_tok_tail, m + n - keep, keep);
+		cl->ps_tok_keep = (uint8_t)keep;
+		cl->ps_tok_scan = true;
+	}
+	(void)type;
+	return PS_FORWARD;
+}
+
+bool ps_scan_stream(struct client *cl, const uint8_t *p, uint32_t n)
+{
+	struct worker *w = cl->c.w;
+	if (!w->ps || !n)
+		return true;
+	/* The seam: the kept tail followed by this chunk's first bytes. */
+	uint8_t seam[2 * PS_TOKEN_LEN];
+	uint32_t k = cl->ps_tok_keep, head = n < PS_TOKEN_LEN - 1 ? n : PS_TOKEN_LEN - 1;
+	memcpy(seam, cl->ps_tok_tail, k);
+	memcpy(seam + k, p, head);
+	if (names_pgmux_stmt(w, seam, k + head) || names_pgmux_stmt(w, p, n))
+		return false;
+	/* The new tail: the last PS_TOKEN_LEN - 1 bytes of seam + chunk. */
+	if (n >= PS_TOKEN_LEN - 1) {
+		memcpy(cl->ps_tok_tail, p + n - (PS_TOKEN_LEN - 1), PS_TOKEN_LEN - 1);
+		cl->ps_tok_keep = PS_TOKEN_LEN - 1;
+	} else {
+		uint32_t all = k + n, keep = all < PS_TOKEN_LEN - 1 ? all : PS_TOKEN_LEN - 1;
+		uint8_t tmp[2 * PS_TOKEN_LEN];
+		memcpy(tmp, cl->ps_tok_tail, k);
+		memcpy(tmp + k, p, n);
+		memcpy(cl->ps_tok_tail, tmp + all - keep, keep);
+		cl->ps_tok_keep = (uint8_t)keep;
+	}
+	return true;
+}
+
 static enum ps_result client_parse(struct client *cl, struct ps_server *ps, uint32_t total, uint32_t avail)
 {
 	enum ps_result fr;
 	struct conn *c = &cl->c;
 	struct server *sv = cl->link;
 	const uint8_t *m = c->in->data + c->in->scan;
-	const uint8_t *nul = memchr(m + PROTO_HDR, 0, avail - PROTO_HDR);
-	if (!nul)
-		return avail >= total ? PS_FORWARD : PS_WAIT;   /* malformed: the server says so */
-	const char *name = (const char *)m + PROTO_HDR;
-	if (!*name) {
+	if (!m[PROTO_HDR]) {
+		/* The unnamed statement goes through as it is. */
 		if (!push(ps, PSR_PARSE, NULL))
 			goto oom;
 		return PS_FORWARD;
 	}
-	if (total > c->w->bufsize) {
-		char msg[128];
-		snprintf(msg, sizeof(msg), "prepared statement too long for pgmux (%u bytes, limit %u)",
-			 total, c->w->bufsize);
-		if ((fr = flush_first(cl)) != PS_FORWARD)
-			return fr;
-		discard_rest(cl, total, avail);
-		return synth_error(cl, ps, "54000", msg);
-	}
 	if (avail < total)
-		return PS_WAIT;
-	uint32_t h = name_hash(name);
+		return refuse_big(cl, ps, total, avail, "a prepared statement");
+	const uint8_t *nul = memchr(m + PROTO_HDR, 0, total - PROTO_HDR);
+	const uint8_t *body = nul ? nul + 1 : NULL;
+	if (!body || !memchr(body, 0, (size_t)(m + total - body)) || m + total - body < 3) {
+		client_close(cl, "invalid Parse message", "08P01");
+		return PS_CLOSED;
+	}
+	char name[PS_NAME_MAX + 1];
+	uint32_t h = name_key((const char *)m + PROTO_HDR, name);
 	if (cname_find(cl, name, h)) {
 		char msg[300];
-		snprintf(msg, sizeof(msg), "prepared statement \"%.200s\" already exists", name);
-		if ((fr = flush_first(cl)) != PS_FORWARD)
-			return fr;
-		drop_msg(cl, total);
-		return synth_error(cl, ps, "42P05", msg);
+		snprintf(msg, sizeof(msg), "prepared statement \"%s\" already exists", name);
+		return refuse_msg(cl, ps, total, avail, "42P05", msg);
 	}
 	if (cl->ps && cl->ps->n >= PS_CLIENT_MAX) {
 		char msg[128];
 		snprintf(msg, sizeof(msg), "too many prepared statements for one client (max %d)", PS_CLIENT_MAX);
-		if ((fr = flush_first(cl)) != PS_FORWARD)
-			return fr;
-		drop_msg(cl, total);
-		return synth_error(cl, ps, "54000", msg);
+		return refuse_msg(cl, ps, total, avail, "54000", msg);
 	}
+	uint32_t blen = (uint32_t)(m + total - body);
+	uint64_t cost = sizeof(struct ps_cname) + strlen(name) + 1 + sizeof(struct ps_stmt) + blen;
+	if (client_memory(cl) + cost > (uint64_t)c->w->cf->max_client_memory) {
+		char msg[200];
+		snprintf(msg, sizeof(msg), "prepared statements of this connection would exceed "
+			 "max_client_memory (%lld bytes); deallocate some first",
+			 (long long)c->w->cf->max_client_memory);
+		return refuse_msg(cl, ps, total, avail, "54000", msg);
+	}
+	if (names_pgmux_stmt(c->w, body, blen))
+		return refuse_msg(cl, ps, total, avail, "42501", refuse_own_name);
 	/* Everything before this message must reach the server before pgmux's own bytes. */
 	if ((fr = flush_first(cl)) != PS_FORWARD)
 		return fr;
-	const uint8_t *body = (const uint8_t *)name + strlen(name) + 1;
-	struct ps_stmt *st = stmt_intern(c->w, body, (uint32_t)(m + total - body));
+	m = c->in->data + c->in->scan;
+	body = m + total - blen;
+	struct ps_stmt *st = stmt_intern(c->w, body, blen);
 	if (!st || !cname_add(cl, name, h, st)) {
 		if (st && !st->refs) {
 			st->refs = 1;   /* nobody took it: let the table forget it */
 			stmt_unref(c->w, st);
 		}
 		drop_msg(cl, total);
-		return synth_error(cl, ps, "53200", "out of memory for prepared statements");
+		char msg[160];
+		snprintf(msg, sizeof(msg), "out of memory for prepared statements%s",
+			 st ? "" : " (max_prepared_statement_memory)");
+		return synth_error(cl, ps, "53200", msg);
 	}
 	cl->pool->client_parse_count++;
-	/* The name lives in the bytes about to be dropped; the request keeps its own copy. */
+	/* The request keeps its own copy of the name: the one in the message is dropped. */
 	char *nm = strdup(name);
 	if (!nm)
 		goto oom;
@@ -636,7 +821,7 @@ static enum ps_result client_parse(struct client *cl, struct ps_server *ps, uint
 	}
 	/* The client's own Parse, renamed: its ParseComplete goes to the client. */
 	if (e) {
-		put_close(&sv->c.out, st);
+		put_close(c->w, &sv->c.out, st);
 		if (!push(ps, PSR_CLOSE_HIDDEN, NULL)) {
 			free(nm);
 			goto oom;
@@ -647,7 +832,7 @@ static enum ps_result client_parse(struct client *cl, struct ps_server *ps, uint
 		free(nm);
 		goto oom;
 	}
-	put_parse(&sv->c.out, st);
+	put_parse(c->w, &sv->c.out, st);
 	sv->pool->server_parse_count++;
 	if (!(r = push(ps, PSR_PARSE, st))) {
 		free(nm);
@@ -662,7 +847,9 @@ oom:
 	return PS_CLOSED;
 }
 
-/* Bind and Describe('S') name a statement: map the name, make sure the server has it. */
+/* Bind and Describe('S') name a statement: map the name, make sure the server has it.  A
+ * Bind's parameters are never needed: only its names (ps_msg_need), so a Bind of any size
+ * streams through after its renamed head. */
 static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, char type,
 				       uint32_t total, uint32_t avail)
 {
@@ -670,15 +857,24 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 	struct conn *c = &cl->c;
 	struct server *sv = cl->link;
 	const uint8_t *m = c->in->data + c->in->scan;
-	const uint8_t *p = m + PROTO_HDR, *end = m + avail;
+	uint32_t have = avail < total ? avail : total;
+	const uint8_t *p = m + PROTO_HDR, *end = m + have;
 	const char *portal = NULL;
 	if (type == 'B') {
+		if (!proto_bind_names_end(m, have)) {
+			if (avail < total)
+				return refuse_big(cl, ps, total, avail, "a Bind whose names are");
+			client_close(cl, "invalid Bind message", "08P01");
+			return PS_CLOSED;
+		}
 		portal = proto_get_str(&p, end);
-		if (!portal)
-			return avail >= total || avail >= c->w->bufsize ? PS_FORWARD : PS_WAIT;
 	} else {
-		if (p >= end)
-			return PS_WAIT;
+		if (avail < total)
+			return refuse_big(cl, ps, total, avail, "a Describe message");
+		if (p >= end) {
+			client_close(cl, "invalid Describe message", "08P01");
+			return PS_CLOSED;
+		}
 		if (*p != 'S') {
 			if (!push(ps, PSR_DESCRIBE, NULL))
 				goto oom;
@@ -687,8 +883,10 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 		p++;
 	}
 	const char *name = proto_get_str(&p, end);
-	if (!name)
-		return avail >= total || avail >= c->w->bufsize ? PS_FORWARD : PS_WAIT;
+	if (!name) {
+		client_close(cl, "invalid Describe message", "08P01");
+		return PS_CLOSED;
+	}
 	if (!*name) {
 		if (type == 'B')
 			cl->pool->bind_count++;
@@ -697,23 +895,16 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 		return PS_FORWARD;
 	}
 	uint32_t prefix = (uint32_t)(p - m);
-	if (type == 'D' && avail < total)
-		return PS_WAIT;
-	struct ps_cname *cn = cname_find(cl, name, name_hash(name));
+	char key[PS_NAME_MAX + 1];
+	struct ps_cname *cn = cname_find(cl, key, name_key(name, key));
 	if (!cn) {
 		char msg[300];
-		snprintf(msg, sizeof(msg), "prepared statement \"%.200s\" does not exist", name);
-		if ((fr = flush_first(cl)) != PS_FORWARD)
-			return fr;
-		discard_rest(cl, total, avail);
-		return synth_error(cl, ps, "26000", msg);
+		snprintf(msg, sizeof(msg), "prepared statement \"%s\" does not exist", key);
+		return refuse_msg(cl, ps, total, avail, "26000", msg);
 	}
 	if (type == 'B' && cn->gen != cn->st->gen) {
 		/* Prepared before its result type changed: PostgreSQL refuses it until re-prepared. */
-		if ((fr = flush_first(cl)) != PS_FORWARD)
-			return fr;
-		discard_rest(cl, total, avail);
-		return synth_error(cl, ps, "0A000", "cached plan must not change result type");
+		return refuse_msg(cl, ps, total, avail, "0A000", "cached plan must not change result type");
 	}
 	struct ps_stmt *st = cn->st;
 	struct ps_sent *e = sent_find(ps, st);
@@ -727,8 +918,8 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 		if (!ensure_on_server(sv, st))
 			goto oom;
 	}
-	char sname[32];
-	server_name(st, sname, sizeof(sname));
+	char sname[PS_SNAME_LEN];
+	server_name(c->w, st, sname, sizeof(sname));
 	uint32_t newlen = total - 1 - (uint32_t)strlen(name) + (uint32_t)strlen(sname);
 	struct pktbuf hb = { 0 };
 	pktbuf_put_u8(&hb, (uint8_t)type);
@@ -742,6 +933,9 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 		pktbuf_free(&hb);
 		goto oom;
 	}
+	/* Renamed in place when the whole message is here: it leaves in the same send as its
+	 * neighbours.  (sbuf_replace may move the buffer: nothing below reads m, portal or
+	 * name.) */
 	bool inplace = avail >= total && sbuf_replace(c, prefix, hb.data, hb.len);
 	if (!inplace && (fr = flush_first(cl)) != PS_FORWARD) {
 		pktbuf_free(&hb);
@@ -754,7 +948,6 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 	if (type == 'B')
 		cl->pool->bind_count++;
 	if (inplace) {
-		/* Renamed in place: it leaves in the same send as its neighbours. */
 		c->in->scan += newlen + 1;
 		pktbuf_free(&hb);
 		return PS_CONSUMED;
@@ -764,12 +957,12 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 	pktbuf_put(&sv->c.out, hb.data, hb.len);
 	pktbuf_free(&hb);
 	sbuf_drop(c, c->in->scan, prefix);
-	uint32_t rest = total - prefix, have = avail - prefix;
-	if (have >= rest) {
+	uint32_t rest = total - prefix, left = avail - prefix;
+	if (left >= rest) {
 		c->in->scan += rest;
 	} else {
-		c->in->scan += have;
-		c->pkt_left = rest - have;
+		c->in->scan += left;
+		c->pkt_left = rest - left;
 	}
 	return PS_CONSUMED;
 oom:
@@ -780,17 +973,22 @@ oom:
 static enum ps_result client_close_msg(struct client *cl, struct ps_server *ps, uint32_t total, uint32_t avail)
 {
 	if (avail < total)
-		return total > cl->c.w->bufsize ? PS_FORWARD : PS_WAIT;
+		return refuse_big(cl, ps, total, avail, "a Close message");
 	const uint8_t *m = cl->c.in->data + cl->c.in->scan;
 	const uint8_t *p = m + PROTO_HDR + 1, *end = m + total;
 	const char *name = total > PROTO_HDR ? proto_get_str(&p, end) : NULL;
-	if (total <= PROTO_HDR || m[PROTO_HDR] != 'S' || !name || !*name) {
+	if (total <= PROTO_HDR || !name) {
+		client_close(cl, "invalid Close message", "08P01");
+		return PS_CLOSED;
+	}
+	if (m[PROTO_HDR] != 'S' || !*name) {
 		if (!push(ps, PSR_CLOSE, NULL))
 			goto oom;
 		return PS_FORWARD;
 	}
 	/* The server keeps it cached for others; the client's name goes. */
-	cname_del(cl, name, name_hash(name));
+	char key[PS_NAME_MAX + 1];
+	cname_del(cl, key, name_key(name, key));
 	drop_msg(cl, total);
 	if (!push(ps, PSR_CLOSE_SYNTH, NULL))
 		goto oom;
@@ -800,9 +998,6 @@ oom:
 	return PS_CLOSED;
 }
 
-/* "DEALLOCATE [PREPARE] name" of one of the client's names (psycopg 3.1 evicts its cache so):
- * the server knows the statement as pgmux_<id>, so the query is renamed in place, after
- * making sure the server holds it; the server's copy is then gone for everyone. */
 /* The statement name of "DEALLOCATE [PREPARE] name" (folded as an identifier), or false. */
 static bool dealloc_name(const char *q, char *name, size_t cap)
 {
@@ -842,12 +1037,14 @@ static bool dealloc_name(const char *q, char *name, size_t cap)
 }
 
 /* "DEALLOCATE name" of one of the client's names, as a simple Query or an unnamed Parse (how
- * psycopg 3.1 evicts its cache): the server knows the statement as pgmux_<id>, so the text is
- * renamed in place after making sure the server holds it; the server's copy is then gone. */
+ * psycopg 3.1 evicts its cache): the server knows the statement by pgmux's name, so the text
+ * is renamed in place after making sure the server holds it; the server's copy is then gone.
+ * PS_FORWARD when the message is not such a DEALLOCATE or was renamed (it is then read and
+ * forwarded as usual); PS_WAIT / PS_CLOSED from the flush. */
 static enum ps_result client_deallocate(struct client *cl, struct ps_server *ps, char type,
 					uint32_t total, uint32_t avail)
 {
-	if (avail < total || total > 1024)
+	if (avail < total || total > PS_DEALLOC_MAX)
 		return PS_FORWARD;
 	const uint8_t *m = cl->c.in->data + cl->c.in->scan;
 	const char *q = (const char *)m + PROTO_HDR;
@@ -869,8 +1066,9 @@ static enum ps_result client_deallocate(struct client *cl, struct ps_server *ps,
 	char name[256];
 	if (!dealloc_name(q, name, sizeof(name)))
 		return PS_FORWARD;
-	uint32_t h = name_hash(name);
-	struct ps_cname *cn = cname_find(cl, name, h);
+	char key[PS_NAME_MAX + 1];
+	uint32_t h = name_key(name, key);
+	struct ps_cname *cn = cname_find(cl, key, h);
 	if (!cn)
 		return PS_FORWARD;
 	enum ps_result fr = flush_first(cl);
@@ -881,9 +1079,9 @@ static enum ps_result client_deallocate(struct client *cl, struct ps_server *ps,
 		client_close(cl, "out of memory", "53200");
 		return PS_CLOSED;
 	}
-	char sql[64];
+	char sql[PS_SNAME_LEN + 16];
 	memcpy(sql, "DEALLOCATE ", 11);
-	server_name(st, sql + 11, sizeof(sql) - 11);
+	server_name(cl->c.w, st, sql + 11, sizeof(sql) - 11);
 	struct pktbuf pb = { 0 };
 	if (type == 'P') {
 		pktbuf_begin(&pb, 'P');
@@ -896,16 +1094,17 @@ static enum ps_result client_deallocate(struct client *cl, struct ps_server *ps,
 	}
 	bool ok = !pb.failed && sbuf_replace(&cl->c, total, pb.data, pb.len);
 	pktbuf_free(&pb);
-	if (!ok)
-		return PS_FORWARD;
+	if (!ok) {
+		client_close(cl, "out of memory", "53200");
+		return PS_CLOSED;
+	}
 	/* Gone from the server once it runs: never trusted again, so the next use closes (no
 	 * error if absent) and parses afresh. */
 	struct ps_sent *e = sent_find(ps, st);
 	if (e)
 		e->stale = true;
-	cname_del(cl, name, h);
-	/* Not advanced: the loop reads the renamed message again and forwards it as usual. */
-	return PS_CONSUMED;
+	cname_del(cl, key, h);
+	return PS_FORWARD;
 }
 
 enum ps_result ps_client_message(struct client *cl, char type, uint32_t total, uint32_t avail)
@@ -917,13 +1116,15 @@ enum ps_result ps_client_message(struct client *cl, char type, uint32_t total, u
 		return PS_CLOSED;
 	}
 	struct ps_req *r;
+	enum ps_result pr;
 	switch (type) {
-	case 'P': {
-		enum ps_result dr = client_deallocate(cl, ps, 'P', total, avail);
-		if (dr != PS_FORWARD)
-			return dr;
+	case 'P':
+		if (!cl->c.in->data[cl->c.in->scan + PROTO_HDR] &&
+		    (pr = check_text(cl, ps, type, total, avail)) != PS_FORWARD)
+			return pr;
+		if ((pr = client_deallocate(cl, ps, 'P', total, avail)) != PS_FORWARD)
+			return pr;
 		return client_parse(cl, ps, total, avail);
-	}
 	case 'B':
 	case 'D':
 		return client_uses_stmt(cl, ps, type, total, avail);
@@ -936,14 +1137,14 @@ enum ps_result ps_client_message(struct client *cl, char type, uint32_t total, u
 		r = push(ps, PSR_SYNC, NULL);
 		ps->block++;
 		break;
-	case 'Q': {
-		enum ps_result dr = client_deallocate(cl, ps, 'Q', total, avail);
-		if (dr != PS_FORWARD)
-			return dr;
+	case 'Q':
+		if ((pr = check_text(cl, ps, type, total, avail)) != PS_FORWARD)
+			return pr;
+		if ((pr = client_deallocate(cl, ps, 'Q', total, avail)) != PS_FORWARD)
+			return pr;
 		r = push(ps, PSR_QUERY, NULL);
 		ps->block++;
 		break;
-	}
 	case 'F':
 		r = push(ps, PSR_FUNC, NULL);
 		break;
@@ -1001,7 +1202,7 @@ static void error_skip(struct server *sv, struct ps_server *ps, const uint8_t *b
 		}
 		/* A Parse that failed or was skipped leaves no statement behind, as in PostgreSQL. */
 		if (r->cname && sv->link)
-			cname_del(sv->link, r->cname, name_hash(r->cname));
+			cname_del(sv->link, r->cname, name_key(r->cname, (char[PS_NAME_MAX + 1]){ 0 }));
 		pop(sv->c.w, ps);
 	}
 }
@@ -1012,7 +1213,8 @@ static bool tag_is(const uint8_t *body, uint32_t blen, const char *tag)
 	return blen >= n && memcmp(body, tag, n) == 0;
 }
 
-enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *body, uint32_t blen)
+enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *body, uint32_t blen,
+				 bool whole)
 {
 	struct ps_server *ps = sv->ps;
 	if (!ps || type == 'S' || type == 'N' || type == 'A')
@@ -1062,7 +1264,7 @@ enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *bo
 	case 'C':
 		/* DISCARD ALL / DEALLOCATE ALL that ran, by whatever protocol: the server's statements
 		 * are gone, and so are the client's names, as in PostgreSQL. */
-		if (blen && (body[0] == 'D') &&
+		if (whole && blen && (body[0] == 'D') &&
 		    (tag_is(body, blen, "DISCARD ALL") || tag_is(body, blen, "DEALLOCATE ALL"))) {
 			ps_server_forget(sv);
 			if (sv->link)
@@ -1077,6 +1279,16 @@ enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *bo
 			pop(sv->c.w, ps);
 		break;
 	case 'E':
+		if (!whole) {
+			/* Larger than pgmux reads (it echoes a huge value): its fields are not needed,
+			 * except to replace pgmux's own refusal, which is always small. */
+			if (r->kind == PSR_ERROR_VIA_SERVER) {
+				server_close(sv, "oversized error from server where pgmux expected its own");
+				return PS_CLOSED;
+			}
+			body = NULL;
+			blen = 0;
+		}
 		if (r->kind == PSR_ERROR_VIA_SERVER) {
 			/* The refused Parse: pgmux's error goes out in place of the server's. */
 			struct pktbuf pb = { 0 };
@@ -1110,7 +1322,8 @@ const char *ps_client_query(struct client *cl, const char *name, uint32_t *len)
 {
 	if (!cl->ps)
 		return NULL;
-	struct ps_cname *n = cname_find(cl, name, name_hash(name));
+	char key[PS_NAME_MAX + 1];
+	struct ps_cname *n = cname_find(cl, key, name_key(name, key));
 	if (!n)
 		return NULL;
 	*len = (uint32_t)strlen((const char *)n->st->body);

@@ -333,6 +333,7 @@ bool varcache_apply(const struct varcache *client, const struct varcache *server
 		return false;
 	char sql[VAR_COUNT * (VAR_MAX_LEN * 2 + 64)];
 	size_t n = 0;
+	sql[0] = '\0';
 	for (; i < VAR_COUNT; i++) {
 		const struct vstr *want = client->val[i];
 		if (!want || want == server->val[i])
@@ -340,8 +341,42 @@ bool varcache_apply(const struct varcache *client, const struct varcache *server
 		char lit[VAR_MAX_LEN * 2 + 3];
 		if (!proto_quote_literal(want->s, lit, sizeof(lit)))
 			continue;
-		n += (size_t)snprintf(sql + n, sizeof(sql) - n, "SET %s=%s;", var_names[i], lit);
+		int w = snprintf(sql + n, sizeof(sql) - n, "SET %s=%s;", var_names[i], lit);
+		if (w < 0 || (size_t)w >= sizeof(sql) - n) {
+			sql[n] = '\0';   /* cannot happen with VAR_MAX_LEN values; never send a cut SET */
+			break;
+		}
+		n += (size_t)w;
 	}
+	/* No value could be quoted: there is nothing to send (and no query to swallow). */
+	if (n == 0)
+		return false;
 	proto_query(pb, sql);
 	return true;
+}
+
+uint32_t proto_bind_names_end(const uint8_t *m, uint32_t avail)
+{
+	if (avail <= PROTO_HDR)
+		return 0;
+	const uint8_t *p = m + PROTO_HDR, *end = m + avail;
+	const uint8_t *z = memchr(p, 0, (size_t)(end - p));
+	if (!z || z + 1 >= end)
+		return 0;
+	z = memchr(z + 1, 0, (size_t)(end - z - 1));
+	return z ? (uint32_t)(z + 1 - m) : 0;
+}
+
+uint32_t proto_bind_need(const uint8_t *m, uint32_t total, uint32_t avail, uint32_t step)
+{
+	uint32_t e = proto_bind_names_end(m, avail < total ? avail : total);
+	if (e)
+		return e;
+	if (avail >= total)
+		return total;   /* malformed: whoever reads it says so */
+	/* Names still coming: ask for twice as much each time, so long names cost few rescans. */
+	uint64_t want = (uint64_t)avail * 2;
+	if (want < (uint64_t)avail + step)
+		want = (uint64_t)avail + step;
+	return want < total ? (uint32_t)want : total;
 }

@@ -1,6 +1,7 @@
 /* route.c: read/write routing for [database X] sections: which backend serves each transaction. */
 #include "route.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -631,11 +632,11 @@ static const char *const fake_tags[] = { "SET", "RESET", "BEGIN", "COMMIT", "ROL
 static void clear_deferred(struct client *cl);
 
 /* Consumes the message at scan (whole in the buffer). */
+/* The message at scan is answered by pgmux: it never goes to a server (the part not yet
+ * received is read away as it comes). */
 static void consume(struct client *cl, uint32_t total)
 {
-	struct iobuf *b = cl->c.in;
-	b->scan += total;
-	b->start = b->scan;
+	client_drop_msg(cl, total);
 }
 
 static enum route_result reply_out(struct client *cl, uint32_t total)
@@ -653,8 +654,7 @@ static enum route_result reply_out(struct client *cl, uint32_t total)
 static enum route_result fake_message(struct client *cl, char type, uint32_t total, uint32_t avail)
 {
 	struct pktbuf *o = &cl->c.out;
-	if (total > avail)
-		return ROUTE_WAIT;   /* small messages: they fit */
+	(void)avail;   /* only the type matters: the message is dropped as it arrives */
 	switch (type) {
 	case 'B': put_simple(o, '2'); break;
 	case 'D': put_simple(o, 'n'); break;
@@ -792,12 +792,22 @@ static enum route_result fanout_start(struct client *cl, const uint8_t *h, uint3
 				break;
 			}
 		}
-		if (!n && avail < cl->c.w->bufsize)
-			return ROUTE_WAIT;   /* its Sync is on the way */
+		if (!n) {
+			/* Its Sync is on the way: gather up to the end of the message in progress. */
+			uint32_t want = off + PROTO_HDR <= avail ? off + proto_get32(h + off + 1) + 1
+								 : off + PROTO_HDR;
+			int g = want > off ? client_need(cl, want) : -1;
+			if (g == 0)
+				return ROUTE_WAIT;
+		}
 	}
-	if (!n || n != avail || cl->expect_z || cl->sync_pending)
-		return refuse(cl, h[0], total, "0A000", "pgmux: a read that runs on every shard "
-			      "must come alone (not pipelined with other requests) and fit 16 kB");
+	if (!n || n != avail || cl->expect_z || cl->sync_pending) {
+		char msg[300];
+		snprintf(msg, sizeof(msg), "pgmux: a read that runs on every shard must come alone (not "
+			 "pipelined with other requests) and fit max_client_memory (%lld bytes)",
+			 (long long)cl->c.w->cf->max_client_memory);
+		return refuse(cl, h[0], total, "0A000", msg);
+	}
 	/* A named Parse registers its name once (pgmux prepares it on the other shards itself):
 	 * the later shards get the batch from its Bind on. */
 	uint32_t skip = h[0] == 'P' && h[PROTO_HDR] != 0 ? total : 0;
@@ -824,15 +834,20 @@ int route_fanout_message(struct server *sv, char type, uint32_t len, bool whole)
 	case 'T': case '1': case '2': case 't': case 'n':
 		if (first)
 			return 0;
-		if (!whole)
-			return len + 1 <= sv->c.w->bufsize ? -1 : 0;
+		assert(whole);   /* server.c gathers these (or closes on an oversized one) */
 		sbuf_drop(&sv->c, b->scan, len + 1);
 		return 1;
 	case 'C': {
 		if (fo->tag_done)
 			return 0;
-		if (!whole)
-			return -1;
+		if (!whole) {
+			/* A tag larger than pgmux reads: no row count to add; never dropped half. */
+			if (!last) {
+				client_close(cl, "oversized command tag from a shard", "08P01");
+				return -1;
+			}
+			return 0;
+		}
 		const char *tag = (const char *)b->data + b->scan + PROTO_HDR;
 		const char *sp = memchr(tag, ' ', len - 4);
 		if (sp && (size_t)(sp - tag) < sizeof(fo->verb)) {
@@ -867,8 +882,7 @@ int route_fanout_message(struct server *sv, char type, uint32_t len, bool whole)
 			fanout_free(cl);
 			return 0;
 		}
-		if (!whole)
-			return -1;
+		assert(whole);
 		/* This shard is done: what it sent goes out, the server goes back, and the batch
 		 * runs on the next shard (route_fanout_next, after the release). */
 		sv->tx = (char)b->data[b->scan + PROTO_HDR];
@@ -988,10 +1002,14 @@ static bool no_table(const char *sql, size_t len)
 /* ---- the choice --------------------------------------------------------------------------- */
 
 /* The statement text of a message, when pgmux can see it whole. */
+/* The SQL text of a Query or Parse (whole: avail >= total) or of the statement a Bind names
+ * (its names within avail). */
 static bool message_sql(struct client *cl, char type, const uint8_t *h, uint32_t total,
-			const char **sql, size_t *len)
+			uint32_t avail, const char **sql, size_t *len)
 {
-	const uint8_t *body = h + PROTO_HDR, *end = h + total;
+	const uint8_t *body = h + PROTO_HDR, *end = h + (avail < total ? avail : total);
+	if (type != 'B' && avail < total)
+		return false;
 	if (type == 'Q') {
 		*sql = (const char *)body;
 		*len = total - PROTO_HDR;
@@ -1094,9 +1112,8 @@ enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uin
 	if (cl->fo) {
 		force = RT_REPLICA;   /* the next shard of a fan-out read */
 	} else if (!force && (type == 'Q' || type == 'P' || type == 'B')) {
-		if (total > avail && total <= w->bufsize)
-			return ROUTE_WAIT;
-		if (total <= avail && message_sql(cl, type, h, total, &sql, &len) &&
+		/* client.c gathered what route_msg_need asked for; less means too big to read */
+		if (message_sql(cl, type, h, total, avail, &sql, &len) &&
 		    (c->cf.read_routing || c->n_shards > 1 || may_say_pgmux(sql, len))) {
 			classify(w, cl, type, sql, len, &r);
 			have = true;
@@ -1140,6 +1157,14 @@ enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uin
 	}
 
 	int shard = 0;
+	if (c->n_shards > 1 && !cl->fo && avail < total && (type == 'Q' || type == 'P' || type == 'B')) {
+		/* Its key cannot be read: never guess a shard. */
+		char msg[200];
+		snprintf(msg, sizeof(msg), "pgmux: a statement of %u bytes is too large to check for a "
+			 "shard key (max_client_memory = %lld bytes)", total,
+			 (long long)w->cf->max_client_memory);
+		return refuse(cl, type, total, "54000", msg);
+	}
 	if (c->n_shards > 1 && (have || type == 'Q' || type == 'P' || type == 'B')) {
 		shard = cl->fo ? cl->fo->shard
 			       : shard_for(cl, type, h, total, avail, have ? &r : NULL, sql, len);
@@ -1209,6 +1234,33 @@ enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uin
 		}
 	}
 	return ROUTE_GO;
+}
+
+uint32_t route_msg_need(const struct client *cl, char type, const uint8_t *h, uint32_t total,
+			uint32_t avail)
+{
+	const struct cluster *c = cl->rs->cl;
+	bool sharded = c->n_shards > 1;
+	bool text = type == 'Q' || type == 'P';
+	if (!cl->link) {
+		if (cl->rt_fake || cl->ryw_server)
+			return 0;   /* answered by type alone, or not routed yet */
+		if (text)
+			return total;
+		if (type == 'B')
+			return sharded ? total : proto_bind_need(h, total, avail, c->w->bufsize);
+		return 0;
+	}
+	if (type == 'B' && cl->rt_prepare_only)
+		return total;
+	if (sharded && cl->link->tx != 'I' && (text || type == 'B'))
+		return total;
+	return 0;
+}
+
+uint64_t route_client_bytes(const struct client *cl)
+{
+	return (uint64_t)cl->retry_len + cl->deferred_len + (cl->fo ? cl->fo->len : 0);
 }
 
 /* ---- after the answer -------------------------------------------------------------------- */
@@ -1411,7 +1463,16 @@ bool route_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t 
 		return false;
 	const char *sql;
 	size_t len;
-	if (!message_sql(cl, type, h, total, &sql, &len))
+	if (avail < total) {
+		/* Too large to read its key: the transaction cannot be kept on one shard safely. */
+		char msg[200];
+		snprintf(msg, sizeof(msg), "pgmux: a statement of %u bytes is too large to check for a "
+			 "shard key (max_client_memory = %lld bytes)", total,
+			 (long long)c->w->cf->max_client_memory);
+		client_close(cl, msg, "54000");
+		return true;
+	}
+	if (!message_sql(cl, type, h, total, avail, &sql, &len))
 		return false;
 	struct sqlscan_result r;
 	classify(c->w, cl, type, sql, len, &r);
@@ -1484,7 +1545,15 @@ bool route_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint3
 	cl->rt_prepare_only = false;
 	const char *sql;
 	size_t len;
-	if (!sv || !message_sql(cl, 'B', h, total, &sql, &len))
+	if (sv && avail < total) {
+		char msg[200];
+		snprintf(msg, sizeof(msg), "pgmux: a Bind of %u bytes is too large to check for a shard "
+			 "key (max_client_memory = %lld bytes)", total,
+			 (long long)cl->c.w->cf->max_client_memory);
+		client_close(cl, msg, "54000");
+		return true;
+	}
+	if (!sv || !message_sql(cl, 'B', h, total, avail, &sql, &len))
 		return false;
 	struct sqlscan_result r;
 	classify(cl->c.w, cl, 'B', sql, len, &r);
@@ -1493,6 +1562,13 @@ bool route_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint3
 	 * must go first, and the prepared-only link never saw it). */
 	if ((s == cl->rt_shard && !cl->deferred) || cl->expect_z || ps_pending(sv))
 		return false;
+	/* What the client sent before the Bind must be out, whole, before the server goes back. */
+	if (!sbuf_flush(&cl->c)) {
+		if (!cl->c.dead)
+			client_close(cl, "pgmux: cannot move a Bind to its shard while earlier messages are "
+				     "still being sent", "08P01");
+		return true;
+	}
 	/* End the implicit transaction the Parse opened; its ReadyForQuery is pgmux's. */
 	pktbuf_begin(&sv->c.out, 'S');
 	pktbuf_end(&sv->c.out);

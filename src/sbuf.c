@@ -1,6 +1,7 @@
 /* sbuf.c: moves bytes: recv into the source's lazy buffer, send straight to the peer, pause on backpressure. */
 #include "sbuf.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -71,6 +72,7 @@ static struct iobuf *buf_get(struct worker *w)
 			return NULL;
 	}
 	b->start = b->scan = b->end = 0;
+	b->cap = w->bufsize;
 	w->n_buf_used++;
 	return b;
 }
@@ -81,6 +83,13 @@ static struct iobuf *buf_get(struct worker *w)
 static void buf_put(struct worker *w, struct iobuf *b)
 {
 	w->n_buf_used--;
+	if (b->cap != w->bufsize) {
+		/* A buffer grown to gather one big message goes back to the system at once. */
+		assert(b->cap > w->bufsize && w->buf_grown >= b->cap - w->bufsize);
+		w->buf_grown -= b->cap - w->bufsize;
+		free(b);
+		return;
+	}
 	if (w->n_buf_free >= BUF_FREE_KEEP) {
 		free(b);
 		return;
@@ -88,6 +97,81 @@ static void buf_put(struct worker *w, struct iobuf *b)
 	b->next_free = w->buf_free;
 	w->buf_free = b;
 	w->n_buf_free++;
+}
+
+/* Moves the unsent bytes [start, end) to the front of the buffer. */
+static void compact(struct iobuf *b)
+{
+	if (b->start == 0)
+		return;
+	memmove(b->data, b->data + b->start, b->end - b->start);
+	b->end -= b->start;
+	b->scan -= b->start;
+	b->start = 0;
+}
+
+/* Gives c a buffer of `cap` bytes holding what its current one holds (cursors kept relative
+ * to start).  False when out of memory (the old buffer stays). */
+static bool buf_resize(struct conn *c, uint32_t cap)
+{
+	struct worker *w = c->w;
+	struct iobuf *old = c->in, *nb;
+	uint32_t used = old->end - old->start;
+	assert(cap >= used && cap >= w->bufsize);
+	if (cap == w->bufsize) {
+		if (!(nb = buf_get(w)))
+			return false;
+	} else {
+		if (!(nb = malloc(sizeof(*nb) + cap)))
+			return false;
+		nb->cap = cap;
+		w->n_buf_used++;
+		w->buf_grown += cap - w->bufsize;
+	}
+	memcpy(nb->data, old->data + old->start, used);
+	nb->start = 0;
+	nb->scan = old->scan - old->start;
+	nb->end = used;
+	buf_put(w, old);
+	c->in = nb;
+	return true;
+}
+
+bool sbuf_reserve(struct conn *c, uint32_t need)
+{
+	struct worker *w = c->w;
+	if (!c->in && !(c->in = buf_get(w)))
+		return false;
+	struct iobuf *b = c->in;
+	if (b->cap - b->scan >= need)
+		return true;
+	uint64_t want = (uint64_t)(b->scan - b->start) + need;
+	if (want > UINT32_MAX - sizeof(*b))
+		return false;
+	if (want <= b->cap) {
+		compact(b);
+	} else {
+		/* Doubling bounds the copies of a message that arrives in many reads. */
+		uint64_t cap = (uint64_t)b->cap * 2;
+		if (cap < want)
+			cap = want;
+		if (cap > UINT32_MAX - sizeof(*b))
+			cap = want;
+		if (!buf_resize(c, (uint32_t)cap) && !buf_resize(c, (uint32_t)want))
+			return false;
+	}
+	/* It may have stopped reading because the old buffer was full. */
+	sbuf_resume(c);
+	return true;
+}
+
+/* A grown buffer whose big message has gone out shrinks back to the standard size.  Only
+ * where no caller holds a pointer into it (the top of a read callback). */
+static void maybe_shrink(struct conn *c)
+{
+	struct iobuf *b = c->in;
+	if (b && b->cap > c->w->bufsize && b->end - b->start <= c->w->bufsize / 2)
+		buf_resize(c, c->w->bufsize);   /* out of memory: it simply stays big */
 }
 
 void sbuf_release_buf(struct conn *c)
@@ -147,22 +231,22 @@ static void sbuf_on_read(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	if (!c->in && !(c->in = buf_get(w))) {
+		/* Reading on would spin on the same readable socket: give the connection up. */
 		log_error("out of memory for a receive buffer");
+		conn_fail(c, "out of memory for a receive buffer");
 		return;
 	}
+	/* The top of a callback: nobody holds a pointer into the buffer, so it may move. */
+	maybe_shrink(c);
 	struct iobuf *b = c->in;
-	if (b->end == w->bufsize && b->start > 0) {
-		memmove(b->data, b->data + b->start, b->end - b->start);
-		b->end -= b->start;
-		b->scan -= b->start;
-		b->start = 0;
-	}
-	if (b->end == w->bufsize) {
+	if (b->end == b->cap)
+		compact(b);
+	if (b->end == b->cap) {
 		/* Full of bytes the peer has not taken: wait for it to drain. */
 		sbuf_pause(c);
 		return;
 	}
-	ssize_t n = conn_recv(c, b->data + b->end, w->bufsize - b->end);
+	ssize_t n = conn_recv(c, b->data + b->end, b->cap - b->end);
 	if (n > 0) {
 		b->end += (uint32_t)n;
 		conn_dispatch(c);
@@ -271,8 +355,19 @@ static void sbuf_on_write(evutil_socket_t fd, short what, void *arg)
 void sbuf_drop(struct conn *c, uint32_t at, uint32_t n)
 {
 	struct iobuf *b = c->in;
+	/* Only whole messages are dropped: a shorter buffer here is a caller's bug. */
+	assert(b && at >= b->start && at <= b->end && b->end - at >= n);
 	memmove(b->data + at, b->data + at + n, b->end - at - n);
 	b->end -= n;
+}
+
+/* Room for n more bytes in c->in, anywhere after scan: compacts, then grows. */
+static bool make_room(struct conn *c, uint32_t n)
+{
+	struct iobuf *b = c->in;
+	if ((uint64_t)b->end + n <= b->cap)
+		return true;
+	return sbuf_reserve(c, b->end - b->scan + n);
 }
 
 bool sbuf_insert(struct conn *c, const void *data, uint32_t n)
@@ -280,15 +375,9 @@ bool sbuf_insert(struct conn *c, const void *data, uint32_t n)
 	struct worker *w = c->w;
 	if (!c->in && !(c->in = buf_get(w)))
 		return false;
-	struct iobuf *b = c->in;
-	if (b->end + n > w->bufsize && b->start > 0) {
-		memmove(b->data, b->data + b->start, b->end - b->start);
-		b->end -= b->start;
-		b->scan -= b->start;
-		b->start = 0;
-	}
-	if (b->end + n > w->bufsize)
+	if (!make_room(c, n))
 		return false;
+	struct iobuf *b = c->in;
 	memmove(b->data + b->scan + n, b->data + b->scan, b->end - b->scan);
 	memcpy(b->data + b->scan, data, n);
 	b->end += n;
@@ -298,16 +387,12 @@ bool sbuf_insert(struct conn *c, const void *data, uint32_t n)
 
 bool sbuf_replace(struct conn *c, uint32_t oldn, const void *data, uint32_t newn)
 {
-	struct worker *w = c->w;
 	struct iobuf *b = c->in;
-	if (newn > oldn && b->end + (newn - oldn) > w->bufsize && b->start > 0) {
-		memmove(b->data, b->data + b->start, b->end - b->start);
-		b->end -= b->start;
-		b->scan -= b->start;
-		b->start = 0;
-	}
-	if (newn > oldn && b->end + (newn - oldn) > w->bufsize)
+	/* Only whole messages are replaced: a shorter buffer here is a caller's bug. */
+	assert(b && b->end - b->scan >= oldn);
+	if (newn > oldn && !make_room(c, newn - oldn))
 		return false;
+	b = c->in;
 	memmove(b->data + b->scan + newn, b->data + b->scan + oldn, b->end - b->scan - oldn);
 	memcpy(b->data + b->scan, data, newn);
 	b->end = b->end + newn - oldn;

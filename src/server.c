@@ -1,6 +1,7 @@
 /* server.c: server connections: non-blocking connect, login as a PostgreSQL client, response tracking. */
 #include "server.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -699,11 +700,90 @@ static bool swallow(struct server *sv, char type, const uint8_t *body, uint32_t 
 	return true;
 }
 
-/* True when the client owes nothing and is owed nothing: its server may go back. */
+/* The client owes nothing and is owed nothing: no request without its answer, no COPY, no
+ * message half sent. */
 static bool client_settled(const struct client *cl)
 {
 	return cl->expect_z == 0 && !cl->sync_pending && !cl->in_copy && cl->c.pkt_left == 0 &&
 	       !cl->unnamed_pending;
+}
+
+/* No parsed byte of c waits to go to its peer: what went out ended at a message boundary. */
+static bool conn_drained(const struct conn *c)
+{
+	return c->pkt_left == 0 && (!c->in || c->in->start == c->in->scan);
+}
+
+bool server_link_settled(const struct server *sv)
+{
+	const struct client *cl = sv->link;
+	return cl && sv->tx == 'I' && client_settled(cl) && conn_drained(&cl->c) &&
+	       conn_drained(&sv->c);
+}
+
+/* A release is due (transaction or statement mode, the server said it is idle): hands the
+ * server back now if every byte of the exchange is out, else keeps it owed (ready_notified)
+ * until the side still sending has drained (server_release_owed). */
+static bool try_release(struct server *sv)
+{
+	struct client *cl = sv->link;
+	sv->ready_notified = false;
+	if (!cl || sv->c.dead || sv->tx != 'I' || !client_settled(cl))
+		return false;   /* more was asked meanwhile: the next ReadyForQuery decides */
+	if (!conn_drained(&cl->c) || !conn_drained(&sv->c)) {
+		sv->ready_notified = true;
+		return false;
+	}
+	assert(server_link_settled(sv));
+	pool_release(sv, false);
+	if (cl->fo)
+		route_fanout_next(cl);
+	return true;
+}
+
+bool server_release_owed(struct server *sv)
+{
+	return sv->ready_notified && sv->link && try_release(sv);
+}
+
+/* Gathering a server message pgmux reads: 1 it is whole in the buffer, 0 wait for more (the
+ * buffer has room for it now), -1 larger than pgmux reads (max_client_memory). */
+static int server_need(struct server *sv, uint32_t need)
+{
+	struct iobuf *b = sv->c.in;
+	if (b->end - b->scan >= need)
+		return 1;
+	struct worker *w = sv->c.w;
+	if (need > w->bufsize && need > (uint64_t)w->cf->max_client_memory)
+		return -1;
+	return sbuf_reserve(&sv->c, need) ? 0 : -1;
+}
+
+/* Messages with a fixed length: anything else is a broken or hostile server. */
+static bool bad_fixed_len(char type, uint32_t len)
+{
+	switch (type) {
+	case 'Z': return len != 5;
+	case '1': case '2': case '3': case 'n': case 'I': case 's': case 'c': return len != 4;
+	case 'K': return len != 12;
+	default: return false;
+	}
+}
+
+/* Server messages pgmux reads while a client is linked (beyond Z and S, always read): what
+ * statement tracking, a retry and a fan-out look at. */
+static bool reads_type(const struct server *sv, const struct client *cl, char type)
+{
+	switch (type) {
+	case 'Z': case 'S':
+		return true;
+	case 'E': case 'C':
+		return sv->ps_active || cl->retry || cl->fo;
+	case 'T': case 't':
+		return cl->fo != NULL || cl->retry != NULL;
+	default:
+		return false;
+	}
 }
 
 /* The server ended a COPY IN: recount the ReadyForQuery still owed, since PostgreSQL ignored
@@ -739,7 +819,7 @@ static void forward_loop(struct server *sv)
 		const uint8_t *h = b->data + b->scan;
 		char type = (char)h[0];
 		uint32_t len = proto_get32(h + 1);
-		if (len < 4 || len > 0x7fffffffu || (type == 'Z' && len != 5)) {
+		if (len < 4 || len > 0x7fffffffu || bad_fixed_len(type, len)) {
 			server_close(sv, "invalid message length from server");
 			return;
 		}
@@ -747,17 +827,34 @@ static void forward_loop(struct server *sv)
 		bool whole = avail >= len + 1;
 		if (sv->internal_z || !cl) {
 			/* Nobody to forward to: read it whole, act on it, drop it. */
-			if (len + 1 > c->w->bufsize) {
+			int g = server_need(sv, len + 1);
+			if (g < 0) {
 				server_close(sv, "oversized message from server outside a client query");
 				return;
 			}
-			if (!whole)
+			if (g == 0)
 				break;
+			b = c->in;
+			h = b->data + b->scan;
 			uint32_t at = b->scan;
 			if (!swallow(sv, type, h + PROTO_HDR, len - 4) || c->dead || b != c->in)
 				return;
 			sbuf_drop(c, at, len + 1);
 			continue;
+		}
+		if (!whole && reads_type(sv, cl, type)) {
+			int g = server_need(sv, len + 1);
+			if (g == 0)
+				break;
+			b = c->in;
+			h = b->data + b->scan;
+			avail = b->end - b->scan;
+			whole = g > 0;
+			if (!whole && (type == 'Z' || type == 'S' ||
+				       (cl->fo && (type == 'T' || type == 't')))) {
+				server_close(sv, "oversized message from server");
+				return;
+			}
 		}
 		if (cl->fo) {
 			int r = route_fanout_message(sv, type, len, whole);
@@ -780,13 +877,9 @@ static void forward_loop(struct server *sv)
 			if (r > 0)
 				return;
 		}
-		if ((type == 'Z' || type == 'S') && !whole)
-			break;   /* small messages pgmux reads: wait for the rest */
 		log_noise("S-%llu <- %c len %u expect_z %u", (unsigned long long)c->id, type, len, cl->expect_z);
 		if (sv->ps_active) {
-			if ((type == 'E' || type == 'C') && !whole && len + 1 <= c->w->bufsize)
-				break;
-			enum ps_result r = ps_server_message(sv, type, h + PROTO_HDR, len - 4);
+			enum ps_result r = ps_server_message(sv, type, h + PROTO_HDR, len - 4, whole);
 			if (r == PS_CLOSED || c->dead)
 				return;
 			if (r == PS_WAIT)
@@ -867,14 +960,8 @@ flush:
 				return;
 			}
 		}
-		if ((release || sv->ready_notified) && sv->link == cl && !c->dead) {
-			sv->ready_notified = false;
-			if (client_settled(cl) && sv->tx == 'I') {
-				pool_release(sv, false);
-				if (cl->fo)
-					route_fanout_next(cl);
-			}
-		}
+		if ((release || sv->ready_notified) && sv->link == cl && !c->dead)
+			try_release(sv);
 	} else if (b && b->start == b->end) {
 		b->start = b->scan = b->end = 0;
 		sbuf_release_buf(c);
