@@ -2,7 +2,11 @@
 #ifndef PGMUX_USERLIST_H
 #define PGMUX_USERLIST_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+struct scram_secret;
 
 enum secret_kind { SECRET_NONE = 0, SECRET_PLAIN, SECRET_MD5, SECRET_SCRAM };
 
@@ -12,6 +16,9 @@ enum secret_kind { SECRET_NONE = 0, SECRET_PLAIN, SECRET_MD5, SECRET_SCRAM };
 #define USERLIST_MAX_SECRET 1024
 /* Largest auth_file read, so a wrong path (a log, a device) cannot eat memory. */
 #define USERLIST_MAX_FILE (64 * 1024 * 1024)
+/* Most SCRAM verifiers one list caches for plaintext secrets (about 150 bytes each); users
+ * beyond that still log in, each paying one PBKDF2 per login. */
+#define USERLIST_MAX_CACHED_VERIFIERS 16384
 
 struct userlist;
 
@@ -26,6 +33,25 @@ int userlist_parse(const char *name, const char *text, struct userlist **out, ch
 
 /* The secret for `user`, or NULL.  The list owns the string. */
 const char *userlist_get(const struct userlist *ul, const char *user);
+
+/* Fills *out with the SCRAM verifier for `user`'s plaintext secret under this salt and
+ * iteration count.  The PBKDF2 runs on the first call for a user; the verifier is then kept in
+ * the list (wiped when the list is freed, so a reload, which builds a new list, never serves a
+ * stale one), up to USERLIST_MAX_CACHED_VERIFIERS users.  A call with another salt or count
+ * derives afresh and replaces the cached one.  Returns false when the user is unknown, the
+ * secret is not plaintext or is empty (an empty password never authenticates), or the
+ * derivation fails. */
+bool userlist_plain_verifier(struct userlist *ul, const char *user, const uint8_t *salt,
+			     int salt_len, int iterations, struct scram_secret *out);
+
+/* True when `secret` is the empty password for `user`: "" itself, or the md5 secret of "" for
+ * this user.  PostgreSQL never stores one (CREATE ROLE clears it), and pgmux refuses to log
+ * anyone in with one under every auth_type that checks a password.  A SCRAM verifier of ""
+ * is not detected: that would take a PBKDF2.  NULL is not empty (it is no secret at all). */
+bool userlist_secret_empty(const char *secret, const char *user);
+
+/* How many verifiers userlist_plain_verifier has cached in this list (for tests). */
+size_t userlist_cached_verifiers(const struct userlist *ul);
 
 size_t userlist_count(const struct userlist *ul);
 void userlist_free(struct userlist *ul);

@@ -19,10 +19,19 @@ enum auth_step { AUTH_WAIT_PLAIN, AUTH_WAIT_MD5, AUTH_WAIT_SASL_INIT, AUTH_WAIT_
 struct client_auth {
 	enum auth_step step;
 	uint8_t salt[4];
-	bool unknown_user;      /* run the exchange anyway, then fail: no user-name oracle */
+	/* Set when no password can succeed (unknown user, empty or unusable secret): the exchange
+	 * still runs to its end and fails as a wrong password does, so a client cannot tell these
+	 * cases apart, and the log gets this reason.  A static string, never a secret. */
+	const char *doomed;
 	bool stored_scram;      /* verified against a stored SCRAM secret (pass-through possible) */
 	struct scram_server scram;
 };
+
+/* Reasons for the log; the client only ever sees the wrong-password error. */
+static const char WHY_UNKNOWN[] = "user not found in auth_file";
+static const char WHY_EMPTY[] = "the auth_file's secret for this user is empty (an empty password never authenticates)";
+static const char WHY_EMPTY_MD5[] = "the auth_file's md5 secret is that of an empty password (an empty password never authenticates)";
+static const char WHY_MD5_FOR_SCRAM[] = "the auth_file holds an md5 secret, which cannot check a SCRAM login";
 
 void auth_free(struct client *cl)
 {
@@ -40,9 +49,28 @@ static const char *user_secret(struct client *cl)
 	return w->ul ? userlist_get(w->ul, cl->user_name) : NULL;
 }
 
-static void auth_fail(struct client *cl)
+/* Why no password can log this user in with this secret, or NULL when one can. */
+static const char *secret_unusable(const char *secret, const char *user)
+{
+	if (!secret)
+		return WHY_UNKNOWN;
+	if (userlist_secret_empty(secret, user))
+		return *secret ? WHY_EMPTY_MD5 : WHY_EMPTY;
+	return NULL;
+}
+
+/* Every failed password check ends here, with one text and SQLSTATE whatever the reason. */
+static void auth_fail(struct client *cl, const char *why)
 {
 	char msg[320];
+	if (why) {
+		char tag[256];
+		/* A secret that can never work is the admin's to fix, so it is a warning. */
+		if (why == WHY_EMPTY || why == WHY_EMPTY_MD5 || why == WHY_MD5_FOR_SCRAM)
+			log_warn("%s password authentication failed: %s", client_tag(cl, tag, sizeof(tag)), why);
+		else
+			log_info("%s password authentication failed: %s", client_tag(cl, tag, sizeof(tag)), why);
+	}
 	snprintf(msg, sizeof(msg), "password authentication failed for user \"%s\"", cl->user_name);
 	client_close(cl, msg, "28P01");
 }
@@ -57,23 +85,39 @@ static bool send_request(struct client *cl, uint32_t code, const void *data, siz
 	return true;
 }
 
+/*
+ * Picks the verifier for a SCRAM login.  What a client sees in the server-first-message must
+ * not tell which users exist: a stored verifier shows its own salt and count, and every other
+ * case shows the process salt for the user name (a keyed hash, stable across tries) with 4096
+ * iterations.  A plaintext secret gets a verifier made with that salt, derived once and cached
+ * in the userlist; a user who cannot log in gets a mock verifier, with no PBKDF2 at all, and
+ * fails at the proof like a wrong password (PostgreSQL's mock authentication does the same).
+ */
 static bool start_scram(struct client *cl, const char *secret)
 {
 	struct client_auth *a = cl->auth;
+	struct worker *w = cl->c.w;
 	enum secret_kind kind = secret ? userlist_secret_kind(secret) : SECRET_NONE;
-	if (kind == SECRET_SCRAM) {
-		a->stored_scram = scram_parse_secret(secret, &a->scram.secret);
+	bool ok = false;
+
+	if (!a->doomed && kind == SECRET_MD5)
+		a->doomed = WHY_MD5_FOR_SCRAM;
+	if (!a->doomed && kind == SECRET_SCRAM) {
+		a->stored_scram = ok = scram_parse_secret(secret, &a->scram.secret);
+	} else if (!a->doomed && kind == SECRET_PLAIN) {
+		uint8_t salt[SCRAM_SALT_LEN];
+		ok = scram_process_salt(cl->user_name, salt) &&
+		     userlist_plain_verifier(w->ul, cl->user_name, salt, sizeof(salt),
+					     SCRAM_DEFAULT_ITERATIONS, &a->scram.secret);
 	} else {
-		/* A plaintext (or missing) secret: make a verifier with a fresh salt for this login. */
-		uint8_t salt[16];
-		const char *pw = kind == SECRET_PLAIN ? secret : "";
-		if (kind != SECRET_PLAIN)
-			a->unknown_user = true;
-		if (!pwcrypt_random(salt, sizeof(salt)) ||
-		    !scram_secret_from_password(pw, salt, sizeof(salt), SCRAM_DEFAULT_ITERATIONS, &a->scram.secret)) {
-			client_close(cl, "could not prepare SCRAM authentication", "XX000");
-			return false;
-		}
+		if (!a->doomed)
+			a->doomed = WHY_UNKNOWN;
+		a->scram.doomed = true;
+		ok = scram_mock_secret(cl->user_name, &a->scram.secret);
+	}
+	if (!ok) {
+		client_close(cl, "could not prepare SCRAM authentication", "XX000");
+		return false;
 	}
 	a->step = AUTH_WAIT_SASL_INIT;
 	static const char mech[] = "SCRAM-SHA-256\0";
@@ -101,7 +145,7 @@ void auth_start(struct client *cl)
 		client_close(cl, "out of memory", "53200");
 		return;
 	}
-	cl->auth->unknown_user = !secret;
+	cl->auth->doomed = secret_unusable(secret, cl->user_name);
 	enum secret_kind kind = secret ? userlist_secret_kind(secret) : SECRET_NONE;
 	if (type == AUTH_PLAIN) {
 		cl->auth->step = AUTH_WAIT_PLAIN;
@@ -112,13 +156,6 @@ void auth_start(struct client *cl)
 		send_request(cl, 5, cl->auth->salt, 4);
 	} else {
 		/* scram-sha-256, or md5 with a SCRAM secret (md5 cannot be checked against it). */
-		if (kind == SECRET_MD5) {
-			char tag[256];
-			log_warn("%s SCRAM login impossible: the auth_file holds an md5 secret",
-				 client_tag(cl, tag, sizeof(tag)));
-			cl->auth->unknown_user = true;
-			secret = NULL;
-		}
 		start_scram(cl, secret);
 	}
 }
@@ -126,7 +163,11 @@ void auth_start(struct client *cl)
 static bool check_plain(struct client *cl, const char *pw)
 {
 	const char *secret = user_secret(cl);
-	if (!secret || cl->auth->unknown_user)
+	if (!secret || cl->auth->doomed)
+		return false;
+	/* PostgreSQL refuses an empty password from a client outright ("empty password returned
+	 * by client"); here it fails as any wrong password does. */
+	if (!*pw)
 		return false;
 	switch (userlist_secret_kind(secret)) {
 	case SECRET_PLAIN:
@@ -138,11 +179,13 @@ static bool check_plain(struct client *cl, const char *pw)
 	}
 	case SECRET_SCRAM: {
 		struct scram_secret want, got;
-		if (!scram_parse_secret(secret, &want) ||
-		    !scram_secret_from_password(pw, want.salt, want.salt_len, want.iterations, &got))
-			return false;
-		return pwcrypt_equal(want.stored_key, got.stored_key, SCRAM_KEY_LEN) &
-		       pwcrypt_equal(want.server_key, got.server_key, SCRAM_KEY_LEN);
+		bool ok = scram_parse_secret(secret, &want) &&
+			  scram_secret_from_password(pw, want.salt, want.salt_len, want.iterations, &got) &&
+			  (pwcrypt_equal(want.stored_key, got.stored_key, SCRAM_KEY_LEN) &
+			   pwcrypt_equal(want.server_key, got.server_key, SCRAM_KEY_LEN));
+		OPENSSL_cleanse(&want, sizeof(want));
+		OPENSSL_cleanse(&got, sizeof(got));
+		return ok;
 	}
 	default:
 		return false;
@@ -152,7 +195,7 @@ static bool check_plain(struct client *cl, const char *pw)
 static bool check_md5(struct client *cl, const char *resp)
 {
 	const char *secret = user_secret(cl);
-	if (!secret || cl->auth->unknown_user)
+	if (!secret || cl->auth->doomed)
 		return false;
 	char md5sec[PWCRYPT_MD5_LEN + 1], want[PWCRYPT_MD5_LEN + 1];
 	if (userlist_secret_kind(secret) == SECRET_PLAIN) {
@@ -162,7 +205,10 @@ static bool check_md5(struct client *cl, const char *resp)
 		secret = md5sec;
 	}
 	pwcrypt_md5_response(secret, cl->auth->salt, want);
-	return pwcrypt_str_equal(want, resp);
+	bool ok = pwcrypt_str_equal(want, resp);
+	OPENSSL_cleanse(md5sec, sizeof(md5sec));
+	OPENSSL_cleanse(want, sizeof(want));
+	return ok;
 }
 
 bool auth_on_message(struct client *cl, char type, const uint8_t *body, uint32_t len)
@@ -183,7 +229,7 @@ bool auth_on_message(struct client *cl, char type, const uint8_t *body, uint32_t
 		}
 		bool ok = a->step == AUTH_WAIT_PLAIN ? check_plain(cl, pw) : check_md5(cl, pw);
 		if (!ok) {
-			auth_fail(cl);
+			auth_fail(cl, a->doomed ? a->doomed : (!*pw ? "empty password sent by client" : NULL));
 			return false;
 		}
 		client_auth_ok(cl);
@@ -218,12 +264,11 @@ bool auth_on_message(struct client *cl, char type, const uint8_t *body, uint32_t
 	case AUTH_WAIT_SASL_RESP: {
 		char out[512], err[128];
 		size_t outlen;
+		/* A doomed exchange fails inside scram_server_final, after the same work as a wrong
+		 * proof; the check of a->doomed here is a second lock on the same door. */
 		if (scram_server_final(&a->scram, (const char *)body, len, out, sizeof(out), &outlen,
-				       err, sizeof(err)) < 0 || a->unknown_user) {
-			char tag[256];
-			log_info("%s SCRAM authentication failed: %s", client_tag(cl, tag, sizeof(tag)),
-				 a->unknown_user ? "no usable secret" : err);
-			auth_fail(cl);
+				       err, sizeof(err)) < 0 || a->doomed) {
+			auth_fail(cl, a->doomed ? a->doomed : err);
 			return false;
 		}
 		if (!send_request(cl, 12, out, outlen))

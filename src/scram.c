@@ -9,6 +9,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/rand.h>
 
 #include "pwcrypt.h"
 
@@ -336,6 +337,71 @@ bool scram_format_secret(const struct scram_secret *s, char *out, size_t outcap)
 	return true;
 }
 
+/* ---- Mock salts ---- */
+
+/* pgmux is one thread, so the key needs no lock; it lives as long as the process. */
+static uint8_t mock_key[SCRAM_MOCK_KEY_LEN];
+static bool mock_key_ready;
+
+bool scram_mock_salt(const uint8_t key[SCRAM_MOCK_KEY_LEN], const char *user,
+		     uint8_t out[SCRAM_SALT_LEN])
+{
+	uint8_t digest[SCRAM_KEY_LEN];
+	unsigned int len = 0;
+	EVP_MD_CTX *ctx;
+	bool ok;
+
+	if (!key || !user || !out)
+		return false;
+	ctx = EVP_MD_CTX_new();
+	/* The key has a fixed length, so key || user is unambiguous without a separator. */
+	ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+	     EVP_DigestUpdate(ctx, key, SCRAM_MOCK_KEY_LEN) == 1 &&
+	     EVP_DigestUpdate(ctx, user, strlen(user)) == 1 &&
+	     EVP_DigestFinal_ex(ctx, digest, &len) == 1 && len == SCRAM_KEY_LEN;
+	EVP_MD_CTX_free(ctx);
+	if (ok)
+		memcpy(out, digest, SCRAM_SALT_LEN);
+	OPENSSL_cleanse(digest, sizeof(digest));
+	return ok;
+}
+
+bool scram_mock_init(void)
+{
+	if (mock_key_ready)
+		return true;
+	if (RAND_bytes(mock_key, sizeof(mock_key)) != 1) {
+		OPENSSL_cleanse(mock_key, sizeof(mock_key));
+		return false;
+	}
+	mock_key_ready = true;
+	return true;
+}
+
+bool scram_process_salt(const char *user, uint8_t out[SCRAM_SALT_LEN])
+{
+	return scram_mock_init() && scram_mock_salt(mock_key, user, out);
+}
+
+bool scram_mock_secret(const char *user, struct scram_secret *out)
+{
+	if (!out)
+		return false;
+	memset(out, 0, sizeof(*out));
+	if (!scram_process_salt(user, out->salt))
+		return false;
+	out->salt_len = SCRAM_SALT_LEN;
+	out->iterations = SCRAM_DEFAULT_ITERATIONS;
+	/* Random keys: no proof can hash to an unknown random StoredKey, and the doomed flag
+	 * fails the exchange even if one did.  Should the RNG fail, zero keys serve as well. */
+	if (!pwcrypt_random(out->stored_key, SCRAM_KEY_LEN) ||
+	    !pwcrypt_random(out->server_key, SCRAM_KEY_LEN)) {
+		memset(out->stored_key, 0, SCRAM_KEY_LEN);
+		memset(out->server_key, 0, SCRAM_KEY_LEN);
+	}
+	return true;
+}
+
 /* ---- Server side ---- */
 
 static bool random_nonce(char *out, size_t outcap)
@@ -531,6 +597,9 @@ int scram_server_final(struct scram_server *st, const char *msg, size_t len,
 		key[i] = proof[i] ^ sig[i];
 	ok = ok && sha256(key, sizeof(key), check) &&
 	     CRYPTO_memcmp(check, st->secret.stored_key, SCRAM_KEY_LEN) == 0;
+	/* A doomed exchange did all of the above too, so it fails in the same time and with the
+	 * same message as a wrong password. */
+	ok = ok && !st->doomed;
 	if (!ok) {
 		set_err(err, errlen, "SCRAM authentication failed (invalid proof)");
 		goto fail;
@@ -652,8 +721,11 @@ int scram_client_final(struct scram_client *st, const char *server_first, size_t
 		set_err(err, errlen, "malformed SCRAM message (expected i= attribute)");
 		return -1;
 	}
-	if (!parse_iterations(it.val, it.len, SCRAM_MAX_ITERATIONS, &iterations)) {
-		set_err(err, errlen, "SCRAM iteration count out of range (1..%d)", SCRAM_MAX_ITERATIONS);
+	/* With pass-through keys no PBKDF2 runs, so any count the keys were made with is fine
+	 * (it is checked against key_iterations below); with a password the count is CPU time. */
+	if (!parse_iterations(it.val, it.len, st->password ? SCRAM_MAX_ITERATIONS : INT_MAX, &iterations)) {
+		set_err(err, errlen, "SCRAM iteration count out of range (1..%d)",
+			st->password ? SCRAM_MAX_ITERATIONS : INT_MAX);
 		return -1;
 	}
 	while (pos < len)

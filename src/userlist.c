@@ -14,6 +14,7 @@
 
 #include <openssl/crypto.h>
 
+#include "pwcrypt.h"
 #include "scram.h"
 
 struct entry {
@@ -21,12 +22,14 @@ struct entry {
 	char *secret;
 	size_t alloc;
 	uint64_t hash;
+	struct scram_secret *verifier;   /* derived from a plaintext secret on first SCRAM login */
 };
 
 struct userlist {
 	struct entry *slots;   /* open addressing, linear probing; empty slots have user == NULL */
 	size_t cap;            /* a power of two, kept at least twice count */
 	size_t count;
+	size_t n_verifiers;    /* entries with a cached verifier */
 };
 
 /* One parse in progress: where we are, and where to report errors. */
@@ -63,8 +66,15 @@ static uint64_t hash_name(const char *s)
 	return h;
 }
 
+/* Entries are only replaced while parsing, before any verifier exists, so the list's
+ * n_verifiers needs no update here. */
 static void free_entry(struct entry *e)
 {
+	if (e->verifier) {
+		OPENSSL_cleanse(e->verifier, sizeof(*e->verifier));
+		free(e->verifier);
+		e->verifier = NULL;
+	}
 	if (!e->user)
 		return;
 	OPENSSL_cleanse(e->user, e->alloc);
@@ -133,6 +143,7 @@ static bool insert(struct userlist *ul, const char *user, size_t ulen, const cha
 	e->secret = mem + ulen + 1;
 	e->alloc = ulen + slen + 2;
 	e->hash = h;
+	e->verifier = NULL;
 	return true;
 }
 
@@ -348,6 +359,57 @@ const char *userlist_get(const struct userlist *ul, const char *user)
 		return NULL;
 	e = find_slot(ul->slots, ul->cap, user, hash_name(user));
 	return e->user ? e->secret : NULL;
+}
+
+bool userlist_plain_verifier(struct userlist *ul, const char *user, const uint8_t *salt,
+			     int salt_len, int iterations, struct scram_secret *out)
+{
+	struct entry *e;
+
+	if (!ul || !user || !out || ul->count == 0)
+		return false;
+	e = find_slot(ul->slots, ul->cap, user, hash_name(user));
+	if (!e->user || userlist_secret_empty(e->secret, user) ||
+	    userlist_secret_kind(e->secret) != SECRET_PLAIN)
+		return false;
+	if (e->verifier && e->verifier->iterations == iterations && e->verifier->salt_len == salt_len &&
+	    salt_len >= 0 && memcmp(e->verifier->salt, salt, (size_t)salt_len) == 0) {
+		*out = *e->verifier;
+		return true;
+	}
+	if (!scram_secret_from_password(e->secret, salt, salt_len, iterations, out))
+		return false;
+	if (!e->verifier && ul->n_verifiers < USERLIST_MAX_CACHED_VERIFIERS) {
+		e->verifier = malloc(sizeof(*e->verifier));
+		if (e->verifier)
+			ul->n_verifiers++;
+	}
+	/* No room (or no memory): the login still works, it just is not cached. */
+	if (e->verifier)
+		*e->verifier = *out;
+	return true;
+}
+
+bool userlist_secret_empty(const char *secret, const char *user)
+{
+	char empty[PWCRYPT_MD5_LEN + 1];
+	bool eq;
+
+	if (!secret)
+		return false;
+	if (!*secret)
+		return true;
+	if (!user || userlist_secret_kind(secret) != SECRET_MD5)
+		return false;
+	pwcrypt_md5_secret("", user, empty);
+	eq = pwcrypt_str_equal(secret, empty);
+	OPENSSL_cleanse(empty, sizeof(empty));
+	return eq;
+}
+
+size_t userlist_cached_verifiers(const struct userlist *ul)
+{
+	return ul ? ul->n_verifiers : 0;
 }
 
 size_t userlist_count(const struct userlist *ul)

@@ -14,6 +14,8 @@
  *   mode 0, 3: rest[0..split) is the client-first-message, rest[split..) the client-final.
  *   mode 1:    a valid "n,," client-first-message, then all of rest as the client-final.
  *   mode 2:    a valid "y,," client-first-message, then all of rest as the client-final.
+ *   mode 3 also marks the exchange doomed (an unknown user's): the final must then fail even
+ *   with the right proof, which mode 0's seeds carry.
  * The server nonce is fixed (scram_server_first_with_nonce) so that the fuzzer, and the seed
  * corpus, can reproduce a matching nonce and a valid proof; scram_server_first() only adds a
  * random nonce in front of the same parser.
@@ -92,6 +94,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	memset(&st, 0, sizeof(st));
 	st.secret = secret;
+	st.doomed = mode == 3;
 	err[0] = '\0';
 	outlen = (size_t)-1;
 	rc = scram_server_first_with_nonce(&st, first, firstlen, SERVER_NONCE, out, outcap, &outlen,
@@ -120,6 +123,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	rc = scram_server_final(&st, final, finallen, out, outcap, &outlen, err, sizeof(err));
 	FUZZ_CHECK(nul_terminated(err, sizeof(err)));
 	if (rc == 0) {
+		FUZZ_CHECK(!st.doomed);
 		FUZZ_CHECK(st.done);
 		FUZZ_CHECK(outlen == 46 && out[outlen] == '\0' && strncmp(out, "v=", 2) == 0);
 		/* Nothing more is accepted once the exchange is done. */

@@ -1,4 +1,4 @@
-/* test_scram.c: cmocka tests for SCRAM-SHA-256: RFC 7677 vectors, PostgreSQL verifiers, round trips, bad input. */
+/* test_scram.c: cmocka tests for SCRAM-SHA-256: RFC 7677 vectors, PostgreSQL verifiers, round trips, mock salts, bad input. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -786,6 +786,215 @@ static void test_client_verify_bad(void **state)
 					     err, sizeof(err)), 0);
 }
 
+/* ---- mock salts and doomed exchanges ---- */
+
+/* The salt as base64 in a server-first-message "r=...,s=<salt>,i=<n>". */
+static void salt_of(const char *server_first, char *out, size_t cap)
+{
+	const char *s = strstr(server_first, ",s="), *e;
+
+	assert_non_null(s);
+	s += 3;
+	e = strchr(s, ',');
+	assert_non_null(e);
+	assert_true((size_t)(e - s) < cap);
+	memcpy(out, s, (size_t)(e - s));
+	out[e - s] = '\0';
+}
+
+static void test_mock_salt(void **state)
+{
+	uint8_t k1[SCRAM_MOCK_KEY_LEN], k2[SCRAM_MOCK_KEY_LEN];
+	uint8_t a[SCRAM_SALT_LEN], b[SCRAM_SALT_LEN], c[SCRAM_SALT_LEN], want[SCRAM_KEY_LEN];
+	uint8_t in[SCRAM_MOCK_KEY_LEN + 5];
+	unsigned int len = 0;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(k1); i++) {
+		k1[i] = (uint8_t)i;
+		k2[i] = (uint8_t)i;
+	}
+	k2[31] ^= 1;
+
+	/* Deterministic: the same key and name give the same salt. */
+	assert_true(scram_mock_salt(k1, "alice", a));
+	assert_true(scram_mock_salt(k1, "alice", b));
+	assert_memory_equal(a, b, SCRAM_SALT_LEN);
+	/* It is SHA-256(key || name) cut to the salt length. */
+	memcpy(in, k1, sizeof(k1));
+	memcpy(in + sizeof(k1), "alice", 5);
+	assert_int_equal(EVP_Digest(in, sizeof(in), want, &len, EVP_sha256(), NULL), 1);
+	assert_memory_equal(a, want, SCRAM_SALT_LEN);
+	/* Another name gives another salt, a prefix too. */
+	assert_true(scram_mock_salt(k1, "alicf", c));
+	assert_memory_not_equal(a, c, SCRAM_SALT_LEN);
+	assert_true(scram_mock_salt(k1, "alic", c));
+	assert_memory_not_equal(a, c, SCRAM_SALT_LEN);
+	assert_true(scram_mock_salt(k1, "", c));
+	assert_memory_not_equal(a, c, SCRAM_SALT_LEN);
+	/* Another process key (one bit) gives another salt for the same name. */
+	assert_true(scram_mock_salt(k2, "alice", c));
+	assert_memory_not_equal(a, c, SCRAM_SALT_LEN);
+	assert_false(scram_mock_salt(k1, NULL, c));
+
+	/* This process's salt: stable across calls, per name, and not the test key's. */
+	assert_true(scram_mock_init());
+	assert_true(scram_process_salt("alice", b));
+	assert_true(scram_mock_init());   /* a second init keeps the key */
+	assert_true(scram_process_salt("alice", c));
+	assert_memory_equal(b, c, SCRAM_SALT_LEN);
+	assert_memory_not_equal(a, b, SCRAM_SALT_LEN);
+	assert_true(scram_process_salt("bob", c));
+	assert_memory_not_equal(b, c, SCRAM_SALT_LEN);
+}
+
+/* A mock verifier answers server-first like a real one: the process salt for the name, the
+ * length a real salt has, 4096 iterations; the same on every try. */
+static void test_mock_secret_server_first(void **state)
+{
+	struct scram_secret m1, m2, other;
+	struct scram_server sv;
+	uint8_t salt[SCRAM_SALT_LEN];
+	char out1[BUF], out2[BUF], s1[64], s2[64], err[256];
+	size_t outlen;
+
+	(void)state;
+	assert_true(scram_mock_secret("nobody", &m1));
+	assert_true(scram_mock_secret("nobody", &m2));
+	assert_true(scram_mock_secret("somebody", &other));
+	assert_int_equal(m1.iterations, SCRAM_DEFAULT_ITERATIONS);
+	assert_int_equal(m1.salt_len, SCRAM_SALT_LEN);
+	assert_true(scram_process_salt("nobody", salt));
+	assert_memory_equal(m1.salt, salt, SCRAM_SALT_LEN);
+	assert_memory_equal(m1.salt, m2.salt, SCRAM_SALT_LEN);
+	assert_memory_not_equal(m1.salt, other.salt, SCRAM_SALT_LEN);
+
+	memset(&sv, 0, sizeof(sv));
+	sv.secret = m1;
+	sv.doomed = true;
+	assert_int_equal(scram_server_first(&sv, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out1, sizeof(out1),
+					    &outlen, err, sizeof(err)), 0);
+	memset(&sv, 0, sizeof(sv));
+	sv.secret = m2;
+	sv.doomed = true;
+	assert_int_equal(scram_server_first(&sv, RFC_CLIENT_FIRST, strlen(RFC_CLIENT_FIRST), out2, sizeof(out2),
+					    &outlen, err, sizeof(err)), 0);
+	salt_of(out1, s1, sizeof(s1));
+	salt_of(out2, s2, sizeof(s2));
+	assert_string_equal(s1, s2);
+	assert_int_equal(strlen(s1), 24);   /* 16 bytes, like a PostgreSQL verifier's salt */
+	assert_non_null(strstr(out1, ",i=4096"));
+}
+
+/* A doomed exchange fails at the proof with the wrong-password error, even when the client
+ * proves the password the verifier was made from: here "", the empty password. */
+static void test_doomed_fails_at_proof(void **state)
+{
+	struct scram_server sv;
+	struct scram_client cl;
+	char err[256] = "", err2[256] = "";
+
+	(void)state;
+	/* Without doomed, a verifier of "" would accept "" (what pgmux used to do). */
+	memset(&sv, 0, sizeof(sv));
+	memset(&cl, 0, sizeof(cl));
+	make_secret(&sv.secret, "", 4096);
+	cl.password = "";
+	assert_int_equal(exchange(&sv, &cl, err, sizeof(err)), 0);
+
+	memset(&sv, 0, sizeof(sv));
+	memset(&cl, 0, sizeof(cl));
+	make_secret(&sv.secret, "", 4096);
+	sv.doomed = true;
+	cl.password = "";
+	assert_int_equal(exchange(&sv, &cl, err, sizeof(err)), -3);
+	assert_false(sv.done);
+
+	/* The same error text as a wrong password against a real verifier. */
+	memset(&sv, 0, sizeof(sv));
+	memset(&cl, 0, sizeof(cl));
+	make_secret(&sv.secret, "right", 4096);
+	cl.password = "wrong";
+	assert_int_equal(exchange(&sv, &cl, err2, sizeof(err2)), -3);
+	assert_string_equal(err, err2);
+
+	/* And a mock verifier with any password. */
+	memset(&sv, 0, sizeof(sv));
+	memset(&cl, 0, sizeof(cl));
+	assert_true(scram_mock_secret("nobody", &sv.secret));
+	sv.doomed = true;
+	cl.password = "anything";
+	assert_int_equal(exchange(&sv, &cl, err, sizeof(err)), -3);
+	assert_string_equal(err, err2);
+}
+
+/* A fresh client (password, or the RFC keys made with key_iterations when password is NULL)
+ * that has sent its client-first; then scram_client_final on "r=<nonce>,s=<salt>,i=<iter>". */
+static int client_final_with(const char *password, int key_iterations, const char *salt,
+			     const char *iter, char *err, size_t errlen)
+{
+	struct scram_client cl;
+	struct scram_secret s;
+	char out[BUF], msg[BUF];
+	size_t outlen;
+
+	memset(&cl, 0, sizeof(cl));
+	if (password) {
+		cl.password = password;
+	} else {
+		load_secret(&s, RFC_VERIFIER);
+		cl.have_keys = true;
+		memcpy(cl.client_key, rfc_client_key, SCRAM_KEY_LEN);
+		memcpy(cl.server_key, s.server_key, SCRAM_KEY_LEN);
+		memcpy(cl.key_salt, s.salt, (size_t)s.salt_len);
+		cl.key_salt_len = s.salt_len;
+		cl.key_iterations = key_iterations;
+	}
+	assert_int_equal(scram_client_first_with_nonce(&cl, NULL, RFC_CLIENT_NONCE, out, sizeof(out), &outlen), 0);
+	snprintf(msg, sizeof(msg), "r=%s,s=%s,i=%s", RFC_NONCE, salt, iter);
+	return scram_client_final(&cl, msg, strlen(msg), out, sizeof(out), &outlen, err, errlen);
+}
+
+/* The client side bounds what a server can make it compute. */
+static void test_client_bounds(void **state)
+{
+	struct scram_client cl;
+	char out[BUF], err[256], msg[SCRAM_MAX_MESSAGE + 64], iter[32], salt[200];
+	size_t outlen;
+
+	(void)state;
+	/* With a password, a count over SCRAM_MAX_ITERATIONS is refused before any PBKDF2. */
+	snprintf(iter, sizeof(iter), "%d", SCRAM_MAX_ITERATIONS + 1);
+	assert_int_equal(client_final_with("pencil", 0, "W22ZaJ0SNY7soEsUEjb6gQ==", iter, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "iteration count"));
+	assert_int_equal(client_final_with("pencil", 0, "W22ZaJ0SNY7soEsUEjb6gQ==", "2147483647", err, sizeof(err)), -1);
+	assert_int_equal(client_final_with("pencil", 0, "W22ZaJ0SNY7soEsUEjb6gQ==", "4096", err, sizeof(err)), 0);
+
+	/* With pass-through keys nothing is derived: a large count the keys were made with is
+	 * accepted, any other count is not. */
+	assert_int_equal(client_final_with(NULL, 20000000, "W22ZaJ0SNY7soEsUEjb6gQ==", "20000000", err, sizeof(err)), 0);
+	assert_int_equal(client_final_with(NULL, 20000000, "W22ZaJ0SNY7soEsUEjb6gQ==", "20000001", err, sizeof(err)), -1);
+	assert_int_equal(client_final_with(NULL, 4096, "W22ZaJ0SNY7soEsUEjb6gQ==", "99999999999", err, sizeof(err)), -1);
+
+	/* A salt over SCRAM_MAX_SALT bytes. */
+	memset(salt, 'A', 172);
+	salt[172] = '\0';   /* 129 bytes decoded */
+	assert_int_equal(client_final_with("pencil", 0, salt, "4096", err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "salt"));
+	memset(salt, 'A', 88);
+	salt[88] = '\0';    /* 66 bytes decoded */
+	assert_int_equal(client_final_with("pencil", 0, salt, "4096", err, sizeof(err)), -1);
+
+	/* A server nonce that makes the message longer than SCRAM_MAX_MESSAGE. */
+	memset(&cl, 0, sizeof(cl));
+	cl.password = "pencil";
+	assert_int_equal(scram_client_first_with_nonce(&cl, NULL, RFC_CLIENT_NONCE, out, sizeof(out), &outlen), 0);
+	memset(msg, 'x', sizeof(msg));
+	memcpy(msg, "r=" RFC_CLIENT_NONCE, strlen("r=" RFC_CLIENT_NONCE));
+	assert_int_equal(scram_client_final(&cl, msg, SCRAM_MAX_MESSAGE + 1, out, sizeof(out), &outlen, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "too long"));
+}
+
 /* err may be NULL or tiny without harm. */
 static void test_err_buffers(void **state)
 {
@@ -825,6 +1034,10 @@ int main(void)
 		cmocka_unit_test(test_client_first),
 		cmocka_unit_test(test_client_verify_bad),
 		cmocka_unit_test(test_err_buffers),
+		cmocka_unit_test(test_mock_salt),
+		cmocka_unit_test(test_mock_secret_server_first),
+		cmocka_unit_test(test_doomed_fails_at_proof),
+		cmocka_unit_test(test_client_bounds),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

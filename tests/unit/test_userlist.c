@@ -1,4 +1,4 @@
-/* test_userlist.c: cmocka tests for the auth_file parser: syntax, errors with file:line, lookups, secret kinds. */
+/* test_userlist.c: cmocka tests for the auth_file parser: syntax, errors with file:line, lookups, secret kinds, empty secrets, cached verifiers. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "scram.h"
 #include "userlist.h"
 
 #ifndef TEST_DATA_DIR
@@ -310,6 +311,102 @@ static void test_secret_kind(void **state)
 	assert_int_equal(userlist_secret_kind(NULL), SECRET_NONE);
 }
 
+/* An empty password, as "" or as its md5 secret for this user, never authenticates. */
+static void test_secret_empty(void **state)
+{
+	(void)state;
+	assert_true(userlist_secret_empty("", "bob"));
+	assert_true(userlist_secret_empty("", NULL));
+	/* md5("" || "bob"): only for bob, not for another user */
+	assert_true(userlist_secret_empty("md59f9d51bc70ef21ca5c14f307980a29d8", "bob"));
+	assert_false(userlist_secret_empty("md59f9d51bc70ef21ca5c14f307980a29d8", "carol"));
+	assert_true(userlist_secret_empty("md5a9a0198010a6073db96434f6cc5f22a8", "carol"));
+	/* md5("x" || "bob") */
+	assert_false(userlist_secret_empty("md531987a5dbc9922cd211fc93523ffd523", "bob"));
+	assert_false(userlist_secret_empty("x", "bob"));
+	assert_false(userlist_secret_empty(" ", "bob"));
+	assert_false(userlist_secret_empty(PG_VERIFIER, "bob"));
+	/* No secret at all is "unknown user", not "empty". */
+	assert_false(userlist_secret_empty(NULL, "bob"));
+}
+
+/* Plaintext secrets get a SCRAM verifier derived once per list and salt; empty, md5, SCRAM and
+ * missing secrets get none. */
+static void test_plain_verifier_cache(void **state)
+{
+	static const char text[] =
+		"\"alice\" \"correct horse\"\n"
+		"\"empty\" \"\"\n"
+		"\"bob\" \"md521f3163f8f86fa10bdefbfbd502a8f06\"\n"
+		"\"carol\" \"" PG_VERIFIER "\"\n";
+	struct userlist *ul = NULL;
+	struct scram_secret a, b, want;
+	uint8_t salt[SCRAM_SALT_LEN], salt2[SCRAM_SALT_LEN];
+	char err[256];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(salt); i++) {
+		salt[i] = (uint8_t)i;
+		salt2[i] = (uint8_t)(i + 1);
+	}
+	assert_int_equal(userlist_parse("t", text, &ul, err, sizeof(err)), 0);
+	assert_int_equal(userlist_cached_verifiers(ul), 0);
+
+	assert_true(userlist_plain_verifier(ul, "alice", salt, sizeof(salt), 4096, &a));
+	assert_true(scram_secret_from_password("correct horse", salt, sizeof(salt), 4096, &want));
+	assert_memory_equal(&a, &want, sizeof(want));
+	assert_int_equal(userlist_cached_verifiers(ul), 1);
+	/* Served from the cache: the same verifier, still one entry. */
+	assert_true(userlist_plain_verifier(ul, "alice", salt, sizeof(salt), 4096, &b));
+	assert_memory_equal(&a, &b, sizeof(a));
+	assert_int_equal(userlist_cached_verifiers(ul), 1);
+	/* Another salt or count is derived afresh and replaces the cached one. */
+	assert_true(userlist_plain_verifier(ul, "alice", salt2, sizeof(salt2), 4096, &b));
+	assert_memory_not_equal(a.stored_key, b.stored_key, SCRAM_KEY_LEN);
+	assert_memory_equal(b.salt, salt2, sizeof(salt2));
+	assert_true(userlist_plain_verifier(ul, "alice", salt, sizeof(salt), 2048, &b));
+	assert_int_equal(b.iterations, 2048);
+	assert_int_equal(userlist_cached_verifiers(ul), 1);
+
+	/* No verifier for these. */
+	assert_false(userlist_plain_verifier(ul, "empty", salt, sizeof(salt), 4096, &b));
+	assert_false(userlist_plain_verifier(ul, "bob", salt, sizeof(salt), 4096, &b));
+	assert_false(userlist_plain_verifier(ul, "carol", salt, sizeof(salt), 4096, &b));
+	assert_false(userlist_plain_verifier(ul, "nobody", salt, sizeof(salt), 4096, &b));
+	assert_false(userlist_plain_verifier(NULL, "alice", salt, sizeof(salt), 4096, &b));
+	assert_int_equal(userlist_cached_verifiers(ul), 1);
+	userlist_free(ul);
+
+	/* A new list (a reload) starts with an empty cache. */
+	assert_int_equal(userlist_parse("t", text, &ul, err, sizeof(err)), 0);
+	assert_int_equal(userlist_cached_verifiers(ul), 0);
+	userlist_free(ul);
+}
+
+/* The cache stops growing at USERLIST_MAX_CACHED_VERIFIERS; users past it still get one. */
+static void test_plain_verifier_cap(void **state)
+{
+	size_t n = USERLIST_MAX_CACHED_VERIFIERS + 10, cap = n * 24 + 1, len = 0;
+	char *text = malloc(cap), name[32], err[256];
+	struct userlist *ul = NULL;
+	struct scram_secret v;
+	uint8_t salt[SCRAM_SALT_LEN] = { 1 };
+
+	(void)state;
+	assert_non_null(text);
+	for (size_t i = 0; i < n; i++)
+		len += (size_t)snprintf(text + len, cap - len, "\"u%zu\" \"pw%zu\"\n", i, i);
+	assert_int_equal(userlist_parse("t", text, &ul, err, sizeof(err)), 0);
+	free(text);
+	/* One iteration: this tests the bookkeeping, not PBKDF2. */
+	for (size_t i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "u%zu", i);
+		assert_true(userlist_plain_verifier(ul, name, salt, sizeof(salt), 1, &v));
+	}
+	assert_int_equal(userlist_cached_verifiers(ul), USERLIST_MAX_CACHED_VERIFIERS);
+	userlist_free(ul);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -323,6 +420,9 @@ int main(void)
 		cmocka_unit_test(test_load_nul_byte),
 		cmocka_unit_test(test_many_users),
 		cmocka_unit_test(test_secret_kind),
+		cmocka_unit_test(test_secret_empty),
+		cmocka_unit_test(test_plain_verifier_cache),
+		cmocka_unit_test(test_plain_verifier_cap),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
