@@ -1,0 +1,498 @@
+"""Regression tests for issue 11 (hardening): hostile clients, listeners and servers can neither crash pgmux, cross clients, nor grow its memory beyond the configured bounds."""
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import os
+import re
+import resource
+import select
+import socket
+import struct
+import threading
+import time
+
+import psycopg
+
+import rawpg
+from pgharness import TEST_USER, free_port, run_async, scram_secret, timeout, wait_for
+
+TX1 = {"pool_mode": "transaction", "default_pool_size": 1}
+
+
+# ----------------------------------------------------------------------------------------------
+# the pgmux process seen from /proc
+
+def _proc_status(px, key):
+    """A field of /proc/<pid>/status in kB (VmRSS, VmHWM)."""
+    for line in open(f"/proc/{px.proc.pid}/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise LookupError(key)
+
+
+def _rss_mb(px):
+    return _proc_status(px, "VmRSS") / 1024
+
+
+def _nfds(px):
+    return len(os.listdir(f"/proc/{px.proc.pid}/fd"))
+
+
+def _cpu_s(px):
+    """User + system CPU seconds pgmux has used so far."""
+    fields = open(f"/proc/{px.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _assert_alive(px, db, tag="alive"):
+    """pgmux runs and a fresh client gets its own answer."""
+    assert px.alive(), f"pgmux died (exit status {px.proc.poll()})"
+    with _tcp(px, db, timeout=10) as c:
+        assert c.query_rows(f"SELECT '{tag}'", timeout=10) == [(tag,)]
+
+
+def _tcp(px, db, user=TEST_USER, **kw):
+    return rawpg.RawConn.tcp(px.port, db, user, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# frontend messages rawpg does not build
+
+def _cstr(s):
+    return (s.encode() if isinstance(s, str) else s) + b"\0"
+
+
+def _parse(name, sql, oids=()):
+    return rawpg.message(b"P", _cstr(name) + _cstr(sql) + struct.pack("!H", len(oids)) +
+                         b"".join(struct.pack("!I", o) for o in oids))
+
+
+def _bind(portal, stmt, params=()):
+    """Bind with text parameters (bytes or str; None is NULL) and text results."""
+    body = _cstr(portal) + _cstr(stmt) + struct.pack("!HH", 0, len(params))
+    for p in params:
+        if p is None:
+            body += struct.pack("!i", -1)
+        else:
+            p = p.encode() if isinstance(p, str) else p
+            body += struct.pack("!i", len(p)) + p
+    return rawpg.message(b"B", body + struct.pack("!H", 0))
+
+
+def _execute(portal=""):
+    return rawpg.message(b"E", _cstr(portal) + struct.pack("!I", 0))
+
+
+def _sqlstates(msgs):
+    return [e.get("C") for e in rawpg.errors(msgs)]
+
+
+def _short(errs, n=200):
+    """ErrorResponse fields with long texts cut, for assertion messages."""
+    return [{k: (v if len(v) <= n else v[:n] + f"...({len(v)} bytes)") for k, v in e.items()}
+            for e in errs]
+
+
+def _closed_or_error(conn, timeout=5.0):
+    """What a connection gets after a hostile message: ('closed', errors) when pgmux closed it
+    (after zero or more ErrorResponses), ('open', errors) when it answered and kept it.  A
+    pooler that says nothing and keeps waiting fails here (socket.timeout)."""
+    errs = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("pgmux neither answered nor closed the connection")
+        try:
+            t, b = conn.read_msg(left)
+        except (EOFError, ConnectionResetError):
+            return "closed", errs
+        if t == b"E":
+            errs.append(rawpg.parse_error(b))
+        elif t == b"Z":
+            return "open", errs
+
+
+# ----------------------------------------------------------------------------------------------
+# authentication over a raw socket (rawpg does trust only): cleartext, md5 and SCRAM-SHA-256
+
+def _password_msg(data):
+    return rawpg.message(b"p", data)
+
+
+def _sasl_initial(client_first, mech="SCRAM-SHA-256"):
+    data = client_first.encode() if isinstance(client_first, str) else client_first
+    return rawpg.message(b"p", _cstr(mech) + struct.pack("!i", len(data)) + data)
+
+
+def _auth_code(body):
+    return struct.unpack("!I", body[:4])[0]
+
+
+def _scram_proof(password, salt, iterations, auth_message):
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    sig = hmac.new(stored_key, auth_message.encode(), hashlib.sha256).digest()
+    return base64.b64encode(bytes(a ^ b for a, b in zip(client_key, sig))).decode()
+
+
+class Login:
+    """A login over a raw socket that answers whichever password request pgmux makes.
+
+    .server_first is the SCRAM server-first-message when SCRAM was used; .result is 'ok'
+    (AuthenticationOk), or the ErrorResponse fields dict, or 'closed'."""
+
+    def __init__(self, port, db, user, password, timeout=10.0, stop_at_server_first=False,
+                 client_nonce=None):
+        self.conn = rawpg.RawConn.tcp(port, db, user, timeout=timeout, login=False)
+        self.server_first = None
+        self.result = None
+        self.conn.send(rawpg.startup_packet({"user": user, "database": db}))
+        client_nonce = client_nonce or base64.b64encode(os.urandom(18)).decode()
+        first_bare = None
+        try:
+            while self.result is None:
+                t, b = self.conn.read_msg()
+                if t == b"E":
+                    self.result = rawpg.parse_error(b)
+                elif t == b"R":
+                    code = _auth_code(b)
+                    if code == 0:
+                        self.result = "ok"
+                    elif code == 3:
+                        self.conn.send(_password_msg(_cstr(password)))
+                    elif code == 5:
+                        inner = hashlib.md5((password + user).encode()).hexdigest()
+                        outer = hashlib.md5(inner.encode() + b[4:8]).hexdigest()
+                        self.conn.send(_password_msg(_cstr("md5" + outer)))
+                    elif code == 10:
+                        first_bare = f"n=,r={client_nonce}"
+                        self.conn.send(_sasl_initial("n,," + first_bare))
+                    elif code == 11:
+                        self.server_first = b[4:].decode()
+                        if stop_at_server_first:
+                            return
+                        attrs = dict(kv.split("=", 1) for kv in self.server_first.split(","))
+                        final_bare = f"c=biws,r={attrs['r']}"
+                        auth_message = f"{first_bare},{self.server_first},{final_bare}"
+                        proof = _scram_proof(password, base64.b64decode(attrs["s"]),
+                                             int(attrs["i"]), auth_message)
+                        self.conn.send(_password_msg(f"{final_bare},p={proof}".encode()))
+                    elif code == 12:
+                        pass  # SASLFinal; AuthenticationOk follows
+                    else:
+                        raise AssertionError(f"unexpected authentication request {code}")
+        except (EOFError, ConnectionResetError):
+            self.result = "closed"
+
+    @property
+    def salt_and_iterations(self):
+        attrs = dict(kv.split("=", 1) for kv in self.server_first.split(","))
+        return attrs["s"], int(attrs["i"])
+
+    def close(self):
+        self.conn.close()
+
+
+def _assert_28p01(login, what):
+    assert login.result != "ok", f"{what}: login succeeded"
+    assert isinstance(login.result, dict), f"{what}: no ErrorResponse ({login.result!r})"
+    assert login.result.get("C") == "28P01", f"{what}: wrong error {login.result!r}"
+
+
+# ----------------------------------------------------------------------------------------------
+# defect 1: a Bind whose portal name does not fit the receive buffer
+
+@timeout(60)
+def test_long_portal_bind_dup_parse(env):
+    """Defect 1 (spec 1): Bind with a 20,000-byte portal name and a 100 kB parameter, then a
+    duplicate named Parse: pgmux crashed (sbuf_replace underflow).  It must answer with the
+    server's whole error and ReadyForQuery, and keep serving."""
+    db = env.database()
+    px = env.pgmux([db], {"pool_mode": "transaction", "default_pool_size": 1,
+                          "max_prepared_statements": 200})
+    a = _tcp(px, db, timeout=15)
+    a.send(_parse("s1", "SELECT 2") + rawpg.SYNC)
+    msgs = a.read_until_ready()
+    assert rawpg.types(msgs) == "1Z", rawpg.types(msgs)
+    param = "x" * 100_000
+    a.send(_parse("", "SELECT $1::int") + _bind("p" * 20_000, "", [param]) +
+           _parse("s1", "SELECT 2") + rawpg.SYNC)
+    try:
+        msgs = a.read_until_ready(timeout=15)
+    except (EOFError, ConnectionResetError, socket.timeout) as e:
+        raise AssertionError(f"no ReadyForQuery after the long-portal Bind: {e!r} "
+                             f"(pgmux alive: {px.alive()})") from None
+    assert msgs[-1][0] == b"Z", rawpg.types(msgs)
+    errs = rawpg.errors(msgs)
+    assert errs, f"no ErrorResponse: {rawpg.types(msgs)}"
+    assert {e.get("C") for e in errs} <= {"22P02", "42P05"}, _short(errs)
+    bind_err = [e for e in errs if e.get("C") == "22P02"]
+    assert bind_err, f"the server's error for the Bind did not reach the client: {_short(errs)}"
+    # the server's error (> 16 KiB: it quotes the 100 kB value) arrives whole
+    assert param in bind_err[0].get("M", ""), \
+        f"the server's error was cut: message of {len(bind_err[0].get('M', ''))} bytes"
+    # the same client, and a second one, keep working
+    assert a.query_rows("SELECT 'a again'") == [("a again",)]
+    a.send(_bind("", "s1") + _execute() + rawpg.SYNC)
+    msgs = a.read_until_ready()
+    assert rawpg.rows(msgs) == [("2",)], msgs
+    a.close()
+    _assert_alive(px, db, "second client")
+
+
+@timeout(60)
+def test_long_portal_bind_named_stmt(env):
+    """Defect 1 (spec 1): a Bind of a named prepared statement with a 20,000-byte portal name
+    works: pgmux renames the statement and forwards it."""
+    db = env.database()
+    px = env.pgmux([db], {"pool_mode": "transaction", "default_pool_size": 1,
+                          "max_prepared_statements": 200})
+    a = _tcp(px, db, timeout=15)
+    a.send(_parse("s2", "SELECT length($1::text)") + rawpg.SYNC)
+    assert rawpg.types(a.read_until_ready()) == "1Z"
+    portal = "q" * 20_000
+    # PostgreSQL caps Execute at 10,000 bytes but keys portals by their first 63 bytes
+    # (NAMEDATALEN - 1): the Execute names the portal by those
+    a.send(_bind(portal, "s2", ["abcde"]) + _execute(portal[:63]) + rawpg.SYNC)
+    try:
+        msgs = a.read_until_ready(timeout=15)
+    except (EOFError, ConnectionResetError, socket.timeout) as e:
+        raise AssertionError(f"no answer to the long-portal Bind: {e!r} "
+                             f"(pgmux alive: {px.alive()})") from None
+    assert not rawpg.errors(msgs), _short(rawpg.errors(msgs))
+    assert rawpg.rows(msgs) == [("5",)], msgs
+    assert rawpg.types(msgs) == "2DCZ", rawpg.types(msgs)
+    # and once more with a parameter bigger than the receive buffer
+    a.send(_bind(portal, "s2", ["y" * 100_000]) + _execute(portal[:63]) + rawpg.SYNC)
+    msgs = a.read_until_ready(timeout=15)
+    assert not rawpg.errors(msgs), _short(rawpg.errors(msgs))
+    assert rawpg.rows(msgs) == [("100000",)], rawpg.types(msgs)
+    a.close()
+    _assert_alive(px, db)
+
+
+# ----------------------------------------------------------------------------------------------
+# defect 2: a server goes back to the pool while the client still has bytes for it
+
+def _pg_log_mark(env):
+    return len(env.pg.log_text())
+
+
+def _pg_log_since(env, mark):
+    return env.pg.log_text()[mark:]
+
+
+def _wait_running(env, db, needle, timeout=10):
+    """Waits until a backend of db runs a query containing needle (direct, not via pgmux)."""
+    q = ("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND state = 'active' "
+         "AND query LIKE %s")
+    wait_for(lambda: env.pg.sql1(q, (db, f"%{needle}%")), timeout, 0.02,
+             f"a backend of {db} to run {needle!r}")
+
+
+class _Sender(threading.Thread):
+    """Writes payload to a socket in a thread, recording progress (bytes sent) and errors."""
+
+    def __init__(self, sock, payload, timeout=20.0):
+        super().__init__(daemon=True)
+        self.sock, self.payload, self.deadline = sock, memoryview(payload), timeout
+        self.sent, self.error = 0, None
+        self.start()
+
+    def run(self):
+        end = time.monotonic() + self.deadline
+        try:
+            while self.sent < len(self.payload):
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout("peer stopped reading")
+                self.sock.settimeout(left)
+                self.sent += self.sock.send(self.payload[self.sent:self.sent + 262144])
+        except OSError as e:
+            self.error = e
+
+    def finish(self, what):
+        self.join(self.deadline + 5)
+        assert not self.is_alive() and self.error is None, \
+            f"pgmux stopped reading {what}: {self.sent} of {len(self.payload)} bytes taken " \
+            f"({self.error!r})"
+
+
+@timeout(60)
+def test_flush_flood_next_client(env):
+    """Defect 2 (spec 2): pool_size = 1, Query('SELECT pg_sleep(1.5)') + 2,000,000 Flush in one
+    write; the next client's SELECT 'victim' must return 'victim', PostgreSQL must not log
+    "invalid message length", and the flooding client's stream is not left stranded."""
+    db = env.database()
+    px = env.pgmux([db], TX1)
+    mark = _pg_log_mark(env)
+    a = _tcp(px, db, timeout=20)
+    flood = _Sender(a.sock, rawpg.query("SELECT pg_sleep(1.5)") + rawpg.FLUSH * 2_000_000)
+    _wait_running(env, db, "pg_sleep(1.5)")
+    with _tcp(px, db, timeout=20) as b:
+        msgs = b.query("SELECT 'victim'", timeout=20)
+        assert not rawpg.errors(msgs), f"the victim got an error: {_short(rawpg.errors(msgs))}"
+        assert rawpg.rows(msgs) == [("victim",)], rawpg.rows(msgs)
+    flood.finish("the flooding client's Flush messages")
+    msgs = a.read_until_ready(timeout=20)
+    assert not rawpg.errors(msgs), _short(rawpg.errors(msgs))
+    assert rawpg.rows(msgs) == [("",)], rawpg.rows(msgs)
+    assert a.query_rows("SELECT 'a again'", timeout=20) == [("a again",)]
+    a.close()
+    log = _pg_log_since(env, mark)
+    assert "invalid message length" not in log, \
+        "PostgreSQL saw a corrupted stream:\n" + "\n".join(
+            l for l in log.splitlines() if "invalid message" in l)[:2000]
+    _assert_alive(px, db)
+
+
+@timeout(60)
+def test_failed_copy_data_in_flight(env):
+    """Defect 2 (spec 2): a COPY FROM STDIN that fails while the client still sends CopyData
+    (then CopyDone or CopyFail) must not hand the server to the next client mid-message."""
+    db = env.database()
+    env.sql(db, "CREATE TABLE t (a int)")
+    px = env.pgmux([db], TX1)
+    mark = _pg_log_mark(env)
+    chunk = rawpg.copy_data(b"1\n" * 4000)          # 8 kB of good rows
+    for end in (rawpg.COPY_DONE, rawpg.message(b"f", _cstr("client gives up"))):
+        a = _tcp(px, db, timeout=20)
+        # 24 MB of CopyData still on its way after the first row's error
+        flood = _Sender(a.sock, rawpg.query("COPY t FROM STDIN") +
+                        rawpg.copy_data(b"not-an-int\n") + chunk * 3000 + end)
+        msgs = a.read_until_ready(timeout=20)
+        assert [e.get("C") for e in rawpg.errors(msgs)] == ["22P02"], _short(rawpg.errors(msgs))
+        # the server is idle now, with A's CopyData still arriving: B must get clean answers
+        victims = 0
+        with _tcp(px, db, timeout=20) as b:
+            while (flood.is_alive() or victims < 3) and victims < 500:
+                tag = f"victim{victims}"
+                try:
+                    msgs = b.query(f"SELECT '{tag}'", timeout=20)
+                except (socket.timeout, EOFError, ConnectionResetError) as e:
+                    raise AssertionError(
+                        f"the victim got no answer ({e!r}); the failed COPY's client had sent "
+                        f"{flood.sent} of {len(flood.payload)} bytes") from None
+                assert not rawpg.errors(msgs), \
+                    f"the victim got an error: {_short(rawpg.errors(msgs))}"
+                assert rawpg.rows(msgs) == [(tag,)], rawpg.rows(msgs)
+                victims += 1
+        flood.finish("the failed COPY's CopyData")
+        # A's stray CopyData / CopyDone / CopyFail are dropped; A keeps working
+        rows = a.query_rows("SELECT 'a after copy'", timeout=20)
+        assert rows == [("a after copy",)], rows
+        a.close()
+    assert env.sql1(db, "SELECT count(*) FROM t") == 0
+    log = _pg_log_since(env, mark)
+    assert "invalid message length" not in log and "unexpected message type" not in log, \
+        "PostgreSQL saw a corrupted stream:\n" + log[-2000:]
+    _assert_alive(px, db)
+
+
+# ----------------------------------------------------------------------------------------------
+# defect 3: a client's prepared statements (and messages pgmux reads whole) are bounded in bytes
+
+@timeout(90)
+def test_parse_name_flood_memory_bounded(env):
+    """Defect 3 (spec 3, max_client_memory): 8,000 named Parses with 16,000-byte names on one
+    connection grew RSS by 124 MB; with max_client_memory = 1MB pgmux must stay within ~20 MB,
+    answer only 42P05 / 54000, and keep the connection usable."""
+    db = env.database()
+    px = env.pgmux([db], {"pool_mode": "transaction", "default_pool_size": 1,
+                          "max_prepared_statements": 200, "max_client_memory": "1MB"})
+    a = _tcp(px, db, timeout=20)
+    assert a.query_rows("SELECT 'warm'") == [("warm",)]
+    rss0 = _rss_mb(px)
+    codes = {}
+    ok = 0
+    batch = 100
+    for first in range(0, 8000, batch):
+        # names differ in their first bytes (PostgreSQL compares the first 63)
+        a.send(b"".join(_parse(f"{i:06d}" + "n" * 15_994, "SELECT 1")
+                        for i in range(first, first + batch)) + rawpg.SYNC)
+        try:
+            msgs = a.read_until_ready(timeout=20)
+        except (socket.timeout, EOFError, ConnectionResetError) as e:
+            raise AssertionError(f"no answer to Parse batch {first // batch} ({e!r}); RSS grew "
+                                 f"{_rss_mb(px) - rss0:.0f} MB") from None
+        ok += sum(1 for t, _ in msgs if t == b"1")
+        for e in rawpg.errors(msgs):
+            codes[e.get("C")] = codes.get(e.get("C"), 0) + 1
+            if e.get("C") == "54000":
+                assert "max_client_memory" in e.get("M", ""), _short([e])
+    grown = _rss_mb(px) - rss0
+    print(f"{ok} Parses accepted, errors {codes}, RSS +{grown:.1f} MB")
+    assert set(codes) <= {"42P05", "54000"}, codes
+    assert grown < 20, f"RSS grew by {grown:.0f} MB with max_client_memory = 1MB ({ok} accepted)"
+    # the connection is still usable, and so is the pool
+    assert a.query_rows("SELECT 'still here'") == [("still here",)]
+    a.send(_parse("", "SELECT 'unnamed'") + _bind("", "") + _execute() + rawpg.SYNC)
+    assert rawpg.rows(a.read_until_ready()) == [("unnamed",)]
+    a.close()
+    _assert_alive(px, db)
+
+
+@timeout(60)
+def test_parse_over_max_client_memory(env):
+    """Defect 3 (spec: max_client_memory): a named Parse whose text is larger than the limit is
+    refused with 54000 naming max_client_memory; the connection stays usable."""
+    db = env.database()
+    px = env.pgmux([db], {"pool_mode": "transaction", "default_pool_size": 1,
+                          "max_prepared_statements": 200, "max_client_memory": "1MB"})
+    a = _tcp(px, db, timeout=20)
+    big = "SELECT 1 /* " + "x" * 1_200_000 + " */"
+    a.send(_parse("huge", big) + rawpg.SYNC)
+    try:
+        msgs = a.read_until_ready(timeout=20)
+    except (socket.timeout, EOFError, ConnectionResetError) as e:
+        raise AssertionError(f"no answer to a 1.2 MB named Parse: {e!r}") from None
+    errs = rawpg.errors(msgs)
+    assert [e.get("C") for e in errs] == ["54000"], _short(errs)
+    assert "max_client_memory" in errs[0].get("M", ""), _short(errs)
+    assert msgs[-1][0] == b"Z", rawpg.types(msgs)
+    # the refused statement does not exist; the connection and a small statement work
+    a.send(_parse("small", "SELECT 'small'") + _bind("", "small") + _execute() + rawpg.SYNC)
+    msgs = a.read_until_ready()
+    assert rawpg.rows(msgs) == [("small",)], _short(rawpg.errors(msgs))
+    a.send(_bind("", "huge") + _execute() + rawpg.SYNC)
+    msgs = a.read_until_ready()
+    assert [e.get("C") for e in rawpg.errors(msgs)] == ["26000"], _short(rawpg.errors(msgs))
+    assert a.query_rows("SELECT 'usable'") == [("usable",)]
+    a.close()
+    _assert_alive(px, db)
+
+
+@timeout(90)
+def test_large_parse_and_bind_prepared(env):
+    """Defect 3 / issue "the cause": a 1 MB Parse text and a 50 MB Bind parameter work end to
+    end in transaction mode with prepared statements tracked, through psycopg and asyncpg."""
+    db = env.database()
+    px = env.pgmux([db], {"pool_mode": "transaction", "default_pool_size": 2,
+                          "max_prepared_statements": 200})
+    comment = "/* " + "c" * 1_000_000 + " */ "
+    text = "t" * 50_000_000
+    blob = b"\x01\x02" * 25_000_000
+    with px.connect(db, prepare_threshold=0) as c:      # every statement is a named Parse
+        for _ in range(2):                               # prepare, then reuse
+            assert c.execute(comment + "SELECT %s::int + 1", (41,)).fetchone()[0] == 42
+            assert c.execute("SELECT length(%s::text)", (text,)).fetchone()[0] == len(text)
+            assert c.execute(comment + "SELECT length(%s::bytea)", (blob,)).fetchone()[0] == \
+                len(blob)
+
+    async def go():
+        # asyncpg prepares statements of up to 15 kB by name unless told otherwise
+        conn = await px.aconnect(db, timeout=30, max_cacheable_statement_size=4 << 20)
+        try:
+            for _ in range(2):
+                assert await conn.fetchval(comment + "SELECT $1::int + 1", 41) == 42
+                assert await conn.fetchval("SELECT length($1::text)", text) == len(text)
+                assert await conn.fetchval(comment + "SELECT length($1::bytea)", blob) == \
+                    len(blob)
+        finally:
+            await conn.close()
+    run_async(go(), 60)
+    _assert_alive(px, db)
