@@ -496,3 +496,221 @@ def test_large_parse_and_bind_prepared(env):
             await conn.close()
     run_async(go(), 60)
     _assert_alive(px, db)
+
+
+# ----------------------------------------------------------------------------------------------
+# defect 4: listeners: stats_listen cap, EMFILE, max_client_conn at accept
+
+def _peer_closed(s):
+    """True when the peer closed (or reset) socket s: it is readable with nothing to read.
+    Data counts as not closed."""
+    r, _, _ = select.select([s], [], [], 0)
+    if not r:
+        return False
+    try:
+        return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _readable(s):
+    return bool(select.select([s], [], [], 0)[0])
+
+
+def _http_get(port, path="/metrics", timeout=5):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        out = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                return out
+            out += d
+
+
+def _close_all(socks):
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.close()
+
+
+@timeout(60)
+def test_stats_listen_connection_cap(env):
+    """Defect 4 (spec 4): the stats_listen (Prometheus) listener keeps at most 64 connections;
+    200 idle TCP connections must neither pile up nor lock PostgreSQL clients out."""
+    db = env.database()
+    mport = free_port()
+    px = env.pgmux([db], {"pool_mode": "transaction", "stats_listen": f"127.0.0.1:{mport}"})
+    assert b" 200 " in _http_get(mport).split(b"\r\n", 1)[0]
+    fd0 = _nfds(px)
+    mark = px.log_mark()
+    socks = [socket.create_connection(("127.0.0.1", mport), timeout=5) for _ in range(200)]
+    env.on_cleanup(lambda: _close_all(socks))
+    try:
+        wait_for(lambda: sum(map(_peer_closed, socks)) >= 200 - 64, 5, 0.05)
+    except TimeoutError:
+        raise AssertionError(
+            f"pgmux keeps {200 - sum(map(_peer_closed, socks))} of 200 stats connections open "
+            f"(want at most 64); it holds {_nfds(px) - fd0} more descriptors") from None
+    assert _nfds(px) - fd0 <= 64 + 2, f"{_nfds(px) - fd0} more descriptors"
+    # a PostgreSQL client is served promptly meanwhile
+    t0 = time.monotonic()
+    with px.connect(db, connect_timeout=5) as c:
+        assert c.execute("SELECT 'pg client'").fetchone()[0] == "pg client"
+    assert time.monotonic() - t0 < 3, f"a PostgreSQL client waited {time.monotonic() - t0:.1f}s"
+    lines = px.log_since(mark).count("\n")
+    assert lines < 400, f"{lines} log lines for 200 stats connections"
+    _close_all(socks)
+    # the endpoint still answers once they are gone
+    wait_for(lambda: b" 200 " in _http_get(mport).split(b"\r\n", 1)[0], 10, 0.1,
+             "the metrics endpoint to answer again")
+    _assert_alive(px, db)
+
+
+@timeout(60)
+def test_stats_listen_emfile_does_not_spin(env):
+    """Defect 4 (spec 4): when accept() on stats_listen fails with EMFILE pgmux pauses instead
+    of spinning: no flood of accept errors in the log, no busy CPU, and it recovers."""
+    db = env.database()
+    mport = free_port()
+    px = env.pgmux([db], {"pool_mode": "transaction", "stats_listen": f"127.0.0.1:{mport}"})
+    _assert_alive(px, db, "before")
+    pid = px.proc.pid
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (_nfds(px) + 4, hard))
+    env.on_cleanup(lambda: px.alive() and resource.prlimit(pid, resource.RLIMIT_NOFILE,
+                                                           (soft, hard)))
+    mark = px.log_mark()
+    cpu0, t0 = _cpu_s(px), time.monotonic()
+    socks = [socket.create_connection(("127.0.0.1", mport), timeout=5) for _ in range(100)]
+    env.on_cleanup(lambda: _close_all(socks))
+    # an observation window: what pgmux does while the backlog waits and descriptors are out
+    time.sleep(2.5)
+    cpu, wall = _cpu_s(px) - cpu0, time.monotonic() - t0
+    log = px.log_since(mark)
+    accept_lines = [l for l in log.splitlines() if "accept" in l.lower()]
+    print(f"{len(accept_lines)} accept lines, {cpu:.2f}s CPU in {wall:.2f}s")
+    assert px.alive(), "pgmux died when descriptors ran out"
+    assert len(accept_lines) <= 20, \
+        f"{len(accept_lines)} accept error lines in {wall:.1f}s:\n" + "\n".join(accept_lines[:5])
+    assert cpu < 0.4 * wall, f"pgmux spun: {cpu:.2f}s CPU in {wall:.2f}s"
+    _close_all(socks)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+    def served():
+        with contextlib.suppress(psycopg.Error):
+            with px.connect(db, connect_timeout=3) as c:
+                return c.execute("SELECT 'after'").fetchone()[0] == "after"
+        return False
+    wait_for(served, 15, 0.2, "a PostgreSQL client to be served again")
+    _assert_alive(px, db)
+
+
+@timeout(60)
+def test_max_client_conn_enforced_at_accept(env):
+    """Defect 4 (spec 4): with max_client_conn = 20, 100 TCP connections that never send a
+    startup packet: pgmux keeps at most 36 (20 + 16) and refuses the rest at once with FATAL
+    53300; a real client gets in once they are gone; descriptors stay bounded."""
+    db = env.database()
+    px = env.pgmux([db], {"pool_mode": "transaction", "max_client_conn": 20,
+                          "client_login_timeout": 60})
+    fd0 = _nfds(px)
+    socks = [socket.create_connection(("127.0.0.1", px.port), timeout=5) for _ in range(100)]
+    env.on_cleanup(lambda: _close_all(socks))
+    try:
+        wait_for(lambda: sum(map(_readable, socks)) >= 100 - 36, 5, 0.05)
+    except TimeoutError:
+        raise AssertionError(
+            f"only {sum(map(_readable, socks))} of 100 silent connections were refused at "
+            f"accept (want at least 64); pgmux holds {_nfds(px) - fd0} more descriptors") from None
+    refused = [s for s in socks if _readable(s)]
+    kept = 100 - len(refused)
+    assert 20 <= kept <= 36, f"pgmux kept {kept} silent connections (want 20..36)"
+    assert _nfds(px) - fd0 <= 36 + 2, f"{_nfds(px) - fd0} more descriptors"
+    for s in refused[:10]:
+        c = rawpg.RawConn(s, timeout=5)
+        t, b = c.read_msg()
+        assert t == b"E", (t, b[:200])
+        fields = rawpg.parse_error(b)
+        assert fields.get("C") == "53300" and "max_client_conn" in fields.get("M", ""), fields
+        assert fields.get("S") == "FATAL", fields
+        with contextlib.suppress(OSError):
+            assert c.read_raw(5) == b"", "more after the FATAL error"
+    _close_all(socks)
+
+    def served():
+        with contextlib.suppress(psycopg.Error):
+            with px.connect(db, connect_timeout=3) as c:
+                return c.execute("SELECT 'real client'").fetchone()[0] == "real client"
+        return False
+    wait_for(served, 10, 0.1, "a real client to get in")
+    wait_for(lambda: _nfds(px) <= fd0 + 3, 10, 0.1, "pgmux to close the silent sockets")
+    _assert_alive(px, db)
+
+
+# ----------------------------------------------------------------------------------------------
+# defect 5: an empty auth_file secret
+
+@timeout(60)
+def test_empty_secret_never_authenticates(env):
+    """Defect 5 (spec 5): an empty auth_file secret never authenticates, under scram-sha-256,
+    md5 and plain: an empty password gets 28P01 (a real password still works)."""
+    db = env.database()
+    empty = env.role("au_empty")
+    real = env.role("au_real")
+    for auth_type in ("scram-sha-256", "md5", "plain"):
+        px = env.pgmux([db], {"auth_type": auth_type}, users={empty: "", real: "Real-pw1"})
+        # the raw login speaks each method correctly: a real password gets in
+        ok = Login(px.port, db, real, "Real-pw1")
+        assert ok.result == "ok", f"{auth_type}: {real} with its password: {ok.result!r}"
+        ok.close()
+        bad = Login(px.port, db, real, "wrong")
+        _assert_28p01(bad, f"{auth_type}: wrong password")
+        bad.close()
+        for pw in ("", "anything"):
+            lg = Login(px.port, db, empty, pw)
+            _assert_28p01(lg, f"{auth_type}: user with an empty secret, password {pw!r}")
+            lg.close()
+        assert px.alive()
+
+
+# ----------------------------------------------------------------------------------------------
+# defect 6: autodb_idle_timeout
+
+@timeout(90)
+def test_autodb_idle_timeout_removes_databases(env):
+    """Defect 6 (spec 6): databases made from the `*` entry whose pools have had no clients and
+    no servers for autodb_idle_timeout disappear from SHOW DATABASES and SHOW POOLS."""
+    names = [f"t_autodb_{os.getpid()}_{i}" for i in range(30)]
+    for n in names:
+        env.pg.create_database(n)
+
+    def drop():
+        with env.pg.connect() as conn:
+            for n in names:
+                conn.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
+    env.on_cleanup(drop)
+    px = env.pgmux({"*": f"host={env.pg.host} port={env.pg.port}"},
+                   {"pool_mode": "transaction", "autodb_idle_timeout": 1,
+                    "server_idle_timeout": 1})
+    for n in names:
+        with px.connect(n) as c:
+            assert c.execute("SELECT current_database()").fetchone()[0] == n
+    listed = {r["name"] for r in px.show("DATABASES")}
+    assert set(names) <= listed, sorted(set(names) - listed)[:5]
+
+    def left():
+        dbs = {r["name"] for r in px.show("DATABASES")}
+        pools = {r["database"] for r in px.show("POOLS")}
+        return set(names) & (dbs | pools)
+    try:
+        wait_for(lambda: not left(), 20, 0.25)
+    except TimeoutError:
+        raise AssertionError(f"{len(left())} of 30 idle auto-databases still listed 20s after "
+                             f"autodb_idle_timeout = 1s") from None
+    # a name comes back on demand
+    with px.connect(names[0]) as c:
+        assert c.execute("SELECT current_database()").fetchone()[0] == names[0]
+    assert names[0] in {r["name"] for r in px.show("DATABASES")}
