@@ -714,3 +714,516 @@ def test_autodb_idle_timeout_removes_databases(env):
     with px.connect(names[0]) as c:
         assert c.execute("SELECT current_database()").fetchone()[0] == names[0]
     assert names[0] in {r["name"] for r in px.show("DATABASES")}
+
+
+# ----------------------------------------------------------------------------------------------
+# defect 7: SCRAM must not tell which users exist
+
+@timeout(60)
+def test_scram_unknown_user_salt_is_stable(env):
+    """Defect 7 (spec 7): an unknown user gets the same salt and 4096 iterations on every try,
+    like a known user, and fails at the proof with 28P01, like a wrong password."""
+    db = env.database()
+    known = env.role("au_known")
+    secret = scram_secret("Known-pw1")
+    px = env.pgmux([db], {"auth_type": "scram-sha-256"}, users={known: secret})
+
+    def first(user):
+        lg = Login(px.port, db, user, "x", stop_at_server_first=True)
+        assert lg.server_first, f"{user}: no SCRAM server-first-message ({lg.result!r})"
+        lg.close()
+        return lg.salt_and_iterations
+    want_salt = secret.split("$")[1].split(":")[1]
+    k1, k2 = first(known), first(known)
+    assert k1 == k2 == (want_salt, 4096), (k1, k2)
+    g1, g2, g3 = first("ghost_user_a"), first("ghost_user_a"), first("ghost_user_b")
+    assert g1 == g2, f"an unknown user gets a new salt per try: {g1} then {g2}"
+    assert g1[1] == 4096, g1
+    assert len(base64.b64decode(g1[0])) == len(base64.b64decode(want_salt)), g1
+    assert g1[0] != g3[0], "two unknown users share one salt"
+    assert g1[0] != k1[0]
+    # the full exchange: unknown user and wrong password fail alike; the right one works
+    for user, pw in (("ghost_user_a", "Known-pw1"), (known, "wrong-pw")):
+        lg = Login(px.port, db, user, pw)
+        _assert_28p01(lg, f"{user} / {pw}")
+        lg.close()
+    lg = Login(px.port, db, known, "Known-pw1")
+    assert lg.result == "ok", lg.result
+    lg.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# defect 8: pgmux's server-side statement names
+
+@timeout(60)
+def test_statement_names_cannot_be_hijacked(env):
+    """Defect 8 (spec 8): another client of the same pool reads pgmux's statement names from
+    pg_prepared_statements and tries DEALLOCATE / PREPARE / EXECUTE of them: each gets 42501,
+    the names are pgmux_<20 digits>_<n>, and the victim's statement keeps its answer."""
+    db = env.database()
+    env.sql(db, "CREATE TABLE accounts (id int PRIMARY KEY, balance int)")
+    env.sql(db, "INSERT INTO accounts VALUES (7, 700), (8, 800)")
+    px = env.pgmux([db], {"pool_mode": "transaction", "default_pool_size": 1,
+                          "max_prepared_statements": 200})
+    victim = _tcp(px, db, timeout=10)
+
+    def balance(acct):
+        victim.send(_bind("", "get_balance", [str(acct)]) + _execute() + rawpg.SYNC)
+        msgs = victim.read_until_ready()
+        assert not rawpg.errors(msgs), _short(rawpg.errors(msgs))
+        return rawpg.rows(msgs)
+    victim.send(_parse("get_balance", "SELECT balance FROM accounts WHERE id = $1", [23]) +
+                rawpg.SYNC)
+    assert rawpg.types(victim.read_until_ready()) == "1Z"
+    assert balance(7) == [("700",)]
+
+    attacker = px.connect(db)
+    names = [r[0] for r in attacker.execute(
+        "SELECT name FROM pg_prepared_statements").fetchall()]
+    assert names, "the victim's statement is not on the (only) server"
+    raw = _tcp(px, db, timeout=10)
+    for name in names:
+        attacks = [f"DEALLOCATE {name}", f"PREPARE {name}(int) AS SELECT 999999",
+                   f"EXECUTE {name}(7)", f"DEALLOCATE {name.upper()}",
+                   f"DEALLOCATE ALL; PREPARE {name}(int) AS SELECT 999999"]
+        for sql in attacks:
+            # through the extended protocol (the text is in a Parse) ...
+            try:
+                attacker.execute(sql)
+                raise AssertionError(f"{sql!r} of pgmux's own statement was allowed")
+            except psycopg.Error as e:
+                assert e.sqlstate == "42501", f"{sql!r}: {e.sqlstate} {e}"
+            # ... and as a simple Query
+            msgs = raw.query(sql)
+            assert _sqlstates(msgs) == ["42501"], f"{sql!r} (simple): {_short(rawpg.errors(msgs))}"
+        assert balance(7) == [("700",)], "the victim's statement was replaced"
+    assert balance(8) == [("800",)]
+    for name in names:
+        assert not re.fullmatch(r"pgmux_\d+", name), f"guessable statement name {name!r}"
+        assert re.fullmatch(r"pgmux_\d{20}_\d+", name), f"unexpected statement name {name!r}"
+    # the attacker's connection and other prepared statements still work
+    assert attacker.execute("SELECT %s::int * 2", (21,)).fetchone()[0] == 42
+    attacker.close()
+    raw.close()
+    victim.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# console: SHOW with thousands of rows, and control commands from non-admins
+
+def _login_many(port, db, n, app_name, batch=250):
+    """n trust logins over raw sockets, pipelined in batches; returns the sockets."""
+    socks = []
+    pkt = rawpg.startup_packet({"user": TEST_USER, "database": db,
+                                "application_name": app_name})
+    for first in range(0, n, batch):
+        group = []
+        for _ in range(min(batch, n - first)):
+            s = socket.create_connection(("127.0.0.1", port), timeout=20)
+            s.sendall(pkt)
+            group.append(s)
+        for s in group:
+            c = rawpg.RawConn(s, timeout=20)
+            msgs = c.read_until_ready()
+            assert not rawpg.errors(msgs), _short(rawpg.errors(msgs))
+        socks += group
+    return socks
+
+
+@timeout(120)
+def test_show_clients_with_5000_clients(env):
+    """Spec 9 (console 1 MiB cap): SHOW CLIENTS streams its rows; an admin sees all 5,000
+    clients instead of being dropped."""
+    db = env.database()
+    px = env.pgmux([db], {"pool_mode": "transaction", "default_pool_size": 2,
+                          "max_client_conn": 6000})
+    app = "hardening-show-clients-" + "a" * 40
+    # connected first: libpq's descriptor must stay below 1024 (psycopg waits with select())
+    admin = psycopg.connect(px.dsn("pgmux", "postgres"), autocommit=True, connect_timeout=10)
+    env.on_cleanup(admin.close)
+    socks = []
+    env.on_cleanup(lambda: _close_all(socks))
+    socks += _login_many(px.port, db, 5000, app)
+    try:
+        cur = admin.execute("SHOW CLIENTS")
+        names = [d.name for d in cur.description]
+        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+    except psycopg.Error as e:
+        raise AssertionError(f"SHOW CLIENTS with 5,000 clients failed: {e!r}") from None
+    mine = [r for r in rows if r.get("database") == db and r.get("application_name") == app]
+    assert len(mine) == 5000, f"SHOW CLIENTS listed {len(mine)} of 5,000 clients"
+    # the clients are still fine
+    c = rawpg.RawConn(socks[-1], timeout=10)
+    assert c.query_rows("SELECT 'client 5000'") == [("client 5000",)]
+    _close_all(socks)
+    _assert_alive(px, db)
+
+
+@timeout(60)
+def test_console_control_needs_admin(env):
+    """Spec 10 (PgBouncer CVE class: console commands from a non-admin): stats_users get SHOW
+    only, 42501 for PAUSE, KILL, RELOAD, SET, SHUTDOWN...; other users cannot use the console;
+    none of the refused commands takes effect."""
+    db = env.database()
+    px = env.pgmux([db], {"pool_mode": "transaction", "default_pool_size": 3,
+                          "admin_users": "postgres", "stats_users": "statsu"},
+                   users={TEST_USER: "", "statsu": "", "plainu": ""})
+    commands = ["PAUSE", f"PAUSE {db}", f"KILL {db}", "RELOAD", "SUSPEND", f"DISABLE {db}",
+                f"RECONNECT {db}", "SET default_pool_size = 7", "SHUTDOWN",
+                "SHUTDOWN WAIT_FOR_CLIENTS"]
+    with psycopg.connect(px.dsn("pgmux", "statsu"), autocommit=True, connect_timeout=10) as c:
+        assert c.execute("SHOW VERSION").fetchall(), "a stats user cannot run SHOW"
+        for cmd in commands:
+            try:
+                c.execute(cmd)
+                raise AssertionError(f"stats user ran {cmd!r}")
+            except psycopg.Error as e:
+                assert e.sqlstate == "42501", f"{cmd!r}: {e.sqlstate} {e}"
+        assert c.execute("SHOW POOLS").fetchall() is not None
+    # a user in neither list cannot reach the console at all
+    try:
+        psycopg.connect(px.dsn("pgmux", "plainu"), autocommit=True, connect_timeout=10).close()
+        raise AssertionError("a user in neither admin_users nor stats_users reached the console")
+    except psycopg.OperationalError as e:
+        assert "42501" in str(getattr(e, "sqlstate", "")) or "not allowed" in str(e), repr(e)
+    lg = _tcp(px, "pgmux", "plainu", login=False)
+    lg.send(rawpg.startup_packet({"user": "plainu", "database": "pgmux"}))
+    state, errs = _closed_or_error(lg)
+    assert errs and errs[0].get("C") == "42501", errs
+    lg.close()
+    # nothing took effect: pgmux runs, is not paused, the setting is unchanged
+    assert px.alive()
+    t0 = time.monotonic()
+    _assert_alive(px, db, "not paused")
+    assert time.monotonic() - t0 < 3
+    cfg = {r["key"]: r["value"] for r in px.show("CONFIG")}
+    assert cfg.get("default_pool_size") == "3", cfg.get("default_pool_size")
+    # the commands are real: the admin may run one
+    with psycopg.connect(px.dsn("pgmux", "postgres"), autocommit=True, connect_timeout=10) as c:
+        c.execute("RELOAD")
+
+
+# ----------------------------------------------------------------------------------------------
+# PgBouncer's CVE classes: packet-length overflow, oversized SCRAM fields, bytes stuffed after
+# SSLRequest (client and server side), an ErrorResponse without SQLSTATE
+
+@timeout(60)
+def test_bad_packet_lengths(env):
+    """CVE class (packet-length overflow): lengths 0xFFFFFFFF, 0x80000000 and 3 in a startup
+    packet, from an idle client and from a client inside a transaction: pgmux answers 08P01 or
+    closes, stays up, and the single server is not handed on mid-message."""
+    db = env.database()
+    px = env.pgmux([db], TX1)
+    for ln in (0xFFFFFFFF, 0x80000000, 3):
+        bad = b"Q" + struct.pack("!I", ln) + b"SELECT 1\0"
+        # an idle client (no server linked)
+        c = _tcp(px, db)
+        c.send(bad)
+        state, errs = _closed_or_error(c)
+        assert {e.get("C") for e in errs} <= {"08P01"}, (hex(ln), _short(errs))
+        assert state == "closed" or errs, f"{ln:#x}: a bogus length was accepted silently"
+        c.close()
+        # a client inside a transaction (its server linked)
+        c = _tcp(px, db)
+        assert not rawpg.errors(c.query("BEGIN"))
+        assert c.query_rows("SELECT 'in tx'") == [("in tx",)]
+        c.send(bad)
+        state, errs = _closed_or_error(c)
+        assert {e.get("C") for e in errs} <= {"08P01"}, (hex(ln), _short(errs))
+        assert state == "closed" or errs, f"{ln:#x}: a bogus length was accepted silently"
+        c.close()
+        _assert_alive(px, db, f"after {ln:#x}")
+        # a startup packet
+        s = socket.create_connection(("127.0.0.1", px.port), timeout=5)
+        s.sendall(struct.pack("!II", ln, rawpg.PROTOCOL_V3) + _cstr("user") + _cstr(TEST_USER) +
+                  _cstr("database") + _cstr(db) + b"\0")
+        state, errs = _closed_or_error(rawpg.RawConn(s, timeout=5))
+        assert state == "closed", f"startup length {ln:#x}: still open"
+        assert {e.get("C") for e in errs} <= {"08P01"}, (hex(ln), _short(errs))
+        s.close()
+        _assert_alive(px, db, f"after startup {ln:#x}")
+
+
+def _login_refused(conn, timeout=5.0):
+    """Reads until pgmux closes a login; fails if it got further than SCRAM's first step."""
+    msgs = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("pgmux neither refused nor closed the login: "
+                                 f"{[(t, b[:40]) for t, b in msgs]}")
+        try:
+            t, b = conn.read_msg(left)
+        except (EOFError, ConnectionResetError):
+            break
+        msgs.append((t, b))
+        if t == b"R":
+            assert _auth_code(b) not in (0, 12), f"the oversized login went on: {b[:40]!r}"
+    return rawpg.errors(msgs)
+
+
+@timeout(60)
+def test_oversized_scram_fields(env):
+    """CVE class (oversized SCRAM fields): a client-first-message with a 100 kB nonce, and a
+    client-final-message with a 100 kB proof, are refused cleanly; pgmux stays up and a real
+    SCRAM login works."""
+    db = env.database()
+    user = env.role("au_scram_big")
+    px = env.pgmux([db], {"auth_type": "scram-sha-256"}, users={user: scram_secret("Big-pw1")})
+    # client-first with a 100 kB nonce
+    c = _tcp(px, db, user, login=False)
+    c.send(rawpg.startup_packet({"user": user, "database": db}))
+    t, b = c.read_msg()
+    assert t == b"R" and _auth_code(b) == 10, (t, b)
+    c.send(_sasl_initial("n,,n=,r=" + "A" * 100_000))
+    errs = _login_refused(c)
+    assert {e.get("C") for e in errs} <= {"08P01", "28000", "28P01", "54000"}, _short(errs)
+    c.close()
+    # a normal client-first, then a client-final with a 100 kB proof
+    lg = Login(px.port, db, user, "Big-pw1", stop_at_server_first=True)
+    attrs = dict(kv.split("=", 1) for kv in lg.server_first.split(","))
+    lg.conn.send(_password_msg(f"c=biws,r={attrs['r']},p={'B' * 100_000}".encode()))
+    errs = _login_refused(lg.conn)
+    assert {e.get("C") for e in errs} <= {"08P01", "28000", "28P01", "54000"}, _short(errs)
+    lg.close()
+    assert px.alive()
+    ok = Login(px.port, db, user, "Big-pw1")
+    assert ok.result == "ok", ok.result
+    ok.close()
+
+
+@timeout(60)
+def test_ssl_request_with_stuffed_bytes(env):
+    """CVE class (CVE-2021-23214, client side): plaintext stuffed after SSLRequest in the same
+    write is refused with 08P01, never answered 'S'; TLS logins still work."""
+    from test_client_tls import SSL_REQUEST, Pki, tls_settings
+    pki = Pki(env.dir)
+    db = env.database()
+    px = env.pgmux([db], tls_settings(pki, "prefer"))
+    s = socket.create_connection(("127.0.0.1", px.port), timeout=5)
+    s.sendall(SSL_REQUEST + rawpg.startup_packet({"user": TEST_USER, "database": db}) +
+              rawpg.query("SELECT 'stuffed'"))
+    c = rawpg.RawConn(s, timeout=5)
+    c._fill(1, time.monotonic() + 5)
+    assert bytes(c.buf[:1]) != b"S", "pgmux answered S with plaintext queued behind it"
+    state, errs = _closed_or_error(c)
+    assert state == "closed" and [e.get("C") for e in errs] == ["08P01"], (state, errs)
+    s.close()
+    with psycopg.connect(px.dsn(db, sslmode="require", sslrootcert=pki.ca_crt),
+                         autocommit=True, connect_timeout=10) as conn:
+        assert conn.execute("SELECT 'tls ok'").fetchone()[0] == "tls ok"
+    _assert_alive(px, db)
+
+
+class FakeServer:
+    """A hostile PostgreSQL server: a listening socket whose connections (from pgmux) are each
+    handled by handler(sock) in a thread."""
+
+    def __init__(self, handler):
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.handler = handler
+        self.connections = 0
+        self.errors = []
+        self.socks = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                s, _ = self.lsock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.socks.append(s)
+            threading.Thread(target=self._run, args=(s,), daemon=True).start()
+
+    def _run(self, s):
+        s.settimeout(20)
+        try:
+            self.handler(s)
+        except (OSError, EOFError) as e:
+            self.errors.append(e)
+        finally:
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def close(self):
+        with contextlib.suppress(OSError):
+            self.lsock.close()
+        _close_all(self.socks)
+
+
+def _recv_exact(s, n):
+    out = b""
+    while len(out) < n:
+        d = s.recv(n - len(out))
+        if not d:
+            raise EOFError("pgmux closed the server connection")
+        out += d
+    return out
+
+
+def _fake_read_startup(s):
+    """Reads pgmux's startup packet (answering an SSLRequest with 'N'); returns its params."""
+    while True:
+        ln = struct.unpack("!I", _recv_exact(s, 4))[0]
+        body = _recv_exact(s, ln - 4)
+        if struct.unpack("!I", body[:4])[0] == 80877103:
+            s.sendall(b"N")
+            continue
+        parts = body[4:].split(b"\0")
+        return dict(zip(parts[0::2], parts[1::2]))
+
+
+def _fake_read_msg(s):
+    t = _recv_exact(s, 1)
+    ln = struct.unpack("!I", _recv_exact(s, 4))[0]
+    return t, _recv_exact(s, ln - 4)
+
+
+def _backend(kind, body=b""):
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+def _fake_login_ok(s):
+    out = _backend(b"R", struct.pack("!I", 0))
+    for k, v in (("server_version", "15.0"), ("server_encoding", "UTF8"),
+                 ("client_encoding", "UTF8"), ("DateStyle", "ISO, MDY"),
+                 ("integer_datetimes", "on"), ("standard_conforming_strings", "on"),
+                 ("TimeZone", "UTC"), ("IntervalStyle", "postgres"),
+                 ("application_name", ""), ("is_superuser", "off")):
+        out += _backend(b"S", _cstr(k) + _cstr(v))
+    out += _backend(b"K", struct.pack("!II", 4242, 1234)) + _backend(b"Z", b"I")
+    s.sendall(out)
+
+
+# ErrorResponse bodies a hostile server may send: no SQLSTATE, unterminated fields, nothing
+HOSTILE_ERRORS = [
+    b"SERROR\0MHostile error without SQLSTATE\0\0",
+    b"SERROR\0MHostile unterminated",
+    b"C08P01",
+    b"",
+    b"\0",
+    b"S" + b"E" * 40_000,             # longer than the receive buffer, unterminated
+]
+
+
+def _fake_query_errors(s):
+    """Logs pgmux in, then answers every Query with the next hostile ErrorResponse and
+    ReadyForQuery (Terminate ends it)."""
+    _fake_read_startup(s)
+    _fake_login_ok(s)
+    n = 0
+    while True:
+        t, _ = _fake_read_msg(s)
+        if t == b"X":
+            return
+        if t in (b"Q", b"S"):
+            s.sendall(_backend(b"E", HOSTILE_ERRORS[n % len(HOSTILE_ERRORS)]) +
+                      _backend(b"Z", b"I"))
+            n += 1
+
+
+def _fake_login_error(body):
+    def handler(s):
+        _fake_read_startup(s)
+        s.sendall(_backend(b"E", body))
+        with contextlib.suppress(OSError, EOFError):
+            _recv_exact(s, 1)        # until pgmux closes
+    return handler
+
+
+def _fake_ssl_stuffed(s):
+    ln = struct.unpack("!I", _recv_exact(s, 4))[0]
+    body = _recv_exact(s, ln - 4)
+    assert struct.unpack("!I", body[:4])[0] == 80877103, "pgmux sent no SSLRequest"
+    # 'S' and, in the same write, bytes that would be read as if they came through TLS
+    s.sendall(b"S" + _backend(b"R", struct.pack("!I", 0)) + _backend(b"Z", b"I"))
+    with contextlib.suppress(OSError, EOFError):
+        _recv_exact(s, 1)
+
+
+@timeout(60)
+def test_hostile_server_messages(env):
+    """CVE classes (server side): a server that answers queries with ErrorResponses without
+    SQLSTATE or with unterminated fields, fails logins that way, or stuffs bytes after its 'S'
+    to SSLRequest (CVE-2021-23222): the client gets an error, pgmux logs why and never
+    crashes, and other databases keep working."""
+    db = env.database()
+    fakes = {"fk_query": FakeServer(_fake_query_errors),
+             "fk_ssl": FakeServer(_fake_ssl_stuffed)}
+    for i, body in enumerate(HOSTILE_ERRORS):
+        fakes[f"fk_login{i}"] = FakeServer(_fake_login_error(
+            b"SFATAL\0MHostile login failure\0\0" if i == 0 else body))
+    for f in fakes.values():
+        env.on_cleanup(f.close)
+    dbs = {db: env.db_entry(db)}
+    for name, f in fakes.items():
+        extra = " sslmode=require" if name == "fk_ssl" else ""
+        dbs[name] = f"host=127.0.0.1 port={f.port} dbname=fake user=fake{extra}"
+    px = env.pgmux(dbs, {"pool_mode": "transaction", "default_pool_size": 1,
+                         "max_prepared_statements": 200, "server_login_retry": 1,
+                         "query_wait_timeout": 10},
+                   users={TEST_USER: "", "fake": ""})
+
+    # errors without SQLSTATE / with unterminated fields after login
+    c = _tcp(px, "fk_query", timeout=10)
+    for i in range(len(HOSTILE_ERRORS) * 2):
+        try:
+            msgs = c.query(f"SELECT {i}", timeout=10)
+        except (EOFError, ConnectionResetError):
+            break                    # pgmux may drop a server that breaks the protocol
+        assert rawpg.errors(msgs), f"query {i}: no error reached the client: {rawpg.types(msgs)}"
+        assert msgs[-1][0] == b"Z"
+        assert px.alive(), f"pgmux died on hostile error {i}"
+    c.close()
+    # the same through the extended protocol with tracked prepared statements, where pgmux
+    # reads the server's errors to match them to its own requests
+    c = _tcp(px, "fk_query", timeout=10)
+    for i in range(len(HOSTILE_ERRORS) * 2):
+        try:
+            c.send(_parse(f"s{i % 3}", "SELECT 1") + _bind("", f"s{i % 3}") + _execute() +
+                   rawpg.SYNC)
+            msgs = c.read_until_ready(timeout=10)
+        except (EOFError, ConnectionResetError):
+            break
+        assert rawpg.errors(msgs), f"batch {i}: no error reached the client: {rawpg.types(msgs)}"
+        assert px.alive(), f"pgmux died on hostile error {i} (extended protocol)"
+    c.close()
+    _assert_alive(px, db, "after hostile errors")
+
+    # a login failure with such an error reaches the client as an error, and is logged
+    problems = []
+    for name in [n for n in fakes if n.startswith("fk_login")] + ["fk_ssl"]:
+        mark = px.log_mark()
+        c = _tcp(px, name, timeout=15, login=False)
+        c.send(rawpg.startup_packet({"user": TEST_USER, "database": name}))
+        try:
+            state, errs = _closed_or_error(c, timeout=15)
+        except socket.timeout:
+            raise AssertionError(f"{name}: the client got nothing for a failed server login "
+                                 f"(pgmux alive: {px.alive()})") from None
+        c.close()
+        assert px.alive(), f"pgmux died on {name}"
+        assert fakes[name].connections >= 1, f"{name}: pgmux never connected"
+        assert errs, f"{name}: the client got no error ({state})"
+        log = px.log_since(mark)
+        lines = [l for l in log.splitlines() if name in l]
+        if not errs[0].get("M", "").strip():
+            problems.append(f"{name}: the client's error says nothing: {_short(errs)}")
+        if not any(re.search(r"fail|error|invalid|refus", l, re.I) for l in lines):
+            problems.append(f"{name}: the failure is not logged: {lines}")
+        if name == "fk_ssl":
+            if not re.search(r"unencrypted|after SSL", log, re.I):
+                problems.append(f"{name}: the stuffed bytes are not named in the log: {lines}")
+            if not all(e.get("C") for e in errs):
+                problems.append(f"{name}: an error without SQLSTATE: {errs}")
+        elif name == "fk_login0" and "Hostile login failure" not in log:
+            problems.append(f"{name}: the server's message is not logged: {lines}")
+    assert not problems, "\n".join(problems)
+    _assert_alive(px, db, "after hostile logins")
