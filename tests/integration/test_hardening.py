@@ -1,4 +1,4 @@
-"""Regression tests for issue 11 (hardening): hostile clients, listeners and servers can neither crash pgmux, cross clients, nor grow its memory beyond the configured bounds."""
+"""Issue 11 hardening: hostile clients, listeners and servers cannot crash pgmux or cross clients."""
 
 import base64
 import contextlib
@@ -16,7 +16,7 @@ import time
 import psycopg
 
 import rawpg
-from pgharness import TEST_USER, free_port, run_async, scram_secret, timeout, wait_for
+from pgharness import Skip, TEST_USER, free_port, run_async, scram_secret, timeout, wait_for
 
 TX1 = {"pool_mode": "transaction", "default_pool_size": 1}
 
@@ -834,6 +834,9 @@ def _login_many(port, db, n, app_name, batch=250):
 def test_show_clients_with_5000_clients(env):
     """Spec 9 (console 1 MiB cap): SHOW CLIENTS streams its rows; an admin sees all 5,000
     clients instead of being dropped."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)   # raised by pgharness
+    if soft < 11_000:
+        raise Skip(f"RLIMIT_NOFILE is {soft}: 5,000 clients need about 10,100 descriptors")
     db = env.database()
     px = env.pgmux([db], {"pool_mode": "transaction", "default_pool_size": 2,
                           "max_client_conn": 6000})
