@@ -1,4 +1,4 @@
-"""Issue 11 hardening: hostile clients, listeners and servers cannot crash pgmux or cross clients."""
+"""Issue 11: hostile clients, listeners and servers must not crash pgmux or cross its clients."""
 
 import base64
 import contextlib
