@@ -437,6 +437,34 @@ def test_parse_name_flood_memory_bounded(env):
 
 
 @timeout(60)
+def test_statement_names_compare_63_bytes(env):
+    """Defect 3 (spec 3): prepared-statement names compare as PostgreSQL compares them, on
+    their first 63 bytes (NAMEDATALEN - 1): a name that differs only later is the same name."""
+    db = env.database()
+    px = env.pgmux([db], {"pool_mode": "transaction", "default_pool_size": 2,
+                          "max_prepared_statements": 200})
+    a = _tcp(px, db, timeout=10)
+    base = "n" * 63
+
+    def batch(msg):
+        a.send(msg + rawpg.SYNC)
+        return a.read_until_ready()
+    assert rawpg.types(batch(_parse(base + "X", "SELECT 1"))) == "1Z"
+    msgs = batch(_parse(base + "Y", "SELECT 2"))
+    assert _sqlstates(msgs) == ["42P05"], _short(rawpg.errors(msgs))
+    msgs = batch(_bind("", base + "Z") + _execute())
+    assert rawpg.rows(msgs) == [("1",)], (rawpg.types(msgs), _short(rawpg.errors(msgs)))
+    msgs = batch(rawpg.message(b"C", b"S" + _cstr(base + "W")))
+    assert rawpg.types(msgs) == "3Z", (rawpg.types(msgs), _short(rawpg.errors(msgs)))
+    msgs = batch(_bind("", base + "X") + _execute())
+    assert _sqlstates(msgs) == ["26000"], _short(rawpg.errors(msgs))
+    assert rawpg.types(batch(_parse(base, "SELECT 3"))) == "1Z"
+    assert rawpg.rows(batch(_bind("", base + "tail") + _execute())) == [("3",)]
+    a.close()
+    _assert_alive(px, db)
+
+
+@timeout(60)
 def test_parse_over_max_client_memory(env):
     """Defect 3 (spec: max_client_memory): a named Parse whose text is larger than the limit is
     refused with 54000 naming max_client_memory; the connection stays usable."""
@@ -673,6 +701,18 @@ def test_empty_secret_never_authenticates(env):
             lg = Login(px.port, db, empty, pw)
             _assert_28p01(lg, f"{auth_type}: user with an empty secret, password {pw!r}")
             lg.close()
+
+        # asyncpg sends an empty password (libpq refuses to)
+        async def empty_login():
+            try:
+                conn = await px.aconnect(db, empty, "")
+            except Exception as e:  # noqa: BLE001
+                return e
+            await conn.close()
+            return None
+        err = run_async(empty_login(), 30)
+        assert err is not None, f"{auth_type}: asyncpg logged in with an empty password"
+        assert getattr(err, "sqlstate", None) == "28P01", f"{auth_type}: {err!r}"
         assert px.alive()
 
 
