@@ -26,9 +26,10 @@ TX1 = {"pool_mode": "transaction", "default_pool_size": 1}
 
 def _proc_status(px, key):
     """A field of /proc/<pid>/status in kB (VmRSS, VmHWM)."""
-    for line in open(f"/proc/{px.proc.pid}/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
+    with open(f"/proc/{px.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
     raise LookupError(key)
 
 
@@ -42,7 +43,8 @@ def _nfds(px):
 
 def _cpu_s(px):
     """User + system CPU seconds pgmux has used so far."""
-    fields = open(f"/proc/{px.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{px.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
