@@ -190,6 +190,22 @@ static bool can_open(const struct pool *p, bool reserve)
 	return !login_retry_wait(p);
 }
 
+/* Servers that will be idle within a round trip: logging in, being checked, or finishing
+ * pgmux's own query after a release (the reset a session ends with).  A waiting client is
+ * better served by one of those than by a new connection, and counting them keeps the number
+ * of server connections independent of how fast the reset answers. */
+static int soon_idle(struct pool *p)
+{
+	int n = p->n_sv[SV_LOGIN] + p->n_sv[SV_TESTED];
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &p->sv_used) {
+		const struct server *sv = list_entry(it, struct server, node);
+		if (sv->internal_z && !sv->close_when_idle && !sv->cancel_pending && !sv->link)
+			n++;
+	}
+	return n;
+}
+
 void pool_launch(struct pool *p)
 {
 	struct worker *w = p->w;
@@ -200,7 +216,8 @@ void pool_launch(struct pool *p)
 	int want = p->n_cl[CL_WAITING];
 	if (p->n_cl[CL_WAITING_LOGIN] && !want)
 		want = 1;
-	if (want <= p->n_sv[SV_LOGIN])
+	int pending = soon_idle(p);
+	if (want <= pending)
 		return;
 	if (!p->db->addr_ok) {
 		pool_resolve(p->db, w);
@@ -213,7 +230,6 @@ void pool_launch(struct pool *p)
 		struct client *cl = list_entry(first, struct client, node);
 		reserve = pgmux_now() - cl->wait_start >= (uint64_t)w->cf->reserve_pool_timeout;
 	}
-	int pending = p->n_sv[SV_LOGIN];
 	while (want > pending && can_open(p, reserve)) {
 		int before = pool_servers(p);
 		server_connect(p);

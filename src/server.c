@@ -598,9 +598,17 @@ static void login_loop(struct server *sv)
 			break;
 		case 'E': {
 			char msg[300];
-			snprintf(msg, sizeof(msg), "%s", proto_error_field(body, blen, 'M'));
+			const char *m = proto_error_field(body, blen, 'M');
 			const char *code = proto_error_field(body, blen, 'C');
-			login_failed(sv, msg, *code ? code : "08P01");
+			/* A server's error without a message or a valid SQLSTATE is still an error: the
+			 * client and the log get words for it. */
+			bool code_ok = strlen(code) == 5 && strspn(code, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 5;
+			if (*m)
+				snprintf(msg, sizeof(msg), "%s", m);
+			else
+				snprintf(msg, sizeof(msg), "server refused the login with an error that has no "
+					 "message (SQLSTATE %s)", code_ok ? code : "missing");
+			login_failed(sv, msg, code_ok ? code : "08P01");
 			return;
 		}
 		case 'Z':
@@ -700,12 +708,11 @@ static bool swallow(struct server *sv, char type, const uint8_t *body, uint32_t 
 	return true;
 }
 
-/* The client owes nothing and is owed nothing: no request without its answer, no COPY, no
- * message half sent. */
+/* The client owes nothing and is owed nothing: no request without its answer, no COPY.
+ * (Bytes still on their way are conn_drained's business: a release is owed until then.) */
 static bool client_settled(const struct client *cl)
 {
-	return cl->expect_z == 0 && !cl->sync_pending && !cl->in_copy && cl->c.pkt_left == 0 &&
-	       !cl->unnamed_pending;
+	return cl->expect_z == 0 && !cl->sync_pending && !cl->in_copy && !cl->unnamed_pending;
 }
 
 /* No parsed byte of c waits to go to its peer: what went out ended at a message boundary. */
