@@ -28,6 +28,9 @@ bool namehash_put(struct namehash *h, const char *key, void *val);
 /* Removes key; returns its value, or NULL when it was not there. */
 void *namehash_del(struct namehash *h, const char *key);
 
+/* Calls fn(value, arg) for every entry, in no particular order; fn must not change the table. */
+void namehash_each(const struct namehash *h, void (*fn)(void *val, void *arg), void *arg);
+
 /* Entries in the table. */
 size_t namehash_count(const struct namehash *h);
 

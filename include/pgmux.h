@@ -37,6 +37,7 @@ struct retry_buf;
 struct verdict_cache;
 struct sqlscan_funcs;
 struct tls_server;
+struct namehash;
 
 /* A receive buffer, taken from the worker's free list only while it holds bytes.
  * Bytes [start, scan) are parsed and ready to go to the peer; [scan, end) await parsing. */
@@ -72,9 +73,12 @@ enum client_state { CL_LOGIN, CL_WAITING_LOGIN, CL_ACTIVE, CL_WAITING, CL_ADMIN,
 enum server_state { SV_LOGIN, SV_IDLE, SV_ACTIVE, SV_USED, SV_TESTED, SV_FREE };
 
 struct database {
-	struct list node;
+	struct list node;           /* in w->databases, or in w->db_reap once removed */
 	struct worker *w;
 	char *name;
+	uint64_t id;                /* unique, increasing: the console's listing order */
+	struct namehash *pools;     /* its pools by user name */
+	uint64_t last_used;         /* the janitor last saw a client or server in its pools */
 	struct cfg_db *cf;          /* owned copy of the entry that made it */
 	bool from_wildcard;         /* made from the "*" entry */
 	bool removed;               /* gone from the config; pools drain */
@@ -101,6 +105,7 @@ struct user {
 struct pool {
 	struct list node;
 	struct worker *w;
+	uint64_t id;                /* unique, increasing: the console's listing order */
 	struct database *db;
 	struct user *user;
 	struct list sv_login, sv_idle, sv_active, sv_used, sv_tested;
@@ -212,6 +217,9 @@ struct worker {
 	struct userlist *ul;
 	char *cf_path;
 	struct list databases, users, pools;
+	struct namehash *db_names;          /* databases by name */
+	struct namehash *user_names;        /* users by name */
+	struct list db_reap;                /* removed databases, freed after the dead conns */
 	struct list cl_login;
 	int n_login;
 	struct list cl_admin;               /* console clients (database pgmux / pgbouncer) */
@@ -273,5 +281,8 @@ struct client *pgmux_cancel_find(struct worker *w, uint32_t pid, uint32_t key);
 
 /* Queues a dead conn's memory for release once the current callbacks are done. */
 void pgmux_reap(struct worker *w, struct conn *c);
+/* Queues a database already taken out of every list (pool_remove_database) for release after
+ * the conns queued with it, which may still point at its pools. */
+void pgmux_reap_database(struct worker *w, struct database *db);
 
 #endif

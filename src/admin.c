@@ -1914,6 +1914,17 @@ void admin_on_data(struct client *cl)
 	admin_process(cl);
 }
 
+bool admin_uses_database(struct worker *w, const struct database *db)
+{
+	struct list *it;
+	for (it = w->cl_admin.next; it != &w->cl_admin; it = it->next) {
+		const struct admin_session *s = list_entry(it, struct client, node)->console;
+		if (s && s->wait != WAIT_NONE && s->wait_db == db)
+			return true;
+	}
+	return false;
+}
+
 void admin_client_gone(struct client *cl)
 {
 	struct admin_session *s = cl->console;

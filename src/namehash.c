@@ -194,6 +194,13 @@ void *namehash_del(struct namehash *h, const char *key)
 	return NULL;
 }
 
+void namehash_each(const struct namehash *h, void (*fn)(void *val, void *arg), void *arg)
+{
+	for (size_t i = 0; i <= h->mask; i++)
+		for (struct nh_entry *e = h->bucket[i]; e; e = e->next)
+			fn(e->val, arg);
+}
+
 size_t namehash_count(const struct namehash *h)
 {
 	return h->count;

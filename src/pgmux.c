@@ -122,12 +122,23 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 			free(c);   /* a cancel request: its conn is its first member */
 		}
 	}
+	while (!list_empty(&w->db_reap)) {
+		struct database *db = list_entry(w->db_reap.next, struct database, node);
+		list_del(&db->node);
+		pool_free_database(db);
+	}
 }
 
 void pgmux_reap(struct worker *w, struct conn *c)
 {
 	c->reap_next = w->reap_head;
 	w->reap_head = c;
+	event_active(&w->ev_reap, EV_TIMEOUT, 0);
+}
+
+void pgmux_reap_database(struct worker *w, struct database *db)
+{
+	list_append(&w->db_reap, &db->node);
 	event_active(&w->ev_reap, EV_TIMEOUT, 0);
 }
 
@@ -413,6 +424,7 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 	list_init(&w->databases);
 	list_init(&w->users);
 	list_init(&w->pools);
+	list_init(&w->db_reap);
 	list_init(&w->cl_login);
 	list_init(&w->cl_admin);
 	w->bufsize = cf->pkt_buf > SBUF_MIN_SIZE ? (uint32_t)cf->pkt_buf : SBUF_MIN_SIZE;

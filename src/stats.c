@@ -225,6 +225,18 @@ void stats_pool_gone(struct worker *w, const struct pool *p)
 		}
 }
 
+void stats_database_gone(struct worker *w, const struct database *db)
+{
+	struct stats_state *st = w->stats;
+	if (!st || !db)
+		return;
+	for (size_t i = 0; i < st->n; i++)
+		if (st->e[i].db == db) {
+			st->e[i] = st->e[--st->n];   /* entries are found by pointer: order is free */
+			return;
+		}
+}
+
 /* The saturation warning: one line when a pool has stayed at or above saturation_warn for
  * saturation_warn_after, one when it drops below again. */
 static void check_warn(struct worker *w, struct sat_entry *e, const struct pool *p, int active,

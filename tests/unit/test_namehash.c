@@ -62,6 +62,26 @@ static void test_put_get_del_many(void **state)
 	namehash_free(NULL);
 }
 
+static void count_cb(void *val, void *arg)
+{
+	(*(size_t *)arg) += (size_t)(uintptr_t)val;
+}
+
+static void test_each(void **state)
+{
+	/* every entry is visited once: the values 1..100 sum to 5050 */
+	static char names[100][8];
+	struct namehash *h = namehash_new();
+	for (int i = 0; i < 100; i++) {
+		snprintf(names[i], sizeof(names[i]), "u%d", i);
+		assert_true(namehash_put(h, names[i], (void *)(uintptr_t)(i + 1)));
+	}
+	size_t sum = 0;
+	namehash_each(h, count_cb, &sum);
+	assert_int_equal(sum, 5050);
+	namehash_free(h);
+}
+
 static void test_similar_names(void **state)
 {
 	/* Names that differ only in case, length or a trailing byte are distinct. */
@@ -82,6 +102,7 @@ int main(void)
 		cmocka_unit_test(test_siphash_reference_vectors),
 		cmocka_unit_test(test_put_get_del_many),
 		cmocka_unit_test(test_similar_names),
+		cmocka_unit_test(test_each),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
