@@ -274,6 +274,10 @@ void pgmux_stop_listening(struct worker *w);
 /* Checks whether a graceful shutdown can complete now, and ends the loop if so. */
 void pgmux_check_shutdown(struct worker *w);
 
+/* True for an accept() error that concerns only the connection being accepted (or none):
+ * the listener goes on.  Any other error (EMFILE, ENFILE, ENOBUFS, ENOMEM...) pauses it. */
+bool pgmux_accept_transient(int err);
+
 /* Cancel-key table. */
 void pgmux_cancel_register(struct worker *w, struct client *cl);
 void pgmux_cancel_unregister(struct worker *w, struct client *cl);
