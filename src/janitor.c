@@ -135,9 +135,9 @@ static void sweep_servers(struct worker *w, uint64_t now, struct victims *sv, st
 
 /* autodb_idle_timeout: a database made from the "*" entry whose pools have had no client and no
  * server for that long is removed with its pools.  Each sweep marks the databases it sees in
- * use; what happened between two sweeps does not count, which only shortens the idle time by
- * at most one period.  A removed database is freed after the current callback, behind any
- * dead client or server that still points at it. */
+ * use, and each lookup by name (a login) marks its database too, so a client that comes and
+ * goes between two sweeps still counts.  A removed database is freed after the current
+ * callback, behind any dead client or server that still points at it. */
 static void sweep_autodbs(struct worker *w, uint64_t now)
 {
 	int64_t limit = w->cf->autodb_idle_timeout;

@@ -44,6 +44,8 @@ struct database *pool_find_database(struct worker *w, const char *name)
 {
 	bool known;
 	struct database *found = pool_lookup_database(w, name, &known);
+	if (found)
+		found->last_used = pgmux_now();   /* a login, or the console naming it */
 	if (known)
 		return found;
 	const struct cfg_db *e = config_find_db(w->cf, name);
