@@ -424,3 +424,51 @@ def test_control_commands_admin_only(env):
     a2.close()
     s2.close()
     assert px.alive()
+
+
+@timeout(90)
+def test_autodb_churn(env):
+    """Databases made from "*" are removed and made again while clients log in to them, run a
+    query and leave, servers close on server_idle_timeout, and a console lists them in
+    batches: nothing a removal frees is used afterwards (the ASan build checks), and every
+    query gets its answer."""
+    import random
+    import threading
+    db = env.database()
+    px = env.pgmux({"*": env.db_entry(db)},
+                   {"pool_mode": "transaction", "autodb_idle_timeout": 0.3,
+                    "server_idle_timeout": 0.2, "max_client_conn": 200})
+    stop = time.monotonic() + 6
+    errors = []
+
+    def client(seed):
+        rnd = random.Random(seed)
+        while time.monotonic() < stop:
+            name = f"churn_{rnd.randrange(12)}"
+            try:
+                with px.connect(name) as c:
+                    v = rnd.randrange(1000)
+                    assert c.execute("SELECT %s::int", (v,)).fetchone()[0] == v
+                time.sleep(rnd.random() * 0.4)
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+                return
+
+    def lister():
+        with console(px) as cc:
+            while time.monotonic() < stop:
+                for what in ("POOLS", "DATABASES", "STATS", "SATURATION", "SOCKETS"):
+                    rows(cc, what)
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    threads.append(threading.Thread(target=lister))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    assert "removed" in px.log_text()
+    wait_for(lambda: not [r for r in px.show("DATABASES") if r["name"].startswith("churn_")],
+             10, 0.3, "every churn database to be removed")
+    assert px.alive()
