@@ -78,7 +78,7 @@ struct database {
 	char *name;
 	uint64_t id;                /* unique, increasing: the console's listing order */
 	struct namehash *pools;     /* its pools by user name */
-	uint64_t last_used;         /* the janitor last saw a client or server in its pools */
+	uint64_t last_used;         /* last looked up by name or seen in use (autodb_idle_timeout) */
 	struct cfg_db *cf;          /* owned copy of the entry that made it */
 	bool from_wildcard;         /* made from the "*" entry */
 	bool removed;               /* gone from the config; pools drain */

@@ -23,6 +23,7 @@
 #define PROM_REQ_MAX 8192               /* the request line and headers */
 #define PROM_READ_TIMEOUT_SEC 5         /* to send the whole request head */
 #define PROM_WRITE_TIMEOUT_SEC 10       /* for the reply to make any progress */
+#define PROM_LIFETIME_USEC 60000000u    /* a connection's whole life: a trickling reader ends */
 #define PROM_LINGER_SEC 2               /* after the reply: what the client still sends is read */
 #define PROM_LINGER_MAX 65536           /* ... up to this much, so that close sends no reset */
 #define PROM_ACCEPT_BATCH 16            /* accepts per wakeup */
@@ -41,6 +42,7 @@ struct prom_conn {
 	struct event ev_timer;          /* the deadline of the current state */
 	struct evbuffer *out;           /* the reply */
 	size_t len;                     /* request bytes in req (PC_READ), or bytes drained */
+	uint64_t born;                  /* pgmux_now() at accept */
 	char req[PROM_REQ_MAX];
 };
 
@@ -362,6 +364,17 @@ static void conn_timeout(evutil_socket_t fd, short what, void *arg)
 	conn_close(arg);
 }
 
+/* Arms the deadline: timeout_sec from now, but never past the connection's lifetime. */
+static void conn_deadline(struct prom_conn *pc, int timeout_sec)
+{
+	uint64_t now = pgmux_now(), end = pc->born + PROM_LIFETIME_USEC;
+	uint64_t us = (uint64_t)timeout_sec * 1000000u;
+	if (now + us > end)
+		us = end > now ? end - now : 0;
+	struct timeval tv = { (time_t)(us / 1000000u), (suseconds_t)(us % 1000000u) };
+	evtimer_add(&pc->ev_timer, &tv);
+}
+
 /* Enters a state: the I/O event it waits for and its deadline. */
 static void conn_state(struct prom_conn *pc, enum prom_conn_state st, int timeout_sec)
 {
@@ -370,8 +383,7 @@ static void conn_state(struct prom_conn *pc, enum prom_conn_state st, int timeou
 	event_assign(&pc->ev_io, pc->pr->w->base, pc->fd, (st == PC_WRITE ? EV_WRITE : EV_READ) | EV_PERSIST,
 		     conn_io, pc);
 	event_add(&pc->ev_io, NULL);
-	struct timeval tv = { timeout_sec, 0 };
-	evtimer_add(&pc->ev_timer, &tv);
+	conn_deadline(pc, timeout_sec);
 }
 
 /* Sends what it can of the reply; once it is all out, the write side closes and what the
@@ -381,8 +393,7 @@ static void conn_write(struct prom_conn *pc)
 	while (evbuffer_get_length(pc->out)) {
 		int n = evbuffer_write(pc->out, pc->fd);
 		if (n > 0) {
-			struct timeval tv = { PROM_WRITE_TIMEOUT_SEC, 0 };
-			evtimer_add(&pc->ev_timer, &tv);   /* progress: a slow reader is not a dead one */
+			conn_deadline(pc, PROM_WRITE_TIMEOUT_SEC);   /* progress: slow is not dead */
 			continue;
 		}
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
@@ -544,6 +555,7 @@ static void conn_new(struct prom *pr, int fd)
 	}
 	pc->pr = pr;
 	pc->fd = fd;
+	pc->born = pgmux_now();
 	list_append(&pr->conns, &pc->node);
 	pr->n_conns++;
 	evtimer_assign(&pc->ev_timer, pr->w->base, conn_timeout, pc);
