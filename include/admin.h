@@ -16,6 +16,10 @@ void admin_client_ready(struct client *cl);
 /* Bytes arrived from a console client: runs every complete command in its buffer. */
 void admin_on_data(struct client *cl);
 
+/* True when a console session holds db (a PAUSE or WAIT_CLOSE of it in progress): it must
+ * not be freed meanwhile. */
+bool admin_uses_database(struct worker *w, const struct database *db);
+
 /* Frees console state of a closing client (no-op for others). */
 void admin_client_gone(struct client *cl);
 

@@ -37,6 +37,7 @@ struct retry_buf;
 struct verdict_cache;
 struct sqlscan_funcs;
 struct tls_server;
+struct namehash;
 
 /* A receive buffer, taken from the worker's free list only while it holds bytes.
  * Bytes [start, scan) are parsed and ready to go to the peer; [scan, end) await parsing. */
@@ -74,9 +75,12 @@ enum client_state { CL_LOGIN, CL_WAITING_LOGIN, CL_ACTIVE, CL_WAITING, CL_ADMIN,
 enum server_state { SV_LOGIN, SV_IDLE, SV_ACTIVE, SV_USED, SV_TESTED, SV_FREE };
 
 struct database {
-	struct list node;
+	struct list node;           /* in w->databases, or in w->db_reap once removed */
 	struct worker *w;
 	char *name;
+	uint64_t id;                /* unique, increasing: the console's listing order */
+	struct namehash *pools;     /* its pools by user name */
+	uint64_t last_used;         /* last looked up by name or seen in use (autodb_idle_timeout) */
 	struct cfg_db *cf;          /* owned copy of the entry that made it */
 	bool from_wildcard;         /* made from the "*" entry */
 	bool removed;               /* gone from the config; pools drain */
@@ -103,6 +107,7 @@ struct user {
 struct pool {
 	struct list node;
 	struct worker *w;
+	uint64_t id;                /* unique, increasing: the console's listing order */
 	struct database *db;
 	struct user *user;
 	struct list sv_login, sv_idle, sv_active, sv_used, sv_tested;
@@ -219,6 +224,9 @@ struct worker {
 	struct userlist *ul;
 	char *cf_path;
 	struct list databases, users, pools;
+	struct namehash *db_names;          /* databases by name */
+	struct namehash *user_names;        /* users by name */
+	struct list db_reap;                /* removed databases, freed after the dead conns */
 	struct list cl_login;
 	int n_login;
 	struct list cl_admin;               /* console clients (database pgmux / pgbouncer) */
@@ -274,6 +282,10 @@ void pgmux_stop_listening(struct worker *w);
 /* Checks whether a graceful shutdown can complete now, and ends the loop if so. */
 void pgmux_check_shutdown(struct worker *w);
 
+/* True for an accept() error that concerns only the connection being accepted (or none):
+ * the listener goes on.  Any other error (EMFILE, ENFILE, ENOBUFS, ENOMEM...) pauses it. */
+bool pgmux_accept_transient(int err);
+
 /* Cancel-key table. */
 void pgmux_cancel_register(struct worker *w, struct client *cl);
 void pgmux_cancel_unregister(struct worker *w, struct client *cl);
@@ -281,5 +293,8 @@ struct client *pgmux_cancel_find(struct worker *w, uint32_t pid, uint32_t key);
 
 /* Queues a dead conn's memory for release once the current callbacks are done. */
 void pgmux_reap(struct worker *w, struct conn *c);
+/* Queues a database already taken out of every list (pool_remove_database) for release after
+ * the conns queued with it, which may still point at its pools. */
+void pgmux_reap_database(struct worker *w, struct database *db);
 
 #endif

@@ -4,6 +4,9 @@
 
 #include "pgmux.h"
 
+/* Lookups by name go through hash tables (namehash.h): a login costs the same with one
+ * database or thousands made from the "*" entry. */
+
 /* An existing database object by name, without making one; *known tells whether the name
  * was found at all (it may be found but removed, which returns NULL). */
 struct database *pool_lookup_database(struct worker *w, const char *name, bool *known);
@@ -11,6 +14,16 @@ struct database *pool_lookup_database(struct worker *w, const char *name, bool *
 struct database *pool_find_database(struct worker *w, const char *name);
 /* The pool for (db, user), created on first use; NULL on allocation failure. */
 struct pool *pool_get(struct worker *w, struct database *db, const char *user);
+
+/* autodb_idle_timeout: true when db may go now: made from the "*" entry, no client or server
+ * in any of its pools, and nothing else holding it (an address lookup, a console PAUSE,
+ * DISABLE or WAIT_CLOSE, routing).  How long it has been unused is the caller's business. */
+bool pool_database_removable(struct worker *w, const struct database *db);
+/* Takes a removable db and its pools out of every lookup, listing and statistic at once;
+ * their memory is freed by the reaper (pool_free_database) after this callback. */
+void pool_remove_database(struct worker *w, struct database *db);
+/* The reaper's half of the removal: frees db and its pools. */
+void pool_free_database(struct database *db);
 
 /* True when db is `target` or one of the backends behind it (a [database] section's name):
  * console commands that name a database reach its backends' pools too. */

@@ -134,7 +134,11 @@ void stats_hist_window(const struct hist *cur, const struct hist *old, struct hi
  * (a fraction; 0 turns the warning off)?  At or above the threshold counts. */
 bool stats_over_threshold(int active, int size, double warn);
 
-/* Forgets a pool's windows; call before freeing a pool (pools live as long as the worker now). */
+/* Forgets a pool's windows; call before freeing a pool. */
 void stats_pool_gone(struct worker *w, const struct pool *p);
+
+/* Forgets a database's snapshot; call before freeing a database (a new one at the same address
+ * must not inherit it). */
+void stats_database_gone(struct worker *w, const struct database *db);
 
 #endif

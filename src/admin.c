@@ -29,6 +29,10 @@
 #define ADMIN_CMD_MAX 1024
 /* How often a waiting PAUSE / WAIT_CLOSE checks whether it is done. */
 #define ADMIN_WAIT_POLL_USEC 20000
+/* Rows a listing that grows with the load (clients, servers, pools, databases, users) writes
+ * per batch.  The next batch is made once the previous one has left, so a console connection
+ * holds about one batch of reply however many rows there are. */
+#define ADMIN_BATCH_ROWS 256
 /* Prepared statements a console session may hold (drivers prepare after a few runs). */
 #define ADMIN_MAX_STMTS 16
 #define ADMIN_NAME_MAX 64
@@ -45,7 +49,8 @@ struct admin_col {
 /* What a command accepts after its name. */
 enum admin_arg { ARG_NONE, ARG_DB_OPT, ARG_DB, ARG_ID, ARG_SHUTDOWN, ARG_SET };
 
-enum admin_rc { ADMIN_OK, ADMIN_ERR, ADMIN_WAIT };
+/* ADMIN_MORE: a listing stopped after a batch; it goes on once the reply has drained. */
+enum admin_rc { ADMIN_OK, ADMIN_ERR, ADMIN_WAIT, ADMIN_MORE };
 
 /* One running command and where its reply goes. */
 struct admin_ctx {
@@ -59,6 +64,13 @@ struct admin_ctx {
 	bool simple;
 	int ncol;                   /* columns written in the current row */
 	uint64_t rows;
+	/* A listing made in batches resumes where the last one stopped: after row key `after`
+	 * of part `phase` (keys are listing-defined: object ids, positions).  It sets `more`
+	 * when it stopped early. */
+	int phase;
+	uint64_t after;
+	bool more;
+	bool buffers;               /* SHOW SOCKETS: rows carry the buffer columns */
 };
 
 typedef enum admin_rc (*admin_fn)(struct admin_ctx *x);
@@ -91,6 +103,16 @@ struct admin_session {
 		char *text;             /* NULL: slot free */
 	} stmt[ADMIN_MAX_STMTS];
 	char *portal;               /* the unnamed portal's command text, or NULL */
+	/* A listing in progress: messages after it wait until it is done. */
+	struct {
+		const struct admin_cmd *cmd;    /* NULL: none */
+		bool simple;
+		int phase;
+		uint64_t after;
+		uint64_t *order;                /* SHOW SATURATION: pool ids, most saturated first */
+		size_t n_order;
+	} stream;
+	struct event ev_drain;      /* the socket can take more: the listing's next batch */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -182,6 +204,94 @@ static void row_kv(struct admin_ctx *x, const char *k, uint64_t v)
 	col_str(x, k);
 	col_uint(x, v);
 	row_end(x);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* listings in batches */
+
+/* Objects come and go between two batches, so a batch never keeps a pointer: a listing offers
+ * every object under a key that never repeats (its id), the picker keeps the batch's worth of
+ * smallest keys above the last one written, and those rows are written in key order.  Each
+ * object present throughout appears exactly once; one batch costs a walk over the objects. */
+struct pick {
+	uint64_t key;
+	void *obj;
+};
+
+struct picker {
+	uint64_t after;
+	size_t n;
+	struct pick v[ADMIN_BATCH_ROWS];   /* a max-heap on key while offering */
+};
+
+static void picker_init(struct picker *pk, const struct admin_ctx *x)
+{
+	pk->after = x->after;
+	pk->n = 0;
+}
+
+static void pick_swap(struct pick *a, struct pick *b)
+{
+	struct pick t = *a;
+	*a = *b;
+	*b = t;
+}
+
+static void pick(struct picker *pk, uint64_t key, void *obj)
+{
+	if (key <= pk->after)
+		return;
+	size_t i;
+	if (pk->n < ADMIN_BATCH_ROWS) {
+		i = pk->n++;
+		pk->v[i] = (struct pick){ key, obj };
+		while (i && pk->v[(i - 1) / 2].key < pk->v[i].key) {
+			pick_swap(&pk->v[(i - 1) / 2], &pk->v[i]);
+			i = (i - 1) / 2;
+		}
+		return;
+	}
+	if (key >= pk->v[0].key)
+		return;
+	pk->v[0] = (struct pick){ key, obj };
+	for (i = 0;;) {
+		size_t l = 2 * i + 1, r = l + 1, m = i;
+		if (l < pk->n && pk->v[l].key > pk->v[m].key)
+			m = l;
+		if (r < pk->n && pk->v[r].key > pk->v[m].key)
+			m = r;
+		if (m == i)
+			break;
+		pick_swap(&pk->v[i], &pk->v[m]);
+		i = m;
+	}
+}
+
+static int pick_cmp(const void *a, const void *b)
+{
+	uint64_t x = ((const struct pick *)a)->key, y = ((const struct pick *)b)->key;
+	return x < y ? -1 : x > y;
+}
+
+/* Writes the picked objects in key order; a full batch means there may be more. */
+static void pick_rows(struct admin_ctx *x, struct picker *pk,
+		      void (*row)(struct admin_ctx *x, void *obj))
+{
+	qsort(pk->v, pk->n, sizeof(pk->v[0]), pick_cmp);
+	for (size_t i = 0; i < pk->n; i++)
+		row(x, pk->v[i].obj);
+	if (pk->n)
+		x->after = pk->v[pk->n - 1].key;
+	x->more = pk->n == ADMIN_BATCH_ROWS;
+}
+
+/* For listings in several parts: the current part is done, the next starts with the next
+ * batch (more stays set). */
+static void next_phase(struct admin_ctx *x)
+{
+	x->phase++;
+	x->after = 0;
+	x->more = true;
 }
 
 static void cmd_error(struct admin_ctx *x, const char *sqlstate, const char *fmt, ...)
@@ -298,25 +408,33 @@ static enum admin_rc show_version(struct admin_ctx *x)
 static enum admin_rc show_help(struct admin_ctx *x);
 static size_t list_len(const struct list *l);
 
+static void pool_row(struct admin_ctx *x, void *obj)
+{
+	struct pool *p = obj;
+	struct stats_pool_row r;
+	stats_pool_row(p, x->w->now, &r);
+	row_begin(x);
+	col_str(x, p->db->name);
+	col_str(x, p->user->name);
+#define POOL_FIGURE_COL(member, help) col_int(x, r.member);
+	POOL_FIGURES(POOL_FIGURE_COL)
+#undef POOL_FIGURE_COL
+	col_str(x, config_pool_mode_name(pool_mode(p)));
+	col_int(x, r.pool_size);
+	col_float(x, r.saturation);
+	row_end(x);
+}
+
 static enum admin_rc show_pools(struct admin_ctx *x)
 {
-	uint64_t now = pgmux_now();
+	struct picker pk;
+	picker_init(&pk, x);
 	struct list *it, *tmp;
 	list_for_each_safe(it, tmp, &x->w->pools) {
 		struct pool *p = list_entry(it, struct pool, node);
-		struct stats_pool_row r;
-		stats_pool_row(p, now, &r);
-		row_begin(x);
-		col_str(x, p->db->name);
-		col_str(x, p->user->name);
-#define POOL_FIGURE_COL(member, help) col_int(x, r.member);
-		POOL_FIGURES(POOL_FIGURE_COL)
-#undef POOL_FIGURE_COL
-		col_str(x, config_pool_mode_name(pool_mode(p)));
-		col_int(x, r.pool_size);
-		col_float(x, r.saturation);
-		row_end(x);
+		pick(&pk, p->id, p);
 	}
+	pick_rows(x, &pk, pool_row);
 	return ADMIN_OK;
 }
 
@@ -447,63 +565,145 @@ static int saturation_cmp(const void *a, const void *b)
 	return c ? c : strcmp(x->pool->user->name, y->pool->user->name);
 }
 
-static enum admin_rc show_saturation(struct admin_ctx *x)
+static void saturation_row(struct admin_ctx *x, const struct stats_saturation *s)
 {
+	row_begin(x);
+	col_str(x, s->pool->db->name);
+	col_str(x, s->pool->user->name);
+	col_int(x, s->pool_size);
+	col_int(x, s->sv_active);
+	col_float(x, s->saturation);
+	col_int(x, s->peak_1m);
+	col_float(x, s->peak_saturation_1m);
+	col_int(x, s->peak_period);
+	col_int(x, s->cl_waiting);
+	col_uint(x, s->maxwait_us);
+	for (int k = 0; k < STATS_NH; k++)
+		for (int q = 0; q < STATS_NQ; q++)
+			col_uint(x, s->q[k][q]);
+	col_int(x, s->headroom);
+	col_uint(x, s->saturated_us / 1000000u);
+	row_end(x);
+}
+
+/* The order is fixed once, at the first batch: the pool ids, most saturated first, kept in
+ * the session (8 bytes a pool).  Each batch then finds its pools by id and writes their
+ * figures as of now. */
+static bool saturation_order(struct admin_ctx *x)
+{
+	struct admin_session *ss = x->cl->console;
 	size_t n = list_len(&x->w->pools), i = 0;
 	struct stats_saturation *rows = n ? calloc(n, sizeof(*rows)) : NULL;
-	if (n && !rows) {
-		cmd_error(x, "53200", "out of memory");
-		return ADMIN_ERR;
+	uint64_t *order = n ? malloc(n * sizeof(*order)) : NULL;
+	if (n && (!rows || !order)) {
+		free(rows);
+		free(order);
+		return false;
 	}
 	struct list *it, *tmp;
 	list_for_each_safe(it, tmp, &x->w->pools)
 		if (i < n)
 			stats_saturation_of(x->w, list_entry(it, struct pool, node), &rows[i++]);
 	qsort(rows, i, sizeof(*rows), saturation_cmp);
-	for (size_t r = 0; r < i; r++) {
-		const struct stats_saturation *s = &rows[r];
-		row_begin(x);
-		col_str(x, s->pool->db->name);
-		col_str(x, s->pool->user->name);
-		col_int(x, s->pool_size);
-		col_int(x, s->sv_active);
-		col_float(x, s->saturation);
-		col_int(x, s->peak_1m);
-		col_float(x, s->peak_saturation_1m);
-		col_int(x, s->peak_period);
-		col_int(x, s->cl_waiting);
-		col_uint(x, s->maxwait_us);
-		for (int k = 0; k < STATS_NH; k++)
-			for (int q = 0; q < STATS_NQ; q++)
-				col_uint(x, s->q[k][q]);
-		col_int(x, s->headroom);
-		col_uint(x, s->saturated_us / 1000000u);
-		row_end(x);
-	}
+	for (size_t r = 0; r < i; r++)
+		order[r] = rows[r].pool->id;
 	free(rows);
+	free(ss->stream.order);
+	ss->stream.order = order;
+	ss->stream.n_order = i;
+	return true;
+}
+
+static enum admin_rc show_saturation(struct admin_ctx *x)
+{
+	struct admin_session *ss = x->cl->console;
+	if (x->after == 0 && !saturation_order(x)) {
+		cmd_error(x, "53200", "out of memory");
+		return ADMIN_ERR;
+	}
+	/* this batch: positions [after, after + n) of the order, looked up by id */
+	size_t from = (size_t)x->after, n = ss->stream.n_order - from;
+	if (n > ADMIN_BATCH_ROWS)
+		n = ADMIN_BATCH_ROWS;
+	struct picker pk;                  /* reused as a sorted table: key id, obj rank */
+	struct pool *found[ADMIN_BATCH_ROWS] = { 0 };
+	for (size_t r = 0; r < n; r++)
+		pk.v[r] = (struct pick){ ss->stream.order[from + r], (void *)(uintptr_t)r };
+	qsort(pk.v, n, sizeof(pk.v[0]), pick_cmp);
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &x->w->pools) {
+		struct pool *p = list_entry(it, struct pool, node);
+		struct pick key = { p->id, NULL };
+		struct pick *hit = n ? bsearch(&key, pk.v, n, sizeof(pk.v[0]), pick_cmp) : NULL;
+		if (hit)
+			found[(uintptr_t)hit->obj] = p;
+	}
+	for (size_t r = 0; r < n; r++) {
+		if (!found[r])
+			continue;          /* removed since the order was taken */
+		struct stats_saturation sat;
+		stats_saturation_of(x->w, found[r], &sat);
+		saturation_row(x, &sat);
+	}
+	x->after = from + n;
+	x->more = x->after < ss->stream.n_order;
+	if (!x->more) {
+		free(ss->stream.order);
+		ss->stream.order = NULL;
+		ss->stream.n_order = 0;
+	}
 	return ADMIN_OK;
 }
 
 enum stats_view { STATS_BOTH, STATS_TOTALS_ONLY, STATS_AVG_ONLY };
 
+static void stats_row(struct admin_ctx *x, struct database *db, enum stats_view view)
+{
+	struct stats tot, avg;
+	stats_total(x->w, db, &tot);
+	stats_average_of(x->w, db, &avg);
+	row_begin(x);
+	col_str(x, db->name);
+	if (view != STATS_AVG_ONLY)
+		for (int f = 0; f < STATS_N; f++)
+			col_uint(x, tot.v[f]);
+	if (view != STATS_TOTALS_ONLY)
+		for (int f = 0; f < STATS_N; f++)
+			col_uint(x, avg.v[f]);
+	row_end(x);
+}
+
+static void stats_row_both(struct admin_ctx *x, void *db)
+{
+	stats_row(x, db, STATS_BOTH);
+}
+
+static void stats_row_totals(struct admin_ctx *x, void *db)
+{
+	stats_row(x, db, STATS_TOTALS_ONLY);
+}
+
+static void stats_row_avg(struct admin_ctx *x, void *db)
+{
+	stats_row(x, db, STATS_AVG_ONLY);
+}
+
 static void stats_rows(struct admin_ctx *x, enum stats_view view)
 {
+	static void (*const row[])(struct admin_ctx *, void *) = {
+		[STATS_BOTH] = stats_row_both,
+		[STATS_TOTALS_ONLY] = stats_row_totals,
+		[STATS_AVG_ONLY] = stats_row_avg,
+	};
+	struct picker pk;
+	picker_init(&pk, x);
 	struct list *it, *tmp;
 	list_for_each_safe(it, tmp, &x->w->databases) {
 		struct database *db = list_entry(it, struct database, node);
-		struct stats tot, avg;
-		stats_total(x->w, db, &tot);
-		stats_average_of(x->w, db, &avg);
-		row_begin(x);
-		col_str(x, db->name);
-		if (view != STATS_AVG_ONLY)
-			for (int f = 0; f < STATS_N; f++)
-				col_uint(x, tot.v[f]);
-		if (view != STATS_TOTALS_ONLY)
-			for (int f = 0; f < STATS_N; f++)
-				col_uint(x, avg.v[f]);
-		row_end(x);
+		pick(&pk, db->id, db);
 	}
+	/* stats_total walks every pool: a batch of databases costs that many walks */
+	pick_rows(x, &pk, row[view]);
 }
 
 static enum admin_rc show_stats(struct admin_ctx *x)
@@ -554,11 +754,26 @@ static void conn_row_head(struct admin_ctx *x, const char *type, const char *use
 	col_int(x, lport);
 }
 
-static void client_row(struct admin_ctx *x, struct client *c, uint64_t now)
+/* SHOW SOCKETS: where each socket's buffers stand (PgBouncer's columns, pgmux's buffers). */
+static void buffer_cols(struct admin_ctx *x, const struct conn *c)
 {
-	const char *state = c->state == CL_WAITING || c->state == CL_WAITING_LOGIN ? "waiting" : "active";
-	uint64_t wait = (c->state == CL_WAITING || c->state == CL_WAITING_LOGIN) && now > c->wait_start
-			? now - c->wait_start : 0;
+	const struct iobuf *b = c->in;
+	col_uint(x, b ? b->end : 0);                    /* recv_pos: bytes received */
+	col_uint(x, b ? b->scan : 0);                   /* pkt_pos: parsed up to here */
+	col_uint(x, c->pkt_left);                       /* pkt_remain: of the message in transit */
+	col_uint(x, b ? b->start : 0);                  /* send_pos: passed on up to here */
+	col_uint(x, b ? b->scan - b->start : 0);        /* send_remain: parsed, not passed on */
+	col_uint(x, b ? b->end - b->scan : 0);          /* pkt_avail: received, not parsed */
+	col_uint(x, c->out.len - c->out.sent);          /* send_avail: pgmux's own bytes queued */
+}
+
+static void client_row(struct admin_ctx *x, void *obj)
+{
+	struct client *c = obj;
+	uint64_t now = x->w->now;
+	bool waiting = c->state == CL_WAITING || c->state == CL_WAITING_LOGIN;
+	const char *state = c->state == CL_LOGIN ? "login" : waiting ? "waiting" : "active";
+	uint64_t wait = waiting && now > c->wait_start ? now - c->wait_start : 0;
 	row_begin(x);
 	conn_row_head(x, "C", c->user_name, c->db_name, state, &c->c);
 	col_time(x, c->connect_time);
@@ -579,12 +794,14 @@ static void client_row(struct admin_ctx *x, struct client *c, uint64_t now)
 	col_str(x, app ? app : "");
 	col_int(x, 0);                                          /* prepared_statements */
 	col_uint(x, c->c.id);
+	if (x->buffers)
+		buffer_cols(x, &c->c);
 	row_end(x);
 }
 
-static enum admin_rc show_clients(struct admin_ctx *x)
+/* Every client socket (logged in, or also logging in) into the picker. */
+static void pick_clients(struct admin_ctx *x, struct picker *pk, bool login)
 {
-	uint64_t now = pgmux_now();
 	struct list *it, *tmp, *c, *ct;
 	list_for_each_safe(it, tmp, &x->w->pools) {
 		struct pool *p = list_entry(it, struct pool, node);
@@ -592,10 +809,21 @@ static enum admin_rc show_clients(struct admin_ctx *x)
 		client_lists(p, l);
 		for (int i = 0; i < N_CL_LISTS; i++)
 			list_for_each_safe(c, ct, l[i])
-				client_row(x, list_entry(c, struct client, node), now);
+				pick(pk, list_entry(c, struct client, node)->c.id, list_entry(c, struct client, node));
 	}
 	list_for_each_safe(c, ct, &x->w->cl_admin)
-		client_row(x, list_entry(c, struct client, node), now);
+		pick(pk, list_entry(c, struct client, node)->c.id, list_entry(c, struct client, node));
+	if (login)
+		list_for_each_safe(c, ct, &x->w->cl_login)
+			pick(pk, list_entry(c, struct client, node)->c.id, list_entry(c, struct client, node));
+}
+
+static enum admin_rc show_clients(struct admin_ctx *x)
+{
+	struct picker pk;
+	picker_init(&pk, x);
+	pick_clients(x, &pk, false);
+	pick_rows(x, &pk, client_row);
 	return ADMIN_OK;
 }
 
@@ -613,7 +841,31 @@ static const char *server_state_name(const struct server *sv)
 	}
 }
 
-static enum admin_rc show_servers(struct admin_ctx *x)
+static void server_row(struct admin_ctx *x, void *obj)
+{
+	struct server *sv = obj;
+	struct pool *p = sv->pool;
+	row_begin(x);
+	conn_row_head(x, "S", pool_server_user(p), p->db->name, server_state_name(sv), &sv->c);
+	col_time(x, sv->connect_time);
+	col_time(x, sv->link ? sv->link_time : sv->last_used);
+	col_int(x, 0);                  /* wait */
+	col_int(x, 0);                  /* wait_us */
+	col_int(x, sv->close_when_idle);
+	col_ptr(x, &sv->c);
+	col_ptr(x, sv->link ? &sv->link->c : NULL);
+	col_uint(x, sv->be_pid);
+	col_tls(x, &sv->c);
+	const char *app = varcache_get(&sv->vars, VAR_APPNAME);
+	col_str(x, app ? app : "");
+	col_int(x, 0);                  /* prepared_statements */
+	col_uint(x, sv->c.id);
+	if (x->buffers)
+		buffer_cols(x, &sv->c);
+	row_end(x);
+}
+
+static void pick_servers(struct admin_ctx *x, struct picker *pk)
 {
 	struct list *it, *tmp, *s, *st;
 	list_for_each_safe(it, tmp, &x->w->pools) {
@@ -621,30 +873,37 @@ static enum admin_rc show_servers(struct admin_ctx *x)
 		struct list *l[N_SV_LISTS];
 		server_lists(p, l);
 		for (int i = 0; i < N_SV_LISTS; i++)
-			list_for_each_safe(s, st, l[i]) {
-				struct server *sv = list_entry(s, struct server, node);
-				row_begin(x);
-				conn_row_head(x, "S", pool_server_user(p), p->db->name, server_state_name(sv),
-					      &sv->c);
-				col_time(x, sv->connect_time);
-				col_time(x, sv->link ? sv->link_time : sv->last_used);
-				col_int(x, 0);                  /* wait */
-				col_int(x, 0);                  /* wait_us */
-				col_int(x, sv->close_when_idle);
-				col_ptr(x, &sv->c);
-				col_ptr(x, sv->link ? &sv->link->c : NULL);
-				col_uint(x, sv->be_pid);
-				col_tls(x, &sv->c);
-				const char *app = varcache_get(&sv->vars, VAR_APPNAME);
-				col_str(x, app ? app : "");
-				col_int(x, 0);                  /* prepared_statements */
-				col_uint(x, sv->c.id);
-				row_end(x);
-			}
+			list_for_each_safe(s, st, l[i])
+				pick(pk, list_entry(s, struct server, node)->c.id, list_entry(s, struct server, node));
 	}
+}
+
+static enum admin_rc show_servers(struct admin_ctx *x)
+{
+	struct picker pk;
+	picker_init(&pk, x);
+	pick_servers(x, &pk);
+	pick_rows(x, &pk, server_row);
 	return ADMIN_OK;
 }
 
+/* Clients (those logging in too), then servers. */
+static enum admin_rc show_sockets(struct admin_ctx *x)
+{
+	struct picker pk;
+	picker_init(&pk, x);
+	x->buffers = true;
+	if (x->phase == 0) {
+		pick_clients(x, &pk, true);
+		pick_rows(x, &pk, client_row);
+		if (!x->more)
+			next_phase(x);
+		return ADMIN_OK;
+	}
+	pick_servers(x, &pk);
+	pick_rows(x, &pk, server_row);
+	return ADMIN_OK;
+}
 
 static void database_row(struct admin_ctx *x, const char *name, const struct cfg_db *e,
 			 const struct database *db)
@@ -670,39 +929,82 @@ static void database_row(struct admin_ctx *x, const char *name, const struct cfg
 	row_end(x);
 }
 
+/* Parts of listings that follow a list in order (config entries, which change only on
+ * RELOAD; users, which are only appended) are keyed by position: true when the row at
+ * position *pos (counted here from 1) goes into this batch, which it then counts in *n.
+ * Sets x->more when the batch is full. */
+static bool in_batch(struct admin_ctx *x, uint64_t *pos, size_t *n)
+{
+	if (++*pos <= x->after || x->more)
+		return false;
+	if (*n == ADMIN_BATCH_ROWS) {
+		x->more = true;
+		return false;
+	}
+	x->after = *pos;
+	++*n;
+	return true;
+}
+
+static void wildcard_db_row(struct admin_ctx *x, void *obj)
+{
+	struct database *db = obj;
+	database_row(x, db->name, db->cf, db);
+}
+
+/* The configured entries, then the databases made from the "*" entry. */
 static enum admin_rc show_databases(struct admin_ctx *x)
 {
 	struct worker *w = x->w;
-	bool known;
-	for (const struct cfg_db *e = w->cf->dbs; e; e = e->next)
-		if (strcmp(e->name, "*") != 0)
-			database_row(x, e->name, e, pool_lookup_database(w, e->name, &known));
-	/* databases made from the "*" entry */
+	if (x->phase == 0) {
+		uint64_t pos = 0;
+		size_t n = 0;
+		bool known;
+		for (const struct cfg_db *e = w->cf->dbs; e; e = e->next)
+			if (strcmp(e->name, "*") != 0 && in_batch(x, &pos, &n))
+				database_row(x, e->name, e, pool_lookup_database(w, e->name, &known));
+		if (!x->more)
+			next_phase(x);
+		return ADMIN_OK;
+	}
+	struct picker pk;
+	picker_init(&pk, x);
 	struct list *it, *tmp;
 	list_for_each_safe(it, tmp, &w->databases) {
 		struct database *db = list_entry(it, struct database, node);
 		if (db->from_wildcard && !db->removed)
-			database_row(x, db->name, db->cf, db);
+			pick(&pk, db->id, db);
 	}
+	pick_rows(x, &pk, wildcard_db_row);
 	return ADMIN_OK;
 }
 
+/* The [users] entries, then the other users that have pools. */
 static enum admin_rc show_users(struct admin_ctx *x)
 {
 	struct worker *w = x->w;
-	for (const struct cfg_user *u = w->cf->users; u; u = u->next) {
-		row_begin(x);
-		col_str(x, u->name);
-		if (u->pool_mode >= 0)
-			col_str(x, config_pool_mode_name(u->pool_mode));
-		else
-			col_null(x);
-		row_end(x);
+	uint64_t pos = 0;
+	size_t n = 0;
+	if (x->phase == 0) {
+		for (const struct cfg_user *u = w->cf->users; u; u = u->next) {
+			if (!in_batch(x, &pos, &n))
+				continue;
+			row_begin(x);
+			col_str(x, u->name);
+			if (u->pool_mode >= 0)
+				col_str(x, config_pool_mode_name(u->pool_mode));
+			else
+				col_null(x);
+			row_end(x);
+		}
+		if (!x->more)
+			next_phase(x);
+		return ADMIN_OK;
 	}
 	struct list *it, *tmp;
 	list_for_each_safe(it, tmp, &w->users) {
 		struct user *u = list_entry(it, struct user, node);
-		if (config_find_user(w->cf, u->name))
+		if (config_find_user(w->cf, u->name) || !in_batch(x, &pos, &n))
 			continue;
 		row_begin(x);
 		col_str(x, u->name);
@@ -1268,6 +1570,15 @@ static const struct admin_col cols_conns[] = {
 	I("close_needed"), T("ptr"), T("link"), I("remote_pid"), T("tls"), T("application_name"),
 	I("prepared_statements"), I("id"),
 };
+static const struct admin_col cols_sockets[] = {
+	T("type"), T("user"), T("database"), T("state"), T("addr"), I("port"), T("local_addr"),
+	I("local_port"), T("connect_time"), T("request_time"), I("wait"), I("wait_us"),
+	I("close_needed"), T("ptr"), T("link"), I("remote_pid"), T("tls"), T("application_name"),
+	I("prepared_statements"), I("id"),
+	/* the buffers */
+	I("recv_pos"), I("pkt_pos"), I("pkt_remain"), I("send_pos"), I("send_remain"), I("pkt_avail"),
+	I("send_avail"),
+};
 static const struct admin_col cols_databases[] = {
 	T("name"), T("host"), I("port"), T("database"), T("force_user"), I("pool_size"),
 	I("min_pool_size"), I("reserve_pool"), T("pool_mode"), I("max_connections"),
@@ -1317,6 +1628,8 @@ static const struct admin_cmd admin_cmds[] = {
 	SHOW("TOTALS", show_totals, cols_name_value, "SHOW STATS summed over all databases, one row per figure"),
 	SHOW("CLIENTS", show_clients, cols_conns, "one row per client connection"),
 	SHOW("SERVERS", show_servers, cols_conns, "one row per server connection"),
+	SHOW("SOCKETS", show_sockets, cols_sockets,
+	     "every client (logging in too) and server socket, with where its buffers stand"),
 	SHOW("DATABASES", show_databases, cols_databases, "configured databases and their settings"),
 	SHOW("USERS", show_users, cols_users, "known users and their pool_mode override"),
 	SHOW("LISTS", show_lists, cols_lists, "counts of internal objects"),
@@ -1476,6 +1789,15 @@ static bool parse_db_name(const char *arg, char *out, size_t len)
 static bool check_command(struct admin_ctx *x)
 {
 	const struct admin_cmd *c = x->cmd;
+	/* Against the lists as they are now, not as they were at login: a RELOAD or SET that
+	 * takes a user off admin_users takes the control commands away at once. */
+	const struct config *cf = x->w->cf;
+	x->cl->admin = config_list_has(cf->admin_users, x->cl->user_name);
+	if (!x->cl->admin && !config_list_has(cf->stats_users, x->cl->user_name)) {
+		cmd_error(x, "42501", "permission denied: %s needs a user listed in admin_users or stats_users",
+			  c->name);
+		return false;
+	}
 	if (c->admin_only && !x->cl->admin) {
 		cmd_error(x, "42501", "permission denied: %s needs a user listed in admin_users", c->name);
 		return false;
@@ -1524,6 +1846,27 @@ static void command_complete(struct pktbuf *o, const char *tag)
 	pktbuf_end(o);
 }
 
+/* After a command (or a listing's batch) ran: a listing that stopped early is kept in the
+ * session to go on once the reply drains (ADMIN_MORE); anything else completes here. */
+static enum admin_rc finish(struct admin_ctx *x, enum admin_rc rc)
+{
+	struct admin_session *s = x->cl->console;
+	if (rc == ADMIN_OK && x->more) {
+		s->stream.cmd = x->cmd;
+		s->stream.simple = x->simple;
+		s->stream.phase = x->phase;
+		s->stream.after = x->after;
+		return ADMIN_MORE;
+	}
+	s->stream.cmd = NULL;
+	free(s->stream.order);
+	s->stream.order = NULL;
+	s->stream.n_order = 0;
+	if (rc == ADMIN_OK)
+		command_complete(x->o, x->cmd->cols ? "SHOW" : x->cmd->name);   /* as PgBouncer */
+	return rc;
+}
+
 /* Runs one command text.  simple: a Query message (RowDescription is sent here). */
 static enum admin_rc run_command(struct client *cl, const char *sql, bool simple)
 {
@@ -1549,11 +1892,7 @@ static enum admin_rc run_command(struct client *cl, const char *sql, bool simple
 		return ADMIN_ERR;
 	if (x.cmd->cols && x.describe)
 		send_row_description(x.o, x.cmd);
-	enum admin_rc rc = x.cmd->run(&x);
-	if (rc == ADMIN_OK) {
-		command_complete(x.o, x.cmd->cols ? "SHOW" : x.cmd->name);   /* as PgBouncer */
-	}
-	return rc;
+	return finish(&x, x.cmd->run(&x));
 }
 
 /* Describe of the unnamed statement or portal: the columns the command would return. */
@@ -1754,8 +2093,8 @@ static enum admin_rc on_message(struct client *cl, char type, const uint8_t *bod
 			return ADMIN_OK;
 		}
 		enum admin_rc rc = run_command(cl, (const char *)body, true);
-		if (rc != ADMIN_WAIT)
-			proto_ready(o, 'I');
+		if (rc != ADMIN_WAIT && rc != ADMIN_MORE)
+			proto_ready(o, 'I');   /* else when the wait or the listing is over */
 		return rc;
 	}
 	if (s->skip_to_sync)
@@ -1816,13 +2155,14 @@ static enum admin_rc on_message(struct client *cl, char type, const uint8_t *bod
 	return rc;
 }
 
-/* Runs every complete message in the buffer, stopping at a command that waits, and sends the
- * replies.  The client may be closed on return. */
+/* Runs every complete message in the buffer, stopping at a command that waits or a listing
+ * that goes on in batches, and sends the replies.  The client may be closed on return. */
 static void admin_process(struct client *cl)
 {
 	struct admin_session *s = cl->console;
 	struct iobuf *b = cl->c.in;
-	while (!cl->c.dead && s->wait == WAIT_NONE && b && b->end - b->scan >= PROTO_HDR) {
+	while (!cl->c.dead && s->wait == WAIT_NONE && !s->stream.cmd && b &&
+	       b->end - b->scan >= PROTO_HDR) {
 		char type = (char)b->data[b->scan];
 		uint32_t len = proto_get32(b->data + b->scan + 1);
 		if (len < 4 || len > ADMIN_MSG_MAX) {
@@ -1855,10 +2195,50 @@ static void admin_process(struct client *cl)
 		b->start = b->scan = b->end = 0;
 		sbuf_release_buf(&cl->c);
 	}
+	if (s->stream.cmd)
+		event_add(&s->ev_drain, NULL);   /* the next batch once the socket takes more */
+	else if (s->wait == WAIT_NONE)
+		sbuf_resume(&cl->c);   /* reading stops when the buffer fills behind a held command */
 	if (s->check_shutdown) {
 		s->check_shutdown = false;
 		pgmux_check_shutdown(cl->c.w);
 	}
+}
+
+/* The socket can take more of a listing: what is left of the last batch goes, then the next
+ * batch is made.  One batch per wakeup, so a long listing never holds up the loop. */
+static void stream_next(evutil_socket_t fd, short what, void *arg)
+{
+	struct admin_session *s = arg;
+	struct client *cl = s->cl;
+	struct worker *w = cl->c.w;
+	w->now = pgmux_now();
+	if (!s->stream.cmd || cl->c.dead)
+		return;
+	if (cl->c.out.len) {
+		int r = sbuf_send_out(&cl->c);
+		if (r < 0) {
+			client_close(cl, "send failed", NULL);
+			return;
+		}
+		if (r > 0) {
+			event_add(&s->ev_drain, NULL);
+			return;
+		}
+	}
+	struct admin_ctx x = { .cl = cl, .w = w, .o = &cl->c.out, .cmd = s->stream.cmd, .arg = "",
+			       .simple = s->stream.simple, .phase = s->stream.phase,
+			       .after = s->stream.after };
+	enum admin_rc rc = finish(&x, x.cmd->run(&x));
+	if (rc == ADMIN_ERR && !x.simple)
+		s->skip_to_sync = true;
+	else if (rc != ADMIN_MORE && x.simple)
+		proto_ready(x.o, 'I');
+	if (cl->c.out.failed) {
+		client_close(cl, "out of memory for a console reply", NULL);
+		return;
+	}
+	admin_process(cl);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1885,6 +2265,9 @@ void admin_client_ready(struct client *cl)
 	}
 	s->cl = cl;
 	evtimer_assign(&s->ev_wait, w->base, wait_poll, s);
+	/* Beside the conn's own write event: this one is added only while a listing waits for
+	 * the socket to drain, and its callback sends before it makes more. */
+	event_assign(&s->ev_drain, w->base, cl->c.fd, EV_WRITE, stream_next, s);
 	cl->console = s;
 	cl->admin = admin;
 	stats_start(w);
@@ -1914,15 +2297,28 @@ void admin_on_data(struct client *cl)
 	admin_process(cl);
 }
 
+bool admin_uses_database(struct worker *w, const struct database *db)
+{
+	struct list *it;
+	for (it = w->cl_admin.next; it != &w->cl_admin; it = it->next) {
+		const struct admin_session *s = list_entry(it, struct client, node)->console;
+		if (s && s->wait != WAIT_NONE && s->wait_db == db)
+			return true;
+	}
+	return false;
+}
+
 void admin_client_gone(struct client *cl)
 {
 	struct admin_session *s = cl->console;
 	if (!s)
 		return;
 	event_del(&s->ev_wait);
+	event_del(&s->ev_drain);
 	for (int i = 0; i < ADMIN_MAX_STMTS; i++)
 		stmt_drop(s, i);
 	free(s->portal);
+	free(s->stream.order);
 	free(s);
 	cl->console = NULL;
 }

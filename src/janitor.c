@@ -133,6 +133,36 @@ static void sweep_servers(struct worker *w, uint64_t now, struct victims *sv, st
 	}
 }
 
+/* autodb_idle_timeout: a database made from the "*" entry whose pools have had no client and no
+ * server for that long is removed with its pools.  Each sweep marks the databases it sees in
+ * use, and each lookup by name (a login) marks its database too, so a client that comes and
+ * goes between two sweeps still counts.  A removed database is freed after the current
+ * callback, behind any dead client or server that still points at it. */
+static void sweep_autodbs(struct worker *w, uint64_t now)
+{
+	int64_t limit = w->cf->autodb_idle_timeout;
+	if (limit <= 0)
+		return;
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &w->pools) {
+		struct pool *p = list_entry(it, struct pool, node);
+		if (p->n_cl[CL_ACTIVE] || p->n_cl[CL_WAITING] || p->n_cl[CL_WAITING_LOGIN] ||
+		    pool_servers(p))
+			p->db->last_used = now;
+	}
+	size_t n = 0;
+	list_for_each_safe(it, tmp, &w->databases) {
+		struct database *db = list_entry(it, struct database, node);
+		if (db->from_wildcard && over(now, db->last_used, limit) && pool_database_removable(w, db)) {
+			log_debug("database %s removed: unused for autodb_idle_timeout", db->name);
+			pool_remove_database(w, db);
+			n++;
+		}
+	}
+	if (n)
+		log_info("autodb_idle_timeout: removed %zu unused database(s) made from the \"*\" entry", n);
+}
+
 static void grow_pools(struct worker *w)
 {
 	struct list *it, *tmp;
@@ -147,6 +177,7 @@ void janitor_run(struct worker *w)
 {
 	uint64_t now = w->now = pgmux_now();
 	struct victims cl = { 0 }, sv = { 0 }, check = { 0 };
+	sweep_autodbs(w, now);
 	sweep_clients(w, now, &cl);
 	sweep_servers(w, now, &sv, &check);
 	for (size_t i = 0; i < cl.n; i++) {

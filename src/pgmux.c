@@ -122,6 +122,11 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 			free(c);   /* a cancel request: its conn is its first member */
 		}
 	}
+	while (!list_empty(&w->db_reap)) {
+		struct database *db = list_entry(w->db_reap.next, struct database, node);
+		list_del(&db->node);
+		pool_free_database(db);
+	}
 }
 
 void pgmux_reap(struct worker *w, struct conn *c)
@@ -131,7 +136,52 @@ void pgmux_reap(struct worker *w, struct conn *c)
 	event_active(&w->ev_reap, EV_TIMEOUT, 0);
 }
 
+void pgmux_reap_database(struct worker *w, struct database *db)
+{
+	list_append(&w->db_reap, &db->node);
+	event_active(&w->ev_reap, EV_TIMEOUT, 0);
+}
+
 /* ---- listeners ---- */
+
+bool pgmux_accept_transient(int err)
+{
+	switch (err) {
+	case EAGAIN:
+#if EWOULDBLOCK != EAGAIN
+	case EWOULDBLOCK:
+#endif
+	case EINTR:
+	case ECONNABORTED:
+	/* accept(2): Linux passes on pending network errors of the new socket; retry. */
+	case EPROTO: case ENOPROTOOPT: case ENETDOWN: case ENETUNREACH: case EHOSTDOWN:
+	case EHOSTUNREACH: case ENONET: case EOPNOTSUPP:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* Sockets the PostgreSQL listener holds beyond max_client_conn: cancel requests and logins
+ * still arrive when every client slot is taken. */
+#define ACCEPT_SLACK 16
+
+/* A socket over the limit gets its refusal at once, before any startup packet: a fresh
+ * socket's send buffer takes the few bytes whole, so a plain non-blocking send does. */
+static void refuse_socket(int fd)
+{
+	struct pktbuf pb = { 0 };
+	proto_error(&pb, "FATAL", "53300", "no more connections allowed (max_client_conn)");
+	if (!pb.failed)
+		(void)!send(fd, pb.data, pb.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	pktbuf_free(&pb);
+	/* What already arrived (a startup packet) is read first: closing over unread bytes
+	 * sends a reset, which may discard the error before the client reads it. */
+	char junk[4096];
+	for (int i = 0; i < 4 && recv(fd, junk, sizeof(junk), MSG_DONTWAIT) > 0; i++)
+		;
+	close(fd);
+}
 
 static void on_accept(evutil_socket_t lfd, short what, void *arg)
 {
@@ -143,19 +193,24 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
 		socklen_t len = sizeof(ss);
 		int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-				/* The pending connection keeps the listener readable: stop polling it for
-				 * a second instead of spinning. */
-				log_warn("accept failed: %s; not accepting for 1 s", strerror(errno));
-				for (int k = 0; k < w->n_listen; k++)
-					event_del(&w->lev[k]);
-				struct timeval tv = { 1, 0 };
-				event_add(&w->ev_accept_retry, &tv);
-			} else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-				   errno != ECONNABORTED) {
-				log_warn("accept failed: %s", strerror(errno));
-			}
+			int err = errno;
+			if (err == EAGAIN || err == EWOULDBLOCK)
+				return;
+			if (pgmux_accept_transient(err))
+				continue;
+			/* Out of descriptors or memory (or worse): the pending connection keeps the
+			 * listener readable, so stop polling it for a second instead of spinning,
+			 * with one log line per pause. */
+			log_warn("accept failed: %s; not accepting for 1 s", strerror(err));
+			for (int k = 0; k < w->n_listen; k++)
+				event_del(&w->lev[k]);
+			struct timeval tv = { 1, 0 };
+			event_add(&w->ev_accept_retry, &tv);
 			return;
+		}
+		if ((int64_t)w->n_clients >= w->cf->max_client_conn + ACCEPT_SLACK) {
+			refuse_socket(fd);
+			continue;
 		}
 		client_accept(w, fd, (struct sockaddr *)&ss, len);
 	}
@@ -413,6 +468,7 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 	list_init(&w->databases);
 	list_init(&w->users);
 	list_init(&w->pools);
+	list_init(&w->db_reap);
 	list_init(&w->cl_login);
 	list_init(&w->cl_admin);
 	w->bufsize = cf->pkt_buf > SBUF_MIN_SIZE ? (uint32_t)cf->pkt_buf : SBUF_MIN_SIZE;

@@ -9,12 +9,15 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "admin.h"
 #include "client.h"
 #include "log.h"
+#include "namehash.h"
 #include "sbuf.h"
 #include "prepared.h"
 #include "route.h"
 #include "server.h"
+#include "stats.h"
 #include "tls.h"
 
 static bool str_eq(const char *a, const char *b)
@@ -22,37 +25,42 @@ static bool str_eq(const char *a, const char *b)
 	return (!a && !b) || (a && b && strcmp(a, b) == 0);
 }
 
+/* The name tables are made on first use; NULL when out of memory. */
+static struct namehash *table(struct namehash **slot)
+{
+	if (!*slot)
+		*slot = namehash_new();
+	return *slot;
+}
+
 struct database *pool_lookup_database(struct worker *w, const char *name, bool *known)
 {
-	struct list *it, *tmp;
-	*known = false;
-	list_for_each_safe(it, tmp, &w->databases) {
-		struct database *db = list_entry(it, struct database, node);
-		if (strcmp(db->name, name) == 0) {
-			*known = true;
-			return db->removed ? NULL : db;
-		}
-	}
-	return NULL;
+	struct database *db = w->db_names ? namehash_get(w->db_names, name) : NULL;
+	*known = db != NULL;
+	return db && !db->removed ? db : NULL;
 }
 
 struct database *pool_find_database(struct worker *w, const char *name)
 {
 	bool known;
 	struct database *found = pool_lookup_database(w, name, &known);
+	if (found)
+		found->last_used = pgmux_now();   /* a login, or the console naming it */
 	if (known)
 		return found;
 	const struct cfg_db *e = config_find_db(w->cf, name);
-	if (!e)
+	if (!e || !table(&w->db_names))
 		return NULL;
 	struct database *db = calloc(1, sizeof(*db));
 	if (!db)
 		return NULL;
 	db->name = strdup(name);
 	db->w = w;
+	db->id = ++w->next_id;
+	db->last_used = pgmux_now();
 	db->cf = config_db_dup(e);
 	db->from_wildcard = strcmp(e->name, "*") == 0 && strcmp(name, "*") != 0;
-	if (!db->name || !db->cf) {
+	if (!db->name || !db->cf || !namehash_put(w->db_names, db->name, db)) {
 		free(db->name);
 		config_db_free(db->cf);
 		free(db);
@@ -64,14 +72,15 @@ struct database *pool_find_database(struct worker *w, const char *name)
 
 static struct user *find_user(struct worker *w, const char *name)
 {
-	struct list *it, *tmp;
-	list_for_each_safe(it, tmp, &w->users) {
-		struct user *u = list_entry(it, struct user, node);
-		if (strcmp(u->name, name) == 0)
-			return u;
-	}
-	struct user *u = calloc(1, sizeof(*u));
-	if (!u || !(u->name = strdup(name))) {
+	if (!table(&w->user_names))
+		return NULL;
+	struct user *u = namehash_get(w->user_names, name);
+	if (u)
+		return u;
+	u = calloc(1, sizeof(*u));
+	if (!u || !(u->name = strdup(name)) || !namehash_put(w->user_names, u->name, u)) {
+		if (u)
+			free(u->name);
 		free(u);
 		return NULL;
 	}
@@ -81,17 +90,15 @@ static struct user *find_user(struct worker *w, const char *name)
 
 struct pool *pool_get(struct worker *w, struct database *db, const char *user)
 {
-	struct list *it, *tmp;
-	list_for_each_safe(it, tmp, &w->pools) {
-		struct pool *p = list_entry(it, struct pool, node);
-		if (p->db == db && strcmp(p->user->name, user) == 0)
-			return p;
-	}
-	struct user *u = find_user(w, user);
-	struct pool *p = u ? calloc(1, sizeof(*p)) : NULL;
+	struct pool *p = db->pools ? namehash_get(db->pools, user) : NULL;
+	if (p)
+		return p;
+	struct user *u = table(&db->pools) ? find_user(w, user) : NULL;
+	p = u ? calloc(1, sizeof(*p)) : NULL;
 	if (!p)
 		return NULL;
 	p->w = w;
+	p->id = ++w->next_id;
 	p->db = db;
 	p->user = u;
 	list_init(&p->sv_login);
@@ -102,8 +109,75 @@ struct pool *pool_get(struct worker *w, struct database *db, const char *user)
 	list_init(&p->cl_active);
 	list_init(&p->cl_waiting);
 	list_init(&p->cl_waiting_login);
+	/* keyed by the user object's name, which lives as long as the worker */
+	if (!namehash_put(db->pools, u->name, p)) {
+		free(p);
+		return NULL;
+	}
 	list_append(&w->pools, &p->node);
 	return p;
+}
+
+/* ---- removing databases (autodb_idle_timeout) ---- */
+
+static void pool_unused(void *val, void *arg)
+{
+	const struct pool *p = val;
+	if (p->n_cl[CL_ACTIVE] || p->n_cl[CL_WAITING] || p->n_cl[CL_WAITING_LOGIN] || pool_servers(p))
+		*(bool *)arg = false;
+}
+
+bool pool_database_removable(struct worker *w, const struct database *db)
+{
+	/* Routed names and backends are the route layer's; a paused or disabled one would come
+	 * back without its console state; an address lookup in flight holds the pointer. */
+	if (!db->from_wildcard || db->cluster || db->be || db->paused || db->disabled ||
+	    db->resolving || db->n_servers || admin_uses_database(w, db))
+		return false;
+	bool unused = true;
+	if (db->pools)
+		namehash_each(db->pools, pool_unused, &unused);
+	return unused;
+}
+
+static void pool_unlink(void *val, void *arg)
+{
+	struct pool *p = val;
+	list_del(&p->node);
+	stats_pool_gone(arg, p);
+}
+
+void pool_remove_database(struct worker *w, struct database *db)
+{
+	namehash_del(w->db_names, db->name);
+	list_del(&db->node);
+	if (db->pools)
+		namehash_each(db->pools, pool_unlink, w);
+	stats_database_gone(w, db);
+	/* Clients and servers closed earlier in this callback may still point at its pools until
+	 * the reaper frees them; the database goes after them. */
+	pgmux_reap_database(w, db);
+}
+
+/* Pools are keyed by their user's name, which outlives them: freeing one leaves the table
+ * walkable. */
+static void pool_free(void *val, void *arg)
+{
+	struct pool *p = val;
+	pktbuf_free(&p->welcome);
+	varcache_clear(&((struct worker *)arg)->vars, &p->defaults);
+	free(p);
+}
+
+void pool_free_database(struct database *db)
+{
+	if (db->pools)
+		namehash_each(db->pools, pool_free, db->w);
+	namehash_free(db->pools);
+	tls_db_free(db);
+	config_db_free(db->cf);
+	free(db->name);
+	free(db);
 }
 
 bool pool_db_match(const struct database *target, const struct database *db)

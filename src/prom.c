@@ -1,27 +1,60 @@
-/* prom.c: the optional Prometheus endpoint (stats_listen): GET /metrics in the text exposition format, over evhttp. */
+/* prom.c: the optional Prometheus endpoint (stats_listen): GET /metrics in the text exposition format,
+ * served by a small HTTP/1.1 responder whose connections are bounded in number, size and time. */
 #include "prom.h"
 
-#include <event2/buffer.h>
-#include <event2/http.h>
 #include <errno.h>
-#include <event2/keyvalq_struct.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
 #include <inttypes.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "pool.h"
 #include "stats.h"
 
-/* A scrape is one small request: anything bigger, or slower, is dropped by evhttp. */
-#define PROM_TIMEOUT_SEC 10
-#define PROM_MAX_HEADERS 8192
-#define PROM_MAX_BODY 4096
+/* The endpoint has no authentication, so whoever reaches it must not be able to take much:
+ * a scrape is one small request answered on a connection that then closes. */
+#define PROM_MAX_CONNS 64               /* open at once; more are closed at accept */
+#define PROM_REQ_MAX 8192               /* the request line and headers */
+#define PROM_READ_TIMEOUT_SEC 5         /* to send the whole request head */
+#define PROM_WRITE_TIMEOUT_SEC 10       /* for the reply to make any progress */
+#define PROM_LIFETIME_USEC 60000000u    /* a connection's whole life: a trickling reader ends */
+#define PROM_LINGER_SEC 2               /* after the reply: what the client still sends is read */
+#define PROM_LINGER_MAX 65536           /* ... up to this much, so that close sends no reset */
+#define PROM_ACCEPT_BATCH 16            /* accepts per wakeup */
+#define PROM_ACCEPT_PAUSE_SEC 1         /* out of descriptors: accepting stops this long */
+#define PROM_REFUSED_LOG_USEC 10000000u /* connections over the cap: one log line per 10 s */
+
+enum prom_conn_state { PC_READ, PC_WRITE, PC_LINGER };
+
+/* One HTTP connection; its memory is bounded by PROM_REQ_MAX plus one reply. */
+struct prom_conn {
+	struct list node;
+	struct prom *pr;
+	int fd;
+	enum prom_conn_state state;
+	struct event ev_io;             /* read in PC_READ and PC_LINGER, write in PC_WRITE */
+	struct event ev_timer;          /* the deadline of the current state */
+	struct evbuffer *out;           /* the reply */
+	size_t len;                     /* request bytes in req (PC_READ), or bytes drained */
+	uint64_t born;                  /* pgmux_now() at accept */
+	char req[PROM_REQ_MAX];
+};
 
 struct prom {
 	struct worker *w;
-	struct evhttp *http;
+	int lfd;
+	struct event ev_listen;
+	struct event ev_retry;          /* accepting resumes after an EMFILE pause */
+	struct list conns;
+	int n_conns;
+	uint64_t refused;               /* closed over the cap since the last log line */
+	uint64_t refused_logged;        /* pgmux_now() of that line */
 };
 
 /* One endpoint per process, like the console: the figures it serves cover the whole pooler. */
@@ -311,36 +344,304 @@ out:
 
 /* ---- HTTP ------------------------------------------------------------------------------------ */
 
-static void on_request(struct evhttp_request *req, void *arg)
+static void conn_io(evutil_socket_t fd, short what, void *arg);
+
+/* The one teardown path of a connection. */
+static void conn_close(struct prom_conn *pc)
 {
-	struct prom *pr = arg;
-	struct worker *w = pr->w;
-	w->now = pgmux_now();
-	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-	if (!path || strcmp(path, "/metrics") != 0) {
-		evhttp_send_error(req, HTTP_NOTFOUND, "Not Found: pgmux serves /metrics only");
+	event_del(&pc->ev_io);
+	event_del(&pc->ev_timer);
+	close(pc->fd);
+	if (pc->out)
+		evbuffer_free(pc->out);
+	list_del(&pc->node);
+	pc->pr->n_conns--;
+	free(pc);
+}
+
+static void conn_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	conn_close(arg);
+}
+
+/* Arms the deadline: timeout_sec from now, but never past the connection's lifetime. */
+static void conn_deadline(struct prom_conn *pc, int timeout_sec)
+{
+	uint64_t now = pgmux_now(), end = pc->born + PROM_LIFETIME_USEC;
+	uint64_t us = (uint64_t)timeout_sec * 1000000u;
+	if (now + us > end)
+		us = end > now ? end - now : 0;
+	struct timeval tv = { (time_t)(us / 1000000u), (suseconds_t)(us % 1000000u) };
+	evtimer_add(&pc->ev_timer, &tv);
+}
+
+/* Enters a state: the I/O event it waits for and its deadline. */
+static void conn_state(struct prom_conn *pc, enum prom_conn_state st, int timeout_sec)
+{
+	event_del(&pc->ev_io);
+	pc->state = st;
+	event_assign(&pc->ev_io, pc->pr->w->base, pc->fd, (st == PC_WRITE ? EV_WRITE : EV_READ) | EV_PERSIST,
+		     conn_io, pc);
+	event_add(&pc->ev_io, NULL);
+	conn_deadline(pc, timeout_sec);
+}
+
+/* Sends what it can of the reply; once it is all out, the write side closes and what the
+ * client still sends is read for a moment, so that the close cannot reset the reply away. */
+static void conn_write(struct prom_conn *pc)
+{
+	while (evbuffer_get_length(pc->out)) {
+		int n = evbuffer_write(pc->out, pc->fd);
+		if (n > 0) {
+			conn_deadline(pc, PROM_WRITE_TIMEOUT_SEC);   /* progress: slow is not dead */
+			continue;
+		}
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+			return;
+		conn_close(pc);
 		return;
 	}
-	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-	if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
-		evhttp_send_error(req, 405, "Method Not Allowed");
+	shutdown(pc->fd, SHUT_WR);
+	pc->len = 0;
+	conn_state(pc, PC_LINGER, PROM_LINGER_SEC);
+}
+
+/* Queues a complete reply (status line, headers, body unless head_only) and starts sending. */
+static void reply(struct prom_conn *pc, int code, const char *reason, const char *extra_headers,
+		  const char *ctype, struct evbuffer *body, bool head_only)
+{
+	evbuffer_add_printf(pc->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+			    "Connection: close\r\n%s\r\n", code, reason, ctype,
+			    evbuffer_get_length(body), extra_headers ? extra_headers : "");
+	if (!head_only)
+		evbuffer_add_buffer(pc->out, body);
+	conn_state(pc, PC_WRITE, PROM_WRITE_TIMEOUT_SEC);
+	conn_write(pc);
+}
+
+static void reply_error(struct prom_conn *pc, int code, const char *reason, const char *detail,
+			const char *extra_headers, bool head_only)
+{
+	struct evbuffer *b = evbuffer_new();
+	if (!b) {
+		conn_close(pc);
+		return;
+	}
+	evbuffer_add_printf(b, "%d %s%s%s\n", code, reason, detail ? ": " : "", detail ? detail : "");
+	reply(pc, code, reason, extra_headers, "text/plain; charset=utf-8", b, head_only);
+	evbuffer_free(b);
+}
+
+/* The path of a request target: origin form ("/metrics?x=1") or absolute form
+ * ("http://host:port/metrics"), without query or fragment.  Sets *len. */
+static const char *target_path(const char *t, size_t tlen, size_t *len)
+{
+	const char *end = t + tlen;
+	const char *scheme = memchr(t, ':', tlen);
+	if (t < end && *t != '/' && scheme && end - scheme >= 3 && scheme[1] == '/' && scheme[2] == '/') {
+		const char *slash = memchr(scheme + 3, '/', (size_t)(end - scheme - 3));
+		t = slash ? slash : end;
+	}
+	size_t n = 0;
+	while (t + n < end && t[n] != '?' && t[n] != '#')
+		n++;
+	*len = n;
+	return t;
+}
+
+static bool token_is(const char *t, size_t n, const char *word)
+{
+	return n == strlen(word) && memcmp(t, word, n) == 0;
+}
+
+/* The request head is complete in pc->req[0, head_len): answer it. */
+static void handle_request(struct prom_conn *pc, size_t head_len)
+{
+	const char *line = pc->req;
+	const char *eol = memchr(line, '\n', head_len);
+	size_t n = (size_t)(eol - line);
+	if (n && line[n - 1] == '\r')
+		n--;
+	/* METHOD SP target SP HTTP/1.x */
+	const char *sp1 = memchr(line, ' ', n);
+	const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(line + n - sp1 - 1)) : NULL;
+	bool ok = sp1 && sp2 && sp1 > line && sp2 > sp1 + 1;
+	size_t mlen = ok ? (size_t)(sp1 - line) : 0;
+	for (size_t i = 0; ok && i < mlen; i++)
+		ok = line[i] >= 'A' && line[i] <= 'Z';
+	if (ok) {
+		size_t vlen = (size_t)(line + n - sp2 - 1);
+		ok = vlen == 8 && memcmp(sp2 + 1, "HTTP/1.", 7) == 0 && sp2[8] >= '0' && sp2[8] <= '9';
+	}
+	if (!ok) {
+		reply_error(pc, 400, "Bad Request", NULL, NULL, false);
+		return;
+	}
+	bool head = token_is(line, mlen, "HEAD");
+	size_t plen;
+	const char *path = target_path(sp1 + 1, (size_t)(sp2 - sp1 - 1), &plen);
+	if (!token_is(path, plen, "/metrics")) {
+		reply_error(pc, 404, "Not Found", "pgmux serves /metrics only", NULL, head);
+		return;
+	}
+	if (!head && !token_is(line, mlen, "GET")) {
+		reply_error(pc, 405, "Method Not Allowed", NULL, "Allow: GET, HEAD\r\n", false);
 		return;
 	}
 	struct evbuffer *b = evbuffer_new();
-	if (!b || !render(w, b)) {
+	if (!b || !render(pc->pr->w, b)) {
 		if (b)
 			evbuffer_free(b);
-		evhttp_send_error(req, HTTP_INTERNAL, "out of memory");
+		reply_error(pc, 500, "Internal Server Error", "out of memory", NULL, head);
 		return;
 	}
-	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-			  "text/plain; version=0.0.4; charset=utf-8");
-	/* evhttp queues the reply in the connection's buffer: a slow reader never blocks the loop,
-	 * and the connection timeout drops one that stops reading. */
-	evhttp_send_reply(req, HTTP_OK, "OK", b);
+	reply(pc, 200, "OK", NULL, "text/plain; version=0.0.4; charset=utf-8", b, head);
 	evbuffer_free(b);
+}
+
+/* Where the request head ends (after its blank line) in req[0, len), or 0 while incomplete. */
+static size_t head_end(const char *req, size_t len, size_t from)
+{
+	for (size_t i = from > 3 ? from - 3 : 0; i < len; i++) {
+		if (req[i] != '\n')
+			continue;
+		if (i + 1 < len && req[i + 1] == '\n')
+			return i + 2;
+		if (i + 2 < len && req[i + 1] == '\r' && req[i + 2] == '\n')
+			return i + 3;
+	}
+	return 0;
+}
+
+static void conn_io(evutil_socket_t fd, short what, void *arg)
+{
+	struct prom_conn *pc = arg;
+	pc->pr->w->now = pgmux_now();
+	if (pc->state == PC_WRITE) {
+		conn_write(pc);
+		return;
+	}
+	char junk[4096];
+	char *dst = pc->state == PC_READ ? pc->req + pc->len : junk;
+	size_t room = pc->state == PC_READ ? sizeof(pc->req) - pc->len : sizeof(junk);
+	ssize_t n = recv(fd, dst, room, 0);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return;
+	if (n <= 0) {
+		conn_close(pc);
+		return;
+	}
+	size_t before = pc->len;
+	pc->len += (size_t)n;
+	if (pc->state == PC_LINGER) {
+		if (pc->len > PROM_LINGER_MAX)
+			conn_close(pc);
+		return;
+	}
+	size_t end = head_end(pc->req, pc->len, before);
+	if (end)
+		handle_request(pc, end);
+	else if (pc->len == sizeof(pc->req))
+		reply_error(pc, 431, "Request Header Fields Too Large", "the limit is 8192 bytes", NULL, false);
+}
+
+static void conn_new(struct prom *pr, int fd)
+{
+	struct prom_conn *pc = calloc(1, sizeof(*pc));
+	if (!pc || !(pc->out = evbuffer_new())) {
+		free(pc);
+		close(fd);
+		return;
+	}
+	pc->pr = pr;
+	pc->fd = fd;
+	pc->born = pgmux_now();
+	list_append(&pr->conns, &pc->node);
+	pr->n_conns++;
+	evtimer_assign(&pc->ev_timer, pr->w->base, conn_timeout, pc);
+	conn_state(pc, PC_READ, PROM_READ_TIMEOUT_SEC);
+}
+
+static void accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+	struct prom *pr = arg;
+	event_add(&pr->ev_listen, NULL);
+}
+
+static void note_refused(struct prom *pr, uint64_t now)
+{
+	pr->refused++;
+	if (pr->refused_logged && now - pr->refused_logged < PROM_REFUSED_LOG_USEC)
+		return;
+	log_warn("stats_listen: %" PRIu64 " connection(s) closed at accept: %d are open, the limit",
+		 pr->refused, PROM_MAX_CONNS);
+	pr->refused = 0;
+	pr->refused_logged = now;
+}
+
+static void on_accept(evutil_socket_t lfd, short what, void *arg)
+{
+	struct prom *pr = arg;
+	uint64_t now = pr->w->now = pgmux_now();
+	for (int i = 0; i < PROM_ACCEPT_BATCH; i++) {
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			int err = errno;
+			if (err == EAGAIN || err == EWOULDBLOCK)
+				return;
+			if (pgmux_accept_transient(err))
+				continue;
+			/* The pending connection keeps the listener readable: polling it again at
+			 * once would spin, so it rests a second, with one log line per rest. */
+			log_warn("stats_listen: accept failed: %s; not accepting for %d s", strerror(err),
+				 PROM_ACCEPT_PAUSE_SEC);
+			event_del(&pr->ev_listen);
+			struct timeval tv = { PROM_ACCEPT_PAUSE_SEC, 0 };
+			evtimer_add(&pr->ev_retry, &tv);
+			return;
+		}
+		if (pr->n_conns >= PROM_MAX_CONNS) {
+			close(fd);
+			note_refused(pr, now);
+			continue;
+		}
+		conn_new(pr, fd);
+	}
+}
+
+/* A listening socket on the first address of host:port that binds; -1 with *err set. */
+static int listen_on(const char *host, int port, int backlog, int *err, const char **gai)
+{
+	struct addrinfo hints = { 0 }, *res, *ai;
+	char portstr[16];
+	snprintf(portstr, sizeof(portstr), "%d", port);
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE;
+	*err = 0;
+	*gai = NULL;
+	int rc = getaddrinfo(host, portstr, &hints, &res);
+	if (rc != 0) {
+		*gai = gai_strerror(rc);
+		return -1;
+	}
+	int fd = -1;
+	for (ai = res; ai && fd < 0; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			*err = errno;
+			continue;
+		}
+		int on = 1;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
+			*err = errno;
+			close(fd);
+			fd = -1;
+		}
+	}
+	freeaddrinfo(res);
+	return fd;
 }
 
 int prom_start(struct worker *w)
@@ -354,29 +655,26 @@ int prom_start(struct worker *w)
 		log_error("stats_listen = %s: %s", listen, why);
 		return -1;
 	}
+	int err;
+	const char *gai;
+	int fd = listen_on(host, port, (int)w->cf->listen_backlog, &err, &gai);
+	if (fd < 0) {
+		log_error("stats_listen = %s: cannot listen there: %s", listen,
+			  gai ? gai : err ? strerror(err) : "cannot resolve or bind the address");
+		return -1;
+	}
 	struct prom *pr = calloc(1, sizeof(*pr));
-	if (!pr || !(pr->http = evhttp_new(w->base))) {
-		free(pr);
+	if (!pr) {
+		close(fd);
 		log_error("stats_listen: out of memory");
 		return -1;
 	}
 	pr->w = w;
-	evhttp_set_timeout(pr->http, PROM_TIMEOUT_SEC);
-	evhttp_set_max_headers_size(pr->http, PROM_MAX_HEADERS);
-	evhttp_set_max_body_size(pr->http, PROM_MAX_BODY);
-	/* every method reaches on_request, which answers 405 to all but GET and HEAD */
-	evhttp_set_allowed_methods(pr->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-				   EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
-				   EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
-	evhttp_set_gencb(pr->http, on_request, pr);
-	if (!evhttp_bind_socket_with_handle(pr->http, host, (ev_uint16_t)port)) {
-		int err = errno;
-		log_error("stats_listen = %s: cannot listen there: %s", listen,
-			  err ? strerror(err) : "cannot resolve or bind the address");
-		evhttp_free(pr->http);
-		free(pr);
-		return -1;
-	}
+	pr->lfd = fd;
+	list_init(&pr->conns);
+	event_assign(&pr->ev_listen, w->base, fd, EV_READ | EV_PERSIST, on_accept, pr);
+	evtimer_assign(&pr->ev_retry, w->base, accept_resume, pr);
+	event_add(&pr->ev_listen, NULL);
 	prom_state = pr;
 	log_info("serving Prometheus metrics on http://%s/metrics", listen);
 	return 0;
@@ -387,7 +685,11 @@ void prom_stop(struct worker *w)
 	struct prom *pr = prom_state;
 	if (!pr || pr->w != w)
 		return;
-	evhttp_free(pr->http);
+	while (!list_empty(&pr->conns))
+		conn_close(list_entry(pr->conns.next, struct prom_conn, node));
+	event_del(&pr->ev_listen);
+	event_del(&pr->ev_retry);
+	close(pr->lfd);
 	free(pr);
 	prom_state = NULL;
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "namehash.h"
 #include "pool.h"
 
 /* One-second samples of peak sv_active kept per pool: the "last minute". */
@@ -59,15 +60,23 @@ void stats_add_pool(struct stats *s, const struct pool *p)
 #undef STATS_ADD
 }
 
+static void add_pool_cb(void *p, void *out)
+{
+	stats_add_pool(out, p);
+}
+
 void stats_total(struct worker *w, const struct database *db, struct stats *out)
 {
 	memset(out, 0, sizeof(*out));
-	struct list *it, *tmp;
-	list_for_each_safe(it, tmp, &w->pools) {
-		struct pool *p = list_entry(it, struct pool, node);
-		if (!db || p->db == db)
-			stats_add_pool(out, p);
+	if (db) {
+		/* its own pools only: a listing of every database stays linear in pools */
+		if (db->pools)
+			namehash_each(db->pools, add_pool_cb, out);
+		return;
 	}
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &w->pools)
+		stats_add_pool(out, list_entry(it, struct pool, node));
 }
 
 static uint64_t delta(const struct stats *cur, const struct stats *old, int f)
@@ -221,6 +230,18 @@ void stats_pool_gone(struct worker *w, const struct pool *p)
 			free(st->sat[i]);
 			memmove(&st->sat[i], &st->sat[i + 1], (st->nsat - i - 1) * sizeof(st->sat[0]));
 			st->nsat--;
+			return;
+		}
+}
+
+void stats_database_gone(struct worker *w, const struct database *db)
+{
+	struct stats_state *st = w->stats;
+	if (!st || !db)
+		return;
+	for (size_t i = 0; i < st->n; i++)
+		if (st->e[i].db == db) {
+			st->e[i] = st->e[--st->n];   /* entries are found by pointer: order is free */
 			return;
 		}
 }
