@@ -33,6 +33,7 @@ struct cluster;
 struct backend;
 struct route_set;
 struct route_fanout;
+struct sp_client;
 struct retry_buf;
 struct verdict_cache;
 struct sqlscan_funcs;
@@ -172,6 +173,7 @@ struct client {
 	int16_t rt_be;                      /* backend of the current transaction, -1 none */
 	int16_t rt_shard;                   /* its shard */
 	bool rt_prepare_only;               /* it only prepared: a Bind may move it to its shard */
+	bool rt_routed;                     /* the message being read chose its link (unchecked) */
 	int16_t rt_avoid;                   /* backend that just lost this client's read */
 	uint16_t verdict_memo;              /* verdict cache slot of its last statement text */
 	uint64_t ryw_lsn;                   /* its last commit's WAL position (read your writes) */
@@ -180,6 +182,7 @@ struct client {
 	uint32_t retry_len;
 	bool retry_sent;                    /* the saved batch has gone out whole */
 	struct route_fanout *fo;            /* a read running on every shard in turn */
+	struct sp_client *sp;               /* statements it parsed, for their Binds' shard keys */
 	uint8_t *deferred;                  /* a BEGIN not yet sent: its first statement routes */
 	uint32_t deferred_len;
 	bool has_user_id;                   /* SET pgmux.user_id */

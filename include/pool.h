@@ -39,6 +39,8 @@ int pool_servers(const struct pool *p);
 int pool_min_size(const struct pool *p);
 int pool_reserve(const struct pool *p);
 const char *pool_server_user(const struct pool *p);
+/* A ParameterStatus value the pool's servers greeted with (server_encoding, ...), or NULL. */
+const char *pool_parameter(const struct pool *p, const char *name);
 const char *pool_server_dbname(const struct pool *p);
 
 /* A logged-in client needs the greeting: now if known, else after a server logs in. */

@@ -10,6 +10,7 @@ enum be_role { ROLE_UNKNOWN = 0, ROLE_PRIMARY, ROLE_REPLICA };
 enum rt_pref { RT_AUTO = 0, RT_PRIMARY, RT_REPLICA };
 
 struct monitor;
+struct sp_cache;
 
 /* One server of a cluster: a primary or replica line, with what the monitor last saw. */
 struct backend {
@@ -44,6 +45,7 @@ struct cluster {
 	int *rd_idx;                /* replicas that may take reads, shard by shard */
 	int *rd_start;              /* per shard: where its replicas start in rd_idx (n_shards + 1) */
 	struct list sets;           /* route_set per user */
+	struct sp_cache *sp_cache;  /* statements read for their shard keys (shardplan.c) */
 	bool removed;
 };
 

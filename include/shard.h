@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "shardplan.h"
 #include "sqlscan.h"
 
 struct client;
@@ -15,6 +16,7 @@ enum {
 	SHARD_MULTI = -2,       /* the statement's keys point to several shards */
 	SHARD_BAD = -3,         /* a key or hint that is not a valid value */
 	SHARD_PREPARE = -4,     /* a Parse batch that runs nothing: any shard may prepare it */
+	SHARD_REFUSE = -5,      /* never routed by key: the sp_eval says why */
 };
 
 /* Longest text key taken from a string literal (bytes after unescaping); longer is SHARD_BAD.
@@ -22,13 +24,14 @@ enum {
 #define SHARD_TEXT_LITERAL_MAX 1024
 
 /* The shard for a message at the start of a transaction (or inside one): msg holds `avail`
- * bytes starting with its header, total is its length.  r and sql describe its statement when
- * the caller could classify it (NULL otherwise).  Order: a hint comment, the session's SET
- * pgmux.shard / pgmux.user_id, then the key column's values in the statement, with $n taken
- * from the Bind that follows a Parse in the same batch (or from the Bind itself).  Keys are
- * read as the cluster's shard_key_type (SHARDKEY_*). */
+ * bytes starting with its header, total is its length.  r is the classifier's reading of its
+ * text (hint comments), NULL when there is none.  The statement's own keys (PostgreSQL's parse
+ * of it, shardplan.c) decide; a hint comment or the session's SET pgmux.shard / pgmux.user_id
+ * only place statements without a key, and refuse (SHARD_REFUSE) when they contradict it.
+ * e gets the details: why a refusal, whether the statements touch no table (utility), whether
+ * a keyless read may fan out.  Keys are read as the cluster's shard_key_type. */
 int shard_for(struct client *cl, char type, const uint8_t *msg, uint32_t total, uint32_t avail,
-	      const struct sqlscan_result *r, const char *sql, size_t len);
+	      const struct sqlscan_result *r, struct sp_eval *e);
 
 /* Parameter n (1-based) of a Bind message body (after the 5-byte header): *val and *len give
  * its bytes (pointing into body) and *fmt its format code (0 text, 1 binary).  1 found, 0 NULL

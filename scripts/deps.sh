@@ -9,8 +9,10 @@ PACKAGES=(
 	libevent-dev libpq-dev libssl-dev libinih-dev libcmocka-dev
 	# sanitizers and libFuzzer
 	clang libclang-rt-14-dev
-	# the SQL classifier's cross-check against PostgreSQL's own parser (tests only)
-	libpg-query-dev
+	# PostgreSQL's own grammar (libpg_query): the shard-key analysis, and the classifier's
+	# cross-check; its parse trees come as protobuf-c messages, whose header is in
+	# libprotobuf-c-dev (the runtime itself is inside libpg_query)
+	libpg-query-dev libprotobuf-c-dev
 	# integration tests: PostgreSQL 15, the reference pooler, clients
 	postgresql-15 postgresql-contrib postgresql-client-15 pgbouncer
 	python3 python3-psycopg python3-asyncpg

@@ -611,6 +611,7 @@ static void forward_loop(struct client *cl)
 	struct iobuf *b = c->in;
 	const struct config *cf = c->w->cf;
 
+	bool rewritten = false;   /* the message at scan is pgmux's rewrite of a refused one */
 	while (b && b->scan < b->end) {
 		if (c->pkt_left) {
 			uint32_t n = b->end - b->scan;
@@ -677,6 +678,7 @@ static void forward_loop(struct client *cl)
 			uint64_t now = c->w->now;
 			cl->last_active = now;
 			cl->wait_start = now;
+			cl->rt_routed = cl->rs != NULL;   /* this message chose the link: not checked */
 			pool_acquire(cl);
 			if (c->dead || !cl->link)
 				return;   /* queued: client_linked() resumes this loop */
@@ -696,13 +698,21 @@ static void forward_loop(struct client *cl)
 			b = c->in;
 			continue;   /* unlinked: the Bind routes to its own shard */
 		}
-		if (cl->rs && cl->link->tx != 'I' && (type == 'Q' || type == 'P' || type == 'B') &&
-		    cl->rs->cl->n_shards > 1 && route_check_shard(cl, type, h, total, avail)) {
+		/* Every statement on a link bound to a shard (a transaction, a batch up to its
+		 * Sync, a session) is checked against it, except the one that just chose it and
+		 * pgmux's own rewrite of a refused one. */
+		if (cl->rs && !cl->rt_routed && !rewritten && !cl->fo &&
+		    (type == 'Q' || type == 'P' || type == 'B') &&
+		    cl->rs->cl->n_shards > 1 &&
+		    (cl->link->tx != 'I' || cl->expect_z || cl->sync_pending || cl->rs->session) &&
+		    route_check_shard(cl, type, h, total, avail)) {
 			if (c->dead)
 				return;
 			b = c->in;
-			continue;   /* the message was rewritten: read it again */
+			rewritten = true;
+			continue;   /* the message was rewritten into one that fails: forward it */
 		}
+		cl->rt_routed = rewritten = false;
 		if (cl->retry) {
 			/* Only a lone batch can run again: anything pipelined after it cancels that. */
 			if (cl->retry_sent)

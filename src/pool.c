@@ -234,6 +234,23 @@ const char *pool_server_user(const struct pool *p)
 	return p->db->cf->user ? p->db->cf->user : p->user->name;
 }
 
+const char *pool_parameter(const struct pool *p, const char *name)
+{
+	const uint8_t *m = p->welcome.data, *end = m ? m + p->welcome.len : NULL;
+	while (m && m + PROTO_HDR <= end) {
+		uint32_t len = proto_get32(m + 1);
+		if (len < 4 || len > (size_t)(end - m) - 1)
+			break;
+		const uint8_t *q = m + PROTO_HDR, *qend = m + 1 + len;
+		const char *k = proto_get_str(&q, qend);
+		const char *v = k ? proto_get_str(&q, qend) : NULL;
+		if (k && v && strcmp(k, name) == 0)
+			return v;
+		m = qend;
+	}
+	return NULL;
+}
+
 const char *pool_server_dbname(const struct pool *p)
 {
 	return p->db->cf->dbname ? p->db->cf->dbname : p->db->name;

@@ -16,6 +16,7 @@
 #include "sbuf.h"
 #include "server.h"
 #include "shard.h"
+#include "shardplan.h"
 #include "sqlscan.h"
 #include "verdict.h"
 
@@ -325,6 +326,7 @@ void route_shutdown(struct worker *w)
 		free(c->rd_start);
 		free(c->shard_key);
 		free(c->shard_keyed);
+		shardplan_cache_free(c->sp_cache);
 		free(c->name);
 		free(c);
 		db->cluster = NULL;
@@ -729,10 +731,20 @@ static enum route_result refuse(struct client *cl, char type, uint32_t total, co
 }
 
 /* Why a statement of a sharded database found no single shard, and what to do about it. */
-static void shard_message(const struct cluster *c, int why, bool write, char *msg, size_t len)
+static void shard_message(const struct cluster *c, int why, bool write, const struct sp_eval *e,
+			  char *msg, size_t len)
 {
 	const char *key = c->shard_key ? c->shard_key : "the shard key";
-	if (why == SHARD_MULTI)
+	char at[32] = "";
+	if (e && e->pos > 0)
+		snprintf(at, sizeof(at), " (statement %d)", e->pos);
+	if (why == SHARD_REFUSE && e && e->why)
+		snprintf(msg, len, "pgmux: cannot route by %s on sharded database \"%s\"%s: %s", key,
+			 c->name, at, e->why);
+	else if (why == SHARD_BAD && e && e->why)
+		snprintf(msg, len, "pgmux: the shard key value%s cannot be read as the server will "
+			 "read it: %s", at, e->why);
+	else if (why == SHARD_MULTI)
 		snprintf(msg, len, "pgmux: this statement's %s values belong to several shards of "
 			 "database \"%s\"; send one statement per shard (cross-shard statements are "
 			 "not supported%s)", key, c->name,
@@ -981,24 +993,6 @@ static enum route_result end_deferred(struct client *cl, char type, uint32_t tot
 	return reply_out(cl, total);
 }
 
-/* Statements that read or write no table: they run on any shard when they name none. */
-static bool no_table(const char *sql, size_t len)
-{
-	static const char *const words[] = { "set", "reset", "show", "discard", "deallocate",
-					     "commit", "rollback", "end", "abort", "listen",
-					     "unlisten" };
-	size_t i = 0;
-	while (i < len && (sql[i] == ' ' || sql[i] == '\t' || sql[i] == '\n' || sql[i] == '\r'))
-		i++;
-	size_t j = i;
-	while (j < len && ((sql[j] | 0x20) >= 'a' && (sql[j] | 0x20) <= 'z'))
-		j++;
-	for (size_t k = 0; k < sizeof(words) / sizeof(words[0]); k++)
-		if (strlen(words[k]) == j - i && !strncasecmp(sql + i, words[k], j - i))
-			return true;
-	return false;
-}
-
 /* ---- the choice --------------------------------------------------------------------------- */
 
 /* The statement text of a message, when pgmux can see it whole. */
@@ -1088,6 +1082,23 @@ static uint32_t retry_span(struct client *cl, const uint8_t *h, uint32_t avail, 
 	return 0;
 }
 
+/* A Parse keyed by $n arrived without a Bind behind it in the buffer: true when the rest of
+ * its batch is still arriving (gathered now), so routing waits for the Bind.  A Sync or Flush
+ * first means the client waits for answers before it binds (asyncpg): route now. */
+static bool bind_on_its_way(struct client *cl, const uint8_t *h, uint32_t avail)
+{
+	uint32_t off = proto_get32(h + 1) + 1;
+	while (off + PROTO_HDR <= avail) {
+		char t = (char)h[off];
+		uint32_t len = proto_get32(h + off + 1);
+		if (t == 'S' || t == 'H' || t == 'B' || len < 4 || len > avail - off - 1)
+			return false;   /* decided, or malformed: the forwarding loop says so */
+		off += len + 1;
+	}
+	uint32_t need = off + PROTO_HDR <= avail ? off + proto_get32(h + off + 1) + 1 : off + PROTO_HDR;
+	return client_need(cl, need) == 0;
+}
+
 enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
 			     uint32_t avail)
 {
@@ -1165,29 +1176,49 @@ enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uin
 			 (long long)w->cf->max_client_memory);
 		return refuse(cl, type, total, "54000", msg);
 	}
-	if (c->n_shards > 1 && (have || type == 'Q' || type == 'P' || type == 'B')) {
-		shard = cl->fo ? cl->fo->shard
-			       : shard_for(cl, type, h, total, avail, have ? &r : NULL, sql, len);
+	struct sp_eval se;
+	memset(&se, 0, sizeof(se));
+	bool stmt_msg = type == 'Q' || type == 'P' || type == 'B';
+	if (c->n_shards > 1) {
+		if (cl->fo) {
+			shard = cl->fo->shard;   /* the next shard of a fan-out */
+		} else if (stmt_msg) {
+			shard = shard_for(cl, type, h, total, avail, have ? &r : NULL, &se);
+			if (shard == SHARD_PREPARE && type == 'P' && bind_on_its_way(cl, h, avail))
+				return ROUTE_WAIT;   /* its key is in the Bind behind it */
+		} else {
+			/* Sync, Flush, Describe, Close, a stray message: nothing of a table runs */
+			shard = type == 'F' ? SHARD_NONE : 0;
+			se.utility = type != 'F';
+		}
 		cl->rt_prepare_only = shard == SHARD_PREPARE;
 		if (shard == SHARD_PREPARE)
 			shard = 0;   /* prepared only: its Bind finds the shard (route_bind_shard) */
-		if (shard == SHARD_NONE && c->cf.no_shard_key == NOSHARD_ALL && !write && !cl->deferred &&
-		    (type == 'Q' || type == 'P' || type == 'B')) {
+		if (cl->fo) {
+			/* the next shard of a fan-out */
+		} else if (shard >= 0) {
+			if (stmt_msg)
+				c->shard_keyed[shard]++;
+		} else if (shard == SHARD_NONE && se.utility) {
+			shard = 0;   /* touches no table: any shard answers it */
+		} else if (shard == SHARD_NONE && c->cf.no_shard_key == NOSHARD_ALL && !write &&
+			   !cl->deferred && stmt_msg && se.fanout_ok) {
 			enum route_result fr = fanout_start(cl, h, total, avail);
 			if (fr != ROUTE_GO)
 				return fr;
 			shard = 0;
-		} else if (cl->fo) {
-			/* the next shard of a fan-out */
-		} else if (shard >= 0) {
-			c->shard_keyed[shard]++;
-		} else if (shard == SHARD_NONE && (c->cf.no_shard_key == NOSHARD_SHARD0 ||
-						      (have && no_table(sql, len)))) {
+		} else if (shard == SHARD_NONE && c->cf.no_shard_key == NOSHARD_SHARD0) {
 			shard = 0;
 		} else {
 			char msg[400];
-			shard_message(c, shard, write, msg, sizeof(msg));
-			return refuse(cl, type, total, "0A000", msg);
+			if (shard == SHARD_NONE && c->cf.no_shard_key == NOSHARD_ALL && !write && !se.nokey_write)
+				snprintf(msg, sizeof(msg), "pgmux: a read without a shard key on sharded database "
+					 "\"%s\" fans out only when the shards' rows together are its answer "
+					 "(one table, no join, subquery, function, aggregate, DISTINCT, GROUP BY, "
+					 "ORDER BY or LIMIT)", c->name);
+			else
+				shard_message(c, shard, write, &se, msg, sizeof(msg));
+			return refuse(cl, type, total, se.refuse ? se.sqlstate : "0A000", msg);
 		}
 	}
 	cl->rt_shard = (int16_t)shard;
@@ -1260,7 +1291,8 @@ uint32_t route_msg_need(const struct client *cl, char type, const uint8_t *h, ui
 
 uint64_t route_client_bytes(const struct client *cl)
 {
-	return (uint64_t)cl->retry_len + cl->deferred_len + (cl->fo ? cl->fo->len : 0);
+	return (uint64_t)cl->retry_len + cl->deferred_len + (cl->fo ? cl->fo->len : 0) +
+	       shardplan_client_bytes(cl);
 }
 
 /* ---- after the answer -------------------------------------------------------------------- */
@@ -1440,6 +1472,7 @@ void route_client_free(struct client *cl)
 	}
 	route_retry_clear(cl);
 	clear_deferred(cl);
+	shardplan_client_free(cl);
 }
 
 /* ---- inside a transaction on one shard ------------------------------------------------- */
@@ -1472,41 +1505,49 @@ bool route_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t 
 		client_close(cl, msg, "54000");
 		return true;
 	}
-	if (!message_sql(cl, type, h, total, avail, &sql, &len))
-		return false;
 	struct sqlscan_result r;
-	classify(c->w, cl, type, sql, len, &r);
-	/* Only the statement's own keys: the session's key is what bound the transaction. */
-	bool had_id = cl->has_user_id;
-	int32_t had_pref = cl->shard_pref;
-	cl->has_user_id = false;
-	cl->shard_pref = -1;
-	int s = shard_for(cl, type, h, total, avail, &r, sql, len);
-	cl->has_user_id = had_id;
-	cl->shard_pref = had_pref;
-	if (s == cl->rt_shard || (s < 0 && s != SHARD_MULTI && s != SHARD_BAD))
-		return false;   /* no key of its own, or prepared only (its Bind is checked) */
-	char msg[300], lit[700];
+	bool have = message_sql(cl, type, h, total, avail, &sql, &len);
+	if (have)
+		classify(c->w, cl, type, sql, len, &r);
+	struct sp_eval se;
+	int s = shard_for(cl, type, h, total, avail, have ? &r : NULL, &se);
+	bool ok;
+	if (s >= 0)
+		ok = s == cl->rt_shard;
+	else if (s == SHARD_PREPARE)
+		ok = true;   /* keyed by $n: its Bind is checked */
+	else if (s == SHARD_NONE)
+		ok = se.utility || (c->cf.no_shard_key == NOSHARD_SHARD0 && cl->rt_shard == 0);
+	else
+		ok = false;
+	if (ok)
+		return false;
+	char msg[400], lit[900];
 	if (s >= 0)
 		snprintf(msg, sizeof(msg), "pgmux: this statement belongs to shard %d of database "
-			 "\"%s\", but its transaction runs on shard %d; cross-shard transactions are not "
-			 "supported (ROLLBACK, then run it in its own transaction)", s, c->name,
-			 cl->rt_shard);
+			 "\"%s\", but its transaction or batch runs on shard %d; statements of one "
+			 "transaction, pipeline or query string must share a shard (ROLLBACK, then send "
+			 "it on its own)", s, c->name, cl->rt_shard);
+	else if (s == SHARD_NONE)
+		snprintf(msg, sizeof(msg), "pgmux: a statement without a shard key inside a "
+			 "transaction or batch on shard %d of database \"%s\" (add WHERE %s = <value>, "
+			 "or SET pgmux.user_id first)", cl->rt_shard, c->name,
+			 c->shard_key ? c->shard_key : "the key");
 	else
-		shard_message(c, s, true, msg, sizeof(msg));
+		shard_message(c, s, true, &se, msg, sizeof(msg));
 	escape_into(lit, sizeof(lit), msg);
 	/* The server runs a statement that fails with this text, so its transaction is aborted
 	 * exactly as an error of its own would leave it. */
 	struct pktbuf pb = { 0 };
 	if (type == 'Q') {
-		char q[900];
+		char q[1100];
 		snprintf(q, sizeof(q), "DO $pgmux$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', "
 			 "MESSAGE = '%s'; END$pgmux$", lit);
 		proto_query(&pb, q);
 	} else if (type == 'B') {
 		/* Bind: an unnamed Parse that fails takes its place; the server then skips the
 		 * rest of the batch up to its Sync, as after any error. */
-		char q[900];
+		char q[1100];
 		snprintf(q, sizeof(q), "SELECT '%s'::int", lit);
 		pktbuf_begin(&pb, 'P');
 		pktbuf_put_u8(&pb, 0);
@@ -1519,7 +1560,7 @@ bool route_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t 
 		const uint8_t *q_end = name_end ? memchr(name_end + 1, 0, (size_t)(h + total - name_end - 1)) : NULL;
 		if (!q_end)
 			return false;
-		char q[900];
+		char q[1100];
 		snprintf(q, sizeof(q), "SELECT '%s'::int", lit);
 		pktbuf_begin(&pb, 'P');
 		pktbuf_put(&pb, h + PROTO_HDR, (size_t)(name_end - (h + PROTO_HDR)) + 1);
@@ -1527,16 +1568,16 @@ bool route_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t 
 		pktbuf_put(&pb, q_end + 1, (size_t)(h + total - q_end - 1));
 		pktbuf_end(&pb);
 	}
-	bool ok = pb.len && !pb.failed && sbuf_replace(&cl->c, total, pb.data, (uint32_t)pb.len);
+	bool done = pb.len && !pb.failed && sbuf_replace(&cl->c, total, pb.data, (uint32_t)pb.len);
 	pktbuf_free(&pb);
-	if (!ok) {
+	if (!done) {
 		client_close(cl, msg, "0A000");
 		return true;
 	}
 	char tag[128];
-	log_debug("%s: cross-shard statement refused (shard %d in a transaction on shard %d)",
-		  client_tag(cl, tag, sizeof(tag)), s, cl->rt_shard);
-	return ok;
+	log_debug("%s: statement refused on shard %d: %s", client_tag(cl, tag, sizeof(tag)),
+		  cl->rt_shard, msg);
+	return done;
 }
 
 bool route_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint32_t avail)
@@ -1557,7 +1598,8 @@ bool route_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint3
 		return false;
 	struct sqlscan_result r;
 	classify(cl->c.w, cl, 'B', sql, len, &r);
-	int s = shard_for(cl, 'B', h, total, avail, &r, sql, len);
+	struct sp_eval se;
+	int s = shard_for(cl, 'B', h, total, avail, &r, &se);
 	/* Another shard, no key (the policy decides afresh), or a BEGIN still held back (it
 	 * must go first, and the prepared-only link never saw it). */
 	if ((s == cl->rt_shard && !cl->deferred) || cl->expect_z || ps_pending(sv))

@@ -238,126 +238,10 @@ static bool no_execute(const uint8_t *msg, uint32_t total, uint32_t avail)
 	return false;
 }
 
-/* How often the word OR appears outside quotes (roughly: a quote toggles). */
-static int count_or(const char *sql, size_t len)
+/* The shard a hint comment names: its shard=N, or its user_id=N's shard; -1 none, SHARD_BAD
+ * for a value that is none. */
+static int hint_shard(const struct cluster *c, const struct sqlscan_result *r)
 {
-	int n = 0;
-	bool quoted = false;
-	for (size_t i = 0; i + 1 < len; i++) {
-		char ch = sql[i];
-		if (ch == '\'' || ch == '"') {
-			quoted = !quoted;
-			continue;
-		}
-		if (quoted || (ch | 0x20) != 'o' || (sql[i + 1] | 0x20) != 'r')
-			continue;
-		bool left = i == 0 || !(isalnum((unsigned char)sql[i - 1]) || sql[i - 1] == '_' ||
-					sql[i - 1] == '$');
-		bool right = i + 2 >= len || !(isalnum((unsigned char)sql[i + 2]) || sql[i + 2] == '_' ||
-					      sql[i + 2] == '$');
-		if (left && right)
-			n++;
-	}
-	return n;
-}
-
-/* A string literal key: its value after unescaping, read as the column's type.  Literals
- * over SHARD_TEXT_LITERAL_MAX bytes, and E'\\u' escapes (their bytes depend on the server
- * encoding), are refused rather than guessed. */
-static int literal_key_hash(int type, const char *sql, const struct sqlscan_key *k, uint64_t *h)
-{
-	char buf[SHARD_TEXT_LITERAL_MAX + 1];
-	int m = sqlscan_key_string(sql, k, buf, sizeof(buf));
-	if (m < 0)
-		return -1;
-	return shard_key_hash(type, (const uint8_t *)buf, (uint32_t)m, 0, h);
-}
-
-/* What reading a statement's keys needs: the key type, the SQL, and the batch whose Bind
- * holds the $n values (looked for once, on the first $n). */
-struct keyctx {
-	int type;                   /* SHARDKEY_* */
-	const char *sql;
-	char msg_type;
-	const uint8_t *msg;
-	uint32_t total, avail;
-	const uint8_t *bind;
-	uint32_t blen;
-	bool bind_looked;
-};
-
-/* A $n key from the batch's Bind: 1 with *h set, 0 for NULL (it matches no row), or SHARD_*
- * (SHARD_BAD for a bad value; SHARD_PREPARE / SHARD_NONE when the batch has no Bind). */
-static int param_key_hash(struct keyctx *x, int param, uint64_t *h)
-{
-	if (!x->bind_looked) {
-		x->bind = find_bind(x->msg_type, x->msg, x->total, x->avail, &x->blen);
-		x->bind_looked = true;
-	}
-	if (!x->bind) {
-		if (x->msg_type == 'P' && no_execute(x->msg, x->total, x->avail))
-			return SHARD_PREPARE;   /* its Bind routes later */
-		return SHARD_NONE;
-	}
-	const uint8_t *val;
-	uint32_t len;
-	int fmt;
-	int rc = shard_bind_param(x->bind, x->blen, param, &val, &len, &fmt);
-	if (rc < 0 || (rc > 0 && shard_key_hash(x->type, val, len, fmt, h) < 0))
-		return SHARD_BAD;
-	return rc;
-}
-
-/* One key's hash: 1 with *h set, 0 to skip it, or a SHARD_* code for the statement. */
-static int key_hash(struct keyctx *x, const struct sqlscan_key *k, uint64_t *h)
-{
-	switch (k->kind) {
-	case SQLSCAN_KEY_INT:
-		return int_key_hash(x->type, k->ival, h) < 0 ? SHARD_BAD : 1;
-	case SQLSCAN_KEY_STRING:
-		return literal_key_hash(x->type, x->sql, k, h) < 0 ? SHARD_BAD : 1;
-	default:
-		return param_key_hash(x, k->param, h);
-	}
-}
-
-static int from_statement(struct client *cl, char type, const uint8_t *msg, uint32_t total,
-			  uint32_t avail, const char *sql, size_t len, const char *column, int n)
-{
-	struct sqlscan_key keys[SHARD_KEYS_MAX];
-	int found = sqlscan_keys(sql, len, column, keys, SHARD_KEYS_MAX);
-	if (found <= 0)
-		return SHARD_NONE;
-	if (found > SHARD_KEYS_MAX)
-		return SHARD_MULTI;   /* the keys past the limit could be anywhere */
-	/* "key = 1 OR other = 2" may match rows on every shard.  Without boolean analysis: the
-	 * keys pin the statement down only when there are enough of them for every OR branch
-	 * ("key = 1 OR key = 2"); otherwise it counts as having no key. */
-	int n_or = count_or(sql, len);
-	if (n_or && found < n_or + 1)
-		return SHARD_NONE;
-	struct keyctx x = { .type = cl->rs->cl->cf.shard_key_type, .sql = sql, .msg_type = type,
-			    .msg = msg, .total = total, .avail = avail };
-	int shard = SHARD_NONE;
-	for (int i = 0; i < found; i++) {
-		uint64_t h;
-		int rc = key_hash(&x, &keys[i], &h);
-		if (rc < 0)
-			return rc;
-		if (rc == 0)
-			continue;
-		int s = (int)shardhash_shard(h, (uint32_t)n);
-		if (shard >= 0 && s != shard)
-			return SHARD_MULTI;
-		shard = s;
-	}
-	return shard;
-}
-
-int shard_for(struct client *cl, char type, const uint8_t *msg, uint32_t total, uint32_t avail,
-	      const struct sqlscan_result *r, const char *sql, size_t len)
-{
-	const struct cluster *c = cl->rs->cl;
 	int n = c->n_shards;
 	if (r && r->hint_shard >= 0)
 		return r->hint_shard < n ? r->hint_shard : SHARD_BAD;
@@ -367,14 +251,79 @@ int shard_for(struct client *cl, char type, const uint8_t *msg, uint32_t total, 
 			return SHARD_BAD;
 		return (int)shardhash_shard(h, (uint32_t)n);
 	}
+	return -1;
+}
+
+/* The shard the session named with SET pgmux.shard / pgmux.user_id; -1 none. */
+static int session_shard(const struct client *cl)
+{
+	int n = cl->rs->cl->n_shards;
 	if (cl->shard_pref >= 0)
 		return cl->shard_pref < n ? cl->shard_pref : SHARD_BAD;
 	if (cl->has_user_id)
 		return (int)shardhash_shard(cl->user_id_hash, (uint32_t)n);
-	if (!r || !sql || !c->shard_key)
+	return -1;
+}
+
+static int refuse_with(struct sp_eval *e, const char *why)
+{
+	e->refuse = true;
+	memcpy(e->sqlstate, "0A000", 6);
+	e->why = why;
+	return SHARD_REFUSE;
+}
+
+int shard_for(struct client *cl, char type, const uint8_t *msg, uint32_t total, uint32_t avail,
+	      const struct sqlscan_result *r, struct sp_eval *e)
+{
+	const struct cluster *c = cl->rs->cl;
+	memset(e, 0, sizeof(*e));
+	e->shard = -1;
+	if (avail < total) {
+		e->refuse = true;
+		memcpy(e->sqlstate, "54000", 6);
+		e->why = "the statement is too large for pgmux to read its shard key (max_client_memory)";
+		return SHARD_REFUSE;
+	}
+	if (type == 'Q') {
+		shardplan_query(cl, (const char *)msg + PROTO_HDR, total - PROTO_HDR, e);
+	} else if (type == 'P') {
+		uint32_t blen = 0;
+		const uint8_t *bind = find_bind('P', msg, total, avail, &blen);
+		shardplan_parse(cl, msg, total, bind, blen, e);
+		if (!bind && e->need_bind && !no_execute(msg, total, avail))
+			e->need_bind = false, e->nokey_write = true;   /* runs without a Bind? refuse */
+	} else if (type == 'B') {
+		shardplan_bind(cl, msg + PROTO_HDR, total - PROTO_HDR, e);
+	} else {
 		return SHARD_NONE;
-	int s = from_statement(cl, type, msg, total, avail, sql, len, c->shard_key, n);
-	if (s == SHARD_NONE && type == 'P' && no_execute(msg, total, avail))
-		return SHARD_PREPARE;
-	return s;
+	}
+	int hint = hint_shard(c, r), sess = session_shard(cl);
+	int claim = hint >= 0 ? hint : sess >= 0 ? sess : -1;
+	if (e->refuse)
+		return e->named_ok && claim >= 0 ? claim : SHARD_REFUSE;
+	if (e->bad)
+		return SHARD_BAD;
+	if (e->multi)
+		return SHARD_MULTI;
+	if (hint == SHARD_BAD || sess == SHARD_BAD)
+		return SHARD_BAD;
+	if (e->shard >= 0) {
+		/* The statement's own key is the proof; a hint or session key may only agree. */
+		if (hint >= 0 && hint != e->shard)
+			return refuse_with(e, "the hint comment names another shard than the statement's "
+					   "own shard key");
+		if (sess >= 0 && sess != e->shard)
+			return refuse_with(e, "SET pgmux.user_id / pgmux.shard names another shard than "
+					   "the statement's own shard key");
+		if ((e->nokey_read || e->nokey_write) && claim < 0)
+			return refuse_with(e, "the statements mix ones with a shard key and ones without "
+					   "(send them separately, or name the shard with SET pgmux.user_id)");
+		return e->shard;
+	}
+	if (claim >= 0)
+		return claim;
+	if (e->need_bind)
+		return SHARD_PREPARE;   /* keyed by $n: its Bind routes it */
+	return SHARD_NONE;
 }

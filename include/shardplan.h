@@ -1,0 +1,61 @@
+/* shardplan.h: the shard a statement or batch belongs to, from PostgreSQL's parse of it (shardsql), cached by statement shape, with values read from literals and Bind parameters. */
+#ifndef PGMUX_SHARDPLAN_H
+#define PGMUX_SHARDPLAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct client;
+struct cluster;
+struct sp_cache;
+struct sp_client;
+
+/* What the statements of one message (a Query, or a Parse or Bind with its batch) say. */
+struct sp_eval {
+	int shard;              /* >= 0: the shard every keyed statement names; -1: none keyed */
+	bool refuse;            /* never routed: why, at statement `pos` (1-based, 0 unknown) */
+	bool named_ok;          /* ... unless the client names the shard (hint, SET pgmux.*) */
+	bool bad;               /* a key value pgmux cannot read as the server will (why says) */
+	bool multi;             /* keyed statements (or values) on several shards */
+	bool need_bind;         /* keyed by $n but no Bind to read them from yet */
+	bool nokey_read;        /* a statement that reads rows without a provable key */
+	bool nokey_write;       /* ... or may write them */
+	bool fanout_ok;         /* one statement, a plain read whose shards' rows concatenate */
+	bool utility;           /* every statement touches no table (SET, SHOW, BEGIN ...) */
+	bool keyed;             /* at least one statement is keyed */
+	const char *why;
+	char sqlstate[6];
+	int pos;
+};
+
+/* Frees a cluster's cache (reload, shutdown). */
+void shardplan_cache_free(struct sp_cache *sc);
+
+/* A client's remembered statements go (it leaves). */
+void shardplan_client_free(struct client *cl);
+/* Bytes pgmux keeps for the client's remembered statements (max_client_memory). */
+uint64_t shardplan_client_bytes(const struct client *cl);
+
+/*
+ * A simple Query's text sql[0..len): every statement is read (through the cache of shapes:
+ * texts that differ only in their literals are parsed once) and its key values decoded.
+ */
+void shardplan_query(struct client *cl, const char *sql, size_t len, struct sp_eval *e);
+
+/*
+ * A Parse message m (total bytes, whole) and, when the same batch holds one, the first Bind
+ * after it (bind: its body, blen bytes; NULL when none).  The statement is remembered under
+ * its name for later Binds (the unnamed one until the next unnamed Parse).
+ */
+void shardplan_parse(struct client *cl, const uint8_t *m, uint32_t total, const uint8_t *bind,
+		     uint32_t blen, struct sp_eval *e);
+
+/* A Bind body of a statement remembered from its Parse; a statement pgmux never saw is
+ * refused (its key cannot be read). */
+void shardplan_bind(struct client *cl, const uint8_t *body, uint32_t blen, struct sp_eval *e);
+
+/* Close of statement `name`, DEALLOCATE / DISCARD ALL (name NULL: all of them). */
+void shardplan_forget(struct client *cl, const char *name);
+
+#endif
