@@ -401,6 +401,7 @@ TEXT_CAST_READS = [
     ("unicode-escape", "U&'\\0061lice'"),             # 'alice'
     ("varchar-trunc", "'alice'::varchar(3)"),         # 'ali'
     ("char-cast-text", "'aaa    '::char(6)::text"),   # 'aaa'
+    ("numeric-text", "'2'::numeric(5,2)::text"),      # '2.00'
 ]
 for name, expr in TEXT_CAST_READS:
     add(f"text-cast-{name}/lit", "value-changing-cast",
@@ -727,7 +728,24 @@ add("utf8-nonascii/q", "client-encoding", [("q", f"{TACC} WHERE user_id = 'zoë'
     db="text", note="UTF8 on both sides: right (or refused)")
 
 # ----------------------------------------------------------------------------------------------
-# 13. no_shard_key = all: a keyless read is fanned out, never sent to one guessed shard
+# 13. size: a key past what pgmux reads (the lab's max_client_memory is 1MB) is refused
+#     (54000) or read right, never guessed
+
+BIG = "x" * (1200 * 1024)
+add("size-key-after-1.2MB/q", "size", [("q", f"{ACC} WHERE v <> '{BIG}' AND user_id = 12")])
+add("size-update-1.2MB/q", "size",
+    [("q", f"UPDATE accounts SET v = '{BIG[:1100 * 1024]}' || v WHERE user_id = 6")])
+add("size-insert-1.2MB/x", "size",
+    [("x", "INSERT INTO accounts (user_id, v, n) VALUES ($1, $2, 0)",
+      [B("int8", 104), T("unknown", BIG)])])
+add("size-key-after-200KB/q", "size",
+    [("q", f"{ACC} WHERE v <> '{BIG[:200 * 1024]}' AND user_id = 12")])
+LONG_TEXT_KEY = "L" * 1500
+add("size-long-text-key/q", "size", [("q", tins(lit_text(LONG_TEXT_KEY)))], db="text")
+add("size-long-text-key/pb", "size", [("x", TINS1, [B("text", LONG_TEXT_KEY)])], db="text")
+
+# ----------------------------------------------------------------------------------------------
+# 14. no_shard_key = all: a keyless read is fanned out, never sent to one guessed shard
 
 FANOUT = ["not", "is-not-true", "case", "select-list", "subquery", "exists", "cte",
           "left-join-on", "union", "or"]

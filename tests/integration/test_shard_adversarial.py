@@ -469,7 +469,7 @@ class Lab:
         with env.pg.connect(self.refdb, user=TEST_USER) as c:
             c.execute(SCHEMA)
         sets = {"pool_mode": "transaction", "monitor_interval": 0.2, "max_client_conn": 200,
-                "default_pool_size": 3}
+                "default_pool_size": 3, "max_client_memory": "1MB"}
         sections = {}
         for (db, fan), name in SECTION.items():
             # read_routing on: pgmux fans out only what it classifies as a read (there are no
@@ -617,8 +617,8 @@ class Lab:
                 pl = self.placement(typ, [r[0] for r in rows])
                 wrong = [r[0] for r in rows if pl[r[0]] != s]
                 if wrong:
-                    reasons.append(f"misplaced: {table} keys {wrong[:4]} on shard {s}, "
-                                   f"belong on shard {1 - s}")
+                    reasons.append(f"misplaced: {table} keys {short(wrong[:4], 200)} on shard "
+                                   f"{s}, belong on shard {1 - s}")
         # 2. answers
         for i, (p, r) in enumerate(zip(pxout, refout)):
             if p[0] == "err":
@@ -639,8 +639,8 @@ class Lab:
                 extra = _minus(union, ref)
                 missing = _minus(ref, union)
                 reasons.append(f"{table} differs from the reference: shards have "
-                               f"{extra[:3]}{'...' if len(extra) > 3 else ''} more, "
-                               f"{missing[:3]}{'...' if len(missing) > 3 else ''} fewer")
+                               f"{len(extra)} rows more {short(extra[:3], 240)}, "
+                               f"{len(missing)} fewer {short(missing[:3], 240)}")
         if reasons:
             return "wrong", reasons
         errs = [p for i, p in enumerate(pxout) if p[0] == "err" and
@@ -759,12 +759,15 @@ def test_shard_adversarial_corpus(env):
                          f"wrong {totals['wrong']}\n  " + "\n  ".join(problems)
 
 
-@timeout(150)
+FUZZ_CASES = int(os.environ.get("PGMUX_SHARDFUZZ_CASES", "400"))
+
+
+@timeout(90 + FUZZ_CASES // 5)     # a longer run (PGMUX_SHARDFUZZ_CASES) gets more time
 def test_shard_fuzz(env):
     """Differential fuzzing (shardfuzz.py): generated statements around the key, through pgmux
     and on the reference, with the same placement and answer check; no case may be wrong.
     PGMUX_SHARDFUZZ_CASES / _SEED / _ONLY lengthen, vary or replay the run."""
-    n = int(os.environ.get("PGMUX_SHARDFUZZ_CASES", "400"))
+    n = FUZZ_CASES
     seed = os.environ.get("PGMUX_SHARDFUZZ_SEED", "20240611")
     if seed == "random":
         seed = str(int.from_bytes(os.urandom(4), "big"))
