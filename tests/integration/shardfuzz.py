@@ -280,9 +280,9 @@ class Gen:
             sql = f"INSERT INTO {t} ({', '.join(order)}) VALUES {', '.join(rows)}"
         else:
             k = self.const()[0]
-            expr = self.pick(["user_id + 95", "user_id * 17", "user_id + 0"]) \
+            expr = self.pick(["user_id + 95", "user_id * 17", "-user_id"]) \
                 if self.db == "int" else self.pick(["user_id || 'x'", "upper(user_id)",
-                                                    "user_id || ''"])
+                                                    "'k' || user_id"])
             sql = f"INSERT INTO {t} (user_id, v, n) SELECT {expr}, v, n FROM {t} " \
                   f"WHERE user_id = {k}"
         y = r.random()
