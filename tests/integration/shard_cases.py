@@ -10,12 +10,13 @@ Tables (on every shard and on the reference):
   orders    (user_id int8, oid int, amt int)            int key, same sections
   taccounts (user_id text PRIMARY KEY, v text, n int)   text key, section advt
 
-Where the key sits on 2 shards (PostgreSQL's hash partitioning; asserted by TRAPS at run time):
+Where the key sits on 2 shards (PostgreSQL's hash partitioning; asserted by TRAPS at run time;
+keys written with Python's string escapes):
   int  shard 0: 1 2 12 13 14 16 17 18 60 101 102 104 107 108 16777221 16777225
        shard 1: 3..11 15 19 20 103 105 106 109 110 111 16777220 16777224
-  text shard 0: bob dave frank ali 'aaa ' 'bbb' '2' '7' '21' 5 new1 new2 'x\\y' EVE
-       shard 1: alice carol eve grace aaa aab BOB DAVE '2.00' '7.00' '021' 13 42 new0 new3
-                'x\y' zoë(UTF8) Åsa(UTF8) déjà(UTF8)
+  text shard 0: bob dave frank ali 'aaa ' bbb 2 5 7 21 new1 new2 EVE 'x\\\\y' zoë(UTF8)
+       shard 1: alice carol eve grace aaa aab BOB DAVE 2.00 7.00 021 13 42 new0 new3 'x\\y'
+                Åsa(UTF8) déjà(UTF8); in LATIN1 bytes zoë is on shard 1, Åsa and déjà on 0
 The case for a trap names keys on different shards, so a guess shows as a row on the wrong
 shard or a read that misses rows.
 
@@ -478,7 +479,7 @@ MULTI = [
     ("keyless-first", f"SELECT 1; {ins(103)}"),
     ("set-first", f"SET application_name = 'x'; {ins(103)}"),
     ("set-first-read", f"SET search_path = public; {ACC} WHERE user_id = 6"),
-    ("set-lower", f"set statement_timeout=0;DELETE FROM accounts WHERE user_id = 6"),
+    ("set-lower", "set statement_timeout=0;DELETE FROM accounts WHERE user_id = 6"),
     ("set-local-first", f"SET LOCAL statement_timeout = '5s'; {ins(103)}"),
     ("show-first", f"SHOW server_version_num; {ins(103)}"),
     ("set-keyless-update", "SET application_name = 'x'; UPDATE accounts SET n = 9 WHERE n = 1"),

@@ -243,7 +243,6 @@ class Gen:
         return sql
 
     def update(self):
-        r = self.r
         t = "accounts" if self.db == "int" else "taccounts"
         sets = ["n = n + 1", "v = 'upd'", "n = 0"]
         s = self.pick(sets)
