@@ -1495,7 +1495,10 @@ def check_pg_logs(run, servers, marks):
                          f"(bytes of another client on its server?): {line[:300]}")
             elif run.px is not None and NEVER_THROUGH_PGMUX.search(line):
                 run.fail(f"PostgreSQL {srv.name} logged {m.group(0)!r} (app {app}): a server got "
-                         f"bytes that were not at a message boundary: {line[:300]}")
+                         f"bytes that were not at a message boundary (a server reused in "
+                         f"mid-message, or pgmux's own bytes, such as the Terminate it sends "
+                         f"when it closes a server, written into a message the client left "
+                         f"unfinished): {line[:300]}")
     print("PostgreSQL protocol-error lines (attributed by application_name): "
           f"{dict(counted) or 'none'}")
 
@@ -1540,8 +1543,10 @@ def _run_variant(env, name, mode, seconds, routed=False, statement_mode=False):
     else:
         asan = _is_asan(PGMUX_BIN)
         settings = {"pool_mode": mode, "default_pool_size": pool, "max_client_conn": 400,
-                    "max_prepared_statements": 200, "max_packet_size": MAX_PACKET,
-                    "log_connections": 0, "log_disconnections": 0, "monitor_interval": 0.2}
+                    "max_packet_size": MAX_PACKET, "log_connections": 0,
+                    "log_disconnections": 0}
+        if PGMUX_SECTION == "pgmux":
+            settings.update(max_prepared_statements=200, monitor_interval=0.2)
         kw = {"verbose": int(os.environ.get("PGMUX_TORTURE_VERBOSE", "0")),
               # glibc: large blocks always mmap'ed and given back when freed, so that the RSS
               # check sees leaks and not the allocator's caching
