@@ -277,7 +277,9 @@ def select(spec):
     for pat in (x.strip() for x in spec.split(",") if x.strip()):
         hit = [c for c in ALL if fnmatch.fnmatchcase(c, pat)]
         if not hit:
-            raise SystemExit(f"cgbench: no configuration matches {pat!r}; known: {', '.join(ALL)}")
+            print(f"cgbench: no configuration matches {pat!r}; known: {', '.join(ALL)}",
+                  file=sys.stderr)
+            sys.exit(2)
         out += [c for c in hit if c not in out]
     return out
 
@@ -432,8 +434,10 @@ def main():
                     "the other in the same pgmux process")
     ap.add_argument("--processes", type=int, default=1, help="start each configuration's pgmux "
                     "this many times (one after the other); the figure is the median of all runs")
-    ap.add_argument("--tx1", type=int, default=3000, help="transactions of the 1-client cases")
-    ap.add_argument("--tx50", type=int, default=240, help="transactions per client, 50 clients")
+    ap.add_argument("--tx1", type=int, help="transactions of the 1-client cases (default 3000, "
+                    "with --check the budget file's)")
+    ap.add_argument("--tx50", type=int, help="transactions per client with 50 clients (default "
+                    "240, with --check the budget file's)")
     ap.add_argument("--warmup", type=int, default=100, help="warm-up transactions per client")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--budget", default=BUDGET, help="budget file (default tests/bench/cg_budget.json)")
@@ -464,7 +468,17 @@ def main():
         budget = bfile.get("budget", {})
         tol = float(bfile.get("tolerance", TOLERANCE))
     else:
-        tol = TOLERANCE
+        bfile, tol = {}, TOLERANCE
+    # connects are amortised over the transactions: a budget holds only at its own counts
+    if args.check:
+        for k, dflt in (("tx1", 3000), ("tx50", 240)):
+            if getattr(args, k) is None:
+                setattr(args, k, int(bfile.get(k, dflt)))
+            elif getattr(args, k) != bfile.get(k, dflt):
+                print(f"cgbench: note: --{k} {getattr(args, k)} differs from the budget's "
+                      f"{bfile.get(k, dflt)}: ratios are not comparable", file=sys.stderr)
+    args.tx1 = args.tx1 or 3000
+    args.tx50 = args.tx50 or 240
 
     def on_signal(sig, frame):
         raise KeyboardInterrupt(f"signal {sig}")
@@ -542,6 +556,11 @@ def main():
         bfile["tolerance"] = tol
         bfile["tx1"], bfile["tx50"] = args.tx1, args.tx50
         bfile["environment"] = env
+        if binary.startswith(TOP + os.sep):
+            # the source the binary was built from, as far as git can tell
+            rev = subprocess.run(["git", "-C", TOP, "describe", "--always", "--dirty"],
+                                 capture_output=True, text=True).stdout.strip()
+            bfile["pgmux_source"] = rev or "?"
         bfile["set_with"] = (f"cgbench.py --update-budget --processes {args.processes} "
                              f"--repeat {args.repeat}")
         b = bfile.setdefault("budget", {})
@@ -551,12 +570,12 @@ def main():
         with open(args.budget, "w") as f:
             json.dump(bfile, f, indent=1)
             f.write("\n")
-        print(f"cgbench: wrote {len(configs)} budgets to {os.path.relpath(args.budget, os.getcwd())}")
+        print(f"cgbench: wrote {len(configs)} budgets to {args.budget}")
     if failed:
         return 2
     if over:
         print(f"cgbench: over budget: a configuration costs more than {100 * tol:.0f}% over "
-              f"{os.path.relpath(args.budget, os.getcwd())}; if the cost is wanted, rerun with "
+              f"{args.budget}; if the cost is wanted, rerun with "
               "--update-budget and explain it in the commit")
         return 1
     return 0
