@@ -32,7 +32,8 @@ the tolerance (5%, the file's "tolerance"), printing every ratio.  Counts depend
 compiler, libc, libevent and OpenSSL builds: set the budget on the machine image CI runs on
 (--update-budget) and say why in the commit.
 
-Stability: within one pgmux process, repeated runs agree to 0.1% or better.  Between two
+Stability: within one pgmux process, repeated runs agree to 0.05% (1 client) and 0.25% (50
+clients).  Between two
 pgmux processes the 1-client figures agree to about 0.3%, the 50-client ones to about 0.5%
 (0.55% the most seen):
 libc's vector string functions (strncasecmp, strcmp, memchr on the query and statement texts)
