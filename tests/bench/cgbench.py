@@ -350,7 +350,7 @@ def run_all(args, configs, binary):
         for v, proc_no in ((v, k) for k in range(args.processes) for v in variants):
             port = rb.free_port()
             ini, pgmux_log = write_ini(runner, root, v, port, topo)
-            cg = Callgrind(runner, root, v, binary, ini)
+            cg = Callgrind(runner, root, f"{v}.p{proc_no}", binary, ini)
             try:
                 cg.start(port, pgmux_log)
                 if v != "plain":
