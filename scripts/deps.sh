@@ -16,6 +16,8 @@ PACKAGES=(
 	# integration tests: PostgreSQL 15, the reference pooler, clients
 	postgresql-15 postgresql-contrib postgresql-client-15 pgbouncer
 	python3 python3-psycopg python3-asyncpg
+	# the instruction budget (tests/bench/cgbench.py: callgrind, callgrind_control)
+	valgrind
 	# tools the scripts use
 	curl procps util-linux
 )

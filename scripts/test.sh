@@ -4,8 +4,10 @@
 #   2. the normal build in the source tree (scripts/build.sh): src/pgmux
 #   3. an ASan+UBSan build in build-asan/ (a copy of the tracked sources, built incrementally)
 #   4. the cmocka unit tests (make check) on the ASan build
-#   5. the libFuzzer harnesses (tests/fuzz/run.sh), FUZZ_SECONDS each
-#   6. the integration tests (tests/integration/run.py) against the ASan pgmux
+#   5. the instruction budget: tests/bench/cgbench.py --check on src/pgmux (callgrind
+#      instructions per transaction against tests/bench/cg_budget.json; fails above +5%)
+#   6. the libFuzzer harnesses (tests/fuzz/run.sh), FUZZ_SECONDS each
+#   7. the integration tests (tests/integration/run.py) against the ASan pgmux
 # The last line printed is "N passed, N failed" over all stages; the exit code is non-zero when
 # anything failed.
 #
@@ -13,6 +15,8 @@
 #   PGMUX_TEST_ASAN=0      skip the ASan build: unit and integration tests use the normal build
 #   FUZZ_SECONDS=15        time per fuzz harness (0 skips fuzzing)
 #   PGMUX_TEST_ARGS="..."  extra arguments for run.py (e.g. "-k test_auth" or "-x")
+#   PGMUX_TEST_CGBENCH=0   skip the instruction budget (about 1.5 minutes)
+#   PGMUX_CGBENCH_ARGS="..." extra arguments for cgbench.py (e.g. "--configs 'plain/*'")
 #   CONFIGURE_ARGS="..."   extra configure arguments for both builds
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -142,6 +146,26 @@ if [ -f /usr/include/pg_query.h ]; then
 	rm -f "$qbin"
 else
 	echo "(libpg-query-dev not installed: cross-check skipped)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Instructions per transaction under callgrind (deterministic, unlike timings) for the normal
+# -O2 build, every configuration of tests/bench/cg_budget.json; exit 1: over budget by more
+# than 5%, 2: a run failed, 3: valgrind missing.
+if [ "${PGMUX_TEST_CGBENCH:-1}" = 0 ]; then
+	echo; echo "(PGMUX_TEST_CGBENCH=0: instruction budget skipped)"
+else
+	stage "instruction budget (tests/bench/cgbench.py --check, src/pgmux under callgrind)"
+	t0=$(date +%s)
+	# shellcheck disable=SC2086
+	"$PY" tests/bench/cgbench.py --check --pgmux src/pgmux ${PGMUX_CGBENCH_ARGS:-}
+	cg_rc=$?
+	case "$cg_rc" in
+	0) ok "instruction budget ($(( $(date +%s) - t0 ))s)" ;;
+	1) bad "instruction budget: over budget, see the table above ($(( $(date +%s) - t0 ))s)" ;;
+	3) bad "instruction budget: valgrind not installed" ;;
+	*) bad "instruction budget: cgbench failed (exit $cg_rc, $(( $(date +%s) - t0 ))s)" ;;
+	esac
 fi
 
 # ---------------------------------------------------------------------------------------------
