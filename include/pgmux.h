@@ -210,6 +210,7 @@ struct server {
 	uint8_t login_step;
 	uint16_t internal_z;                /* ReadyForQuery owed for pgmux's own queries: swallow */
 	bool close_when_idle;
+	bool torn;                          /* a client left a message half sent: no Terminate */
 	bool ready_notified;
 	uint16_t cancel_pending;            /* cancels in flight against it; not reusable until 0 */
 	struct server_login *login;         /* login-time state only */

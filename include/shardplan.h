@@ -15,7 +15,6 @@ struct sp_client;
 struct sp_eval {
 	int shard;              /* >= 0: the shard every keyed statement names; -1: none keyed */
 	bool refuse;            /* never routed: why, at statement `pos` (1-based, 0 unknown) */
-	bool named_ok;          /* ... unless the client names the shard (hint, SET pgmux.*) */
 	bool bad;               /* a key value pgmux cannot read as the server will (why says) */
 	bool multi;             /* keyed statements (or values) on several shards */
 	bool need_bind;         /* keyed by $n but no Bind to read them from yet */
@@ -23,6 +22,7 @@ struct sp_eval {
 	bool nokey_write;       /* ... or may write them */
 	bool fanout_ok;         /* one statement, a plain read whose shards' rows concatenate */
 	bool utility;           /* every statement touches no table (SET, SHOW, BEGIN ...) */
+	bool no_table;          /* every statement names no table (utility, or SELECT f()) */
 	bool keyed;             /* at least one statement is keyed */
 	const char *why;
 	char sqlstate[6];
@@ -54,6 +54,9 @@ void shardplan_parse(struct client *cl, const uint8_t *m, uint32_t total, const 
 /* A Bind body of a statement remembered from its Parse; a statement pgmux never saw is
  * refused (its key cannot be read). */
 void shardplan_bind(struct client *cl, const uint8_t *body, uint32_t blen, struct sp_eval *e);
+
+/* The text of the statement a Bind body names, as remembered from its Parse, or NULL. */
+const char *shardplan_bind_text(struct client *cl, const uint8_t *body, uint32_t blen, size_t *len);
 
 /* Close of statement `name`, DEALLOCATE / DISCARD ALL (name NULL: all of them). */
 void shardplan_forget(struct client *cl, const char *name);

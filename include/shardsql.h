@@ -53,9 +53,8 @@ struct shsql_stmt {
 				 * exactly its answer (no join, aggregate, order, limit, distinct) */
 	bool tx_control;        /* BEGIN, COMMIT, ROLLBACK, SAVEPOINT ... */
 	bool insert;            /* an INSERT: a NULL key would place a row, so it is refused */
-	bool named_ok;          /* SHSQL_REFUSE that an explicit shard (a hint comment, SET
-				 * pgmux.shard / pgmux.user_id) may override: rows whose keys pgmux
-				 * cannot see (COPY FROM, INSERT ... SELECT), not rows it sees moving */
+	bool no_table;          /* names no table (SET, SHOW, BEGIN, SELECT now() ...): inside a
+				 * transaction or batch it runs on that shard like a utility */
 	int32_t loc;            /* where the statement starts in the text */
 	const char *why;        /* SHSQL_REFUSE (and SHSQL_NOKEY, for messages): a static reason */
 	uint32_t n_values;      /* SHSQL_KEYED: all these values must belong to one shard */

@@ -119,6 +119,10 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 			     !sv->internal_z;
 		if (!clean)
 			sv->close_when_idle = true;
+		/* A message it sent only in part: pgmux must not end it with a Terminate of its own,
+		 * which the server would read as the rest of that message. */
+		if (cl->c.pkt_left || (cl->c.in && cl->c.in->start != cl->c.in->scan))
+			sv->torn = true;
 	}
 	pgmux_cancel_unregister(w, cl);
 	route_client_free(cl);
@@ -662,6 +666,7 @@ static void forward_loop(struct client *cl)
 			}
 			if (cl->rs) {
 				int g = gather(cl, type, total);
+				b = c->in;   /* gathering may have moved the buffer */
 				if (g == 0 || c->dead)
 					break;
 				b = c->in;
@@ -685,6 +690,7 @@ static void forward_loop(struct client *cl)
 		}
 		if (cl->link->ps_active || cl->rs) {
 			int g = gather(cl, type, total);
+			b = c->in;
 			if (g == 0 || c->dead)
 				break;
 			b = c->in;

@@ -475,8 +475,8 @@ void pool_release(struct server *sv, bool client_gone)
 		sb->start = sb->scan;
 	sbuf_resume(&sv->c);
 	server_drain_unlinked(sv);
-	if (sv->c.dead)
-		return;
+	if (sv->c.dead || sv->link)
+		return;   /* gone, or its own query finished meanwhile and it was handed on */
 	const struct config *cf = w->cf;
 	const char *why = NULL;
 	if (sv->close_when_idle)

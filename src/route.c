@@ -742,8 +742,8 @@ static void shard_message(const struct cluster *c, int why, bool write, const st
 		snprintf(msg, len, "pgmux: cannot route by %s on sharded database \"%s\"%s: %s", key,
 			 c->name, at, e->why);
 	else if (why == SHARD_BAD && e && e->why)
-		snprintf(msg, len, "pgmux: the shard key value%s cannot be read as the server will "
-			 "read it: %s", at, e->why);
+		snprintf(msg, len, "pgmux: the value of shard key %s%s cannot be read as the server "
+			 "will read it: %s", key, at, e->why);
 	else if (why == SHARD_MULTI)
 		snprintf(msg, len, "pgmux: this statement's %s values belong to several shards of "
 			 "database \"%s\"; send one statement per shard (cross-shard statements are "
@@ -1020,17 +1020,27 @@ static bool message_sql(struct client *cl, char type, const uint8_t *h, uint32_t
 	}
 	if (type == 'B') {
 		const uint8_t *portal_end = memchr(body, 0, (size_t)(end - body));
-		if (!portal_end || portal_end + 1 >= end || portal_end[1] == 0)
+		if (!portal_end || portal_end + 1 >= end)
 			return false;
 		const char *name = (const char *)portal_end + 1;
 		if (!memchr(name, 0, (size_t)(end - (const uint8_t *)name)))
 			return false;
 		uint32_t n;
-		const char *q = ps_client_query(cl, name, &n);
+		const char *q = *name ? ps_client_query(cl, name, &n) : NULL;
+		if (q) {
+			*sql = q;
+			*len = n;
+			return true;
+		}
+		/* the unnamed statement, or any when statement tracking is off: the text a sharded
+		 * database's client parsed is remembered for its Binds */
+		size_t sl;
+		q = cl->rs && cl->rs->cl->n_shards > 1 ?
+		    shardplan_bind_text(cl, body, (uint32_t)(end - body), &sl) : NULL;
 		if (!q)
 			return false;
 		*sql = q;
-		*len = n;
+		*len = sl;
 		return true;
 	}
 	return false;
@@ -1218,6 +1228,9 @@ enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uin
 					 "ORDER BY or LIMIT)", c->name);
 			else
 				shard_message(c, shard, write, &se, msg, sizeof(msg));
+			char tag[256];
+			log_debug("%s: %c message refused (shard code %d): %s",
+				  client_tag(cl, tag, sizeof(tag)), type, shard, msg);
 			return refuse(cl, type, total, se.refuse ? se.sqlstate : "0A000", msg);
 		}
 	}
@@ -1517,7 +1530,7 @@ bool route_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t 
 	else if (s == SHARD_PREPARE)
 		ok = true;   /* keyed by $n: its Bind is checked */
 	else if (s == SHARD_NONE)
-		ok = se.utility || (c->cf.no_shard_key == NOSHARD_SHARD0 && cl->rt_shard == 0);
+		ok = se.no_table || (c->cf.no_shard_key == NOSHARD_SHARD0 && cl->rt_shard == 0);
 	else
 		ok = false;
 	if (ok)

@@ -295,6 +295,14 @@ bool sbuf_flush(struct conn *src)
 	struct iobuf *b = src->in;
 	if (!dst || !b || b->scan == b->start)
 		return true;
+	if (dst->out.len && !dst->wr_on) {
+		/* pgmux's own bytes for the peer go first; nobody else would send them now */
+		int r = sbuf_send_out(dst);
+		if (r < 0) {
+			conn_fail(dst, "send failed");
+			return false;
+		}
+	}
 	if (dst->wr_on || dst->out.len) {
 		sbuf_pause(src);
 		return false;

@@ -110,7 +110,7 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 		sv->link = NULL;
 		sbuf_link(&sv->c, NULL);
 	}
-	if (sv->state != SV_LOGIN && sv->c.fd >= 0 && !sv->c.out.len) {
+	if (sv->state != SV_LOGIN && sv->c.fd >= 0 && !sv->c.out.len && !sv->torn) {
 		proto_terminate(&sv->c.out);
 		sbuf_send_out(&sv->c);
 	}
@@ -636,6 +636,11 @@ static void internal_done(struct server *sv)
 {
 	if (sv->link)
 		return;   /* SETs ahead of a client's query: its traffic follows */
+	if (sv->close_when_idle) {
+		/* its last client left it in a state no other client may inherit */
+		server_close(sv, "client disconnected mid-transaction or server marked for close");
+		return;
+	}
 	route_lsn_done(sv);
 	if (sv->cancel_pending) {
 		server_set_state(sv, SV_USED);

@@ -221,9 +221,9 @@ bool shard_user_id_hash(int type, const char *value, bool truncated, uint64_t *h
 	return false;
 }
 
-/* True when a Parse's batch runs nothing up to its Sync or Flush: prepare/describe only, so
- * any shard may take it. */
-static bool no_execute(const uint8_t *msg, uint32_t total, uint32_t avail)
+/* True when the messages after a Parse, up to a Sync or Flush, run nothing (no Bind or
+ * Execute), all of them here. */
+static bool prepare_only(const uint8_t *msg, uint32_t total, uint32_t avail)
 {
 	uint32_t off = total;
 	while (off + PROTO_HDR <= avail) {
@@ -291,8 +291,13 @@ int shard_for(struct client *cl, char type, const uint8_t *msg, uint32_t total, 
 		uint32_t blen = 0;
 		const uint8_t *bind = find_bind('P', msg, total, avail, &blen);
 		shardplan_parse(cl, msg, total, bind, blen, e);
-		if (!bind && e->need_bind && !no_execute(msg, total, avail))
-			e->need_bind = false, e->nokey_write = true;   /* runs without a Bind? refuse */
+		if (!bind && !e->refuse && prepare_only(msg, total, avail)) {
+			/* Parse [Describe] Sync/Flush runs nothing: any shard prepares it, and its
+			 * Bind finds its shard (asyncpg prepares so) */
+			e->need_bind = true;
+			e->shard = -1;
+			e->bad = e->multi = false;
+		}
 	} else if (type == 'B') {
 		shardplan_bind(cl, msg + PROTO_HDR, total - PROTO_HDR, e);
 	} else {
@@ -301,7 +306,7 @@ int shard_for(struct client *cl, char type, const uint8_t *msg, uint32_t total, 
 	int hint = hint_shard(c, r), sess = session_shard(cl);
 	int claim = hint >= 0 ? hint : sess >= 0 ? sess : -1;
 	if (e->refuse)
-		return e->named_ok && claim >= 0 ? claim : SHARD_REFUSE;
+		return SHARD_REFUSE;
 	if (e->bad)
 		return SHARD_BAD;
 	if (e->multi)

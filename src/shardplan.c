@@ -49,7 +49,7 @@ struct sp_val {
 
 struct sp_st {
 	uint8_t kind, verdict;
-	bool fanout_ok, insert, named_ok;
+	bool fanout_ok, insert, no_table;
 	const char *why;
 	uint32_t n;
 	struct sp_val *v;
@@ -287,7 +287,7 @@ static struct sp_tmpl *tmpl_build(const char *text, uint32_t len, const struct s
 		s->verdict = a->verdict;
 		s->fanout_ok = a->fanout_ok;
 		s->insert = a->insert;
-		s->named_ok = a->named_ok;
+		s->no_table = a->no_table;
 		s->why = a->why;
 		s->n = a->n_values;
 		if (!s->n)
@@ -633,20 +633,24 @@ static void eval(struct client *cl, const struct sp_tmpl *t, const char *text,
 	memset(e, 0, sizeof(*e));
 	e->shard = -1;
 	e->utility = true;
+	e->no_table = true;
 	if (t->parse_error)
 		return;   /* PostgreSQL refuses it wherever it goes: it runs nowhere */
 	e->fanout_ok = t->n_st == 1 && t->st[0].fanout_ok;
-	for (uint32_t i = 0; i < t->n_st && !e->refuse; i++) {
+	for (uint32_t i = 0; i < t->n_st; i++) {
 		const struct sp_st *s = &t->st[i];
 		int pos = (int)i + 1;
 		if (s->verdict == SHSQL_REFUSE) {
 			set_refuse(e, "0A000", s->why, pos);
-			e->named_ok = s->named_ok;
 			break;
 		}
 		if (s->kind != SHSQL_UTILITY)
 			e->utility = false;
+		if (!s->no_table)
+			e->no_table = false;
 		if (s->verdict == SHSQL_NOKEY) {
+			if (s->no_table)
+				continue;   /* runs where its batch does */
 			if (s->kind == SHSQL_READ)
 				e->nokey_read = true;
 			else if (s->kind == SHSQL_WRITE)
@@ -933,4 +937,20 @@ void shardplan_bind(struct client *cl, const uint8_t *body, uint32_t blen, struc
 	}
 	const struct sp_named *s = *pp;
 	eval(cl, s->t, s->t->text, NULL, s->oids, s->n_oids, body, blen, e);
+}
+
+const char *shardplan_bind_text(struct client *cl, const uint8_t *body, uint32_t blen, size_t *len)
+{
+	const uint8_t *end = body + blen;
+	const uint8_t *z = memchr(body, 0, blen);
+	const uint8_t *stmt = z ? z + 1 : NULL;
+	if (!cl->sp || !stmt || stmt >= end || !memchr(stmt, 0, (size_t)(end - stmt)))
+		return NULL;
+	char key[SP_NAME_MAX + 1];
+	snprintf(key, sizeof(key), "%s", (const char *)stmt);
+	struct sp_named **pp = named_slot(cl->sp, key, name_hash(key));
+	if (!*pp)
+		return NULL;
+	*len = (*pp)->t->len;
+	return (*pp)->t->text;
 }

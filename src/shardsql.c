@@ -434,14 +434,13 @@ static void set_refuse(struct shsql_stmt *st, uint8_t kind, const char *why)
 	st->kind = kind;
 	st->verdict = SHSQL_REFUSE;
 	st->why = why;
-	st->named_ok = false;
 }
 
-/* Rows with keys pgmux cannot see: refused unless the client names the shard itself. */
+/* Rows with keys pgmux cannot see: refused, hint or no hint (a hint does not know the row's
+ * key either, and a row must never sit on another shard than its key's). */
 static void set_hidden(struct shsql_stmt *st, const char *why)
 {
 	set_refuse(st, SHSQL_WRITE, why);
-	st->named_ok = true;
 }
 
 static void keyed_or_nokey(struct shsql_stmt *st, uint8_t kind, const char *why_none)
@@ -493,10 +492,16 @@ static void analyze_select(struct ctx *x, const PgQuery__SelectStmt *s)
 	if (s->n_values_lists || s->n_from_clause == 0) {
 		/* VALUES, or SELECT without FROM: no table, unless a subquery or a function (which
 		 * may read one, or answer per server) is in it */
-		if (sc.sublink || sc.cte || sc.funcs)
-			set_nokey(st, SHSQL_READ, "a function or subquery may read rows of any key");
-		else
+		if (sc.sublink || sc.cte) {
+			set_nokey(st, SHSQL_READ, "a subquery reads rows of any key");
+		} else if (sc.funcs) {
+			/* SELECT now(), nextval(..): no table of its own, but a function may read one */
+			set_nokey(st, SHSQL_READ, "a function may read rows of any key");
+			st->no_table = true;
+		} else {
 			st->kind = SHSQL_UTILITY, st->verdict = SHSQL_NOKEY, st->why = "no table";
+			st->no_table = true;
+		}
 		return;
 	}
 	const Node *from = s->from_clause[0];
@@ -709,11 +714,12 @@ static void analyze_node(struct ctx *x, const Node *n, int depth)
 		st->kind = SHSQL_UTILITY;
 		st->verdict = SHSQL_NOKEY;
 		st->why = "no table";
+		st->no_table = true;
 		break;
 	case PG_QUERY__NODE__NODE_COPY_STMT:
 		if (n->copy_stmt->is_from)
-			set_hidden(st, "COPY FROM: its rows' keys are not read (a hint comment or SET "
-				   "pgmux.shard names the shard it loads)");
+			set_hidden(st, "COPY FROM into a sharded database: its rows' keys are not read "
+				   "(load each shard directly)");
 		else
 			set_nokey(st, SHSQL_READ, "COPY TO reads rows of any key");
 		break;
