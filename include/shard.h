@@ -1,4 +1,4 @@
-/* shard.h: which shard of a sharded [database] a statement belongs to, from hints, session keys or its own key values. */
+/* shard.h: which shard of a sharded [database] a statement belongs to (shard.c), and key values as the server reads them (shardval.c). */
 #ifndef PGMUX_SHARD_H
 #define PGMUX_SHARD_H
 
@@ -57,6 +57,10 @@ bool shard_user_id_hash(int type, const char *value, bool truncated, uint64_t *h
 
 /* "integer", "text" or "uuid": the key type's name for messages. */
 const char *shard_key_type_name(int type);
+
+/* An integer key (a literal or hint) for a key column of type `type`: a text column gets its
+ * digits, as an assignment cast stores them; a uuid column none (-1). */
+int shard_int_key_hash(int type, int64_t v, uint64_t *hash);
 
 /* The shard of a key value (int2/int4/int8 keys: PostgreSQL's hash partitioning). */
 int shard_of_int(int64_t v, int n_shards);

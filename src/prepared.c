@@ -23,6 +23,8 @@ struct ps_stmt {
 	uint32_t hash, refs;
 	uint32_t gen;              /* bumped when its result type changed under it (0A000) */
 	uint32_t len;              /* of body: query\0, int16 n, int32 oids[n] */
+	uint8_t sname_len;
+	char sname[48];            /* its name on the servers, made once: every Bind carries it */
 	uint8_t body[];
 };
 
@@ -180,6 +182,8 @@ static struct ps_stmt *stmt_intern(struct worker *w, const uint8_t *body, uint32
 	if (!s)
 		return NULL;
 	s->id = ++g->next_id;
+	s->sname_len = (uint8_t)snprintf(s->sname, sizeof(s->sname), "pgmux_%s_%llu", g->token,
+					 (unsigned long long)s->id);
 	s->hash = h;
 	s->refs = 0;
 	s->gen = 0;
@@ -218,7 +222,9 @@ static void stmt_unref(struct worker *w, struct ps_stmt *s)
 
 static void server_name(struct worker *w, const struct ps_stmt *s, char *buf, size_t len)
 {
-	snprintf(buf, len, "pgmux_%s_%llu", w->ps->token, (unsigned long long)s->id);
+	(void)w;
+	assert(len > s->sname_len);
+	memcpy(buf, s->sname, (size_t)s->sname_len + 1);
 }
 
 /* ---- a client's names ---- */
@@ -548,10 +554,21 @@ uint64_t ps_client_bytes(const struct client *cl)
 	return cl->ps ? cl->ps->bytes + (uint64_t)(cl->ps->mask + 1) * sizeof(*cl->ps->tab) : 0;
 }
 
-/* True when `text` (n bytes) names one of pgmux's own server-side statements. */
+/* True when `text` (n bytes) names one of pgmux's own server-side statements: it holds the
+ * process's token.  memchr for the token's first digit runs 16 bytes at a time and stops
+ * only at that digit, so a query costs a few instructions unless it is full of numbers. */
 static bool names_pgmux_stmt(struct worker *w, const uint8_t *text, size_t n)
 {
-	return w->ps && memmem(text, n, w->ps->token, PS_TOKEN_LEN) != NULL;
+	if (!w->ps || n < PS_TOKEN_LEN)
+		return false;
+	const char *tok = w->ps->token;
+	const uint8_t *p = text, *last = text + n - PS_TOKEN_LEN;
+	while (p <= last && (p = memchr(p, tok[0], (size_t)(last - p) + 1))) {
+		if (memcmp(p + 1, tok + 1, PS_TOKEN_LEN - 1) == 0)
+			return true;
+		p++;
+	}
+	return false;
 }
 
 /* pgmux refuses a message with an error of its own.  It has the server refuse a Parse in its
@@ -918,9 +935,8 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 		if (!ensure_on_server(sv, st))
 			goto oom;
 	}
-	char sname[PS_SNAME_LEN];
-	server_name(c->w, st, sname, sizeof(sname));
-	uint32_t newlen = total - 1 - (uint32_t)strlen(name) + (uint32_t)strlen(sname);
+	const char *sname = st->sname;
+	uint32_t newlen = total - 1 - (uint32_t)strlen(name) + st->sname_len;
 	struct pktbuf hb = { 0 };
 	pktbuf_put_u8(&hb, (uint8_t)type);
 	pktbuf_put_u32(&hb, newlen);

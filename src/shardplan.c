@@ -828,6 +828,14 @@ static bool remember(struct client *cl, const char *name, struct sp_tmpl *t, con
 	struct sp_named **pp = named_slot(sp, key, h);
 	if (*pp) {
 		struct sp_named *old = *pp;
+		/* the unnamed statement parsed again with the same text and types: keep it */
+		if (old->t == t && old->n_oids == n_oids) {
+			uint16_t i = 0;
+			while (i < n_oids && old->oids[i] == proto_get32(oidp + 4 * i))
+				i++;
+			if (i == n_oids)
+				return true;
+		}
 		*pp = old->next;
 		named_free(sp, old);
 	}

@@ -81,7 +81,7 @@ import routebench as rb  # noqa: E402  (Runner, Topology, free_port, tail)
 PGBIN = rb.PGBIN
 BUDGET = os.path.join(HERE, "cg_budget.json")
 TOLERANCE = 0.05
-VARIANTS = ("plain", "routing_off", "routing_on")
+VARIANTS = ("plain", "routing_off", "routing_on", "sharded")
 MODES = ("simple", "extended", "prepared")
 CLIENTS = (1, 50)
 ALL = [f"{v}/{m}/c{c}" for v in VARIANTS for m in MODES for c in CLIENTS]
@@ -234,6 +234,14 @@ def write_ini(runner, root, name, port, topo):
     logfile = os.path.join(root, f"pgmux-{name}.log")
     if name == "plain":
         dbs, sections = f"bench = host=127.0.0.1 port={p.port} dbname=bench user=postgres\n", ""
+    elif name == "sharded":
+        # two shards on the primary (bench and its copy bench2), keyed by pgbench's aid: every
+        # statement is read for its key (shardsql/shardplan), the cost sharding adds
+        sections = ("[database bench]\nshards = 2\nshard_key = aid\nno_shard_key = shard0\n"
+                    f"shard.0.primary = host=127.0.0.1 port={p.port} dbname=bench user=postgres\n"
+                    f"shard.1.primary = host=127.0.0.1 port={p.port} dbname=bench2 user=postgres\n"
+                    f"read_your_writes = off\npool_size = {POOL_SIZE}\n")
+        dbs = ""
     else:
         routing = "on" if name == "routing_on" else "off"
         sections = ("[database bench]\n"
@@ -340,12 +348,14 @@ def run_all(args, configs, binary):
     runner.chown(root)
     timer_funcs = check_symbols(binary)
     variants = [v for v in VARIANTS if any(c.startswith(v + "/") for c in configs)]
-    n_rep = 2 if any(v != "plain" for v in variants) else 0
+    n_rep = 2 if any(v.startswith("routing") for v in variants) else 0
     topo = rb.Topology(runner, root, n_rep, 1, 120)
     results = {}
     try:
         t0 = time.time()
         topo.start()
+        if "sharded" in variants:
+            topo.primary.psql("CREATE DATABASE bench2 TEMPLATE bench")
         log(f"cgbench: PostgreSQL ready ({n_rep} replicas) in {time.time() - t0:.0f}s")
         for v, proc_no in ((v, k) for k in range(args.processes) for v in variants):
             port = rb.free_port()
@@ -353,7 +363,9 @@ def run_all(args, configs, binary):
             cg = Callgrind(runner, root, f"{v}.p{proc_no}", binary, ini)
             try:
                 cg.start(port, pgmux_log)
-                if v != "plain":
+                if v == "sharded":
+                    wait_backends_up(runner, port, 2)
+                elif v != "plain":
                     wait_backends_up(runner, port, 1 + len(topo.replicas))
                 for c in (c for c in configs if c.startswith(v + "/")):
                     _, mode, nc = c.split("/")

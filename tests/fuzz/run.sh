@@ -28,7 +28,8 @@ declare -A SRCS=(
 	[config]="src/config.c src/log.c src/sqlscan.c"
 	[sqlscan]="src/sqlscan.c"
 	[verdict]="src/verdict.c src/sqlscan.c"
-	[bind]="src/shard.c src/sqlscan.c src/shardhash.c"
+	[bind]="src/shardval.c src/shardhash.c"
+	[shardsql]="src/shardsql.c src/sqlmask.c"
 )
 declare -A LIBS=(
 	[startup]=""
@@ -40,8 +41,9 @@ declare -A LIBS=(
 	[sqlscan]=""
 	[verdict]=""
 	[bind]=""
+	[shardsql]="-lpg_query"
 )
-ALL=(startup scram_server scram_client userlist secret config sqlscan verdict bind)
+ALL=(startup scram_server scram_client userlist secret config sqlscan verdict bind shardsql)
 
 # shellcheck disable=SC2054  # the commas belong to -fsanitize=
 CFLAGS=(-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
