@@ -878,13 +878,14 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 	const uint8_t *p = m + PROTO_HDR, *end = m + have;
 	const char *portal = NULL;
 	if (type == 'B') {
-		if (!proto_bind_names_end(m, have)) {
+		portal = proto_get_str(&p, end);
+		const uint8_t *q = p;
+		if (!portal || !proto_get_str(&q, end)) {
 			if (avail < total)
 				return refuse_big(cl, ps, total, avail, "a Bind whose names are");
 			client_close(cl, "invalid Bind message", "08P01");
 			return PS_CLOSED;
 		}
-		portal = proto_get_str(&p, end);
 	} else {
 		if (avail < total)
 			return refuse_big(cl, ps, total, avail, "a Describe message");

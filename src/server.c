@@ -746,7 +746,6 @@ static bool try_release(struct server *sv)
 		sv->ready_notified = true;
 		return false;
 	}
-	assert(server_link_settled(sv));
 	pool_release(sv, false);
 	if (cl->fo)
 		route_fanout_next(cl);
