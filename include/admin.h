@@ -4,7 +4,7 @@
 
 #include <stdbool.h>
 
-#include "pgmux.h"
+#include "model.h"
 
 /* True for the console's database names. */
 bool admin_is_console_db(const char *name);

@@ -2,7 +2,7 @@
 #ifndef PGMUX_AUTH_H
 #define PGMUX_AUTH_H
 
-#include "pgmux.h"
+#include "model.h"
 
 /* Begins authenticating a client whose startup packet was accepted: either sends a request
  * for a password or calls client_auth_ok() at once. */

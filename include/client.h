@@ -2,7 +2,7 @@
 #ifndef PGMUX_CLIENT_H
 #define PGMUX_CLIENT_H
 
-#include "pgmux.h"
+#include "model.h"
 
 /* Takes ownership of an accepted socket. */
 void client_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t salen);

@@ -2,7 +2,7 @@
 #ifndef PGMUX_JANITOR_H
 #define PGMUX_JANITOR_H
 
-#include "pgmux.h"
+#include "model.h"
 
 #define JANITOR_PERIOD_USEC 200000
 

@@ -2,7 +2,7 @@
 #ifndef PGMUX_POOL_H
 #define PGMUX_POOL_H
 
-#include "pgmux.h"
+#include "model.h"
 
 /* Lookups by name go through hash tables (namehash.h): a login costs the same with one
  * database or thousands made from the "*" entry. */

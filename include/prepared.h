@@ -5,7 +5,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "pgmux.h"
+#include "model.h"
 
 /* Results of the hooks below, for the forwarding loops. */
 enum ps_result {

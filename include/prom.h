@@ -4,7 +4,7 @@
 
 #include <stddef.h>
 
-#include "pgmux.h"
+#include "model.h"
 
 /* Starts the endpoint on the worker's event loop when stats_listen is set ("host:port"); a
  * no-op returning 0 when it is empty or already running.  Returns -1, with the reason logged,

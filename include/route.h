@@ -2,7 +2,7 @@
 #ifndef PGMUX_ROUTE_H
 #define PGMUX_ROUTE_H
 
-#include "pgmux.h"
+#include "model.h"
 
 enum be_state { BE_UNKNOWN = 0, BE_UP, BE_DOWN };
 enum be_role { ROLE_UNKNOWN = 0, ROLE_PRIMARY, ROLE_REPLICA };

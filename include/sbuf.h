@@ -2,13 +2,14 @@
 #ifndef PGMUX_SBUF_H
 #define PGMUX_SBUF_H
 
-#include "pgmux.h"
+#include "model.h"
 
 /* Minimum receive buffer: a startup packet (10000 bytes) must fit whole. */
 #define SBUF_MIN_SIZE 16384
 
-/* Prepares c's events for fd; nothing is added to the loop until sbuf_resume(). */
-void sbuf_init(struct conn *c, struct worker *w, int fd, int kind);
+/* Prepares c's events for fd, with its owner's callbacks; nothing is added to the loop until
+ * sbuf_resume(). */
+void sbuf_init(struct conn *c, struct worker *w, int fd, int kind, const struct sbuf_ops *ops);
 
 /* Starts (or restarts) reading unless the conn is held or dead.  Cheap when already on. */
 void sbuf_resume(struct conn *c);
@@ -21,7 +22,7 @@ int sbuf_send_out(struct conn *c);
 
 /* Sends src->in's parsed bytes to src->peer.  Returns true when nothing is left pending; false
  * when the peer is full (src stops reading until the peer drains) or failed (the peer is torn
- * down through its kind's close path). */
+ * down through its owner's on_fail). */
 bool sbuf_flush(struct conn *src);
 
 /* Makes room for `need` bytes from c->in->scan on (compacting, then growing the buffer past

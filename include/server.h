@@ -2,7 +2,7 @@
 #ifndef PGMUX_SERVER_H
 #define PGMUX_SERVER_H
 
-#include "pgmux.h"
+#include "model.h"
 
 /* Opens a new server connection for the pool (the database address must be resolved). */
 void server_connect(struct pool *p);

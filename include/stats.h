@@ -5,7 +5,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "pgmux.h"
+#include "model.h"
 
 /* How an average is formed from two snapshots `dur` microseconds apart. */
 enum stats_avg_kind {
@@ -95,7 +95,7 @@ struct stats_pool_row {
 	uint64_t maxwait_total_us;  /* maxwait and maxwait_us as one figure */
 };
 
-/* A pool's SHOW POOLS figures as of `now` (pgmux_now()). */
+/* A pool's SHOW POOLS figures as of `now` (worker_now()). */
 void stats_pool_row(const struct pool *p, uint64_t now, struct stats_pool_row *r);
 
 /* ---- saturation --------------------------------------------------------------------------- */

@@ -15,6 +15,8 @@
 
 #include "client.h"
 #include "log.h"
+#include "pgmux.h"
+#include "worker.h"
 #include "pool.h"
 #include "route.h"
 #include "sbuf.h"
@@ -315,7 +317,7 @@ static void fmt_time(char *buf, size_t len, uint64_t mono)
 {
 	struct timespec rt;
 	clock_gettime(CLOCK_REALTIME, &rt);
-	uint64_t now = pgmux_now();
+	uint64_t now = worker_now();
 	uint64_t age = now > mono ? now - mono : 0;
 	time_t t = rt.tv_sec - (time_t)(age / 1000000u);
 	struct tm tm;
@@ -1156,7 +1158,7 @@ static void wait_poll(evutil_socket_t fd, short what, void *arg)
 	struct admin_session *s = arg;
 	struct client *cl = s->cl;
 	struct worker *w = cl->c.w;
-	w->now = pgmux_now();
+	w->now = worker_now();
 	if (s->wait == WAIT_CLOSE)
 		close_marked_idle(w, s->wait_db);
 	if (!wait_done(w, s->wait, s->wait_db)) {
@@ -2201,7 +2203,7 @@ static void admin_process(struct client *cl)
 		sbuf_resume(&cl->c);   /* reading stops when the buffer fills behind a held command */
 	if (s->check_shutdown) {
 		s->check_shutdown = false;
-		pgmux_check_shutdown(cl->c.w);
+		worker_check_shutdown(cl->c.w);
 	}
 }
 
@@ -2212,7 +2214,7 @@ static void stream_next(evutil_socket_t fd, short what, void *arg)
 	struct admin_session *s = arg;
 	struct client *cl = s->cl;
 	struct worker *w = cl->c.w;
-	w->now = pgmux_now();
+	w->now = worker_now();
 	if (!s->stream.cmd || cl->c.dead)
 		return;
 	if (cl->c.out.len) {

@@ -12,6 +12,7 @@
 #include "admin.h"
 #include "auth.h"
 #include "log.h"
+#include "worker.h"
 #include "route.h"
 #include "pool.h"
 #include "prepared.h"
@@ -124,7 +125,7 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 		if (cl->c.pkt_left || (cl->c.in && cl->c.in->start != cl->c.in->scan))
 			sv->torn = true;
 	}
-	pgmux_cancel_unregister(w, cl);
+	worker_cancel_unregister(w, cl);
 	route_client_free(cl);
 	sbuf_close(&cl->c);
 	if (sv)
@@ -133,9 +134,43 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 	auth_free(cl);
 	admin_client_gone(cl);
 	w->n_clients--;
-	pgmux_reap(w, &cl->c);
-	pgmux_check_shutdown(w);
+	worker_reap(w, &cl->c);
+	worker_check_shutdown(w);
 }
+
+static void on_data(struct conn *c)
+{
+	client_on_data(container_of(c, struct client, c));
+}
+
+static void on_fail(struct conn *c, const char *reason)
+{
+	client_close(container_of(c, struct client, c), reason, NULL);
+}
+
+static void on_handshake(struct conn *c)
+{
+	client_on_handshake(container_of(c, struct client, c));
+}
+
+/* The reaper's half of client_close: the memory, once no callback holds the client. */
+static void on_free(struct conn *c)
+{
+	struct client *cl = container_of(c, struct client, c);
+	varcache_clear(&c->w->vars, &cl->vars);
+	ps_client_free(cl);
+	free(cl->user_name);
+	free(cl->db_name);
+	free(cl);
+}
+
+static const struct sbuf_ops client_ops = {
+	.on_data = on_data,
+	.on_fail = on_fail,
+	.on_handshake = on_handshake,
+	.eof_reason = "client closed connection",
+	.on_free = on_free,
+};
 
 void client_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t salen)
 {
@@ -144,12 +179,12 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_
 		close(fd);
 		return;
 	}
-	sbuf_init(&cl->c, w, fd, CONN_CLIENT);
+	sbuf_init(&cl->c, w, fd, CONN_CLIENT, &client_ops);
 	list_init(&cl->node);
 	cl->state = CL_FREE;
 	cl->rt_be = cl->rt_avoid = cl->rt_shard = -1;
 	cl->shard_pref = -1;
-	cl->connect_time = cl->last_active = pgmux_now();
+	cl->connect_time = cl->last_active = worker_now();
 	if (sa->sa_family == AF_INET) {
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, cl->addr, sizeof(cl->addr));
 		sbuf_set_nodelay(fd);
@@ -192,7 +227,7 @@ static void send_single_byte(struct client *cl, char b)
 static void handle_cancel(struct client *cl, const uint8_t *body)
 {
 	uint32_t pid = proto_get32(body + 4), key = proto_get32(body + 8);
-	struct client *target = pgmux_cancel_find(cl->c.w, pid, key);
+	struct client *target = worker_cancel_find(cl->c.w, pid, key);
 	if (target && target->link && !target->link->c.dead)
 		server_cancel(target->link);
 	else
@@ -500,12 +535,12 @@ void client_send_welcome(struct client *cl)
 	for (int i = 0; i < VAR_COUNT; i++)
 		if (!cl->vars.val[i] && p->defaults.val[i])
 			varcache_set(&cl->c.w->vars, &cl->vars, i, varcache_get(&p->defaults, i));
-	pgmux_cancel_register(cl->c.w, cl);
+	worker_cancel_register(cl->c.w, cl);
 	proto_backend_key(o, cl->cancel_pid, cl->cancel_key);
 	proto_ready(o, 'I');
 	client_set_state(cl, CL_ACTIVE);
 	cl->c.hold = false;
-	cl->last_active = pgmux_now();
+	cl->last_active = worker_now();
 	if (sbuf_send_out(&cl->c) < 0) {
 		client_close(cl, "send failed", NULL);
 		return;

@@ -6,6 +6,7 @@
 
 #include "client.h"
 #include "log.h"
+#include "worker.h"
 #include "pool.h"
 #include "server.h"
 
@@ -175,7 +176,7 @@ static void grow_pools(struct worker *w)
 
 void janitor_run(struct worker *w)
 {
-	uint64_t now = w->now = pgmux_now();
+	uint64_t now = w->now = worker_now();
 	struct victims cl = { 0 }, sv = { 0 }, check = { 0 };
 	sweep_autodbs(w, now);
 	sweep_clients(w, now, &cl);
@@ -214,5 +215,5 @@ void janitor_run(struct worker *w)
 	free(check.v);
 	free(check.why);
 	grow_pools(w);
-	pgmux_check_shutdown(w);
+	worker_check_shutdown(w);
 }

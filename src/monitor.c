@@ -11,6 +11,7 @@
 #include <libpq-fe.h>
 
 #include "log.h"
+#include "worker.h"
 #include "pool.h"
 #include "route.h"
 
@@ -197,7 +198,7 @@ static void send_probe(struct monitor *m)
 
 static void start_probe(struct monitor *m)
 {
-	m->probe_start = pgmux_now();
+	m->probe_start = worker_now();
 	if (m->conn && PQstatus(m->conn) == CONNECTION_OK) {
 		send_probe(m);
 		return;
@@ -312,7 +313,7 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	struct monitor *m = arg;
-	m->be->cl->w->now = pgmux_now();
+	m->be->cl->w->now = worker_now();
 	if (m->phase == MON_CONNECTING) {
 		on_connect_io(m);
 	} else if (m->phase == MON_QUERY) {
@@ -334,7 +335,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	struct monitor *m = arg;
-	uint64_t now = pgmux_now();
+	uint64_t now = worker_now();
 	m->be->cl->w->now = now;
 	arm_timer(m, interval(m));
 	if (m->phase == MON_IDLE)

@@ -16,6 +16,7 @@
 #include "client.h"
 #include "janitor.h"
 #include "log.h"
+#include "worker.h"
 #include "pool.h"
 #include "route.h"
 #include "prepared.h"
@@ -26,121 +27,6 @@
 #include "server.h"
 #include "tls.h"
 #include "userlist.h"
-
-uint64_t pgmux_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-/* ---- cancel keys ---- */
-
-static uint32_t cancel_hash(uint32_t pid, uint32_t key)
-{
-	uint64_t x = ((uint64_t)pid << 32 | key) * 0x9E3779B97F4A7C15ull;
-	return (uint32_t)(x >> 32);
-}
-
-static void cancel_grow(struct worker *w)
-{
-	uint32_t n = (w->cancel_mask + 1) * 2;
-	struct client **tab = calloc(n, sizeof(*tab));
-	if (!tab)
-		return;
-	for (uint32_t i = 0; i <= w->cancel_mask; i++) {
-		struct client *c = w->cancel_tab[i];
-		while (c) {
-			struct client *next = c->cancel_next;
-			uint32_t h = cancel_hash(c->cancel_pid, c->cancel_key) & (n - 1);
-			c->cancel_next = tab[h];
-			tab[h] = c;
-			c = next;
-		}
-	}
-	free(w->cancel_tab);
-	w->cancel_tab = tab;
-	w->cancel_mask = n - 1;
-}
-
-void pgmux_cancel_register(struct worker *w, struct client *cl)
-{
-	if ((uint32_t)w->n_clients > w->cancel_mask)
-		cancel_grow(w);
-	do {
-		uint32_t k[2];
-		pwcrypt_random(k, sizeof(k));
-		cl->cancel_pid = k[0] & 0x7fffffff;
-		cl->cancel_key = k[1];
-	} while (!cl->cancel_pid || pgmux_cancel_find(w, cl->cancel_pid, cl->cancel_key));
-	uint32_t h = cancel_hash(cl->cancel_pid, cl->cancel_key) & w->cancel_mask;
-	cl->cancel_next = w->cancel_tab[h];
-	w->cancel_tab[h] = cl;
-}
-
-void pgmux_cancel_unregister(struct worker *w, struct client *cl)
-{
-	if (!cl->cancel_pid)
-		return;
-	struct client **pp = &w->cancel_tab[cancel_hash(cl->cancel_pid, cl->cancel_key) & w->cancel_mask];
-	for (; *pp; pp = &(*pp)->cancel_next) {
-		if (*pp == cl) {
-			*pp = cl->cancel_next;
-			break;
-		}
-	}
-	cl->cancel_pid = 0;
-}
-
-struct client *pgmux_cancel_find(struct worker *w, uint32_t pid, uint32_t key)
-{
-	struct client *c = w->cancel_tab[cancel_hash(pid, key) & w->cancel_mask];
-	for (; c; c = c->cancel_next)
-		if (c->cancel_pid == pid && pwcrypt_equal(&c->cancel_key, &key, sizeof(key)))
-			return c;
-	return NULL;
-}
-
-/* ---- reaping ---- */
-
-static void reap_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct worker *w = arg;
-	while (w->reap_head) {
-		struct conn *c = w->reap_head;
-		w->reap_head = c->reap_next;
-		if (c->kind == CONN_CLIENT) {
-			struct client *cl = container_of(c, struct client, c);
-			varcache_clear(&w->vars, &cl->vars);
-			ps_client_free(cl);
-			free(cl->user_name);
-			free(cl->db_name);
-			free(cl);
-		} else if (c->kind == CONN_SERVER) {
-			server_free(container_of(c, struct server, c));
-		} else {
-			free(c);   /* a cancel request: its conn is its first member */
-		}
-	}
-	while (!list_empty(&w->db_reap)) {
-		struct database *db = list_entry(w->db_reap.next, struct database, node);
-		list_del(&db->node);
-		pool_free_database(db);
-	}
-}
-
-void pgmux_reap(struct worker *w, struct conn *c)
-{
-	c->reap_next = w->reap_head;
-	w->reap_head = c;
-	event_active(&w->ev_reap, EV_TIMEOUT, 0);
-}
-
-void pgmux_reap_database(struct worker *w, struct database *db)
-{
-	list_append(&w->db_reap, &db->node);
-	event_active(&w->ev_reap, EV_TIMEOUT, 0);
-}
 
 /* ---- listeners ---- */
 
@@ -186,7 +72,7 @@ static void refuse_socket(int fd)
 static void on_accept(evutil_socket_t lfd, short what, void *arg)
 {
 	struct worker *w = arg;
-	w->now = pgmux_now();
+	w->now = worker_now();
 	/* A bounded batch per wakeup keeps one busy listener from starving the rest. */
 	for (int i = 0; i < 64; i++) {
 		struct sockaddr_storage ss;
@@ -337,30 +223,6 @@ void pgmux_stop_listening(struct worker *w)
 	}
 }
 
-/* ---- shutdown ---- */
-
-void pgmux_check_shutdown(struct worker *w)
-{
-	if (!w->shutdown)
-		return;
-	bool done = false;
-	if (w->shutdown == PGMUX_SHUTDOWN_NOW) {
-		done = true;
-	} else if (w->shutdown == PGMUX_SHUTDOWN_WAIT_CLIENTS) {
-		done = w->n_clients == 0;
-	} else {
-		done = true;
-		struct list *it, *tmp;
-		list_for_each_safe(it, tmp, &w->pools) {
-			struct pool *p = list_entry(it, struct pool, node);
-			if (p->n_sv[SV_ACTIVE] || p->n_sv[SV_USED])
-				done = false;
-		}
-	}
-	if (done)
-		event_base_loopbreak(w->base);
-}
-
 /* ---- reload ---- */
 
 int pgmux_reload(struct worker *w)
@@ -412,7 +274,7 @@ int pgmux_reload(struct worker *w)
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
 	struct worker *w = arg;
-	w->now = pgmux_now();
+	w->now = worker_now();
 	switch (sig) {
 	case SIGHUP:
 		log_info("got SIGHUP, reloading");
@@ -444,7 +306,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 		break;
 	}
 	}
-	pgmux_check_shutdown(w);
+	worker_check_shutdown(w);
 }
 
 int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, struct userlist *ul)
@@ -468,7 +330,6 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 	list_init(&w->databases);
 	list_init(&w->users);
 	list_init(&w->pools);
-	list_init(&w->db_reap);
 	list_init(&w->cl_login);
 	list_init(&w->cl_admin);
 	w->bufsize = cf->pkt_buf > SBUF_MIN_SIZE ? (uint32_t)cf->pkt_buf : SBUF_MIN_SIZE;
@@ -481,7 +342,7 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 		log_error("%s", err);
 		return -1;
 	}
-	event_assign(&w->ev_reap, w->base, -1, 0, reap_cb, w);
+	worker_init_base(w);
 	evtimer_assign(&w->ev_accept_retry, w->base, accept_retry, w);
 	signal(SIGPIPE, SIG_IGN);
 	int sigs[] = { SIGHUP, SIGINT, SIGTERM, SIGQUIT, SIGUSR1 };

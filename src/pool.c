@@ -12,6 +12,7 @@
 #include "admin.h"
 #include "client.h"
 #include "log.h"
+#include "worker.h"
 #include "namehash.h"
 #include "sbuf.h"
 #include "prepared.h"
@@ -45,7 +46,7 @@ struct database *pool_find_database(struct worker *w, const char *name)
 	bool known;
 	struct database *found = pool_lookup_database(w, name, &known);
 	if (found)
-		found->last_used = pgmux_now();   /* a login, or the console naming it */
+		found->last_used = worker_now();   /* a login, or the console naming it */
 	if (known)
 		return found;
 	const struct cfg_db *e = config_find_db(w->cf, name);
@@ -57,7 +58,7 @@ struct database *pool_find_database(struct worker *w, const char *name)
 	db->name = strdup(name);
 	db->w = w;
 	db->id = ++w->next_id;
-	db->last_used = pgmux_now();
+	db->last_used = worker_now();
 	db->cf = config_db_dup(e);
 	db->from_wildcard = strcmp(e->name, "*") == 0 && strcmp(name, "*") != 0;
 	if (!db->name || !db->cf || !namehash_put(w->db_names, db->name, db)) {
@@ -147,6 +148,8 @@ static void pool_unlink(void *val, void *arg)
 	stats_pool_gone(arg, p);
 }
 
+static void free_database(struct reap_item *it);
+
 void pool_remove_database(struct worker *w, struct database *db)
 {
 	namehash_del(w->db_names, db->name);
@@ -156,7 +159,7 @@ void pool_remove_database(struct worker *w, struct database *db)
 	stats_database_gone(w, db);
 	/* Clients and servers closed earlier in this callback may still point at its pools until
 	 * the reaper frees them; the database goes after them. */
-	pgmux_reap_database(w, db);
+	worker_defer_free(w, &db->reap, free_database);
 }
 
 /* Pools are keyed by their user's name, which outlives them: freeing one leaves the table
@@ -167,6 +170,11 @@ static void pool_free(void *val, void *arg)
 	pktbuf_free(&p->welcome);
 	varcache_clear(&((struct worker *)arg)->vars, &p->defaults);
 	free(p);
+}
+
+static void free_database(struct reap_item *it)
+{
+	pool_free_database(container_of(it, struct database, reap));
 }
 
 void pool_free_database(struct database *db)
@@ -319,7 +327,7 @@ void pool_launch(struct pool *p)
 	struct list *first = list_first(&p->cl_waiting);
 	if (first && pool_reserve(p) > 0) {
 		struct client *cl = list_entry(first, struct client, node);
-		reserve = pgmux_now() - cl->wait_start >= (uint64_t)w->cf->reserve_pool_timeout;
+		reserve = worker_now() - cl->wait_start >= (uint64_t)w->cf->reserve_pool_timeout;
 	}
 	while (want > pending && can_open(p, reserve)) {
 		int before = pool_servers(p);
@@ -518,7 +526,7 @@ void pool_release(struct server *sv, bool client_gone)
 	pool_serve_waiters(p);
 	if (cl && !client_gone && !cl->c.dead && sbuf_unparsed(&cl->c))
 		client_on_data(cl);
-	pgmux_check_shutdown(w);
+	worker_check_shutdown(w);
 }
 
 void pool_server_ready(struct server *sv)
@@ -531,7 +539,7 @@ void pool_server_ready(struct server *sv)
 		client_send_welcome(cl);
 	}
 	pool_serve_waiters(p);
-	pgmux_check_shutdown(p->w);
+	worker_check_shutdown(p->w);
 }
 
 void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate)
@@ -576,7 +584,7 @@ static void resolved(int err, struct evutil_addrinfo *res, void *arg)
 {
 	struct database *db = arg;
 	struct worker *w = db->w;
-	w->now = pgmux_now();
+	w->now = worker_now();
 	db->resolving = false;
 	if (err || !res) {
 		char msg[300];

@@ -85,6 +85,8 @@ enum ps_kind {
 struct ps_req {
 	uint8_t kind;
 	bool failed;               /* QUERY: an error came back */
+	bool skipped;              /* sent while the server skips to the next Sync after an error:
+				    * no answer will come for it */
 	struct ps_stmt *st;        /* PARSE*, BIND: the statement (a reference) */
 	char *err;                 /* ERROR_SYNTH: "SQLSTATE message" */
 	char *cname;               /* PARSE, PARSE_SYNTH: the client's name, dropped if skipped */
@@ -100,6 +102,7 @@ struct ps_server {
 	struct ps_req *q;
 	uint32_t qhead, qn, qcap;
 	uint32_t block;            /* counts the client's Sync/Query: the current sync block */
+	bool skipping;             /* the server had an error and skips until a Sync not yet sent */
 };
 
 static uint32_t hash_bytes(const void *p, size_t n)
@@ -414,6 +417,9 @@ static struct ps_req *push(struct ps_server *ps, uint8_t kind, struct ps_stmt *s
 	struct ps_req *r = &ps->q[(ps->qhead + ps->qn++) & (ps->qcap - 1)];  /* qcap: a power of 2 */
 	memset(r, 0, sizeof(*r));
 	r->kind = kind;
+	r->skipped = ps->skipping && kind != PSR_SYNC && kind != PSR_QUERY && kind != PSR_FUNC;
+	if (kind == PSR_SYNC || kind == PSR_QUERY || kind == PSR_FUNC)
+		ps->skipping = false;   /* the server's skipping ends at this sync point */
 	r->st = st;
 	if (st)
 		stmt_ref(st);
@@ -1177,11 +1183,33 @@ enum ps_result ps_client_message(struct client *cl, char type, uint32_t total, u
 
 /* ---- server side ---- */
 
+/* The head request was skipped or failed: a Parse of it leaves no statement behind, on the
+ * server or in the client's names, as in PostgreSQL. */
+static void drop_head(struct server *sv, struct ps_server *ps)
+{
+	struct ps_req *r = head(ps);
+	if ((r->kind == PSR_PARSE_HIDDEN || r->kind == PSR_PARSE) && r->st) {
+		struct ps_sent *e = sent_find(ps, r->st);
+		if (e)
+			sent_del(sv->c.w, ps, e);
+	}
+	if (r->cname && sv->link)
+		cname_del(sv->link, r->cname, name_key(r->cname, (char[PS_NAME_MAX + 1]){ 0 }));
+	pop(sv->c.w, ps);
+}
+
 enum ps_result ps_emit(struct server *sv)
 {
 	struct ps_server *ps = sv->ps;
 	struct ps_req *r;
+	/* pgmux's answers go between the server's messages, never inside one it is streaming */
+	if (sv->c.pkt_left)
+		return PS_FORWARD;
 	while ((r = head(ps)) && (r->kind == PSR_PARSE_SYNTH || r->kind == PSR_CLOSE_SYNTH)) {
+		if (r->skipped) {
+			drop_head(sv, ps);   /* the server skipped it: no answer of pgmux's either */
+			continue;
+		}
 		uint8_t msg[5];
 		uint32_t n = 5;
 		msg[0] = r->kind == PSR_PARSE_SYNTH ? '1' : '3';
@@ -1211,17 +1239,11 @@ static void error_skip(struct server *sv, struct ps_server *ps, const uint8_t *b
 			e->stale = true;
 		}
 	}
-	while ((r = head(ps)) && r->kind != PSR_SYNC) {
-		if ((r->kind == PSR_PARSE_HIDDEN || r->kind == PSR_PARSE) && r->st) {
-			struct ps_sent *e = sent_find(ps, r->st);
-			if (e)
-				sent_del(sv->c.w, ps, e);
-		}
-		/* A Parse that failed or was skipped leaves no statement behind, as in PostgreSQL. */
-		if (r->cname && sv->link)
-			cname_del(sv->link, r->cname, name_key(r->cname, (char[PS_NAME_MAX + 1]){ 0 }));
-		pop(sv->c.w, ps);
-	}
+	while ((r = head(ps)) && r->kind != PSR_SYNC)
+		drop_head(sv, ps);
+	/* No Sync sent yet: what the client sends until it is skipped too (push marks it). */
+	if (!r)
+		ps->skipping = true;
 }
 
 static bool tag_is(const uint8_t *body, uint32_t blen, const char *tag)
@@ -1326,7 +1348,11 @@ enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *bo
 			error_skip(sv, ps, body, blen);
 		break;
 	case 'Z':
-		if (r->kind == PSR_SYNC || r->kind == PSR_QUERY || r->kind == PSR_FUNC)
+		/* requests the server skipped after an error get no answer: this ReadyForQuery
+		 * ends them */
+		while ((r = head(ps)) && r->skipped)
+			drop_head(sv, ps);
+		if (r && (r->kind == PSR_SYNC || r->kind == PSR_QUERY || r->kind == PSR_FUNC))
 			pop(sv->c.w, ps);
 		break;
 	default:

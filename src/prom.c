@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "pgmux.h"
+#include "worker.h"
 #include "pool.h"
 #include "stats.h"
 
@@ -42,7 +44,7 @@ struct prom_conn {
 	struct event ev_timer;          /* the deadline of the current state */
 	struct evbuffer *out;           /* the reply */
 	size_t len;                     /* request bytes in req (PC_READ), or bytes drained */
-	uint64_t born;                  /* pgmux_now() at accept */
+	uint64_t born;                  /* worker_now() at accept */
 	char req[PROM_REQ_MAX];
 };
 
@@ -54,7 +56,7 @@ struct prom {
 	struct list conns;
 	int n_conns;
 	uint64_t refused;               /* closed over the cap since the last log line */
-	uint64_t refused_logged;        /* pgmux_now() of that line */
+	uint64_t refused_logged;        /* worker_now() of that line */
 };
 
 /* One endpoint per process, like the console: the figures it serves cover the whole pooler. */
@@ -241,7 +243,7 @@ static bool render(struct worker *w, struct evbuffer *b)
 	if (n && !pp)
 		return false;
 	bool ok = true;
-	uint64_t now = pgmux_now();
+	uint64_t now = worker_now();
 	list_for_each_safe(it, tmp, &w->pools) {
 		if (i >= n)
 			break;
@@ -367,7 +369,7 @@ static void conn_timeout(evutil_socket_t fd, short what, void *arg)
 /* Arms the deadline: timeout_sec from now, but never past the connection's lifetime. */
 static void conn_deadline(struct prom_conn *pc, int timeout_sec)
 {
-	uint64_t now = pgmux_now(), end = pc->born + PROM_LIFETIME_USEC;
+	uint64_t now = worker_now(), end = pc->born + PROM_LIFETIME_USEC;
 	uint64_t us = (uint64_t)timeout_sec * 1000000u;
 	if (now + us > end)
 		us = end > now ? end - now : 0;
@@ -516,7 +518,7 @@ static size_t head_end(const char *req, size_t len, size_t from)
 static void conn_io(evutil_socket_t fd, short what, void *arg)
 {
 	struct prom_conn *pc = arg;
-	pc->pr->w->now = pgmux_now();
+	pc->pr->w->now = worker_now();
 	if (pc->state == PC_WRITE) {
 		conn_write(pc);
 		return;
@@ -555,7 +557,7 @@ static void conn_new(struct prom *pr, int fd)
 	}
 	pc->pr = pr;
 	pc->fd = fd;
-	pc->born = pgmux_now();
+	pc->born = worker_now();
 	list_append(&pr->conns, &pc->node);
 	pr->n_conns++;
 	evtimer_assign(&pc->ev_timer, pr->w->base, conn_timeout, pc);
@@ -582,7 +584,7 @@ static void note_refused(struct prom *pr, uint64_t now)
 static void on_accept(evutil_socket_t lfd, short what, void *arg)
 {
 	struct prom *pr = arg;
-	uint64_t now = pr->w->now = pgmux_now();
+	uint64_t now = pr->w->now = worker_now();
 	for (int i = 0; i < PROM_ACCEPT_BATCH; i++) {
 		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {

@@ -9,18 +9,19 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "client.h"
 #include "log.h"
-#include "server.h"
+#include "worker.h"
 #include "tls.h"
 
 static void sbuf_on_read(evutil_socket_t fd, short what, void *arg);
 static void sbuf_on_write(evutil_socket_t fd, short what, void *arg);
 
-void sbuf_init(struct conn *c, struct worker *w, int fd, int kind)
+void sbuf_init(struct conn *c, struct worker *w, int fd, int kind, const struct sbuf_ops *ops)
 {
+	assert(ops && ops->on_data && ops->on_fail);
 	c->fd = fd;
 	c->kind = (uint8_t)kind;
+	c->ops = ops;
 	c->w = w;
 	c->id = ++w->next_id;
 	event_assign(&c->ev_read, w->base, fd, EV_READ | EV_PERSIST, sbuf_on_read, c);
@@ -182,15 +183,11 @@ void sbuf_release_buf(struct conn *c)
 	}
 }
 
-/* Routes a conn whose socket failed to its kind's single teardown path. */
+/* Routes a conn whose socket failed to its owner's single teardown path. */
 static void conn_fail(struct conn *c, const char *reason)
 {
-	if (c->dead)
-		return;
-	if (c->kind == CONN_CLIENT)
-		client_close(container_of(c, struct client, c), reason, NULL);
-	else
-		server_on_fail(c, reason);
+	if (!c->dead)
+		c->ops->on_fail(c, reason);
 }
 
 static inline ssize_t conn_recv(struct conn *c, void *buf, size_t len)
@@ -205,19 +202,14 @@ static inline ssize_t conn_send(struct conn *c, const void *buf, size_t len)
 
 static void conn_dispatch(struct conn *c)
 {
-	if (c->kind == CONN_CLIENT)
-		client_on_data(container_of(c, struct client, c));
-	else
-		server_on_data(c);
+	c->ops->on_data(c);
 }
 
 /* A TLS handshake in progress owns both events, whichever side pgmux plays. */
 static void conn_handshake(struct conn *c)
 {
-	if (c->kind == CONN_CLIENT)
-		client_on_handshake(container_of(c, struct client, c));
-	else
-		server_on_handshake(c);
+	if (c->ops->on_handshake)
+		c->ops->on_handshake(c);
 }
 
 static void sbuf_on_read(evutil_socket_t fd, short what, void *arg)
@@ -225,7 +217,7 @@ static void sbuf_on_read(evutil_socket_t fd, short what, void *arg)
 	struct conn *c = arg;
 	struct worker *w = c->w;
 
-	w->now = pgmux_now();
+	w->now = worker_now();
 	if (c->handshaking) {
 		conn_handshake(c);
 		return;
@@ -260,7 +252,7 @@ static void sbuf_on_read(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	if (n == 0)
-		conn_fail(c, c->kind == CONN_CLIENT ? "client closed connection" : "server closed connection");
+		conn_fail(c, c->ops->eof_reason ? c->ops->eof_reason : "connection closed");
 	else
 		conn_fail(c, strerror(errno));
 }
@@ -334,7 +326,7 @@ bool sbuf_flush(struct conn *src)
 static void sbuf_on_write(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn *c = arg;
-	c->w->now = pgmux_now();
+	c->w->now = worker_now();
 	if (c->handshaking) {
 		conn_handshake(c);
 		return;
@@ -349,7 +341,7 @@ static void sbuf_on_write(evutil_socket_t fd, short what, void *arg)
 			return;
 	}
 	disarm_write(c);
-	if (c->kind != CONN_CLIENT && server_on_writable(c))
+	if (c->ops->on_writable && c->ops->on_writable(c))
 		return;
 	struct conn *src = c->peer;
 	if (src && !src->dead) {

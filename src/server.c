@@ -14,6 +14,7 @@
 #include "auth.h"
 #include "client.h"
 #include "log.h"
+#include "worker.h"
 #include "route.h"
 #include "pool.h"
 #include "prepared.h"
@@ -121,7 +122,7 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 	w->n_servers--;
 	free_login(sv);
 	if (!sv->cancel_pending)
-		pgmux_reap(w, &sv->c);
+		worker_reap(w, &sv->c);
 	route_lsn_done(sv);
 	if (cl && route_retry_lost(cl))
 		client_on_data(cl);   /* its read goes to another backend */
@@ -131,7 +132,7 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 		pool_server_failed(p, reason, sqlstate);
 	else
 		pool_launch(p);
-	pgmux_check_shutdown(w);
+	worker_check_shutdown(w);
 }
 
 void server_close(struct server *sv, const char *reason)
@@ -158,6 +159,23 @@ static void arm_write(struct conn *c)
 		c->wr_on = true;
 }
 
+static void on_free(struct conn *c)
+{
+	if (c->kind == CONN_SERVER)
+		server_free(container_of(c, struct server, c));
+	else
+		free(container_of(c, struct cancel_req, c));
+}
+
+static const struct sbuf_ops server_ops = {
+	.on_data = server_on_data,
+	.on_fail = server_on_fail,
+	.on_handshake = server_on_handshake,
+	.on_writable = server_on_writable,
+	.eof_reason = "server closed connection",
+	.on_free = on_free,
+};
+
 void server_connect(struct pool *p)
 {
 	struct worker *w = p->w;
@@ -173,7 +191,7 @@ void server_connect(struct pool *p)
 		free(sv);
 		return;
 	}
-	sbuf_init(&sv->c, w, fd, CONN_SERVER);
+	sbuf_init(&sv->c, w, fd, CONN_SERVER, &server_ops);
 	list_init(&sv->node);
 	sv->pool = p;
 	sv->state = SV_FREE;
@@ -230,14 +248,14 @@ static void cancel_done(struct cancel_req *cr, const char *why)
 		return;
 	log_debug("cancel request finished: %s", why);
 	sbuf_close(&cr->c);
-	pgmux_reap(w, &cr->c);
+	worker_reap(w, &cr->c);
 	if (!sv)
 		return;
 	cr->target = NULL;
 	if (--sv->cancel_pending)
 		return;
 	if (sv->c.dead)
-		pgmux_reap(w, &sv->c);
+		worker_reap(w, &sv->c);
 	else if (sv->state == SV_USED && !sv->internal_z && !sv->link)
 		pool_server_ready(sv);
 }
@@ -371,7 +389,7 @@ void server_cancel(struct server *sv)
 		log_error("could not open a cancel connection: %s", strerror(errno));
 		return;
 	}
-	sbuf_init(&cr->c, w, fd, CONN_CANCEL);
+	sbuf_init(&cr->c, w, fd, CONN_CANCEL, &server_ops);
 	cr->target = sv;
 	sv->cancel_pending++;
 	proto_cancel_request(&cr->c.out, sv->be_pid, sv->be_key);
@@ -647,7 +665,7 @@ static void internal_done(struct server *sv)
 		return;
 	}
 	if (sv->state == SV_TESTED) {
-		sv->last_check = pgmux_now();
+		sv->last_check = worker_now();
 		server_set_state(sv, SV_IDLE);
 		pool_serve_waiters(sv->pool);
 	} else if (sv->state == SV_LOGIN) {

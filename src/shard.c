@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pgmux.h"
+#include "model.h"
 #include "prepared.h"
 #include "route.h"
 #include "shardhash.h"

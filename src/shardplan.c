@@ -10,7 +10,7 @@
 #include "client.h"
 #include "list.h"
 #include "log.h"
-#include "pgmux.h"
+#include "model.h"
 #include "pool.h"
 #include "route.h"
 #include "shard.h"

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "worker.h"
 #include "namehash.h"
 #include "pool.h"
 
@@ -37,13 +38,13 @@ struct sat_entry {
 	struct hist snap_cur[STATS_NH];     /* cumulative histograms at the last boundary */
 	bool over;                          /* the last sample was at or above saturation_warn */
 	bool warned;                        /* the warning has been logged for this stretch */
-	uint64_t over_since;                /* pgmux_now() of the first sample of the stretch */
+	uint64_t over_since;                /* worker_now() of the first sample of the stretch */
 };
 
 struct stats_state {
 	struct worker *w;
 	struct event ev;
-	uint64_t last;              /* pgmux_now() of the last snapshot */
+	uint64_t last;              /* worker_now() of the last snapshot */
 	struct stats_entry *e;
 	size_t n, cap;
 	/* saturation: one entry per pool, in w->pools order while pools are only appended */
@@ -280,7 +281,7 @@ static void check_warn(struct worker *w, struct sat_entry *e, const struct pool 
 static void sample(struct stats_state *st)
 {
 	struct worker *w = st->w;
-	uint64_t now = pgmux_now();
+	uint64_t now = worker_now();
 	size_t i = 0;
 	struct list *it, *tmp;
 	list_for_each_safe(it, tmp, &w->pools) {
@@ -322,7 +323,7 @@ static void rotate(struct stats_state *st)
 void stats_saturation_of(struct worker *w, const struct pool *p, struct stats_saturation *o)
 {
 	memset(o, 0, sizeof(*o));
-	uint64_t now = pgmux_now();
+	uint64_t now = worker_now();
 	struct stats_state *st = w->stats;
 	const struct sat_entry *e = st ? sat_find(st, p, SIZE_MAX, false) : NULL;
 	o->pool = p;
@@ -378,7 +379,7 @@ static void arm(struct stats_state *st)
 static void snapshot(struct stats_state *st, bool average)
 {
 	struct worker *w = st->w;
-	uint64_t now = pgmux_now(), dur = now - st->last;
+	uint64_t now = worker_now(), dur = now - st->last;
 	struct stats cur;
 	struct list *it, *tmp;
 	list_for_each_safe(it, tmp, &w->databases) {
@@ -404,7 +405,7 @@ static void snapshot(struct stats_state *st, bool average)
 static void tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct stats_state *st = arg;
-	st->w->now = pgmux_now();
+	st->w->now = worker_now();
 	snapshot(st, true);
 	rotate(st);
 	arm(st);
@@ -413,7 +414,7 @@ static void tick(evutil_socket_t fd, short what, void *arg)
 static void sec_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct stats_state *st = arg;
-	st->w->now = pgmux_now();
+	st->w->now = worker_now();
 	sample(st);
 }
 

@@ -1,0 +1,306 @@
+/* model.h: the object model (worker, database, pool, client, server) that every module shares; types only. */
+#ifndef PGMUX_MODEL_H
+#define PGMUX_MODEL_H
+
+#include "pgmux_config.h"
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include "config.h"
+#include "hist.h"
+#include "list.h"
+#include "proto.h"
+#include "scram.h"
+
+#define PGMUX_VERSION_STR "pgmux " PACKAGE_VERSION
+
+struct worker;
+struct pool;
+struct client;
+struct server;
+struct admin_session;
+struct stats_state;
+struct ps_cmap;
+struct ps_server;
+struct ps_global;
+struct cluster;
+struct backend;
+struct route_set;
+struct route_fanout;
+struct sp_client;
+struct retry_buf;
+struct verdict_cache;
+struct sqlscan_funcs;
+struct tls_server;
+struct namehash;
+
+/* A receive buffer, taken from the worker's free list only while it holds bytes.
+ * Bytes [start, scan) are parsed and ready to go to the peer; [scan, end) await parsing. */
+struct iobuf {
+	uint32_t start, scan, end;
+	uint32_t cap;               /* bytes in data: the worker's bufsize, or more while a
+				     * message pgmux must read whole is gathered (sbuf_reserve) */
+	struct iobuf *next_free;
+	uint8_t data[];
+};
+
+enum conn_kind { CONN_CLIENT, CONN_SERVER, CONN_CANCEL };
+
+struct conn;
+
+/* An object waiting to be freed once the current callbacks are done (worker_reap). */
+struct reap_item {
+	struct reap_item *next;
+	void (*free_fn)(struct reap_item *it);
+};
+
+/* What the socket layer (sbuf) hands a conn's owner: the owner sets the table at sbuf_init,
+ * so sbuf never knows clients from servers. */
+struct sbuf_ops {
+	/* bytes arrived, or the peer drained what this conn had for it */
+	void (*on_data)(struct conn *c);
+	/* the socket failed or closed: the owner's one teardown path */
+	void (*on_fail)(struct conn *c, const char *reason);
+	/* either event while a TLS handshake runs */
+	void (*on_handshake)(struct conn *c);
+	/* writable with nothing of pgmux's own left to send: true when the owner consumed the
+	 * event (a finished connect); NULL when the owner never needs it */
+	bool (*on_writable)(struct conn *c);
+	/* words for a closed socket ("client closed connection") */
+	const char *eof_reason;
+	/* frees the owner's object once the worker reaps the conn */
+	void (*on_free)(struct conn *c);
+};
+
+/* The socket half shared by clients and servers: events, buffers, peer. */
+struct conn {
+	int fd;
+	uint8_t kind;
+	const struct sbuf_ops *ops;
+	bool rd_on;             /* ev_read is added */
+	bool wr_on;             /* ev_write is added */
+	bool dead;              /* torn down; memory is freed after the current callback */
+	bool hold;              /* do not read: waiting for a server, or the peer is full */
+	bool handshaking;       /* TLS handshake in progress: events go to the owner, not to I/O */
+	struct event ev_read, ev_write;
+	struct iobuf *in;
+	struct pktbuf out;      /* pgmux's own messages for this socket; sent before forwarded data */
+	struct conn *peer;      /* linked conn whose `in` bytes are sent to this one */
+	uint32_t pkt_left;      /* body bytes of the current message still to stream through */
+	uint64_t id;
+	struct worker *w;
+	struct reap_item reap;
+	struct ssl_st *ssl;     /* TLS session, or NULL for plain TCP/Unix */
+};
+
+enum client_state { CL_LOGIN, CL_WAITING_LOGIN, CL_ACTIVE, CL_WAITING, CL_ADMIN, CL_FREE };
+enum server_state { SV_LOGIN, SV_IDLE, SV_ACTIVE, SV_USED, SV_TESTED, SV_FREE };
+
+struct database {
+	struct list node;           /* in w->databases */
+	struct reap_item reap;      /* once removed: freed after the conns that point at it */
+	struct worker *w;
+	char *name;
+	uint64_t id;                /* unique, increasing: the console's listing order */
+	struct namehash *pools;     /* its pools by user name */
+	uint64_t last_used;         /* last looked up by name or seen in use (autodb_idle_timeout) */
+	struct cfg_db *cf;          /* owned copy of the entry that made it */
+	bool from_wildcard;         /* made from the "*" entry */
+	bool removed;               /* gone from the config; pools drain */
+	/* resolved server address */
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	bool addr_ok;
+	bool resolving;
+	uint64_t resolved_at;
+	struct ssl_ctx_st *ssl_ctx;  /* TLS context for its servers, made on first use */
+	int n_servers;              /* across its pools, for max_db_connections */
+	bool paused;                /* console PAUSE db / KILL db: no new server links until RESUME */
+	bool disabled;              /* console DISABLE db: new client logins are refused */
+	struct cluster *cluster;    /* a [database X] section's front name: routed, no servers */
+	struct backend *be;         /* one server of such a section (route.h) */
+};
+
+struct user {
+	struct list node;
+	char *name;
+	int n_servers;              /* for max_user_connections */
+};
+
+struct pool {
+	struct list node;
+	struct worker *w;
+	uint64_t id;                /* unique, increasing: the console's listing order */
+	struct database *db;
+	struct user *user;
+	struct list sv_login, sv_idle, sv_active, sv_used, sv_tested;
+	struct list cl_active, cl_waiting, cl_waiting_login;
+	int n_sv[SV_FREE];
+	int n_cl[CL_FREE];
+	/* what a new client is greeted with: the first server's ParameterStatus set */
+	struct pktbuf welcome;
+	struct varcache defaults;
+	bool welcome_ok;
+	/* server login trouble */
+	bool last_connect_failed;
+	uint64_t last_connect_time;
+	char last_error[256];
+	bool error_logged;
+	/* SCRAM pass-through: a client's proof gives the ClientKey the server login needs */
+	bool have_scram_keys;
+	uint8_t scram_client_key[SCRAM_KEY_LEN];
+	/* counters */
+	uint64_t xact_count, query_count, bytes_recv, bytes_sent;
+	uint64_t xact_time, query_time, wait_time;
+	uint64_t client_parse_count, server_parse_count, bind_count;
+	/* distributions for the saturation figures (µs) */
+	struct hist h_wait, h_query, h_xact;
+	int peak_active;            /* highest sv_active since the stats timer last took it */
+};
+
+struct client {
+	struct conn c;
+	struct list node;
+	enum client_state state;
+	struct pool *pool;
+	struct server *link;
+	struct varcache vars;
+	uint32_t cancel_pid, cancel_key;
+	struct client *cancel_next;
+	char *user_name, *db_name;          /* from the startup packet */
+	struct client_auth *auth;           /* login-time state only */
+	uint32_t expect_z;                  /* ReadyForQuery still owed to the client */
+	bool sync_pending;                  /* extended-protocol messages sent since the last Sync */
+	bool discarding;                    /* pkt_left bytes are dropped, not forwarded */
+	bool unnamed_pending;               /* parsed the unnamed statement, not executed it yet */
+	/* COPY IN: PostgreSQL ignores Syncs until the copy ends, so the count is redone then */
+	bool in_copy;                       /* server sent CopyIn/CopyBoth and has not ended it */
+	bool copy_simple;                   /* started by a simple Query (its Z follows the copy) */
+	bool copy_client_done;              /* client sent CopyDone/CopyFail */
+	bool copy_fixup;                    /* server ended the copy first: recount at CopyDone */
+	char last_exec;                     /* 'Q' or 'E': the last message that ran a statement */
+	uint32_t copy_mark;                 /* expect_z when the client ended the copy */
+	bool admin;                         /* may run console control commands (admin_users) */
+	struct admin_session *console;      /* console state, for CL_ADMIN clients */
+	struct ps_cmap *ps;                 /* its named prepared statements, or NULL */
+	/* read/write routing (route.c); rs is NULL for a plain [databases] entry */
+	struct route_set *rs;
+	uint8_t role_pref;                  /* SET pgmux.role */
+	uint8_t rt_force;                   /* the next batch's route, for a retry */
+	bool rt_primary;                    /* the current transaction must run on the primary */
+	bool rt_write;                      /* ... and may write (read-your-writes asks its LSN) */
+	bool rt_fake, rt_fake_err, rt_fake_end;   /* answering an extended batch locally */
+	uint8_t rt_fake_tag;                /* its CommandComplete (route.c, enum fake_tag) */
+	bool deferred_failed;               /* that transaction hit an error pgmux gave */
+	int16_t rt_be;                      /* backend of the current transaction, -1 none */
+	int16_t rt_shard;                   /* its shard */
+	bool rt_prepare_only;               /* it only prepared: a Bind may move it to its shard */
+	bool rt_routed;                     /* the message being read chose its link (unchecked) */
+	int16_t rt_avoid;                   /* backend that just lost this client's read */
+	uint16_t verdict_memo;              /* verdict cache slot of its last statement text */
+	uint64_t ryw_lsn;                   /* its last commit's WAL position (read your writes) */
+	struct server *ryw_server;          /* that position is being read there: reads wait */
+	uint8_t *retry;                     /* a read batch kept until its first answer */
+	uint32_t retry_len;
+	bool retry_sent;                    /* the saved batch has gone out whole */
+	struct route_fanout *fo;            /* a read running on every shard in turn */
+	struct sp_client *sp;               /* statements it parsed, for their Binds' shard keys */
+	uint8_t *deferred;                  /* a BEGIN not yet sent: its first statement routes */
+	uint32_t deferred_len;
+	bool has_user_id;                   /* SET pgmux.user_id */
+	uint64_t user_id_hash;              /* its key's partition hash (shard_key_hash): the
+					     * shard is this mod n_shards, whatever the key type */
+	int32_t shard_pref;                 /* SET pgmux.shard, -1 none */
+	/* A Query or Parse text too big to hold streams on: the last bytes seen, so that pgmux's
+	 * statement-name token is found across reads (prepared.c, ps_scan_stream). */
+	bool ps_tok_scan;
+	uint8_t ps_tok_keep;
+	uint8_t ps_tok_tail[19];
+	uint64_t connect_time, wait_start, last_active, xact_start, query_start;
+	char addr[48];
+};
+
+struct server {
+	struct conn c;
+	struct list node;
+	enum server_state state;
+	struct pool *pool;
+	struct client *link;
+	struct varcache vars;
+	uint32_t be_pid, be_key;
+	char tx;                            /* last ReadyForQuery status: I, T, E */
+	uint8_t login_step;
+	uint16_t internal_z;                /* ReadyForQuery owed for pgmux's own queries: swallow */
+	bool close_when_idle;
+	bool torn;                          /* a client left a message half sent: no Terminate */
+	bool ready_notified;
+	uint16_t cancel_pending;            /* cancels in flight against it; not reusable until 0 */
+	struct server_login *login;         /* login-time state only */
+	struct ps_server *ps;               /* statements it holds, requests in flight */
+	bool ps_active;                     /* this link tracks prepared statements */
+	struct client *ryw_client;          /* its commit-LSN query answers to this client */
+	uint64_t connect_time, last_used, last_check, link_time;
+};
+
+/* The event loop and every piece of hot-path state; one per thread. */
+struct worker {
+	struct event_base *base;
+	struct evdns_base *dns;
+	struct config *cf;
+	struct userlist *ul;
+	char *cf_path;
+	struct list databases, users, pools;
+	struct namehash *db_names;          /* databases by name */
+	struct namehash *user_names;        /* users by name */
+
+	struct list cl_login;
+	int n_login;
+	struct list cl_admin;               /* console clients (database pgmux / pgbouncer) */
+	int n_admin;
+	int n_clients;
+	int n_servers;
+	uint64_t next_id;
+	uint64_t now;                       /* worker_now() at the start of the current callback */
+	struct vtab vars;                   /* interned session-parameter values */
+	struct ps_global *ps;               /* prepared statements by text, for all clients */
+	/* cancel keys -> clients */
+	struct client **cancel_tab;
+	uint32_t cancel_mask;
+	/* buffers */
+	uint32_t bufsize;
+	struct iobuf *buf_free;
+	int n_buf_free, n_buf_used;
+	uint64_t buf_grown;                 /* bytes of receive buffers beyond bufsize, all conns */
+	/* deferred frees */
+	struct reap_item *reap_head;        /* dead conns, freed after the current callbacks */
+	struct reap_item *reap_late;        /* then other objects they may still point at */
+	struct event ev_reap;
+	/* listeners */
+	int lfd[16];
+	struct event lev[16];
+	int n_listen;
+	bool listening;
+	char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct event ev_janitor;
+	struct event ev_accept_retry;       /* listeners come back after EMFILE */
+	struct event ev_sig[5];
+	int shutdown;                       /* 0, or one of PGMUX_SHUTDOWN_* */
+	bool paused;
+	struct tls_server *tls_srv;         /* TLS for clients (tls.c), NULL when client_tls_sslmode = disable */
+	struct stats_state *stats;          /* stats_period snapshots (stats.c), or NULL */
+	struct sqlscan_funcs *write_funcs;  /* write_functions, compiled (route.c) */
+	char *write_funcs_text;             /* the text it was compiled from */
+	struct retry_buf *retry_free;       /* spare buffers for reads kept for a retry */
+	struct verdict_cache *verdicts;     /* classified statement texts (route.c) */
+	int n_retry_free;
+};
+
+enum { PGMUX_SHUTDOWN_WAIT_SERVERS = 1, PGMUX_SHUTDOWN_WAIT_CLIENTS, PGMUX_SHUTDOWN_NOW };
+
+#endif

@@ -1,0 +1,33 @@
+/* worker.h: the ground floor every connection stands on: the clock, deferred frees, the cancel-key table, the shutdown check. */
+#ifndef PGMUX_WORKER_H
+#define PGMUX_WORKER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "model.h"
+
+/* Monotonic clock in microseconds. */
+uint64_t worker_now(void);
+
+/* Checks whether a graceful shutdown can complete now (every client gone, or every server
+ * released, as w->shutdown asks), and ends the loop if so. */
+void worker_check_shutdown(struct worker *w);
+
+/* Cancel-key table: the keys pgmux hands clients, and the client a key names. */
+void worker_cancel_register(struct worker *w, struct client *cl);
+void worker_cancel_unregister(struct worker *w, struct client *cl);
+struct client *worker_cancel_find(struct worker *w, uint32_t pid, uint32_t key);
+
+/* Queues a dead conn's memory for release (its owner's sbuf_ops.on_free) once the current
+ * callbacks are done: nothing may touch a conn a callback up the stack still holds. */
+void worker_reap(struct worker *w, struct conn *c);
+
+/* Queues another object for release after the conns queued before it, which may still point
+ * at it: `it` is embedded in the object, `free_fn` frees the object. */
+void worker_defer_free(struct worker *w, struct reap_item *it, void (*free_fn)(struct reap_item *));
+
+/* Sets up the deferred-free event on w->base; 0 or -1. */
+int worker_init_base(struct worker *w);
+
+#endif
