@@ -950,8 +950,7 @@ static void kv_del(struct kvlist *l, const char *key)
 		}
 }
 
-/* One libpq "key='value'" with libpq's quoting (backslash before ' and \). */
-static void put_conninfo_pair(FILE *out, const char *key, const char *val)
+void config_put_conninfo_pair(FILE *out, const char *key, const char *val)
 {
 	fprintf(out, "%s='", key);
 	for (const char *p = val; *p; p++) {
@@ -972,7 +971,7 @@ static char *build_conninfo(const struct kvlist *l)
 	for (size_t i = 0; i < l->n; i++) {
 		if (i)
 			fputc(' ', out);
-		put_conninfo_pair(out, l->v[i].key, l->v[i].val);
+		config_put_conninfo_pair(out, l->v[i].key, l->v[i].val);
 	}
 	if (fclose(out) != 0) {
 		free(s);
@@ -1446,7 +1445,7 @@ static bool add_backend(struct parse *ps, struct cfg_cluster *c, int shard, bool
 		if (out) {
 			fputs(db->conninfo, out);
 			fputc(' ', out);
-			put_conninfo_pair(out, "dbname", c->name);
+			config_put_conninfo_pair(out, "dbname", c->name);
 		}
 		if (!out || fclose(out) != 0 || !(db->dbname = strdup(c->name))) {
 			free(ci);
@@ -1737,7 +1736,7 @@ static void finish(struct parse *ps)
 		size_t n = 0;
 		FILE *out = open_memstream(&s, &n);
 		if (out) {
-			put_conninfo_pair(out, "host", dir);
+			config_put_conninfo_pair(out, "host", dir);
 			fprintf(out, " %s", db->conninfo);
 		}
 		if (!out || fclose(out) != 0) {
