@@ -42,7 +42,7 @@ typedef bool (*str_check_fn)(const char *value, char *why, size_t whylen);
 
 static bool check_facility(const char *value, char *why, size_t whylen);
 static bool check_listen(const char *value, char *why, size_t whylen);
-static bool check_client_sslmode(const char *value, char *why, size_t whylen);
+static bool check_sslmode(const char *value, char *why, size_t whylen);
 static bool check_tls_protocols(const char *value, char *why, size_t whylen);
 static bool check_dheparams(const char *value, char *why, size_t whylen);
 static bool parse_int(const char *s, bool octal, int64_t min, int64_t max, int64_t *out,
@@ -68,7 +68,7 @@ static const struct key_rule {
 	{ "max_prepared_statement_memory", 65536, INT64_MAX / 2, false, NULL },
 	{ "syslog_facility",   0,   0,         false, check_facility },
 	{ "stats_listen",      0,   0,         false, check_listen },
-	{ "client_tls_sslmode", 0,  0,         false, check_client_sslmode },
+	{ "client_tls_sslmode", 0,  0,         false, check_sslmode },
 	{ "client_tls_protocols", 0, 0,        false, check_tls_protocols },
 	{ "client_tls_dheparams", 0, 0,        false, check_dheparams },
 };
@@ -300,9 +300,10 @@ static bool only_disable(const char *value, char *why, size_t whylen)
 	return false;
 }
 
-/* client_tls_sslmode: PgBouncer's names.  Empty is refused rather than read as libpq's
- * default (prefer), which would turn TLS on where the file seems to leave it off. */
-static bool check_client_sslmode(const char *value, char *why, size_t whylen)
+/* client_tls_sslmode and an entry's sslmode: libpq's names.  Empty is refused rather than read
+ * as libpq's default (prefer), which would turn TLS on where the file seems to leave it off
+ * (an entry's empty sslmode never gets here: it unsets the key). */
+static bool check_sslmode(const char *value, char *why, size_t whylen)
 {
 	if (in_list(sslmode_names, ARRAY_LEN(sslmode_names), value))
 		return true;
@@ -808,14 +809,6 @@ struct entry_key {
 	bool libpq;             /* also a libpq keyword: goes into conninfo */
 	str_check_fn check;
 };
-
-static bool check_sslmode(const char *value, char *why, size_t whylen)
-{
-	if (in_list(sslmode_names, ARRAY_LEN(sslmode_names), value))
-		return true;
-	snprintf(why, whylen, "expected disable, allow, prefer, require, verify-ca or verify-full");
-	return false;
-}
 
 #define DBF(f) offsetof(struct cfg_db, f)
 static const struct entry_key db_keys[] = {
