@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 enum pool_mode { POOL_SESSION = 0, POOL_TRANSACTION, POOL_STATEMENT };
 enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM };
@@ -250,5 +251,10 @@ void config_db_free(struct cfg_db *db);
 /* True when two entries connect the same way and have the same pool settings (names and
  * line numbers are not compared), so a reload can keep the pools of an unchanged entry. */
 bool config_db_equal(const struct cfg_db *a, const struct cfg_db *b);
+
+/* Writes one libpq pair, key='value', to out with libpq's quoting (a backslash before ' and
+ * \), so that any value reads back as itself; no space before or after.  The one place that
+ * quotes conninfo values: entries, cluster backends and the monitor's credentials use it. */
+void config_put_conninfo_pair(FILE *out, const char *key, const char *val);
 
 #endif

@@ -10,6 +10,7 @@
 #include <event2/event.h>
 #include <libpq-fe.h>
 
+#include "config.h"
 #include "log.h"
 #include "worker.h"
 #include "pool.h"
@@ -134,15 +135,11 @@ static void probe_result(struct monitor *m, PGresult *res)
 	route_backend_update(be);
 }
 
+/* One more " key='value'" pair for a conninfo string. */
 static void put_pair(FILE *out, const char *key, const char *val)
 {
-	fprintf(out, " %s='", key);
-	for (const char *p = val; *p; p++) {
-		if (*p == '\'' || *p == '\\')
-			fputc('\\', out);
-		fputc(*p, out);
-	}
-	fputc('\'', out);
+	fputc(' ', out);
+	config_put_conninfo_pair(out, key, val);
 }
 
 /* Connection string: the entry's own, plus the monitor's credentials where it names none. */

@@ -888,6 +888,34 @@ static void test_parse_hostport(void **state)
 
 /* ---- copies of entries -------------------------------------------------------------------- */
 
+/* The one conninfo quoting: what it writes, libpq reads back as the same value. */
+static void test_put_conninfo_pair(void **state)
+{
+	(void)state;
+	static const char *const vals[] = { "plain", "it's", "back\\slash", "'\\'", "", "a b=c" };
+	for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
+		char *s = NULL;
+		size_t n = 0;
+		FILE *out = open_memstream(&s, &n);
+		assert_non_null(out);
+		config_put_conninfo_pair(out, "password", vals[i]);
+		assert_int_equal(fclose(out), 0);
+		assert_int_equal(s[0], 'p');
+		assert_int_equal(s[strlen(s) - 1], '\'');
+		char *msg = NULL;
+		PQconninfoOption *opts = PQconninfoParse(s, &msg);
+		assert_non_null(opts);
+		const char *got = NULL;
+		for (PQconninfoOption *o = opts; o->keyword; o++)
+			if (strcmp(o->keyword, "password") == 0)
+				got = o->val;
+		assert_non_null(got);
+		assert_string_equal(got, vals[i]);
+		PQconninfoFree(opts);
+		free(s);
+	}
+}
+
 static void test_db_dup_equal(void **state)
 {
 	struct config *cf = load_ok(DATA("config_good.ini"));
@@ -1130,6 +1158,7 @@ int main(void)
 		cmocka_unit_test(test_set_follows_table),
 		cmocka_unit_test(test_parse_hostport),
 		cmocka_unit_test(test_db_dup_equal),
+		cmocka_unit_test(test_put_conninfo_pair),
 		cmocka_unit_test(test_sample_config_loads),
 		cmocka_unit_test(test_man_page_covers_table),
 		cmocka_unit_test(test_tls_protocols),
