@@ -444,49 +444,31 @@ static enum admin_rc show_backends(struct admin_ctx *x)
 {
 	struct list *it;
 	for (it = x->w->databases.next; it != &x->w->databases; it = it->next) {
-		struct database *db = list_entry(it, struct database, node);
-		struct cluster *c = db->cluster;
-		if (!c)
-			continue;
-		for (int i = 0; i < c->n_be; i++) {
-			const struct backend *b = c->be[i];
-			int cl_active = 0, cl_waiting = 0, sv_active = 0, sv_idle = 0, sv_used = 0;
-			for (struct list *si = c->sets.next; si != &c->sets; si = si->next) {
-				const struct route_set *rs = list_entry(si, struct route_set, node);
-				if (i >= rs->n)
-					continue;
-				const struct pool *p = rs->pools[i];
-				cl_active += p->n_cl[CL_ACTIVE];
-				cl_waiting += p->n_cl[CL_WAITING];
-				sv_active += p->n_sv[SV_ACTIVE];
-				sv_idle += p->n_sv[SV_IDLE];
-				sv_used += p->n_sv[SV_USED] + p->n_sv[SV_TESTED];
-			}
-			int role = c->primary[b->shard] == i ? ROLE_PRIMARY
-				   : b->seen_role != ROLE_UNKNOWN ? b->seen_role
-				   : b->cfg_replica ? ROLE_REPLICA : ROLE_PRIMARY;
+		const struct database *db = list_entry(it, struct database, node);
+		struct route_backend_row b;
+		for (int i = 0; route_backend_row(db, i, &b); i++) {
 			row_begin(x);
-			col_str(x, c->name);
-			col_str(x, b->db->name);
-			col_int(x, b->shard);
-			col_str(x, b->db->cf->host ? b->db->cf->host : "");
-			col_int(x, b->db->cf->port);
-			col_str(x, b->cfg_replica ? "replica" : "primary");
-			col_str(x, route_role_name(role));
-			col_str(x, route_role_name(b->seen_role));
-			col_str(x, route_state_name(b->state));
-			col_int(x, b->lag_bytes);
-			col_int(x, b->lag_ms);
-			col_int(x, b->weight);
-			col_int(x, cl_active);
-			col_int(x, cl_waiting);
-			col_int(x, sv_active);
-			col_int(x, sv_idle);
-			col_int(x, sv_used);
-			col_int(x, (int64_t)b->reads);
-			col_int(x, (int64_t)b->writes);
-			col_int(x, (int64_t)b->retries);
-			col_str(x, b->last_error);
+			col_str(x, b.cluster);
+			col_str(x, b.name);
+			col_int(x, b.shard);
+			col_str(x, b.host);
+			col_int(x, b.port);
+			col_str(x, b.cfg_replica ? "replica" : "primary");
+			col_str(x, route_role_name(b.role));
+			col_str(x, route_role_name(b.seen_role));
+			col_str(x, route_state_name(b.state));
+			col_int(x, b.lag_bytes);
+			col_int(x, b.lag_ms);
+			col_int(x, b.weight);
+			col_int(x, b.cl_active);
+			col_int(x, b.cl_waiting);
+			col_int(x, b.sv_active);
+			col_int(x, b.sv_idle);
+			col_int(x, b.sv_used);
+			col_int(x, (int64_t)b.reads);
+			col_int(x, (int64_t)b.writes);
+			col_int(x, (int64_t)b.retries);
+			col_str(x, b.last_error);
 			row_end(x);
 		}
 	}
@@ -498,52 +480,23 @@ static enum admin_rc show_shards(struct admin_ctx *x)
 {
 	struct list *it;
 	for (it = x->w->databases.next; it != &x->w->databases; it = it->next) {
-		struct database *db = list_entry(it, struct database, node);
-		struct cluster *c = db->cluster;
-		if (!c)
-			continue;
-		for (int s = 0; s < c->n_shards; s++) {
-			char list[1024] = "";
-			size_t used = 0;
-			int n = 0, up = 0, rep = 0, rep_up = 0;
-			int64_t max_lag = 0;
-			uint64_t reads = 0, writes = 0;
-			for (int i = 0; i < c->n_be; i++) {
-				const struct backend *b = c->be[i];
-				if (b->shard != s)
-					continue;
-				bool is_primary = c->primary[s] == i;
-				n++;
-				up += b->state == BE_UP;
-				if (!is_primary) {
-					rep++;
-					rep_up += b->state == BE_UP;
-					if (b->lag_bytes > max_lag)
-						max_lag = b->lag_bytes;
-				}
-				reads += b->reads;
-				writes += b->writes;
-				int w = snprintf(list + used, sizeof(list) - used, "%s%s (%s, %s)",
-						 used ? ", " : "", b->db->name,
-						 is_primary ? "primary" : "replica", route_state_name(b->state));
-				if (w > 0 && (size_t)w < sizeof(list) - used)
-					used += (size_t)w;
-			}
-			int p = c->primary[s];
+		const struct database *db = list_entry(it, struct database, node);
+		struct route_shard_row r;
+		for (int s = 0; route_shard_row(db, s, &r); s++) {
 			row_begin(x);
-			col_str(x, c->name);
-			col_int(x, s);
-			col_str(x, p >= 0 ? c->be[p]->db->name : "");
-			col_str(x, p >= 0 ? route_state_name(c->be[p]->state) : "down");
-			col_int(x, n);
-			col_int(x, up);
-			col_int(x, rep);
-			col_int(x, rep_up);
-			col_int(x, max_lag);
-			col_int(x, (int64_t)reads);
-			col_int(x, (int64_t)writes);
-			col_int(x, (int64_t)(c->shard_keyed ? c->shard_keyed[s] : 0));
-			col_str(x, list);
+			col_str(x, r.cluster);
+			col_int(x, r.shard);
+			col_str(x, r.primary);
+			col_str(x, route_state_name(r.primary_state));
+			col_int(x, r.backends);
+			col_int(x, r.backends_up);
+			col_int(x, r.replicas);
+			col_int(x, r.replicas_up);
+			col_int(x, r.max_lag_bytes);
+			col_int(x, (int64_t)r.reads);
+			col_int(x, (int64_t)r.writes);
+			col_int(x, (int64_t)r.keyed);
+			col_str(x, r.members);
 			row_end(x);
 		}
 	}
