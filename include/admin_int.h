@@ -183,7 +183,13 @@ void admin_pick_rows(struct admin_ctx *x, struct picker *pk,
  * batch (more stays set). */
 void admin_next_phase(struct admin_ctx *x);
 
-/* ---- a pool's connection lists (admin_show.c, admin_cmd.c) -------------------------------- */
+/* ---- the connections (admin_show.c, admin_cmd.c) ------------------------------------------ */
+
+/* Calls fn for every client socket: those in the pools' lists, the consoles, and with `login`
+ * those still logging in, in that order; stops at the first for which fn returns true and
+ * returns it (NULL when none did).  fn must not free clients (client_close defers that). */
+struct client *admin_each_client(struct worker *w, bool login,
+				 bool (*fn)(struct client *cl, void *arg), void *arg);
 
 #define N_SV_LISTS 5
 /* Every server list of p, in SHOW SERVERS order. */

@@ -263,25 +263,9 @@ static enum admin_rc cmd_kill(struct admin_ctx *x)
 	return ADMIN_OK;
 }
 
-static struct client *find_client(struct worker *w, uint64_t id)
+static bool client_has_id(struct client *cl, void *id)
 {
-	struct list *it, *tmp, *c, *ct;
-	list_for_each_safe(it, tmp, &w->pools) {
-		struct pool *p = list_entry(it, struct pool, node);
-		struct list *l[N_CL_LISTS];
-		client_lists(p, l);
-		for (int i = 0; i < N_CL_LISTS; i++)
-			list_for_each_safe(c, ct, l[i])
-				if (list_entry(c, struct client, node)->c.id == id)
-					return list_entry(c, struct client, node);
-	}
-	list_for_each_safe(c, ct, &w->cl_admin)
-		if (list_entry(c, struct client, node)->c.id == id)
-			return list_entry(c, struct client, node);
-	list_for_each_safe(c, ct, &w->cl_login)
-		if (list_entry(c, struct client, node)->c.id == id)
-			return list_entry(c, struct client, node);
-	return NULL;
+	return cl->c.id == *(const uint64_t *)id;
 }
 
 static enum admin_rc cmd_kill_client(struct admin_ctx *x)
@@ -296,7 +280,8 @@ static enum admin_rc cmd_kill_client(struct admin_ctx *x)
 		admin_error(x, "42601", "KILL_CLIENT needs a client id (the id column of SHOW CLIENTS)");
 		return ADMIN_ERR;
 	}
-	struct client *c = find_client(x->w, id);
+	uint64_t want = id;
+	struct client *c = admin_each_client(x->w, true, client_has_id, &want);
 	if (!c) {
 		admin_error(x, "42704", "no client with id %llu", id);
 		return ADMIN_ERR;

@@ -448,23 +448,39 @@ static void client_row(struct admin_ctx *x, void *obj)
 	admin_row_end(x);
 }
 
-/* Every client socket (logged in, or also logging in) into the picker. */
-static void pick_clients(struct admin_ctx *x, struct picker *pk, bool login)
+struct client *admin_each_client(struct worker *w, bool login,
+				 bool (*fn)(struct client *cl, void *arg), void *arg)
 {
 	struct list *it, *tmp, *c, *ct;
-	list_for_each_safe(it, tmp, &x->w->pools) {
+	list_for_each_safe(it, tmp, &w->pools) {
 		struct pool *p = list_entry(it, struct pool, node);
 		struct list *l[N_CL_LISTS];
 		client_lists(p, l);
 		for (int i = 0; i < N_CL_LISTS; i++)
 			list_for_each_safe(c, ct, l[i])
-				admin_pick(pk, list_entry(c, struct client, node)->c.id, list_entry(c, struct client, node));
+				if (fn(list_entry(c, struct client, node), arg))
+					return list_entry(c, struct client, node);
 	}
-	list_for_each_safe(c, ct, &x->w->cl_admin)
-		admin_pick(pk, list_entry(c, struct client, node)->c.id, list_entry(c, struct client, node));
+	list_for_each_safe(c, ct, &w->cl_admin)
+		if (fn(list_entry(c, struct client, node), arg))
+			return list_entry(c, struct client, node);
 	if (login)
-		list_for_each_safe(c, ct, &x->w->cl_login)
-			admin_pick(pk, list_entry(c, struct client, node)->c.id, list_entry(c, struct client, node));
+		list_for_each_safe(c, ct, &w->cl_login)
+			if (fn(list_entry(c, struct client, node), arg))
+				return list_entry(c, struct client, node);
+	return NULL;
+}
+
+static bool pick_client(struct client *cl, void *pk)
+{
+	admin_pick(pk, cl->c.id, cl);
+	return false;
+}
+
+/* Every client socket (logged in, or also logging in) into the picker. */
+static void pick_clients(struct admin_ctx *x, struct picker *pk, bool login)
+{
+	admin_each_client(x->w, login, pick_client, pk);
 }
 
 static enum admin_rc show_clients(struct admin_ctx *x)
