@@ -808,17 +808,15 @@ static const struct admin_col cols_stats[] = {
 };
 static const struct admin_col cols_stats_plain[] = { T("database"), STATS_FIELDS(STATS_PLAIN_COL) };
 static const struct admin_col cols_name_value[] = { T("name"), I("value") };
-static const struct admin_col cols_conns[] = {
-	T("type"), T("user"), T("database"), T("state"), T("addr"), I("port"), T("local_addr"),
-	I("local_port"), T("connect_time"), T("request_time"), I("wait"), I("wait_us"),
-	I("close_needed"), T("ptr"), T("link"), I("remote_pid"), T("tls"), T("application_name"),
-	I("prepared_statements"), I("id"),
-};
+/* The columns of SHOW CLIENTS and SHOW SERVERS; SHOW SOCKETS adds the buffers. */
+#define CONN_COLS \
+	T("type"), T("user"), T("database"), T("state"), T("addr"), I("port"), T("local_addr"), \
+	I("local_port"), T("connect_time"), T("request_time"), I("wait"), I("wait_us"), \
+	I("close_needed"), T("ptr"), T("link"), I("remote_pid"), T("tls"), T("application_name"), \
+	I("prepared_statements"), I("id")
+static const struct admin_col cols_conns[] = { CONN_COLS };
 static const struct admin_col cols_sockets[] = {
-	T("type"), T("user"), T("database"), T("state"), T("addr"), I("port"), T("local_addr"),
-	I("local_port"), T("connect_time"), T("request_time"), I("wait"), I("wait_us"),
-	I("close_needed"), T("ptr"), T("link"), I("remote_pid"), T("tls"), T("application_name"),
-	I("prepared_statements"), I("id"),
+	CONN_COLS,
 	/* the buffers */
 	I("recv_pos"), I("pkt_pos"), I("pkt_remain"), I("send_pos"), I("send_remain"), I("pkt_avail"),
 	I("send_avail"),
