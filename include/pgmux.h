@@ -17,6 +17,7 @@
 #include "list.h"
 #include "proto.h"
 #include "scram.h"
+#include "stats_fields.h"
 
 #define PGMUX_VERSION_STR "pgmux " PACKAGE_VERSION
 
@@ -127,10 +128,10 @@ struct pool {
 	/* SCRAM pass-through: a client's proof gives the ClientKey the server login needs */
 	bool have_scram_keys;
 	uint8_t scram_client_key[SCRAM_KEY_LEN];
-	/* counters */
-	uint64_t xact_count, query_count, bytes_recv, bytes_sent;
-	uint64_t xact_time, query_time, wait_time;
-	uint64_t client_parse_count, server_parse_count, bind_count;
+	/* counters: one uint64_t per STATS_FIELDS row (xact_count, query_count, bytes_recv...) */
+#define POOL_COUNTER(id, member, name, total, avg, kind) uint64_t member;
+	STATS_FIELDS(POOL_COUNTER)
+#undef POOL_COUNTER
 	/* distributions for the saturation figures (µs) */
 	struct hist h_wait, h_query, h_xact;
 	int peak_active;            /* highest sv_active since the stats timer last took it */
