@@ -221,6 +221,17 @@ struct server {
 	uint64_t connect_time, last_used, last_check, link_time;
 };
 
+/* The console database's handlers, installed by the layer above the core (admin_register):
+ * the core asks is_console_db at login and hands such a client over instead of pooling it. */
+struct console_ops {
+	bool (*is_console_db)(const char *db);      /* a database name the console answers */
+	void (*ready)(struct client *cl);           /* a client authenticated against it */
+	void (*on_data)(struct client *cl);         /* bytes arrived from a console client */
+	void (*gone)(struct client *cl);            /* any closing client: frees console state */
+	/* a console session holds db (a PAUSE or WAIT_CLOSE of it): it must not be freed yet */
+	bool (*uses_database)(struct worker *w, const struct database *db);
+};
+
 /* The event loop and every piece of hot-path state; one per thread. */
 struct worker {
 	struct event_base *base;
@@ -236,6 +247,7 @@ struct worker {
 	int n_login;
 	struct list cl_admin;               /* console clients (database pgmux / pgbouncer) */
 	int n_admin;
+	const struct console_ops *console;  /* the console's handlers, NULL: none registered */
 	int n_clients;
 	int n_servers;
 	uint64_t next_id;

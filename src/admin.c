@@ -662,3 +662,16 @@ void admin_client_gone(struct client *cl)
 	free(s);
 	cl->console = NULL;
 }
+
+static const struct console_ops admin_console_ops = {
+	.is_console_db = admin_is_console_db,
+	.ready = admin_client_ready,
+	.on_data = admin_on_data,
+	.gone = admin_client_gone,
+	.uses_database = admin_uses_database,
+};
+
+void admin_register(struct worker *w)
+{
+	w->console = &admin_console_ops;
+}
