@@ -23,4 +23,9 @@ bool admin_uses_database(struct worker *w, const struct database *db);
 /* Frees console state of a closing client (no-op for others). */
 void admin_client_gone(struct client *cl);
 
+/* Installs the functions above as the worker's console handlers (w->console), so that the
+ * core reaches the console through struct console_ops rather than by name.  Any time before
+ * the worker runs; the table is static and lives as long as the program. */
+void admin_register(struct worker *w);
+
 #endif

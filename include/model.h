@@ -17,6 +17,7 @@
 #include "list.h"
 #include "proto.h"
 #include "scram.h"
+#include "stats_fields.h"
 
 #define PGMUX_VERSION_STR "pgmux " PACKAGE_VERSION
 
@@ -155,10 +156,10 @@ struct pool {
 	/* SCRAM pass-through: a client's proof gives the ClientKey the server login needs */
 	bool have_scram_keys;
 	uint8_t scram_client_key[SCRAM_KEY_LEN];
-	/* counters */
-	uint64_t xact_count, query_count, bytes_recv, bytes_sent;
-	uint64_t xact_time, query_time, wait_time;
-	uint64_t client_parse_count, server_parse_count, bind_count;
+	/* counters: one uint64_t per STATS_FIELDS row (xact_count, query_count, bytes_recv...) */
+#define POOL_COUNTER(id, member, name, total, avg, kind) uint64_t member;
+	STATS_FIELDS(POOL_COUNTER)
+#undef POOL_COUNTER
 	/* distributions for the saturation figures (µs) */
 	struct hist h_wait, h_query, h_xact;
 	int peak_active;            /* highest sv_active since the stats timer last took it */
@@ -248,6 +249,17 @@ struct server {
 	uint64_t connect_time, last_used, last_check, link_time;
 };
 
+/* The console database's handlers, installed by the layer above the core (admin_register):
+ * the core asks is_console_db at login and hands such a client over instead of pooling it. */
+struct console_ops {
+	bool (*is_console_db)(const char *db);      /* a database name the console answers */
+	void (*ready)(struct client *cl);           /* a client authenticated against it */
+	void (*on_data)(struct client *cl);         /* bytes arrived from a console client */
+	void (*gone)(struct client *cl);            /* any closing client: frees console state */
+	/* a console session holds db (a PAUSE or WAIT_CLOSE of it): it must not be freed yet */
+	bool (*uses_database)(struct worker *w, const struct database *db);
+};
+
 /* The event loop and every piece of hot-path state; one per thread. */
 struct worker {
 	struct event_base *base;
@@ -263,6 +275,7 @@ struct worker {
 	int n_login;
 	struct list cl_admin;               /* console clients (database pgmux / pgbouncer) */
 	int n_admin;
+	const struct console_ops *console;  /* the console's handlers, NULL: none registered */
 	int n_clients;
 	int n_servers;
 	uint64_t next_id;

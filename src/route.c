@@ -1637,3 +1637,81 @@ bool route_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint3
 	pool_release(sv, false);
 	return true;
 }
+
+/* ---- rows for the console ------------------------------------------------------------------- */
+
+bool route_backend_row(const struct database *front, int i, struct route_backend_row *r)
+{
+	const struct cluster *c = front->cluster;
+	if (!c || i < 0 || i >= c->n_be)
+		return false;
+	const struct backend *b = c->be[i];
+	memset(r, 0, sizeof(*r));
+	for (const struct list *si = c->sets.next; si != &c->sets; si = si->next) {
+		const struct route_set *rs = list_entry(si, struct route_set, node);
+		if (i >= rs->n)
+			continue;
+		const struct pool *p = rs->pools[i];
+		r->cl_active += p->n_cl[CL_ACTIVE];
+		r->cl_waiting += p->n_cl[CL_WAITING];
+		r->sv_active += p->n_sv[SV_ACTIVE];
+		r->sv_idle += p->n_sv[SV_IDLE];
+		r->sv_used += p->n_sv[SV_USED] + p->n_sv[SV_TESTED];
+	}
+	r->cluster = c->name;
+	r->name = b->db->name;
+	r->shard = b->shard;
+	r->host = b->db->cf->host ? b->db->cf->host : "";
+	r->port = b->db->cf->port;
+	r->cfg_replica = b->cfg_replica;
+	r->is_primary = c->primary[b->shard] == i;
+	r->role = r->is_primary ? ROLE_PRIMARY
+		  : b->seen_role != ROLE_UNKNOWN ? b->seen_role
+		  : b->cfg_replica ? ROLE_REPLICA : ROLE_PRIMARY;
+	r->seen_role = b->seen_role;
+	r->state = b->state;
+	r->lag_bytes = b->lag_bytes;
+	r->lag_ms = b->lag_ms;
+	r->weight = b->weight;
+	r->reads = b->reads;
+	r->writes = b->writes;
+	r->retries = b->retries;
+	r->last_error = b->last_error;
+	return true;
+}
+
+bool route_shard_row(const struct database *front, int s, struct route_shard_row *r)
+{
+	const struct cluster *c = front->cluster;
+	if (!c || s < 0 || s >= c->n_shards)
+		return false;
+	memset(r, 0, sizeof(*r));
+	r->cluster = c->name;
+	r->shard = s;
+	size_t used = 0;
+	struct route_backend_row b;
+	for (int i = 0; route_backend_row(front, i, &b); i++) {
+		if (b.shard != s)
+			continue;
+		r->backends++;
+		r->backends_up += b.state == BE_UP;
+		if (!b.is_primary) {
+			r->replicas++;
+			r->replicas_up += b.state == BE_UP;
+			if (b.lag_bytes > r->max_lag_bytes)
+				r->max_lag_bytes = b.lag_bytes;
+		}
+		r->reads += b.reads;
+		r->writes += b.writes;
+		int n = snprintf(r->members + used, sizeof(r->members) - used, "%s%s (%s, %s)",
+				 used ? ", " : "", b.name, b.is_primary ? "primary" : "replica",
+				 route_state_name(b.state));
+		if (n > 0 && (size_t)n < sizeof(r->members) - used)
+			used += (size_t)n;
+	}
+	int p = c->primary[s];
+	r->primary = p >= 0 ? c->be[p]->db->name : "";
+	r->primary_state = p >= 0 ? c->be[p]->state : BE_DOWN;
+	r->keyed = c->shard_keyed ? c->shard_keyed[s] : 0;
+	return true;
+}
