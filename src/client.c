@@ -101,8 +101,12 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 		return;
 	if (sqlstate) {
 		/* Best effort: the socket may already be gone; a FATAL is the last word either way.
-		 * Mid-handshake there is no channel for it: plaintext would break the TLS stream. */
-		if (!cl->c.handshaking) {
+		 * Mid-handshake there is no channel for it: plaintext would break the TLS stream; nor
+		 * while a server's message to the client is half sent: it would land inside it. */
+		const struct server *lsv = cl->link;
+		bool boundary = !lsv || (lsv->c.pkt_left == 0 &&
+					 (!lsv->c.in || lsv->c.in->start == lsv->c.in->scan));
+		if (!cl->c.handshaking && boundary) {
 			proto_error(&cl->c.out, "FATAL", sqlstate, reason);
 			sbuf_send_out(&cl->c);
 		}
