@@ -18,6 +18,7 @@
 #include "proto.h"
 #include "scram.h"
 #include "stats_fields.h"
+#include "txtrack.h"
 
 #define PGMUX_VERSION_STR "pgmux " PACKAGE_VERSION
 
@@ -176,17 +177,8 @@ struct client {
 	struct client *cancel_next;
 	char *user_name, *db_name;          /* from the startup packet */
 	struct client_auth *auth;           /* login-time state only */
-	uint32_t expect_z;                  /* ReadyForQuery still owed to the client */
-	bool sync_pending;                  /* extended-protocol messages sent since the last Sync */
+	struct txtrack tt;                  /* what is in flight on its link (txtrack.c) */
 	bool discarding;                    /* pkt_left bytes are dropped, not forwarded */
-	bool unnamed_pending;               /* parsed the unnamed statement, not executed it yet */
-	/* COPY IN: PostgreSQL ignores Syncs until the copy ends, so the count is redone then */
-	bool in_copy;                       /* server sent CopyIn/CopyBoth and has not ended it */
-	bool copy_simple;                   /* started by a simple Query (its Z follows the copy) */
-	bool copy_client_done;              /* client sent CopyDone/CopyFail */
-	bool copy_fixup;                    /* server ended the copy first: recount at CopyDone */
-	char last_exec;                     /* 'Q' or 'E': the last message that ran a statement */
-	uint32_t copy_mark;                 /* expect_z when the client ended the copy */
 	bool admin;                         /* may run console control commands (admin_users) */
 	struct admin_session *console;      /* console state, for CL_ADMIN clients */
 	struct ps_cmap *ps;                 /* its named prepared statements, or NULL */

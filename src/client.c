@@ -9,7 +9,6 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "admin.h"
 #include "auth.h"
 #include "log.h"
 #include "worker.h"
@@ -20,6 +19,7 @@
 #include "sbuf.h"
 #include "server.h"
 #include "tls.h"
+#include "txtrack.h"
 
 /* Password and SASL messages are small; anything bigger during login is an attack or a bug. */
 #define LOGIN_MSG_MAX 8192
@@ -119,8 +119,8 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 	struct server *sv = cl->link;
 	if (sv) {
 		/* Bytes the client sent but the server never got would leave it mid-message. */
-		bool clean = sv->tx == 'I' && cl->expect_z == 0 && !cl->sync_pending &&
-			     sbuf_empty(&cl->c) && cl->c.pkt_left == 0 && !cl->in_copy &&
+		bool clean = sv->tx == 'I' && txtrack_quiet(&cl->tt) &&
+			     sbuf_empty(&cl->c) && cl->c.pkt_left == 0 && !cl->tt.in_copy &&
 			     !sv->internal_z;
 		if (!clean)
 			sv->close_when_idle = true;
@@ -136,7 +136,8 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 		pool_release(sv, true);
 	client_set_state(cl, CL_FREE);
 	auth_free(cl);
-	admin_client_gone(cl);
+	if (w->console)
+		w->console->gone(cl);
 	w->n_clients--;
 	worker_reap(w, &cl->c);
 	worker_check_shutdown(w);
@@ -432,7 +433,8 @@ static bool handle_startup(struct client *cl)
 		return false;
 	}
 	/* Only a lookup before authentication: objects are made for authenticated clients. */
-	if (!admin_is_console_db(cl->db_name) && !config_find_db(w->cf, cl->db_name)) {
+	bool console = w->console && w->console->is_console_db(cl->db_name);
+	if (!console && !config_find_db(w->cf, cl->db_name)) {
 		char msg[300];
 		snprintf(msg, sizeof(msg), "no such database: %s", cl->db_name);
 		client_close(cl, msg, "3D000");
@@ -483,9 +485,9 @@ static void login_loop(struct client *cl)
 void client_auth_ok(struct client *cl)
 {
 	struct worker *w = cl->c.w;
-	if (admin_is_console_db(cl->db_name)) {
+	if (w->console && w->console->is_console_db(cl->db_name)) {
 		auth_free(cl);
-		admin_client_ready(cl);
+		w->console->ready(cl);
 		return;
 	}
 	struct database *db = pool_find_database(w, cl->db_name);
@@ -561,8 +563,6 @@ void client_linked(struct client *cl)
 	client_on_data(cl);
 }
 
-/* Pipelining past this many unanswered requests is refused: the count must never wrap. */
-#define MAX_PIPELINE (1u << 20)
 
 uint64_t client_memory(const struct client *cl)
 {
@@ -632,10 +632,21 @@ static inline int gather(struct client *cl, char type, uint32_t total)
 	return need <= avail ? 1 : client_need(cl, need);
 }
 
+/* Requests that start a query when nothing was outstanding. */
+static inline bool starts_query(char type)
+{
+	switch (type) {
+	case 'Q': case 'F': case 'S': case 'E': case 'P': case 'B': case 'D': case 'C':
+		return true;
+	default:
+		return false;
+	}
+}
+
 /* The first request after a quiet spell starts a query; on an idle server, a transaction. */
 static void note_query_start(struct client *cl)
 {
-	if (!cl->expect_z && !cl->sync_pending) {
+	if (txtrack_quiet(&cl->tt)) {
 		cl->query_start = cl->c.w->now;
 		if (cl->link && cl->link->tx == 'I')
 			cl->xact_start = cl->query_start;
@@ -702,7 +713,7 @@ static void forward_loop(struct client *cl)
 			}
 			if (needs_no_server(type) && b->start == b->scan) {
 				if (type == 'c' || type == 'f')
-					cl->copy_fixup = false;
+					txtrack_stray_copy_end(&cl->tt);
 				client_drop_msg(cl, total);
 				continue;
 			}
@@ -739,7 +750,7 @@ static void forward_loop(struct client *cl)
 			h = b->data + b->scan;
 			avail = b->end - b->scan;
 		}
-		log_noise("C-%llu -> %c len %u expect_z %u", (unsigned long long)c->id, type, len, cl->expect_z);
+		log_noise("C-%llu -> %c len %u expect_z %u", (unsigned long long)c->id, type, len, cl->tt.expect_z);
 		if (cl->rt_prepare_only && type == 'B' && route_bind_shard(cl, h, total, avail)) {
 			if (c->dead)
 				return;
@@ -752,7 +763,7 @@ static void forward_loop(struct client *cl)
 		if (cl->rs && !cl->rt_routed && !rewritten && !cl->fo &&
 		    (type == 'Q' || type == 'P' || type == 'B') &&
 		    cl->rs->cl->n_shards > 1 &&
-		    (cl->link->tx != 'I' || cl->expect_z || cl->sync_pending || cl->rs->session) &&
+		    (cl->link->tx != 'I' || !txtrack_quiet(&cl->tt) || cl->rs->session) &&
 		    route_check_shard(cl, type, h, total, avail)) {
 			if (c->dead)
 				return;
@@ -775,16 +786,11 @@ static void forward_loop(struct client *cl)
 			if (r == PS_WAIT)
 				break;
 			if (r == PS_CONSUMED) {
-				if (type == 'P' || type == 'B' || type == 'D' || type == 'C') {
+				/* answered or rewritten by pgmux: the server still answers in its place (a
+				 * refused Query with an error and its ReadyForQuery) */
+				if (starts_query(type)) {
 					note_query_start(cl);
-					cl->sync_pending = true;
-				} else if (type == 'Q') {
-					/* refused: the server answers pgmux's error and a ReadyForQuery */
-					note_query_start(cl);
-					cl->expect_z++;
-					cl->sync_pending = false;
-					cl->unnamed_pending = false;
-					cl->last_exec = 'Q';
+					txtrack_client(&cl->tt, type == 'Q' ? 'Q' : 'B', false);
 				}
 				b = c->in;
 				continue;
@@ -795,8 +801,7 @@ static void forward_loop(struct client *cl)
 			avail = b->end - b->scan;
 			total = proto_get32(h + 1) + 1;
 		}
-		switch (type) {
-		case 'X':
+		if (type == 'X') {
 			/* Forward what came before; the Terminate itself is pgmux's to consume, so a
 			 * session-mode server goes back to the pool clean. */
 			if (!sbuf_flush(c))
@@ -805,65 +810,16 @@ static void forward_loop(struct client *cl)
 				b->start = b->scan = b->scan + total;
 			client_close(cl, "client close request", NULL);
 			return;
-		case 'Q':
-			/* A simple Query is a sync point of its own, even after unsynced extended
-			 * messages (asyncpg sends Parse/Describe/Flush, then a Query). */
-			note_query_start(cl);
-			cl->expect_z++;
-			cl->sync_pending = false;
-			cl->unnamed_pending = false;
-			cl->last_exec = 'Q';
-			cl->copy_client_done = false;
-			cl->pool->query_count++;
-			break;
-		case 'F':
-			note_query_start(cl);
-			cl->expect_z++;
-			break;
-		case 'S':
-			note_query_start(cl);
-			cl->expect_z++;
-			cl->sync_pending = false;
-			break;
-		case 'E':
-			note_query_start(cl);
-			cl->sync_pending = true;
-			cl->unnamed_pending = false;
-			cl->last_exec = 'E';
-			cl->copy_client_done = false;
-			cl->pool->query_count++;
-			break;
-		case 'P':
-			/* Drivers parse the unnamed statement, Sync, then Bind it (asyncpg without a
-			 * statement cache): the server must stay until it has run. */
-			if (avail > PROTO_HDR && h[PROTO_HDR] == 0)
-				cl->unnamed_pending = true;
-			note_query_start(cl);
-			cl->sync_pending = true;
-			break;
-		case 'B': case 'D': case 'C':
-			note_query_start(cl);
-			cl->sync_pending = true;
-			break;
-		case 'c': case 'f':
-			if (cl->copy_fixup) {
-				/* The server already ended the copy: only Syncs from here on answer. */
-				cl->copy_fixup = false;
-				cl->expect_z = 0;
-			} else {
-				/* May come before the server's CopyInResponse when the client pipelines. */
-				cl->copy_client_done = true;
-				cl->copy_mark = cl->expect_z;
-			}
-			break;
-		case 'd': case 'H':
-			break;
-		default:
-			client_close(cl, "unknown message type from client", "08P01");
-			return;
 		}
-		if (cl->expect_z > MAX_PIPELINE) {
-			client_close(cl, "too many pipelined requests", "08P01");
+		if (starts_query(type))
+			note_query_start(cl);
+		if (type == 'Q' || type == 'E')
+			cl->pool->query_count++;
+		enum txtrack_result tr = txtrack_client(&cl->tt, type,
+							type == 'P' && avail > PROTO_HDR && h[PROTO_HDR] == 0);
+		if (tr != TXT_OK) {
+			client_close(cl, tr == TXT_UNKNOWN ? "unknown message type from client"
+							   : "too many pipelined requests", "08P01");
 			return;
 		}
 		if (avail >= total) {
@@ -913,7 +869,7 @@ void client_on_data(struct client *cl)
 		return;
 	}
 	if (cl->state == CL_ADMIN) {
-		admin_on_data(cl);
+		cl->c.w->console->on_data(cl);
 		return;
 	}
 	if (cl->state != CL_ACTIVE)

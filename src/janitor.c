@@ -6,6 +6,7 @@
 
 #include "client.h"
 #include "log.h"
+#include "txtrack.h"
 #include "worker.h"
 #include "pool.h"
 #include "server.h"
@@ -82,11 +83,11 @@ static void sweep_clients(struct worker *w, uint64_t now, struct victims *cl)
 			continue;
 		list_for_each_safe(c2, t2, &p->cl_active) {
 			struct client *c = list_entry(c2, struct client, node);
-			if (!c->link || (!c->expect_z && !c->sync_pending && c->link->tx == 'I')) {
+			if (!c->link || (txtrack_quiet(&c->tt) && c->link->tx == 'I')) {
 				/* unlinked, or a session-mode client with nothing in flight */
 				if (over(now, c->last_active, cf->client_idle_timeout))
 					add(cl, c, "client_idle_timeout");
-			} else if (c->expect_z || c->sync_pending) {
+			} else if (!txtrack_quiet(&c->tt)) {
 				if (over(now, c->query_start, cf->query_timeout))
 					add(cl, c, "query timeout");
 			} else if (c->link->tx != 'I') {
@@ -189,7 +190,7 @@ void janitor_run(struct worker *w)
 		if (strcmp(cl.why[i], "query_wait_timeout") == 0 && c->state != CL_WAITING &&
 		    c->state != CL_WAITING_LOGIN)
 			continue;
-		if (c->link && c->link->state == SV_ACTIVE && c->expect_z) {
+		if (c->link && c->link->state == SV_ACTIVE && c->tt.expect_z) {
 			/* A query over its time: the server is mid-query and cannot be reused. */
 			c->link->close_when_idle = true;
 		}

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "client.h"
 #include "janitor.h"
 #include "log.h"
@@ -353,6 +354,7 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 	static struct event ev_usr2;
 	evsignal_assign(&ev_usr2, w->base, SIGUSR2, on_signal, w);
 	evsignal_add(&ev_usr2, NULL);
+	admin_register(w);   /* before the listeners: the first login may be a console's */
 	if (start_listening(w) < 0)
 		return -1;
 	janitor_start(w);

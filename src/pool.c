@@ -9,7 +9,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "admin.h"
 #include "client.h"
 #include "log.h"
 #include "worker.h"
@@ -133,7 +132,7 @@ bool pool_database_removable(struct worker *w, const struct database *db)
 	/* Routed names and backends are the route layer's; a paused or disabled one would come
 	 * back without its console state; an address lookup in flight holds the pointer. */
 	if (!db->from_wildcard || db->cluster || db->be || db->paused || db->disabled ||
-	    db->resolving || db->n_servers || admin_uses_database(w, db))
+	    db->resolving || db->n_servers || (w->console && w->console->uses_database(w, db)))
 		return false;
 	bool unused = true;
 	if (db->pools)

@@ -18,6 +18,7 @@
 #include "shard.h"
 #include "shardplan.h"
 #include "sqlscan.h"
+#include "txtrack.h"
 #include "verdict.h"
 
 /* A read batch longer than this is not kept for a retry. */
@@ -813,7 +814,7 @@ static enum route_result fanout_start(struct client *cl, const uint8_t *h, uint3
 				return ROUTE_WAIT;
 		}
 	}
-	if (!n || n != avail || cl->expect_z || cl->sync_pending) {
+	if (!n || n != avail || !txtrack_quiet(&cl->tt)) {
 		char msg[300];
 		snprintf(msg, sizeof(msg), "pgmux: a read that runs on every shard must come alone (not "
 			 "pipelined with other requests) and fit max_client_memory (%lld bytes)",
@@ -899,9 +900,7 @@ int route_fanout_message(struct server *sv, char type, uint32_t len, bool whole)
 		 * runs on the next shard (route_fanout_next, after the release). */
 		sv->tx = (char)b->data[b->scan + PROTO_HDR];
 		sbuf_drop(&sv->c, b->scan, len + 1);
-		cl->expect_z = 0;
-		cl->sync_pending = false;
-		cl->unnamed_pending = false;
+		txtrack_reset(&cl->tt);
 		fo->advance = true;
 		return 2;
 	}
@@ -1269,7 +1268,7 @@ enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uin
 	 * if that replica refuses it (25006) or goes away first. */
 	route_retry_clear(cl);
 	if (!write && !again && !cl->fo && c->be[t]->cfg_replica == true && c->be[t]->seen_role == ROLE_REPLICA &&
-	    cl->expect_z == 0 && !cl->sync_pending && !cl->deferred) {
+	    txtrack_quiet(&cl->tt) && !cl->deferred) {
 		uint32_t n = retry_span(cl, h, avail, type);
 		if (n && n == avail && n <= RETRY_MAX && (cl->retry = batch_alloc(w, n))) {
 			memcpy(cl->retry, h, n);
@@ -1331,9 +1330,7 @@ static bool requeue(struct client *cl)
 	if (ok)
 		cl->c.in->scan -= n;
 	batch_free(cl->c.w, data, n);
-	cl->expect_z = 0;
-	cl->sync_pending = false;
-	cl->unnamed_pending = false;
+	txtrack_reset(&cl->tt);
 	return ok;
 }
 
@@ -1615,7 +1612,7 @@ bool route_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint3
 	int s = shard_for(cl, 'B', h, total, avail, &r, &se);
 	/* Another shard, no key (the policy decides afresh), or a BEGIN still held back (it
 	 * must go first, and the prepared-only link never saw it). */
-	if ((s == cl->rt_shard && !cl->deferred) || cl->expect_z || ps_pending(sv))
+	if ((s == cl->rt_shard && !cl->deferred) || cl->tt.expect_z || ps_pending(sv))
 		return false;
 	/* What the client sent before the Bind must be out, whole, before the server goes back. */
 	if (!sbuf_flush(&cl->c)) {
@@ -1632,8 +1629,7 @@ bool route_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint3
 		server_close(sv, "send failed");
 		return true;
 	}
-	cl->sync_pending = false;
-	cl->unnamed_pending = false;
+	txtrack_reset(&cl->tt);
 	pool_release(sv, false);
 	return true;
 }

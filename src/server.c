@@ -21,6 +21,7 @@
 #include "pwcrypt.h"
 #include "sbuf.h"
 #include "tls.h"
+#include "txtrack.h"
 #include "userlist.h"
 
 enum login_step { LS_CONNECTING, LS_SSL_REPLY, LS_TLS, LS_AUTH, LS_CONNECT_QUERY };
@@ -731,11 +732,11 @@ static bool swallow(struct server *sv, char type, const uint8_t *body, uint32_t 
 	return true;
 }
 
-/* The client owes nothing and is owed nothing: no request without its answer, no COPY.
- * (Bytes still on their way are conn_drained's business: a release is owed until then.) */
-static bool client_settled(const struct client *cl)
+/* The client owes nothing and is owed nothing (txtrack); bytes still on their way are
+ * conn_drained's business: a release is owed until then. */
+static inline bool client_settled(const struct client *cl)
 {
-	return cl->expect_z == 0 && !cl->sync_pending && !cl->in_copy && !cl->unnamed_pending;
+	return txtrack_settled(&cl->tt);
 }
 
 /* No parsed byte of c waits to go to its peer: what went out ended at a message boundary. */
@@ -815,23 +816,14 @@ static bool reads_type(const struct server *sv, const struct client *cl, char ty
 	}
 }
 
-/* The server ended a COPY IN: recount the ReadyForQuery still owed, since PostgreSQL ignored
- * the Syncs that arrived during the copy. */
-static void copy_ended(struct client *cl)
-{
-	cl->in_copy = false;
-	if (cl->copy_client_done)
-		cl->expect_z = (cl->copy_simple ? 1 : 0) + (cl->expect_z - cl->copy_mark);
-	else
-		cl->copy_fixup = !cl->copy_simple;
-	cl->copy_client_done = false;
-}
-
 static void forward_loop(struct server *sv)
 {
 	struct conn *c = &sv->c;
 	struct iobuf *b = c->in;
 	bool release = false;
+	/* everything before this call reached the client whole: what is parsed now is whole
+	 * messages the client has none of */
+	bool at_boundary = c->pkt_left == 0 && (!b || b->start == b->scan);
 
 	while (b && b->scan < b->end && !c->dead) {
 		if (c->pkt_left) {
@@ -906,7 +898,7 @@ static void forward_loop(struct server *sv)
 			if (r > 0)
 				return;
 		}
-		log_noise("S-%llu <- %c len %u expect_z %u", (unsigned long long)c->id, type, len, cl->expect_z);
+		log_noise("S-%llu <- %c len %u expect_z %u", (unsigned long long)c->id, type, len, cl->tt.expect_z);
 		if (sv->ps_active) {
 			enum ps_result r = ps_server_message(sv, type, h + PROTO_HDR, len - 4, whole);
 			if (r == PS_CLOSED || c->dead)
@@ -922,13 +914,13 @@ static void forward_loop(struct server *sv)
 		case 'Z': {
 			char tx = (char)h[PROTO_HDR];
 			sv->tx = tx;
-			if (cl->expect_z && --cl->expect_z == 0) {
+			if (txtrack_ready(&cl->tt)) {
 				struct pool *p = sv->pool;
 				uint64_t now = c->w->now;
 				cl->last_active = now;
 				p->query_time += now - cl->query_start;
 				hist_add(&p->h_query, now - cl->query_start);
-				if (tx == 'I' && !cl->sync_pending) {
+				if (tx == 'I' && !cl->tt.sync_pending) {
 					p->xact_count++;
 					p->xact_time += now - cl->xact_start;
 					hist_add(&p->h_xact, now - cl->xact_start);
@@ -939,6 +931,10 @@ static void forward_loop(struct server *sv)
 				int mode = pool_mode(sv->pool);
 				if (mode == POOL_STATEMENT && tx != 'I') {
 					sv->close_when_idle = true;
+					/* The error takes the place of the BEGIN's answer (as PgBouncer does),
+					 * when that answer is whole messages the client has none of yet. */
+					if (at_boundary)
+						b->start = b->scan;
 					client_close(cl, "transaction blocks not allowed in statement pooling mode", "08P01");
 					return;
 				}
@@ -954,13 +950,9 @@ static void forward_loop(struct server *sv)
 			break;
 		case 'G':
 		case 'W':
-			cl->in_copy = true;
-			cl->copy_simple = cl->last_exec == 'Q';
-			break;
 		case 'C':
 		case 'E':
-			if (cl->in_copy)
-				copy_ended(cl);
+			txtrack_server(&cl->tt, type);
 			break;
 		default:
 			break;
