@@ -1,0 +1,45 @@
+/* stream_peer.h: the fake PostgreSQL server, fake clients and script interpreter that the stream harnesses drive pgmux with. */
+#ifndef PGMUX_STREAM_PEER_H
+#define PGMUX_STREAM_PEER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct worker;
+
+/* One socket the fake server listens on, <dir>/.s.PGSQL.<port>: one backend line of the config. */
+struct peer_backend {
+	int port;
+	bool replica;       /* a standby: the monitor's probe says so, and writes get 25006 */
+};
+
+/* What a harness tells the peer about the configuration it wrote. */
+struct peer_setup {
+	const char *dir;                    /* the temporary directory of every socket */
+	const struct peer_backend *backends;
+	int n_backends;
+	const char *const *users;           /* names a fake client may log in as */
+	int n_users;
+	const char *const *dbs;             /* database names a fake client may ask for */
+	int n_dbs;
+	/* Users whose pool mode is session: their statement names reach the server unchanged.
+	 * Every other user's named statements must arrive renamed pgmux_<token>_<n>. */
+	const char *const *session_users;
+	int n_session_users;
+};
+
+struct peer;
+
+/* Opens the fake server's listeners; aborts when it cannot (the harness cannot run). */
+struct peer *peer_new(const struct peer_setup *s);
+/* Hands the peer the worker it drives, then runs the loop until it is quiet (the routed
+ * harness's monitors log in and probe here). */
+void peer_attach(struct peer *p, struct worker *w);
+/* One input: runs its script, then closes every connection and checks what must hold after. */
+void peer_run(struct peer *p, const uint8_t *data, size_t size);
+
+/* stream_peek.c: statements in pgmux's shared cache (and their bytes). */
+size_t peer_ps_cached(const struct worker *w, size_t *bytes);
+
+#endif
