@@ -301,6 +301,7 @@ def route_seeds():
 
 def main():
     plain_seeds()
+    route_seeds()
     return 0
 
 

@@ -36,6 +36,7 @@ declare -A SRCS=(
 	[verdict]="src/verdict.c src/sqlscan.c"
 	[bind]="src/shard.c src/sqlscan.c src/shardhash.c"
 	[stream]="$WORKER_SRCS tests/fuzz/stream_peek.c"
+	[stream_route]="$WORKER_SRCS tests/fuzz/stream_peek.c"
 )
 declare -A LIBS=(
 	[startup]=""
@@ -48,13 +49,15 @@ declare -A LIBS=(
 	[verdict]=""
 	[bind]=""
 	[stream]="$WORKER_LIBS"
+	[stream_route]="$WORKER_LIBS"
 )
 # Harness helpers built without coverage instrumentation: their branches (the fake peer's)
 # are not pgmux's, and would only mislead the fuzzer.
 declare -A HELPERS=(
 	[stream]="tests/fuzz/stream_peer.c"
+	[stream_route]="tests/fuzz/stream_peer.c"
 )
-ALL=(startup scram_server scram_client userlist secret config sqlscan verdict bind stream)
+ALL=(startup scram_server scram_client userlist secret config sqlscan verdict bind stream stream_route)
 
 # shellcheck disable=SC2054  # the commas belong to -fsanitize=
 CFLAGS=(-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined

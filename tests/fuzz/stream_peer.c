@@ -18,6 +18,8 @@
 #include <event2/event.h>
 
 #include "client.h"
+#include "config.h"
+#include "log.h"
 #include "pgmux.h"
 #include "route.h"
 
@@ -1567,7 +1569,8 @@ enum {
 static void srv_login(struct peer *p, struct fsrv *s, const char *user, const char *appname)
 {
 	uint8_t mode = s->monitor ? LOGIN_OK : p->login_mode;
-	p->login_mode = LOGIN_OK;
+	if (!s->monitor)
+		p->login_mode = LOGIN_OK;   /* one connection's: monitors never take it */
 	struct bytes *o = &s->out;
 	size_t at;
 	switch (mode) {
@@ -1831,6 +1834,12 @@ static void cli_input(struct peer *p, struct fcli *c)
 		const uint8_t *body = m + 5;
 		uint32_t n = len - 4;
 		TRACE("  C%d <- %c len %u\n", c->serial, type, len);
+		if (type == 'E' && debug_level()) {
+			/* the message field, for reading traces */
+			for (const uint8_t *q = body; q < body + n && *q; q += strnlen((const char *)q + 1, (size_t)(body + n - q - 1)) + 2)
+				if (*q == 'M' || *q == 'C')
+					fprintf(stderr, "      %c: %.200s\n", *q, (const char *)q + 1);
+		}
 		switch (type) {
 		case 'R':
 			if (get32(body) == 0)
@@ -2332,6 +2341,10 @@ static void queue(struct peer *p, struct fcli *c, struct bytes *m)
 				c->syncs++;
 			if (t == 'S')
 				c->ext_open = false;
+			/* Known pgmux bug (doc/reliability.md, finding 5): a Terminate read together with
+			 * a message pgmux refuses leaves the client paused and owed its answers. */
+			if (t == 'X')
+				c->misuse = true;
 		}
 	}
 	m->len = m->off = 0;
@@ -2386,6 +2399,12 @@ static void msg_bind(struct peer *p, struct fcli *c, struct rd *r, bool unnamed)
 		b_u8(m, 0);
 	else
 		gen_name(p, r, m, false);
+	if (p->set.bind_names_max && m->len - at - 4 > p->set.bind_names_max) {
+		/* both names cut to "p1" and "s1": see peer_setup.bind_names_max */
+		m->len = at + 4;
+		b_str(m, "p1");
+		b_str(m, "s1");
+	}
 	unsigned np = rd_u8(r) % 4;
 	b_u16(m, 1);
 	b_u16(m, 0);
@@ -2445,6 +2464,8 @@ static void msg_empty(struct peer *p, struct fcli *c, char type, unsigned count)
 		c->syncs += count;
 		c->ext_open = false;
 	}
+	if (type == 'X')
+		c->misuse = true;   /* finding 5: see queue() */
 }
 
 static void msg_copydata(struct peer *p, struct fcli *c, size_t n)
@@ -2989,6 +3010,39 @@ static bool clients_waiting(struct peer *p)
 	return false;
 }
 
+/* pgmux's view of its clients and servers, printed with a failure of check_answers. */
+static void dump_worker(struct peer *p)
+{
+	struct list *it, *ci;
+	for (it = p->w->pools.next; it != &p->w->pools; it = it->next) {
+		struct pool *pl = list_entry(it, struct pool, node);
+		struct list *lists[] = { &pl->cl_active, &pl->cl_waiting, &pl->cl_waiting_login };
+		for (int l = 0; l < 3; l++) {
+			for (ci = lists[l]->next; ci != lists[l]; ci = ci->next) {
+				struct client *cl = list_entry(ci, struct client, node);
+				struct iobuf *b = cl->c.in;
+				fprintf(stderr, "  pgmux C-%llu %s/%s state %d link %s expect_z %u sync_pending %d "
+					"in_copy %d unparsed %u pkt_left %u hold %d rd_on %d\n",
+					(unsigned long long)cl->c.id, pl->db->name, pl->user->name, cl->state,
+					cl->link ? "yes" : "no", cl->expect_z, cl->sync_pending, cl->in_copy,
+					b ? b->end - b->scan : 0, cl->c.pkt_left, cl->c.hold, cl->c.rd_on);
+			}
+		}
+		struct list *sl[] = { &pl->sv_login, &pl->sv_idle, &pl->sv_active, &pl->sv_used, &pl->sv_tested };
+		for (int l = 0; l < 5; l++) {
+			for (ci = sl[l]->next; ci != sl[l]; ci = ci->next) {
+				struct server *sv = list_entry(ci, struct server, node);
+				struct iobuf *b = sv->c.in;
+				fprintf(stderr, "  pgmux S-%llu %s/%s state %d tx %c internal_z %u link %s unparsed %u "
+					"out %u wr_on %d rd_on %d\n",
+					(unsigned long long)sv->c.id, pl->db->name, pl->user->name, sv->state, sv->tx,
+					sv->internal_z, sv->link ? "yes" : "no", b ? b->end - b->scan : 0,
+					sv->c.out.len, sv->c.wr_on, sv->c.rd_on);
+			}
+		}
+	}
+}
+
 /* With an honest server, every well-behaved client that is still there got exactly one
  * ReadyForQuery for each Sync, Query and FunctionCall it sent. */
 static void check_answers(struct peer *p)
@@ -3004,9 +3058,13 @@ static void check_answers(struct peer *p)
 		 * that came in with the startup packet, so such a console client hangs. */
 		if (c->early && strcmp(p->set.dbs[c->db], "pgmux") == 0)
 			continue;
-		if (c->zs != c->syncs && !c->misuse)
+		if (p->set.answers_unchecked_db && strcmp(p->set.dbs[c->db], p->set.answers_unchecked_db) == 0)
+			continue;
+		if (c->zs != c->syncs && !c->misuse) {
+			dump_worker(p);
 			fail("C%d is owed %u ReadyForQuery but got %u, and nothing is moving", c->serial,
 			     c->syncs, c->zs);
+		}
 	}
 }
 
@@ -3165,4 +3223,46 @@ void peer_run(struct peer *p, const uint8_t *data, size_t size)
 	int socks = count_sockets();
 	if (socks != p->sockets)
 		fail("%d sockets open after the input, %d before: one leaked", socks, p->sockets);
+}
+
+struct peer *peer_start(struct worker *w, const char *ini, struct peer_setup *set)
+{
+	char tmpl[] = "/tmp/pgmux-stream-XXXXXX";
+	char *dir = mkdtemp(tmpl);
+	if (!dir)
+		fail("mkdtemp: %s", strerror(errno));
+	/* the config, with @DIR@ replaced by the directory of every socket */
+	struct bytes cfg = { 0 };
+	for (const char *q = ini; *q;) {
+		const char *at = strstr(q, "@DIR@");
+		size_t n = at ? (size_t)(at - q) : strlen(q);
+		b_put(&cfg, q, n);
+		if (!at)
+			break;
+		b_put(&cfg, dir, strlen(dir));
+		q = at + 5;
+	}
+	char path[300];
+	snprintf(path, sizeof(path), "%s/pgmux.ini", dir);
+	FILE *f = fopen(path, "w");
+	if (!f || fwrite(cfg.p, 1, cfg.len, f) != cfg.len || fclose(f) != 0)
+		fail("cannot write %s", path);
+	b_free(&cfg);
+
+	/* Quiet logs: an input logs dozens of lines, and stderr is libFuzzer's report. */
+	log_open(NULL, false, NULL, NULL, getenv("STREAM_DEBUG") == NULL);
+	struct config *cf;
+	char err[512];
+	if (config_load(path, &cf, err, sizeof(err)) < 0)
+		fail("config: %s", err);
+	set->dir = strdup(dir);
+	struct peer *p = peer_new(set);
+	if (pgmux_worker_init(w, cf, path, NULL) < 0)
+		fail("pgmux_worker_init failed");
+	/* pgmux's signal events would take SIGINT and SIGTERM from libFuzzer (its reports and
+	 * time limits); nothing signals pgmux in a fuzz run. */
+	for (int i = 0; i < 5; i++)
+		event_del(&w->ev_sig[i]);
+	peer_attach(p, w);
+	return p;
 }

@@ -27,6 +27,12 @@ struct peer_setup {
 	 * Every other user's named statements must arrive renamed pgmux_<token>_<n>. */
 	const char *const *session_users;
 	int n_session_users;
+	/* Longest portal plus statement name a Bind may carry; 0: no limit.  (The routed harness
+	 * keeps below a known pgmux bug: doc/reliability.md, finding 6.) */
+	size_t bind_names_max;
+	/* A database whose clients' ReadyForQuery count is not checked (NULL: none).  (The
+	 * routed harness's sharded database: doc/reliability.md, finding 7.) */
+	const char *answers_unchecked_db;
 };
 
 struct peer;
@@ -38,6 +44,11 @@ struct peer *peer_new(const struct peer_setup *s);
 void peer_attach(struct peer *p, struct worker *w);
 /* One input: runs its script, then closes every connection and checks what must hold after. */
 void peer_run(struct peer *p, const uint8_t *data, size_t size);
+
+/* Writes the config `ini` into a new temporary directory (every "@DIR@" in it becomes that
+ * directory), starts the worker on it with the peer's listeners, and waits until it is
+ * quiet.  set->dir is filled in.  Aborts when anything fails. */
+struct peer *peer_start(struct worker *w, const char *ini, struct peer_setup *set);
 
 /* stream_peek.c: statements in pgmux's shared cache (and their bytes). */
 size_t peer_ps_cached(const struct worker *w, size_t *bytes);
