@@ -45,6 +45,11 @@ void peer_attach(struct peer *p, struct worker *w);
 /* One input: runs its script, then closes every connection and checks what must hold after. */
 void peer_run(struct peer *p, const uint8_t *data, size_t size);
 
+/* True when STREAM_KNOWN_BUGS is set: the harnesses then stop steering around the pgmux bugs
+ * listed in doc/reliability.md, so that the reproducers in tests/fuzz/crashes/ fail (and show
+ * a fix, once they pass). */
+bool peer_known_bugs(void);
+
 /* Writes the config `ini` into a new temporary directory (every "@DIR@" in it becomes that
  * directory), starts the worker on it with the peer's listeners, and waits until it is
  * quiet.  set->dir is filled in.  Aborts when anything fails. */
