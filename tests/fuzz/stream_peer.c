@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <sanitizer/allocator_interface.h>
 
 #include "client.h"
 #include "config.h"
@@ -60,7 +61,8 @@ static int debug_level(void)
 
 bool peer_known_bugs(void)
 {
-	return getenv("STREAM_KNOWN_BUGS") != NULL;
+	const char *e = getenv("STREAM_KNOWN_BUGS");
+	return e && *e && strcmp(e, "0") != 0;
 }
 
 /* An invariant broke: say which, and abort so that libFuzzer keeps the input. */
@@ -298,7 +300,6 @@ struct peer {
 	bool cli_raw;           /* a client sent unframed bytes */
 	bool cli_inner_bad;     /* a client sent a framed message whose body is malformed */
 	bool cli_cut;           /* a client went away mid-message */
-	bool cancelled;         /* a cancel request went out */
 	bool teardown;          /* closing everything: the fake server drops what connects */
 	size_t cli_bytes, srv_bytes;
 	long turns;             /* loop turns this input */
@@ -306,7 +307,7 @@ struct peer {
 	/* statistics for the long run's report */
 	struct bytes scratch;   /* where client messages are built (msg_start) */
 	bool known_bugs;        /* peer_known_bugs(): no steering around known pgmux bugs */
-	unsigned long long n_inputs, n_excused;
+	unsigned long long n_inputs;
 	int sockets;            /* sockets open between inputs */
 };
 
@@ -478,7 +479,11 @@ static void srv_put_error2(struct peer *p, struct fsrv *s, const char *code, con
 	b_str(o, code);
 	b_u8(o, 'M');
 	b_put(o, head, strlen(head));
-	/* PostgreSQL echoes names and texts in its messages: a long one makes a long error. */
+	/* PostgreSQL echoes names and texts in its messages: a long one makes a long error.  One
+	 * past the harnesses' max_client_memory (256kB) meets a known pgmux bug
+	 * (doc/reliability.md, finding 9): kept below unless STREAM_KNOWN_BUGS is set. */
+	if (!p->known_bugs && mlen > 200000)
+		mlen = 200000;
 	size_t from = o->len;
 	b_put(o, msg, mlen);
 	for (size_t i = from; i < o->len; i++)
@@ -495,7 +500,8 @@ static void srv_put_error(struct peer *p, struct fsrv *s, const char *code, cons
 	srv_put_error2(p, s, code, "", msg, mlen);
 }
 
-static void srv_error(struct peer *p, struct fsrv *s, bool extended, const char *code, const char *fmt, ...)
+static void __attribute__((format(printf, 5, 6)))
+srv_error(struct peer *p, struct fsrv *s, bool extended, const char *code, const char *fmt, ...)
 {
 	char msg[512];
 	va_list ap;
@@ -597,6 +603,24 @@ static void drop_portals(struct fsrv *s)
 	while (s->portals) {
 		struct portal *x = s->portals;
 		s->portals = x->next;
+		free(x->name);
+		free(x->text);
+		free(x);
+	}
+}
+
+/* The transaction ended: its portals go (PostgreSQL keeps only WITH HOLD cursors), except the
+ * one still running the COMMIT. */
+static void drop_portals_except(struct fsrv *s, struct portal *keep)
+{
+	struct portal **pp = &s->portals;
+	while (*pp) {
+		struct portal *x = *pp;
+		if (x == keep) {
+			pp = &x->next;
+			continue;
+		}
+		*pp = x->next;
 		free(x->name);
 		free(x->text);
 		free(x);
@@ -809,15 +833,13 @@ static int run_stmt(struct peer *p, struct fsrv *s, const char *t, size_t n, boo
 		srv_complete(s, s->tx == 'E' ? "ROLLBACK" : "COMMIT");
 		s->tx = 'I';
 		s->explicit_tx = false;
-		if (!extended)
-			drop_portals(s);
+		drop_portals_except(s, po);
 		return RUN_OK;
 	case K_ROLLBACK:
 		srv_complete(s, "ROLLBACK");
 		s->tx = 'I';
 		s->explicit_tx = false;
-		if (!extended)
-			drop_portals(s);
+		drop_portals_except(s, po);
 		return RUN_OK;
 	case K_DISCARD_ALL:
 		if (s->explicit_tx) {
@@ -825,8 +847,7 @@ static int run_stmt(struct peer *p, struct fsrv *s, const char *t, size_t n, boo
 			return RUN_ERROR;
 		}
 		drop_stmts(s);
-		if (!extended)
-			drop_portals(s);
+		drop_portals_except(s, po);
 		srv_complete(s, "DISCARD ALL");
 		return RUN_OK;
 	case K_DISCARD:
@@ -1226,8 +1247,11 @@ static void run_simple(struct peer *p, struct fsrv *s, const char *t, size_t n)
 	}
 	if (!any)
 		srv_simple(s, 'I');
-	if (!s->explicit_tx)
+	if (!s->explicit_tx) {
+		/* the implicit transaction (with any extended messages before it) commits */
 		s->tx = 'I';
+		drop_portals(s);
+	}
 	srv_ready(s);
 }
 
@@ -1760,13 +1784,18 @@ static void srv_input(struct peer *p, struct fsrv *s)
 		if (!s->monitor && !p->cli_raw && !p->cli_inner_bad) {
 			const char *why = body_problem(type, m + 5, len - 4);
 			if (why) {
-				if (!p->cli_cut)
+				if (!p->cli_cut) {
+					fprintf(stderr, "the message:");
+					for (uint32_t i = 0; i < len + 1 && i < 96; i++)
+						fprintf(stderr, " %02x", m[i]);
+					fprintf(stderr, "\n");
 					fail("S%d: malformed %c message from pgmux (%s), length %u", s->serial, type, why, len);
+				}
 				/* A client went away mid-message, and pgmux ends the server's stream with
 				 * its Terminate (see doc/reliability.md): the cut message is completed by
 				 * those bytes.  Anything whole after it would be a real splice. */
 				s->suspect = true;
-				p->n_excused++;
+				TRACE("  S%d: a cut message excused (%s)\n", s->serial, why);
 				b_consume(in, (size_t)len + 1);
 				continue;
 			}
@@ -2386,9 +2415,14 @@ static void msg_parse(struct peer *p, struct fcli *c, struct rd *r, bool unnamed
 		b_u8(m, 0);
 	else
 		gen_name(p, r, m, false);
+	size_t text_at = m->len;
 	gen_text(p, r, c, m);
 	b_u8(m, 0);
 	unsigned np = rd_u8(r) % 4;
+	size_t kw;
+	if (p->set.untyped_begin &&
+	    classify((const char *)m->p + text_at, m->len - text_at - 1, &kw) == K_BEGIN)
+		np = 0;   /* see peer_setup.untyped_begin */
 	b_u16(m, (uint16_t)np);
 	for (unsigned i = 0; i < np; i++)
 		b_u32(m, 23);
@@ -2920,7 +2954,6 @@ static bool run_op(struct peer *p, struct rd *r, size_t *last_client_op, int dep
 		b_u32(&x->out, 80877102);
 		b_u32(&x->out, c->pid);
 		b_u32(&x->out, c->key);
-		p->cancelled = true;
 		return true;
 	}
 	case OP_CLI_STALL: c = slot(p, r); c->stall_rd = !c->stall_rd; return true;
@@ -3197,7 +3230,6 @@ void peer_run(struct peer *p, const uint8_t *data, size_t size)
 	p->width = 0;
 	p->login_mode = LOGIN_OK;
 	p->srv_hostile = p->srv_cut = p->cli_raw = p->cli_inner_bad = p->cli_cut = false;
-	p->cancelled = false;
 	p->cli_bytes = p->srv_bytes = 0;
 	p->turns = 0;
 	p->n_keys = 0;
@@ -3241,6 +3273,12 @@ void peer_run(struct peer *p, const uint8_t *data, size_t size)
 			(unsigned long long)(t1 - t0), p->turns, waits, p->cli_bytes, p->srv_bytes);
 	p->teardown = false;
 	check_empty(p);
+	/* STREAM_HEAP=<n>: the live heap after every n-th input's teardown (the run's RSS grows
+	 * with the sanitizer's caches; this is what pgmux and the peer really hold) */
+	const char *heap = getenv("STREAM_HEAP");
+	if (heap && atoi(heap) > 0 && p->n_inputs % (unsigned)atoi(heap) == 0)
+		fprintf(stderr, "heap after %llu inputs: %zu bytes live\n", p->n_inputs,
+			__sanitizer_get_current_allocated_bytes());
 	int socks = count_sockets();
 	if (socks != p->sockets)
 		fail("%d sockets open after the input, %d before: one leaked", socks, p->sockets);
