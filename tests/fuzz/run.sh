@@ -87,8 +87,9 @@ if [ ! -f include/pgmux_config.h ]; then
 fi
 
 # Each source is compiled once (up to FUZZ_JOBS at a time) and shared by the harnesses that
-# link it.  $1: the source; $2: "plain" for a helper built without coverage instrumentation.
-# Prints the object's path; returns non-zero when the compiler failed (its log is kept).
+# link it.  obj_of prints the object of source $1 built as $2: "fuzz" (instrumented) or
+# "plain" (a helper, without coverage instrumentation).  build_objects KIND SOURCE... builds
+# those missing and fails when a compiler did (OBJECT.log keeps what it said).
 obj_of() {
 	local src=$1 kind=${2:-fuzz}
 	local o="$work/obj/${src//\//_}.$kind.o"
@@ -160,7 +161,8 @@ for name in "${names[@]}"; do
 			-o "$bin" >"$work/fuzz_$name.build.log" 2>&1
 		brc=$?
 	else
-		cat "$work"/obj/*.log >"$work/fuzz_$name.build.log" 2>/dev/null
+		for src in ${SRCS[$name]}; do cat "$(obj_of "$src" fuzz).log"; done >"$work/fuzz_$name.build.log" 2>/dev/null
+		for src in $helpers; do cat "$(obj_of "$src" plain).log"; done >>"$work/fuzz_$name.build.log" 2>/dev/null
 		brc=1
 	fi
 	if [ "$brc" -ne 0 ]; then

@@ -1867,6 +1867,14 @@ static void cli_input(struct peer *p, struct fcli *c)
 		char type = (char)m[0];
 		uint32_t len = get32(m + 1);
 		if (!backend_type(type) || len < 4 || len > (64u << 20)) {
+			if (debug_level()) {
+				/* what came before the bad header, and the header itself */
+				size_t from = in->off > 48 ? in->off - 48 : 0;
+				fprintf(stderr, "  C%d stream at the bad header (offset %zu):", c->serial, in->off - from);
+				for (size_t i = from; i < in->off + 24 && i < in->len; i++)
+					fprintf(stderr, " %02x", in->p[i]);
+				fprintf(stderr, "\n");
+			}
 			cli_garbled(p, c, "bad header", type, len);
 			break;
 		}
@@ -2994,6 +3002,12 @@ static bool run_op(struct peer *p, struct rd *r, size_t *last_client_op, int dep
 			send_from(s->fd, &s->out, SIZE_MAX);
 			TRACE("  S%d closed by the script\n", s->serial);
 			srv_free(p, j);
+			/* Known pgmux bug (doc/reliability.md, finding 11): a server gone while pgmux
+			 * forwards one of its messages leaves the client half of it, then pgmux's
+			 * FATAL.  Unless STREAM_KNOWN_BUGS, a script that cuts a server does not hold
+			 * the clients' streams to framing. */
+			if (!p->known_bugs)
+				p->srv_cut = true;
 		}
 		return true;
 	}
