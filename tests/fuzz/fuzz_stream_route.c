@@ -79,6 +79,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		 * finding 7; tests/fuzz/crashes/stream-route-fanout-*): the sharded database's
 		 * clients are not held to the ReadyForQuery count until that is fixed */
 		.answers_unchecked_db = avoid ? "s" : NULL,
+		/* a BEGIN parsed with parameter types is re-sent as a malformed Query
+		 * (doc/reliability.md, finding 8; tests/fuzz/crashes/stream-route-parse-begin-*) */
+		.untyped_begin = avoid,
 	};
 	H.peer = peer_start(&H.w, ini, &set);
 	return 0;

@@ -33,6 +33,9 @@ struct peer_setup {
 	/* A database whose clients' ReadyForQuery count is not checked (NULL: none).  (The
 	 * routed harness's sharded database: doc/reliability.md, finding 7.) */
 	const char *answers_unchecked_db;
+	/* Parse a BEGIN without parameter types.  (The routed harness: a typed one is re-sent as
+	 * a malformed Query, doc/reliability.md, finding 8.) */
+	bool untyped_begin;
 };
 
 struct peer;
