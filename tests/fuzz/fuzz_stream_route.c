@@ -82,6 +82,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		/* a BEGIN parsed with parameter types is re-sent as a malformed Query
 		 * (doc/reliability.md, finding 8; tests/fuzz/crashes/stream-route-parse-begin-*) */
 		.untyped_begin = avoid,
+		/* a read whose server is gone before pgmux could send it is sent twice when
+		 * retried (doc/reliability.md, finding 12;
+		 * tests/fuzz/crashes/stream-route-retried-read-runs-twice) */
+		.no_server_cut = avoid,
 	};
 	H.peer = peer_start(&H.w, ini, &set);
 	return 0;

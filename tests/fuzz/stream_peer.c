@@ -251,6 +251,8 @@ struct fcli {
 	bool eof;               /* pgmux closed it */
 	bool stall_rd;
 	bool garbled;           /* its stream stopped parsing (allowed only with a hostile server) */
+	bool garbled_open;      /* ... without one: an error unless pgmux then closes the client */
+	char garbled_why[96];
 	bool raw, inner_bad;    /* it sent raw bytes / a framed message with a bad body */
 	bool copy_used;         /* it took part in COPY: the Syncs PostgreSQL ignores skew counting */
 	bool cut;               /* it went away mid-message */
@@ -1826,13 +1828,32 @@ static bool backend_type(char t)
 	return t && strchr("RSKZENATDCI123ntsGHWdcVv", t) != NULL;
 }
 
-/* A client message stream cannot be parsed: fatal unless the server broke the protocol. */
+/* A client message stream cannot be parsed: fatal unless the server broke the protocol, or
+ * pgmux closes the client right after (known pgmux bug, doc/reliability.md, finding 11: its
+ * FATAL ErrorResponse can follow half a message; judged when the client ends, see
+ * check_garbled).  With STREAM_KNOWN_BUGS, fatal at once. */
 static void cli_garbled(struct peer *p, struct fcli *c, const char *why, char type, uint32_t len)
 {
-	if (!p->srv_hostile && !p->srv_cut)
+	c->garbled = true;
+	if (p->srv_hostile || p->srv_cut)
+		return;
+	if (p->known_bugs)
 		fail("C%d got a malformed stream from pgmux: %s (type 0x%02x length %u)", c->serial, why,
 		     (unsigned)(uint8_t)type, len);
-	c->garbled = true;
+	c->garbled_open = true;
+	snprintf(c->garbled_why, sizeof(c->garbled_why), "%s (type 0x%02x length %u)", why,
+		 (unsigned)(uint8_t)type, len);
+}
+
+/* A garbled stream on a connection pgmux keeps open is no finding-11 close: fail. */
+static void check_garbled(struct peer *p)
+{
+	for (int k = 0; k < MAX_CLIENTS; k++) {
+		struct fcli *c = &p->cli[k];
+		if (c->fd >= 0 && !c->eof && c->garbled_open)
+			fail("C%d got a malformed stream from pgmux, which kept the connection: %s", c->serial,
+			     c->garbled_why);
+	}
 }
 
 /* Every /\*c<n>*\/ token in a message must be this client's own: another's means its answer
@@ -2720,9 +2741,21 @@ static void batch(struct peer *p, struct fcli *c, struct rd *r)
 	}
 }
 
+/* Before the script drops a client whose stream broke: pgmux must close it (finding 11). */
+static void judge_garbled(struct peer *p, struct fcli *c)
+{
+	if (c->fd < 0 || c->eof || !c->garbled_open)
+		return;
+	pump(p, PUMP_ITERS);   /* it closes right after its FATAL */
+	if (!c->eof)
+		fail("C%d got a malformed stream from pgmux, which kept the connection: %s", c->serial,
+		     c->garbled_why);
+}
+
 static void open_client(struct peer *p, int k, uint8_t ub, uint8_t db, uint8_t flags)
 {
 	struct fcli *c = &p->cli[k];
+	judge_garbled(p, c);
 	cli_close(p, c);
 	memset(c, 0, sizeof(*c));
 	c->fd = -1;
@@ -2952,6 +2985,7 @@ static bool run_op(struct peer *p, struct rd *r, size_t *last_client_op, int dep
 			pump(p, 50);
 		}
 		TRACE("  C%d disconnects\n", c->serial);
+		judge_garbled(p, c);
 		cli_close(p, c);
 		return true;
 	}
@@ -2997,17 +3031,11 @@ static bool run_op(struct peer *p, struct rd *r, size_t *last_client_op, int dep
 	}
 	case OP_SV_CLOSE: {
 		int j = live_srv(p, rd_u8(r));
-		if (j >= 0) {
+		if (j >= 0 && !p->set.no_server_cut) {
 			struct fsrv *s = p->srv[j];
 			send_from(s->fd, &s->out, SIZE_MAX);
 			TRACE("  S%d closed by the script\n", s->serial);
 			srv_free(p, j);
-			/* Known pgmux bug (doc/reliability.md, finding 11): a server gone while pgmux
-			 * forwards one of its messages leaves the client half of it, then pgmux's
-			 * FATAL.  Unless STREAM_KNOWN_BUGS, a script that cuts a server does not hold
-			 * the clients' streams to framing. */
-			if (!p->known_bugs)
-				p->srv_cut = true;
 		}
 		return true;
 	}
@@ -3271,6 +3299,7 @@ void peer_run(struct peer *p, const uint8_t *data, size_t size)
 	for (int i = 0; i < p->n_srv; i++)
 		p->srv[i]->stall_rd = p->srv[i]->stall_wr = false;
 	pump(p, PUMP_ITERS);
+	check_garbled(p);
 	check_answers(p);
 
 	/* Every client leaves, then every server connection goes. */

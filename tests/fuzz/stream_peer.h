@@ -36,6 +36,10 @@ struct peer_setup {
 	/* Parse a BEGIN without parameter types.  (The routed harness: a typed one is re-sent as
 	 * a malformed Query, doc/reliability.md, finding 8.) */
 	bool untyped_begin;
+	/* The script does not cut server connections.  (The routed harness: a read whose server
+	 * is gone before pgmux could send it runs twice when retried, doc/reliability.md,
+	 * finding 12.) */
+	bool no_server_cut;
 };
 
 struct peer;
