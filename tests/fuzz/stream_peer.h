@@ -30,6 +30,10 @@ struct peer_setup {
 	/* Longest portal plus statement name a Bind may carry; 0: no limit.  (The routed harness
 	 * keeps below a known pgmux bug: doc/reliability.md, finding 6.) */
 	size_t bind_names_max;
+	/* Longest message a client of any database but `uncapped_db` sends (longer ones are not
+	 * sent); 0: no limit.  (The routed harness: finding 6 again, two big messages in a row.) */
+	size_t msg_max;
+	const char *uncapped_db;
 	/* A database whose clients' ReadyForQuery count is not checked (NULL: none).  (The
 	 * routed harness's sharded database: doc/reliability.md, finding 7.) */
 	const char *answers_unchecked_db;
