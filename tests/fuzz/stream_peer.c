@@ -894,10 +894,11 @@ static int run_stmt(struct peer *p, struct fsrv *s, const char *t, size_t n, boo
 		}
 		if (!extended)
 			srv_rowdesc(s, 1);
-		for (int r = 0; r < p->rows; r++)
+		int r = 0;
+		for (; r < p->rows && p->srv_bytes < SRV_BUDGET; r++)
 			srv_datarow(p, s, st->text, st->tlen, p->width);
 		char tag[32];
-		snprintf(tag, sizeof(tag), "SELECT %d", p->rows);
+		snprintf(tag, sizeof(tag), "SELECT %d", r);
 		srv_complete(s, tag);
 		return RUN_OK;
 	}
@@ -955,17 +956,18 @@ static int run_stmt(struct peer *p, struct fsrv *s, const char *t, size_t n, boo
 		b_u16(&s->out, 1);
 		b_u16(&s->out, 0);
 		b_end(&s->out, a);
-		for (int r = 0; r < p->rows; r++) {
+		int r = 0;
+		for (; r < p->rows && p->srv_bytes < SRV_BUDGET; r++) {
 			a = b_begin(&s->out, 'd');
 			put_tokens(&s->out, t, n);
 			b_fill(&s->out, 'y', p->width);
 			b_u8(&s->out, '\n');
 			b_end(&s->out, a);
-			p->srv_bytes += p->width;
+			p->srv_bytes += p->width + 8;
 		}
 		srv_simple(s, 'c');
 		char tag[32];
-		snprintf(tag, sizeof(tag), "COPY %d", p->rows);
+		snprintf(tag, sizeof(tag), "COPY %d", r);
 		srv_complete(s, tag);
 		return RUN_OK;
 	}
