@@ -1799,7 +1799,7 @@ static void srv_input(struct peer *p, struct fsrv *s)
 		if (!s->monitor && !p->cli_raw && !p->cli_inner_bad) {
 			const char *why = body_problem(type, m + 5, len - 4);
 			if (why) {
-				if (!p->cli_cut) {
+				if (!p->cli_cut || p->known_bugs) {
 					fprintf(stderr, "the message:");
 					for (uint32_t i = 0; i < len + 1 && i < 96; i++)
 						fprintf(stderr, " %02x", m[i]);
@@ -1807,8 +1807,9 @@ static void srv_input(struct peer *p, struct fsrv *s)
 					fail("S%d: malformed %c message from pgmux (%s), length %u", s->serial, type, why, len);
 				}
 				/* A client went away mid-message, and pgmux ends the server's stream with
-				 * its Terminate (see doc/reliability.md): the cut message is completed by
-				 * those bytes.  Anything whole after it would be a real splice. */
+				 * its Terminate (known bug, doc/reliability.md, finding 13): the cut message
+				 * is completed by those bytes.  Anything whole after it would be a real
+				 * splice. */
 				s->suspect = true;
 				TRACE("  S%d: a cut message excused (%s)\n", s->serial, why);
 				b_consume(in, (size_t)len + 1);
