@@ -6,6 +6,7 @@
 #   FUZZ_SECONDS  seconds per harness (default 15)
 #   FUZZ_CC       compiler (default clang; needs libclang-rt-14-dev for libFuzzer)
 #   FUZZ_KEEP=1   keep the work directory (binaries, logs, grown corpora) even when all pass
+#   FUZZ_JOBS     compilers run at once (default 2)
 # The seed corpus in tests/fuzz/corpus/<harness>/ is copied to a temporary directory first, so
 # the repository is never written.  Exit status: 0 when every harness ran clean, 1 when one
 # crashed, leaked, timed out or failed to build, 2 when the toolchain is missing.
@@ -17,6 +18,11 @@ cd "$root" || exit 2
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-15}
 CC=${FUZZ_CC:-clang}
+
+# Every pgmux source but main(), for the harnesses that run the whole worker.  prepared.c is
+# not listed: stream_peek.c compiles it with a read-only accessor of its own.
+WORKER_SRCS=$(ls src/*.c | grep -v -e '^src/main\.c$' -e '^src/prepared\.c$' | tr '\n' ' ')
+WORKER_LIBS="-levent -levent_extra -lpq -lssl -lcrypto -linih"
 
 # harness -> the sources it links, and its libraries.
 declare -A SRCS=(
@@ -30,6 +36,8 @@ declare -A SRCS=(
 	[verdict]="src/verdict.c src/sqlscan.c"
 	[bind]="src/shardval.c src/shardhash.c"
 	[shardsql]="src/shardsql.c src/sqlmask.c"
+	[stream]="$WORKER_SRCS tests/fuzz/stream_peek.c"
+	[stream_route]="$WORKER_SRCS tests/fuzz/stream_peek.c"
 )
 declare -A LIBS=(
 	[startup]=""
@@ -42,8 +50,16 @@ declare -A LIBS=(
 	[verdict]=""
 	[bind]=""
 	[shardsql]="-lpg_query"
+	[stream]="$WORKER_LIBS"
+	[stream_route]="$WORKER_LIBS"
 )
-ALL=(startup scram_server scram_client userlist secret config sqlscan verdict bind shardsql)
+# Harness helpers built without coverage instrumentation: their branches (the fake peer's)
+# are not pgmux's, and would only mislead the fuzzer.
+declare -A HELPERS=(
+	[stream]="tests/fuzz/stream_peer.c"
+	[stream_route]="tests/fuzz/stream_peer.c"
+)
+ALL=(startup scram_server scram_client userlist secret config sqlscan verdict bind shardsql stream stream_route)
 
 # shellcheck disable=SC2054  # the commas belong to -fsanitize=
 CFLAGS=(-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
@@ -64,6 +80,49 @@ cleanup() {
 	fi
 }
 trap cleanup EXIT
+
+# pgmux.h includes configure's pgmux_config.h; an unconfigured tree gets a stand-in.
+if [ ! -f include/pgmux_config.h ]; then
+	mkdir -p "$work/gen"
+	printf '#define PACKAGE "pgmux"\n#define PACKAGE_VERSION "fuzz"\n' >"$work/gen/pgmux_config.h"
+	CFLAGS+=(-I"$work/gen")
+fi
+
+# Each source is compiled once (up to FUZZ_JOBS at a time) and shared by the harnesses that
+# link it.  obj_of prints the object of source $1 built as $2: "fuzz" (instrumented) or
+# "plain" (a helper, without coverage instrumentation).  build_objects KIND SOURCE... builds
+# those missing and fails when a compiler did (OBJECT.log keeps what it said).
+obj_of() {
+	local src=$1 kind=${2:-fuzz}
+	local o="$work/obj/${src//\//_}.$kind.o"
+	echo "$o"
+}
+build_objects() {
+	local kind=$1
+	shift
+	local src o pids=() rc=0
+	mkdir -p "$work/obj"
+	for src in "$@"; do
+		o=$(obj_of "$src" "$kind")
+		[ -f "$o" ] && continue
+		if [ "$kind" = plain ]; then
+			# shellcheck disable=SC2054
+			"$CC" "${CFLAGS[@]/-fsanitize=fuzzer,address,undefined/-fsanitize=address,undefined}" \
+				-I"$here" -c "$src" -o "$o" >"$o.log" 2>&1 &
+		else
+			"$CC" "${CFLAGS[@]}" -I"$here" -c "$src" -o "$o" >"$o.log" 2>&1 &
+		fi
+		pids+=($!)
+		if [ "${#pids[@]}" -ge "${FUZZ_JOBS:-2}" ]; then
+			wait "${pids[0]}" || rc=1
+			pids=("${pids[@]:1}")
+		fi
+	done
+	for pid in "${pids[@]}"; do
+		wait "$pid" || rc=1
+	done
+	return $rc
+}
 
 # A one-line program shows whether libFuzzer and the sanitizer runtimes are there at all.
 printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' \
@@ -93,11 +152,24 @@ for name in "${names[@]}"; do
 	fi
 	bin="$work/fuzz_$name"
 	log="$work/fuzz_$name.log"
+	objs=()
+	helpers=${HELPERS[$name]:-}
 	# shellcheck disable=SC2086  # the source and library lists are meant to split
-	if ! "$CC" "${CFLAGS[@]}" -I"$here" "$here/fuzz_$name.c" ${SRCS[$name]} ${LIBS[$name]} \
-		-o "$bin" >"$work/fuzz_$name.build.log" 2>&1; then
+	if build_objects fuzz ${SRCS[$name]} && build_objects plain $helpers; then
+		for src in ${SRCS[$name]}; do objs+=("$(obj_of "$src" fuzz)"); done
+		for src in $helpers; do objs+=("$(obj_of "$src" plain)"); done
+		# shellcheck disable=SC2086
+		"$CC" "${CFLAGS[@]}" -I"$here" "$here/fuzz_$name.c" "${objs[@]}" ${LIBS[$name]} \
+			-o "$bin" >"$work/fuzz_$name.build.log" 2>&1
+		brc=$?
+	else
+		for src in ${SRCS[$name]}; do cat "$(obj_of "$src" fuzz).log"; done >"$work/fuzz_$name.build.log" 2>/dev/null
+		for src in $helpers; do cat "$(obj_of "$src" plain).log"; done >>"$work/fuzz_$name.build.log" 2>/dev/null
+		brc=1
+	fi
+	if [ "$brc" -ne 0 ]; then
 		echo "fuzz_$name: FAIL build"
-		sed 's/^/  /' "$work/fuzz_$name.build.log"
+		sed 's/^/  /' "$work/fuzz_$name.build.log" | head -n 60
 		failed=$((failed + 1))
 		keep=1
 		continue
