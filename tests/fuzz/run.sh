@@ -22,7 +22,7 @@ CC=${FUZZ_CC:-clang}
 # Every pgmux source but main(), for the harnesses that run the whole worker.  prepared.c is
 # not listed: stream_peek.c compiles it with a read-only accessor of its own.
 WORKER_SRCS=$(ls src/*.c | grep -v -e '^src/main\.c$' -e '^src/prepared\.c$' | tr '\n' ' ')
-WORKER_LIBS="-levent -levent_extra -lpq -lssl -lcrypto -linih"
+WORKER_LIBS="-levent -levent_extra -lpq -lssl -lcrypto -linih -lpg_query -lprotobuf-c"
 
 # harness -> the sources it links, and its libraries.
 declare -A SRCS=(

@@ -3149,7 +3149,7 @@ static void dump_worker(struct peer *p)
 				fprintf(stderr, "  pgmux C-%llu %s/%s state %d link %s expect_z %u sync_pending %d "
 					"in_copy %d unparsed %u pkt_left %u hold %d rd_on %d\n",
 					(unsigned long long)cl->c.id, pl->db->name, pl->user->name, cl->state,
-					cl->link ? "yes" : "no", cl->expect_z, cl->sync_pending, cl->in_copy,
+					cl->link ? "yes" : "no", cl->tt.expect_z, cl->tt.sync_pending, cl->tt.in_copy,
 					b ? b->end - b->scan : 0, cl->c.pkt_left, cl->c.hold, cl->c.rd_on);
 			}
 		}
