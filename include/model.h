@@ -90,6 +90,8 @@ struct conn {
 	bool dead;              /* torn down; memory is freed after the current callback */
 	bool hold;              /* do not read: waiting for a server, or the peer is full */
 	bool handshaking;       /* TLS handshake in progress: events go to the owner, not to I/O */
+	bool torn;              /* got only part of a message from its peer, which went away:
+				 * no message of pgmux's may follow (it would read as the rest) */
 	struct event ev_read, ev_write;
 	struct iobuf *in;
 	struct pktbuf out;      /* pgmux's own messages for this socket; sent before forwarded data */
@@ -231,7 +233,6 @@ struct server {
 	uint8_t login_step;
 	uint16_t internal_z;                /* ReadyForQuery owed for pgmux's own queries: swallow */
 	bool close_when_idle;
-	bool torn;                          /* a client left a message half sent: no Terminate */
 	bool ready_notified;
 	uint16_t cancel_pending;            /* cancels in flight against it; not reusable until 0 */
 	struct server_login *login;         /* login-time state only */

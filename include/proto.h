@@ -71,7 +71,7 @@ int proto_parse_startup(const uint8_t *body, size_t len, struct startup *out, ch
 const char *proto_get_str(const uint8_t **p, const uint8_t *end);
 
 /* Finds field `code` (e.g. 'C' for SQLSTATE, 'M' for message) of an ErrorResponse/NoticeResponse
- * body; returns "" when absent. */
+ * body; returns "" when absent, or when body is NULL (a message too large to read). */
 const char *proto_error_field(const uint8_t *body, size_t len, char code);
 
 /* Escapes `val` as an SQL string literal into out ('...' with quotes doubled); false if too long. */

@@ -484,6 +484,11 @@ static enum admin_rc on_message(struct client *cl, char type, const uint8_t *bod
 	}
 	case 'H':
 		break;
+	case 'F':
+		/* A FunctionCall is answered like a Query: error, then ReadyForQuery, no skipping. */
+		proto_error(o, "ERROR", "0A000", "function calls are not supported on the console");
+		proto_ready(o, 'I');
+		return ADMIN_OK;
 	default: {
 		char msg[96];
 		snprintf(msg, sizeof(msg), "unsupported message type '%c' on the console",
@@ -628,6 +633,9 @@ void admin_client_ready(struct client *cl)
 		return;
 	}
 	sbuf_resume(&cl->c);
+	/* Queries sent together with the login are already here: no read event will come. */
+	if (sbuf_unparsed(&cl->c))
+		admin_process(cl);
 }
 
 void admin_on_data(struct client *cl)

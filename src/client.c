@@ -104,8 +104,9 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 		 * Mid-handshake there is no channel for it: plaintext would break the TLS stream; nor
 		 * while a server's message to the client is half sent: it would land inside it. */
 		const struct server *lsv = cl->link;
-		bool boundary = !lsv || (lsv->c.pkt_left == 0 &&
-					 (!lsv->c.in || lsv->c.in->start == lsv->c.in->scan));
+		bool boundary = !cl->c.torn &&
+				(!lsv || (lsv->c.pkt_left == 0 &&
+					  (!lsv->c.in || lsv->c.in->start == lsv->c.in->scan)));
 		if (!cl->c.handshaking && boundary) {
 			proto_error(&cl->c.out, "FATAL", sqlstate, reason);
 			sbuf_send_out(&cl->c);
@@ -127,7 +128,7 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 		/* A message it sent only in part: pgmux must not end it with a Terminate of its own,
 		 * which the server would read as the rest of that message. */
 		if (cl->c.pkt_left || (cl->c.in && cl->c.in->start != cl->c.in->scan))
-			sv->torn = true;
+			sv->c.torn = true;
 	}
 	worker_cancel_unregister(w, cl);
 	route_client_free(cl);
@@ -741,6 +742,8 @@ static void forward_loop(struct client *cl)
 			if (c->dead || !cl->link)
 				return;   /* queued: client_linked() resumes this loop */
 		}
+		if (cl->fo && cl->tt.expect_z)
+			break;   /* behind a fan-out's whole batch: routed on its own once it is over */
 		if (cl->link->ps_active || cl->rs) {
 			int g = gather(cl, type, total);
 			b = c->in;

@@ -417,9 +417,11 @@ static struct ps_req *push(struct ps_server *ps, uint8_t kind, struct ps_stmt *s
 	struct ps_req *r = &ps->q[(ps->qhead + ps->qn++) & (ps->qcap - 1)];  /* qcap: a power of 2 */
 	memset(r, 0, sizeof(*r));
 	r->kind = kind;
-	r->skipped = ps->skipping && kind != PSR_SYNC && kind != PSR_QUERY && kind != PSR_FUNC;
-	if (kind == PSR_SYNC || kind == PSR_QUERY || kind == PSR_FUNC)
-		ps->skipping = false;   /* the server's skipping ends at this sync point */
+	/* PostgreSQL ignores everything up to a Sync after an extended-protocol error, a Query or
+	 * FunctionCall too (postgres.c: only Sync clears ignore_till_sync). */
+	r->skipped = ps->skipping && kind != PSR_SYNC;
+	if (kind == PSR_SYNC)
+		ps->skipping = false;
 	r->st = st;
 	if (st)
 		stmt_ref(st);
@@ -1189,9 +1191,12 @@ static void drop_head(struct server *sv, struct ps_server *ps)
 {
 	struct ps_req *r = head(ps);
 	if ((r->kind == PSR_PARSE_HIDDEN || r->kind == PSR_PARSE) && r->st) {
+		/* This Parse left nothing, but an earlier one of the same statement may have, when
+		 * the Close pgmux sent before it was skipped too: the server may or may not hold
+		 * it, so its next use closes it first (stale) rather than parse it blind. */
 		struct ps_sent *e = sent_find(ps, r->st);
 		if (e)
-			sent_del(sv->c.w, ps, e);
+			e->stale = true;
 	}
 	if (r->cname && sv->link)
 		cname_del(sv->link, r->cname, name_key(r->cname, (char[PS_NAME_MAX + 1]){ 0 }));

@@ -214,6 +214,8 @@ int proto_parse_startup(const uint8_t *body, size_t len, struct startup *out, ch
 
 const char *proto_error_field(const uint8_t *body, size_t len, char code)
 {
+	if (!body)
+		return "";   /* a message too large to read: callers pass no body */
 	const uint8_t *p = body, *end = body + len;
 	while (p < end && *p) {
 		char c = (char)*p++;

@@ -1013,8 +1013,12 @@ static bool message_sql(struct client *cl, char type, const uint8_t *h, uint32_t
 		const uint8_t *q = body < end && body[0] == 0 ? body : memchr(body, 0, (size_t)(end - body));
 		if (!q)
 			return false;
+		/* the text ends at its NUL, as a Query's does: the parameter types follow it */
+		const uint8_t *z = memchr(q + 1, 0, (size_t)(end - q - 1));
+		if (!z)
+			return false;
 		*sql = (const char *)q + 1;
-		*len = (size_t)(end - q - 1);
+		*len = (size_t)(z - q);
 		return true;
 	}
 	if (type == 'B') {
@@ -1326,6 +1330,13 @@ static bool requeue(struct client *cl)
 	uint32_t n = cl->retry_len;
 	cl->retry = NULL;
 	cl->retry_len = 0;
+	/* Bytes of the batch the lost server never took are still parsed-but-unsent: the saved
+	 * copy replaces them, or the next backend would get the batch twice. */
+	struct iobuf *b = cl->c.in;
+	if (b && b->scan > b->start) {
+		sbuf_drop(&cl->c, b->start, b->scan - b->start);
+		b->scan = b->start;
+	}
 	bool ok = sbuf_insert(&cl->c, data, n);
 	if (ok)
 		cl->c.in->scan -= n;

@@ -108,11 +108,14 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 		log_info("%s closing because: %s", server_tag(sv, tag, sizeof(tag)), reason);
 	struct client *cl = sv->link;
 	if (cl) {
+		/* Part of a message of ours reached the client: pgmux's FATAL would complete it. */
+		if (sv->c.pkt_left || (sv->c.in && sv->c.in->start != sv->c.in->scan))
+			cl->c.torn = true;
 		cl->link = NULL;
 		sv->link = NULL;
 		sbuf_link(&sv->c, NULL);
 	}
-	if (sv->state != SV_LOGIN && sv->c.fd >= 0 && !sv->c.out.len && !sv->torn) {
+	if (sv->state != SV_LOGIN && sv->c.fd >= 0 && !sv->c.out.len && !sv->c.torn) {
 		proto_terminate(&sv->c.out);
 		sbuf_send_out(&sv->c);
 	}
@@ -681,18 +684,29 @@ static void internal_done(struct server *sv)
 	}
 }
 
-/* Returns false when the server was closed. */
-static bool swallow(struct server *sv, char type, const uint8_t *body, uint32_t blen)
+/* What a message pgmux swallowed asks of it, once the message is out of the buffer: acting
+ * may hand the server on or close a client, which runs other loops over this very buffer. */
+enum swallow_act {
+	SW_NONE,
+	SW_DONE,         /* pgmux's own query finished: internal_done */
+	SW_CLOSE,        /* close the server (the reason is in msg) */
+	SW_REFUSED,      /* the linked client's session parameter was refused (msg) */
+};
+
+/* Reads a message nobody else gets (pgmux's own queries, an idle server): records what it
+ * says and returns what to do about it, touching nothing beyond the server's own fields. */
+static enum swallow_act swallow(struct server *sv, char type, const uint8_t *body, uint32_t blen,
+				char *msg, size_t msz)
 {
 	char tag[256];
 	switch (type) {
 	case 'S':
 		track_param(sv, body, blen);
-		break;
+		return SW_NONE;
 	case 'D':
 		if (sv->ryw_client)
 			route_lsn_row(sv, body, blen);
-		break;
+		return SW_NONE;
 	case 'E':
 		if (sv->ryw_client) {
 			log_warn("%s commit LSN query failed: %s", server_tag(sv, tag, sizeof(tag)),
@@ -700,36 +714,33 @@ static bool swallow(struct server *sv, char type, const uint8_t *body, uint32_t 
 		} else if (sv->internal_z && sv->link) {
 			/* A client's session parameter the server refuses (a bad TimeZone, say): the
 			 * client cannot run as it asked, so it gets the server's error. */
-			char msg[300];
-			snprintf(msg, sizeof(msg), "invalid server parameter: %s", proto_error_field(body, blen, 'M'));
-			client_close(sv->link, msg, "22023");
-			return !sv->c.dead;
+			snprintf(msg, msz, "invalid server parameter: %s", proto_error_field(body, blen, 'M'));
+			return SW_REFUSED;
 		} else if (sv->internal_z) {
 			log_warn("%s pgmux's own query failed: %s", server_tag(sv, tag, sizeof(tag)),
 				 proto_error_field(body, blen, 'M'));
 		} else {
 			log_warn("%s error from idle server: %s", server_tag(sv, tag, sizeof(tag)),
 				 proto_error_field(body, blen, 'M'));
-			server_close(sv, "server sent an error while idle");
-			return false;
+			snprintf(msg, msz, "server sent an error while idle");
+			return SW_CLOSE;
 		}
-		break;
+		return SW_NONE;
 	case 'Z':
-		if (sv->internal_z) {
-			sv->tx = blen ? (char)body[0] : 'I';
-			if (--sv->internal_z == 0 && sv->tx == 'I') {
-				internal_done(sv);
-			} else if (sv->tx != 'I' && !sv->link) {
-				/* Linked, 'T' is the BEGIN a routed client's transaction started with. */
-				server_close(sv, "pgmux's own query left a transaction open");
-				return false;
-			}
+		if (!sv->internal_z)
+			return SW_NONE;
+		sv->tx = blen ? (char)body[0] : 'I';
+		if (--sv->internal_z == 0 && sv->tx == 'I')
+			return SW_DONE;
+		if (sv->tx != 'I' && !sv->link) {
+			/* Linked, 'T' is the BEGIN a routed client's transaction started with. */
+			snprintf(msg, msz, "pgmux's own query left a transaction open");
+			return SW_CLOSE;
 		}
-		break;
+		return SW_NONE;
 	default:
-		break;
+		return SW_NONE;
 	}
-	return true;
 }
 
 /* The client owes nothing and is owed nothing (txtrack); bytes still on their way are
@@ -857,10 +868,26 @@ static void forward_loop(struct server *sv)
 				break;
 			b = c->in;
 			h = b->data + b->scan;
-			uint32_t at = b->scan;
-			if (!swallow(sv, type, h + PROTO_HDR, len - 4) || c->dead || b != c->in)
+			char msg[300];
+			enum swallow_act act = swallow(sv, type, h + PROTO_HDR, len - 4, msg, sizeof(msg));
+			sbuf_drop(c, b->scan, len + 1);
+			if (act == SW_NONE)
+				continue;
+			if (act == SW_CLOSE) {
+				server_close(sv, msg);
 				return;
-			sbuf_drop(c, at, len + 1);
+			}
+			if (act == SW_REFUSED) {
+				/* The client's query follows the refused SET: the server cannot be handed
+				 * on before it has answered, which it does to nobody (close_when_idle). */
+				sv->close_when_idle = true;
+				client_close(sv->link, msg, "22023");
+				return;
+			}
+			/* Handing the server on runs the next client's loop, which may write into this
+			 * buffer (pgmux's own answers): read the buffer afresh afterwards. */
+			internal_done(sv);
+			b = c->in;
 			continue;
 		}
 		if (!whole && reads_type(sv, cl, type)) {

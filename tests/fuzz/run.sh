@@ -174,6 +174,27 @@ for name in "${names[@]}"; do
 		keep=1
 		continue
 	fi
+	# The reproducers of bugs found before (tests/fuzz/crashes/) run first, with the steering
+	# around known bugs off: every one of them is fixed, and must stay fixed.
+	replay_failed=0
+	case $name in
+	stream) repros=$(ls "$here"/crashes/stream-* 2>/dev/null | grep -v '/stream-route-') ;;
+	stream_route) repros=$(ls "$here"/crashes/stream-route-* 2>/dev/null) ;;
+	*) repros= ;;
+	esac
+	for r in $repros; do
+		if ! STREAM_KNOWN_BUGS=1 "$bin" "$r" >"$work/replay.log" 2>&1; then
+			echo "fuzz_$name: FAIL reproducer $(basename "$r") fails again:"
+			grep -E '(ERROR|SUMMARY|runtime error|invariant failed|Assertion)' "$work/replay.log" |
+				head -n 10 | sed 's/^/  /'
+			replay_failed=1
+		fi
+	done
+	if [ "$replay_failed" -ne 0 ]; then
+		failed=$((failed + 1))
+		keep=1
+		continue
+	fi
 	corpus="$work/corpus/$name"
 	mkdir -p "$corpus" "$work/artifacts"
 	if [ -d "$here/corpus/$name" ]; then
