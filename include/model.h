@@ -80,6 +80,16 @@ struct sbuf_ops {
 	void (*on_free)(struct conn *c);
 };
 
+/* What a hook of the forwarding loops (routing, prepared statements) did with the message at
+ * the parse position: one answer for both directions and both hooks. */
+enum hook_rc {
+	HOOK_FORWARD = 0,   /* nothing: the message goes on as it is */
+	HOOK_CONSUMED,      /* answered, dropped or rewritten by the hook: read again at scan */
+	HOOK_WAIT,          /* more bytes needed, or earlier bytes must drain first: stop reading */
+	HOOK_STOP,          /* the connection closed or changed hands: the loop returns at once */
+	HOOK_RELEASE,       /* server side: this exchange is over: flush, then release the server */
+};
+
 /* The socket half shared by clients and servers: events, buffers, peer. */
 struct conn {
 	int fd;
@@ -129,6 +139,7 @@ struct database {
 	bool disabled;              /* console DISABLE db: new client logins are refused */
 	struct cluster *cluster;    /* a [database X] section's front name: routed, no servers */
 	struct backend *be;         /* one server of such a section (route.h) */
+	struct database *front;     /* and then that section's front name (set by route.c) */
 };
 
 struct user {
@@ -253,6 +264,21 @@ struct console_ops {
 	bool (*uses_database)(struct worker *w, const struct database *db);
 };
 
+/* Routing's hooks into the pool layer, installed by route_register: the pool calls them only
+ * for clients of a [database X] section (cl->rs), and knows nothing else of routing. */
+struct router_ops {
+	/* cl was just linked to sv: pgmux's own bytes that must go first (a BEGIN it held back)
+	 * are added to sv's out buffer, their ReadyForQuery counted in internal_z; true if any */
+	bool (*linked)(struct client *cl, struct server *sv);
+	/* sv is about to go back to the pool while its client stays (not a client leaving) */
+	void (*releasing)(struct server *sv);
+	/* a server of db (a backend of a section) could not connect: true when routing took the
+	 * failure (the backend is down and its waiters go elsewhere) */
+	bool (*backend_failed)(struct database *db, const char *msg);
+	/* new servers may be opened to db (a backend of a section): false while it is down */
+	bool (*may_connect)(const struct database *db);
+};
+
 /* The event loop and every piece of hot-path state; one per thread. */
 struct worker {
 	struct event_base *base;
@@ -269,6 +295,7 @@ struct worker {
 	struct list cl_admin;               /* console clients (database pgmux / pgbouncer) */
 	int n_admin;
 	const struct console_ops *console;  /* the console's handlers, NULL: none registered */
+	const struct router_ops *router;    /* routing's hooks (route_register) */
 	int n_clients;
 	int n_servers;
 	uint64_t next_id;

@@ -355,6 +355,7 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 	evsignal_assign(&ev_usr2, w->base, SIGUSR2, on_signal, w);
 	evsignal_add(&ev_usr2, NULL);
 	admin_register(w);   /* before the listeners: the first login may be a console's */
+	route_register(w);
 	if (start_listening(w) < 0)
 		return -1;
 	janitor_start(w);

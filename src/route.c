@@ -79,6 +79,8 @@ static inline void classify(struct worker *w, struct client *cl, char type, cons
 	verdict_lookup(&w->verdicts, &cl->verdict_memo, type == 'Q', sql, len, write_funcs(w), r);
 }
 
+static void route_retry_clear(struct client *cl);
+
 /* ---- saved batches: a small free list, since reads on replicas keep one each ------------- */
 
 #define RETRY_BUF_SIZE 1024
@@ -180,8 +182,10 @@ static struct cluster *cluster_new(struct worker *w, struct database *front)
 static void backend_free(struct backend *be)
 {
 	monitor_stop(be->mon);
-	if (be->db && be->db->be == be)
+	if (be->db && be->db->be == be) {
 		be->db->be = NULL;
+		be->db->front = NULL;
+	}
 	free(be);
 }
 
@@ -232,6 +236,7 @@ static void cluster_apply(struct worker *w, const struct cfg_cluster *cc)
 			db->be = b;
 		}
 		b->cl = c;
+		db->front = front;
 		b->index = i;
 		b->shard = e->shard;
 		b->cfg_replica = e->replica >= 0;
@@ -642,19 +647,19 @@ static void consume(struct client *cl, uint32_t total)
 	client_drop_msg(cl, total);
 }
 
-static enum route_result reply_out(struct client *cl, uint32_t total)
+static enum hook_rc reply_out(struct client *cl, uint32_t total)
 {
 	consume(cl, total);
 	if (sbuf_send_out(&cl->c) < 0) {
 		client_close(cl, "send failed", NULL);
-		return ROUTE_CLOSED;
+		return HOOK_STOP;
 	}
-	return ROUTE_DONE;
+	return HOOK_CONSUMED;
 }
 
 /* An extended batch pgmux answers itself (SET pgmux.*, a BEGIN it holds back, the COMMIT of
  * an empty transaction, or one it refused): each message answered until its Sync. */
-static enum route_result fake_message(struct client *cl, char type, uint32_t total, uint32_t avail)
+static enum hook_rc fake_message(struct client *cl, char type, uint32_t total, uint32_t avail)
 {
 	struct pktbuf *o = &cl->c.out;
 	(void)avail;   /* only the type matters: the message is dropped as it arrives */
@@ -680,12 +685,12 @@ static enum route_result fake_message(struct client *cl, char type, uint32_t tot
 		break;
 	default:
 		client_close(cl, "unexpected message in an extended-protocol batch pgmux answers", "08P01");
-		return ROUTE_CLOSED;
+		return HOOK_STOP;
 	}
 	return reply_out(cl, total);
 }
 
-static enum route_result handle_set(struct client *cl, char type, const struct sqlscan_result *r,
+static enum hook_rc handle_set(struct client *cl, char type, const struct sqlscan_result *r,
 				    uint32_t total)
 {
 	char msg[200];
@@ -713,7 +718,7 @@ static enum route_result handle_set(struct client *cl, char type, const struct s
 
 /* An error for a batch pgmux will not run: a Query gets it with its ReadyForQuery; an
  * extended batch gets it now and the rest up to its Sync is answered by fake_message. */
-static enum route_result refuse(struct client *cl, char type, uint32_t total, const char *sqlstate,
+static enum hook_rc refuse(struct client *cl, char type, uint32_t total, const char *sqlstate,
 				const char *msg)
 {
 	struct pktbuf *o = &cl->c.out;
@@ -786,7 +791,7 @@ static void fanout_free(struct client *cl)
 }
 
 /* Saves a read batch to run on each shard in turn: a Query, or a Parse ... Sync batch. */
-static enum route_result fanout_start(struct client *cl, const uint8_t *h, uint32_t total,
+static enum hook_rc fanout_start(struct client *cl, const uint8_t *h, uint32_t total,
 				      uint32_t avail)
 {
 	uint32_t n = 0;
@@ -811,7 +816,7 @@ static enum route_result fanout_start(struct client *cl, const uint8_t *h, uint3
 								 : off + PROTO_HDR;
 			int g = want > off ? client_need(cl, want) : -1;
 			if (g == 0)
-				return ROUTE_WAIT;
+				return HOOK_WAIT;
 		}
 	}
 	if (!n || n != avail || !txtrack_quiet(&cl->tt)) {
@@ -828,15 +833,17 @@ static enum route_result fanout_start(struct client *cl, const uint8_t *h, uint3
 	if (!cl->fo || !(cl->fo->batch = malloc(n - skip))) {
 		fanout_free(cl);
 		client_close(cl, "out of memory", "53200");
-		return ROUTE_CLOSED;
+		return HOOK_STOP;
 	}
 	cl->fo->len = n - skip;
 	memcpy(cl->fo->batch, h + skip, n - skip);
 	cl->fo->shard = 0;
-	return ROUTE_GO;
+	return HOOK_FORWARD;
 }
 
-int route_fanout_message(struct server *sv, char type, uint32_t len, bool whole)
+/* A server answer while the client's read fans out over every shard: merges the results
+ * into one (one RowDescription, every shard's rows, the summed CommandComplete). */
+static enum hook_rc fanout_message(struct server *sv, char type, uint32_t len, bool whole)
 {
 	struct client *cl = sv->link;
 	struct route_fanout *fo = cl->fo;
@@ -846,20 +853,20 @@ int route_fanout_message(struct server *sv, char type, uint32_t len, bool whole)
 	switch (type) {
 	case 'T': case '1': case '2': case 't': case 'n':
 		if (first)
-			return 0;
-		assert(whole);   /* server.c gathers these (or closes on an oversized one) */
+			return HOOK_FORWARD;
+		assert(whole);   /* route_on_server_message closes on an oversized one */
 		sbuf_drop(&sv->c, b->scan, len + 1);
-		return 1;
+		return HOOK_CONSUMED;
 	case 'C': {
 		if (fo->tag_done)
-			return 0;
+			return HOOK_FORWARD;
 		if (!whole) {
 			/* A tag larger than pgmux reads: no row count to add; never dropped half. */
 			if (!last) {
 				client_close(cl, "oversized command tag from a shard", "08P01");
-				return -1;
+				return HOOK_STOP;
 			}
-			return 0;
+			return HOOK_FORWARD;
 		}
 		const char *tag = (const char *)b->data + b->scan + PROTO_HDR;
 		const char *sp = memchr(tag, ' ', len - 4);
@@ -871,7 +878,7 @@ int route_fanout_message(struct server *sv, char type, uint32_t len, bool whole)
 		}
 		if (!last) {
 			sbuf_drop(&sv->c, b->scan, len + 1);
-			return 1;
+			return HOOK_CONSUMED;
 		}
 		if (fo->had_rows_tag) {
 			struct pktbuf pb = { 0 };
@@ -883,33 +890,33 @@ int route_fanout_message(struct server *sv, char type, uint32_t len, bool whole)
 			bool ok = !pb.failed && sbuf_replace(&sv->c, len + 1, pb.data, pb.len);
 			pktbuf_free(&pb);
 			fo->tag_done = true;
-			return ok ? 1 : 0;
+			return ok ? HOOK_CONSUMED : HOOK_FORWARD;
 		}
-		return 0;
+		return HOOK_FORWARD;
 	}
 	case 'E':
 		fanout_free(cl);   /* the error ends it: the client gets it and its ReadyForQuery */
-		return 0;
+		return HOOK_FORWARD;
 	case 'Z': {
 		if (last) {
 			fanout_free(cl);
-			return 0;
+			return HOOK_FORWARD;
 		}
 		assert(whole);
 		/* This shard is done: what it sent goes out, the server goes back, and the batch
-		 * runs on the next shard (route_fanout_next, after the release). */
+		 * runs on the next shard (fanout_next, after the release). */
 		sv->tx = (char)b->data[b->scan + PROTO_HDR];
 		sbuf_drop(&sv->c, b->scan, len + 1);
 		txtrack_reset(&cl->tt);
 		fo->advance = true;
-		return 2;
+		return HOOK_RELEASE;
 	}
 	default:
-		return 0;
+		return HOOK_FORWARD;
 	}
 }
 
-void route_fanout_next(struct client *cl)
+static void fanout_next(struct client *cl)
 {
 	struct route_fanout *fo = cl->fo;
 	if (!fo || !fo->advance || cl->link || cl->c.dead)
@@ -945,7 +952,7 @@ static void clear_deferred(struct client *cl)
 }
 
 /* Holds a BEGIN back (as a simple Query, whatever protocol it came in) and answers it. */
-static enum route_result defer_begin(struct client *cl, char type, uint32_t total,
+static enum hook_rc defer_begin(struct client *cl, char type, uint32_t total,
 				     const char *sql, size_t len)
 {
 	while (len && sql[len - 1] == '\0')
@@ -953,7 +960,7 @@ static enum route_result defer_begin(struct client *cl, char type, uint32_t tota
 	uint32_t n = (uint32_t)len + PROTO_HDR + 1;
 	if (!(cl->deferred = malloc(n))) {
 		client_close(cl, "out of memory", "53200");
-		return ROUTE_CLOSED;
+		return HOOK_STOP;
 	}
 	cl->deferred[0] = 'Q';
 	proto_put32(cl->deferred + 1, n - 1);
@@ -974,7 +981,7 @@ static enum route_result defer_begin(struct client *cl, char type, uint32_t tota
 }
 
 /* The end of a transaction that never reached a server: answered here. */
-static enum route_result end_deferred(struct client *cl, char type, uint32_t total,
+static enum hook_rc end_deferred(struct client *cl, char type, uint32_t total,
 				      const char *sql, size_t len)
 {
 	bool rollback = cl->deferred_failed || !strcmp(end_tag(sql, len), "ROLLBACK");
@@ -1112,7 +1119,7 @@ static bool bind_on_its_way(struct client *cl, const uint8_t *h, uint32_t avail)
 	return client_need(cl, need) == 0;
 }
 
-enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
+enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
 			     uint32_t avail)
 {
 	struct route_set *rs = cl->rs;
@@ -1121,7 +1128,7 @@ enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uin
 	if (cl->rt_fake)
 		return fake_message(cl, type, total, avail);
 	if (cl->ryw_server)
-		return ROUTE_WAIT;   /* its last commit's LSN is on the way */
+		return HOOK_WAIT;   /* its last commit's LSN is on the way */
 
 	int force = cl->rt_force;
 	int avoid = cl->rt_avoid;
@@ -1198,7 +1205,7 @@ enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uin
 		} else if (stmt_msg) {
 			shard = shard_for(cl, type, h, total, avail, have ? &r : NULL, &se);
 			if (shard == SHARD_PREPARE && type == 'P' && bind_on_its_way(cl, h, avail))
-				return ROUTE_WAIT;   /* its key is in the Bind behind it */
+				return HOOK_WAIT;   /* its key is in the Bind behind it */
 		} else {
 			/* Sync, Flush, Describe, Close, a stray message: nothing of a table runs */
 			shard = type == 'F' ? SHARD_NONE : 0;
@@ -1216,8 +1223,8 @@ enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uin
 			shard = 0;   /* touches no table: any shard answers it */
 		} else if (shard == SHARD_NONE && c->cf.no_shard_key == NOSHARD_ALL && !write &&
 			   !cl->deferred && stmt_msg && se.fanout_ok) {
-			enum route_result fr = fanout_start(cl, h, total, avail);
-			if (fr != ROUTE_GO)
+			enum hook_rc fr = fanout_start(cl, h, total, avail);
+			if (fr != HOOK_FORWARD)
 				return fr;
 			shard = 0;
 		} else if (shard == SHARD_NONE && c->cf.no_shard_key == NOSHARD_SHARD0) {
@@ -1249,13 +1256,13 @@ enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uin
 			return reply_out(cl, total);
 		}
 		client_close(cl, "no replica can take this read (replica_fallback = off)", "57P03");
-		return ROUTE_CLOSED;
+		return HOOK_STOP;
 	}
 	if (t < 0)
 		t = c->primary[shard] >= 0 ? c->primary[shard] : 0;   /* waits: no primary known */
 	if (t < 0 || t >= rs->n) {
 		client_close(cl, "no backend for this database", "08006");
-		return ROUTE_CLOSED;
+		return HOOK_STOP;
 	}
 	/* Read-your-writes needs the LSN after anything that may have written, not after a
 	 * read that a hint or SET sent to the primary. */
@@ -1280,7 +1287,33 @@ enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uin
 			cl->retry_sent = false;
 		}
 	}
-	return ROUTE_GO;
+	cl->rt_routed = true;   /* this message chose the link: it is not checked against it */
+	return HOOK_FORWARD;
+}
+
+enum hook_rc route_on_message(struct client *cl, char type, const uint8_t *h, uint32_t total,
+			      uint32_t avail)
+{
+	if (cl->fo && cl->tt.expect_z)
+		return HOOK_WAIT;   /* behind a fan-out's whole batch: routed on its own after it */
+	if (cl->rt_prepare_only && type == 'B' && route_bind_shard(cl, h, total, avail))
+		return cl->c.dead ? HOOK_STOP : HOOK_CONSUMED;   /* unlinked: routes to its shard */
+	bool routed = cl->rt_routed;
+	cl->rt_routed = false;
+	/* Every statement on a link bound to a shard (a transaction, a batch up to its Sync, a
+	 * session) is checked against it, except the one that chose it and pgmux's own rewrite
+	 * of a refused one. */
+	if (!routed && !cl->fo && (type == 'Q' || type == 'P' || type == 'B') &&
+	    cl->rs->cl->n_shards > 1 &&
+	    (cl->link->tx != 'I' || !txtrack_quiet(&cl->tt) || cl->rs->session) &&
+	    route_check_shard(cl, type, h, total, avail)) {
+		if (cl->c.dead)
+			return HOOK_STOP;
+		cl->rt_routed = true;   /* the rewrite goes out unchecked */
+		return HOOK_CONSUMED;
+	}
+	route_note_sent(cl, type);
+	return HOOK_FORWARD;
 }
 
 uint32_t route_msg_need(const struct client *cl, char type, const uint8_t *h, uint32_t total,
@@ -1313,7 +1346,12 @@ uint64_t route_client_bytes(const struct client *cl)
 
 /* ---- after the answer -------------------------------------------------------------------- */
 
-void route_retry_clear(struct client *cl)
+void route_retry_drop(struct client *cl)
+{
+	route_retry_clear(cl);
+}
+
+static void route_retry_clear(struct client *cl)
 {
 	if (cl->retry) {
 		batch_free(cl->c.w, cl->retry, cl->retry_len);
@@ -1345,7 +1383,6 @@ static bool requeue(struct client *cl)
 	return ok;
 }
 
-static bool retry_error(struct server *sv, uint32_t skip, const uint8_t *body, uint32_t blen);
 
 /* What may come before a statement's rows or its error: ParseComplete, BindComplete,
  * RowDescription, NoData, ParameterDescription, ParameterStatus, NoticeResponse. */
@@ -1356,7 +1393,13 @@ static inline bool result_header(char t)
 	return (unsigned char)t < 128 && header[(unsigned char)t];
 }
 
-int route_retry_check(struct server *sv)
+static bool retry_error(struct server *sv, uint32_t skip, const uint8_t *body, uint32_t blen);
+
+/* A retryable read's first answers are at the server's parse position: looks past the
+ * headers of its result (ParseComplete, BindComplete, RowDescription...) for an error.
+ * HOOK_WAIT: more bytes needed; HOOK_STOP: the read went elsewhere (25006: to the primary;
+ * the server shut down: anywhere); HOOK_FORWARD: it ran (the saved copy is dropped). */
+static enum hook_rc retry_check(struct server *sv)
 {
 	struct client *cl = sv->link;
 	const struct iobuf *b = sv->c.in;
@@ -1370,22 +1413,22 @@ int route_retry_check(struct server *sv)
 			break;
 		if (t == 'E') {
 			if (retry_error(sv, off - b->scan, b->data + off + PROTO_HDR, len - 4))
-				return 1;
+				return HOOK_STOP;
 			route_retry_clear(cl);
-			return 0;
+			return HOOK_FORWARD;
 		}
 		if (!result_header(t)) {
 			route_retry_clear(cl);
-			return 0;
+			return HOOK_FORWARD;
 		}
 		off += len + 1;
 	}
 	/* Incomplete: wait for more, unless the header part alone would not fit. */
 	if (b->end - b->scan >= sv->c.w->bufsize - PROTO_HDR || sv->c.pkt_left) {
 		route_retry_clear(cl);
-		return 0;
+		return HOOK_FORWARD;
 	}
-	return -1;
+	return HOOK_WAIT;
 }
 
 /* skip: bytes of result headers before the error, dropped with it. */
@@ -1482,6 +1525,71 @@ void route_lsn_row(struct server *sv, const uint8_t *body, uint32_t blen)
 		if (lsn > cl->ryw_lsn)
 			cl->ryw_lsn = lsn;
 	}
+}
+
+enum hook_rc route_on_server_message(struct server *sv, char type, uint32_t len, bool whole)
+{
+	struct client *cl = sv->link;
+	if (cl->fo) {
+		if (!whole && (type == 'T' || type == 't')) {
+			/* one RowDescription for every shard: it must be read to be dropped */
+			server_close(sv, "oversized message from server");
+			return HOOK_STOP;
+		}
+		enum hook_rc r = fanout_message(sv, type, len, whole);
+		if (r != HOOK_FORWARD)
+			return r;
+	}
+	if (cl->retry)
+		return retry_check(sv);   /* the first answers to a read that may run elsewhere */
+	return HOOK_FORWARD;
+}
+
+void route_released(struct client *cl)
+{
+	if (cl->fo)
+		fanout_next(cl);
+}
+
+/* ---- the pool layer's hooks ----------------------------------------------------------------- */
+
+/* The BEGIN pgmux answered itself goes first on the server a transaction got; its answers
+ * are pgmux's.  A link that only prepares keeps it back for the Bind's shard. */
+static bool hook_linked(struct client *cl, struct server *sv)
+{
+	if (!cl->deferred || cl->rt_prepare_only)
+		return false;
+	pktbuf_put(&sv->c.out, cl->deferred, cl->deferred_len);
+	free(cl->deferred);
+	cl->deferred = NULL;
+	cl->deferred_len = 0;
+	sv->internal_z++;
+	return true;
+}
+
+static bool hook_backend_failed(struct database *db, const char *msg)
+{
+	if (!db->be)
+		return false;
+	route_backend_failed(db->be, msg);
+	return true;
+}
+
+static bool hook_may_connect(const struct database *db)
+{
+	return !db->be || db->be->state != BE_DOWN;
+}
+
+static const struct router_ops router_ops = {
+	.linked = hook_linked,
+	.releasing = route_need_lsn,
+	.backend_failed = hook_backend_failed,
+	.may_connect = hook_may_connect,
+};
+
+void route_register(struct worker *w)
+{
+	w->router = &router_ops;
 }
 
 void route_client_free(struct client *cl)

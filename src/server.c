@@ -777,8 +777,8 @@ static bool try_release(struct server *sv)
 		return false;
 	}
 	pool_release(sv, false);
-	if (cl->fo)
-		route_fanout_next(cl);
+	if (cl->rs)
+		route_released(cl);
 	return true;
 }
 
@@ -819,9 +819,9 @@ static bool reads_type(const struct server *sv, const struct client *cl, char ty
 	case 'Z': case 'S':
 		return true;
 	case 'E': case 'C':
-		return sv->ps_active || cl->retry || cl->fo;
+		return sv->ps_active || route_reads_whole(cl, type);
 	case 'T': case 't':
-		return cl->fo != NULL || cl->retry != NULL;
+		return route_reads_whole(cl, type);
 	default:
 		return false;
 	}
@@ -898,41 +898,34 @@ static void forward_loop(struct server *sv)
 			h = b->data + b->scan;
 			avail = b->end - b->scan;
 			whole = g > 0;
-			if (!whole && (type == 'Z' || type == 'S' ||
-				       (cl->fo && (type == 'T' || type == 't')))) {
+			if (!whole && (type == 'Z' || type == 'S')) {
 				server_close(sv, "oversized message from server");
 				return;
 			}
 		}
-		if (cl->fo) {
-			int r = route_fanout_message(sv, type, len, whole);
-			if (r < 0)
-				break;
-			if (r == 2) {
-				release = true;
-				goto flush;
-			}
-			if (r == 1) {
+		if (route_watches_server(cl)) {
+			enum hook_rc r = route_on_server_message(sv, type, len, whole);
+			if (r != HOOK_FORWARD) {
+				if (r == HOOK_STOP)
+					return;
+				if (r == HOOK_WAIT)
+					break;
+				if (r == HOOK_RELEASE) {
+					release = true;
+					goto flush;
+				}
 				b = c->in;
 				continue;
 			}
 		}
-		if (cl->retry) {
-			/* The first answers to a read that may run again elsewhere. */
-			int r = route_retry_check(sv);
-			if (r < 0)
-				break;
-			if (r > 0)
-				return;
-		}
 		log_noise("S-%llu <- %c len %u expect_z %u", (unsigned long long)c->id, type, len, cl->tt.expect_z);
 		if (sv->ps_active) {
-			enum ps_result r = ps_server_message(sv, type, h + PROTO_HDR, len - 4, whole);
-			if (r == PS_CLOSED || c->dead)
+			enum hook_rc r = ps_server_message(sv, type, h + PROTO_HDR, len - 4, whole);
+			if (r == HOOK_STOP || c->dead)
 				return;
-			if (r == PS_WAIT)
+			if (r == HOOK_WAIT)
 				goto flush;
-			if (r == PS_CONSUMED) {
+			if (r == HOOK_CONSUMED) {
 				b = c->in;
 				continue;
 			}
@@ -991,7 +984,7 @@ static void forward_loop(struct server *sv)
 			c->pkt_left = len + 1 - avail;
 		}
 	}
-	if (sv->ps_active && sv->link && !c->dead && ps_emit(sv) == PS_CLOSED)
+	if (sv->ps_active && sv->link && !c->dead && ps_emit(sv) == HOOK_STOP)
 		return;
 flush:
 	if (c->dead)
