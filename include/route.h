@@ -60,16 +60,6 @@ struct route_set {
 	bool session;               /* session pooling: one route per session */
 };
 
-/* A sharded database's client sent a statement inside a transaction bound to one shard:
- * when its key points to another, the statement is replaced by one that fails with a clear
- * error (so the server's transaction fails as PostgreSQL's would).  True when replaced. */
-bool route_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t total,
-		       uint32_t avail);
-
-/* A Bind on a link that only prepared so far (asyncpg: Parse, Describe, Flush, then Bind):
- * when its key belongs to another shard, the server's implicit transaction is ended with a
- * Sync of pgmux's own and the link let go, so the Bind routes afresh.  True when let go. */
-bool route_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint32_t avail);
 
 /* Compiles write_functions again when the setting changed (console SET). */
 void route_write_funcs_update(struct worker *w);
@@ -160,7 +150,7 @@ void route_register(struct worker *w);
 /* How much of the client message at h (total bytes, avail here) routing reads before it acts:
  * a Query or Parse whole, a Bind whole on a sharded database or up to its statement name
  * otherwise; 0 for the rest.  client.c gathers it (bounded by max_client_memory); a message
- * that was too big reaches route_pick / route_check_shard with avail < total and is routed
+ * that was too big reaches route_pick / the shard check with avail < total and is routed
  * without being read (read routing: to the primary) or refused (sharding: 54000). */
 uint32_t route_msg_need(const struct client *cl, char type, const uint8_t *h, uint32_t total,
 			uint32_t avail);
