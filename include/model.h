@@ -13,6 +13,7 @@
 #include <sys/un.h>
 
 #include "config.h"
+#include "freelist.h"
 #include "hist.h"
 #include "list.h"
 #include "proto.h"
@@ -48,7 +49,6 @@ struct iobuf {
 	uint32_t start, scan, end;
 	uint32_t cap;               /* bytes in data: the worker's bufsize, or more while a
 				     * message pgmux must read whole is gathered (sbuf_reserve) */
-	struct iobuf *next_free;
 	uint8_t data[];
 };
 
@@ -307,8 +307,8 @@ struct worker {
 	uint32_t cancel_mask;
 	/* buffers */
 	uint32_t bufsize;
-	struct iobuf *buf_free;
-	int n_buf_free, n_buf_used;
+	struct freelist buf_free;            /* spare receive buffers of bufsize (sbuf.c) */
+	int n_buf_used;
 	uint64_t buf_grown;                 /* bytes of receive buffers beyond bufsize, all conns */
 	/* deferred frees */
 	struct reap_item *reap_head;        /* dead conns, freed after the current callbacks */
@@ -329,9 +329,8 @@ struct worker {
 	struct stats_state *stats;          /* stats_period snapshots (stats.c), or NULL */
 	struct sqlscan_funcs *write_funcs;  /* write_functions, compiled (route.c) */
 	char *write_funcs_text;             /* the text it was compiled from */
-	struct retry_buf *retry_free;       /* spare buffers for reads kept for a retry */
+	struct freelist retry_free;         /* spare buffers for reads kept for a retry (route_retry.c) */
 	struct verdict_cache *verdicts;     /* classified statement texts (route.c) */
-	int n_retry_free;
 };
 
 enum { PGMUX_SHUTDOWN_WAIT_SERVERS = 1, PGMUX_SHUTDOWN_WAIT_CLIENTS, PGMUX_SHUTDOWN_NOW };

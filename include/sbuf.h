@@ -63,8 +63,12 @@ static inline bool sbuf_empty(const struct conn *c)
 	return !c->in || c->in->start == c->in->end;
 }
 
-/* Returns c->in to the free list when it is empty. */
+/* When every byte of c->in has gone (start == end): its cursors go back to 0, and the buffer
+ * to the free list unless a message is still streaming through (pkt_left).  Cheap: every loop
+ * ends with it. */
 void sbuf_release_buf(struct conn *c);
+/* Drops whatever c->in holds (bytes that must not be read: after an SSL answer, a cancel). */
+void sbuf_discard_in(struct conn *c);
 
 /* Closes the socket and drops events and buffers; the object itself stays with the caller. */
 void sbuf_close(struct conn *c);

@@ -297,10 +297,7 @@ static bool start_tls(struct client *cl)
 		client_close(cl, "could not answer SSLRequest", NULL);
 		return false;
 	}
-	if (c->in) {
-		c->in->start = c->in->scan = c->in->end = 0;
-		sbuf_release_buf(c);
-	}
+	sbuf_discard_in(c);
 	if (tls_server_start(c, c->w->tls_srv, err, sizeof(err)) < 0) {
 		char tag[256];
 		log_error("%s %s", client_tag(cl, tag, sizeof(tag)), err);
@@ -477,10 +474,8 @@ static void login_loop(struct client *cl)
 		if (!auth_on_message(cl, type, body, len - 4))
 			return;
 	}
-	if (!cl->c.dead && cl->c.in && cl->c.in->start == cl->c.in->end) {
-		cl->c.in->start = cl->c.in->scan = cl->c.in->end = 0;
+	if (!cl->c.dead)
 		sbuf_release_buf(&cl->c);
-	}
 }
 
 void client_auth_ok(struct client *cl)
@@ -830,10 +825,7 @@ static void forward_loop(struct client *cl)
 	}
 	sv = cl->link;
 	if (!sv) {
-		if (b && b->start == b->end) {
-			b->start = b->scan = b->end = 0;
-			sbuf_release_buf(c);
-		}
+		sbuf_release_buf(c);
 		return;
 	}
 	if (b) {

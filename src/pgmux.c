@@ -374,6 +374,7 @@ int pgmux_run(struct worker *w)
 	prom_stop(w);
 	route_shutdown(w);
 	pgmux_stop_listening(w);
+	freelist_clear(&w->buf_free);
 	tls_server_free(w->tls_srv);
 	w->tls_srv = NULL;
 	log_info("shutdown complete");

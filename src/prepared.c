@@ -68,6 +68,7 @@ struct ps_sent {
 	struct ps_sent *next;
 	struct list lru;
 	struct ps_stmt *st;
+	uint32_t hash;             /* ptr_hash(st), for grow_tab */
 	bool stale;                /* its plan went bad: close and parse again before use */
 	bool confirmed;            /* its ParseComplete came back */
 	uint32_t block;            /* the sync block its Parse went in */
@@ -352,7 +353,7 @@ static struct ps_sent *sent_find(struct ps_server *ps, const struct ps_stmt *st)
 
 static void sent_del(struct worker *w, struct ps_server *ps, struct ps_sent *e)
 {
-	struct ps_sent **pp = &ps->tab[ptr_hash(e->st) & ps->mask];
+	struct ps_sent **pp = &ps->tab[e->hash & ps->mask];
 	while (*pp != e)
 		pp = &(*pp)->next;
 	*pp = e->next;
@@ -371,30 +372,14 @@ static bool sent_add(struct ps_server *ps, struct ps_stmt *st)
 	e->block = ps->block;
 	e->gen = st->gen;
 	stmt_ref(st);
-	uint32_t h = ptr_hash(st) & ps->mask;
-	e->next = ps->tab[h];
-	ps->tab[h] = e;
+	e->hash = ptr_hash(st);
+	if (ps->n + 1 > ps->mask * 2)
+		grow_tab((void ***)&ps->tab, &ps->mask, offsetof(struct ps_sent, next),
+			 offsetof(struct ps_sent, hash));
+	e->next = ps->tab[e->hash & ps->mask];
+	ps->tab[e->hash & ps->mask] = e;
 	list_append(&ps->lru, &e->lru);
 	ps->n++;
-	if (ps->n > ps->mask * 2) {
-		/* Rehash by hand: entries hash on their statement, not a stored field. */
-		uint32_t n = (ps->mask + 1) * 2;
-		struct ps_sent **tab = calloc(n, sizeof(*tab));
-		if (tab) {
-			for (uint32_t i = 0; i <= ps->mask; i++) {
-				struct ps_sent *x = ps->tab[i];
-				while (x) {
-					struct ps_sent *next = x->next;
-					x->next = tab[ptr_hash(x->st) & (n - 1)];
-					tab[ptr_hash(x->st) & (n - 1)] = x;
-					x = next;
-				}
-			}
-			free(ps->tab);
-			ps->tab = tab;
-			ps->mask = n - 1;
-		}
-	}
 	return true;
 }
 

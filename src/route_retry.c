@@ -15,55 +15,28 @@
 
 /* ---- saved batches: a small free list, since reads on replicas keep one each ------------- */
 
+/* Saved reads up to this size take a block of the worker's free list (retry_free). */
 #define RETRY_BUF_SIZE 1024
-
-#define RETRY_FREE_MAX 64
-
-struct retry_buf {
-	struct retry_buf *next;
-	uint8_t data[RETRY_BUF_SIZE];
-};
 
 uint8_t *rt_batch_alloc(struct worker *w, uint32_t n)
 {
 	if (n > RETRY_BUF_SIZE)
 		return malloc(n);
-	struct retry_buf *rb = w->retry_free;
-	if (rb) {
-		w->retry_free = rb->next;
-		w->n_retry_free--;
-	} else if (!(rb = malloc(sizeof(*rb)))) {
-		return NULL;
-	}
-	return rb->data;
+	uint8_t *p = freelist_get(&w->retry_free);
+	return p ? p : malloc(RETRY_BUF_SIZE);
 }
 
 void rt_batch_free(struct worker *w, uint8_t *p, uint32_t n)
 {
-	if (!p)
-		return;
-	if (n > RETRY_BUF_SIZE) {
+	if (n > RETRY_BUF_SIZE)
 		free(p);
-		return;
-	}
-	struct retry_buf *rb = (struct retry_buf *)(p - offsetof(struct retry_buf, data));
-	if (w->n_retry_free >= RETRY_FREE_MAX) {
-		free(rb);
-		return;
-	}
-	rb->next = w->retry_free;
-	w->retry_free = rb;
-	w->n_retry_free++;
+	else if (p)
+		freelist_put(&w->retry_free, p);
 }
 
 void rt_batches_free(struct worker *w)
 {
-	while (w->retry_free) {
-		struct retry_buf *rb = w->retry_free;
-		w->retry_free = rb->next;
-		free(rb);
-	}
-	w->n_retry_free = 0;
+	freelist_clear(&w->retry_free);
 }
 
 /* ---- after the answer -------------------------------------------------------------------- */

@@ -317,8 +317,7 @@ static void ssl_reply(struct server *sv)
 			login_failed(sv, "received unencrypted data after SSL response", "08P01");
 			return;
 		}
-		b->start = b->scan = b->end = 0;
-		sbuf_release_buf(c);
+		sbuf_discard_in(c);
 		char err[300];
 		if (tls_client_start(c, sv->pool->db, err, sizeof(err)) < 0) {
 			login_failed(sv, err, "08006");
@@ -645,10 +644,8 @@ static void login_loop(struct server *sv)
 			return;
 		}
 	}
-	if (!c->dead && c->in && c->in->start == c->in->end) {
-		c->in->start = c->in->scan = c->in->end = 0;
+	if (!c->dead)
 		sbuf_release_buf(c);
-	}
 }
 
 /* ---- after login ---- */
@@ -1003,8 +1000,7 @@ flush:
 		}
 		if ((release || sv->ready_notified) && sv->link == cl && !c->dead)
 			try_release(sv);
-	} else if (b && b->start == b->end) {
-		b->start = b->scan = b->end = 0;
+	} else {
 		sbuf_release_buf(c);
 	}
 }
@@ -1020,7 +1016,7 @@ void server_on_data(struct conn *c)
 	if (c->kind == CONN_CANCEL) {
 		/* The postmaster sends nothing back; any byte or EOF means it is done. */
 		struct cancel_req *cr = container_of(c, struct cancel_req, c);
-		c->in->start = c->in->scan = c->in->end = 0;
+		sbuf_discard_in(c);
 		cancel_done(cr, "answered");
 		return;
 	}
