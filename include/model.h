@@ -80,6 +80,10 @@ struct sbuf_ops {
 	void (*on_free)(struct conn *c);
 };
 
+/* On calls whose result says the connection is gone or its bytes did not go: ignoring it is
+ * how a loop walks a freed buffer, so the compiler refuses to let it be ignored. */
+#define PGMUX_MUST_CHECK __attribute__((warn_unused_result))
+
 /* What a hook of the forwarding loops (routing, prepared statements) did with the message at
  * the parse position: one answer for both directions and both hooks. */
 enum hook_rc {

@@ -74,7 +74,7 @@ struct pool *route_login_pool(struct route_set *rs);
 /* An unlinked client's first message of a transaction is at c->in->scan (total bytes, avail
  * of them in the buffer): chooses the backend and moves the client to its pool (HOOK_FORWARD),
  * or needs more bytes (HOOK_WAIT), or answered it itself (HOOK_CONSUMED: read on), or closed. */
-enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
+PGMUX_MUST_CHECK enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
 			     uint32_t avail);
 
 /* The monitor's news: a backend's state, role or lag changed. */
@@ -99,7 +99,7 @@ void route_lsn_done(struct server *sv);
  * another shard than the link's moves (HOOK_CONSUMED, unlinked), a statement that does not
  * belong to the link's shard is rewritten into one that fails (HOOK_CONSUMED: read it again,
  * it goes unchecked); else HOOK_FORWARD.  route_pick is the same hook for an unlinked client. */
-enum hook_rc route_on_message(struct client *cl, char type, const uint8_t *h, uint32_t total,
+PGMUX_MUST_CHECK enum hook_rc route_on_message(struct client *cl, char type, const uint8_t *h, uint32_t total,
 			      uint32_t avail);
 /* The loops test these inline before they call the hooks, so that a routed client whose
  * messages need nothing (no fan-out, no retry, no shard to keep) pays no call. */
@@ -133,7 +133,7 @@ static inline bool route_watches_server(const struct client *cl)
  * (HOOK_CONSUMED; HOOK_RELEASE when a shard is done: flush, release, then route_released);
  * a retryable read's first answers are watched (HOOK_WAIT for more bytes; HOOK_STOP when the
  * read went elsewhere).  HOOK_FORWARD: forward it as usual. */
-enum hook_rc route_on_server_message(struct server *sv, char type, uint32_t len, bool whole);
+PGMUX_MUST_CHECK enum hook_rc route_on_server_message(struct server *sv, char type, uint32_t len, bool whole);
 /* The server messages of type that route_on_server_message needs whole in the buffer. */
 static inline bool route_reads_whole(const struct client *cl, char type)
 {

@@ -109,7 +109,8 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 					  (!lsv->c.in || lsv->c.in->start == lsv->c.in->scan)));
 		if (!cl->c.handshaking && boundary) {
 			proto_error(&cl->c.out, "FATAL", sqlstate, reason);
-			sbuf_send_out(&cl->c);
+			if (sbuf_send_out(&cl->c) < 0)
+				log_debug("FATAL not delivered: the socket is gone");   /* closing anyway */
 		}
 		log_info("%s closing because: %s", client_tag(cl, tag, sizeof(tag)), reason);
 	} else if (w->cf->log_disconnections && cl->state != CL_LOGIN) {
@@ -224,10 +225,15 @@ static bool startup_param_ok(struct client *cl, const char *key, const char *val
 	return false;
 }
 
-static void send_single_byte(struct client *cl, char b)
+/* False when the client was closed (its socket failed). */
+static bool send_single_byte(struct client *cl, char b)
 {
 	pktbuf_put_u8(&cl->c.out, (uint8_t)b);
-	sbuf_send_out(&cl->c);
+	if (sbuf_send_out(&cl->c) < 0) {
+		client_close(cl, "send failed", NULL);
+		return false;
+	}
+	return true;
 }
 
 static void handle_cancel(struct client *cl, const uint8_t *body)
@@ -340,8 +346,7 @@ static bool handle_startup(struct client *cl)
 		}
 		if (code == PROTO_SSL_CODE && w->tls_srv && !client_is_unix(cl))
 			return start_tls(cl);
-		send_single_byte(cl, 'N');
-		return true;
+		return send_single_byte(cl, 'N');
 	}
 	if (code == PROTO_CANCEL_CODE) {
 		if (len != 16) {

@@ -117,7 +117,8 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 	}
 	if (sv->state != SV_LOGIN && sv->c.fd >= 0 && !sv->c.out.len && !sv->c.torn) {
 		proto_terminate(&sv->c.out);
-		sbuf_send_out(&sv->c);
+		if (sbuf_send_out(&sv->c) < 0)
+			log_debug("Terminate not delivered: the socket is gone");   /* closing anyway */
 	}
 	sbuf_close(&sv->c);
 	server_set_state(sv, SV_FREE);
