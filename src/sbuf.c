@@ -163,6 +163,8 @@ static void maybe_shrink(struct conn *c)
 void sbuf_release_buf(struct conn *c)
 {
 	struct iobuf *b = c->in;
+	/* Every loop ends here: the cursors must still be in order. */
+	assert(!b || (b->start <= b->scan && b->scan <= b->end && b->end <= b->cap));
 	if (!b || b->start != b->end)
 		return;
 	b->start = b->scan = b->end = 0;

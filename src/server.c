@@ -63,6 +63,10 @@ void server_set_state(struct server *sv, enum server_state st)
 {
 	if (sv->state == st)
 		return;
+	/* An idle server is one any client may take: nobody's, and nothing of pgmux's pending. */
+	assert(st != SV_IDLE || (!sv->link && sv->tx == 'I' && !sv->internal_z && !sv->c.pkt_left));
+	/* A server leaves SV_ACTIVE only unlinked (pool_release, close_internal unlink first). */
+	assert(sv->state != SV_ACTIVE || st == SV_FREE || !sv->link);
 	if (server_list(sv, sv->state)) {
 		list_del(&sv->node);
 		sv->pool->n_sv[sv->state]--;
@@ -635,6 +639,12 @@ static void login_loop(struct server *sv)
 		}
 		case 'Z':
 			sv->tx = blen ? (char)body[0] : 'I';
+			if (sv->tx != 'I') {
+				/* a fresh session is idle: anything else is a broken or hostile server,
+				 * and must not be handed to a client */
+				login_failed(sv, "server not idle after login", "08P01");
+				return;
+			}
 			login_done(sv);
 			break;
 		case 'N':
