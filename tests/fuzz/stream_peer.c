@@ -1352,6 +1352,7 @@ static void srv_message(struct peer *p, struct fsrv *s, char type, const uint8_t
 			srv_fatal(s, "08P01", "invalid string in message");
 			return;
 		}
+		del_stmt(s, "");   /* "a simple Query message also destroys the unnamed statement" */
 		run_simple(p, s, (const char *)b, strnlen((const char *)b, n));
 		return;
 	case 'P': {
