@@ -2440,6 +2440,13 @@ static void queue(struct peer *p, struct fcli *c, struct bytes *m)
 			 * a message pgmux refuses leaves the client paused and owed its answers. */
 			if (t == 'X' && !p->known_bugs)
 				c->misuse = true;
+			/* Known pgmux bug (finding 14): a DEALLOCATE that pgmux prepares the statement
+			 * for first can be lost in an aborted transaction. */
+			if (t == 'Q' && !p->known_bugs) {
+				size_t at = skip_blank((const char *)m->p + i + 5, get32(m->p + i + 1) - 4, 0);
+				if (word_is((const char *)m->p + i + 5, get32(m->p + i + 1) - 4, at, "deallocate"))
+					c->misuse = true;
+			}
 		}
 	}
 	m->len = m->off = 0;
