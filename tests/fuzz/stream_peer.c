@@ -225,6 +225,8 @@ struct fsrv {
 	bool closing;           /* Terminate seen or a close asked: goes once its output is out */
 	bool eof;
 	bool last_h;            /* the last message was a Flush (the trace skips runs of them) */
+	bool lost_parse;        /* a Parse ended a COPY IN and was dropped: pgmux's statement
+				 * tracking cannot know (no statement check on this connection) */
 	bool suspect;           /* a message failed the deep check right after a client's cut */
 	char tx;                /* I, T, E */
 	bool explicit_tx;
@@ -1318,6 +1320,8 @@ static void srv_message(struct peer *p, struct fsrv *s, char type, const uint8_t
 			return;
 		default: {
 			bool simple = s->copy == 1;
+			if (type == 'P')
+				s->lost_parse = true;   /* a client's misuse: pgmux may count on it */
 			srv_error(p, s, !simple, "08P01", "unexpected message type 0x%02X during COPY from stdin",
 				  (unsigned)(uint8_t)type);
 			free(s->copy_rest);
@@ -1422,7 +1426,8 @@ static void srv_message(struct peer *p, struct fsrv *s, char type, const uint8_t
 		}
 		struct stmt *st = *find_stmt(s, name);
 		if (!st) {
-			if (s->tx_user && pgmux_name(name) && !p->srv_hostile && !p->cli_raw && !p->cli_inner_bad)
+			if (s->tx_user && pgmux_name(name) && !p->srv_hostile && !p->cli_raw && !p->cli_inner_bad &&
+			    !s->lost_parse)
 				fail("S%d: pgmux bound statement %s that this server does not hold", s->serial, name);
 			if (*name)
 				srv_error(p, s, true, "26000", "prepared statement \"%s\" does not exist", name);
@@ -1499,7 +1504,8 @@ static void srv_message(struct peer *p, struct fsrv *s, char type, const uint8_t
 			check_stmt_name(p, s, "Describe", name);
 			struct stmt *st = *find_stmt(s, name);
 			if (!st) {
-				if (s->tx_user && pgmux_name(name) && !p->srv_hostile && !p->cli_raw && !p->cli_inner_bad)
+				if (s->tx_user && pgmux_name(name) && !p->srv_hostile && !p->cli_raw && !p->cli_inner_bad &&
+				    !s->lost_parse)
 					fail("S%d: pgmux described statement %s that this server does not hold", s->serial, name);
 				srv_error(p, s, true, "26000", "prepared statement \"%.200s\" does not exist", name);
 				return;
