@@ -237,7 +237,7 @@ struct fsrv {
 	size_t copy_rest_len;
 	uint32_t pid, key;
 	struct bytes in, out;
-	struct stmt *stmts;
+	struct stmt *stmts[64];  /* by name hash: a server may hold thousands */
 	struct portal *portals;
 	char user[64];
 };
@@ -633,18 +633,28 @@ static void drop_portals_except(struct fsrv *s, struct portal *keep)
 
 static void drop_stmts(struct fsrv *s)
 {
-	while (s->stmts) {
-		struct stmt *x = s->stmts;
-		s->stmts = x->next;
-		free(x->name);
-		free(x->text);
-		free(x);
+	for (size_t i = 0; i < sizeof(s->stmts) / sizeof(s->stmts[0]); i++) {
+		while (s->stmts[i]) {
+			struct stmt *x = s->stmts[i];
+			s->stmts[i] = x->next;
+			free(x->name);
+			free(x->text);
+			free(x);
+		}
 	}
+}
+
+static struct stmt **stmt_bucket(struct fsrv *s, const char *name)
+{
+	uint32_t h = 2166136261u;
+	for (const char *q = name; *q; q++)
+		h = (h ^ (uint8_t)*q) * 16777619u;
+	return &s->stmts[h % (sizeof(s->stmts) / sizeof(s->stmts[0]))];
 }
 
 static struct stmt **find_stmt(struct fsrv *s, const char *name)
 {
-	struct stmt **pp = &s->stmts;
+	struct stmt **pp = stmt_bucket(s, name);
 	while (*pp && strcmp((*pp)->name, name) != 0)
 		pp = &(*pp)->next;
 	return pp;
@@ -686,8 +696,8 @@ static void add_stmt(struct fsrv *s, const char *name, const char *text, size_t 
 	x->text = dupn(text, tlen);
 	x->tlen = tlen;
 	x->nparams = np;
-	x->next = s->stmts;
-	s->stmts = x;
+	x->next = *pp;
+	*pp = x;
 }
 
 static void del_stmt(struct fsrv *s, const char *name)
