@@ -304,6 +304,7 @@ struct peer {
 	bool cli_raw;           /* a client sent unframed bytes */
 	bool cli_inner_bad;     /* a client sent a framed message whose body is malformed */
 	bool cli_cut;           /* a client went away mid-message */
+	bool pgmux_closed;      /* pgmux closed a client */
 	bool teardown;          /* closing everything: the fake server drops what connects */
 	size_t cli_bytes, srv_bytes;
 	long turns;             /* loop turns this input */
@@ -1816,7 +1817,10 @@ static void srv_input(struct peer *p, struct fsrv *s)
 		if (!s->monitor && !p->cli_raw && !p->cli_inner_bad) {
 			const char *why = body_problem(type, m + 5, len - 4);
 			if (why) {
-				if (!p->cli_cut || p->known_bugs) {
+				/* pgmux cuts a message itself when it closes a client or a misbehaving
+				 * server mid-message, and then sends Terminate (finding 13) */
+				bool may_cut = p->cli_cut || p->srv_hostile || p->pgmux_closed;
+				if (!may_cut || p->known_bugs) {
 					fprintf(stderr, "the message:");
 					for (uint32_t i = 0; i < len + 1 && i < 96; i++)
 						fprintf(stderr, " %02x", m[i]);
@@ -2191,6 +2195,7 @@ static bool step(struct peer *p)
 			cli_input(p, c);
 			if (r < 0) {
 				c->eof = true;
+				p->pgmux_closed = true;
 				moved = true;
 				TRACE("  C%d closed by pgmux\n", c->serial);
 			}
@@ -3326,6 +3331,7 @@ void peer_run(struct peer *p, const uint8_t *data, size_t size)
 	p->width = 0;
 	p->login_mode = LOGIN_OK;
 	p->srv_hostile = p->srv_cut = p->cli_raw = p->cli_inner_bad = p->cli_cut = false;
+	p->pgmux_closed = false;
 	p->cli_bytes = p->srv_bytes = 0;
 	p->turns = 0;
 	p->n_keys = 0;
