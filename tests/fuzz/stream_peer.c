@@ -16,7 +16,6 @@
 #include <unistd.h>
 
 #include <event2/event.h>
-#include <sanitizer/allocator_interface.h>
 
 #include "client.h"
 #include "config.h"
@@ -3315,6 +3314,10 @@ void peer_attach(struct peer *p, struct worker *w)
 	p->sockets = count_sockets();
 }
 
+/* ASan's live-heap figure, for STREAM_HEAP; weak, so that coverage builds without sanitizers
+ * link (the figure is then not printed). */
+extern size_t __sanitizer_get_current_allocated_bytes(void) __attribute__((weak));
+
 static uint64_t now_us(void)
 {
 	struct timespec ts;
@@ -3379,7 +3382,8 @@ void peer_run(struct peer *p, const uint8_t *data, size_t size)
 	/* STREAM_HEAP=<n>: the live heap after every n-th input's teardown (the run's RSS grows
 	 * with the sanitizer's caches; this is what pgmux and the peer really hold) */
 	const char *heap = getenv("STREAM_HEAP");
-	if (heap && atoi(heap) > 0 && p->n_inputs % (unsigned)atoi(heap) == 0)
+	if (heap && atoi(heap) > 0 && p->n_inputs % (unsigned)atoi(heap) == 0 &&
+	    __sanitizer_get_current_allocated_bytes)
 		fprintf(stderr, "heap after %llu inputs: %zu bytes live\n", p->n_inputs,
 			__sanitizer_get_current_allocated_bytes());
 	int socks = count_sockets();
