@@ -86,6 +86,8 @@ enum ps_kind {
 struct ps_req {
 	uint8_t kind;
 	bool failed;               /* QUERY: an error came back */
+	bool hide_prepare;         /* QUERY: pgmux's own PREPARE leads it; its tag is not the
+				    * client's (a DEALLOCATE of a statement the server lacks) */
 	bool skipped;              /* sent while the server skips to the next Sync after an error:
 				    * no answer will come for it */
 	struct ps_stmt *st;        /* PARSE*, BIND: the statement (a reference) */
@@ -1050,9 +1052,10 @@ static bool dealloc_name(const char *q, char *name, size_t cap)
  * psycopg 3.1 evicts its cache): the server knows the statement by pgmux's name, so the text
  * is renamed in place after making sure the server holds it; the server's copy is then gone.
  * HOOK_FORWARD when the message is not such a DEALLOCATE or was renamed (it is then read and
- * forwarded as usual); HOOK_WAIT / HOOK_STOP from the flush. */
+ * forwarded as usual; *hide_prepare, when set, says the Query now starts with pgmux's own
+ * PREPARE, whose answer the client must not see); HOOK_WAIT / HOOK_STOP from the flush. */
 static enum hook_rc client_deallocate(struct client *cl, struct ps_server *ps, char type,
-					uint32_t total, uint32_t avail)
+					uint32_t total, uint32_t avail, bool *hide_prepare)
 {
 	if (avail < total || total > PS_DEALLOC_MAX)
 		return HOOK_FORWARD;
@@ -1085,13 +1088,26 @@ static enum hook_rc client_deallocate(struct client *cl, struct ps_server *ps, c
 	if (fr != HOOK_FORWARD)
 		return fr;
 	struct ps_stmt *st = cn->st;
-	if (!ensure_on_server(cl->link, st)) {
-		client_close(cl, "out of memory", "53200");
-		return HOOK_STOP;
+	char sql[2 * PS_SNAME_LEN + 64];
+	char sn[PS_SNAME_LEN];
+	server_name(cl->c.w, st, sn, sizeof(sn));
+	struct ps_sent *held = sent_find(ps, st);
+	bool hidden = false;
+	if (type == 'Q' && !sent_usable(ps, held)) {
+		/* The server lacks it, so nothing there needs dropping; but the answer must still be
+		 * PostgreSQL's: success in a live transaction, 25P02 in an aborted one.  Preparing it
+		 * first would not do: in an aborted transaction that Parse fails and PostgreSQL skips
+		 * to a Sync, swallowing this Query too (reliability.md, finding 14).  A throwaway
+		 * statement made and dropped by the Query itself behaves as the client's would. */
+		snprintf(sql, sizeof(sql), "PREPARE %s_d AS SELECT 1; DEALLOCATE %s_d", sn, sn);
+		hidden = true;
+	} else {
+		if (!ensure_on_server(cl->link, st)) {
+			client_close(cl, "out of memory", "53200");
+			return HOOK_STOP;
+		}
+		snprintf(sql, sizeof(sql), "DEALLOCATE %s", sn);
 	}
-	char sql[PS_SNAME_LEN + 16];
-	memcpy(sql, "DEALLOCATE ", 11);
-	server_name(cl->c.w, st, sql + 11, sizeof(sql) - 11);
 	struct pktbuf pb = { 0 };
 	if (type == 'P') {
 		pktbuf_begin(&pb, 'P');
@@ -1108,6 +1124,7 @@ static enum hook_rc client_deallocate(struct client *cl, struct ps_server *ps, c
 		client_close(cl, "out of memory", "53200");
 		return HOOK_STOP;
 	}
+	*hide_prepare = hidden;
 	/* Gone from the server once it runs: never trusted again, so the next use closes (no
 	 * error if absent) and parses afresh. */
 	struct ps_sent *e = sent_find(ps, st);
@@ -1127,12 +1144,13 @@ enum hook_rc ps_client_message(struct client *cl, char type, uint32_t total, uin
 	}
 	struct ps_req *r;
 	enum hook_rc pr;
+	bool hide = false;
 	switch (type) {
 	case 'P':
 		if (!cl->c.in->data[cl->c.in->scan + PROTO_HDR] &&
 		    (pr = check_text(cl, ps, type, total, avail)) != HOOK_FORWARD)
 			return pr;
-		if ((pr = client_deallocate(cl, ps, 'P', total, avail)) != HOOK_FORWARD)
+		if ((pr = client_deallocate(cl, ps, 'P', total, avail, &hide)) != HOOK_FORWARD)
 			return pr;
 		return client_parse(cl, ps, total, avail);
 	case 'B':
@@ -1150,9 +1168,11 @@ enum hook_rc ps_client_message(struct client *cl, char type, uint32_t total, uin
 	case 'Q':
 		if ((pr = check_text(cl, ps, type, total, avail)) != HOOK_FORWARD)
 			return pr;
-		if ((pr = client_deallocate(cl, ps, 'Q', total, avail)) != HOOK_FORWARD)
+		if ((pr = client_deallocate(cl, ps, 'Q', total, avail, &hide)) != HOOK_FORWARD)
 			return pr;
 		r = push(ps, PSR_QUERY, NULL);
+		if (r)
+			r->hide_prepare = hide;
 		ps->block++;
 		break;
 	case 'F':
@@ -1298,6 +1318,14 @@ enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body
 			ps_server_forget(sv);
 			if (sv->link)
 				cmap_clear(sv->link);
+		}
+		if (r->kind == PSR_QUERY && r->hide_prepare) {
+			/* pgmux's throwaway PREPARE ahead of the client's DEALLOCATE */
+			r->hide_prepare = false;
+			if (whole && tag_is(body, blen, "PREPARE")) {
+				sbuf_drop(&sv->c, sv->c.in->scan, PROTO_HDR + blen);
+				return HOOK_CONSUMED;
+			}
 		}
 		if (r->kind == PSR_EXECUTE)
 			pop(sv->c.w, ps);

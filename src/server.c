@@ -976,9 +976,23 @@ static void forward_loop(struct server *sv)
 		case 'S':
 			track_param(sv, h + PROTO_HDR, len - 4);
 			break;
+		case 'C':
+			/* An SQL-level PREPARE leaves a statement on the server that no other client
+			 * may see (PostgreSQL keys it by a name the client chose): once this client
+			 * lets the server go, it is closed, not pooled.  The client's own later
+			 * EXECUTE then fails plainly (26000), as PgBouncer's docs warn it may. */
+			if (whole && len - 4 == 8 && memcmp(h + PROTO_HDR, "PREPARE", 8) == 0 &&
+			    pool_mode(sv->pool) != POOL_SESSION && !sv->close_when_idle) {
+				sv->close_when_idle = true;
+				char tag[256];
+				log_info("%s SQL PREPARE in %s pooling: closing this server once released",
+					 server_tag(sv, tag, sizeof(tag)),
+					 pool_mode(sv->pool) == POOL_STATEMENT ? "statement" : "transaction");
+			}
+			txtrack_server(&cl->tt, type);
+			break;
 		case 'G':
 		case 'W':
-		case 'C':
 		case 'E':
 			txtrack_server(&cl->tt, type);
 			break;

@@ -152,7 +152,13 @@ def test_saturation_under_load(env):
                 if mine["saturation"] == 1.0 and mine["cl_waiting"] > 0:
                     assert sat[0]["database"] == db, "the saturated pool is not listed first"
                     if loaded_metrics is None and mine["wait_p95_us"] > 0:
-                        loaded_metrics = scrape(mport)[2]
+                        # the scrape comes a moment after the console row: keep
+                        # the first one that also caught the pool full (a
+                        # server can be between transactions at that instant)
+                        text = scrape(mport)[2]
+                        _, samples = parse_metrics(text)
+                        if metric(samples, "pgmux_pools_saturation", database=db) == 1.0:
+                            loaded_metrics = text
                 time.sleep(0.1)
     finally:
         out, _ = bench.communicate(timeout=60)

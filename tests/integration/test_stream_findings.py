@@ -261,3 +261,72 @@ def test_server_gone_mid_msg(env):
     assert body.strip(b"x") == b"", f"bytes other than the row's inside it: {body.strip(b'x')[:80]!r}"
     s.close()
     _alive(px, db)
+
+
+# ----------------------------------------------------------------------------------------------
+# finding 14: a DEALLOCATE in an aborted transaction
+
+@timeout(60)
+def test_dealloc_aborted_tx(env):
+    """Finding 14: to rename `DEALLOCATE s1` pgmux first re-prepared s1 on a server that
+    lacked it; in an aborted transaction that Parse failed, PostgreSQL skipped to a Sync and
+    the DEALLOCATE with it: the client never got its ReadyForQuery and pinned the server."""
+    db = env.database()
+    px = env.pgmux([db], dict(TX1, max_prepared_statements=10))
+    with _tcp(px, db, timeout=10) as c:
+        for name in ("s1", "s2"):
+            c.send(_parse(name, "SELECT 41 + 1") + rawpg.SYNC)
+            c.read_until_ready()
+        # the server that holds s1 and s2 goes: the next one holds neither
+        env.pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   "WHERE datname = %s AND pid <> pg_backend_pid()", (db,))
+        wait_for(lambda: not env.pg.sql("SELECT 1 FROM pg_stat_activity WHERE datname = %s "
+                                        "AND pid <> pg_backend_pid()", (db,)), 10, 0.1,
+                 "the server backend to go")
+        assert not rawpg.errors(c.query("BEGIN"))
+        msgs = c.query("SELECT 1/0")
+        assert [e.get("C") for e in rawpg.errors(msgs)] == ["22012"], msgs
+        # in the aborted transaction: PostgreSQL's own answer, at once
+        c.send(rawpg.query("DEALLOCATE s1"))
+        msgs = c.read_until_ready(timeout=5)
+        assert [e.get("C") for e in rawpg.errors(msgs)] == ["25P02"], rawpg.types(msgs)
+        assert msgs[-1] == (b"Z", b"E"), msgs[-1]
+        msgs = c.query("ROLLBACK")
+        assert msgs[-1] == (b"Z", b"I") and not rawpg.errors(msgs), msgs
+        # in a live transaction and outside one: success, with PostgreSQL's tag only
+        msgs = c.query("BEGIN")
+        c.send(rawpg.query("DEALLOCATE s2"))
+        msgs = c.read_until_ready(timeout=5)
+        assert rawpg.types(msgs) == "CZ" and msgs[0][1] == b"DEALLOCATE\0", msgs
+        assert msgs[-1] == (b"Z", b"T"), msgs[-1]
+        c.query("COMMIT")
+        # s2 is gone for the client, as in PostgreSQL
+        c.send(rawpg.bind("", "s2") + rawpg.execute() + rawpg.SYNC)
+        msgs = c.read_until_ready(timeout=5)
+        assert [e.get("C") for e in rawpg.errors(msgs)] == ["26000"], msgs
+    _alive(px, db)   # the only server went back to the pool
+
+
+# ----------------------------------------------------------------------------------------------
+# finding 15: an SQL-level PREPARE outlives the transaction on a pooled server
+
+@timeout(60)
+def test_sql_prepare_not_shared(env):
+    """Finding 15: in transaction pooling a client's `PREPARE s1 AS ...` stayed on the server
+    after its transaction, and the next client on that server could EXECUTE it (rows built
+    from another client's text).  Such a server is now closed when released."""
+    db = env.database()
+    px = env.pgmux([db], TX1)
+    mark = px.log_mark()
+    with _tcp(px, db, timeout=10) as a, _tcp(px, db, timeout=10) as b:
+        # within one transaction, PREPARE and EXECUTE work as in PostgreSQL
+        assert not rawpg.errors(a.query("BEGIN"))
+        assert not rawpg.errors(a.query("PREPARE s1 AS SELECT 'secret of a'"))
+        assert a.query_rows("EXECUTE s1") == [("secret of a",)]
+        assert not rawpg.errors(a.query("COMMIT"))
+        # the only server went back: b never sees a's statement
+        msgs = b.query("EXECUTE s1")
+        assert [e.get("C") for e in rawpg.errors(msgs)] == ["26000"], rawpg.rows(msgs)
+        assert b.query_rows("SELECT 'b'") == [("b",)]
+    px.wait_log(r"SQL PREPARE in transaction pooling: closing this server once released",
+                mark, timeout=5)
