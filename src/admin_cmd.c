@@ -10,11 +10,13 @@
 #include "client.h"
 #include "config.h"
 #include "log.h"
+#include "pgmux.h"
 #include "pool.h"
 #include "route.h"
 #include "server.h"
 #include "tls.h"
 #include "userlist.h"
+#include "worker.h"
 
 /* How often a waiting PAUSE / WAIT_CLOSE checks whether it is done. */
 #define ADMIN_WAIT_POLL_USEC 20000
