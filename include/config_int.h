@@ -20,7 +20,7 @@ enum { CF_N_KEYS = 0 CONFIG_KEYS(CF_COUNT_KEY) };
 /* A check on a string value: true when it is acceptable, else false with a reason in why. */
 typedef bool (*str_check_fn)(const char *value, char *why, size_t whylen);
 
-/* ---- parse state and errors (config.c) -------------------------------------------------- */
+/* ---- parse state (config.c) and errors (config_values.c) -------------------------------- */
 
 enum cf_section { SEC_NONE, SEC_GENERAL, SEC_DATABASES, SEC_USERS, SEC_CLUSTER };
 
