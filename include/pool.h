@@ -3,6 +3,7 @@
 #define PGMUX_POOL_H
 
 #include "model.h"
+#include "pool_info.h"   /* effective settings and other read-only facts of a pool */
 
 /* Lookups by name go through hash tables (namehash.h): a login costs the same with one
  * database or thousands made from the "*" entry. */
@@ -30,18 +31,6 @@ void pool_free_database(struct database *db);
 bool pool_db_match(const struct database *target, const struct database *db);
 /* Paused by the console: itself, or the name in front of it. */
 bool pool_db_paused(const struct database *db);
-
-/* Effective settings, resolving per-database and per-user overrides against the defaults. */
-int pool_mode(const struct pool *p);
-int pool_size(const struct pool *p);
-/* Servers of the pool in any state (login, idle, active, used, tested). */
-int pool_servers(const struct pool *p);
-int pool_min_size(const struct pool *p);
-int pool_reserve(const struct pool *p);
-const char *pool_server_user(const struct pool *p);
-/* A ParameterStatus value the pool's servers greeted with (server_encoding, ...), or NULL. */
-const char *pool_parameter(const struct pool *p, const char *name);
-const char *pool_server_dbname(const struct pool *p);
 
 /* A logged-in client needs the greeting: now if known, else after a server logs in. */
 void pool_client_ready(struct client *cl);

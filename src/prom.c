@@ -15,7 +15,6 @@
 
 #include "log.h"
 #include "worker.h"
-#include "pool.h"
 #include "stats.h"
 
 /* The endpoint has no authentication, so whoever reaches it must not be able to take much:

@@ -9,7 +9,7 @@
 #include "log.h"
 #include "worker.h"
 #include "namehash.h"
-#include "pool.h"
+#include "pool_info.h"
 
 /* One-second samples of peak sv_active kept per pool: the "last minute". */
 #define STATS_RING 60
