@@ -20,8 +20,9 @@ struct pool *pool_get(struct worker *w, struct database *db, const char *user);
  * in any of its pools, and nothing else holding it (an address lookup, a console PAUSE,
  * DISABLE or WAIT_CLOSE, routing).  How long it has been unused is the caller's business. */
 bool pool_database_removable(struct worker *w, const struct database *db);
-/* Takes a removable db and its pools out of every lookup, listing and statistic at once;
- * their memory is freed by the reaper (pool_free_database) after this callback. */
+/* Takes a removable db and its pools out of every lookup and listing at once; their memory is
+ * freed by the reaper (pool_free_database) after this callback.  The caller has had stats.c
+ * forget them first (stats_database_gone). */
 void pool_remove_database(struct worker *w, struct database *db);
 /* The reaper's half of the removal: frees db and its pools. */
 void pool_free_database(struct database *db);

@@ -17,7 +17,6 @@
 #include "prepared.h"
 #include "route.h"
 #include "server.h"
-#include "stats.h"
 #include "tls.h"
 
 static bool str_eq(const char *a, const char *b)
@@ -144,7 +143,6 @@ static void pool_unlink(void *val, void *arg)
 {
 	struct pool *p = val;
 	list_del(&p->node);
-	stats_pool_gone(arg, p);
 }
 
 static void free_database(struct reap_item *it);
@@ -154,8 +152,7 @@ void pool_remove_database(struct worker *w, struct database *db)
 	namehash_del(w->db_names, db->name);
 	list_del(&db->node);
 	if (db->pools)
-		namehash_each(db->pools, pool_unlink, w);
-	stats_database_gone(w, db);
+		namehash_each(db->pools, pool_unlink, NULL);
 	/* Clients and servers closed earlier in this callback may still point at its pools until
 	 * the reaper frees them; the database goes after them. */
 	worker_defer_free(w, &db->reap, free_database);
