@@ -13,9 +13,9 @@
 #include "model.h"
 #include "pool.h"
 #include "route.h"
-#include "shard.h"
 #include "shardhash.h"
 #include "shardsql.h"
+#include "shardval.h"
 #include "sqlmask.h"
 
 /* Texts longer than this are parsed every time rather than kept. */
