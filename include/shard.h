@@ -10,8 +10,6 @@
 #include "shardval.h"
 #include "sqlscan.h"
 
-struct client;
-
 enum {
 	SHARD_NONE = -1,        /* nothing names a shard */
 	SHARD_MULTI = -2,       /* the statement's keys point to several shards */
@@ -24,6 +22,15 @@ enum {
  * $n parameters have no limit: they are hashed where they lie. */
 #define SHARD_TEXT_LITERAL_MAX 1024
 
+/* What shard_for reads a message against: the database and client (shardplan.h), and the
+ * session's own choice of shard.  route.c fills one per message. */
+struct shard_ctx {
+	struct sp_ctx sp;
+	int32_t shard_pref;         /* SET pgmux.shard; -1: none */
+	bool has_user_id;           /* SET pgmux.user_id was given: */
+	uint64_t user_id_hash;      /* its key's partition hash (shard_key_hash) */
+};
+
 /* The shard for a message at the start of a transaction (or inside one): msg holds `avail`
  * bytes starting with its header, total is its length.  r is the classifier's reading of its
  * text (hint comments), NULL when there is none.  The statement's own keys (PostgreSQL's parse
@@ -31,7 +38,7 @@ enum {
  * only place statements without a key, and refuse (SHARD_REFUSE) when they contradict it.
  * e gets the details: why a refusal, whether the statements touch no table (utility), whether
  * a keyless read may fan out.  Keys are read as the cluster's shard_key_type. */
-int shard_for(struct client *cl, char type, const uint8_t *msg, uint32_t total, uint32_t avail,
-	      const struct sqlscan_result *r, struct sp_eval *e);
+int shard_for(const struct shard_ctx *ctx, char type, const uint8_t *msg, uint32_t total,
+	      uint32_t avail, const struct sqlscan_result *r, struct sp_eval *e);
 
 #endif

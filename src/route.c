@@ -1095,6 +1095,22 @@ static uint32_t retry_span(struct client *cl, const uint8_t *h, uint32_t avail, 
 	return 0;
 }
 
+/* shard_for on cl's message: the shard layer is handed the cluster's key and cache and the
+ * session's SET pgmux.* choice, so that it reads neither struct cluster nor these fields. */
+static int msg_shard(struct client *cl, char type, const uint8_t *h, uint32_t total,
+		     uint32_t avail, const struct sqlscan_result *r, struct sp_eval *e)
+{
+	struct cluster *c = cl->rs->cl;
+	struct shard_ctx x = {
+		.sp = { .cl = cl, .shard_key = c->shard_key, .key_type = c->cf.shard_key_type,
+			.n_shards = c->n_shards, .cache = &c->sp_cache,
+			.mem_other = client_memory(cl) - shardplan_client_bytes(cl) },
+		.shard_pref = cl->shard_pref, .has_user_id = cl->has_user_id,
+		.user_id_hash = cl->user_id_hash,
+	};
+	return shard_for(&x, type, h, total, avail, r, e);
+}
+
 /* A Parse keyed by $n arrived without a Bind behind it in the buffer: true when the rest of
  * its batch is still arriving (gathered now), so routing waits for the Bind.  A Sync or Flush
  * first means the client waits for answers before it binds (asyncpg): route now. */
@@ -1196,7 +1212,7 @@ enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uin
 		if (cl->fo) {
 			shard = cl->fo->shard;   /* the next shard of a fan-out */
 		} else if (stmt_msg) {
-			shard = shard_for(cl, type, h, total, avail, have ? &r : NULL, &se);
+			shard = msg_shard(cl, type, h, total, avail, have ? &r : NULL, &se);
 			if (shard == SHARD_PREPARE && type == 'P' && bind_on_its_way(cl, h, avail))
 				return ROUTE_WAIT;   /* its key is in the Bind behind it */
 		} else {
@@ -1531,7 +1547,7 @@ bool route_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t 
 	if (have)
 		classify(c->w, cl, type, sql, len, &r);
 	struct sp_eval se;
-	int s = shard_for(cl, type, h, total, avail, have ? &r : NULL, &se);
+	int s = msg_shard(cl, type, h, total, avail, have ? &r : NULL, &se);
 	bool ok;
 	if (s >= 0)
 		ok = s == cl->rt_shard;
@@ -1620,7 +1636,7 @@ bool route_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint3
 	struct sqlscan_result r;
 	classify(cl->c.w, cl, 'B', sql, len, &r);
 	struct sp_eval se;
-	int s = shard_for(cl, 'B', h, total, avail, &r, &se);
+	int s = msg_shard(cl, 'B', h, total, avail, &r, &se);
 	/* Another shard, no key (the policy decides afresh), or a BEGIN still held back (it
 	 * must go first, and the prepared-only link never saw it). */
 	if ((s == cl->rt_shard && !cl->deferred) || cl->tt.expect_z || ps_pending(sv))
