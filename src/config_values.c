@@ -19,8 +19,8 @@
 
 /* ---- errors and white space, for every reader of the file ------------------------------ */
 
-/* Here, below config.c and the entry and section readers that all report through them, so
- * that those readers depend on this file alone and never call back up into config.c. */
+/* Here, below config_load.c and the entry and section readers that all report through them,
+ * so that those readers depend on this file alone and never call back up into config_load.c. */
 
 /* Keeps the first error only: later ones are usually its consequences. */
 void cf_fail_at(struct cf_parse *ps, int line, const char *fmt, ...)

@@ -1,7 +1,9 @@
-/* config.c: reads a PgBouncer-compatible ini file into a config snapshot: the general key table
- * (CONFIG_KEYS) and its values, the line reader and section dispatch, the whole-file checks and
- * access to the snapshot.  [databases]/[users] entries are in config_entries.c, [database X]
- * sections in config_cluster.c, the value parsers, cf_fail_at and cf_trim in config_values.c. */
+/* config_load.c: reads a PgBouncer-compatible ini file into a config snapshot: the general key
+ * table (CONFIG_KEYS) and its values, the line reader and section dispatch, the whole-file
+ * checks and access to the snapshot.  [databases]/[users] entries are in config_entries.c,
+ * [database X] sections in config_cluster.c, the value parsers, cf_fail_at and cf_trim in
+ * config_values.c.  config.h is the whole family's header (the snapshot's types and the API of
+ * all four files), not this file's alone: the files below include it for the types. */
 #include "config.h"
 
 #include <ctype.h>
