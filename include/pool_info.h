@@ -12,18 +12,19 @@
 /* Effective pool_mode: the [users] entry's, else the database entry's, else the general key. */
 int pool_mode(const struct pool *p);
 
-/* Effective pool_size, min_pool_size, reserve_pool_size: the database entry's, else the
- * general key. */
+/* Effective pool_size: the database entry's, else default_pool_size. */
 static inline int pool_size(const struct pool *p)
 {
 	return p->db->cf->pool_size >= 0 ? p->db->cf->pool_size : (int)p->w->cf->default_pool_size;
 }
 
+/* Effective min_pool_size: the database entry's, else the general key. */
 static inline int pool_min_size(const struct pool *p)
 {
 	return p->db->cf->min_pool_size >= 0 ? p->db->cf->min_pool_size : (int)p->w->cf->min_pool_size;
 }
 
+/* Effective reserve_pool_size: the database entry's, else the general key. */
 static inline int pool_reserve(const struct pool *p)
 {
 	return p->db->cf->reserve_pool >= 0 ? p->db->cf->reserve_pool : (int)p->w->cf->reserve_pool_size;

@@ -37,7 +37,7 @@ struct shard_ctx {
  * of it, shardplan.c) decide; a hint comment or the session's SET pgmux.shard / pgmux.user_id
  * only place statements without a key, and refuse (SHARD_REFUSE) when they contradict it.
  * e gets the details: why a refusal, whether the statements touch no table (utility), whether
- * a keyless read may fan out.  Keys are read as the cluster's shard_key_type. */
+ * a keyless read may fan out.  Keys are read as ctx->sp.key_type (the cluster's shard_key_type). */
 int shard_for(const struct shard_ctx *ctx, char type, const uint8_t *msg, uint32_t total,
 	      uint32_t avail, const struct sqlscan_result *r, struct sp_eval *e);
 
