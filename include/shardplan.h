@@ -19,9 +19,10 @@ struct sp_ctx {
 	int n_shards;
 	struct sp_cache **cache;    /* where the cluster keeps its analyzed texts (made on first use,
 				     * made anew when shard_key or key_type changed) */
-	uint64_t mem_other;         /* what the client holds besides its remembered statements:
-				     * client_memory less shardplan_client_bytes; a statement is
-				     * remembered only while the sum stays within max_client_memory */
+	/* what the client holds in all (client_memory), asked only when a statement is to be
+	 * remembered: that must stay within max_client_memory.  A function, not a figure, so that
+	 * the messages that remember nothing do not pay for adding it up. */
+	uint64_t (*memory)(const struct client *cl);
 };
 
 /* What the statements of one message (a Query, or a Parse or Bind with its batch) say. */

@@ -1096,15 +1096,15 @@ static uint32_t retry_span(struct client *cl, const uint8_t *h, uint32_t avail, 
 }
 
 /* shard_for on cl's message: the shard layer is handed the cluster's key and cache and the
- * session's SET pgmux.* choice, so that it reads neither struct cluster nor these fields. */
-static int msg_shard(struct client *cl, char type, const uint8_t *h, uint32_t total,
-		     uint32_t avail, const struct sqlscan_result *r, struct sp_eval *e)
+ * session's SET pgmux.* choice, so that it reads neither struct cluster nor these fields.
+ * Inline: it runs for every statement of a sharded database's transactions. */
+static inline int msg_shard(struct client *cl, char type, const uint8_t *h, uint32_t total,
+			    uint32_t avail, const struct sqlscan_result *r, struct sp_eval *e)
 {
 	struct cluster *c = cl->rs->cl;
 	struct shard_ctx x = {
 		.sp = { .cl = cl, .shard_key = c->shard_key, .key_type = c->cf.shard_key_type,
-			.n_shards = c->n_shards, .cache = &c->sp_cache,
-			.mem_other = client_memory(cl) - shardplan_client_bytes(cl) },
+			.n_shards = c->n_shards, .cache = &c->sp_cache, .memory = client_memory },
 		.shard_pref = cl->shard_pref, .has_user_id = cl->has_user_id,
 		.user_id_hash = cl->user_id_hash,
 	};

@@ -839,7 +839,7 @@ static bool remember(const struct sp_ctx *ctx, const char *name, struct sp_tmpl 
 	size_t nl = strlen(key);
 	uint64_t cost = sizeof(struct sp_named) + nl + 1 + n_oids * sizeof(uint32_t);
 	if (sp->n >= SP_CLIENT_STMTS ||
-	    ctx->mem_other + shardplan_client_bytes(cl) + cost > (uint64_t)cl->c.w->cf->max_client_memory)
+	    ctx->memory(cl) + cost > (uint64_t)cl->c.w->cf->max_client_memory)
 		return false;
 	struct sp_named *e = calloc(1, sizeof(*e) + nl + 1);
 	if (!e || (n_oids && !(e->oids = malloc(n_oids * sizeof(uint32_t))))) {

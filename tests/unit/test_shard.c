@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
+#include "client.h"
 #include "shard.h"
 #include "shardhash.h"
 #include "shardplan.h"
@@ -291,7 +291,8 @@ static void fake_init(struct fake *f, int type)
 	f->x.sp.n_shards = 4;
 	f->x.sp.shard_key = "user_id";
 	f->x.sp.key_type = type;
-	f->x.sp.cache = &f->cache;   /* mem_other 0: the fake client holds nothing else */
+	f->x.sp.cache = &f->cache;
+	f->x.sp.memory = client_memory;
 	f->x.shard_pref = -1;
 	f->cf.max_client_memory = 1 << 20;
 	f->w.cf = &f->cf;
