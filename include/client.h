@@ -43,7 +43,7 @@ uint64_t client_memory(const struct client *cl);
  * (pointers into it are stale) and reading goes on: the caller returns and is called again;
  * -1: more than max_client_memory allows, the caller streams the message on untouched or
  * refuses it (54000). */
-int client_need(struct client *cl, uint32_t need);
+PGMUX_MUST_CHECK int client_need(struct client *cl, uint32_t need);
 
 /* Drops the message at c->in->scan (total bytes, possibly not all received yet) together
  * with the bytes parsed before it: it is answered or refused by pgmux, never forwarded. */

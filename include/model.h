@@ -13,6 +13,7 @@
 #include <sys/un.h>
 
 #include "config.h"
+#include "freelist.h"
 #include "hist.h"
 #include "list.h"
 #include "proto.h"
@@ -48,7 +49,6 @@ struct iobuf {
 	uint32_t start, scan, end;
 	uint32_t cap;               /* bytes in data: the worker's bufsize, or more while a
 				     * message pgmux must read whole is gathered (sbuf_reserve) */
-	struct iobuf *next_free;
 	uint8_t data[];
 };
 
@@ -78,6 +78,20 @@ struct sbuf_ops {
 	const char *eof_reason;
 	/* frees the owner's object once the worker reaps the conn */
 	void (*on_free)(struct conn *c);
+};
+
+/* On calls whose result says the connection is gone or its bytes did not go: ignoring it is
+ * how a loop walks a freed buffer, so the compiler refuses to let it be ignored. */
+#define PGMUX_MUST_CHECK __attribute__((warn_unused_result))
+
+/* What a hook of the forwarding loops (routing, prepared statements) did with the message at
+ * the parse position: one answer for both directions and both hooks. */
+enum hook_rc {
+	HOOK_FORWARD = 0,   /* nothing: the message goes on as it is */
+	HOOK_CONSUMED,      /* answered, dropped or rewritten by the hook: read again at scan */
+	HOOK_WAIT,          /* more bytes needed, or earlier bytes must drain first: stop reading */
+	HOOK_STOP,          /* the connection closed or changed hands: the loop returns at once */
+	HOOK_RELEASE,       /* server side: this exchange is over: flush, then release the server */
 };
 
 /* The socket half shared by clients and servers: events, buffers, peer. */
@@ -129,6 +143,7 @@ struct database {
 	bool disabled;              /* console DISABLE db: new client logins are refused */
 	struct cluster *cluster;    /* a [database X] section's front name: routed, no servers */
 	struct backend *be;         /* one server of such a section (route.h) */
+	struct database *front;     /* and then that section's front name (set by route.c) */
 };
 
 struct user {
@@ -253,6 +268,30 @@ struct console_ops {
 	bool (*uses_database)(struct worker *w, const struct database *db);
 };
 
+/* Routing's hooks into the pool layer, installed by route_register: the pool calls them only
+ * for clients of a [database X] section (cl->rs), and knows nothing else of routing. */
+struct router_ops {
+	/* cl was just linked to sv: pgmux's own bytes that must go first (a BEGIN it held back)
+	 * are added to sv's out buffer, their ReadyForQuery counted in internal_z; true if any */
+	bool (*linked)(struct client *cl, struct server *sv);
+	/* sv is about to go back to the pool while its client stays (not a client leaving) */
+	void (*releasing)(struct server *sv);
+	/* a server of db (a backend of a section) could not connect: true when routing took the
+	 * failure (the backend is down and its waiters go elsewhere) */
+	bool (*backend_failed)(struct database *db, const char *msg);
+	/* new servers may be opened to db (a backend of a section): false while it is down */
+	bool (*may_connect)(const struct database *db);
+};
+
+/* The daemon's own actions that the console may ask for, installed by pgmux.c: the console
+ * sits below the daemon and reaches it only through these. */
+struct daemon_ops {
+	/* reread the configuration file and apply it; <0 when it failed and nothing changed */
+	int (*reload)(struct worker *w);
+	/* close the listening sockets (no new clients; the Unix socket file is removed) */
+	void (*stop_listening)(struct worker *w);
+};
+
 /* The event loop and every piece of hot-path state; one per thread. */
 struct worker {
 	struct event_base *base;
@@ -269,6 +308,9 @@ struct worker {
 	struct list cl_admin;               /* console clients (database pgmux / pgbouncer) */
 	int n_admin;
 	const struct console_ops *console;  /* the console's handlers, NULL: none registered */
+	const struct router_ops *router;    /* routing's hooks (route_register) */
+	const struct daemon_ops *daemon;    /* the daemon's actions (set by pgmux.c before the
+					     * first client) */
 	int n_clients;
 	int n_servers;
 	uint64_t next_id;
@@ -280,8 +322,8 @@ struct worker {
 	uint32_t cancel_mask;
 	/* buffers */
 	uint32_t bufsize;
-	struct iobuf *buf_free;
-	int n_buf_free, n_buf_used;
+	struct freelist buf_free;            /* spare receive buffers of bufsize (sbuf.c) */
+	int n_buf_used;
 	uint64_t buf_grown;                 /* bytes of receive buffers beyond bufsize, all conns */
 	/* deferred frees */
 	struct reap_item *reap_head;        /* dead conns, freed after the current callbacks */
@@ -302,9 +344,8 @@ struct worker {
 	struct stats_state *stats;          /* stats_period snapshots (stats.c), or NULL */
 	struct sqlscan_funcs *write_funcs;  /* write_functions, compiled (route.c) */
 	char *write_funcs_text;             /* the text it was compiled from */
-	struct retry_buf *retry_free;       /* spare buffers for reads kept for a retry */
+	struct freelist retry_free;         /* spare buffers for reads kept for a retry (route_retry.c) */
 	struct verdict_cache *verdicts;     /* classified statement texts (route.c) */
-	int n_retry_free;
 };
 
 enum { PGMUX_SHUTDOWN_WAIT_SERVERS = 1, PGMUX_SHUTDOWN_WAIT_CLIENTS, PGMUX_SHUTDOWN_NOW };

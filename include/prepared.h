@@ -7,14 +7,6 @@
 
 #include "model.h"
 
-/* Results of the hooks below, for the forwarding loops. */
-enum ps_result {
-	PS_FORWARD,     /* pass the message on unchanged */
-	PS_CONSUMED,    /* pgmux handled it (dropped or rewritten); re-read at scan */
-	PS_WAIT,        /* need more bytes, or earlier bytes must reach the server first */
-	PS_CLOSED       /* the client or server was closed */
-};
-
 /* Per-client statement names are capped in number; their bytes count towards
  * max_client_memory, and all statement texts together towards
  * max_prepared_statement_memory. */
@@ -40,7 +32,7 @@ uint32_t ps_msg_need(const struct client *cl, char type, const uint8_t *m, uint3
  * of it, unless the message was larger than max_client_memory allows; then pgmux refuses it
  * (54000) or streams it on, as it needs.  Simple Queries and Parse texts that name pgmux's own
  * server-side statements are refused (42501). */
-enum ps_result ps_client_message(struct client *cl, char type, uint32_t total, uint32_t avail);
+PGMUX_MUST_CHECK enum hook_rc ps_client_message(struct client *cl, char type, uint32_t total, uint32_t avail);
 
 /* A Query or Parse text too big to hold streams through: its next `n` bytes.  False when
  * they name pgmux's own statements (the caller closes the client: the server has part of
@@ -53,11 +45,11 @@ uint64_t ps_client_bytes(const struct client *cl);
 /* A server message for a tracking link; whole when body holds all blen bytes (the types it
  * reads always are, up to max_client_memory; an ErrorResponse or CommandComplete beyond that
  * is handled without its fields). */
-enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *body, uint32_t blen,
+PGMUX_MUST_CHECK enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body, uint32_t blen,
 				 bool whole);
 
 /* Splices pgmux's own answers that are due now into the server's stream. */
-enum ps_result ps_emit(struct server *sv);
+PGMUX_MUST_CHECK enum hook_rc ps_emit(struct server *sv);
 
 /* True when the server still owes answers on the current link. */
 bool ps_pending(const struct server *sv);

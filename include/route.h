@@ -60,19 +60,6 @@ struct route_set {
 	bool session;               /* session pooling: one route per session */
 };
 
-/* A sharded database's client sent a statement inside a transaction bound to one shard:
- * when its key points to another, the statement is replaced by one that fails with a clear
- * error (so the server's transaction fails as PostgreSQL's would).  True when replaced. */
-bool route_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t total,
-		       uint32_t avail);
-
-/* A Bind on a link that only prepared so far (asyncpg: Parse, Describe, Flush, then Bind):
- * when its key belongs to another shard, the server's implicit transaction is ended with a
- * Sync of pgmux's own and the link let go, so the Bind routes afresh.  True when let go. */
-bool route_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint32_t avail);
-
-/* Results of route_pick. */
-enum route_result { ROUTE_GO, ROUTE_WAIT, ROUTE_DONE, ROUTE_CLOSED };
 
 /* Compiles write_functions again when the setting changed (console SET). */
 void route_write_funcs_update(struct worker *w);
@@ -85,9 +72,9 @@ struct route_set *route_set_get(struct database *front, const char *user);
 struct pool *route_login_pool(struct route_set *rs);
 
 /* An unlinked client's first message of a transaction is at c->in->scan (total bytes, avail
- * of them in the buffer): chooses the backend and moves the client to its pool (ROUTE_GO),
- * or needs more bytes (ROUTE_WAIT), or answered it itself (ROUTE_DONE: read on), or closed. */
-enum route_result route_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
+ * of them in the buffer): chooses the backend and moves the client to its pool (HOOK_FORWARD),
+ * or needs more bytes (HOOK_WAIT), or answered it itself (HOOK_CONSUMED: read on), or closed. */
+PGMUX_MUST_CHECK enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
 			     uint32_t avail);
 
 /* The monitor's news: a backend's state, role or lag changed. */
@@ -106,34 +93,70 @@ void route_lsn_row(struct server *sv, const uint8_t *body, uint32_t blen);
 /* The query finished, failed or its server died: the client routes again. */
 void route_lsn_done(struct server *sv);
 
-/* A retryable read's first answers are at the server's parse position: looks past the
- * headers of its result (ParseComplete, BindComplete, RowDescription...) for an error.
- * -1: more bytes needed; 1: the read went elsewhere (25006: to the primary; the server shut
- * down: anywhere); 0: it ran, forward as usual (the saved copy is dropped). */
-int route_retry_check(struct server *sv);
-/* The server of a retryable read died before answering: true when the query was re-routed. */
+/* The routing hooks of the forwarding loops, for clients of a section (cl->rs):
+ * route_on_message sees a linked client's message at the parse position, whole as
+ * route_msg_need asked: a request behind a fan-out waits (HOOK_WAIT), a Bind that belongs to
+ * another shard than the link's moves (HOOK_CONSUMED, unlinked), a statement that does not
+ * belong to the link's shard is rewritten into one that fails (HOOK_CONSUMED: read it again,
+ * it goes unchecked); else HOOK_FORWARD.  route_pick is the same hook for an unlinked client. */
+PGMUX_MUST_CHECK enum hook_rc route_on_message(struct client *cl, char type, const uint8_t *h, uint32_t total,
+			      uint32_t avail);
+/* The loops test these inline before they call the hooks, so that a routed client whose
+ * messages need nothing (no fan-out, no retry, no shard to keep) pays no call. */
+static inline bool route_watches_client(const struct client *cl, char type)
+{
+	return cl->fo || cl->rt_prepare_only ||
+	       (cl->rs->cl->n_shards > 1 && (type == 'Q' || type == 'P' || type == 'B' || cl->rt_routed));
+}
+
+/* Forgets the read kept for a retry (route_note_sent). */
+void route_retry_drop(struct client *cl);
+
+/* A read kept for a retry (route_pick) may run again only as a lone batch: anything sent after
+ * its end cancels that.  Called for every message a routed client sends on its link. */
+static inline void route_note_sent(struct client *cl, char type)
+{
+	if (!cl->retry)
+		return;
+	if (cl->retry_sent)
+		route_retry_drop(cl);
+	else if (type == 'Q' || type == 'S')
+		cl->retry_sent = true;
+}
+
+static inline bool route_watches_server(const struct client *cl)
+{
+	return cl->fo || cl->retry;
+}
+
+/* A server message to the linked client of a section: a fan-out merges its shards' answers
+ * (HOOK_CONSUMED; HOOK_RELEASE when a shard is done: flush, release, then route_released);
+ * a retryable read's first answers are watched (HOOK_WAIT for more bytes; HOOK_STOP when the
+ * read went elsewhere).  HOOK_FORWARD: forward it as usual. */
+PGMUX_MUST_CHECK enum hook_rc route_on_server_message(struct server *sv, char type, uint32_t len, bool whole);
+/* The server messages of type that route_on_server_message needs whole in the buffer. */
+static inline bool route_reads_whole(const struct client *cl, char type)
+{
+	return (type == 'E' || type == 'C' || type == 'T' || type == 't') && route_watches_server(cl);
+}
+/* cl's server went back to the pool after a HOOK_RELEASE: a fan-out runs on its next shard. */
+void route_released(struct client *cl);
+/* The server of a retryable read died before answering: true when the read was put back to
+ * route again (the caller runs the client's loop), false when the client must be closed. */
 bool route_retry_lost(struct client *cl);
-/* A server answer while the client's read fans out over every shard: merges the results
- * into one (one RowDescription, every shard's rows, the summed CommandComplete).  -1: more
- * bytes needed; 0: forward as usual; 1: consumed or rewritten (read on); 2: this shard is
- * done: flush what it sent and release the server, then call route_fanout_next. */
-int route_fanout_message(struct server *sv, char type, uint32_t len, bool whole);
-/* After that release: the batch goes to the next shard. */
-void route_fanout_next(struct client *cl);
+/* Installs routing's hooks for the pool layer (worker->router). */
+void route_register(struct worker *w);
 
 /* How much of the client message at h (total bytes, avail here) routing reads before it acts:
  * a Query or Parse whole, a Bind whole on a sharded database or up to its statement name
  * otherwise; 0 for the rest.  client.c gathers it (bounded by max_client_memory); a message
- * that was too big reaches route_pick / route_check_shard with avail < total and is routed
+ * that was too big reaches route_pick / the shard check with avail < total and is routed
  * without being read (read routing: to the primary) or refused (sharding: 54000). */
 uint32_t route_msg_need(const struct client *cl, char type, const uint8_t *h, uint32_t total,
 			uint32_t avail);
 
 /* Bytes routing holds for the client (retry copy, held-back BEGIN, fan-out batch). */
 uint64_t route_client_bytes(const struct client *cl);
-
-/* Forgets a client's saved query (it got its answer, or left). */
-void route_retry_clear(struct client *cl);
 
 /* A client leaves: its saved batches go. */
 void route_client_free(struct client *cl);

@@ -18,19 +18,19 @@ void sbuf_pause(struct conn *c);
 
 /* Queues nothing: tries to send c->out now.  Returns 0 when all of it went, 1 when the rest
  * waits for a write event, -1 when the socket failed (the caller tears down). */
-int sbuf_send_out(struct conn *c);
+PGMUX_MUST_CHECK int sbuf_send_out(struct conn *c);
 
 /* Sends src->in's parsed bytes to src->peer.  Returns true when nothing is left pending; false
  * when the peer is full (src stops reading until the peer drains) or failed (the peer is torn
  * down through its owner's on_fail). */
-bool sbuf_flush(struct conn *src);
+PGMUX_MUST_CHECK bool sbuf_flush(struct conn *src);
 
 /* Makes room for `need` bytes from c->in->scan on (compacting, then growing the buffer past
  * the worker's bufsize), so that a message pgmux must read whole can arrive whole.  Every
  * pointer into c->in is stale afterwards.  The caller bounds `need` (max_client_memory);
  * false when out of memory.  A grown buffer goes back to the standard size once it holds
  * little again. */
-bool sbuf_reserve(struct conn *c, uint32_t need);
+PGMUX_MUST_CHECK bool sbuf_reserve(struct conn *c, uint32_t need);
 
 /* Bytes c's receive buffer holds beyond the worker's standard size (0 for most conns). */
 static inline uint32_t sbuf_extra(const struct conn *c)
@@ -44,12 +44,12 @@ void sbuf_drop(struct conn *c, uint32_t at, uint32_t n);
 /* Puts n bytes into c->in at the parse position, as if they had been received and parsed
  * (pgmux's own replies spliced into a server's stream).  The buffer may move or grow (stale
  * pointers); false when out of memory. */
-bool sbuf_insert(struct conn *c, const void *data, uint32_t n);
+PGMUX_MUST_CHECK bool sbuf_insert(struct conn *c, const void *data, uint32_t n);
 
 /* Replaces the first oldn bytes at the parse position of c->in with data (a message renamed
  * in place, so it still goes out in the same send); those bytes must all be in the buffer.
  * The buffer may move or grow (stale pointers); false when out of memory. */
-bool sbuf_replace(struct conn *c, uint32_t oldn, const void *data, uint32_t newn);
+PGMUX_MUST_CHECK bool sbuf_replace(struct conn *c, uint32_t oldn, const void *data, uint32_t newn);
 
 /* Bytes in c->in not yet parsed. */
 static inline uint32_t sbuf_unparsed(const struct conn *c)
@@ -63,8 +63,12 @@ static inline bool sbuf_empty(const struct conn *c)
 	return !c->in || c->in->start == c->in->end;
 }
 
-/* Returns c->in to the free list when it is empty. */
+/* When every byte of c->in has gone (start == end): its cursors go back to 0, and the buffer
+ * to the free list unless a message is still streaming through (pkt_left).  Cheap: every loop
+ * ends with it. */
 void sbuf_release_buf(struct conn *c);
+/* Drops whatever c->in holds (bytes that must not be read: after an SSL answer, a cancel). */
+void sbuf_discard_in(struct conn *c);
 
 /* Closes the socket and drops events and buffers; the object itself stays with the caller. */
 void sbuf_close(struct conn *c);

@@ -19,7 +19,7 @@ void server_on_handshake(struct conn *c);
 void server_set_state(struct server *sv, enum server_state st);
 
 /* Sends a query of pgmux's own whose whole response is swallowed (reset, check, SET). */
-bool server_send_internal(struct server *sv, const char *sql);
+PGMUX_MUST_CHECK bool server_send_internal(struct server *sv, const char *sql);
 
 /* Handles bytes a just-released server still holds (late NOTICEs, notifications): they are
  * read and dropped, never handed to the next client. */

@@ -27,7 +27,11 @@ void worker_reap(struct worker *w, struct conn *c);
  * at it: `it` is embedded in the object, `free_fn` frees the object. */
 void worker_defer_free(struct worker *w, struct reap_item *it, void (*free_fn)(struct reap_item *));
 
-/* Sets up the deferred-free event on w->base; 0 or -1. */
+/* Spare blocks kept per free list (receive buffers, saved reads): a few absorb churn; beyond
+ * that memory goes back, so idle clients cost none. */
+#define WORKER_SPARE_BLOCKS 64
+
+/* Sets up the deferred-free event on w->base and the free lists' bounds; 0 or -1. */
 int worker_init_base(struct worker *w);
 
 /* True for an accept() error that concerns only the connection being accepted (or none):

@@ -537,10 +537,7 @@ void admin_process(struct client *cl)
 		client_close(cl, "send failed", NULL);
 		return;
 	}
-	if (b && b->start == b->end) {
-		b->start = b->scan = b->end = 0;
-		sbuf_release_buf(&cl->c);
-	}
+	sbuf_release_buf(&cl->c);
 	if (s->stream.cmd)
 		event_add(&s->ev_drain, NULL);   /* the next batch once the socket takes more */
 	else if (s->wait == WAIT_NONE)

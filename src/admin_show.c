@@ -716,7 +716,7 @@ static void mem_row(struct admin_ctx *x, const char *name, uint64_t size, uint64
 static enum admin_rc show_mem(struct admin_ctx *x)
 {
 	struct worker *w = x->w;
-	mem_row(x, "iobuf", sizeof(struct iobuf) + w->bufsize, (uint64_t)w->n_buf_used, (uint64_t)w->n_buf_free);
+	mem_row(x, "iobuf", sizeof(struct iobuf) + w->bufsize, (uint64_t)w->n_buf_used, (uint64_t)w->buf_free.n);
 	mem_row(x, "client", sizeof(struct client), (uint64_t)w->n_clients, 0);
 	mem_row(x, "server", sizeof(struct server), (uint64_t)w->n_servers, 0);
 	mem_row(x, "pool", sizeof(struct pool), list_len(&w->pools), 0);

@@ -109,7 +109,8 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 					  (!lsv->c.in || lsv->c.in->start == lsv->c.in->scan)));
 		if (!cl->c.handshaking && boundary) {
 			proto_error(&cl->c.out, "FATAL", sqlstate, reason);
-			sbuf_send_out(&cl->c);
+			if (sbuf_send_out(&cl->c) < 0)
+				log_debug("FATAL not delivered: the socket is gone");   /* closing anyway */
 		}
 		log_info("%s closing because: %s", client_tag(cl, tag, sizeof(tag)), reason);
 	} else if (w->cf->log_disconnections && cl->state != CL_LOGIN) {
@@ -224,10 +225,15 @@ static bool startup_param_ok(struct client *cl, const char *key, const char *val
 	return false;
 }
 
-static void send_single_byte(struct client *cl, char b)
+/* False when the client was closed (its socket failed). */
+static bool send_single_byte(struct client *cl, char b)
 {
 	pktbuf_put_u8(&cl->c.out, (uint8_t)b);
-	sbuf_send_out(&cl->c);
+	if (sbuf_send_out(&cl->c) < 0) {
+		client_close(cl, "send failed", NULL);
+		return false;
+	}
+	return true;
 }
 
 static void handle_cancel(struct client *cl, const uint8_t *body)
@@ -297,10 +303,7 @@ static bool start_tls(struct client *cl)
 		client_close(cl, "could not answer SSLRequest", NULL);
 		return false;
 	}
-	if (c->in) {
-		c->in->start = c->in->scan = c->in->end = 0;
-		sbuf_release_buf(c);
-	}
+	sbuf_discard_in(c);
 	if (tls_server_start(c, c->w->tls_srv, err, sizeof(err)) < 0) {
 		char tag[256];
 		log_error("%s %s", client_tag(cl, tag, sizeof(tag)), err);
@@ -343,8 +346,7 @@ static bool handle_startup(struct client *cl)
 		}
 		if (code == PROTO_SSL_CODE && w->tls_srv && !client_is_unix(cl))
 			return start_tls(cl);
-		send_single_byte(cl, 'N');
-		return true;
+		return send_single_byte(cl, 'N');
 	}
 	if (code == PROTO_CANCEL_CODE) {
 		if (len != 16) {
@@ -477,10 +479,8 @@ static void login_loop(struct client *cl)
 		if (!auth_on_message(cl, type, body, len - 4))
 			return;
 	}
-	if (!cl->c.dead && cl->c.in && cl->c.in->start == cl->c.in->end) {
-		cl->c.in->start = cl->c.in->scan = cl->c.in->end = 0;
+	if (!cl->c.dead)
 		sbuf_release_buf(&cl->c);
-	}
 }
 
 void client_auth_ok(struct client *cl)
@@ -669,7 +669,6 @@ static void forward_loop(struct client *cl)
 	struct iobuf *b = c->in;
 	const struct config *cf = c->w->cf;
 
-	bool rewritten = false;   /* the message at scan is pgmux's rewrite of a refused one */
 	while (b && b->scan < b->end) {
 		if (c->pkt_left) {
 			uint32_t n = b->end - b->scan;
@@ -726,10 +725,10 @@ static void forward_loop(struct client *cl)
 				b = c->in;
 				h = b->data + b->scan;
 				avail = b->end - b->scan;
-				enum route_result r = route_pick(cl, type, h, total, avail);
-				if (r == ROUTE_WAIT || r == ROUTE_CLOSED || c->dead)
+				enum hook_rc r = route_pick(cl, type, h, total, avail);
+				if (r == HOOK_WAIT || r == HOOK_STOP || c->dead)
 					return;
-				if (r == ROUTE_DONE) {
+				if (r == HOOK_CONSUMED) {
 					b = c->in;
 					continue;
 				}
@@ -737,13 +736,10 @@ static void forward_loop(struct client *cl)
 			uint64_t now = c->w->now;
 			cl->last_active = now;
 			cl->wait_start = now;
-			cl->rt_routed = cl->rs != NULL;   /* this message chose the link: not checked */
 			pool_acquire(cl);
 			if (c->dead || !cl->link)
 				return;   /* queued: client_linked() resumes this loop */
 		}
-		if (cl->fo && cl->tt.expect_z)
-			break;   /* behind a fan-out's whole batch: routed on its own once it is over */
 		if (cl->link->ps_active || cl->rs) {
 			int g = gather(cl, type, total);
 			b = c->in;
@@ -754,41 +750,28 @@ static void forward_loop(struct client *cl)
 			avail = b->end - b->scan;
 		}
 		log_noise("C-%llu -> %c len %u expect_z %u", (unsigned long long)c->id, type, len, cl->tt.expect_z);
-		if (cl->rt_prepare_only && type == 'B' && route_bind_shard(cl, h, total, avail)) {
-			if (c->dead)
-				return;
-			b = c->in;
-			continue;   /* unlinked: the Bind routes to its own shard */
-		}
-		/* Every statement on a link bound to a shard (a transaction, a batch up to its
-		 * Sync, a session) is checked against it, except the one that just chose it and
-		 * pgmux's own rewrite of a refused one. */
-		if (cl->rs && !cl->rt_routed && !rewritten && !cl->fo &&
-		    (type == 'Q' || type == 'P' || type == 'B') &&
-		    cl->rs->cl->n_shards > 1 &&
-		    (cl->link->tx != 'I' || !txtrack_quiet(&cl->tt) || cl->rs->session) &&
-		    route_check_shard(cl, type, h, total, avail)) {
-			if (c->dead)
-				return;
-			b = c->in;
-			rewritten = true;
-			continue;   /* the message was rewritten into one that fails: forward it */
-		}
-		cl->rt_routed = rewritten = false;
-		if (cl->retry) {
-			/* Only a lone batch can run again: anything pipelined after it cancels that. */
-			if (cl->retry_sent)
-				route_retry_clear(cl);
-			else if (type == 'Q' || type == 'S')
-				cl->retry_sent = true;
+		if (cl->rs) {
+			if (route_watches_client(cl, type)) {
+				enum hook_rc r = route_on_message(cl, type, h, total, avail);
+				if (r != HOOK_FORWARD) {
+					if (r == HOOK_STOP || c->dead)
+						return;
+					if (r == HOOK_WAIT)
+						break;
+					b = c->in;
+					continue;   /* moved to another link, or rewritten: read it again */
+				}
+			} else {
+				route_note_sent(cl, type);
+			}
 		}
 		if (cl->link->ps_active && type != 'X') {
-			enum ps_result r = ps_client_message(cl, type, total, avail);
-			if (r == PS_CLOSED || c->dead)
+			enum hook_rc r = ps_client_message(cl, type, total, avail);
+			if (r == HOOK_STOP || c->dead)
 				return;
-			if (r == PS_WAIT)
+			if (r == HOOK_WAIT)
 				break;
-			if (r == PS_CONSUMED) {
+			if (r == HOOK_CONSUMED) {
 				/* answered or rewritten by pgmux: the server still answers in its place (a
 				 * refused Query with an error and its ReadyForQuery) */
 				if (starts_query(type)) {
@@ -839,7 +822,7 @@ static void forward_loop(struct client *cl)
 			server_close(sv, "send failed");
 			return;
 		}
-		if (ps_emit(sv) == PS_CLOSED || c->dead)
+		if (ps_emit(sv) == HOOK_STOP || c->dead)
 			return;
 		if (!sbuf_empty(&sv->c) && !sbuf_flush(&sv->c) && (c->dead || sv->c.dead))
 			return;
@@ -847,10 +830,7 @@ static void forward_loop(struct client *cl)
 	}
 	sv = cl->link;
 	if (!sv) {
-		if (b && b->start == b->end) {
-			b->start = b->scan = b->end = 0;
-			sbuf_release_buf(c);
-		}
+		sbuf_release_buf(c);
 		return;
 	}
 	if (b) {

@@ -336,7 +336,12 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 	static struct event ev_usr2;
 	evsignal_assign(&ev_usr2, w->base, SIGUSR2, on_signal, w);
 	evsignal_add(&ev_usr2, NULL);
+	static const struct daemon_ops daemon_ops = {
+		.reload = pgmux_reload, .stop_listening = pgmux_stop_listening,
+	};
+	w->daemon = &daemon_ops;
 	admin_register(w);   /* before the listeners: the first login may be a console's */
+	route_register(w);
 	if (start_listening(w) < 0)
 		return -1;
 	janitor_start(w);
@@ -355,6 +360,7 @@ int pgmux_run(struct worker *w)
 	prom_stop(w);
 	route_shutdown(w);
 	pgmux_stop_listening(w);
+	freelist_clear(&w->buf_free);
 	tls_server_free(w->tls_srv);
 	w->tls_srv = NULL;
 	log_info("shutdown complete");

@@ -15,7 +15,6 @@
 #include "namehash.h"
 #include "sbuf.h"
 #include "prepared.h"
-#include "route.h"
 #include "server.h"
 #include "tls.h"
 
@@ -186,12 +185,12 @@ void pool_free_database(struct database *db)
 
 bool pool_db_match(const struct database *target, const struct database *db)
 {
-	return db == target || (db->be && db->be->cl && db->be->cl->front == target);
+	return db == target || (db->front && db->front == target);
 }
 
 bool pool_db_paused(const struct database *db)
 {
-	return db->paused || (db->be && db->be->cl && db->be->cl->front->paused);
+	return db->paused || (db->front && db->front->paused);
 }
 
 static int max_db_conns(const struct pool *p)
@@ -248,8 +247,8 @@ void pool_launch(struct pool *p)
 	struct worker *w = p->w;
 	if (p->db->removed || w->shutdown == PGMUX_SHUTDOWN_NOW || w->paused || pool_db_paused(p->db))
 		return;
-	if (p->db->be && p->db->be->state == BE_DOWN)
-		return;   /* the monitor says when it is back */
+	if (p->db->be && !w->router->may_connect(p->db))
+		return;   /* a backend that is down: the monitor says when it is back */
 	int want = p->n_cl[CL_WAITING];
 	if (p->n_cl[CL_WAITING_LOGIN] && !want)
 		want = 1;
@@ -296,16 +295,8 @@ static void link_pair(struct client *cl, struct server *sv)
 	bool internal = varcache_apply(&cl->vars, &sv->vars, &sv->c.out);
 	if (internal)
 		sv->internal_z++;
-	if (cl->deferred && !cl->rt_prepare_only) {
-		/* The BEGIN pgmux answered itself goes first; its answers are pgmux's.  A link
-		 * that only prepares keeps it back for the Bind's shard (route_bind_shard). */
-		pktbuf_put(&sv->c.out, cl->deferred, cl->deferred_len);
-		free(cl->deferred);
-		cl->deferred = NULL;
-		cl->deferred_len = 0;
-		sv->internal_z++;
+	if (cl->rs && p->w->router->linked(cl, sv))
 		internal = true;
-	}
 	if (internal && sbuf_send_out(&sv->c) < 0)
 		server_close(sv, "send failed");
 }
@@ -400,7 +391,7 @@ void pool_release(struct server *sv, bool client_gone)
 	uint64_t now = w->now;
 
 	if (cl && cl->rs && !client_gone)
-		route_need_lsn(sv);   /* read your writes: the commit LSN, asked before release */
+		w->router->releasing(sv);   /* read your writes: the commit LSN, asked before release */
 	if (cl) {
 		cl->link = NULL;
 		sv->link = NULL;
@@ -491,9 +482,9 @@ void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate)
 	snprintf(p->last_error, sizeof(p->last_error), "%s", msg);
 	/* A routed backend that cannot be reached is down: its waiters go elsewhere. Errors
 	 * from a server that answered (auth, no such database) still reach the clients. */
-	if (p->db->be && (!sqlstate || !strncmp(sqlstate, "08", 2) || !strncmp(sqlstate, "57P", 3))) {
+	if (p->db->be && (!sqlstate || !strncmp(sqlstate, "08", 2) || !strncmp(sqlstate, "57P", 3)) &&
+	    p->w->router->backend_failed(p->db, msg)) {
 		p->last_connect_failed = false;
-		route_backend_failed(p->db->be, msg);
 		return;
 	}
 	if (pool_servers(p) > 0)

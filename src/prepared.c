@@ -68,6 +68,7 @@ struct ps_sent {
 	struct ps_sent *next;
 	struct list lru;
 	struct ps_stmt *st;
+	uint32_t hash;             /* ptr_hash(st), for grow_tab */
 	bool stale;                /* its plan went bad: close and parse again before use */
 	bool confirmed;            /* its ParseComplete came back */
 	uint32_t block;            /* the sync block its Parse went in */
@@ -352,7 +353,7 @@ static struct ps_sent *sent_find(struct ps_server *ps, const struct ps_stmt *st)
 
 static void sent_del(struct worker *w, struct ps_server *ps, struct ps_sent *e)
 {
-	struct ps_sent **pp = &ps->tab[ptr_hash(e->st) & ps->mask];
+	struct ps_sent **pp = &ps->tab[e->hash & ps->mask];
 	while (*pp != e)
 		pp = &(*pp)->next;
 	*pp = e->next;
@@ -371,30 +372,14 @@ static bool sent_add(struct ps_server *ps, struct ps_stmt *st)
 	e->block = ps->block;
 	e->gen = st->gen;
 	stmt_ref(st);
-	uint32_t h = ptr_hash(st) & ps->mask;
-	e->next = ps->tab[h];
-	ps->tab[h] = e;
+	e->hash = ptr_hash(st);
+	if (ps->n + 1 > ps->mask * 2)
+		grow_tab((void ***)&ps->tab, &ps->mask, offsetof(struct ps_sent, next),
+			 offsetof(struct ps_sent, hash));
+	e->next = ps->tab[e->hash & ps->mask];
+	ps->tab[e->hash & ps->mask] = e;
 	list_append(&ps->lru, &e->lru);
 	ps->n++;
-	if (ps->n > ps->mask * 2) {
-		/* Rehash by hand: entries hash on their statement, not a stored field. */
-		uint32_t n = (ps->mask + 1) * 2;
-		struct ps_sent **tab = calloc(n, sizeof(*tab));
-		if (tab) {
-			for (uint32_t i = 0; i <= ps->mask; i++) {
-				struct ps_sent *x = ps->tab[i];
-				while (x) {
-					struct ps_sent *next = x->next;
-					x->next = tab[ptr_hash(x->st) & (n - 1)];
-					tab[ptr_hash(x->st) & (n - 1)] = x;
-					x = next;
-				}
-			}
-			free(ps->tab);
-			ps->tab = tab;
-			ps->mask = n - 1;
-		}
-	}
 	return true;
 }
 
@@ -583,13 +568,13 @@ static bool names_pgmux_stmt(struct worker *w, const uint8_t *text, size_t n)
  * place, so that the server skips to the next Sync and aborts a transaction exactly as it would
  * for its own error; the server's error text is then replaced by pgmux's.  Everything the
  * client sent before must already be flushed (flush_first). */
-static enum ps_result synth_error(struct client *cl, struct ps_server *ps, const char *code, const char *msg)
+static enum hook_rc synth_error(struct client *cl, struct ps_server *ps, const char *code, const char *msg)
 {
 	struct server *sv = cl->link;
 	struct ps_req *r = push(ps, PSR_ERROR_VIA_SERVER, NULL);
 	if (!r || !(r->err = malloc(strlen(code) + strlen(msg) + 2))) {
 		client_close(cl, "out of memory", "53200");
-		return PS_CLOSED;
+		return HOOK_STOP;
 	}
 	sprintf(r->err, "%s %s", code, msg);
 	struct pktbuf *o = &sv->c.out;
@@ -598,14 +583,14 @@ static enum ps_result synth_error(struct client *cl, struct ps_server *ps, const
 	pktbuf_put_str(o, "pgmux refused this message");   /* a syntax error, by design */
 	pktbuf_put_u16(o, 0);
 	pktbuf_end(o);
-	return PS_CONSUMED;
+	return HOOK_CONSUMED;
 }
 
 /* The simple-protocol form of synth_error: a Query that raises pgmux's error on the server
  * (SQLSTATE and text exactly pgmux's), answered with ErrorResponse and ReadyForQuery as the
  * client's own Query would be, and aborting a transaction the same way.  The caller counts
  * the ReadyForQuery the client is owed (client.c: a consumed 'Q'). */
-static enum ps_result synth_query_error(struct client *cl, struct ps_server *ps, const char *code,
+static enum hook_rc synth_query_error(struct client *cl, struct ps_server *ps, const char *code,
 					const char *msg)
 {
 	struct server *sv = cl->link;
@@ -618,26 +603,26 @@ static enum ps_result synth_query_error(struct client *cl, struct ps_server *ps,
 		 "MESSAGE = '%s'; END$pgmux$", code, text);
 	if (!push(ps, PSR_QUERY, NULL)) {
 		client_close(cl, "too many pipelined requests", "08P01");
-		return PS_CLOSED;
+		return HOOK_STOP;
 	}
 	ps->block++;
 	proto_query(&sv->c.out, q);
-	return PS_CONSUMED;
+	return HOOK_CONSUMED;
 }
 
 /* Everything the client sent before the message at scan must reach the server before pgmux's
- * own bytes do: pgmux's pending bytes go first, then the client's.  PS_WAIT when the server
+ * own bytes do: pgmux's pending bytes go first, then the client's.  HOOK_WAIT when the server
  * cannot take them now (its write event resumes the client). */
-static enum ps_result flush_first(struct client *cl)
+static enum hook_rc flush_first(struct client *cl)
 {
 	struct server *sv = cl->link;
 	if (sv->c.out.len && !sv->c.wr_on && sbuf_send_out(&sv->c) < 0) {
 		server_close(sv, "send failed");
-		return PS_CLOSED;
+		return HOOK_STOP;
 	}
 	if (!sbuf_flush(&cl->c))
-		return cl->c.dead ? PS_CLOSED : PS_WAIT;
-	return PS_FORWARD;
+		return cl->c.dead ? HOOK_STOP : HOOK_WAIT;
+	return HOOK_FORWARD;
 }
 
 /* Drops the message at scan (whole) from the client's buffer. */
@@ -663,12 +648,12 @@ static void discard_rest(struct client *cl, uint32_t total, uint32_t avail)
 
 /* Refuses the message at scan with pgmux's own error (see synth_error), dropping its bytes,
  * including those still to come. */
-static enum ps_result refuse_msg(struct client *cl, struct ps_server *ps, uint32_t total,
+static enum hook_rc refuse_msg(struct client *cl, struct ps_server *ps, uint32_t total,
 				 uint32_t avail, const char *code, const char *msg)
 {
 	char type = (char)cl->c.in->data[cl->c.in->scan];
-	enum ps_result fr = flush_first(cl);
-	if (fr != PS_FORWARD)
+	enum hook_rc fr = flush_first(cl);
+	if (fr != HOOK_FORWARD)
 		return fr;
 	discard_rest(cl, total, avail);
 	if (type == 'Q')
@@ -678,7 +663,7 @@ static enum ps_result refuse_msg(struct client *cl, struct ps_server *ps, uint32
 
 /* The 54000 a message gets when pgmux must read it whole but it exceeds what the client may
  * hold. */
-static enum ps_result refuse_big(struct client *cl, struct ps_server *ps, uint32_t total,
+static enum hook_rc refuse_big(struct client *cl, struct ps_server *ps, uint32_t total,
 				 uint32_t avail, const char *what)
 {
 	char msg[200];
@@ -714,12 +699,12 @@ uint32_t ps_msg_need(const struct client *cl, char type, const uint8_t *m, uint3
 
 /* A simple Query or Parse text that pgmux forwards: refused when it names pgmux's own
  * statements (whole), or scanned on as the rest streams through (too big to hold). */
-static enum ps_result check_text(struct client *cl, struct ps_server *ps, char type, uint32_t total,
+static enum hook_rc check_text(struct client *cl, struct ps_server *ps, char type, uint32_t total,
 				 uint32_t avail)
 {
 	struct worker *w = cl->c.w;
 	if (!w->ps)
-		return PS_FORWARD;   /* no statement of pgmux's exists anywhere yet */
+		return HOOK_FORWARD;   /* no statement of pgmux's exists anywhere yet */
 	const uint8_t *m = cl->c.in->data + cl->c.in->scan;
 	uint32_t n = avail < total ? avail : total;
 	if (names_pgmux_stmt(w, m + PROTO_HDR, n - PROTO_HDR)) {
@@ -736,7 +721,7 @@ static enum ps_result check_text(struct client *cl, struct ps_server *ps, char t
 		cl->ps_tok_scan = true;
 	}
 	(void)type;
-	return PS_FORWARD;
+	return HOOK_FORWARD;
 }
 
 bool ps_scan_stream(struct client *cl, const uint8_t *p, uint32_t n)
@@ -766,9 +751,9 @@ bool ps_scan_stream(struct client *cl, const uint8_t *p, uint32_t n)
 	return true;
 }
 
-static enum ps_result client_parse(struct client *cl, struct ps_server *ps, uint32_t total, uint32_t avail)
+static enum hook_rc client_parse(struct client *cl, struct ps_server *ps, uint32_t total, uint32_t avail)
 {
-	enum ps_result fr;
+	enum hook_rc fr;
 	struct conn *c = &cl->c;
 	struct server *sv = cl->link;
 	const uint8_t *m = c->in->data + c->in->scan;
@@ -776,7 +761,7 @@ static enum ps_result client_parse(struct client *cl, struct ps_server *ps, uint
 		/* The unnamed statement goes through as it is. */
 		if (!push(ps, PSR_PARSE, NULL))
 			goto oom;
-		return PS_FORWARD;
+		return HOOK_FORWARD;
 	}
 	if (avail < total)
 		return refuse_big(cl, ps, total, avail, "a prepared statement");
@@ -784,7 +769,7 @@ static enum ps_result client_parse(struct client *cl, struct ps_server *ps, uint
 	const uint8_t *body = nul ? nul + 1 : NULL;
 	if (!body || !memchr(body, 0, (size_t)(m + total - body)) || m + total - body < 3) {
 		client_close(cl, "invalid Parse message", "08P01");
-		return PS_CLOSED;
+		return HOOK_STOP;
 	}
 	char name[PS_NAME_MAX + 1];
 	uint32_t h = name_key((const char *)m + PROTO_HDR, name);
@@ -810,7 +795,7 @@ static enum ps_result client_parse(struct client *cl, struct ps_server *ps, uint
 	if (names_pgmux_stmt(c->w, body, blen))
 		return refuse_msg(cl, ps, total, avail, "42501", refuse_own_name);
 	/* Everything before this message must reach the server before pgmux's own bytes. */
-	if ((fr = flush_first(cl)) != PS_FORWARD)
+	if ((fr = flush_first(cl)) != HOOK_FORWARD)
 		return fr;
 	m = c->in->data + c->in->scan;
 	body = m + total - blen;
@@ -842,7 +827,7 @@ static enum ps_result client_parse(struct client *cl, struct ps_server *ps, uint
 			goto oom;
 		}
 		r->cname = nm;
-		return PS_CONSUMED;
+		return HOOK_CONSUMED;
 	}
 	/* The client's own Parse, renamed: its ParseComplete goes to the client. */
 	if (e) {
@@ -866,19 +851,19 @@ static enum ps_result client_parse(struct client *cl, struct ps_server *ps, uint
 	r->cname = nm;
 	if (!sent_add(ps, st))
 		goto oom;
-	return PS_CONSUMED;
+	return HOOK_CONSUMED;
 oom:
 	client_close(cl, "out of memory", "53200");
-	return PS_CLOSED;
+	return HOOK_STOP;
 }
 
 /* Bind and Describe('S') name a statement: map the name, make sure the server has it.  A
  * Bind's parameters are never needed: only its names (ps_msg_need), so a Bind of any size
  * streams through after its renamed head. */
-static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, char type,
+static enum hook_rc client_uses_stmt(struct client *cl, struct ps_server *ps, char type,
 				       uint32_t total, uint32_t avail)
 {
-	enum ps_result fr;
+	enum hook_rc fr;
 	struct conn *c = &cl->c;
 	struct server *sv = cl->link;
 	const uint8_t *m = c->in->data + c->in->scan;
@@ -892,33 +877,33 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 			if (avail < total)
 				return refuse_big(cl, ps, total, avail, "a Bind whose names are");
 			client_close(cl, "invalid Bind message", "08P01");
-			return PS_CLOSED;
+			return HOOK_STOP;
 		}
 	} else {
 		if (avail < total)
 			return refuse_big(cl, ps, total, avail, "a Describe message");
 		if (p >= end) {
 			client_close(cl, "invalid Describe message", "08P01");
-			return PS_CLOSED;
+			return HOOK_STOP;
 		}
 		if (*p != 'S') {
 			if (!push(ps, PSR_DESCRIBE, NULL))
 				goto oom;
-			return PS_FORWARD;
+			return HOOK_FORWARD;
 		}
 		p++;
 	}
 	const char *name = proto_get_str(&p, end);
 	if (!name) {
 		client_close(cl, "invalid Describe message", "08P01");
-		return PS_CLOSED;
+		return HOOK_STOP;
 	}
 	if (!*name) {
 		if (type == 'B')
 			cl->pool->bind_count++;
 		if (!push(ps, type == 'B' ? PSR_BIND : PSR_DESCRIBE, NULL))
 			goto oom;
-		return PS_FORWARD;
+		return HOOK_FORWARD;
 	}
 	uint32_t prefix = (uint32_t)(p - m);
 	char key[PS_NAME_MAX + 1];
@@ -939,7 +924,7 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 		list_append(&ps->lru, &e->lru);
 	} else {
 		/* pgmux's Parse must reach the server after everything the client sent before. */
-		if ((fr = flush_first(cl)) != PS_FORWARD)
+		if ((fr = flush_first(cl)) != HOOK_FORWARD)
 			return fr;
 		if (!ensure_on_server(sv, st))
 			goto oom;
@@ -962,7 +947,7 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 	 * neighbours.  (sbuf_replace may move the buffer: nothing below reads m, portal or
 	 * name.) */
 	bool inplace = avail >= total && sbuf_replace(c, prefix, hb.data, hb.len);
-	if (!inplace && (fr = flush_first(cl)) != PS_FORWARD) {
+	if (!inplace && (fr = flush_first(cl)) != HOOK_FORWARD) {
 		pktbuf_free(&hb);
 		return fr;
 	}
@@ -975,7 +960,7 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 	if (inplace) {
 		c->in->scan += newlen + 1;
 		pktbuf_free(&hb);
-		return PS_CONSUMED;
+		return HOOK_CONSUMED;
 	}
 	/* A message too big to hold: the renamed head goes through pgmux's own buffer and the
 	 * client's remaining bytes follow it unchanged. */
@@ -989,13 +974,13 @@ static enum ps_result client_uses_stmt(struct client *cl, struct ps_server *ps, 
 		c->in->scan += left;
 		c->pkt_left = rest - left;
 	}
-	return PS_CONSUMED;
+	return HOOK_CONSUMED;
 oom:
 	client_close(cl, "out of memory", "53200");
-	return PS_CLOSED;
+	return HOOK_STOP;
 }
 
-static enum ps_result client_close_msg(struct client *cl, struct ps_server *ps, uint32_t total, uint32_t avail)
+static enum hook_rc client_close_msg(struct client *cl, struct ps_server *ps, uint32_t total, uint32_t avail)
 {
 	if (avail < total)
 		return refuse_big(cl, ps, total, avail, "a Close message");
@@ -1004,12 +989,12 @@ static enum ps_result client_close_msg(struct client *cl, struct ps_server *ps, 
 	const char *name = total > PROTO_HDR ? proto_get_str(&p, end) : NULL;
 	if (total <= PROTO_HDR || !name) {
 		client_close(cl, "invalid Close message", "08P01");
-		return PS_CLOSED;
+		return HOOK_STOP;
 	}
 	if (m[PROTO_HDR] != 'S' || !*name) {
 		if (!push(ps, PSR_CLOSE, NULL))
 			goto oom;
-		return PS_FORWARD;
+		return HOOK_FORWARD;
 	}
 	/* The server keeps it cached for others; the client's name goes. */
 	char key[PS_NAME_MAX + 1];
@@ -1017,10 +1002,10 @@ static enum ps_result client_close_msg(struct client *cl, struct ps_server *ps, 
 	drop_msg(cl, total);
 	if (!push(ps, PSR_CLOSE_SYNTH, NULL))
 		goto oom;
-	return PS_CONSUMED;
+	return HOOK_CONSUMED;
 oom:
 	client_close(cl, "out of memory", "53200");
-	return PS_CLOSED;
+	return HOOK_STOP;
 }
 
 /* The statement name of "DEALLOCATE [PREPARE] name" (folded as an identifier), or false. */
@@ -1064,45 +1049,45 @@ static bool dealloc_name(const char *q, char *name, size_t cap)
 /* "DEALLOCATE name" of one of the client's names, as a simple Query or an unnamed Parse (how
  * psycopg 3.1 evicts its cache): the server knows the statement by pgmux's name, so the text
  * is renamed in place after making sure the server holds it; the server's copy is then gone.
- * PS_FORWARD when the message is not such a DEALLOCATE or was renamed (it is then read and
- * forwarded as usual); PS_WAIT / PS_CLOSED from the flush. */
-static enum ps_result client_deallocate(struct client *cl, struct ps_server *ps, char type,
+ * HOOK_FORWARD when the message is not such a DEALLOCATE or was renamed (it is then read and
+ * forwarded as usual); HOOK_WAIT / HOOK_STOP from the flush. */
+static enum hook_rc client_deallocate(struct client *cl, struct ps_server *ps, char type,
 					uint32_t total, uint32_t avail)
 {
 	if (avail < total || total > PS_DEALLOC_MAX)
-		return PS_FORWARD;
+		return HOOK_FORWARD;
 	const uint8_t *m = cl->c.in->data + cl->c.in->scan;
 	const char *q = (const char *)m + PROTO_HDR;
 	const uint8_t *tail = NULL;
 	if (type == 'P') {
 		if (*q)
-			return PS_FORWARD;   /* only the unnamed statement carries such utility text */
+			return HOOK_FORWARD;   /* only the unnamed statement carries such utility text */
 		q++;
 		if ((q[0] | 0x20) != 'd' && q[0] != ' ' && q[0] != '\n' && q[0] != '\t')
-			return PS_FORWARD;   /* the common case, decided without scanning the text */
+			return HOOK_FORWARD;   /* the common case, decided without scanning the text */
 		const uint8_t *qe = memchr(q, 0, (size_t)(m + total - (const uint8_t *)q));
 		if (!qe)
-			return PS_FORWARD;
+			return HOOK_FORWARD;
 		tail = qe + 1;
 	} else if (((q[0] | 0x20) != 'd' && q[0] != ' ' && q[0] != '\n' && q[0] != '\t') ||
 		   !memchr(q, 0, total - PROTO_HDR)) {
-		return PS_FORWARD;
+		return HOOK_FORWARD;
 	}
 	char name[256];
 	if (!dealloc_name(q, name, sizeof(name)))
-		return PS_FORWARD;
+		return HOOK_FORWARD;
 	char key[PS_NAME_MAX + 1];
 	uint32_t h = name_key(name, key);
 	struct ps_cname *cn = cname_find(cl, key, h);
 	if (!cn)
-		return PS_FORWARD;
-	enum ps_result fr = flush_first(cl);
-	if (fr != PS_FORWARD)
+		return HOOK_FORWARD;
+	enum hook_rc fr = flush_first(cl);
+	if (fr != HOOK_FORWARD)
 		return fr;
 	struct ps_stmt *st = cn->st;
 	if (!ensure_on_server(cl->link, st)) {
 		client_close(cl, "out of memory", "53200");
-		return PS_CLOSED;
+		return HOOK_STOP;
 	}
 	char sql[PS_SNAME_LEN + 16];
 	memcpy(sql, "DEALLOCATE ", 11);
@@ -1121,7 +1106,7 @@ static enum ps_result client_deallocate(struct client *cl, struct ps_server *ps,
 	pktbuf_free(&pb);
 	if (!ok) {
 		client_close(cl, "out of memory", "53200");
-		return PS_CLOSED;
+		return HOOK_STOP;
 	}
 	/* Gone from the server once it runs: never trusted again, so the next use closes (no
 	 * error if absent) and parses afresh. */
@@ -1129,25 +1114,25 @@ static enum ps_result client_deallocate(struct client *cl, struct ps_server *ps,
 	if (e)
 		e->stale = true;
 	cname_del(cl, key, h);
-	return PS_FORWARD;
+	return HOOK_FORWARD;
 }
 
-enum ps_result ps_client_message(struct client *cl, char type, uint32_t total, uint32_t avail)
+enum hook_rc ps_client_message(struct client *cl, char type, uint32_t total, uint32_t avail)
 {
 	struct server *sv = cl->link;
 	struct ps_server *ps = sps(sv);
 	if (!ps) {
 		client_close(cl, "out of memory", "53200");
-		return PS_CLOSED;
+		return HOOK_STOP;
 	}
 	struct ps_req *r;
-	enum ps_result pr;
+	enum hook_rc pr;
 	switch (type) {
 	case 'P':
 		if (!cl->c.in->data[cl->c.in->scan + PROTO_HDR] &&
-		    (pr = check_text(cl, ps, type, total, avail)) != PS_FORWARD)
+		    (pr = check_text(cl, ps, type, total, avail)) != HOOK_FORWARD)
 			return pr;
-		if ((pr = client_deallocate(cl, ps, 'P', total, avail)) != PS_FORWARD)
+		if ((pr = client_deallocate(cl, ps, 'P', total, avail)) != HOOK_FORWARD)
 			return pr;
 		return client_parse(cl, ps, total, avail);
 	case 'B':
@@ -1163,9 +1148,9 @@ enum ps_result ps_client_message(struct client *cl, char type, uint32_t total, u
 		ps->block++;
 		break;
 	case 'Q':
-		if ((pr = check_text(cl, ps, type, total, avail)) != PS_FORWARD)
+		if ((pr = check_text(cl, ps, type, total, avail)) != HOOK_FORWARD)
 			return pr;
-		if ((pr = client_deallocate(cl, ps, 'Q', total, avail)) != PS_FORWARD)
+		if ((pr = client_deallocate(cl, ps, 'Q', total, avail)) != HOOK_FORWARD)
 			return pr;
 		r = push(ps, PSR_QUERY, NULL);
 		ps->block++;
@@ -1174,13 +1159,13 @@ enum ps_result ps_client_message(struct client *cl, char type, uint32_t total, u
 		r = push(ps, PSR_FUNC, NULL);
 		break;
 	default:
-		return PS_FORWARD;
+		return HOOK_FORWARD;
 	}
 	if (!r) {
 		client_close(cl, "too many pipelined requests", "08P01");
-		return PS_CLOSED;
+		return HOOK_STOP;
 	}
-	return PS_FORWARD;
+	return HOOK_FORWARD;
 }
 
 /* ---- server side ---- */
@@ -1203,13 +1188,13 @@ static void drop_head(struct server *sv, struct ps_server *ps)
 	pop(sv->c.w, ps);
 }
 
-enum ps_result ps_emit(struct server *sv)
+enum hook_rc ps_emit(struct server *sv)
 {
 	struct ps_server *ps = sv->ps;
 	struct ps_req *r;
 	/* pgmux's answers go between the server's messages, never inside one it is streaming */
 	if (sv->c.pkt_left)
-		return PS_FORWARD;
+		return HOOK_FORWARD;
 	while ((r = head(ps)) && (r->kind == PSR_PARSE_SYNTH || r->kind == PSR_CLOSE_SYNTH)) {
 		if (r->skipped) {
 			drop_head(sv, ps);   /* the server skipped it: no answer of pgmux's either */
@@ -1221,11 +1206,11 @@ enum ps_result ps_emit(struct server *sv)
 		proto_put32(msg + 1, 4);
 		if (!sbuf_insert(&sv->c, msg, n)) {
 			if (!sbuf_flush(&sv->c) || !sbuf_insert(&sv->c, msg, n))
-				return sv->c.dead ? PS_CLOSED : PS_WAIT;
+				return sv->c.dead ? HOOK_STOP : HOOK_WAIT;
 		}
 		pop(sv->c.w, ps);
 	}
-	return PS_FORWARD;
+	return HOOK_FORWARD;
 }
 
 /* An error ends the server's work up to the next Sync: what was queued behind it never ran. */
@@ -1257,19 +1242,19 @@ static bool tag_is(const uint8_t *body, uint32_t blen, const char *tag)
 	return blen >= n && memcmp(body, tag, n) == 0;
 }
 
-enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *body, uint32_t blen,
+enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body, uint32_t blen,
 				 bool whole)
 {
 	struct ps_server *ps = sv->ps;
 	if (!ps || type == 'S' || type == 'N' || type == 'A')
-		return PS_FORWARD;
+		return HOOK_FORWARD;
 	struct ps_req *r = head(ps);
 	if (r && (r->kind == PSR_PARSE_SYNTH || r->kind == PSR_CLOSE_SYNTH)) {
-		enum ps_result e = ps_emit(sv);
-		return e == PS_FORWARD ? PS_CONSUMED : e;
+		enum hook_rc e = ps_emit(sv);
+		return e == HOOK_FORWARD ? HOOK_CONSUMED : e;
 	}
 	if (!r)
-		return PS_FORWARD;
+		return HOOK_FORWARD;
 	switch (type) {
 	case '1':
 		if ((r->kind == PSR_PARSE_HIDDEN || r->kind == PSR_PARSE) && r->st) {
@@ -1282,7 +1267,7 @@ enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *bo
 		if (r->kind == PSR_PARSE_HIDDEN) {
 			pop(sv->c.w, ps);
 			sbuf_drop(&sv->c, sv->c.in->scan, PROTO_HDR + blen);
-			return PS_CONSUMED;
+			return HOOK_CONSUMED;
 		}
 		if (r->kind == PSR_PARSE)
 			pop(sv->c.w, ps);
@@ -1295,7 +1280,7 @@ enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *bo
 		if (r->kind == PSR_CLOSE_HIDDEN) {
 			pop(sv->c.w, ps);
 			sbuf_drop(&sv->c, sv->c.in->scan, PROTO_HDR + blen);
-			return PS_CONSUMED;
+			return HOOK_CONSUMED;
 		}
 		if (r->kind == PSR_CLOSE)
 			pop(sv->c.w, ps);
@@ -1328,7 +1313,7 @@ enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *bo
 			 * except to replace pgmux's own refusal, which is always small. */
 			if (r->kind == PSR_ERROR_VIA_SERVER) {
 				server_close(sv, "oversized error from server where pgmux expected its own");
-				return PS_CLOSED;
+				return HOOK_STOP;
 			}
 			body = NULL;
 			blen = 0;
@@ -1345,7 +1330,7 @@ enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *bo
 			error_skip(sv, ps, body, blen);
 			bool ok = !pb.failed && sbuf_replace(&sv->c, PROTO_HDR + blen, pb.data, pb.len);
 			pktbuf_free(&pb);
-			return ok ? PS_CONSUMED : PS_FORWARD;
+			return ok ? HOOK_CONSUMED : HOOK_FORWARD;
 		}
 		if (r->kind == PSR_QUERY || r->kind == PSR_FUNC)
 			r->failed = true;
@@ -1363,7 +1348,7 @@ enum ps_result ps_server_message(struct server *sv, char type, const uint8_t *bo
 	default:
 		break;
 	}
-	return PS_FORWARD;
+	return HOOK_FORWARD;
 }
 
 const char *ps_client_query(struct client *cl, const char *name, uint32_t *len)

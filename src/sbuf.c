@@ -63,23 +63,14 @@ static void disarm_write(struct conn *c)
 
 static struct iobuf *buf_get(struct worker *w)
 {
-	struct iobuf *b = w->buf_free;
-	if (b) {
-		w->buf_free = b->next_free;
-		w->n_buf_free--;
-	} else {
-		b = malloc(sizeof(*b) + w->bufsize);
-		if (!b)
-			return NULL;
-	}
+	struct iobuf *b = freelist_get(&w->buf_free);
+	if (!b && !(b = malloc(sizeof(*b) + w->bufsize)))
+		return NULL;
 	b->start = b->scan = b->end = 0;
 	b->cap = w->bufsize;
 	w->n_buf_used++;
 	return b;
 }
-
-/* A few spare buffers absorb churn; beyond that memory goes back, so idle clients cost none. */
-#define BUF_FREE_KEEP 64
 
 static void buf_put(struct worker *w, struct iobuf *b)
 {
@@ -91,13 +82,7 @@ static void buf_put(struct worker *w, struct iobuf *b)
 		free(b);
 		return;
 	}
-	if (w->n_buf_free >= BUF_FREE_KEEP) {
-		free(b);
-		return;
-	}
-	b->next_free = w->buf_free;
-	w->buf_free = b;
-	w->n_buf_free++;
+	freelist_put(&w->buf_free, b);
 }
 
 /* Moves the unsent bytes [start, end) to the front of the buffer. */
@@ -177,10 +162,23 @@ static void maybe_shrink(struct conn *c)
 
 void sbuf_release_buf(struct conn *c)
 {
-	if (c->in && c->in->start == c->in->end && c->pkt_left == 0) {
-		buf_put(c->w, c->in);
+	struct iobuf *b = c->in;
+	/* Every loop ends here: the cursors must still be in order. */
+	assert(!b || (b->start <= b->scan && b->scan <= b->end && b->end <= b->cap));
+	if (!b || b->start != b->end)
+		return;
+	b->start = b->scan = b->end = 0;
+	if (c->pkt_left == 0) {
+		buf_put(c->w, b);
 		c->in = NULL;
 	}
+}
+
+void sbuf_discard_in(struct conn *c)
+{
+	if (c->in)
+		c->in->start = c->in->scan = c->in->end;
+	sbuf_release_buf(c);
 }
 
 /* Routes a conn whose socket failed to its owner's single teardown path. */
@@ -305,10 +303,7 @@ bool sbuf_flush(struct conn *src)
 			b->start += (uint32_t)n;
 			if (b->start < b->scan)
 				continue;
-			if (b->start == b->end) {
-				b->start = b->scan = b->end = 0;
-				sbuf_release_buf(src);
-			}
+			sbuf_release_buf(src);
 			return true;
 		}
 		if (n < 0 && errno == EINTR)

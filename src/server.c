@@ -63,6 +63,10 @@ void server_set_state(struct server *sv, enum server_state st)
 {
 	if (sv->state == st)
 		return;
+	/* An idle server is one any client may take: nobody's, and nothing of pgmux's pending. */
+	assert(st != SV_IDLE || (!sv->link && sv->tx == 'I' && !sv->internal_z && !sv->c.pkt_left));
+	/* A server leaves SV_ACTIVE only unlinked (pool_release, close_internal unlink first). */
+	assert(sv->state != SV_ACTIVE || st == SV_FREE || !sv->link);
 	if (server_list(sv, sv->state)) {
 		list_del(&sv->node);
 		sv->pool->n_sv[sv->state]--;
@@ -117,7 +121,8 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 	}
 	if (sv->state != SV_LOGIN && sv->c.fd >= 0 && !sv->c.out.len && !sv->c.torn) {
 		proto_terminate(&sv->c.out);
-		sbuf_send_out(&sv->c);
+		if (sbuf_send_out(&sv->c) < 0)
+			log_debug("Terminate not delivered: the socket is gone");   /* closing anyway */
 	}
 	sbuf_close(&sv->c);
 	server_set_state(sv, SV_FREE);
@@ -317,8 +322,7 @@ static void ssl_reply(struct server *sv)
 			login_failed(sv, "received unencrypted data after SSL response", "08P01");
 			return;
 		}
-		b->start = b->scan = b->end = 0;
-		sbuf_release_buf(c);
+		sbuf_discard_in(c);
 		char err[300];
 		if (tls_client_start(c, sv->pool->db, err, sizeof(err)) < 0) {
 			login_failed(sv, err, "08006");
@@ -635,6 +639,12 @@ static void login_loop(struct server *sv)
 		}
 		case 'Z':
 			sv->tx = blen ? (char)body[0] : 'I';
+			if (sv->tx != 'I') {
+				/* a fresh session is idle: anything else is a broken or hostile server,
+				 * and must not be handed to a client */
+				login_failed(sv, "server not idle after login", "08P01");
+				return;
+			}
 			login_done(sv);
 			break;
 		case 'N':
@@ -645,10 +655,8 @@ static void login_loop(struct server *sv)
 			return;
 		}
 	}
-	if (!c->dead && c->in && c->in->start == c->in->end) {
-		c->in->start = c->in->scan = c->in->end = 0;
+	if (!c->dead)
 		sbuf_release_buf(c);
-	}
 }
 
 /* ---- after login ---- */
@@ -777,8 +785,8 @@ static bool try_release(struct server *sv)
 		return false;
 	}
 	pool_release(sv, false);
-	if (cl->fo)
-		route_fanout_next(cl);
+	if (cl->rs)
+		route_released(cl);
 	return true;
 }
 
@@ -819,9 +827,9 @@ static bool reads_type(const struct server *sv, const struct client *cl, char ty
 	case 'Z': case 'S':
 		return true;
 	case 'E': case 'C':
-		return sv->ps_active || cl->retry || cl->fo;
+		return sv->ps_active || route_reads_whole(cl, type);
 	case 'T': case 't':
-		return cl->fo != NULL || cl->retry != NULL;
+		return route_reads_whole(cl, type);
 	default:
 		return false;
 	}
@@ -898,41 +906,34 @@ static void forward_loop(struct server *sv)
 			h = b->data + b->scan;
 			avail = b->end - b->scan;
 			whole = g > 0;
-			if (!whole && (type == 'Z' || type == 'S' ||
-				       (cl->fo && (type == 'T' || type == 't')))) {
+			if (!whole && (type == 'Z' || type == 'S')) {
 				server_close(sv, "oversized message from server");
 				return;
 			}
 		}
-		if (cl->fo) {
-			int r = route_fanout_message(sv, type, len, whole);
-			if (r < 0)
-				break;
-			if (r == 2) {
-				release = true;
-				goto flush;
-			}
-			if (r == 1) {
+		if (route_watches_server(cl)) {
+			enum hook_rc r = route_on_server_message(sv, type, len, whole);
+			if (r != HOOK_FORWARD) {
+				if (r == HOOK_STOP)
+					return;
+				if (r == HOOK_WAIT)
+					break;
+				if (r == HOOK_RELEASE) {
+					release = true;
+					goto flush;
+				}
 				b = c->in;
 				continue;
 			}
 		}
-		if (cl->retry) {
-			/* The first answers to a read that may run again elsewhere. */
-			int r = route_retry_check(sv);
-			if (r < 0)
-				break;
-			if (r > 0)
-				return;
-		}
 		log_noise("S-%llu <- %c len %u expect_z %u", (unsigned long long)c->id, type, len, cl->tt.expect_z);
 		if (sv->ps_active) {
-			enum ps_result r = ps_server_message(sv, type, h + PROTO_HDR, len - 4, whole);
-			if (r == PS_CLOSED || c->dead)
+			enum hook_rc r = ps_server_message(sv, type, h + PROTO_HDR, len - 4, whole);
+			if (r == HOOK_STOP || c->dead)
 				return;
-			if (r == PS_WAIT)
+			if (r == HOOK_WAIT)
 				goto flush;
-			if (r == PS_CONSUMED) {
+			if (r == HOOK_CONSUMED) {
 				b = c->in;
 				continue;
 			}
@@ -991,7 +992,7 @@ static void forward_loop(struct server *sv)
 			c->pkt_left = len + 1 - avail;
 		}
 	}
-	if (sv->ps_active && sv->link && !c->dead && ps_emit(sv) == PS_CLOSED)
+	if (sv->ps_active && sv->link && !c->dead && ps_emit(sv) == HOOK_STOP)
 		return;
 flush:
 	if (c->dead)
@@ -1010,8 +1011,7 @@ flush:
 		}
 		if ((release || sv->ready_notified) && sv->link == cl && !c->dead)
 			try_release(sv);
-	} else if (b && b->start == b->end) {
-		b->start = b->scan = b->end = 0;
+	} else {
 		sbuf_release_buf(c);
 	}
 }
@@ -1027,7 +1027,7 @@ void server_on_data(struct conn *c)
 	if (c->kind == CONN_CANCEL) {
 		/* The postmaster sends nothing back; any byte or EOF means it is done. */
 		struct cancel_req *cr = container_of(c, struct cancel_req, c);
-		c->in->start = c->in->scan = c->in->end = 0;
+		sbuf_discard_in(c);
 		cancel_done(cr, "answered");
 		return;
 	}

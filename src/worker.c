@@ -126,6 +126,8 @@ void worker_defer_free(struct worker *w, struct reap_item *it, void (*free_fn)(s
 
 int worker_init_base(struct worker *w)
 {
+	w->buf_free.keep = WORKER_SPARE_BLOCKS;
+	w->retry_free.keep = WORKER_SPARE_BLOCKS;
 	return event_assign(&w->ev_reap, w->base, -1, 0, reap_cb, w);
 }
 
