@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "pgmux.h"
+#include "model.h"
 
 /* The longest command text the console looks at. */
 #define ADMIN_CMD_MAX 1024

@@ -12,7 +12,7 @@
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
-/* How many general keys CONFIG_KEYS defines (config.c checks it against its key table). */
+/* How many general keys CONFIG_KEYS defines (config_load.c checks it against its key table). */
 #define CF_COUNT_KEY(kind, name, def, chg) +1
 enum { CF_N_KEYS = 0 CONFIG_KEYS(CF_COUNT_KEY) };
 #undef CF_COUNT_KEY
@@ -20,7 +20,7 @@ enum { CF_N_KEYS = 0 CONFIG_KEYS(CF_COUNT_KEY) };
 /* A check on a string value: true when it is acceptable, else false with a reason in why. */
 typedef bool (*str_check_fn)(const char *value, char *why, size_t whylen);
 
-/* ---- parse state and errors (config.c) -------------------------------------------------- */
+/* ---- parse state (config_load.c) and errors (config_values.c) --------------------------- */
 
 enum cf_section { SEC_NONE, SEC_GENERAL, SEC_DATABASES, SEC_USERS, SEC_CLUSTER };
 

@@ -283,6 +283,15 @@ struct router_ops {
 	bool (*may_connect)(const struct database *db);
 };
 
+/* The daemon's own actions that the console may ask for, installed by pgmux.c: the console
+ * sits below the daemon and reaches it only through these. */
+struct daemon_ops {
+	/* reread the configuration file and apply it; <0 when it failed and nothing changed */
+	int (*reload)(struct worker *w);
+	/* close the listening sockets (no new clients; the Unix socket file is removed) */
+	void (*stop_listening)(struct worker *w);
+};
+
 /* The event loop and every piece of hot-path state; one per thread. */
 struct worker {
 	struct event_base *base;
@@ -300,6 +309,8 @@ struct worker {
 	int n_admin;
 	const struct console_ops *console;  /* the console's handlers, NULL: none registered */
 	const struct router_ops *router;    /* routing's hooks (route_register) */
+	const struct daemon_ops *daemon;    /* the daemon's actions (set by pgmux.c before the
+					     * first client) */
 	int n_clients;
 	int n_servers;
 	uint64_t next_id;

@@ -12,8 +12,4 @@ int pgmux_run(struct worker *w);
 int pgmux_reload(struct worker *w);
 void pgmux_stop_listening(struct worker *w);
 
-/* True for an accept() error that concerns only the connection being accepted (or none):
- * the listener goes on.  Any other error (EMFILE, ENFILE, ENOBUFS, ENOMEM...) pauses it. */
-bool pgmux_accept_transient(int err);
-
 #endif

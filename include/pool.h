@@ -3,6 +3,7 @@
 #define PGMUX_POOL_H
 
 #include "model.h"
+#include "pool_info.h"   /* effective settings and other read-only facts of a pool */
 
 /* Lookups by name go through hash tables (namehash.h): a login costs the same with one
  * database or thousands made from the "*" entry. */
@@ -19,8 +20,9 @@ struct pool *pool_get(struct worker *w, struct database *db, const char *user);
  * in any of its pools, and nothing else holding it (an address lookup, a console PAUSE,
  * DISABLE or WAIT_CLOSE, routing).  How long it has been unused is the caller's business. */
 bool pool_database_removable(struct worker *w, const struct database *db);
-/* Takes a removable db and its pools out of every lookup, listing and statistic at once;
- * their memory is freed by the reaper (pool_free_database) after this callback. */
+/* Takes a removable db and its pools out of every lookup and listing at once; their memory is
+ * freed by the reaper (pool_free_database) after this callback.  The caller has had stats.c
+ * forget them first (stats_database_gone). */
 void pool_remove_database(struct worker *w, struct database *db);
 /* The reaper's half of the removal: frees db and its pools. */
 void pool_free_database(struct database *db);
@@ -30,18 +32,6 @@ void pool_free_database(struct database *db);
 bool pool_db_match(const struct database *target, const struct database *db);
 /* Paused by the console: itself, or the name in front of it. */
 bool pool_db_paused(const struct database *db);
-
-/* Effective settings, resolving per-database and per-user overrides against the defaults. */
-int pool_mode(const struct pool *p);
-int pool_size(const struct pool *p);
-/* Servers of the pool in any state (login, idle, active, used, tested). */
-int pool_servers(const struct pool *p);
-int pool_min_size(const struct pool *p);
-int pool_reserve(const struct pool *p);
-const char *pool_server_user(const struct pool *p);
-/* A ParameterStatus value the pool's servers greeted with (server_encoding, ...), or NULL. */
-const char *pool_parameter(const struct pool *p, const char *name);
-const char *pool_server_dbname(const struct pool *p);
 
 /* A logged-in client needs the greeting: now if known, else after a server logs in. */
 void pool_client_ready(struct client *cl);

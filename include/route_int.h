@@ -85,6 +85,10 @@ void rt_fanout_free(struct client *cl);
 enum hook_rc rt_fanout_message(struct server *sv, char type, uint32_t len, bool whole);
 /* After that release: the same batch goes to the next shard. */
 void rt_fanout_next(struct client *cl);
+/* shard_for (shard.h) on cl's message: the shard layer is handed the cluster's key and cache
+ * and the session's SET pgmux.* choice, so that it reads neither struct cluster nor client. */
+int rt_shard_for(struct client *cl, char type, const uint8_t *h, uint32_t total, uint32_t avail,
+		 const struct sqlscan_result *r, struct sp_eval *e);
 /* A statement on a link bound to a shard: when its key points to another shard, it is
  * replaced by one that fails with a clear error (so the server's transaction fails as
  * PostgreSQL's would).  True when replaced, or when the client was closed. */

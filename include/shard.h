@@ -1,4 +1,4 @@
-/* shard.h: which shard of a sharded [database] a statement belongs to (shard.c), and key values as the server reads them (shardval.c). */
+/* shard.h: which shard of a sharded [database] a statement belongs to: hint comments, session keys and the statement's own keys combined. */
 #ifndef PGMUX_SHARD_H
 #define PGMUX_SHARD_H
 
@@ -7,9 +7,8 @@
 #include <stdint.h>
 
 #include "shardplan.h"
+#include "shardval.h"
 #include "sqlscan.h"
-
-struct client;
 
 enum {
 	SHARD_NONE = -1,        /* nothing names a shard */
@@ -23,46 +22,23 @@ enum {
  * $n parameters have no limit: they are hashed where they lie. */
 #define SHARD_TEXT_LITERAL_MAX 1024
 
+/* What shard_for reads a message against: the database and client (shardplan.h), and the
+ * session's own choice of shard.  route.c fills one per message. */
+struct shard_ctx {
+	struct sp_ctx sp;
+	int32_t shard_pref;         /* SET pgmux.shard; -1: none */
+	bool has_user_id;           /* SET pgmux.user_id was given: */
+	uint64_t user_id_hash;      /* its key's partition hash (shard_key_hash) */
+};
+
 /* The shard for a message at the start of a transaction (or inside one): msg holds `avail`
  * bytes starting with its header, total is its length.  r is the classifier's reading of its
  * text (hint comments), NULL when there is none.  The statement's own keys (PostgreSQL's parse
  * of it, shardplan.c) decide; a hint comment or the session's SET pgmux.shard / pgmux.user_id
  * only place statements without a key, and refuse (SHARD_REFUSE) when they contradict it.
  * e gets the details: why a refusal, whether the statements touch no table (utility), whether
- * a keyless read may fan out.  Keys are read as the cluster's shard_key_type. */
-int shard_for(struct client *cl, char type, const uint8_t *msg, uint32_t total, uint32_t avail,
-	      const struct sqlscan_result *r, struct sp_eval *e);
-
-/* Parameter n (1-based) of a Bind message body (after the 5-byte header): *val and *len give
- * its bytes (pointing into body) and *fmt its format code (0 text, 1 binary).  1 found, 0 NULL
- * or no such parameter, -1 malformed.  Never reads past blen. */
-int shard_bind_param(const uint8_t *body, uint32_t blen, int n, const uint8_t **val,
-		     uint32_t *len, int *fmt);
-
-/* Parameter n of a Bind body as an integer, in text or binary int2/int4/int8 format: 1 found,
- * 0 NULL or no such parameter, -1 malformed or not an integer. */
-int shard_bind_int(const uint8_t *body, uint32_t blen, int n, int64_t *out);
-
-/* The partition hash (shardhash_combine applied) of one key value of type `type` (SHARDKEY_*)
- * given as len bytes in format fmt (0 text, 1 binary): int as digits or int2/int4/int8, text
- * as its bytes in either format, uuid as uuid_in's syntax or 16 bytes.  0, or -1 when the
- * bytes are not a value of that type.  The shard is shardhash_shard(*hash, n_shards). */
-int shard_key_hash(int type, const uint8_t *val, uint32_t len, int fmt, uint64_t *hash);
-
-/* SET pgmux.user_id = value for a key of type `type`: true with *hash set (shard_key_hash of
- * the text form); false with msg and *sqlstate (static) filled.  truncated: the scanner could
- * not keep the whole value (sqlscan's set_value_bad). */
-bool shard_user_id_hash(int type, const char *value, bool truncated, uint64_t *hash,
-			char *msg, size_t len, const char **sqlstate);
-
-/* "integer", "text" or "uuid": the key type's name for messages. */
-const char *shard_key_type_name(int type);
-
-/* An integer key (a literal or hint) for a key column of type `type`: a text column gets its
- * digits, as an assignment cast stores them; a uuid column none (-1). */
-int shard_int_key_hash(int type, int64_t v, uint64_t *hash);
-
-/* The shard of a key value (int2/int4/int8 keys: PostgreSQL's hash partitioning). */
-int shard_of_int(int64_t v, int n_shards);
+ * a keyless read may fan out.  Keys are read as ctx->sp.key_type (the cluster's shard_key_type). */
+int shard_for(const struct shard_ctx *ctx, char type, const uint8_t *msg, uint32_t total,
+	      uint32_t avail, const struct sqlscan_result *r, struct sp_eval *e);
 
 #endif

@@ -7,9 +7,23 @@
 #include <stdint.h>
 
 struct client;
-struct cluster;
 struct sp_cache;
 struct sp_client;
+
+/* The sharded database a client's message is read for.  route.c fills one per message from
+ * its cluster, so that this file and shard.c depend on none of routing's objects. */
+struct sp_ctx {
+	struct client *cl;          /* the sender: its encodings, its pool, its statements (cl->sp) */
+	const char *shard_key;      /* the key column */
+	int key_type;               /* SHARDKEY_*: how key values are read and hashed */
+	int n_shards;
+	struct sp_cache **cache;    /* where the cluster keeps its analyzed texts (made on first use,
+				     * made anew when shard_key or key_type changed) */
+	/* what the client holds in all (client_memory), asked only when a statement is to be
+	 * remembered: that must stay within max_client_memory.  A function, not a figure, so that
+	 * the messages that remember nothing do not pay for adding it up. */
+	uint64_t (*memory)(const struct client *cl);
+};
 
 /* What the statements of one message (a Query, or a Parse or Bind with its batch) say. */
 struct sp_eval {
@@ -41,19 +55,20 @@ uint64_t shardplan_client_bytes(const struct client *cl);
  * A simple Query's text sql[0..len): every statement is read (through the cache of shapes:
  * texts that differ only in their literals are parsed once) and its key values decoded.
  */
-void shardplan_query(struct client *cl, const char *sql, size_t len, struct sp_eval *e);
+void shardplan_query(const struct sp_ctx *ctx, const char *sql, size_t len, struct sp_eval *e);
 
 /*
  * A Parse message m (total bytes, whole) and, when the same batch holds one, the first Bind
  * after it (bind: its body, blen bytes; NULL when none).  The statement is remembered under
  * its name for later Binds (the unnamed one until the next unnamed Parse).
  */
-void shardplan_parse(struct client *cl, const uint8_t *m, uint32_t total, const uint8_t *bind,
-		     uint32_t blen, struct sp_eval *e);
+void shardplan_parse(const struct sp_ctx *ctx, const uint8_t *m, uint32_t total,
+		     const uint8_t *bind, uint32_t blen, struct sp_eval *e);
 
 /* A Bind body of a statement remembered from its Parse; a statement pgmux never saw is
  * refused (its key cannot be read). */
-void shardplan_bind(struct client *cl, const uint8_t *body, uint32_t blen, struct sp_eval *e);
+void shardplan_bind(const struct sp_ctx *ctx, const uint8_t *body, uint32_t blen,
+		    struct sp_eval *e);
 
 /* The text of the statement a Bind body names, as remembered from its Parse, or NULL. */
 const char *shardplan_bind_text(struct client *cl, const uint8_t *body, uint32_t blen, size_t *len);

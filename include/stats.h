@@ -114,11 +114,10 @@ void stats_hist_window(const struct hist *cur, const struct hist *old, struct hi
  * (a fraction; 0 turns the warning off)?  At or above the threshold counts. */
 bool stats_over_threshold(int active, int size, double warn);
 
-/* Forgets a pool's windows; call before freeing a pool. */
-void stats_pool_gone(struct worker *w, const struct pool *p);
-
-/* Forgets a database's snapshot; call before freeing a database (a new one at the same address
- * must not inherit it). */
+/* Forgets a database's snapshot and its pools' saturation windows; call before removing it
+ * (pool_remove_database), so that a new database or pool at the same address does not inherit
+ * them.  The caller that removes tells stats.c, rather than pool.c: the pools know nothing of
+ * the figures kept about them. */
 void stats_database_gone(struct worker *w, const struct database *db);
 
 #endif

@@ -1,4 +1,4 @@
-/* worker.h: the ground floor every connection stands on: the clock, deferred frees, the cancel-key table, the shutdown check. */
+/* worker.h: the ground floor every connection stands on: the clock, deferred frees, the cancel-key table, the shutdown check, accept errors. */
 #ifndef PGMUX_WORKER_H
 #define PGMUX_WORKER_H
 
@@ -33,5 +33,11 @@ void worker_defer_free(struct worker *w, struct reap_item *it, void (*free_fn)(s
 
 /* Sets up the deferred-free event on w->base and the free lists' bounds; 0 or -1. */
 int worker_init_base(struct worker *w);
+
+/* True for an accept() error that concerns only the connection being accepted (or none):
+ * the listener goes on.  Any other error (EMFILE, ENFILE, ENOBUFS, ENOMEM...) pauses it.
+ * Here rather than with the PostgreSQL listener because the metrics listener (prom.c) asks
+ * too, and it stands below the daemon that starts it. */
+bool worker_accept_transient(int err);
 
 #endif

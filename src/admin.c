@@ -16,6 +16,7 @@
 #include "pool.h"
 #include "sbuf.h"
 #include "stats.h"
+#include "worker.h"
 
 /* Console commands are short; a longer message is refused rather than buffered. */
 #define ADMIN_MSG_MAX 8192

@@ -15,6 +15,7 @@
 #include "server.h"
 #include "tls.h"
 #include "userlist.h"
+#include "worker.h"
 
 /* How often a waiting PAUSE / WAIT_CLOSE checks whether it is done. */
 #define ADMIN_WAIT_POLL_USEC 20000
@@ -324,7 +325,7 @@ static enum admin_rc cmd_reload(struct admin_ctx *x)
 	}
 	config_free(cf);
 	log_info("console: RELOAD");
-	if (pgmux_reload(w) < 0) {
+	if (!w->daemon || w->daemon->reload(w) < 0) {
 		admin_error(x, "F0000", "reload failed, keeping the old configuration (see the log)");
 		return ADMIN_ERR;
 	}
@@ -340,12 +341,14 @@ static enum admin_rc cmd_shutdown(struct admin_ctx *x)
 		w->shutdown = PGMUX_SHUTDOWN_NOW;
 	} else if (!strcasecmp(a, "WAIT_FOR_SERVERS")) {
 		log_info("console: SHUTDOWN WAIT_FOR_SERVERS, shutting down once servers are released");
-		pgmux_stop_listening(w);
+		if (w->daemon)
+			w->daemon->stop_listening(w);
 		w->paused = true;
 		w->shutdown = PGMUX_SHUTDOWN_WAIT_SERVERS;
 	} else if (!strcasecmp(a, "WAIT_FOR_CLIENTS")) {
 		log_info("console: SHUTDOWN WAIT_FOR_CLIENTS, shutting down once clients are gone");
-		pgmux_stop_listening(w);
+		if (w->daemon)
+			w->daemon->stop_listening(w);
 		w->shutdown = PGMUX_SHUTDOWN_WAIT_CLIENTS;
 	} else {
 		admin_error(x, "42601", "SHUTDOWN takes WAIT_FOR_SERVERS, WAIT_FOR_CLIENTS or nothing");

@@ -15,6 +15,7 @@
 #include "route.h"
 #include "stats.h"
 #include "tls.h"
+#include "worker.h"
 
 /* ---------------------------------------------------------------------------------------- */
 /* helpers for the listings */

@@ -9,7 +9,7 @@
 
 #include "client.h"
 #include "log.h"
-#include "pool.h"
+#include "pool_info.h"
 #include "pwcrypt.h"
 #include "sbuf.h"
 #include "userlist.h"

@@ -1,12 +1,14 @@
-/* config_values.c: text to value for the config family: names of enumerated values (pool modes,
- * auth types, booleans, syslog facilities, sslmodes, TLS versions) and the parsers and checks
- * that turn a written value into a number, a set or a reason. */
+/* config_values.c: text to value for the config family: the load's error and white-space
+ * helpers, names of enumerated values (pool modes, auth types, booleans, syslog facilities,
+ * sslmodes, TLS versions) and the parsers and checks that turn a written value into a number,
+ * a set or a reason. */
 #include "config.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pwd.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +16,40 @@
 #include <unistd.h>
 
 #include "config_int.h"
+
+/* ---- errors and white space, for every reader of the file ------------------------------ */
+
+/* Here, below config_load.c and the entry and section readers that all report through them,
+ * so that those readers depend on this file alone and never call back up into config_load.c. */
+
+/* Keeps the first error only: later ones are usually its consequences. */
+void cf_fail_at(struct cf_parse *ps, int line, const char *fmt, ...)
+{
+	if (ps->failed)
+		return;
+	ps->failed = true;
+	char why[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	if (!ps->err || !ps->errlen)
+		return;
+	if (line > 0)
+		snprintf(ps->err, ps->errlen, "%s:%d: %s", ps->file, line, why);
+	else
+		snprintf(ps->err, ps->errlen, "%s: %s", ps->file, why);
+}
+
+char *cf_trim(char *s)
+{
+	while (isspace((unsigned char)*s))
+		s++;
+	size_t n = strlen(s);
+	while (n > 0 && isspace((unsigned char)s[n - 1]))
+		s[--n] = '\0';
+	return s;
+}
 
 /* ---- names of enumerated values -------------------------------------------------------- */
 

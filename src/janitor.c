@@ -10,6 +10,7 @@
 #include "worker.h"
 #include "pool.h"
 #include "server.h"
+#include "stats.h"
 
 static void janitor_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -157,6 +158,7 @@ static void sweep_autodbs(struct worker *w, uint64_t now)
 		struct database *db = list_entry(it, struct database, node);
 		if (db->from_wildcard && over(now, db->last_used, limit) && pool_database_removable(w, db)) {
 			log_debug("database %s removed: unused for autodb_idle_timeout", db->name);
+			stats_database_gone(w, db);
 			pool_remove_database(w, db);
 			n++;
 		}

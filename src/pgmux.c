@@ -31,24 +31,6 @@
 
 /* ---- listeners ---- */
 
-bool pgmux_accept_transient(int err)
-{
-	switch (err) {
-	case EAGAIN:
-#if EWOULDBLOCK != EAGAIN
-	case EWOULDBLOCK:
-#endif
-	case EINTR:
-	case ECONNABORTED:
-	/* accept(2): Linux passes on pending network errors of the new socket; retry. */
-	case EPROTO: case ENOPROTOOPT: case ENETDOWN: case ENETUNREACH: case EHOSTDOWN:
-	case EHOSTUNREACH: case ENONET: case EOPNOTSUPP:
-		return true;
-	default:
-		return false;
-	}
-}
-
 /* Sockets the PostgreSQL listener holds beyond max_client_conn: cancel requests and logins
  * still arrive when every client slot is taken. */
 #define ACCEPT_SLACK 16
@@ -83,7 +65,7 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
 			int err = errno;
 			if (err == EAGAIN || err == EWOULDBLOCK)
 				return;
-			if (pgmux_accept_transient(err))
+			if (worker_accept_transient(err))
 				continue;
 			/* Out of descriptors or memory (or worse): the pending connection keeps the
 			 * listener readable, so stop polling it for a second instead of spinning,
@@ -354,6 +336,10 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 	static struct event ev_usr2;
 	evsignal_assign(&ev_usr2, w->base, SIGUSR2, on_signal, w);
 	evsignal_add(&ev_usr2, NULL);
+	static const struct daemon_ops daemon_ops = {
+		.reload = pgmux_reload, .stop_listening = pgmux_stop_listening,
+	};
+	w->daemon = &daemon_ops;
 	admin_register(w);   /* before the listeners: the first login may be a console's */
 	route_register(w);
 	if (start_listening(w) < 0)

@@ -16,7 +16,6 @@
 #include "sbuf.h"
 #include "prepared.h"
 #include "server.h"
-#include "stats.h"
 #include "tls.h"
 
 static bool str_eq(const char *a, const char *b)
@@ -143,7 +142,6 @@ static void pool_unlink(void *val, void *arg)
 {
 	struct pool *p = val;
 	list_del(&p->node);
-	stats_pool_gone(arg, p);
 }
 
 static void free_database(struct reap_item *it);
@@ -153,8 +151,7 @@ void pool_remove_database(struct worker *w, struct database *db)
 	namehash_del(w->db_names, db->name);
 	list_del(&db->node);
 	if (db->pools)
-		namehash_each(db->pools, pool_unlink, w);
-	stats_database_gone(w, db);
+		namehash_each(db->pools, pool_unlink, NULL);
 	/* Clients and servers closed earlier in this callback may still point at its pools until
 	 * the reaper frees them; the database goes after them. */
 	worker_defer_free(w, &db->reap, free_database);
@@ -196,31 +193,6 @@ bool pool_db_paused(const struct database *db)
 	return db->paused || (db->front && db->front->paused);
 }
 
-int pool_mode(const struct pool *p)
-{
-	const struct cfg_user *u = config_find_user(p->w->cf, p->user->name);
-	if (u && u->pool_mode >= 0)
-		return u->pool_mode;
-	if (p->db->cf->pool_mode >= 0)
-		return p->db->cf->pool_mode;
-	return p->w->cf->pool_mode;
-}
-
-int pool_size(const struct pool *p)
-{
-	return p->db->cf->pool_size >= 0 ? p->db->cf->pool_size : (int)p->w->cf->default_pool_size;
-}
-
-int pool_min_size(const struct pool *p)
-{
-	return p->db->cf->min_pool_size >= 0 ? p->db->cf->min_pool_size : (int)p->w->cf->min_pool_size;
-}
-
-int pool_reserve(const struct pool *p)
-{
-	return p->db->cf->reserve_pool >= 0 ? p->db->cf->reserve_pool : (int)p->w->cf->reserve_pool_size;
-}
-
 static int max_db_conns(const struct pool *p)
 {
 	return p->db->cf->max_db_connections >= 0 ? p->db->cf->max_db_connections
@@ -233,39 +205,6 @@ static int max_user_conns(const struct pool *p)
 	if (u && u->max_user_connections >= 0)
 		return u->max_user_connections;
 	return (int)p->w->cf->max_user_connections;
-}
-
-const char *pool_server_user(const struct pool *p)
-{
-	return p->db->cf->user ? p->db->cf->user : p->user->name;
-}
-
-const char *pool_parameter(const struct pool *p, const char *name)
-{
-	const uint8_t *m = p->welcome.data, *end = m ? m + p->welcome.len : NULL;
-	while (m && m + PROTO_HDR <= end) {
-		uint32_t len = proto_get32(m + 1);
-		if (len < 4 || len > (size_t)(end - m) - 1)
-			break;
-		const uint8_t *q = m + PROTO_HDR, *qend = m + 1 + len;
-		const char *k = proto_get_str(&q, qend);
-		const char *v = k ? proto_get_str(&q, qend) : NULL;
-		if (k && v && strcmp(k, name) == 0)
-			return v;
-		m = qend;
-	}
-	return NULL;
-}
-
-const char *pool_server_dbname(const struct pool *p)
-{
-	return p->db->cf->dbname ? p->db->cf->dbname : p->db->name;
-}
-
-int pool_servers(const struct pool *p)
-{
-	return p->n_sv[SV_LOGIN] + p->n_sv[SV_IDLE] + p->n_sv[SV_ACTIVE] + p->n_sv[SV_USED] +
-	       p->n_sv[SV_TESTED];
 }
 
 static bool login_retry_wait(const struct pool *p)

@@ -11,7 +11,7 @@
 
 #include "client.h"
 #include "log.h"
-#include "pool.h"
+#include "pool_info.h"
 #include "sbuf.h"
 #include "server.h"
 

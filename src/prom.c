@@ -14,9 +14,7 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "pgmux.h"
 #include "worker.h"
-#include "pool.h"
 #include "stats.h"
 
 /* The endpoint has no authentication, so whoever reaches it must not be able to take much:
@@ -591,7 +589,7 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
 			int err = errno;
 			if (err == EAGAIN || err == EWOULDBLOCK)
 				return;
-			if (pgmux_accept_transient(err))
+			if (worker_accept_transient(err))
 				continue;
 			/* The pending connection keeps the listener readable: polling it again at
 			 * once would spin, so it rests a second, with one log line per rest. */

@@ -538,7 +538,7 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 		if (cl->fo) {
 			shard = cl->fo->shard;   /* the next shard of a fan-out */
 		} else if (stmt_msg) {
-			shard = shard_for(cl, type, h, total, avail, have ? &r : NULL, &se);
+			shard = rt_shard_for(cl, type, h, total, avail, have ? &r : NULL, &se);
 			if (shard == SHARD_PREPARE && type == 'P' && bind_on_its_way(cl, h, avail))
 				return HOOK_WAIT;   /* its key is in the Bind behind it */
 		} else {

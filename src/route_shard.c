@@ -171,6 +171,19 @@ void rt_fanout_next(struct client *cl)
 
 /* ---- inside a transaction on one shard ------------------------------------------------- */
 
+int rt_shard_for(struct client *cl, char type, const uint8_t *h, uint32_t total, uint32_t avail,
+		 const struct sqlscan_result *r, struct sp_eval *e)
+{
+	struct cluster *c = cl->rs->cl;
+	struct shard_ctx x = {
+		.sp = { .cl = cl, .shard_key = c->shard_key, .key_type = c->cf.shard_key_type,
+			.n_shards = c->n_shards, .cache = &c->sp_cache, .memory = client_memory },
+		.shard_pref = cl->shard_pref, .has_user_id = cl->has_user_id,
+		.user_id_hash = cl->user_id_hash,
+	};
+	return shard_for(&x, type, h, total, avail, r, e);
+}
+
 static void escape_into(char *out, size_t cap, const char *s)
 {
 	size_t o = 0;
@@ -204,7 +217,7 @@ bool rt_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t tot
 	if (have)
 		rt_classify(c->w, cl, type, sql, len, &r);
 	struct sp_eval se;
-	int s = shard_for(cl, type, h, total, avail, have ? &r : NULL, &se);
+	int s = rt_shard_for(cl, type, h, total, avail, have ? &r : NULL, &se);
 	bool ok;
 	if (s >= 0)
 		ok = s == cl->rt_shard;
@@ -293,7 +306,7 @@ bool rt_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint32_t
 	struct sqlscan_result r;
 	rt_classify(cl->c.w, cl, 'B', sql, len, &r);
 	struct sp_eval se;
-	int s = shard_for(cl, 'B', h, total, avail, &r, &se);
+	int s = rt_shard_for(cl, 'B', h, total, avail, &r, &se);
 	/* Another shard, no key (the policy decides afresh), or a BEGIN still held back (it
 	 * must go first, and the prepared-only link never saw it). */
 	if ((s == cl->rt_shard && !cl->deferred) || cl->tt.expect_z || ps_pending(sv))

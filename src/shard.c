@@ -8,9 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
-#include "prepared.h"
-#include "route.h"
+#include "proto.h"
 #include "shardhash.h"
 
 /* Keys looked at per statement: a multi-row INSERT past this many is checked no further. */
@@ -65,14 +63,14 @@ static bool prepare_only(const uint8_t *msg, uint32_t total, uint32_t avail)
 
 /* The shard a hint comment names: its shard=N, or its user_id=N's shard; -1 none, SHARD_BAD
  * for a value that is none. */
-static int hint_shard(const struct cluster *c, const struct sqlscan_result *r)
+static int hint_shard(const struct sp_ctx *sp, const struct sqlscan_result *r)
 {
-	int n = c->n_shards;
+	int n = sp->n_shards;
 	if (r && r->hint_shard >= 0)
 		return r->hint_shard < n ? r->hint_shard : SHARD_BAD;
 	if (r && r->has_hint_user_id) {
 		uint64_t h;
-		if (shard_int_key_hash(c->cf.shard_key_type, r->hint_user_id, &h) < 0)
+		if (shard_int_key_hash(sp->key_type, r->hint_user_id, &h) < 0)
 			return SHARD_BAD;
 		return (int)shardhash_shard(h, (uint32_t)n);
 	}
@@ -80,13 +78,13 @@ static int hint_shard(const struct cluster *c, const struct sqlscan_result *r)
 }
 
 /* The shard the session named with SET pgmux.shard / pgmux.user_id; -1 none. */
-static int session_shard(const struct client *cl)
+static int session_shard(const struct shard_ctx *ctx)
 {
-	int n = cl->rs->cl->n_shards;
-	if (cl->shard_pref >= 0)
-		return cl->shard_pref < n ? cl->shard_pref : SHARD_BAD;
-	if (cl->has_user_id)
-		return (int)shardhash_shard(cl->user_id_hash, (uint32_t)n);
+	int n = ctx->sp.n_shards;
+	if (ctx->shard_pref >= 0)
+		return ctx->shard_pref < n ? ctx->shard_pref : SHARD_BAD;
+	if (ctx->has_user_id)
+		return (int)shardhash_shard(ctx->user_id_hash, (uint32_t)n);
 	return -1;
 }
 
@@ -98,10 +96,9 @@ static int refuse_with(struct sp_eval *e, const char *why)
 	return SHARD_REFUSE;
 }
 
-int shard_for(struct client *cl, char type, const uint8_t *msg, uint32_t total, uint32_t avail,
-	      const struct sqlscan_result *r, struct sp_eval *e)
+int shard_for(const struct shard_ctx *ctx, char type, const uint8_t *msg, uint32_t total,
+	      uint32_t avail, const struct sqlscan_result *r, struct sp_eval *e)
 {
-	const struct cluster *c = cl->rs->cl;
 	memset(e, 0, sizeof(*e));
 	e->shard = -1;
 	if (avail < total) {
@@ -111,11 +108,11 @@ int shard_for(struct client *cl, char type, const uint8_t *msg, uint32_t total, 
 		return SHARD_REFUSE;
 	}
 	if (type == 'Q') {
-		shardplan_query(cl, (const char *)msg + PROTO_HDR, total - PROTO_HDR, e);
+		shardplan_query(&ctx->sp, (const char *)msg + PROTO_HDR, total - PROTO_HDR, e);
 	} else if (type == 'P') {
 		uint32_t blen = 0;
 		const uint8_t *bind = find_bind('P', msg, total, avail, &blen);
-		shardplan_parse(cl, msg, total, bind, blen, e);
+		shardplan_parse(&ctx->sp, msg, total, bind, blen, e);
 		if (!bind && !e->refuse && prepare_only(msg, total, avail)) {
 			/* Parse [Describe] Sync/Flush runs nothing: any shard prepares it, and its
 			 * Bind finds its shard (asyncpg prepares so) */
@@ -124,11 +121,11 @@ int shard_for(struct client *cl, char type, const uint8_t *msg, uint32_t total, 
 			e->bad = e->multi = false;
 		}
 	} else if (type == 'B') {
-		shardplan_bind(cl, msg + PROTO_HDR, total - PROTO_HDR, e);
+		shardplan_bind(&ctx->sp, msg + PROTO_HDR, total - PROTO_HDR, e);
 	} else {
 		return SHARD_NONE;
 	}
-	int hint = hint_shard(c, r), sess = session_shard(cl);
+	int hint = hint_shard(&ctx->sp, r), sess = session_shard(ctx);
 	int claim = hint >= 0 ? hint : sess >= 0 ? sess : -1;
 	if (e->refuse)
 		return SHARD_REFUSE;

@@ -7,15 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "client.h"
 #include "list.h"
 #include "log.h"
 #include "model.h"
-#include "pool.h"
-#include "route.h"
-#include "shard.h"
+#include "pool_info.h"
 #include "shardhash.h"
 #include "shardsql.h"
+#include "shardval.h"
 #include "sqlmask.h"
 
 /* Texts longer than this are parsed every time rather than kept. */
@@ -335,26 +333,26 @@ oom:
 
 /* ---- the cache ----------------------------------------------------------------------------- */
 
-static struct sp_cache *cache_of(struct cluster *c)
+static struct sp_cache *cache_of(const struct sp_ctx *ctx)
 {
-	struct sp_cache *sc = c->sp_cache;
-	if (sc && (strcmp(sc->key, c->shard_key) != 0 || sc->key_type != c->cf.shard_key_type)) {
+	struct sp_cache *sc = *ctx->cache;
+	if (sc && (strcmp(sc->key, ctx->shard_key) != 0 || sc->key_type != ctx->key_type)) {
 		shardplan_cache_free(sc);   /* a reload changed the key: every reading is stale */
-		sc = c->sp_cache = NULL;
+		sc = *ctx->cache = NULL;
 	}
 	if (sc)
 		return sc;
 	sc = calloc(1, sizeof(*sc));
-	if (!sc || !(sc->tab = calloc(1024, sizeof(*sc->tab))) || !(sc->key = strdup(c->shard_key))) {
+	if (!sc || !(sc->tab = calloc(1024, sizeof(*sc->tab))) || !(sc->key = strdup(ctx->shard_key))) {
 		if (sc)
 			free(sc->tab);
 		free(sc);
 		return NULL;
 	}
 	sc->mask = 1023;
-	sc->key_type = c->cf.shard_key_type;
+	sc->key_type = ctx->key_type;
 	list_init(&sc->lru);
-	c->sp_cache = sc;
+	*ctx->cache = sc;
 	return sc;
 }
 
@@ -438,7 +436,7 @@ static struct sp_tmpl *find_shape(struct sp_cache *sc, uint64_t h, const char *s
 }
 
 /* Parses text (len bytes, no NUL inside) for the cluster's key. */
-static struct sp_tmpl *analyze(struct cluster *c, const char *sql, size_t len,
+static struct sp_tmpl *analyze(const struct sp_ctx *ctx, const char *sql, size_t len,
 			       const struct sqlmask_lit *lits, int n_lits, bool *shape_ok)
 {
 	char *z = malloc(len + 1);
@@ -448,8 +446,8 @@ static struct sp_tmpl *analyze(struct cluster *c, const char *sql, size_t len,
 	z[len] = '\0';
 	struct shsql_result r;
 	struct sp_tmpl *t = NULL;
-	if (shsql_analyze(z, c->shard_key, c->cf.shard_key_type, &r) == 0) {
-		t = tmpl_build(z, (uint32_t)len, &r, lits, n_lits, c->cf.shard_key_type, shape_ok);
+	if (shsql_analyze(z, ctx->shard_key, ctx->key_type, &r) == 0) {
+		t = tmpl_build(z, (uint32_t)len, &r, lits, n_lits, ctx->key_type, shape_ok);
 		shsql_free(&r);
 	}
 	free(z);
@@ -461,10 +459,10 @@ static struct sp_tmpl *analyze(struct cluster *c, const char *sql, size_t len,
  * its literals could not be followed), a Parse text exactly.  With a reference taken; NULL
  * when out of memory.
  */
-static struct sp_tmpl *tmpl_get(struct cluster *c, const char *sql, size_t len, bool query,
+static struct sp_tmpl *tmpl_get(const struct sp_ctx *ctx, const char *sql, size_t len, bool query,
 				const struct sqlmask_lit *lits, int n_lits, uint64_t shape_hash)
 {
-	struct sp_cache *sc = cache_of(c);
+	struct sp_cache *sc = cache_of(ctx);
 	uint64_t xh = fnv(sql, len, 0xcbf29ce484222325ull) ^ 0x5bd1e995u;
 	struct sp_tmpl *t = NULL;
 	if (sc && query && n_lits >= 0)
@@ -477,7 +475,7 @@ static struct sp_tmpl *tmpl_get(struct cluster *c, const char *sql, size_t len, 
 		return t;
 	}
 	bool shape_ok = false;
-	t = analyze(c, sql, len, query && n_lits >= 0 ? lits : NULL, n_lits, &shape_ok);
+	t = analyze(ctx, sql, len, query && n_lits >= 0 ? lits : NULL, n_lits, &shape_ok);
 	if (!t)
 		return NULL;
 	t->refs = 1;
@@ -541,10 +539,10 @@ static void add_shard(struct sp_eval *e, int s)
 
 /* A $n key value from a Bind, decoded by its type: the Parse's declared type, else the
  * cast's, else the column's.  0 with *h; 1 for NULL (it matches no row); -1 with *why. */
-static int param_hash(struct client *cl, const struct sp_val *v, const uint32_t *oids, uint16_t n_oids,
-		      const uint8_t *bind, uint32_t blen, uint64_t *h, const char **why)
+static int param_hash(const struct sp_ctx *ctx, const struct sp_val *v, const uint32_t *oids,
+		      uint16_t n_oids, const uint8_t *bind, uint32_t blen, uint64_t *h, const char **why)
 {
-	int key_type = cl->rs->cl->cf.shard_key_type;
+	int key_type = ctx->key_type;
 	const uint8_t *val;
 	uint32_t len;
 	int fmt;
@@ -600,7 +598,7 @@ static int param_hash(struct client *cl, const struct sp_val *v, const uint32_t 
 			*why = "a text key sent as a parameter of another type";
 			return -1;
 		}
-		if (!all_ascii((const char *)val, len) && !same_encoding(cl)) {
+		if (!all_ascii((const char *)val, len) && !same_encoding(ctx->cl)) {
 			*why = "a text key with non-ASCII bytes while client_encoding differs from "
 			       "server_encoding";
 			return -1;
@@ -623,13 +621,12 @@ static int param_hash(struct client *cl, const struct sp_val *v, const uint32_t 
  * Evaluates template t for this text (its literals at lits, when t is a shape) and this
  * Bind (NULL: none yet), for the client's cluster.
  */
-static void eval(struct client *cl, const struct sp_tmpl *t, const char *text,
+static void eval(const struct sp_ctx *ctx, const struct sp_tmpl *t, const char *text,
 		 const struct sqlmask_lit *lits, const uint32_t *oids, uint16_t n_oids,
 		 const uint8_t *bind, uint32_t blen, struct sp_eval *e)
 {
-	struct cluster *c = cl->rs->cl;
-	int key_type = c->cf.shard_key_type;
-	uint32_t n = (uint32_t)c->n_shards;
+	int key_type = ctx->key_type;
+	uint32_t n = (uint32_t)ctx->n_shards;
 	memset(e, 0, sizeof(*e));
 	e->shard = -1;
 	e->utility = true;
@@ -669,7 +666,7 @@ static void eval(struct client *cl, const struct sp_tmpl *t, const char *text,
 					e->need_bind = true;
 					continue;
 				}
-				rc = param_hash(cl, v, oids, n_oids, bind, blen, &h, &why);
+				rc = param_hash(ctx, v, oids, n_oids, bind, blen, &h, &why);
 			} else if (v->lit >= 0 && t->shape) {
 				rc = lit_hash(text, &lits[v->lit], key_type, v->negated, v->cast, &h, &ascii);
 				why = "a key literal that is no value of the key's type";
@@ -689,7 +686,7 @@ static void eval(struct client *cl, const struct sp_tmpl *t, const char *text,
 					set_refuse(e, "0A000", "an INSERT with a NULL shard key", pos);
 				continue;
 			}
-			if (!ascii && !same_encoding(cl)) {
+			if (!ascii && !same_encoding(ctx->cl)) {
 				set_bad(e, "a text key with non-ASCII bytes while client_encoding differs "
 					"from server_encoding", pos);
 				continue;
@@ -712,15 +709,14 @@ static const char refuse_scs[] =
 	"standard_conforming_strings is off and the statement has a backslash: pgmux would read "
 	"its strings differently from the server";
 
-void shardplan_query(struct client *cl, const char *sql, size_t len, struct sp_eval *e)
+void shardplan_query(const struct sp_ctx *ctx, const char *sql, size_t len, struct sp_eval *e)
 {
-	struct cluster *c = cl->rs->cl;
 	const char *nul = memchr(sql, 0, len);
 	if (nul)
 		len = (size_t)(nul - sql);
 	memset(e, 0, sizeof(*e));
 	e->shard = -1;
-	if (scs_off_backslash(cl, sql, len)) {
+	if (scs_off_backslash(ctx->cl, sql, len)) {
 		set_refuse(e, "0A000", refuse_scs, 0);
 		return;
 	}
@@ -735,11 +731,11 @@ void shardplan_query(struct client *cl, const char *sql, size_t len, struct sp_e
 		else
 			lits = stack;
 	}
-	struct sp_tmpl *t = tmpl_get(c, sql, len, true, lits, n, shape);
+	struct sp_tmpl *t = tmpl_get(ctx, sql, len, true, lits, n, shape);
 	if (!t)
 		set_refuse(e, "53200", "out of memory reading the statement's shard key", 0);
 	else
-		eval(cl, t, sql, lits, NULL, 0, NULL, 0, e);
+		eval(ctx, t, sql, lits, NULL, 0, NULL, 0, e);
 	tmpl_unref(t);
 	if (lits != stack)
 		free(lits);
@@ -810,9 +806,10 @@ uint64_t shardplan_client_bytes(const struct client *cl)
 }
 
 /* Remembers name -> (t, oids); false when out of room (the name is then simply unknown). */
-static bool remember(struct client *cl, const char *name, struct sp_tmpl *t, const uint8_t *oidp,
-		     uint16_t n_oids)
+static bool remember(const struct sp_ctx *ctx, const char *name, struct sp_tmpl *t,
+		     const uint8_t *oidp, uint16_t n_oids)
 {
+	struct client *cl = ctx->cl;
 	struct sp_client *sp = cl->sp;
 	if (!sp) {
 		if (!(sp = calloc(1, sizeof(*sp))) || !(sp->tab = calloc(16, sizeof(*sp->tab)))) {
@@ -842,7 +839,7 @@ static bool remember(struct client *cl, const char *name, struct sp_tmpl *t, con
 	size_t nl = strlen(key);
 	uint64_t cost = sizeof(struct sp_named) + nl + 1 + n_oids * sizeof(uint32_t);
 	if (sp->n >= SP_CLIENT_STMTS ||
-	    client_memory(cl) + cost > (uint64_t)cl->c.w->cf->max_client_memory)
+	    ctx->memory(cl) + cost > (uint64_t)cl->c.w->cf->max_client_memory)
 		return false;
 	struct sp_named *e = calloc(1, sizeof(*e) + nl + 1);
 	if (!e || (n_oids && !(e->oids = malloc(n_oids * sizeof(uint32_t))))) {
@@ -882,10 +879,9 @@ static bool remember(struct client *cl, const char *name, struct sp_tmpl *t, con
 	return true;
 }
 
-void shardplan_parse(struct client *cl, const uint8_t *m, uint32_t total, const uint8_t *bind,
-		     uint32_t blen, struct sp_eval *e)
+void shardplan_parse(const struct sp_ctx *ctx, const uint8_t *m, uint32_t total,
+		     const uint8_t *bind, uint32_t blen, struct sp_eval *e)
 {
-	struct cluster *c = cl->rs->cl;
 	memset(e, 0, sizeof(*e));
 	e->shard = -1;
 	const uint8_t *p = m + PROTO_HDR, *end = m + total;
@@ -904,12 +900,12 @@ void shardplan_parse(struct client *cl, const uint8_t *m, uint32_t total, const 
 		set_refuse(e, "08P01", "invalid Parse message", 0);
 		return;
 	}
-	if (scs_off_backslash(cl, sql, len)) {
-		shardplan_forget(cl, name);
+	if (scs_off_backslash(ctx->cl, sql, len)) {
+		shardplan_forget(ctx->cl, name);
 		set_refuse(e, "0A000", refuse_scs, 0);
 		return;
 	}
-	struct sp_tmpl *t = tmpl_get(c, sql, len, false, NULL, -1, 0);
+	struct sp_tmpl *t = tmpl_get(ctx, sql, len, false, NULL, -1, 0);
 	if (!t) {
 		set_refuse(e, "53200", "out of memory reading the statement's shard key", 0);
 		return;
@@ -918,14 +914,16 @@ void shardplan_parse(struct client *cl, const uint8_t *m, uint32_t total, const 
 	uint16_t k = n_oids < 64 ? n_oids : 64;
 	for (uint16_t i = 0; i < k; i++)
 		oids[i] = proto_get32(oidp + 4 * i);
-	eval(cl, t, sql, NULL, oids, k, bind, blen, e);
-	if (!remember(cl, name, t, oidp, n_oids) && !e->refuse)
+	eval(ctx, t, sql, NULL, oids, k, bind, blen, e);
+	if (!remember(ctx, name, t, oidp, n_oids) && !e->refuse)
 		log_debug("shardplan: statement \"%.40s\" not remembered (out of room)", name);
 	tmpl_unref(t);
 }
 
-void shardplan_bind(struct client *cl, const uint8_t *body, uint32_t blen, struct sp_eval *e)
+void shardplan_bind(const struct sp_ctx *ctx, const uint8_t *body, uint32_t blen,
+		    struct sp_eval *e)
 {
+	struct client *cl = ctx->cl;
 	memset(e, 0, sizeof(*e));
 	e->shard = -1;
 	const uint8_t *end = body + blen;
@@ -944,7 +942,7 @@ void shardplan_bind(struct client *cl, const uint8_t *body, uint32_t blen, struc
 		return;
 	}
 	const struct sp_named *s = *pp;
-	eval(cl, s->t, s->t->text, NULL, s->oids, s->n_oids, body, blen, e);
+	eval(ctx, s->t, s->t->text, NULL, s->oids, s->n_oids, body, blen, e);
 }
 
 const char *shardplan_bind_text(struct client *cl, const uint8_t *body, uint32_t blen, size_t *len)

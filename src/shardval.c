@@ -1,5 +1,5 @@
 /* shardval.c: shard-key values as the server reads them: Bind parameters, integer and text hashes, SET pgmux.user_id values (pure). */
-#include "shard.h"
+#include "shardval.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -11,6 +11,7 @@
 #include "config.h"
 #include "proto.h"
 #include "shardhash.h"
+#include "sqlscan.h"
 
 int shard_of_int(int64_t v, int n_shards)
 {

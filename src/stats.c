@@ -9,7 +9,7 @@
 #include "log.h"
 #include "worker.h"
 #include "namehash.h"
-#include "pool.h"
+#include "pool_info.h"
 
 /* One-second samples of peak sv_active kept per pool: the "last minute". */
 #define STATS_RING 60
@@ -221,11 +221,11 @@ static struct sat_entry *sat_find(struct stats_state *st, const struct pool *p, 
 	return e;
 }
 
-void stats_pool_gone(struct worker *w, const struct pool *p)
+/* Forgets one pool's windows (namehash_each callback; arg is the stats state). */
+static void pool_gone(void *val, void *arg)
 {
-	struct stats_state *st = w->stats;
-	if (!st)
-		return;
+	const struct pool *p = val;
+	struct stats_state *st = arg;
 	for (size_t i = 0; i < st->nsat; i++)
 		if (st->sat[i]->p == p) {
 			free(st->sat[i]);
@@ -240,6 +240,8 @@ void stats_database_gone(struct worker *w, const struct database *db)
 	struct stats_state *st = w->stats;
 	if (!st || !db)
 		return;
+	if (db->pools)
+		namehash_each(db->pools, pool_gone, st);
 	for (size_t i = 0; i < st->n; i++)
 		if (st->e[i].db == db) {
 			st->e[i] = st->e[--st->n];   /* entries are found by pointer: order is free */

@@ -1,6 +1,7 @@
-/* worker.c: the ground floor: the clock, deferred frees, the cancel-key table and the shutdown check, knowing no connection type. */
+/* worker.c: the ground floor: the clock, deferred frees, the cancel-key table, the shutdown check and which accept() errors a listener rides out, knowing no connection type. */
 #include "worker.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -152,4 +153,24 @@ void worker_check_shutdown(struct worker *w)
 	}
 	if (done)
 		event_base_loopbreak(w->base);
+}
+
+/* ---- listeners ---- */
+
+bool worker_accept_transient(int err)
+{
+	switch (err) {
+	case EAGAIN:
+#if EWOULDBLOCK != EAGAIN
+	case EWOULDBLOCK:
+#endif
+	case EINTR:
+	case ECONNABORTED:
+	/* accept(2): Linux passes on pending network errors of the new socket; retry. */
+	case EPROTO: case ENOPROTOOPT: case ENETDOWN: case ENETUNREACH: case EHOSTDOWN:
+	case EHOSTUNREACH: case ENONET: case EOPNOTSUPP:
+		return true;
+	default:
+		return false;
+	}
 }

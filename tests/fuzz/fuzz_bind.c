@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "config.h"
-#include "shard.h"
+#include "shardval.h"
 #include "shardhash.h"
 #include "fuzz_check.h"
 

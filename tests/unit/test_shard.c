@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "route.h"
+#include "client.h"
 #include "shard.h"
 #include "shardhash.h"
 #include "shardplan.h"
@@ -267,10 +267,11 @@ static void test_user_id_hash(void **state)
 	assert_non_null(strstr(msg, "expected an integer"));
 }
 
-/* A client of a 4-shard cluster keyed by user_id of the given type, with no session key. */
+/* A client of a 4-shard cluster keyed by user_id of the given type, with no session key, as
+ * route.c hands it to shard_for. */
 struct fake {
-	struct cluster c;
-	struct route_set rs;
+	struct shard_ctx x;
+	struct sp_cache *cache;
 	struct client cl;
 	struct worker w;
 	struct config cf;
@@ -279,19 +280,20 @@ struct fake {
 static void fake_free(struct fake *f)
 {
 	shardplan_client_free(&f->cl);
-	shardplan_cache_free(f->c.sp_cache);
-	f->c.sp_cache = NULL;
+	shardplan_cache_free(f->cache);
+	f->cache = NULL;
 }
 
 static void fake_init(struct fake *f, int type)
 {
 	memset(f, 0, sizeof(*f));
-	f->c.n_shards = 4;
-	f->c.shard_key = "user_id";
-	f->c.cf.shard_key_type = type;
-	f->rs.cl = &f->c;
-	f->cl.rs = &f->rs;
-	f->cl.shard_pref = -1;
+	f->x.sp.cl = &f->cl;
+	f->x.sp.n_shards = 4;
+	f->x.sp.shard_key = "user_id";
+	f->x.sp.key_type = type;
+	f->x.sp.cache = &f->cache;
+	f->x.sp.memory = client_memory;
+	f->x.shard_pref = -1;
 	f->cf.max_client_memory = 1 << 20;
 	f->w.cf = &f->cf;
 	f->w.bufsize = 16384;
@@ -309,7 +311,7 @@ static int query_shard(struct fake *f, const char *sql)
 	m[0] = 'Q';
 	proto_put32(m + 1, (uint32_t)n - 1);
 	memcpy(m + PROTO_HDR, sql, strlen(sql) + 1);
-	int s = shard_for(&f->cl, 'Q', m, (uint32_t)n, (uint32_t)n, &r, &e);
+	int s = shard_for(&f->x, 'Q', m, (uint32_t)n, (uint32_t)n, &r, &e);
 	free(m);
 	return s;
 }
@@ -385,9 +387,9 @@ static void test_text_routing(void **state)
 	const char *st;
 	char msg[200];
 	assert_int_equal(query_shard(&f, "SELECT 1"), SHARD_NONE);
-	assert_true(shard_user_id_hash(SHARDKEY_TEXT, "carol", false, &f.cl.user_id_hash, msg,
+	assert_true(shard_user_id_hash(SHARDKEY_TEXT, "carol", false, &f.x.user_id_hash, msg,
 				       sizeof(msg), &st));
-	f.cl.has_user_id = true;
+	f.x.has_user_id = true;
 	assert_int_equal(query_shard(&f, "SELECT 1"), text_shard("carol"));
 	fake_free(&f);
 }
@@ -450,7 +452,7 @@ static int batch_shard(struct fake *f, const char *sql, int16_t format, int32_t 
 	struct sqlscan_result r;
 	struct sp_eval e;
 	sqlscan_classify(sql, strlen(sql), NULL, &r);
-	return shard_for(&f->cl, 'P', batch, total, (uint32_t)o, &r, &e);
+	return shard_for(&f->x, 'P', batch, total, (uint32_t)o, &r, &e);
 }
 
 static void test_param_routing(void **state)

@@ -1,13 +1,14 @@
-/* config.c: reads a PgBouncer-compatible ini file into a config snapshot: the general key table
- * (CONFIG_KEYS) and its values, the line reader and section dispatch, the whole-file checks and
- * access to the snapshot.  [databases]/[users] entries are in config_entries.c, [database X]
- * sections in config_cluster.c, the value parsers in config_values.c. */
+/* config_load.c: reads a PgBouncer-compatible ini file into a config snapshot: the general key
+ * table (CONFIG_KEYS) and its values, the line reader and section dispatch, the whole-file
+ * checks and access to the snapshot.  [databases]/[users] entries are in config_entries.c,
+ * [database X] sections in config_cluster.c, the value parsers, cf_fail_at and cf_trim in
+ * config_values.c.  config.h is the whole family's header (the snapshot's types and the API of
+ * all four files), not this file's alone: the files below include it for the types. */
 #include "config.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -258,7 +259,7 @@ static void format_value(const struct config *cf, const struct key_desc *k, char
 	}
 }
 
-/* ---- parse state, errors ---------------------------------------------------------------- */
+/* ---- section names ---------------------------------------------------------------------- */
 
 static const struct {
 	const char *name;
@@ -269,35 +270,6 @@ static const struct {
 	{ "databases", SEC_DATABASES },
 	{ "users", SEC_USERS },
 };
-
-/* Keeps the first error only: later ones are usually its consequences. */
-void cf_fail_at(struct cf_parse *ps, int line, const char *fmt, ...)
-{
-	if (ps->failed)
-		return;
-	ps->failed = true;
-	char why[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(why, sizeof(why), fmt, ap);
-	va_end(ap);
-	if (!ps->err || !ps->errlen)
-		return;
-	if (line > 0)
-		snprintf(ps->err, ps->errlen, "%s:%d: %s", ps->file, line, why);
-	else
-		snprintf(ps->err, ps->errlen, "%s: %s", ps->file, why);
-}
-
-char *cf_trim(char *s)
-{
-	while (isspace((unsigned char)*s))
-		s++;
-	size_t n = strlen(s);
-	while (n > 0 && isspace((unsigned char)s[n - 1]))
-		s[--n] = '\0';
-	return s;
-}
 
 /* ---- reading lines: line numbers, section headers, directives --------------------------- */
 

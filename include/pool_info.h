@@ -1,0 +1,55 @@
+/* pool_info.h: what a pool is, read without changing anything: its effective settings, its server count, its servers' parameters. */
+#ifndef PGMUX_POOL_INFO_H
+#define PGMUX_POOL_INFO_H
+
+#include "model.h"
+
+/* These only read the object model and the config snapshot, so the layers below the pools'
+ * machinery (statistics, statement tracking, shard keys, authentication) may ask them without
+ * depending on pool.c, which links clients and servers.  The one-line ones are inline: pool.c
+ * asks them on every acquire and release, where a call would cost more than they do. */
+
+/* Effective pool_mode: the [users] entry's, else the database entry's, else the general key. */
+int pool_mode(const struct pool *p);
+
+/* Effective pool_size: the database entry's, else default_pool_size. */
+static inline int pool_size(const struct pool *p)
+{
+	return p->db->cf->pool_size >= 0 ? p->db->cf->pool_size : (int)p->w->cf->default_pool_size;
+}
+
+/* Effective min_pool_size: the database entry's, else the general key. */
+static inline int pool_min_size(const struct pool *p)
+{
+	return p->db->cf->min_pool_size >= 0 ? p->db->cf->min_pool_size : (int)p->w->cf->min_pool_size;
+}
+
+/* Effective reserve_pool_size: the database entry's, else the general key. */
+static inline int pool_reserve(const struct pool *p)
+{
+	return p->db->cf->reserve_pool >= 0 ? p->db->cf->reserve_pool : (int)p->w->cf->reserve_pool_size;
+}
+
+/* Servers of the pool in any state (login, idle, active, used, tested). */
+static inline int pool_servers(const struct pool *p)
+{
+	return p->n_sv[SV_LOGIN] + p->n_sv[SV_IDLE] + p->n_sv[SV_ACTIVE] + p->n_sv[SV_USED] +
+	       p->n_sv[SV_TESTED];
+}
+
+/* The user its servers log in as: the entry's forced user, else the pool's user. */
+static inline const char *pool_server_user(const struct pool *p)
+{
+	return p->db->cf->user ? p->db->cf->user : p->user->name;
+}
+
+/* The database its servers connect to: the entry's dbname, else the name clients use. */
+static inline const char *pool_server_dbname(const struct pool *p)
+{
+	return p->db->cf->dbname ? p->db->cf->dbname : p->db->name;
+}
+
+/* A ParameterStatus value the pool's servers greeted with (server_encoding, ...), or NULL. */
+const char *pool_parameter(const struct pool *p, const char *name);
+
+#endif
