@@ -133,6 +133,15 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
+# The layering rule of doc/architecture.md: no file includes a higher layer's header.
+stage "layers (scripts/check_layers.py)"
+if /usr/bin/python3 "$ROOT/scripts/check_layers.py" "$ROOT"; then
+	ok "layers: no lower layer includes a higher one"
+else
+	bad "layers: scripts/check_layers.py found a breach"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # The classifier's verdicts against libpg_query's parse trees, on the same corpus.
 stage "classifier cross-check against libpg_query (tests/unit/sqlscan_pgquery.c)"
 if [ -f /usr/include/pg_query.h ]; then
