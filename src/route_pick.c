@@ -184,6 +184,10 @@ static enum hook_rc fake_message(struct client *cl, char type, uint32_t total, u
 		put_simple(o, '1');
 		break;
 	default:
+		/* After an error PostgreSQL ignores everything up to the Sync, a Query or
+		 * FunctionCall too: no answer. */
+		if (cl->rt_fake_err && (type == 'Q' || type == 'F'))
+			break;
 		client_close(cl, "unexpected message in an extended-protocol batch pgmux answers", "08P01");
 		return HOOK_STOP;
 	}
@@ -216,8 +220,9 @@ static enum hook_rc handle_set(struct client *cl, char type, const struct sqlsca
 	return reply_out(cl, total);
 }
 
-/* An error for a batch pgmux will not run: a Query gets it with its ReadyForQuery; an
- * extended batch gets it now and the rest up to its Sync is answered by fake_message. */
+/* An error for a batch pgmux will not run: a Query or FunctionCall gets it with its
+ * ReadyForQuery; an extended batch gets it now and the rest up to its Sync is answered by
+ * fake_message. */
 enum hook_rc rt_refuse(struct client *cl, char type, uint32_t total, const char *sqlstate,
 				const char *msg)
 {
@@ -225,13 +230,12 @@ enum hook_rc rt_refuse(struct client *cl, char type, uint32_t total, const char 
 	proto_error(o, "ERROR", sqlstate, msg);
 	if (cl->deferred)
 		cl->deferred_failed = true;   /* as PostgreSQL: the block is aborted */
-	if (type == 'Q') {
+	if (type == 'Q' || type == 'F' || type == 'S') {
+		/* a Query or FunctionCall is answered whole; so is a lone Sync */
 		proto_ready(o, tx_status(cl));
-	} else if (type != 'S') {
+	} else {
 		cl->rt_fake = true;
 		cl->rt_fake_err = true;
-	} else {
-		proto_ready(o, tx_status(cl));
 	}
 	return reply_out(cl, total);
 }

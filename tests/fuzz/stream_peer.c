@@ -235,8 +235,9 @@ struct fsrv {
 	bool closing;           /* Terminate seen or a close asked: goes once its output is out */
 	bool eof;
 	bool last_h;            /* the last message was a Flush (the trace skips runs of them) */
-	bool lost_parse;        /* a Parse ended a COPY IN and was dropped: pgmux's statement
-				 * tracking cannot know (no statement check on this connection) */
+	bool lost_parse;        /* a Parse or Close ended a COPY IN and was dropped: pgmux's
+				 * statement tracking cannot know (no statement check on this
+				 * connection) */
 	bool suspect;           /* a message failed the deep check right after a client's cut */
 	char tx;                /* I, T, E */
 	bool explicit_tx;
@@ -1341,7 +1342,7 @@ static void srv_message(struct peer *p, struct fsrv *s, char type, const uint8_t
 			return;
 		default: {
 			bool simple = s->copy == 1;
-			if (type == 'P')
+			if (type == 'P' || type == 'C')
 				s->lost_parse = true;   /* a client's misuse: pgmux may count on it */
 			srv_error(p, s, !simple, "08P01", "unexpected message type 0x%02X during COPY from stdin",
 				  (unsigned)(uint8_t)type);
@@ -1415,11 +1416,12 @@ static void srv_message(struct peer *p, struct fsrv *s, char type, const uint8_t
 			return;
 		}
 		if (*name && *find_stmt(s, name)) {
-			/* Known pgmux bug (doc/reliability.md, finding 10): a Close and Parse of pgmux's
-			 * that the server skipped after an error leave it believing the statement gone;
-			 * the server then answers 42P05 as PostgreSQL does. */
+			/* Finding 10 (fixed) was a Close and Parse of pgmux's that the server skipped
+			 * after an error leaving pgmux believing the statement gone; the server then
+			 * answers 42P05 as PostgreSQL does.  Not checked where a client's message broke
+			 * a COPY (lost_parse): a Close of pgmux's can be what the COPY swallowed. */
 			if (s->tx_user && pgmux_name(name) && !p->srv_hostile && !p->cli_raw && !p->cli_inner_bad &&
-			    p->known_bugs)
+			    p->known_bugs && !s->lost_parse)
 				fail("S%d: pgmux parsed statement %s twice on one server", s->serial, name);
 			srv_error(p, s, true, "42P05", "prepared statement \"%s\" already exists", name);
 			return;

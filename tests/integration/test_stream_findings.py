@@ -330,3 +330,27 @@ def test_sql_prepare_not_shared(env):
         assert b.query_rows("SELECT 'b'") == [("b",)]
     px.wait_log(r"SQL PREPARE in transaction pooling: closing this server once released",
                 mark, timeout=5)
+
+
+# ----------------------------------------------------------------------------------------------
+# finding 16: a FunctionCall refused on a sharded database
+
+@timeout(120)
+def test_sharded_function_call(env):
+    """Finding 16: on a sharded database pgmux refuses a FunctionCall (no shard key can be
+    proved for it), but answered it like an extended batch: an ErrorResponse and no
+    ReadyForQuery, so the client hung.  Inside a transaction too (the BEGIN pgmux holds back)."""
+    px, _shards = sharded_env(env, 2)
+    fcall = rawpg.message(b"F", struct.pack("!IHHH", 1598, 0, 0, 0))   # random()
+    with _tcp(px, SHARD_DB, timeout=10) as c:
+        c.send(fcall)
+        msgs = c.read_until_ready(timeout=5)
+        assert [e.get("C") for e in rawpg.errors(msgs)] == ["0A000"], rawpg.types(msgs)
+        assert msgs[-1] == (b"Z", b"I"), msgs[-1]
+        assert c.query("BEGIN")[-1] == (b"Z", b"T")
+        c.send(fcall)
+        msgs = c.read_until_ready(timeout=5)
+        assert [e.get("C") for e in rawpg.errors(msgs)] == ["0A000"], rawpg.types(msgs)
+        assert msgs[-1] == (b"Z", b"E"), msgs[-1]
+        assert c.query("ROLLBACK")[-1] == (b"Z", b"I")
+        assert c.query_rows("SELECT 7 /* pgmux: shard=1 */") == [("7",)]
