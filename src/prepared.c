@@ -44,6 +44,8 @@ struct ps_cname {
 	struct ps_stmt *st;
 	uint32_t hash;
 	uint32_t gen;              /* st->gen when the client prepared it */
+	uint32_t seq;              /* when it was made (ps_cmap.seq): a pipelined DEALLOCATE ALL
+				    * drops only the names made before it was sent */
 	char name[];
 };
 
@@ -51,6 +53,7 @@ struct ps_cmap {
 	struct ps_cname **tab;
 	uint32_t mask, n;
 	uint64_t bytes;            /* names and the texts they reference: max_client_memory */
+	uint32_t seq;              /* names made so far */
 };
 
 /* PostgreSQL keys prepared statements by the first NAMEDATALEN - 1 bytes of their name (a
@@ -88,6 +91,9 @@ struct ps_req {
 	bool failed;               /* QUERY: an error came back */
 	bool hide_prepare;         /* QUERY: pgmux's own PREPARE leads it; its tag is not the
 				    * client's (a DEALLOCATE of a statement the server lacks) */
+	bool drops_all;            /* QUERY: a DEALLOCATE ALL / DISCARD ALL (drops_all): when it
+				    * succeeds, the names made up to names_upto go */
+	uint32_t names_upto;
 	bool skipped;              /* sent while the server skips to the next Sync after an error:
 				    * no answer will come for it */
 	struct ps_stmt *st;        /* PARSE*, BIND: the statement (a reference) */
@@ -268,6 +274,7 @@ static bool cname_add(struct client *cl, const char *name, uint32_t h, struct ps
 	e->hash = h;
 	e->st = st;
 	e->gen = st->gen;
+	e->seq = ++cl->ps->seq;
 	stmt_ref(st);
 	if (cl->ps->n > cl->ps->mask)
 		grow_tab((void ***)&cl->ps->tab, &cl->ps->mask, offsetof(struct ps_cname, next),
@@ -294,6 +301,22 @@ static void cname_del(struct client *cl, const char *name, uint32_t h)
 			free(e);
 			cl->ps->n--;
 			return;
+		}
+	}
+}
+
+/* Drops the names made up to seq (a DEALLOCATE ALL / DISCARD ALL that ran; names made
+ * after it was sent stay). */
+static void cmap_clear_upto(struct client *cl, uint32_t seq)
+{
+	if (!cl->ps)
+		return;
+	for (uint32_t i = 0; i <= cl->ps->mask; i++) {
+		struct ps_cname *e = cl->ps->tab[i], *next;
+		for (; e; e = next) {
+			next = e->next;
+			if (e->seq <= seq)
+				cname_del(cl, e->name, e->hash);
 		}
 	}
 }
@@ -1134,6 +1157,72 @@ static enum hook_rc client_deallocate(struct client *cl, struct ps_server *ps, c
 	return HOOK_FORWARD;
 }
 
+/* Skips blanks, semicolons and comments (both kinds) from p; returns where text resumes. */
+static const char *skip_noise(const char *p, const char *end)
+{
+	while (p < end) {
+		if (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ';') {
+			p++;
+		} else if (p + 1 < end && p[0] == '-' && p[1] == '-') {
+			while (p < end && *p != '\n')
+				p++;
+		} else if (p + 1 < end && p[0] == '/' && p[1] == '*') {
+			const char *q = p + 2;
+			while (q + 1 < end && !(q[0] == '*' && q[1] == '/'))
+				q++;
+			if (q + 1 >= end)
+				return p;   /* unterminated: not noise */
+			p = q + 2;
+		} else {
+			break;
+		}
+	}
+	return p;
+}
+
+/* Matches the word w (lower case) at *p, case-insensitively, followed by a non-identifier
+ * byte; advances *p past it. */
+static bool word_at(const char **p, const char *end, const char *w)
+{
+	size_t n = strlen(w);
+	if ((size_t)(end - *p) < n || strncasecmp(*p, w, n) != 0)
+		return false;
+	const char *q = *p + n;
+	if (q < end && ((*q | 0x20) >= 'a' && (*q | 0x20) <= 'z'))
+		return false;
+	if (q < end && ((*q >= '0' && *q <= '9') || *q == '_' || *q == '$'))
+		return false;
+	*p = q;
+	return true;
+}
+
+/* True when the whole Query text at scan is one DEALLOCATE [PREPARE] ALL or DISCARD ALL
+ * (blanks and comments around it allowed).  Such a Query drops every statement of the
+ * session when it runs; a message the client pipelines behind it must not be renamed to a
+ * statement it drops. */
+static bool drops_all(const struct client *cl, uint32_t total, uint32_t avail)
+{
+	if (avail < total || total > PS_DEALLOC_MAX)
+		return false;
+	const char *q = (const char *)cl->c.in->data + cl->c.in->scan + PROTO_HDR;
+	const char *end = q + total - PROTO_HDR - 1;   /* the text's NUL */
+	if (end < q || *end)
+		return false;
+	q = skip_noise(q, end);
+	if (q == end || ((*q | 0x20) != 'd'))
+		return false;   /* the common case, decided on one byte */
+	if (word_at(&q, end, "deallocate")) {
+		q = skip_noise(q, end);
+		if (word_at(&q, end, "prepare"))
+			q = skip_noise(q, end);
+	} else if (!word_at(&q, end, "discard")) {
+		return false;
+	} else {
+		q = skip_noise(q, end);
+	}
+	return word_at(&q, end, "all") && skip_noise(q, end) == end;
+}
+
 enum hook_rc ps_client_message(struct client *cl, char type, uint32_t total, uint32_t avail)
 {
 	struct server *sv = cl->link;
@@ -1171,8 +1260,19 @@ enum hook_rc ps_client_message(struct client *cl, char type, uint32_t total, uin
 		if ((pr = client_deallocate(cl, ps, 'Q', total, avail, &hide)) != HOOK_FORWARD)
 			return pr;
 		r = push(ps, PSR_QUERY, NULL);
-		if (r)
+		if (r) {
 			r->hide_prepare = hide;
+			if (!hide && drops_all(cl, total, avail)) {
+				/* The server's copies are trusted no more: a use pipelined behind it
+				 * closes and parses first, so it never names a statement this drops.
+				 * The answer says whether the client's names went (ps_server_message):
+				 * only those made before this was sent, as in PostgreSQL. */
+				r->drops_all = true;
+				r->names_upto = cl->ps ? cl->ps->seq : 0;
+				for (struct list *i = ps->lru.next; i != &ps->lru; i = i->next)
+					list_entry(i, struct ps_sent, lru)->stale = true;
+			}
+		}
 		ps->block++;
 		break;
 	case 'F':
@@ -1316,7 +1416,10 @@ enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body
 		if (whole && blen && (body[0] == 'D') &&
 		    (tag_is(body, blen, "DISCARD ALL") || tag_is(body, blen, "DEALLOCATE ALL"))) {
 			ps_server_forget(sv);
-			if (sv->link)
+			/* names the client made since sending it (pipelined) survive */
+			if (sv->link && r->kind == PSR_QUERY && r->drops_all)
+				cmap_clear_upto(sv->link, r->names_upto);
+			else if (sv->link)
 				cmap_clear(sv->link);
 		}
 		if (r->kind == PSR_QUERY && r->hide_prepare) {

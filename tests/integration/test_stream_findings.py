@@ -354,3 +354,44 @@ def test_sharded_function_call(env):
         assert msgs[-1] == (b"Z", b"E"), msgs[-1]
         assert c.query("ROLLBACK")[-1] == (b"Z", b"I")
         assert c.query_rows("SELECT 7 /* pgmux: shard=1 */") == [("7",)]
+
+
+# ----------------------------------------------------------------------------------------------
+# finding 17: a statement used behind a pipelined DEALLOCATE ALL
+
+@timeout(60)
+def test_pipelined_deallocate_all(env):
+    """Finding 17: a Bind pipelined behind `DEALLOCATE ALL` was renamed to pgmux's statement,
+    which the DEALLOCATE ALL dropped first: the client got 26000 naming pgmux's internal
+    statement.  Now the server's copies are untrusted from the moment it is sent (the Bind
+    re-prepares first: pgmux answers it where PostgreSQL would say 26000), the client's names
+    go once it succeeds, and names made behind it survive its answer."""
+    db = env.database()
+    px = env.pgmux([db], dict(TX1, max_prepared_statements=10))
+    with _tcp(px, db, timeout=10) as c:
+        c.send(_parse("s1", "SELECT 41 + 1") + rawpg.SYNC)
+        c.read_until_ready()
+        c.send(rawpg.query("DEALLOCATE ALL /* comment */") + rawpg.bind("", "s1") +
+               rawpg.execute() + rawpg.SYNC)
+        first = c.read_until_ready(timeout=5)
+        assert rawpg.types(first) == "CZ" and first[0][1] == b"DEALLOCATE ALL\0", first
+        msgs = c.read_until_ready(timeout=5)
+        for e in rawpg.errors(msgs):
+            assert "pgmux_" not in e.get("M", ""), e   # never pgmux's own name
+        assert rawpg.rows(msgs) == [("42",)], msgs
+        # gone once the DEALLOCATE ALL ran
+        c.send(rawpg.bind("", "s1") + rawpg.execute() + rawpg.SYNC)
+        errs = rawpg.errors(c.read_until_ready(timeout=5))
+        assert [e.get("C") for e in errs] == ["26000"] and '"s1"' in errs[0]["M"], errs
+        # prepared behind a DISCARD ALL, in the same write: it survives the answer
+        c.send(_parse("s1", "SELECT 4") + rawpg.SYNC + rawpg.query("DISCARD ALL") +
+               _parse("s2", "SELECT 5") + rawpg.SYNC)
+        c.read_until_ready(count=3, timeout=5)
+        for _ in range(2):
+            c.send(rawpg.bind("", "s2") + rawpg.execute() + rawpg.SYNC)
+            msgs = c.read_until_ready(timeout=5)
+            assert not rawpg.errors(msgs) and rawpg.rows(msgs) == [("5",)], msgs
+        c.send(rawpg.bind("", "s1") + rawpg.execute() + rawpg.SYNC)
+        errs = rawpg.errors(c.read_until_ready(timeout=5))
+        assert [e.get("C") for e in errs] == ["26000"], errs
+    _alive(px, db)
