@@ -42,8 +42,8 @@ void rt_classify(struct worker *w, struct client *cl, char type, const char *sql
  * cannot be read (a Query or Parse not whole, a Bind of an unknown statement). */
 bool rt_message_sql(struct client *cl, char type, const uint8_t *h, uint32_t total,
 		    uint32_t avail, const char **sql, size_t *len);
-/* An error for a batch pgmux will not run: a Query gets it with its ReadyForQuery; an
- * extended batch gets it now, and the rest up to its Sync is answered locally.  The message
+/* An error for a batch pgmux will not run: a Query or FunctionCall (or a lone Sync) gets it
+ * with its ReadyForQuery; an extended batch gets it now, and the rest up to its Sync is answered locally.  The message
  * at scan is consumed.  HOOK_CONSUMED, or HOOK_STOP when the client could not be written. */
 enum hook_rc rt_refuse(struct client *cl, char type, uint32_t total, const char *sqlstate,
 		       const char *msg);

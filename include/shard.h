@@ -23,7 +23,8 @@ enum {
 #define SHARD_TEXT_LITERAL_MAX 1024
 
 /* What shard_for reads a message against: the database and client (shardplan.h), and the
- * session's own choice of shard.  route.c fills one per message. */
+ * session's own choice of shard.  route_shard.c (rt_shard_for) fills one per
+ * message. */
 struct shard_ctx {
 	struct sp_ctx sp;
 	int32_t shard_pref;         /* SET pgmux.shard; -1: none */

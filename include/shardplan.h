@@ -10,8 +10,8 @@ struct client;
 struct sp_cache;
 struct sp_client;
 
-/* The sharded database a client's message is read for.  route.c fills one per message from
- * its cluster, so that this file and shard.c depend on none of routing's objects. */
+/* The sharded database a client's message is read for.  route_shard.c (rt_shard_for) fills one per
+ * message from its cluster, so that this file and shard.c depend on none of routing's objects. */
 struct sp_ctx {
 	struct client *cl;          /* the sender: its encodings, its pool, its statements (cl->sp) */
 	const char *shard_key;      /* the key column */

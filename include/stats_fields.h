@@ -1,5 +1,5 @@
 /* stats_fields.h: the one table of traffic counters (STATS_FIELDS): the pool's counter members
- * (pgmux.h), the per-database totals and averages (stats.h) and every column that prints them
+ * (model.h), the per-database totals and averages (stats.h) and every column that prints them
  * are generated from it.  Plain data: includes nothing. */
 #ifndef PGMUX_STATS_FIELDS_H
 #define PGMUX_STATS_FIELDS_H

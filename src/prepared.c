@@ -16,7 +16,7 @@
 #include "server.h"
 
 /* A statement as PostgreSQL sees it: query text plus parameter types.  Shared by every
- * client that prepared the same thing; on a server it is named "pgmux_<id>". */
+ * client that prepared the same thing; on a server it is named "pgmux_<token>_<id>". */
 struct ps_stmt {
 	struct ps_stmt *next;
 	uint64_t id;
@@ -34,7 +34,7 @@ struct ps_global {
 	uint64_t next_id;
 	size_t bytes;
 	/* Server-side names are "pgmux_<token>_<id>": the token is random per process, so
-	 * another client cannot guess a name, and SQL naming it can be refused (client_sql_ok). */
+	 * another client cannot guess a name, and SQL naming it can be refused (check_text). */
 	char token[PS_TOKEN_LEN + 1];
 };
 

@@ -778,10 +778,13 @@ static bool try_release(struct server *sv)
 {
 	struct client *cl = sv->link;
 	sv->ready_notified = false;
-	if (!cl || sv->c.dead || sv->tx != 'I' || !client_settled(cl))
-		return false;   /* more was asked meanwhile: the next ReadyForQuery decides */
-	if (!conn_drained(&cl->c) || !conn_drained(&sv->c)) {
-		sv->ready_notified = true;
+	if (!cl || sv->c.dead)
+		return false;
+	if (!server_link_settled(sv)) {
+		/* Only bytes still on their way: owed, released once they are out.  Otherwise more
+		 * was asked meanwhile, and the next ReadyForQuery decides. */
+		if (sv->tx == 'I' && client_settled(cl))
+			sv->ready_notified = true;
 		return false;
 	}
 	pool_release(sv, false);
