@@ -10,7 +10,9 @@ enum be_role { ROLE_UNKNOWN = 0, ROLE_PRIMARY, ROLE_REPLICA };
 enum rt_pref { RT_AUTO = 0, RT_PRIMARY, RT_REPLICA };
 
 struct monitor;
+struct route_fanout;
 struct sp_cache;
+struct sp_client;
 
 /* One server of a cluster: a primary or replica line, with what the monitor last saw. */
 struct backend {
@@ -60,16 +62,50 @@ struct route_set {
 	bool session;               /* session pooling: one route per session */
 };
 
+/* A client of a [database X] section: what routing keeps for it between messages.  Made when
+ * it logs in (route_client_login, cl->rt), freed with the client; a plain [databases] client
+ * has none.  Defined here, not in route_int.h, because the forwarding loops' inline tests below
+ * read it.  The fields those tests read come first, to share their cache line. */
+struct route_session {
+	struct route_set *rs;               /* its user's pools over the section's backends */
+	struct route_fanout *fo;            /* a read running on every shard in turn */
+	uint8_t *retry;                     /* a read batch kept until its first answer */
+	uint32_t retry_len;
+	bool retry_sent;                    /* the saved batch has gone out whole */
+	bool rt_prepare_only;               /* it only prepared: a Bind may move it to its shard */
+	bool rt_routed;                     /* the message being read chose its link (unchecked) */
+	uint8_t role_pref;                  /* SET pgmux.role */
+	uint8_t rt_force;                   /* the next batch's route, for a retry */
+	bool rt_primary;                    /* the current transaction must run on the primary */
+	bool rt_write;                      /* ... and may write (read-your-writes asks its LSN) */
+	bool rt_fake, rt_fake_err, rt_fake_end;   /* answering an extended batch locally */
+	uint8_t rt_fake_tag;                /* its CommandComplete (route_pick.c, enum fake_tag) */
+	bool deferred_failed;               /* that transaction hit an error pgmux gave */
+	int16_t rt_be;                      /* backend of the current transaction, -1 none */
+	int16_t rt_shard;                   /* its shard, -1 none */
+	int16_t rt_avoid;                   /* backend that just lost this client's read, -1 none */
+	uint16_t verdict_memo;              /* verdict cache slot of its last statement text */
+	uint64_t ryw_lsn;                   /* its last commit's WAL position (read your writes) */
+	struct server *ryw_server;          /* that position is being read there: reads wait */
+	struct sp_client *sp;               /* statements it parsed, for their Binds' shard keys */
+	uint8_t *deferred;                  /* a BEGIN not yet sent: its first statement routes */
+	uint32_t deferred_len;
+	bool has_user_id;                   /* SET pgmux.user_id */
+	uint64_t user_id_hash;              /* its key's partition hash (shard_key_hash): the
+					     * shard is this mod n_shards, whatever the key type */
+	int32_t shard_pref;                 /* SET pgmux.shard, -1 none */
+};
+
 
 /* Compiles write_functions again when the setting changed (console SET). */
 void route_write_funcs_update(struct worker *w);
 
 /* Builds or updates clusters from the current config (start and reload); starts monitors. */
 void route_apply_config(struct worker *w);
-/* The set of pools for (front database, user); NULL when out of memory. */
-struct route_set *route_set_get(struct database *front, const char *user);
-/* The pool a new client of a routed database starts in (for its greeting). */
-struct pool *route_login_pool(struct route_set *rs);
+/* A client of a [database X] section (front) logged in as its user: its routing session is
+ * made (cl->rt, over the user's set of pools) and the pool it starts in is returned, for its
+ * greeting.  NULL when out of memory; cl->rt is then NULL too. */
+struct pool *route_client_login(struct client *cl, struct database *front);
 
 /* An unlinked client's first message of a transaction is at c->in->scan (total bytes, avail
  * of them in the buffer): chooses the backend and moves the client to its pool (HOOK_FORWARD),
@@ -93,7 +129,7 @@ void route_lsn_row(struct server *sv, const uint8_t *body, uint32_t blen);
 /* The query finished, failed or its server died: the client routes again. */
 void route_lsn_done(struct server *sv);
 
-/* The routing hooks of the forwarding loops, for clients of a section (cl->rs):
+/* The routing hooks of the forwarding loops, for clients of a section (cl->rt):
  * route_on_message sees a linked client's message at the parse position, whole as
  * route_msg_need asked: a request behind a fan-out waits (HOOK_WAIT), a Bind that belongs to
  * another shard than the link's moves (HOOK_CONSUMED, unlinked), a statement that does not
@@ -105,8 +141,9 @@ PGMUX_MUST_CHECK enum hook_rc route_on_message(struct client *cl, char type, con
  * messages need nothing (no fan-out, no retry, no shard to keep) pays no call. */
 static inline bool route_watches_client(const struct client *cl, char type)
 {
-	return cl->fo || cl->rt_prepare_only ||
-	       (cl->rs->cl->n_shards > 1 && (type == 'Q' || type == 'P' || type == 'B' || cl->rt_routed));
+	const struct route_session *rt = cl->rt;
+	return rt->fo || rt->rt_prepare_only ||
+	       (rt->rs->cl->n_shards > 1 && (type == 'Q' || type == 'P' || type == 'B' || rt->rt_routed));
 }
 
 /* Forgets the read kept for a retry (route_note_sent). */
@@ -116,17 +153,21 @@ void route_retry_drop(struct client *cl);
  * its end cancels that.  Called for every message a routed client sends on its link. */
 static inline void route_note_sent(struct client *cl, char type)
 {
-	if (!cl->retry)
+	struct route_session *rt = cl->rt;
+	if (!rt->retry)
 		return;
-	if (cl->retry_sent)
+	if (rt->retry_sent)
 		route_retry_drop(cl);
 	else if (type == 'Q' || type == 'S')
-		cl->retry_sent = true;
+		rt->retry_sent = true;
 }
 
+/* Whether a server message to the linked client cl goes through route_on_server_message:
+ * false for a plain client (no session) or one with neither a fan-out nor a kept read. */
 static inline bool route_watches_server(const struct client *cl)
 {
-	return cl->fo || cl->retry;
+	const struct route_session *rt = cl->rt;
+	return rt && (rt->fo || rt->retry);
 }
 
 /* A server message to the linked client of a section: a fan-out merges its shards' answers
@@ -155,11 +196,16 @@ void route_register(struct worker *w);
 uint32_t route_msg_need(const struct client *cl, char type, const uint8_t *h, uint32_t total,
 			uint32_t avail);
 
-/* Bytes routing holds for the client (retry copy, held-back BEGIN, fan-out batch). */
+/* Bytes routing holds for the client (its session, retry copy, held-back BEGIN, fan-out batch,
+ * remembered statements); 0 for a plain client. */
 uint64_t route_client_bytes(const struct client *cl);
 
-/* A client leaves: its saved batches go. */
+/* A client leaves (client_close): its saved batches go and the server reading its commit LSN
+ * forgets it.  cl->rt itself stays until route_session_free, since the closed client may still
+ * be looked at until it is reaped.  Nothing for a plain client. */
 void route_client_free(struct client *cl);
+/* The client's memory goes (the reaper): its routing session is freed; NULL is fine. */
+void route_session_free(struct client *cl);
 
 /* Shutdown: monitors stop, clusters are freed. */
 void route_shutdown(struct worker *w);

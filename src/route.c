@@ -13,22 +13,23 @@
 enum hook_rc route_on_message(struct client *cl, char type, const uint8_t *h, uint32_t total,
 			      uint32_t avail)
 {
-	if (cl->fo && cl->tt.expect_z)
+	struct route_session *rt = cl->rt;
+	if (rt->fo && cl->tt.expect_z)
 		return HOOK_WAIT;   /* behind a fan-out's whole batch: routed on its own after it */
-	if (cl->rt_prepare_only && type == 'B' && rt_bind_shard(cl, h, total, avail))
+	if (rt->rt_prepare_only && type == 'B' && rt_bind_shard(cl, h, total, avail))
 		return cl->c.dead ? HOOK_STOP : HOOK_CONSUMED;   /* unlinked: routes to its shard */
-	bool routed = cl->rt_routed;
-	cl->rt_routed = false;
+	bool routed = rt->rt_routed;
+	rt->rt_routed = false;
 	/* Every statement on a link bound to a shard (a transaction, a batch up to its Sync, a
 	 * session) is checked against it, except the one that chose it and pgmux's own rewrite
 	 * of a refused one. */
-	if (!routed && !cl->fo && (type == 'Q' || type == 'P' || type == 'B') &&
-	    cl->rs->cl->n_shards > 1 &&
-	    (cl->link->tx != 'I' || !txtrack_quiet(&cl->tt) || cl->rs->session) &&
+	if (!routed && !rt->fo && (type == 'Q' || type == 'P' || type == 'B') &&
+	    rt->rs->cl->n_shards > 1 &&
+	    (cl->link->tx != 'I' || !txtrack_quiet(&cl->tt) || rt->rs->session) &&
 	    rt_check_shard(cl, type, h, total, avail)) {
 		if (cl->c.dead)
 			return HOOK_STOP;
-		cl->rt_routed = true;   /* the rewrite goes out unchecked */
+		rt->rt_routed = true;   /* the rewrite goes out unchecked */
 		return HOOK_CONSUMED;
 	}
 	route_note_sent(cl, type);
@@ -37,14 +38,18 @@ enum hook_rc route_on_message(struct client *cl, char type, const uint8_t *h, ui
 
 uint64_t route_client_bytes(const struct client *cl)
 {
-	return (uint64_t)cl->retry_len + cl->deferred_len + (cl->fo ? cl->fo->len : 0) +
-	       shardplan_client_bytes(cl);
+	const struct route_session *rt = cl->rt;
+	if (!rt)
+		return 0;
+	return sizeof(*rt) + (uint64_t)rt->retry_len + rt->deferred_len + (rt->fo ? rt->fo->len : 0) +
+	       shardplan_client_bytes(rt->sp);
 }
 
 enum hook_rc route_on_server_message(struct server *sv, char type, uint32_t len, bool whole)
 {
 	struct client *cl = sv->link;
-	if (cl->fo) {
+	struct route_session *rt = cl->rt;
+	if (rt->fo) {
 		if (!whole && (type == 'T' || type == 't')) {
 			/* one RowDescription for every shard: it must be read to be dropped */
 			server_close(sv, "oversized message from server");
@@ -54,14 +59,14 @@ enum hook_rc route_on_server_message(struct server *sv, char type, uint32_t len,
 		if (r != HOOK_FORWARD)
 			return r;
 	}
-	if (cl->retry)
+	if (rt->retry)
 		return rt_retry_check(sv);   /* the first answers to a read that may run elsewhere */
 	return HOOK_FORWARD;
 }
 
 void route_released(struct client *cl)
 {
-	if (cl->fo)
+	if (cl->rt->fo)
 		rt_fanout_next(cl);
 }
 
@@ -71,12 +76,13 @@ void route_released(struct client *cl)
  * are pgmux's.  A link that only prepares keeps it back for the Bind's shard. */
 static bool hook_linked(struct client *cl, struct server *sv)
 {
-	if (!cl->deferred || cl->rt_prepare_only)
+	struct route_session *rt = cl->rt;
+	if (!rt->deferred || rt->rt_prepare_only)
 		return false;
-	pktbuf_put(&sv->c.out, cl->deferred, cl->deferred_len);
-	free(cl->deferred);
-	cl->deferred = NULL;
-	cl->deferred_len = 0;
+	pktbuf_put(&sv->c.out, rt->deferred, rt->deferred_len);
+	free(rt->deferred);
+	rt->deferred = NULL;
+	rt->deferred_len = 0;
 	sv->internal_z++;
 	return true;
 }
@@ -108,12 +114,21 @@ void route_register(struct worker *w)
 
 void route_client_free(struct client *cl)
 {
+	struct route_session *rt = cl->rt;
+	if (!rt)
+		return;
 	rt_fanout_free(cl);
-	if (cl->ryw_server) {
-		cl->ryw_server->ryw_client = NULL;
-		cl->ryw_server = NULL;
+	if (rt->ryw_server) {
+		rt->ryw_server->ryw_client = NULL;
+		rt->ryw_server = NULL;
 	}
 	rt_retry_clear(cl);
 	rt_clear_deferred(cl);
-	shardplan_client_free(cl);
+	shardplan_client_free(&rt->sp);
+}
+
+void route_session_free(struct client *cl)
+{
+	free(cl->rt);
+	cl->rt = NULL;
 }

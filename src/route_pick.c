@@ -54,7 +54,7 @@ void rt_verdicts_clear(struct worker *w)
 void rt_classify(struct worker *w, struct client *cl, char type, const char *sql,
 			    size_t len, struct sqlscan_result *r)
 {
-	verdict_lookup(&w->verdicts, &cl->verdict_memo, type == 'Q', sql, len, rt_write_funcs(w), r);
+	verdict_lookup(&w->verdicts, &cl->rt->verdict_memo, type == 'Q', sql, len, rt_write_funcs(w), r);
 }
 
 /* ---- answering locally: SET pgmux.*, a deferred BEGIN ---------------------------------- */
@@ -76,14 +76,15 @@ static void put_simple(struct pktbuf *o, char type)
 static bool apply_set(struct client *cl, const struct sqlscan_result *r, char *msg, size_t len,
 		      const char **state)
 {
+	struct route_session *rt = cl->rt;
 	switch (r->set) {
 	case SQLSCAN_SET_ROLE:
 		if (!strcasecmp(r->set_value, "primary"))
-			cl->role_pref = RT_PRIMARY;
+			rt->role_pref = RT_PRIMARY;
 		else if (!strcasecmp(r->set_value, "replica"))
-			cl->role_pref = RT_REPLICA;
+			rt->role_pref = RT_REPLICA;
 		else if (!strcasecmp(r->set_value, "auto") || !strcasecmp(r->set_value, "default"))
-			cl->role_pref = RT_AUTO;
+			rt->role_pref = RT_AUTO;
 		else {
 			snprintf(msg, len, "invalid value for parameter \"pgmux.role\": \"%.60s\" "
 				 "(expected primary, replica or auto)", r->set_value);
@@ -91,33 +92,33 @@ static bool apply_set(struct client *cl, const struct sqlscan_result *r, char *m
 		}
 		return true;
 	case SQLSCAN_RESET_ROLE:
-		cl->role_pref = RT_AUTO;
+		rt->role_pref = RT_AUTO;
 		return true;
 	case SQLSCAN_SET_USER_ID:
 		/* Kept as the key's hash: text and uuid keys need no storage, and the shard
 		 * follows the shard count of a reload. */
-		if (!shard_user_id_hash(cl->rs->cl->cf.shard_key_type, r->set_value,
-					r->set_value_bad, &cl->user_id_hash, msg, len, state))
+		if (!shard_user_id_hash(rt->rs->cl->cf.shard_key_type, r->set_value,
+					r->set_value_bad, &rt->user_id_hash, msg, len, state))
 			return false;
-		cl->has_user_id = true;
+		rt->has_user_id = true;
 		return true;
 	case SQLSCAN_RESET_USER_ID:
-		cl->has_user_id = false;
+		rt->has_user_id = false;
 		return true;
 	case SQLSCAN_SET_SHARD: {
 		char *end;
 		long v = strtol(r->set_value, &end, 10);
-		int n = cl->rs->cl->n_shards;
+		int n = rt->rs->cl->n_shards;
 		if (r->set_value_bad || end == r->set_value || *end || v < 0 || v >= n) {
 			snprintf(msg, len, "invalid value for parameter \"pgmux.shard\": \"%.60s\" "
 				 "(expected 0 to %d)", r->set_value, n - 1);
 			return false;
 		}
-		cl->shard_pref = (int32_t)v;
+		rt->shard_pref = (int32_t)v;
 		return true;
 	}
 	case SQLSCAN_RESET_SHARD:
-		cl->shard_pref = -1;
+		rt->shard_pref = -1;
 		return true;
 	default:
 		return true;
@@ -132,7 +133,8 @@ static bool is_reset(int set)
 /* Status letter for a ReadyForQuery pgmux writes itself. */
 static char tx_status(const struct client *cl)
 {
-	return cl->deferred ? (cl->deferred_failed ? 'E' : 'T') : 'I';
+	const struct route_session *rt = cl->rt;
+	return rt->deferred ? (rt->deferred_failed ? 'E' : 'T') : 'I';
 }
 
 enum fake_tag { FAKE_SET, FAKE_RESET, FAKE_BEGIN, FAKE_COMMIT, FAKE_ROLLBACK };
@@ -161,23 +163,24 @@ static enum hook_rc reply_out(struct client *cl, uint32_t total)
  * an empty transaction, or one it refused): each message answered until its Sync. */
 static enum hook_rc fake_message(struct client *cl, char type, uint32_t total, uint32_t avail)
 {
+	struct route_session *rt = cl->rt;
 	struct pktbuf *o = &cl->c.out;
 	(void)avail;   /* only the type matters: the message is dropped as it arrives */
 	switch (type) {
 	case 'B': put_simple(o, '2'); break;
 	case 'D': put_simple(o, 'n'); break;
 	case 'E':
-		if (!cl->rt_fake_err)
-			put_complete(o, fake_tags[cl->rt_fake_tag]);
+		if (!rt->rt_fake_err)
+			put_complete(o, fake_tags[rt->rt_fake_tag]);
 		break;
 	case 'C': put_simple(o, '3'); break;
 	case 'H': break;
 	case 'S':
-		if (cl->rt_fake_end)
+		if (rt->rt_fake_end)
 			rt_clear_deferred(cl);
-		cl->rt_fake = false;
-		cl->rt_fake_err = false;
-		cl->rt_fake_end = false;
+		rt->rt_fake = false;
+		rt->rt_fake_err = false;
+		rt->rt_fake_end = false;
 		proto_ready(o, tx_status(cl));
 		break;
 	case 'P':
@@ -186,7 +189,7 @@ static enum hook_rc fake_message(struct client *cl, char type, uint32_t total, u
 	default:
 		/* After an error PostgreSQL ignores everything up to the Sync, a Query or
 		 * FunctionCall too: no answer. */
-		if (cl->rt_fake_err && (type == 'Q' || type == 'F'))
+		if (rt->rt_fake_err && (type == 'Q' || type == 'F'))
 			break;
 		client_close(cl, "unexpected message in an extended-protocol batch pgmux answers", "08P01");
 		return HOOK_STOP;
@@ -197,6 +200,7 @@ static enum hook_rc fake_message(struct client *cl, char type, uint32_t total, u
 static enum hook_rc handle_set(struct client *cl, char type, const struct sqlscan_result *r,
 				    uint32_t total)
 {
+	struct route_session *rt = cl->rt;
 	char msg[200];
 	const char *state = "22023";
 	bool ok = apply_set(cl, r, msg, sizeof(msg), &state);
@@ -209,9 +213,9 @@ static enum hook_rc handle_set(struct client *cl, char type, const struct sqlsca
 		proto_ready(o, tx_status(cl));
 	} else {
 		/* Parse: the rest of the batch is answered as if it ran. */
-		cl->rt_fake = true;
-		cl->rt_fake_tag = is_reset(r->set) ? FAKE_RESET : FAKE_SET;
-		cl->rt_fake_err = !ok;
+		rt->rt_fake = true;
+		rt->rt_fake_tag = is_reset(r->set) ? FAKE_RESET : FAKE_SET;
+		rt->rt_fake_err = !ok;
 		if (ok)
 			put_simple(o, '1');
 		else
@@ -226,16 +230,17 @@ static enum hook_rc handle_set(struct client *cl, char type, const struct sqlsca
 enum hook_rc rt_refuse(struct client *cl, char type, uint32_t total, const char *sqlstate,
 				const char *msg)
 {
+	struct route_session *rt = cl->rt;
 	struct pktbuf *o = &cl->c.out;
 	proto_error(o, "ERROR", sqlstate, msg);
-	if (cl->deferred)
-		cl->deferred_failed = true;   /* as PostgreSQL: the block is aborted */
+	if (rt->deferred)
+		rt->deferred_failed = true;   /* as PostgreSQL: the block is aborted */
 	if (type == 'Q' || type == 'F' || type == 'S') {
 		/* a Query or FunctionCall is answered whole; so is a lone Sync */
 		proto_ready(o, tx_status(cl));
 	} else {
-		cl->rt_fake = true;
-		cl->rt_fake_err = true;
+		rt->rt_fake = true;
+		rt->rt_fake_err = true;
 	}
 	return reply_out(cl, total);
 }
@@ -284,36 +289,38 @@ static const char *end_tag(const char *sql, size_t len)
 
 void rt_clear_deferred(struct client *cl)
 {
-	free(cl->deferred);
-	cl->deferred = NULL;
-	cl->deferred_len = 0;
-	cl->deferred_failed = false;
+	struct route_session *rt = cl->rt;
+	free(rt->deferred);
+	rt->deferred = NULL;
+	rt->deferred_len = 0;
+	rt->deferred_failed = false;
 }
 
 /* Holds a BEGIN back (as a simple Query, whatever protocol it came in) and answers it. */
 static enum hook_rc defer_begin(struct client *cl, char type, uint32_t total,
 				     const char *sql, size_t len)
 {
+	struct route_session *rt = cl->rt;
 	while (len && sql[len - 1] == '\0')
 		len--;
 	uint32_t n = (uint32_t)len + PROTO_HDR + 1;
-	if (!(cl->deferred = malloc(n))) {
+	if (!(rt->deferred = malloc(n))) {
 		client_close(cl, "out of memory", "53200");
 		return HOOK_STOP;
 	}
-	cl->deferred[0] = 'Q';
-	proto_put32(cl->deferred + 1, n - 1);
-	memcpy(cl->deferred + PROTO_HDR, sql, len);
-	cl->deferred[n - 1] = 0;
-	cl->deferred_len = n;
-	cl->deferred_failed = false;
+	rt->deferred[0] = 'Q';
+	proto_put32(rt->deferred + 1, n - 1);
+	memcpy(rt->deferred + PROTO_HDR, sql, len);
+	rt->deferred[n - 1] = 0;
+	rt->deferred_len = n;
+	rt->deferred_failed = false;
 	if (type == 'Q') {
 		put_complete(&cl->c.out, "BEGIN");
 		proto_ready(&cl->c.out, 'T');
 	} else {
-		cl->rt_fake = true;
-		cl->rt_fake_err = false;
-		cl->rt_fake_tag = FAKE_BEGIN;
+		rt->rt_fake = true;
+		rt->rt_fake_err = false;
+		rt->rt_fake_tag = FAKE_BEGIN;
 		put_simple(&cl->c.out, '1');
 	}
 	return reply_out(cl, total);
@@ -323,16 +330,17 @@ static enum hook_rc defer_begin(struct client *cl, char type, uint32_t total,
 static enum hook_rc end_deferred(struct client *cl, char type, uint32_t total,
 				      const char *sql, size_t len)
 {
-	bool rollback = cl->deferred_failed || !strcmp(end_tag(sql, len), "ROLLBACK");
+	struct route_session *rt = cl->rt;
+	bool rollback = rt->deferred_failed || !strcmp(end_tag(sql, len), "ROLLBACK");
 	if (type == 'Q') {
 		put_complete(&cl->c.out, rollback ? "ROLLBACK" : "COMMIT");
 		rt_clear_deferred(cl);
 		proto_ready(&cl->c.out, 'I');
 	} else {
-		cl->rt_fake = true;
-		cl->rt_fake_err = false;
-		cl->rt_fake_end = true;
-		cl->rt_fake_tag = rollback ? FAKE_ROLLBACK : FAKE_COMMIT;
+		rt->rt_fake = true;
+		rt->rt_fake_err = false;
+		rt->rt_fake_end = true;
+		rt->rt_fake_tag = rollback ? FAKE_ROLLBACK : FAKE_COMMIT;
 		put_simple(&cl->c.out, '1');
 	}
 	return reply_out(cl, total);
@@ -346,6 +354,7 @@ static enum hook_rc end_deferred(struct client *cl, char type, uint32_t total,
 bool rt_message_sql(struct client *cl, char type, const uint8_t *h, uint32_t total,
 			uint32_t avail, const char **sql, size_t *len)
 {
+	struct route_session *rt = cl->rt;
 	const uint8_t *body = h + PROTO_HDR, *end = h + (avail < total ? avail : total);
 	if (type != 'B' && avail < total)
 		return false;
@@ -384,8 +393,8 @@ bool rt_message_sql(struct client *cl, char type, const uint8_t *h, uint32_t tot
 		/* the unnamed statement, or any when statement tracking is off: the text a sharded
 		 * database's client parsed is remembered for its Binds */
 		size_t sl;
-		q = cl->rs && cl->rs->cl->n_shards > 1 ?
-		    shardplan_bind_text(cl, body, (uint32_t)(end - body), &sl) : NULL;
+		q = rt->rs && rt->rs->cl->n_shards > 1 ?
+		    shardplan_bind_text(rt->sp, body, (uint32_t)(end - body), &sl) : NULL;
 		if (!q)
 			return false;
 		*sql = q;
@@ -461,25 +470,26 @@ static bool bind_on_its_way(struct client *cl, const uint8_t *h, uint32_t avail)
 enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
 			     uint32_t avail)
 {
-	struct route_set *rs = cl->rs;
+	struct route_session *rt = cl->rt;
+	struct route_set *rs = rt->rs;
 	struct cluster *c = rs->cl;
 	struct worker *w = c->w;
-	if (cl->rt_fake)
+	if (rt->rt_fake)
 		return fake_message(cl, type, total, avail);
-	if (cl->ryw_server)
+	if (rt->ryw_server)
 		return HOOK_WAIT;   /* its last commit's LSN is on the way */
 
-	int force = cl->rt_force;
-	int avoid = cl->rt_avoid;
+	int force = rt->rt_force;
+	int avoid = rt->rt_avoid;
 	bool again = force || avoid >= 0;   /* a batch that already ran once: no second retry */
-	cl->rt_force = RT_AUTO;
-	cl->rt_avoid = -1;
+	rt->rt_force = RT_AUTO;
+	rt->rt_avoid = -1;
 
 	struct sqlscan_result r;
 	bool have = false;
 	const char *sql = NULL;
 	size_t len = 0;
-	if (cl->fo) {
+	if (rt->fo) {
 		force = RT_REPLICA;   /* the next shard of a fan-out read */
 	} else if (!force && (type == 'Q' || type == 'P' || type == 'B')) {
 		/* client.c gathered what route_msg_need asked for; less means too big to read */
@@ -499,25 +509,25 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 		write = true;
 	else if (have && r.hint_role == SQLSCAN_ROLE_REPLICA)
 		write = false;
-	else if (cl->role_pref)
-		write = cl->role_pref == RT_PRIMARY;
+	else if (rt->role_pref)
+		write = rt->role_pref == RT_PRIMARY;
 	else if (!c->cf.read_routing || !have)
 		write = true;
 	else if (rs->session)
 		write = true;   /* a whole session: its first statement says little about the rest */
-	else if (cl->deferred)
+	else if (rt->deferred)
 		write = r.tx != SQLSCAN_TX_SET_RO;   /* BEGIN; SET TRANSACTION READ ONLY */
 	else
 		write = !(r.verdict == SQLSCAN_READ || r.tx == SQLSCAN_TX_BEGIN_RO);
 
 	bool plain_msg = type == 'Q' || type == 'P';
-	if (have && plain_msg && cl->deferred && r.tx == SQLSCAN_TX_END && r.n_statements == 1)
+	if (have && plain_msg && rt->deferred && r.tx == SQLSCAN_TX_END && r.n_statements == 1)
 		return end_deferred(cl, type, total, sql, len);   /* nothing ran anywhere */
-	if (cl->deferred && cl->deferred_failed && (type == 'Q' || type == 'P' || type == 'B'))
+	if (rt->deferred && rt->deferred_failed && (type == 'Q' || type == 'P' || type == 'B'))
 		return rt_refuse(cl, type, total, "25P02", "current transaction is aborted, commands "
 			      "ignored until end of transaction block");
-	if (have && plain_msg && !cl->deferred && r.tx == SQLSCAN_TX_BEGIN && r.n_statements == 1 &&
-	    ((!r.hint_role && !cl->role_pref && c->cf.read_routing) || c->n_shards > 1) &&
+	if (have && plain_msg && !rt->deferred && r.tx == SQLSCAN_TX_BEGIN && r.n_statements == 1 &&
+	    ((!r.hint_role && !rt->role_pref && c->cf.read_routing) || c->n_shards > 1) &&
 	    r.hint_shard < 0 && !r.has_hint_user_id && !rs->session &&
 	    pool_mode(cl->pool) == POOL_TRANSACTION) {
 		/* A bare BEGIN says nothing yet: its first statement decides (SET TRANSACTION READ
@@ -527,7 +537,7 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 	}
 
 	int shard = 0;
-	if (c->n_shards > 1 && !cl->fo && avail < total && (type == 'Q' || type == 'P' || type == 'B')) {
+	if (c->n_shards > 1 && !rt->fo && avail < total && (type == 'Q' || type == 'P' || type == 'B')) {
 		/* Its key cannot be read: never guess a shard. */
 		char msg[200];
 		snprintf(msg, sizeof(msg), "pgmux: a statement of %u bytes is too large to check for a "
@@ -539,8 +549,8 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 	memset(&se, 0, sizeof(se));
 	bool stmt_msg = type == 'Q' || type == 'P' || type == 'B';
 	if (c->n_shards > 1) {
-		if (cl->fo) {
-			shard = cl->fo->shard;   /* the next shard of a fan-out */
+		if (rt->fo) {
+			shard = rt->fo->shard;   /* the next shard of a fan-out */
 		} else if (stmt_msg) {
 			shard = rt_shard_for(cl, type, h, total, avail, have ? &r : NULL, &se);
 			if (shard == SHARD_PREPARE && type == 'P' && bind_on_its_way(cl, h, avail))
@@ -550,10 +560,10 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 			shard = type == 'F' ? SHARD_NONE : 0;
 			se.utility = type != 'F';
 		}
-		cl->rt_prepare_only = shard == SHARD_PREPARE;
+		rt->rt_prepare_only = shard == SHARD_PREPARE;
 		if (shard == SHARD_PREPARE)
 			shard = 0;   /* prepared only: its Bind finds the shard (rt_bind_shard) */
-		if (cl->fo) {
+		if (rt->fo) {
 			/* the next shard of a fan-out */
 		} else if (shard >= 0) {
 			if (stmt_msg)
@@ -561,7 +571,7 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 		} else if (shard == SHARD_NONE && se.utility) {
 			shard = 0;   /* touches no table: any shard answers it */
 		} else if (shard == SHARD_NONE && c->cf.no_shard_key == NOSHARD_ALL && !write &&
-			   !cl->deferred && stmt_msg && se.fanout_ok) {
+			   !rt->deferred && stmt_msg && se.fanout_ok) {
 			enum hook_rc fr = rt_fanout_start(cl, h, total, avail);
 			if (fr != HOOK_FORWARD)
 				return fr;
@@ -583,7 +593,7 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 			return rt_refuse(cl, type, total, se.refuse ? se.sqlstate : "0A000", msg);
 		}
 	}
-	cl->rt_shard = (int16_t)shard;
+	rt->rt_shard = (int16_t)shard;
 
 	int t = rt_target(cl, shard, write, avoid);
 	if (t < 0 && !write) {
@@ -605,9 +615,9 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 	}
 	/* Read-your-writes needs the LSN after anything that may have written, not after a
 	 * read that a hint or SET sent to the primary. */
-	cl->rt_primary = write;
-	cl->rt_write = write && !(have && !force && r.verdict == SQLSCAN_READ && r.tx != SQLSCAN_TX_BEGIN);
-	cl->rt_be = (int16_t)t;
+	rt->rt_primary = write;
+	rt->rt_write = write && !(have && !force && r.verdict == SQLSCAN_READ && r.tx != SQLSCAN_TX_BEGIN);
+	rt->rt_be = (int16_t)t;
 	if (write)
 		c->be[t]->writes++;
 	else
@@ -617,27 +627,28 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 	/* A read on a replica keeps its bytes until the first answer, to run again elsewhere
 	 * if that replica refuses it (25006) or goes away first. */
 	rt_retry_clear(cl);
-	if (!write && !again && !cl->fo && c->be[t]->cfg_replica == true && c->be[t]->seen_role == ROLE_REPLICA &&
-	    txtrack_quiet(&cl->tt) && !cl->deferred) {
+	if (!write && !again && !rt->fo && c->be[t]->cfg_replica == true && c->be[t]->seen_role == ROLE_REPLICA &&
+	    txtrack_quiet(&cl->tt) && !rt->deferred) {
 		uint32_t n = retry_span(cl, h, avail, type);
-		if (n && n == avail && n <= RETRY_MAX && (cl->retry = rt_batch_alloc(w, n))) {
-			memcpy(cl->retry, h, n);
-			cl->retry_len = n;
-			cl->retry_sent = false;
+		if (n && n == avail && n <= RETRY_MAX && (rt->retry = rt_batch_alloc(w, n))) {
+			memcpy(rt->retry, h, n);
+			rt->retry_len = n;
+			rt->retry_sent = false;
 		}
 	}
-	cl->rt_routed = true;   /* this message chose the link: it is not checked against it */
+	rt->rt_routed = true;   /* this message chose the link: it is not checked against it */
 	return HOOK_FORWARD;
 }
 
 uint32_t route_msg_need(const struct client *cl, char type, const uint8_t *h, uint32_t total,
 			uint32_t avail)
 {
-	const struct cluster *c = cl->rs->cl;
+	const struct route_session *rt = cl->rt;
+	const struct cluster *c = rt->rs->cl;
 	bool sharded = c->n_shards > 1;
 	bool text = type == 'Q' || type == 'P';
 	if (!cl->link) {
-		if (cl->rt_fake || cl->ryw_server)
+		if (rt->rt_fake || rt->ryw_server)
 			return 0;   /* answered by type alone, or not routed yet */
 		if (text)
 			return total;
@@ -645,7 +656,7 @@ uint32_t route_msg_need(const struct client *cl, char type, const uint8_t *h, ui
 			return sharded ? total : proto_bind_need(h, total, avail, c->w->bufsize);
 		return 0;
 	}
-	if (type == 'B' && cl->rt_prepare_only)
+	if (type == 'B' && rt->rt_prepare_only)
 		return total;
 	if (sharded && cl->link->tx != 'I' && (text || type == 'B'))
 		return total;

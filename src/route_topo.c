@@ -40,7 +40,9 @@ static void set_fill(struct route_set *rs)
 	rs->n = n;
 }
 
-struct route_set *route_set_get(struct database *front, const char *user)
+/* The set of pools for (front database, user), made on first use; NULL when out of memory or
+ * when not every backend has its pool. */
+static struct route_set *route_set_get(struct database *front, const char *user)
 {
 	struct cluster *c = front->cluster;
 	struct list *it;
@@ -335,9 +337,10 @@ static void recompute(struct cluster *c, int shard)
 /* Where a client's transaction goes now: a backend index, or -1 to wait for a primary. */
 int rt_target(struct client *cl, int shard, bool write, int avoid)
 {
-	struct cluster *c = cl->rs->cl;
+	struct route_session *rt = cl->rt;
+	struct cluster *c = rt->rs->cl;
 	if (!write) {
-		int i = choose_replica(c, shard, cl->ryw_lsn, avoid);
+		int i = choose_replica(c, shard, rt->ryw_lsn, avoid);
 		if (i >= 0 || !c->cf.replica_fallback)
 			return i;
 	}
@@ -360,7 +363,7 @@ static void reroute_waiters(struct cluster *c, int shard)
 			struct list *ci, *tmp;
 			list_for_each_safe(ci, tmp, &p->cl_waiting) {
 				struct client *cl = list_entry(ci, struct client, node);
-				bool write = cl->rt_primary;
+				bool write = cl->rt->rt_primary;
 				if (!down && (!write || c->primary[shard] == i))
 					continue;
 				int t = rt_target(cl, shard, write, -1);
@@ -432,7 +435,9 @@ void route_backend_failed(struct backend *be, const char *msg)
 	monitor_kick(be->mon);   /* the monitor says when it is back */
 }
 
-struct pool *route_login_pool(struct route_set *rs)
+/* The pool a new client of a routed database starts in (for its greeting): its first shard's
+ * primary when that pool has a greeting, else any pool with one on a backend not down. */
+static struct pool *route_login_pool(struct route_set *rs)
 {
 	struct cluster *c = rs->cl;
 	int p = c->primary[0];
@@ -447,6 +452,21 @@ struct pool *route_login_pool(struct route_set *rs)
 		if (c->be[i]->state != BE_DOWN)
 			return rs->pools[i];
 	return rs->pools[0];
+}
+
+struct pool *route_client_login(struct client *cl, struct database *front)
+{
+	struct route_set *rs = route_set_get(front, cl->user_name);
+	if (!rs)
+		return NULL;
+	struct route_session *rt = calloc(1, sizeof(*rt));
+	if (!rt)
+		return NULL;
+	rt->rs = rs;
+	rt->rt_be = rt->rt_avoid = rt->rt_shard = -1;
+	rt->shard_pref = -1;
+	cl->rt = rt;
+	return route_login_pool(rs);
 }
 
 /* ---- rows for the console ------------------------------------------------------------------- */

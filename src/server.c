@@ -785,7 +785,7 @@ static bool try_release(struct server *sv)
 		return false;
 	}
 	pool_release(sv, false);
-	if (cl->rs)
+	if (cl->rt)
 		route_released(cl);
 	return true;
 }
