@@ -113,10 +113,6 @@ struct pool *route_client_login(struct client *cl, struct database *front);
 PGMUX_MUST_CHECK enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
 			     uint32_t avail);
 
-/* The monitor's news: a backend's state, role or lag changed. */
-void route_backend_update(struct backend *be);
-/* The monitor's probe failed: the backend gets no new transactions. */
-void route_backend_down(struct backend *be, const char *msg);
 /* pgmux's own connection to a backend failed: down until the monitor sees it again. */
 void route_backend_failed(struct backend *be, const char *msg);
 

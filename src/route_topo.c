@@ -64,6 +64,7 @@ static struct route_set *route_set_get(struct database *front, const char *user)
 
 static void recompute(struct cluster *c, int shard);
 static void readable_update(struct cluster *c);
+static void backend_news(void *owner, const struct monitor_news *n);
 
 static struct cluster *cluster_new(struct worker *w, struct database *front)
 {
@@ -170,7 +171,7 @@ static void cluster_apply(struct worker *w, const struct cfg_cluster *cc)
 		c->primary[s] = -1;
 	for (int j = 0; j < c->n_be; j++)
 		if (!c->be[j]->mon)
-			c->be[j]->mon = monitor_start(c->be[j]);
+			c->be[j]->mon = monitor_start(w, c->be[j]->db, backend_news, c->be[j]);
 	for (struct list *it = c->sets.next; it != &c->sets; it = it->next)
 		set_fill(list_entry(it, struct route_set, node));
 	for (int s = 0; s < c->n_shards; s++)
@@ -377,7 +378,9 @@ static void reroute_waiters(struct cluster *c, int shard)
 	}
 }
 
-void route_backend_update(struct backend *be)
+/* A backend's state, role or lag changed (the monitor's news, or pgmux's own failed connect):
+ * its shard's primary and readable replicas are worked out again. */
+static void route_backend_update(struct backend *be)
 {
 	struct cluster *c = be->cl;
 	int shard = be->shard;
@@ -419,13 +422,34 @@ void route_backend_update(struct backend *be)
 	reroute_waiters(c, shard);
 }
 
-void route_backend_down(struct backend *be, const char *msg)
+/* A probe or pgmux's own connect failed: the backend gets no new transactions. */
+static void route_backend_down(struct backend *be, const char *msg)
 {
 	if (be->state != BE_DOWN)
 		log_warn("backend %s is down: %s", be->db->name, msg);
 	snprintf(be->last_error, sizeof(be->last_error), "%s", msg);
 	be->state = BE_DOWN;
 	be->lag_bytes = be->lag_ms = -1;
+	route_backend_update(be);
+}
+
+/* The monitor's report of one probe of backend owner: down (route_backend_down), or up with
+ * its role, WAL position and lag (route_backend_update). */
+static void backend_news(void *owner, const struct monitor_news *n)
+{
+	struct backend *be = owner;
+	if (!n->up) {
+		route_backend_down(be, n->error);
+		return;
+	}
+	uint8_t role = n->replica ? ROLE_REPLICA : ROLE_PRIMARY;
+	if (be->state != BE_UP || be->seen_role != role)
+		log_info("backend %s is up as %s", be->db->name, route_role_name(role));
+	be->state = BE_UP;
+	be->seen_role = role;
+	be->lsn = n->lsn;
+	be->lag_ms = n->lag_ms;
+	be->last_error[0] = '\0';
 	route_backend_update(be);
 }
 
