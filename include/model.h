@@ -244,8 +244,11 @@ struct console_ops {
 	bool (*uses_database)(struct worker *w, const struct database *db);
 };
 
-/* Routing's hooks into the pool layer, installed by route_register: the pool calls them only
- * for clients of a [database X] section (cl->rt), and knows nothing else of routing. */
+/* Routing's hooks into the engine, installed by route_register: the engine reaches routing
+ * only through them, and calls them only for clients of a [database X] section (cl->rt set;
+ * login: a client of a section's front database), so that a plain client pays one pointer test
+ * and routing sits above the engine as a plug-in.  Each hook's contract is its route_* function's
+ * (route_int.h); the inline tests that decide whether to call them are in route_types.h. */
 struct router_ops {
 	/* cl was just linked to sv: pgmux's own bytes that must go first (a BEGIN it held back)
 	 * are added to sv's out buffer, their ReadyForQuery counted in internal_z; true if any */
@@ -257,6 +260,37 @@ struct router_ops {
 	bool (*backend_failed)(struct database *db, const char *msg);
 	/* new servers may be opened to db (a backend of a section): false while it is down */
 	bool (*may_connect)(const struct database *db);
+
+	/* cl logged in to front, a section's front database: makes cl->rt; its first pool, NULL
+	 * when out of memory (route_client_login) */
+	struct pool *(*login)(struct client *cl, struct database *front);
+	/* how much of a client message routing needs in the buffer (route_msg_need) */
+	uint32_t (*msg_need)(const struct client *cl, char type, const uint8_t *h, uint32_t total,
+			     uint32_t avail);
+	/* an unlinked client's first message of a transaction: its route (route_pick) */
+	enum hook_rc (*pick)(struct client *cl, char type, const uint8_t *h, uint32_t total,
+			     uint32_t avail);
+	/* a linked client's message that route_watches_client picked (route_on_message) */
+	enum hook_rc (*on_message)(struct client *cl, char type, const uint8_t *h, uint32_t total,
+				   uint32_t avail);
+	/* the read kept for a retry may no longer run again (route_retry_drop) */
+	void (*retry_drop)(struct client *cl);
+	/* a server message that route_watches_server picked (route_on_server_message) */
+	enum hook_rc (*on_server_message)(struct server *sv, char type, uint32_t len, bool whole);
+	/* the server went back to the pool after a HOOK_RELEASE (route_released) */
+	void (*released)(struct client *cl);
+	/* the server of cl died: true when its kept read routes again (route_retry_lost) */
+	bool (*retry_lost)(struct client *cl);
+	/* a DataRow / the end of the commit-LSN query of sv (sv->ryw_client set: route_lsn_row,
+	 * route_lsn_done) */
+	void (*lsn_row)(struct server *sv, const uint8_t *body, uint32_t blen);
+	void (*lsn_done)(struct server *sv);
+	/* bytes routing holds for cl (route_client_bytes) */
+	uint64_t (*client_bytes)(const struct client *cl);
+	/* cl closes: its batches go (route_client_free); cl is reaped: cl->rt goes
+	 * (route_session_free) */
+	void (*client_free)(struct client *cl);
+	void (*session_free)(struct client *cl);
 };
 
 /* The daemon's own actions that the console may ask for, installed by pgmux.c: the console

@@ -22,6 +22,73 @@ struct route_fanout {
 	bool advance;               /* the current shard finished: run on the next */
 };
 
+/* ---- the hooks route_register installs in worker->router (model.h, struct router_ops),
+ * through which the engine reaches routing for a client with a session (cl->rt) ---- */
+
+/* A client of a [database X] section (front) logged in as its user: its routing session is
+ * made (cl->rt, over the user's set of pools) and the pool it starts in is returned, for its
+ * greeting.  NULL when out of memory; cl->rt is then NULL too. */
+struct pool *route_client_login(struct client *cl, struct database *front);
+
+/* An unlinked client's first message of a transaction is at c->in->scan (total bytes, avail
+ * of them in the buffer): chooses the backend and moves the client to its pool (HOOK_FORWARD),
+ * or needs more bytes (HOOK_WAIT), or answered it itself (HOOK_CONSUMED: read on), or closed. */
+PGMUX_MUST_CHECK enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
+			     uint32_t avail);
+
+/* pgmux's own connection to a backend failed: down until the monitor sees it again. */
+void route_backend_failed(struct backend *be, const char *msg);
+
+/* A write transaction finished on a primary and its client wants read-your-writes: pgmux
+ * asks the server for its WAL insert LSN before it goes back to the pool, and the client's
+ * next route waits for the answer (route_lsn_row, then route_lsn_done). */
+void route_need_lsn(struct server *sv);
+/* A DataRow of that query (text LSN); called by the server's swallow path. */
+void route_lsn_row(struct server *sv, const uint8_t *body, uint32_t blen);
+/* The query finished, failed or its server died: the client routes again. */
+void route_lsn_done(struct server *sv);
+
+/* The routing hooks of the forwarding loops, for clients of a section (cl->rt):
+ * route_on_message sees a linked client's message at the parse position, whole as
+ * route_msg_need asked: a request behind a fan-out waits (HOOK_WAIT), a Bind that belongs to
+ * another shard than the link's moves (HOOK_CONSUMED, unlinked), a statement that does not
+ * belong to the link's shard is rewritten into one that fails (HOOK_CONSUMED: read it again,
+ * it goes unchecked); else HOOK_FORWARD.  route_pick is the same hook for an unlinked client. */
+PGMUX_MUST_CHECK enum hook_rc route_on_message(struct client *cl, char type, const uint8_t *h, uint32_t total,
+			      uint32_t avail);
+/* Forgets the read kept for a retry (route_note_sent). */
+void route_retry_drop(struct client *cl);
+
+/* A server message to the linked client of a section: a fan-out merges its shards' answers
+ * (HOOK_CONSUMED; HOOK_RELEASE when a shard is done: flush, release, then route_released);
+ * a retryable read's first answers are watched (HOOK_WAIT for more bytes; HOOK_STOP when the
+ * read went elsewhere).  HOOK_FORWARD: forward it as usual. */
+PGMUX_MUST_CHECK enum hook_rc route_on_server_message(struct server *sv, char type, uint32_t len, bool whole);
+/* cl's server went back to the pool after a HOOK_RELEASE: a fan-out runs on its next shard. */
+void route_released(struct client *cl);
+/* The server of a retryable read died before answering: true when the read was put back to
+ * route again (the caller runs the client's loop), false when the client must be closed. */
+bool route_retry_lost(struct client *cl);
+
+/* How much of the client message at h (total bytes, avail here) routing reads before it acts:
+ * a Query or Parse whole, a Bind whole on a sharded database or up to its statement name
+ * otherwise; 0 for the rest.  client.c gathers it (bounded by max_client_memory); a message
+ * that was too big reaches route_pick / the shard check with avail < total and is routed
+ * without being read (read routing: to the primary) or refused (sharding: 54000). */
+uint32_t route_msg_need(const struct client *cl, char type, const uint8_t *h, uint32_t total,
+			uint32_t avail);
+
+/* Bytes routing holds for the client (its session, retry copy, held-back BEGIN, fan-out batch,
+ * remembered statements); 0 for a plain client. */
+uint64_t route_client_bytes(const struct client *cl);
+
+/* A client leaves (client_close): its saved batches go and the server reading its commit LSN
+ * forgets it.  cl->rt itself stays until route_session_free, since the closed client may still
+ * be looked at until it is reaped.  Nothing for a plain client. */
+void route_client_free(struct client *cl);
+/* The client's memory goes (the reaper): its routing session is freed; NULL is fine. */
+void route_session_free(struct client *cl);
+
 /* ---- route_topo.c: clusters, backends, health, the backend a transaction gets ---- */
 
 /* Where a client's transaction on shard goes now: a backend index (write: the primary; read:

@@ -105,6 +105,19 @@ static const struct router_ops router_ops = {
 	.releasing = route_need_lsn,
 	.backend_failed = hook_backend_failed,
 	.may_connect = hook_may_connect,
+	.login = route_client_login,
+	.msg_need = route_msg_need,
+	.pick = route_pick,
+	.on_message = route_on_message,
+	.retry_drop = route_retry_drop,
+	.on_server_message = route_on_server_message,
+	.released = route_released,
+	.retry_lost = route_retry_lost,
+	.lsn_row = route_lsn_row,
+	.lsn_done = route_lsn_done,
+	.client_bytes = route_client_bytes,
+	.client_free = route_client_free,
+	.session_free = route_session_free,
 };
 
 void route_register(struct worker *w)

@@ -292,6 +292,7 @@ static void fake_init(struct fake *f, int type)
 	f->x.sp.cl = &f->cl;
 	f->x.sp.stmts = &f->rt.sp;
 	f->cl.rt = &f->rt;
+	route_register(&f->w);   /* client_memory asks routing for the session's bytes */
 	f->x.sp.n_shards = 4;
 	f->x.sp.shard_key = "user_id";
 	f->x.sp.key_type = type;
