@@ -91,6 +91,12 @@ void route_session_free(struct client *cl);
 
 /* ---- route_topo.c: clusters, backends, health, the backend a transaction gets ---- */
 
+/* Builds or updates clusters from the current config, starts their monitors, and stops those
+ * of sections that left it (route_apply_config's part that is routing's topology). */
+void rt_clusters_apply(struct worker *w);
+/* Frees every cluster, its backends (and their monitors) and route sets (route_shutdown). */
+void rt_clusters_free(struct worker *w);
+
 /* Where a client's transaction on shard goes now: a backend index (write: the primary; read:
  * the least loaded replica that qualifies, the primary when replica_fallback allows), or -1
  * to wait for a primary.  avoid: a backend index not to take (-1: none). */

@@ -1,4 +1,4 @@
-/* route.c: a routed client's hooks into the forwarding loops and the pool layer; its routing state's lifetime. */
+/* route.c: routing as the engine's plug-in: the hooks it installs (worker->router), a routed client's hooks into the forwarding loops, its session's lifetime, and start and end of routing as a whole. */
 #include "route.h"
 
 #include <stdlib.h>
@@ -123,6 +123,24 @@ static const struct router_ops router_ops = {
 void route_register(struct worker *w)
 {
 	w->router = &router_ops;
+}
+
+/* The write_functions list first: the clusters' statements are classified with it. */
+void route_apply_config(struct worker *w)
+{
+	route_write_funcs_update(w);
+	rt_clusters_apply(w);
+}
+
+void route_shutdown(struct worker *w)
+{
+	sqlscan_funcs_free(w->write_funcs);
+	free(w->write_funcs_text);
+	w->write_funcs = NULL;
+	w->write_funcs_text = NULL;
+	rt_verdicts_clear(w);
+	rt_batches_free(w);
+	rt_clusters_free(w);
 }
 
 void route_client_free(struct client *cl)

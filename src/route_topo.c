@@ -179,9 +179,8 @@ static void cluster_apply(struct worker *w, const struct cfg_cluster *cc)
 	readable_update(c);
 }
 
-void route_apply_config(struct worker *w)
+void rt_clusters_apply(struct worker *w)
 {
-	route_write_funcs_update(w);
 	for (const struct cfg_cluster *cc = w->cf->clusters; cc; cc = cc->next)
 		cluster_apply(w, cc);
 	struct list *it;
@@ -199,15 +198,9 @@ void route_apply_config(struct worker *w)
 	}
 }
 
-void route_shutdown(struct worker *w)
+void rt_clusters_free(struct worker *w)
 {
 	struct list *it;
-	sqlscan_funcs_free(w->write_funcs);
-	free(w->write_funcs_text);
-	w->write_funcs = NULL;
-	w->write_funcs_text = NULL;
-	rt_verdicts_clear(w);
-	rt_batches_free(w);
 	for (it = w->databases.next; it != &w->databases; it = it->next) {
 		struct database *db = list_entry(it, struct database, node);
 		struct cluster *c = db->cluster;
