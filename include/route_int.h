@@ -102,7 +102,7 @@ void rt_clusters_free(struct worker *w);
  * to wait for a primary.  avoid: a backend index not to take (-1: none). */
 int rt_target(struct client *cl, int shard, bool write, int avoid);
 
-/* ---- route_pick.c: classifying statements, answering locally, the choice ---- */
+/* ---- route_msg.c: a message's SQL and its classification, answering locally ---- */
 
 /* The write_functions list the classifier uses now. */
 const struct sqlscan_funcs *rt_write_funcs(const struct worker *w);
@@ -126,6 +126,32 @@ void rt_shard_message(const struct cluster *c, int why, bool write, const struct
 		      char *msg, size_t len);
 /* Drops the BEGIN pgmux held back for the client, if any. */
 void rt_clear_deferred(struct client *cl);
+/* Status letter (I, T, E) for a ReadyForQuery pgmux writes itself: T while a held-back
+ * BEGIN stands, E once that transaction hit an error pgmux gave. */
+char rt_tx_status(const struct client *cl);
+/* The message at scan (total bytes) was answered by pgmux: it is consumed and the answer
+ * sent.  HOOK_CONSUMED, or HOOK_STOP when the client could not be written (closed). */
+enum hook_rc rt_reply_out(struct client *cl, uint32_t total);
+/* A message of an extended batch pgmux answers itself (rt_fake set: SET pgmux.*, a held-back
+ * BEGIN, the end of an empty transaction, a refusal) until its Sync: rt_reply_out's result,
+ * or HOOK_STOP when a message that cannot be in such a batch closed the client. */
+enum hook_rc rt_fake_message(struct client *cl, char type, uint32_t total, uint32_t avail);
+/* SET / RESET pgmux.* (r says which and its value) in a Query or a Parse: applied to the
+ * session and answered (an invalid value with an error; a Parse's batch then answered by
+ * rt_fake_message).  rt_reply_out's result. */
+enum hook_rc rt_handle_set(struct client *cl, char type, const struct sqlscan_result *r,
+			   uint32_t total);
+/* A BEGIN (sql, len bytes) in a Query or Parse is held back, to go out with the transaction's
+ * first statement once that chose its backend, and answered here.  rt_reply_out's result, or
+ * HOOK_STOP when out of memory closed the client. */
+enum hook_rc rt_defer_begin(struct client *cl, char type, uint32_t total, const char *sql,
+			    size_t len);
+/* The COMMIT or ROLLBACK (sql) of a transaction whose BEGIN was held back and that ran
+ * nothing: answered here (ROLLBACK after an error pgmux gave).  rt_reply_out's result. */
+enum hook_rc rt_end_deferred(struct client *cl, char type, uint32_t total, const char *sql,
+			     size_t len);
+
+/* ---- route_pick.c: the choice ---- */
 
 /* ---- route_retry.c: saved reads, retries, read-your-writes ---- */
 
