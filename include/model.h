@@ -26,6 +26,7 @@
 struct worker;
 struct pool;
 struct client;
+struct route_session;
 struct server;
 struct admin_session;
 struct stats_state;
@@ -199,34 +200,9 @@ struct client {
 	bool admin;                         /* may run console control commands (admin_users) */
 	struct admin_session *console;      /* console state, for CL_ADMIN clients */
 	struct ps_cmap *ps;                 /* its named prepared statements, or NULL */
-	/* read/write routing (route.c); rs is NULL for a plain [databases] entry */
-	struct route_set *rs;
-	uint8_t role_pref;                  /* SET pgmux.role */
-	uint8_t rt_force;                   /* the next batch's route, for a retry */
-	bool rt_primary;                    /* the current transaction must run on the primary */
-	bool rt_write;                      /* ... and may write (read-your-writes asks its LSN) */
-	bool rt_fake, rt_fake_err, rt_fake_end;   /* answering an extended batch locally */
-	uint8_t rt_fake_tag;                /* its CommandComplete (route.c, enum fake_tag) */
-	bool deferred_failed;               /* that transaction hit an error pgmux gave */
-	int16_t rt_be;                      /* backend of the current transaction, -1 none */
-	int16_t rt_shard;                   /* its shard */
-	bool rt_prepare_only;               /* it only prepared: a Bind may move it to its shard */
-	bool rt_routed;                     /* the message being read chose its link (unchecked) */
-	int16_t rt_avoid;                   /* backend that just lost this client's read */
-	uint16_t verdict_memo;              /* verdict cache slot of its last statement text */
-	uint64_t ryw_lsn;                   /* its last commit's WAL position (read your writes) */
-	struct server *ryw_server;          /* that position is being read there: reads wait */
-	uint8_t *retry;                     /* a read batch kept until its first answer */
-	uint32_t retry_len;
-	bool retry_sent;                    /* the saved batch has gone out whole */
-	struct route_fanout *fo;            /* a read running on every shard in turn */
-	struct sp_client *sp;               /* statements it parsed, for their Binds' shard keys */
-	uint8_t *deferred;                  /* a BEGIN not yet sent: its first statement routes */
-	uint32_t deferred_len;
-	bool has_user_id;                   /* SET pgmux.user_id */
-	uint64_t user_id_hash;              /* its key's partition hash (shard_key_hash): the
-					     * shard is this mod n_shards, whatever the key type */
-	int32_t shard_pref;                 /* SET pgmux.shard, -1 none */
+	/* read/write routing (route.h): the session of a client of a [database X] section, NULL
+	 * for a plain [databases] entry, so that the engine pays one pointer test for routing */
+	struct route_session *rt;
 	/* A Query or Parse text too big to hold streams on: the last bytes seen, so that pgmux's
 	 * statement-name token is found across reads (prepared.c, ps_scan_stream). */
 	bool ps_tok_scan;
@@ -268,8 +244,11 @@ struct console_ops {
 	bool (*uses_database)(struct worker *w, const struct database *db);
 };
 
-/* Routing's hooks into the pool layer, installed by route_register: the pool calls them only
- * for clients of a [database X] section (cl->rs), and knows nothing else of routing. */
+/* Routing's hooks into the engine, installed by route_register: the engine reaches routing
+ * only through them, and calls them only for clients of a [database X] section (cl->rt set;
+ * login: a client of a section's front database), so that a plain client pays one pointer test
+ * and routing sits above the engine as a plug-in.  Each hook's contract is its route_* function's
+ * (route_int.h); the inline tests that decide whether to call them are in route_types.h. */
 struct router_ops {
 	/* cl was just linked to sv: pgmux's own bytes that must go first (a BEGIN it held back)
 	 * are added to sv's out buffer, their ReadyForQuery counted in internal_z; true if any */
@@ -281,6 +260,37 @@ struct router_ops {
 	bool (*backend_failed)(struct database *db, const char *msg);
 	/* new servers may be opened to db (a backend of a section): false while it is down */
 	bool (*may_connect)(const struct database *db);
+
+	/* cl logged in to front, a section's front database: makes cl->rt; its first pool, NULL
+	 * when out of memory (route_client_login) */
+	struct pool *(*login)(struct client *cl, struct database *front);
+	/* how much of a client message routing needs in the buffer (route_msg_need) */
+	uint32_t (*msg_need)(const struct client *cl, char type, const uint8_t *h, uint32_t total,
+			     uint32_t avail);
+	/* an unlinked client's first message of a transaction: its route (route_pick) */
+	enum hook_rc (*pick)(struct client *cl, char type, const uint8_t *h, uint32_t total,
+			     uint32_t avail);
+	/* a linked client's message that route_watches_client picked (route_on_message) */
+	enum hook_rc (*on_message)(struct client *cl, char type, const uint8_t *h, uint32_t total,
+				   uint32_t avail);
+	/* the read kept for a retry may no longer run again (route_retry_drop) */
+	void (*retry_drop)(struct client *cl);
+	/* a server message that route_watches_server picked (route_on_server_message) */
+	enum hook_rc (*on_server_message)(struct server *sv, char type, uint32_t len, bool whole);
+	/* the server went back to the pool after a HOOK_RELEASE (route_released) */
+	void (*released)(struct client *cl);
+	/* the server of cl died: true when its kept read routes again (route_retry_lost) */
+	bool (*retry_lost)(struct client *cl);
+	/* a DataRow / the end of the commit-LSN query of sv (sv->ryw_client set: route_lsn_row,
+	 * route_lsn_done) */
+	void (*lsn_row)(struct server *sv, const uint8_t *body, uint32_t blen);
+	void (*lsn_done)(struct server *sv);
+	/* bytes routing holds for cl (route_client_bytes) */
+	uint64_t (*client_bytes)(const struct client *cl);
+	/* cl closes: its batches go (route_client_free); cl is reaped: cl->rt goes
+	 * (route_session_free) */
+	void (*client_free)(struct client *cl);
+	void (*session_free)(struct client *cl);
 };
 
 /* The daemon's own actions that the console may ask for, installed by pgmux.c: the console

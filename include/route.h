@@ -2,164 +2,18 @@
 #ifndef PGMUX_ROUTE_H
 #define PGMUX_ROUTE_H
 
-#include "model.h"
-
-enum be_state { BE_UNKNOWN = 0, BE_UP, BE_DOWN };
-enum be_role { ROLE_UNKNOWN = 0, ROLE_PRIMARY, ROLE_REPLICA };
-/* What a client asked for with SET pgmux.role, or what a transaction was routed as. */
-enum rt_pref { RT_AUTO = 0, RT_PRIMARY, RT_REPLICA };
-
-struct monitor;
-struct sp_cache;
-
-/* One server of a cluster: a primary or replica line, with what the monitor last saw. */
-struct backend {
-	struct cluster *cl;
-	struct database *db;        /* its pools' database ("orders/replica0") */
-	int index;                  /* in cl->be */
-	int shard;
-	bool cfg_replica;           /* configured as a replica */
-	int weight;
-	uint8_t state;              /* be_state */
-	uint8_t seen_role;          /* be_role from pg_is_in_recovery() */
-	uint64_t lsn;               /* primary: pg_current_wal_lsn; replica: replay LSN */
-	int64_t lag_bytes, lag_ms;  /* -1 while unknown */
-	uint64_t reads, writes, retries;
-	uint64_t picks;             /* times chosen for a read: ties go to the fewest per weight */
-	uint64_t state_since;
-	struct monitor *mon;
-	char last_error[160];
-};
-
-struct cluster {
-	struct worker *w;
-	struct database *front;     /* the name clients connect to */
-	char *name;
-	struct cfg_cluster cf;      /* scalar settings (strings not kept) */
-	struct backend **be;
-	int n_be;
-	int n_shards;
-	char *shard_key;            /* the key column when sharded, else NULL */
-	uint64_t *shard_keyed;      /* per shard: transactions routed by a key or hint */
-	int *primary;               /* per shard: index of the backend taking writes, -1: none */
-	int *rd_idx;                /* replicas that may take reads, shard by shard */
-	int *rd_start;              /* per shard: where its replicas start in rd_idx (n_shards + 1) */
-	struct list sets;           /* route_set per user */
-	struct sp_cache *sp_cache;  /* statements read for their shard keys (shardplan.c) */
-	bool removed;
-};
-
-/* One user's pools over every backend of a cluster, indexed like cluster->be. */
-struct route_set {
-	struct list node;
-	struct cluster *cl;
-	struct user *user;
-	char *user_name;
-	struct pool **pools;
-	int n;
-	bool session;               /* session pooling: one route per session */
-};
-
+/* What the daemon and the console ask of routing; the engine reaches it through the hooks
+ * route_register installs (worker->router), declared in route_int.h. */
+#include "route_types.h"
 
 /* Compiles write_functions again when the setting changed (console SET). */
 void route_write_funcs_update(struct worker *w);
 
 /* Builds or updates clusters from the current config (start and reload); starts monitors. */
 void route_apply_config(struct worker *w);
-/* The set of pools for (front database, user); NULL when out of memory. */
-struct route_set *route_set_get(struct database *front, const char *user);
-/* The pool a new client of a routed database starts in (for its greeting). */
-struct pool *route_login_pool(struct route_set *rs);
 
-/* An unlinked client's first message of a transaction is at c->in->scan (total bytes, avail
- * of them in the buffer): chooses the backend and moves the client to its pool (HOOK_FORWARD),
- * or needs more bytes (HOOK_WAIT), or answered it itself (HOOK_CONSUMED: read on), or closed. */
-PGMUX_MUST_CHECK enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
-			     uint32_t avail);
-
-/* The monitor's news: a backend's state, role or lag changed. */
-void route_backend_update(struct backend *be);
-/* The monitor's probe failed: the backend gets no new transactions. */
-void route_backend_down(struct backend *be, const char *msg);
-/* pgmux's own connection to a backend failed: down until the monitor sees it again. */
-void route_backend_failed(struct backend *be, const char *msg);
-
-/* A write transaction finished on a primary and its client wants read-your-writes: pgmux
- * asks the server for its WAL insert LSN before it goes back to the pool, and the client's
- * next route waits for the answer (route_lsn_row, then route_lsn_done). */
-void route_need_lsn(struct server *sv);
-/* A DataRow of that query (text LSN); called by the server's swallow path. */
-void route_lsn_row(struct server *sv, const uint8_t *body, uint32_t blen);
-/* The query finished, failed or its server died: the client routes again. */
-void route_lsn_done(struct server *sv);
-
-/* The routing hooks of the forwarding loops, for clients of a section (cl->rs):
- * route_on_message sees a linked client's message at the parse position, whole as
- * route_msg_need asked: a request behind a fan-out waits (HOOK_WAIT), a Bind that belongs to
- * another shard than the link's moves (HOOK_CONSUMED, unlinked), a statement that does not
- * belong to the link's shard is rewritten into one that fails (HOOK_CONSUMED: read it again,
- * it goes unchecked); else HOOK_FORWARD.  route_pick is the same hook for an unlinked client. */
-PGMUX_MUST_CHECK enum hook_rc route_on_message(struct client *cl, char type, const uint8_t *h, uint32_t total,
-			      uint32_t avail);
-/* The loops test these inline before they call the hooks, so that a routed client whose
- * messages need nothing (no fan-out, no retry, no shard to keep) pays no call. */
-static inline bool route_watches_client(const struct client *cl, char type)
-{
-	return cl->fo || cl->rt_prepare_only ||
-	       (cl->rs->cl->n_shards > 1 && (type == 'Q' || type == 'P' || type == 'B' || cl->rt_routed));
-}
-
-/* Forgets the read kept for a retry (route_note_sent). */
-void route_retry_drop(struct client *cl);
-
-/* A read kept for a retry (route_pick) may run again only as a lone batch: anything sent after
- * its end cancels that.  Called for every message a routed client sends on its link. */
-static inline void route_note_sent(struct client *cl, char type)
-{
-	if (!cl->retry)
-		return;
-	if (cl->retry_sent)
-		route_retry_drop(cl);
-	else if (type == 'Q' || type == 'S')
-		cl->retry_sent = true;
-}
-
-static inline bool route_watches_server(const struct client *cl)
-{
-	return cl->fo || cl->retry;
-}
-
-/* A server message to the linked client of a section: a fan-out merges its shards' answers
- * (HOOK_CONSUMED; HOOK_RELEASE when a shard is done: flush, release, then route_released);
- * a retryable read's first answers are watched (HOOK_WAIT for more bytes; HOOK_STOP when the
- * read went elsewhere).  HOOK_FORWARD: forward it as usual. */
-PGMUX_MUST_CHECK enum hook_rc route_on_server_message(struct server *sv, char type, uint32_t len, bool whole);
-/* The server messages of type that route_on_server_message needs whole in the buffer. */
-static inline bool route_reads_whole(const struct client *cl, char type)
-{
-	return (type == 'E' || type == 'C' || type == 'T' || type == 't') && route_watches_server(cl);
-}
-/* cl's server went back to the pool after a HOOK_RELEASE: a fan-out runs on its next shard. */
-void route_released(struct client *cl);
-/* The server of a retryable read died before answering: true when the read was put back to
- * route again (the caller runs the client's loop), false when the client must be closed. */
-bool route_retry_lost(struct client *cl);
-/* Installs routing's hooks for the pool layer (worker->router). */
+/* Installs routing's hooks for the engine (worker->router, struct router_ops). */
 void route_register(struct worker *w);
-
-/* How much of the client message at h (total bytes, avail here) routing reads before it acts:
- * a Query or Parse whole, a Bind whole on a sharded database or up to its statement name
- * otherwise; 0 for the rest.  client.c gathers it (bounded by max_client_memory); a message
- * that was too big reaches route_pick / the shard check with avail < total and is routed
- * without being read (read routing: to the primary) or refused (sharding: 54000). */
-uint32_t route_msg_need(const struct client *cl, char type, const uint8_t *h, uint32_t total,
-			uint32_t avail);
-
-/* Bytes routing holds for the client (retry copy, held-back BEGIN, fan-out batch). */
-uint64_t route_client_bytes(const struct client *cl);
-
-/* A client leaves: its saved batches go. */
-void route_client_free(struct client *cl);
 
 /* Shutdown: monitors stop, clusters are freed. */
 void route_shutdown(struct worker *w);

@@ -22,14 +22,87 @@ struct route_fanout {
 	bool advance;               /* the current shard finished: run on the next */
 };
 
+/* ---- the hooks route_register installs in worker->router (model.h, struct router_ops),
+ * through which the engine reaches routing for a client with a session (cl->rt) ---- */
+
+/* A client of a [database X] section (front) logged in as its user: its routing session is
+ * made (cl->rt, over the user's set of pools) and the pool it starts in is returned, for its
+ * greeting.  NULL when out of memory; cl->rt is then NULL too. */
+struct pool *route_client_login(struct client *cl, struct database *front);
+
+/* An unlinked client's first message of a transaction is at c->in->scan (total bytes, avail
+ * of them in the buffer): chooses the backend and moves the client to its pool (HOOK_FORWARD),
+ * or needs more bytes (HOOK_WAIT), or answered it itself (HOOK_CONSUMED: read on), or closed. */
+PGMUX_MUST_CHECK enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
+			     uint32_t avail);
+
+/* pgmux's own connection to a backend failed: down until the monitor sees it again. */
+void route_backend_failed(struct backend *be, const char *msg);
+
+/* A write transaction finished on a primary and its client wants read-your-writes: pgmux
+ * asks the server for its WAL insert LSN before it goes back to the pool, and the client's
+ * next route waits for the answer (route_lsn_row, then route_lsn_done). */
+void route_need_lsn(struct server *sv);
+/* A DataRow of that query (text LSN); called by the server's swallow path. */
+void route_lsn_row(struct server *sv, const uint8_t *body, uint32_t blen);
+/* The query finished, failed or its server died: the client routes again. */
+void route_lsn_done(struct server *sv);
+
+/* The routing hooks of the forwarding loops, for clients of a section (cl->rt):
+ * route_on_message sees a linked client's message at the parse position, whole as
+ * route_msg_need asked: a request behind a fan-out waits (HOOK_WAIT), a Bind that belongs to
+ * another shard than the link's moves (HOOK_CONSUMED, unlinked), a statement that does not
+ * belong to the link's shard is rewritten into one that fails (HOOK_CONSUMED: read it again,
+ * it goes unchecked); else HOOK_FORWARD.  route_pick is the same hook for an unlinked client. */
+PGMUX_MUST_CHECK enum hook_rc route_on_message(struct client *cl, char type, const uint8_t *h, uint32_t total,
+			      uint32_t avail);
+/* Forgets the read kept for a retry (route_note_sent). */
+void route_retry_drop(struct client *cl);
+
+/* A server message to the linked client of a section: a fan-out merges its shards' answers
+ * (HOOK_CONSUMED; HOOK_RELEASE when a shard is done: flush, release, then route_released);
+ * a retryable read's first answers are watched (HOOK_WAIT for more bytes; HOOK_STOP when the
+ * read went elsewhere).  HOOK_FORWARD: forward it as usual. */
+PGMUX_MUST_CHECK enum hook_rc route_on_server_message(struct server *sv, char type, uint32_t len, bool whole);
+/* cl's server went back to the pool after a HOOK_RELEASE: a fan-out runs on its next shard. */
+void route_released(struct client *cl);
+/* The server of a retryable read died before answering: true when the read was put back to
+ * route again (the caller runs the client's loop), false when the client must be closed. */
+bool route_retry_lost(struct client *cl);
+
+/* How much of the client message at h (total bytes, avail here) routing reads before it acts:
+ * a Query or Parse whole, a Bind whole on a sharded database or up to its statement name
+ * otherwise; 0 for the rest.  client.c gathers it (bounded by max_client_memory); a message
+ * that was too big reaches route_pick / the shard check with avail < total and is routed
+ * without being read (read routing: to the primary) or refused (sharding: 54000). */
+uint32_t route_msg_need(const struct client *cl, char type, const uint8_t *h, uint32_t total,
+			uint32_t avail);
+
+/* Bytes routing holds for the client (its session, retry copy, held-back BEGIN, fan-out batch,
+ * remembered statements); 0 for a plain client. */
+uint64_t route_client_bytes(const struct client *cl);
+
+/* A client leaves (client_close): its saved batches go and the server reading its commit LSN
+ * forgets it.  cl->rt itself stays until route_session_free, since the closed client may still
+ * be looked at until it is reaped.  Nothing for a plain client. */
+void route_client_free(struct client *cl);
+/* The client's memory goes (the reaper): its routing session is freed; NULL is fine. */
+void route_session_free(struct client *cl);
+
 /* ---- route_topo.c: clusters, backends, health, the backend a transaction gets ---- */
+
+/* Builds or updates clusters from the current config, starts their monitors, and stops those
+ * of sections that left it (route_apply_config's part that is routing's topology). */
+void rt_clusters_apply(struct worker *w);
+/* Frees every cluster, its backends (and their monitors) and route sets (route_shutdown). */
+void rt_clusters_free(struct worker *w);
 
 /* Where a client's transaction on shard goes now: a backend index (write: the primary; read:
  * the least loaded replica that qualifies, the primary when replica_fallback allows), or -1
  * to wait for a primary.  avoid: a backend index not to take (-1: none). */
 int rt_target(struct client *cl, int shard, bool write, int avoid);
 
-/* ---- route_pick.c: classifying statements, answering locally, the choice ---- */
+/* ---- route_msg.c: a message's SQL and its classification, answering locally ---- */
 
 /* The write_functions list the classifier uses now. */
 const struct sqlscan_funcs *rt_write_funcs(const struct worker *w);
@@ -53,6 +126,32 @@ void rt_shard_message(const struct cluster *c, int why, bool write, const struct
 		      char *msg, size_t len);
 /* Drops the BEGIN pgmux held back for the client, if any. */
 void rt_clear_deferred(struct client *cl);
+/* Status letter (I, T, E) for a ReadyForQuery pgmux writes itself: T while a held-back
+ * BEGIN stands, E once that transaction hit an error pgmux gave. */
+char rt_tx_status(const struct client *cl);
+/* The message at scan (total bytes) was answered by pgmux: it is consumed and the answer
+ * sent.  HOOK_CONSUMED, or HOOK_STOP when the client could not be written (closed). */
+enum hook_rc rt_reply_out(struct client *cl, uint32_t total);
+/* A message of an extended batch pgmux answers itself (rt_fake set: SET pgmux.*, a held-back
+ * BEGIN, the end of an empty transaction, a refusal) until its Sync: rt_reply_out's result,
+ * or HOOK_STOP when a message that cannot be in such a batch closed the client. */
+enum hook_rc rt_fake_message(struct client *cl, char type, uint32_t total, uint32_t avail);
+/* SET / RESET pgmux.* (r says which and its value) in a Query or a Parse: applied to the
+ * session and answered (an invalid value with an error; a Parse's batch then answered by
+ * rt_fake_message).  rt_reply_out's result. */
+enum hook_rc rt_handle_set(struct client *cl, char type, const struct sqlscan_result *r,
+			   uint32_t total);
+/* A BEGIN (sql, len bytes) in a Query or Parse is held back, to go out with the transaction's
+ * first statement once that chose its backend, and answered here.  rt_reply_out's result, or
+ * HOOK_STOP when out of memory closed the client. */
+enum hook_rc rt_defer_begin(struct client *cl, char type, uint32_t total, const char *sql,
+			    size_t len);
+/* The COMMIT or ROLLBACK (sql) of a transaction whose BEGIN was held back and that ran
+ * nothing: answered here (ROLLBACK after an error pgmux gave).  rt_reply_out's result. */
+enum hook_rc rt_end_deferred(struct client *cl, char type, uint32_t total, const char *sql,
+			     size_t len);
+
+/* ---- route_pick.c: the choice ---- */
 
 /* ---- route_retry.c: saved reads, retries, read-your-writes ---- */
 

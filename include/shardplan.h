@@ -13,7 +13,9 @@ struct sp_client;
 /* The sharded database a client's message is read for.  route_shard.c (rt_shard_for) fills one per
  * message from its cluster, so that this file and shard.c depend on none of routing's objects. */
 struct sp_ctx {
-	struct client *cl;          /* the sender: its encodings, its pool, its statements (cl->sp) */
+	struct client *cl;          /* the sender: its encodings, its pool */
+	struct sp_client **stmts;   /* where the sender's remembered statements are kept (its
+				     * routing session's; made on first use) */
 	const char *shard_key;      /* the key column */
 	int key_type;               /* SHARDKEY_*: how key values are read and hashed */
 	int n_shards;
@@ -46,10 +48,10 @@ struct sp_eval {
 /* Frees a cluster's cache (reload, shutdown). */
 void shardplan_cache_free(struct sp_cache *sc);
 
-/* A client's remembered statements go (it leaves). */
-void shardplan_client_free(struct client *cl);
-/* Bytes pgmux keeps for the client's remembered statements (max_client_memory). */
-uint64_t shardplan_client_bytes(const struct client *cl);
+/* A client's remembered statements (*stmts, as in sp_ctx) go (it leaves); *stmts becomes NULL. */
+void shardplan_client_free(struct sp_client **stmts);
+/* Bytes pgmux keeps for a client's remembered statements sp (max_client_memory); NULL: 0. */
+uint64_t shardplan_client_bytes(const struct sp_client *sp);
 
 /*
  * A simple Query's text sql[0..len): every statement is read (through the cache of shapes:
@@ -70,10 +72,11 @@ void shardplan_parse(const struct sp_ctx *ctx, const uint8_t *m, uint32_t total,
 void shardplan_bind(const struct sp_ctx *ctx, const uint8_t *body, uint32_t blen,
 		    struct sp_eval *e);
 
-/* The text of the statement a Bind body names, as remembered from its Parse, or NULL. */
-const char *shardplan_bind_text(struct client *cl, const uint8_t *body, uint32_t blen, size_t *len);
+/* The text of the statement a Bind body names, as remembered (in sp) from its Parse, or NULL. */
+const char *shardplan_bind_text(struct sp_client *sp, const uint8_t *body, uint32_t blen, size_t *len);
 
-/* Close of statement `name`, DEALLOCATE / DISCARD ALL (name NULL: all of them). */
-void shardplan_forget(struct client *cl, const char *name);
+/* Close of statement `name` in a client's remembered statements sp (NULL: none), DEALLOCATE /
+ * DISCARD ALL (name NULL: all of them). */
+void shardplan_forget(struct sp_client *sp, const char *name);
 
 #endif

@@ -12,7 +12,7 @@
 #include "auth.h"
 #include "log.h"
 #include "worker.h"
-#include "route.h"
+#include "route_types.h"
 #include "pool.h"
 #include "prepared.h"
 #include "pwcrypt.h"
@@ -132,7 +132,8 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 			sv->c.torn = true;
 	}
 	worker_cancel_unregister(w, cl);
-	route_client_free(cl);
+	if (cl->rt)
+		w->router->client_free(cl);
 	sbuf_close(&cl->c);
 	if (sv)
 		pool_release(sv, true);
@@ -166,6 +167,8 @@ static void on_free(struct conn *c)
 	struct client *cl = container_of(c, struct client, c);
 	varcache_clear(&c->w->vars, &cl->vars);
 	ps_client_free(cl);
+	if (cl->rt)
+		c->w->router->session_free(cl);
 	free(cl->user_name);
 	free(cl->db_name);
 	free(cl);
@@ -189,8 +192,6 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_
 	sbuf_init(&cl->c, w, fd, CONN_CLIENT, &client_ops);
 	list_init(&cl->node);
 	cl->state = CL_FREE;
-	cl->rt_be = cl->rt_avoid = cl->rt_shard = -1;
-	cl->shard_pref = -1;
 	cl->connect_time = cl->last_active = worker_now();
 	if (sa->sa_family == AF_INET) {
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, cl->addr, sizeof(cl->addr));
@@ -498,12 +499,10 @@ void client_auth_ok(struct client *cl)
 	}
 	struct pool *p = NULL;
 	if (db && db->cluster) {
-		cl->rs = route_set_get(db, cl->user_name);
-		if (cl->rs) {
-			for (int i = 0; i < cl->rs->n; i++)
-				auth_export_keys(cl, cl->rs->pools[i]);
-			p = route_login_pool(cl->rs);
-		}
+		p = w->router->login(cl, db);
+		if (p)   /* a cancel may reach it on any backend's pool */
+			for (int i = 0; i < cl->rt->rs->n; i++)
+				auth_export_keys(cl, cl->rt->rs->pools[i]);
 	} else if (db) {
 		p = pool_get(w, db, cl->user_name);
 	}
@@ -565,9 +564,15 @@ void client_linked(struct client *cl)
 }
 
 
+/* Bytes routing holds for cl: none for a plain client, which pays no call. */
+static uint64_t route_bytes(const struct client *cl)
+{
+	return cl->rt ? cl->c.w->router->client_bytes(cl) : 0;
+}
+
 uint64_t client_memory(const struct client *cl)
 {
-	return sbuf_extra(&cl->c) + ps_client_bytes(cl) + route_client_bytes(cl);
+	return sbuf_extra(&cl->c) + ps_client_bytes(cl) + route_bytes(cl);
 }
 
 int client_need(struct client *cl, uint32_t need)
@@ -579,7 +584,7 @@ int client_need(struct client *cl, uint32_t need)
 	struct worker *w = c->w;
 	/* The standard buffer is every client's; growing past it counts against its limit. */
 	if (need > w->bufsize &&
-	    (uint64_t)need + ps_client_bytes(cl) + route_client_bytes(cl) > (uint64_t)w->cf->max_client_memory)
+	    (uint64_t)need + ps_client_bytes(cl) + route_bytes(cl) > (uint64_t)w->cf->max_client_memory)
 		return -1;
 	if (!sbuf_reserve(c, need)) {
 		char tag[256];
@@ -611,7 +616,7 @@ void client_drop_msg(struct client *cl, uint32_t total)
 static uint32_t msg_need(struct client *cl, char type, const uint8_t *h, uint32_t total,
 			 uint32_t avail)
 {
-	uint32_t need = cl->rs ? route_msg_need(cl, type, h, total, avail) : 0;
+	uint32_t need = cl->rt ? cl->c.w->router->msg_need(cl, type, h, total, avail) : 0;
 	if (cl->link && cl->link->ps_active) {
 		uint32_t n = ps_msg_need(cl, type, h, total, avail);
 		if (n > need)
@@ -717,7 +722,7 @@ static void forward_loop(struct client *cl)
 				client_drop_msg(cl, total);
 				continue;
 			}
-			if (cl->rs) {
+			if (cl->rt) {
 				int g = gather(cl, type, total);
 				b = c->in;   /* gathering may have moved the buffer */
 				if (g == 0 || c->dead)
@@ -725,7 +730,7 @@ static void forward_loop(struct client *cl)
 				b = c->in;
 				h = b->data + b->scan;
 				avail = b->end - b->scan;
-				enum hook_rc r = route_pick(cl, type, h, total, avail);
+				enum hook_rc r = c->w->router->pick(cl, type, h, total, avail);
 				if (r == HOOK_WAIT || r == HOOK_STOP || c->dead)
 					return;
 				if (r == HOOK_CONSUMED) {
@@ -740,7 +745,7 @@ static void forward_loop(struct client *cl)
 			if (c->dead || !cl->link)
 				return;   /* queued: client_linked() resumes this loop */
 		}
-		if (cl->link->ps_active || cl->rs) {
+		if (cl->link->ps_active || cl->rt) {
 			int g = gather(cl, type, total);
 			b = c->in;
 			if (g == 0 || c->dead)
@@ -750,9 +755,9 @@ static void forward_loop(struct client *cl)
 			avail = b->end - b->scan;
 		}
 		log_noise("C-%llu -> %c len %u expect_z %u", (unsigned long long)c->id, type, len, cl->tt.expect_z);
-		if (cl->rs) {
+		if (cl->rt) {
 			if (route_watches_client(cl, type)) {
-				enum hook_rc r = route_on_message(cl, type, h, total, avail);
+				enum hook_rc r = c->w->router->on_message(cl, type, h, total, avail);
 				if (r != HOOK_FORWARD) {
 					if (r == HOOK_STOP || c->dead)
 						return;

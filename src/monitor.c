@@ -14,12 +14,14 @@
 #include "log.h"
 #include "worker.h"
 #include "pool.h"
-#include "route.h"
 
 enum mon_phase { MON_IDLE, MON_CONNECTING, MON_QUERY };
 
 struct monitor {
-	struct backend *be;
+	struct worker *w;
+	struct database *db;        /* the backend it polls */
+	monitor_report_fn report;   /* where each probe's outcome goes (routing) */
+	void *owner;
 	PGconn *conn;
 	struct event ev_io;
 	struct event ev_timer;
@@ -43,7 +45,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg);
 
 static uint64_t interval(const struct monitor *m)
 {
-	int64_t v = m->be->cl->w->cf->monitor_interval;
+	int64_t v = m->w->cf->monitor_interval;
 	return v > 0 ? (uint64_t)v : 1000000;
 }
 
@@ -75,7 +77,7 @@ static void io_wait(struct monitor *m, short what)
 	int fd = PQsocket(m->conn);
 	if (fd < 0)
 		return;
-	event_assign(&m->ev_io, m->be->cl->w->base, fd, what, on_io, m);
+	event_assign(&m->ev_io, m->w->base, fd, what, on_io, m);
 	event_add(&m->ev_io, NULL);
 	m->io_added = true;
 	m->io_fd = fd;
@@ -92,15 +94,15 @@ static void drop_conn(struct monitor *m)
 
 static void probe_failed(struct monitor *m, const char *why)
 {
-	struct backend *be = m->be;
-	char msg[sizeof(be->last_error)];
+	char msg[160];   /* as long as routing keeps (struct backend's last_error) */
 	snprintf(msg, sizeof(msg), "%s", why && *why ? why : "unknown error");
 	/* libpq's messages end in a newline; the log line should not. */
 	size_t n = strlen(msg);
 	while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
 		msg[--n] = '\0';
 	drop_conn(m);
-	route_backend_down(be, msg);
+	struct monitor_news news = { .up = false, .error = msg };
+	m->report(m->owner, &news);
 }
 
 static bool parse_lsn(const char *s, uint64_t *out)
@@ -114,7 +116,6 @@ static bool parse_lsn(const char *s, uint64_t *out)
 
 static void probe_result(struct monitor *m, PGresult *res)
 {
-	struct backend *be = m->be;
 	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) != 3) {
 		probe_failed(m, PQresultErrorMessage(res));
 		return;
@@ -124,15 +125,9 @@ static void probe_result(struct monitor *m, PGresult *res)
 	if (!PQgetisnull(res, 0, 1))
 		parse_lsn(PQgetvalue(res, 0, 1), &lsn);
 	int64_t age_ms = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
-	uint8_t role = recovery ? ROLE_REPLICA : ROLE_PRIMARY;
-	if (be->state != BE_UP || be->seen_role != role)
-		log_info("backend %s is up as %s", be->db->name, route_role_name(role));
-	be->state = BE_UP;
-	be->seen_role = role;
-	be->lsn = lsn;
-	be->lag_ms = recovery ? age_ms : 0;
-	be->last_error[0] = '\0';
-	route_backend_update(be);
+	struct monitor_news n = { .up = true, .replica = recovery, .lsn = lsn,
+				  .lag_ms = recovery ? age_ms : 0 };
+	m->report(m->owner, &n);
 }
 
 /* One more " key='value'" pair for a conninfo string. */
@@ -143,10 +138,11 @@ static void put_pair(FILE *out, const char *key, const char *val)
 }
 
 /* Connection string: the entry's own, plus the monitor's credentials where it names none. */
-static char *monitor_conninfo(const struct backend *be)
+static char *monitor_conninfo(const struct monitor *m)
 {
-	const struct cfg_db *e = be->db->cf;
-	const struct config *cf = be->cl->w->cf;
+	const struct database *db = m->db;
+	const struct cfg_db *e = db->cf;
+	const struct config *cf = m->w->cf;
 	char *s = NULL;
 	size_t n = 0;
 	FILE *out = open_memstream(&s, &n);
@@ -160,7 +156,6 @@ static char *monitor_conninfo(const struct backend *be)
 	if (!e->application_name)
 		fputs(" application_name='pgmux monitor'", out);
 	/* A name libpq would resolve with a blocking lookup: use the address pgmux resolved. */
-	const struct database *db = be->db;
 	char ip[INET6_ADDRSTRLEN];
 	if (db->addr_ok && e->host && e->host[0] != '/') {
 		const void *a = NULL;
@@ -204,10 +199,10 @@ static void start_probe(struct monitor *m)
 	/* libpq would look a host name up with a blocking call inside PQconnectPoll, stalling every
 	 * client of this worker: pgmux's own resolver (evdns) answers first, and the conninfo then
 	 * carries the address (monitor_conninfo). */
-	struct database *db = m->be->db;
+	struct database *db = m->db;
 	if (!db->addr_ok) {
 		if (!m->dns_wait)
-			pool_resolve(db, m->be->cl->w);
+			pool_resolve(db, m->w);
 		if (db->resolving) {
 			m->dns_wait = true;   /* look again soon, without starting another lookup */
 			arm_timer(m, 50000);
@@ -227,7 +222,7 @@ static void start_probe(struct monitor *m)
 	}
 	m->dns_wait = false;
 	m->dns_failed = false;
-	char *ci = monitor_conninfo(m->be);
+	char *ci = monitor_conninfo(m);
 	if (!ci) {
 		probe_failed(m, "out of memory");
 		return;
@@ -310,7 +305,7 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	struct monitor *m = arg;
-	m->be->cl->w->now = worker_now();
+	m->w->now = worker_now();
 	if (m->phase == MON_CONNECTING) {
 		on_connect_io(m);
 	} else if (m->phase == MON_QUERY) {
@@ -333,7 +328,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	struct monitor *m = arg;
 	uint64_t now = worker_now();
-	m->be->cl->w->now = now;
+	m->w->now = now;
 	arm_timer(m, interval(m));
 	if (m->phase == MON_IDLE)
 		start_probe(m);
@@ -342,14 +337,18 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 							   : "monitor query timed out");
 }
 
-struct monitor *monitor_start(struct backend *be)
+struct monitor *monitor_start(struct worker *w, struct database *db, monitor_report_fn report,
+			      void *owner)
 {
 	struct monitor *m = calloc(1, sizeof(*m));
 	if (!m)
 		return NULL;
-	m->be = be;
+	m->w = w;
+	m->db = db;
+	m->report = report;
+	m->owner = owner;
 	m->io_fd = -1;
-	evtimer_assign(&m->ev_timer, be->cl->w->base, on_timer, m);
+	evtimer_assign(&m->ev_timer, w->base, on_timer, m);
 	arm_timer(m, 0);
 	return m;
 }

@@ -295,7 +295,7 @@ static void link_pair(struct client *cl, struct server *sv)
 	bool internal = varcache_apply(&cl->vars, &sv->vars, &sv->c.out);
 	if (internal)
 		sv->internal_z++;
-	if (cl->rs && p->w->router->linked(cl, sv))
+	if (cl->rt && p->w->router->linked(cl, sv))
 		internal = true;
 	if (internal && sbuf_send_out(&sv->c) < 0)
 		server_close(sv, "send failed");
@@ -390,7 +390,7 @@ void pool_release(struct server *sv, bool client_gone)
 	struct client *cl = sv->link;
 	uint64_t now = w->now;
 
-	if (cl && cl->rs && !client_gone)
+	if (cl && cl->rt && !client_gone)
 		w->router->releasing(sv);   /* read your writes: the commit LSN, asked before release */
 	if (cl) {
 		cl->link = NULL;

@@ -1,4 +1,4 @@
-/* route.c: a routed client's hooks into the forwarding loops and the pool layer; its routing state's lifetime. */
+/* route.c: routing as the engine's plug-in: the hooks it installs (worker->router), a routed client's hooks into the forwarding loops, its session's lifetime, and start and end of routing as a whole. */
 #include "route.h"
 
 #include <stdlib.h>
@@ -13,22 +13,23 @@
 enum hook_rc route_on_message(struct client *cl, char type, const uint8_t *h, uint32_t total,
 			      uint32_t avail)
 {
-	if (cl->fo && cl->tt.expect_z)
+	struct route_session *rt = cl->rt;
+	if (rt->fo && cl->tt.expect_z)
 		return HOOK_WAIT;   /* behind a fan-out's whole batch: routed on its own after it */
-	if (cl->rt_prepare_only && type == 'B' && rt_bind_shard(cl, h, total, avail))
+	if (rt->rt_prepare_only && type == 'B' && rt_bind_shard(cl, h, total, avail))
 		return cl->c.dead ? HOOK_STOP : HOOK_CONSUMED;   /* unlinked: routes to its shard */
-	bool routed = cl->rt_routed;
-	cl->rt_routed = false;
+	bool routed = rt->rt_routed;
+	rt->rt_routed = false;
 	/* Every statement on a link bound to a shard (a transaction, a batch up to its Sync, a
 	 * session) is checked against it, except the one that chose it and pgmux's own rewrite
 	 * of a refused one. */
-	if (!routed && !cl->fo && (type == 'Q' || type == 'P' || type == 'B') &&
-	    cl->rs->cl->n_shards > 1 &&
-	    (cl->link->tx != 'I' || !txtrack_quiet(&cl->tt) || cl->rs->session) &&
+	if (!routed && !rt->fo && (type == 'Q' || type == 'P' || type == 'B') &&
+	    rt->rs->cl->n_shards > 1 &&
+	    (cl->link->tx != 'I' || !txtrack_quiet(&cl->tt) || rt->rs->session) &&
 	    rt_check_shard(cl, type, h, total, avail)) {
 		if (cl->c.dead)
 			return HOOK_STOP;
-		cl->rt_routed = true;   /* the rewrite goes out unchecked */
+		rt->rt_routed = true;   /* the rewrite goes out unchecked */
 		return HOOK_CONSUMED;
 	}
 	route_note_sent(cl, type);
@@ -37,14 +38,18 @@ enum hook_rc route_on_message(struct client *cl, char type, const uint8_t *h, ui
 
 uint64_t route_client_bytes(const struct client *cl)
 {
-	return (uint64_t)cl->retry_len + cl->deferred_len + (cl->fo ? cl->fo->len : 0) +
-	       shardplan_client_bytes(cl);
+	const struct route_session *rt = cl->rt;
+	if (!rt)
+		return 0;
+	return sizeof(*rt) + (uint64_t)rt->retry_len + rt->deferred_len + (rt->fo ? rt->fo->len : 0) +
+	       shardplan_client_bytes(rt->sp);
 }
 
 enum hook_rc route_on_server_message(struct server *sv, char type, uint32_t len, bool whole)
 {
 	struct client *cl = sv->link;
-	if (cl->fo) {
+	struct route_session *rt = cl->rt;
+	if (rt->fo) {
 		if (!whole && (type == 'T' || type == 't')) {
 			/* one RowDescription for every shard: it must be read to be dropped */
 			server_close(sv, "oversized message from server");
@@ -54,14 +59,14 @@ enum hook_rc route_on_server_message(struct server *sv, char type, uint32_t len,
 		if (r != HOOK_FORWARD)
 			return r;
 	}
-	if (cl->retry)
+	if (rt->retry)
 		return rt_retry_check(sv);   /* the first answers to a read that may run elsewhere */
 	return HOOK_FORWARD;
 }
 
 void route_released(struct client *cl)
 {
-	if (cl->fo)
+	if (cl->rt->fo)
 		rt_fanout_next(cl);
 }
 
@@ -71,12 +76,13 @@ void route_released(struct client *cl)
  * are pgmux's.  A link that only prepares keeps it back for the Bind's shard. */
 static bool hook_linked(struct client *cl, struct server *sv)
 {
-	if (!cl->deferred || cl->rt_prepare_only)
+	struct route_session *rt = cl->rt;
+	if (!rt->deferred || rt->rt_prepare_only)
 		return false;
-	pktbuf_put(&sv->c.out, cl->deferred, cl->deferred_len);
-	free(cl->deferred);
-	cl->deferred = NULL;
-	cl->deferred_len = 0;
+	pktbuf_put(&sv->c.out, rt->deferred, rt->deferred_len);
+	free(rt->deferred);
+	rt->deferred = NULL;
+	rt->deferred_len = 0;
 	sv->internal_z++;
 	return true;
 }
@@ -99,6 +105,19 @@ static const struct router_ops router_ops = {
 	.releasing = route_need_lsn,
 	.backend_failed = hook_backend_failed,
 	.may_connect = hook_may_connect,
+	.login = route_client_login,
+	.msg_need = route_msg_need,
+	.pick = route_pick,
+	.on_message = route_on_message,
+	.retry_drop = route_retry_drop,
+	.on_server_message = route_on_server_message,
+	.released = route_released,
+	.retry_lost = route_retry_lost,
+	.lsn_row = route_lsn_row,
+	.lsn_done = route_lsn_done,
+	.client_bytes = route_client_bytes,
+	.client_free = route_client_free,
+	.session_free = route_session_free,
 };
 
 void route_register(struct worker *w)
@@ -106,14 +125,41 @@ void route_register(struct worker *w)
 	w->router = &router_ops;
 }
 
+/* The write_functions list first: the clusters' statements are classified with it. */
+void route_apply_config(struct worker *w)
+{
+	route_write_funcs_update(w);
+	rt_clusters_apply(w);
+}
+
+void route_shutdown(struct worker *w)
+{
+	sqlscan_funcs_free(w->write_funcs);
+	free(w->write_funcs_text);
+	w->write_funcs = NULL;
+	w->write_funcs_text = NULL;
+	rt_verdicts_clear(w);
+	rt_batches_free(w);
+	rt_clusters_free(w);
+}
+
 void route_client_free(struct client *cl)
 {
+	struct route_session *rt = cl->rt;
+	if (!rt)
+		return;
 	rt_fanout_free(cl);
-	if (cl->ryw_server) {
-		cl->ryw_server->ryw_client = NULL;
-		cl->ryw_server = NULL;
+	if (rt->ryw_server) {
+		rt->ryw_server->ryw_client = NULL;
+		rt->ryw_server = NULL;
 	}
 	rt_retry_clear(cl);
 	rt_clear_deferred(cl);
-	shardplan_client_free(cl);
+	shardplan_client_free(&rt->sp);
+}
+
+void route_session_free(struct client *cl)
+{
+	free(cl->rt);
+	cl->rt = NULL;
 }

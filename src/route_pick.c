@@ -1,4 +1,4 @@
-/* route_pick.c: the choice for an unlinked client's message: classification, SET pgmux.*, a held-back BEGIN, the shard, the backend. */
+/* route_pick.c: the choice for an unlinked client's message: what its statement asks (route_msg.c reads and answers it), the shard, the backend. */
 #include "route_int.h"
 
 #include <stdio.h>
@@ -16,384 +16,7 @@
 #include "txtrack.h"
 #include "verdict.h"
 
-/* Compiles write_functions when its text changed (start, reload, console SET). */
-void route_write_funcs_update(struct worker *w)
-{
-	const char *want = w->cf->write_functions;
-	if (w->write_funcs && w->write_funcs_text && strcmp(w->write_funcs_text, want) == 0)
-		return;
-	const char *err = NULL;
-	struct sqlscan_funcs *f = sqlscan_funcs_new(want, &err);
-	char *text = strdup(want);
-	if (!f || !text) {
-		log_warn("write_functions: %s; keeping the previous list", err ? err : "out of memory");
-		sqlscan_funcs_free(f);
-		free(text);
-		return;
-	}
-	sqlscan_funcs_free(w->write_funcs);
-	free(w->write_funcs_text);
-	w->write_funcs = f;
-	w->write_funcs_text = text;
-	rt_verdicts_clear(w);   /* verdicts made with the old list */
-}
-
-const struct sqlscan_funcs *rt_write_funcs(const struct worker *w)
-{
-	return w->write_funcs;
-}
-
-/* ---- verdicts ------------------------------------------------------------------------------ */
-
-void rt_verdicts_clear(struct worker *w)
-{
-	verdict_free(w->verdicts);
-	w->verdicts = NULL;
-}
-
-void rt_classify(struct worker *w, struct client *cl, char type, const char *sql,
-			    size_t len, struct sqlscan_result *r)
-{
-	verdict_lookup(&w->verdicts, &cl->verdict_memo, type == 'Q', sql, len, rt_write_funcs(w), r);
-}
-
-/* ---- answering locally: SET pgmux.*, a deferred BEGIN ---------------------------------- */
-
-static void put_complete(struct pktbuf *o, const char *tag)
-{
-	pktbuf_begin(o, 'C');
-	pktbuf_put_str(o, tag);
-	pktbuf_end(o);
-}
-
-static void put_simple(struct pktbuf *o, char type)
-{
-	pktbuf_begin(o, type);
-	pktbuf_end(o);
-}
-
-/* Applies SET/RESET pgmux.*; false with msg and *state (SQLSTATE) filled for a bad value. */
-static bool apply_set(struct client *cl, const struct sqlscan_result *r, char *msg, size_t len,
-		      const char **state)
-{
-	switch (r->set) {
-	case SQLSCAN_SET_ROLE:
-		if (!strcasecmp(r->set_value, "primary"))
-			cl->role_pref = RT_PRIMARY;
-		else if (!strcasecmp(r->set_value, "replica"))
-			cl->role_pref = RT_REPLICA;
-		else if (!strcasecmp(r->set_value, "auto") || !strcasecmp(r->set_value, "default"))
-			cl->role_pref = RT_AUTO;
-		else {
-			snprintf(msg, len, "invalid value for parameter \"pgmux.role\": \"%.60s\" "
-				 "(expected primary, replica or auto)", r->set_value);
-			return false;
-		}
-		return true;
-	case SQLSCAN_RESET_ROLE:
-		cl->role_pref = RT_AUTO;
-		return true;
-	case SQLSCAN_SET_USER_ID:
-		/* Kept as the key's hash: text and uuid keys need no storage, and the shard
-		 * follows the shard count of a reload. */
-		if (!shard_user_id_hash(cl->rs->cl->cf.shard_key_type, r->set_value,
-					r->set_value_bad, &cl->user_id_hash, msg, len, state))
-			return false;
-		cl->has_user_id = true;
-		return true;
-	case SQLSCAN_RESET_USER_ID:
-		cl->has_user_id = false;
-		return true;
-	case SQLSCAN_SET_SHARD: {
-		char *end;
-		long v = strtol(r->set_value, &end, 10);
-		int n = cl->rs->cl->n_shards;
-		if (r->set_value_bad || end == r->set_value || *end || v < 0 || v >= n) {
-			snprintf(msg, len, "invalid value for parameter \"pgmux.shard\": \"%.60s\" "
-				 "(expected 0 to %d)", r->set_value, n - 1);
-			return false;
-		}
-		cl->shard_pref = (int32_t)v;
-		return true;
-	}
-	case SQLSCAN_RESET_SHARD:
-		cl->shard_pref = -1;
-		return true;
-	default:
-		return true;
-	}
-}
-
-static bool is_reset(int set)
-{
-	return set == SQLSCAN_RESET_ROLE || set == SQLSCAN_RESET_USER_ID || set == SQLSCAN_RESET_SHARD;
-}
-
-/* Status letter for a ReadyForQuery pgmux writes itself. */
-static char tx_status(const struct client *cl)
-{
-	return cl->deferred ? (cl->deferred_failed ? 'E' : 'T') : 'I';
-}
-
-enum fake_tag { FAKE_SET, FAKE_RESET, FAKE_BEGIN, FAKE_COMMIT, FAKE_ROLLBACK };
-
-static const char *const fake_tags[] = { "SET", "RESET", "BEGIN", "COMMIT", "ROLLBACK" };
-
-/* Consumes the message at scan (whole in the buffer). */
-/* The message at scan is answered by pgmux: it never goes to a server (the part not yet
- * received is read away as it comes). */
-static void consume(struct client *cl, uint32_t total)
-{
-	client_drop_msg(cl, total);
-}
-
-static enum hook_rc reply_out(struct client *cl, uint32_t total)
-{
-	consume(cl, total);
-	if (sbuf_send_out(&cl->c) < 0) {
-		client_close(cl, "send failed", NULL);
-		return HOOK_STOP;
-	}
-	return HOOK_CONSUMED;
-}
-
-/* An extended batch pgmux answers itself (SET pgmux.*, a BEGIN it holds back, the COMMIT of
- * an empty transaction, or one it refused): each message answered until its Sync. */
-static enum hook_rc fake_message(struct client *cl, char type, uint32_t total, uint32_t avail)
-{
-	struct pktbuf *o = &cl->c.out;
-	(void)avail;   /* only the type matters: the message is dropped as it arrives */
-	switch (type) {
-	case 'B': put_simple(o, '2'); break;
-	case 'D': put_simple(o, 'n'); break;
-	case 'E':
-		if (!cl->rt_fake_err)
-			put_complete(o, fake_tags[cl->rt_fake_tag]);
-		break;
-	case 'C': put_simple(o, '3'); break;
-	case 'H': break;
-	case 'S':
-		if (cl->rt_fake_end)
-			rt_clear_deferred(cl);
-		cl->rt_fake = false;
-		cl->rt_fake_err = false;
-		cl->rt_fake_end = false;
-		proto_ready(o, tx_status(cl));
-		break;
-	case 'P':
-		put_simple(o, '1');
-		break;
-	default:
-		/* After an error PostgreSQL ignores everything up to the Sync, a Query or
-		 * FunctionCall too: no answer. */
-		if (cl->rt_fake_err && (type == 'Q' || type == 'F'))
-			break;
-		client_close(cl, "unexpected message in an extended-protocol batch pgmux answers", "08P01");
-		return HOOK_STOP;
-	}
-	return reply_out(cl, total);
-}
-
-static enum hook_rc handle_set(struct client *cl, char type, const struct sqlscan_result *r,
-				    uint32_t total)
-{
-	char msg[200];
-	const char *state = "22023";
-	bool ok = apply_set(cl, r, msg, sizeof(msg), &state);
-	struct pktbuf *o = &cl->c.out;
-	if (type == 'Q') {
-		if (ok)
-			put_complete(o, is_reset(r->set) ? "RESET" : "SET");
-		else
-			proto_error(o, "ERROR", state, msg);
-		proto_ready(o, tx_status(cl));
-	} else {
-		/* Parse: the rest of the batch is answered as if it ran. */
-		cl->rt_fake = true;
-		cl->rt_fake_tag = is_reset(r->set) ? FAKE_RESET : FAKE_SET;
-		cl->rt_fake_err = !ok;
-		if (ok)
-			put_simple(o, '1');
-		else
-			proto_error(o, "ERROR", state, msg);
-	}
-	return reply_out(cl, total);
-}
-
-/* An error for a batch pgmux will not run: a Query or FunctionCall gets it with its
- * ReadyForQuery; an extended batch gets it now and the rest up to its Sync is answered by
- * fake_message. */
-enum hook_rc rt_refuse(struct client *cl, char type, uint32_t total, const char *sqlstate,
-				const char *msg)
-{
-	struct pktbuf *o = &cl->c.out;
-	proto_error(o, "ERROR", sqlstate, msg);
-	if (cl->deferred)
-		cl->deferred_failed = true;   /* as PostgreSQL: the block is aborted */
-	if (type == 'Q' || type == 'F' || type == 'S') {
-		/* a Query or FunctionCall is answered whole; so is a lone Sync */
-		proto_ready(o, tx_status(cl));
-	} else {
-		cl->rt_fake = true;
-		cl->rt_fake_err = true;
-	}
-	return reply_out(cl, total);
-}
-
-/* Why a statement of a sharded database found no single shard, and what to do about it. */
-void rt_shard_message(const struct cluster *c, int why, bool write, const struct sp_eval *e,
-			  char *msg, size_t len)
-{
-	const char *key = c->shard_key ? c->shard_key : "the shard key";
-	char at[32] = "";
-	if (e && e->pos > 0)
-		snprintf(at, sizeof(at), " (statement %d)", e->pos);
-	if (why == SHARD_REFUSE && e && e->why)
-		snprintf(msg, len, "pgmux: cannot route by %s on sharded database \"%s\"%s: %s", key,
-			 c->name, at, e->why);
-	else if (why == SHARD_BAD && e && e->why)
-		snprintf(msg, len, "pgmux: the value of shard key %s%s cannot be read as the server "
-			 "will read it: %s", key, at, e->why);
-	else if (why == SHARD_MULTI)
-		snprintf(msg, len, "pgmux: this statement's %s values belong to several shards of "
-			 "database \"%s\"; send one statement per shard (cross-shard statements are "
-			 "not supported%s)", key, c->name,
-			 c->cf.no_shard_key == NOSHARD_ALL && write ? "; only reads fan out" : "");
-	else if (why == SHARD_BAD)
-		snprintf(msg, len, "pgmux: the shard key value (%s, pgmux.user_id or pgmux.shard) "
-			 "is not a valid %s key (text keys: at most 1 KiB as a literal) or shard "
-			 "number for database \"%s\" (%d shards)", key,
-			 shard_key_type_name(c->cf.shard_key_type), c->name, c->n_shards);
-	else
-		snprintf(msg, len, "pgmux: no shard key for sharded database \"%s\"%s: add "
-			 "WHERE %s = <value>, a /* pgmux: user_id=<value> */ or /* pgmux: shard=<n> */ "
-			 "comment, or run SET pgmux.user_id = <value> (or SET pgmux.shard = <n>) first",
-			 c->name, c->cf.no_shard_key == NOSHARD_ALL && write
-			 ? " (no_shard_key = all fans out reads only)" : "", key);
-}
-
-/* The first word of a COMMIT-like statement, for the tag pgmux answers with. */
-static const char *end_tag(const char *sql, size_t len)
-{
-	size_t i = 0;
-	while (i < len && (sql[i] == ' ' || sql[i] == '\t' || sql[i] == '\n' || sql[i] == '\r'))
-		i++;
-	return i < len && (sql[i] == 'r' || sql[i] == 'R' || sql[i] == 'a' || sql[i] == 'A')
-	       ? "ROLLBACK" : "COMMIT";
-}
-
-void rt_clear_deferred(struct client *cl)
-{
-	free(cl->deferred);
-	cl->deferred = NULL;
-	cl->deferred_len = 0;
-	cl->deferred_failed = false;
-}
-
-/* Holds a BEGIN back (as a simple Query, whatever protocol it came in) and answers it. */
-static enum hook_rc defer_begin(struct client *cl, char type, uint32_t total,
-				     const char *sql, size_t len)
-{
-	while (len && sql[len - 1] == '\0')
-		len--;
-	uint32_t n = (uint32_t)len + PROTO_HDR + 1;
-	if (!(cl->deferred = malloc(n))) {
-		client_close(cl, "out of memory", "53200");
-		return HOOK_STOP;
-	}
-	cl->deferred[0] = 'Q';
-	proto_put32(cl->deferred + 1, n - 1);
-	memcpy(cl->deferred + PROTO_HDR, sql, len);
-	cl->deferred[n - 1] = 0;
-	cl->deferred_len = n;
-	cl->deferred_failed = false;
-	if (type == 'Q') {
-		put_complete(&cl->c.out, "BEGIN");
-		proto_ready(&cl->c.out, 'T');
-	} else {
-		cl->rt_fake = true;
-		cl->rt_fake_err = false;
-		cl->rt_fake_tag = FAKE_BEGIN;
-		put_simple(&cl->c.out, '1');
-	}
-	return reply_out(cl, total);
-}
-
-/* The end of a transaction that never reached a server: answered here. */
-static enum hook_rc end_deferred(struct client *cl, char type, uint32_t total,
-				      const char *sql, size_t len)
-{
-	bool rollback = cl->deferred_failed || !strcmp(end_tag(sql, len), "ROLLBACK");
-	if (type == 'Q') {
-		put_complete(&cl->c.out, rollback ? "ROLLBACK" : "COMMIT");
-		rt_clear_deferred(cl);
-		proto_ready(&cl->c.out, 'I');
-	} else {
-		cl->rt_fake = true;
-		cl->rt_fake_err = false;
-		cl->rt_fake_end = true;
-		cl->rt_fake_tag = rollback ? FAKE_ROLLBACK : FAKE_COMMIT;
-		put_simple(&cl->c.out, '1');
-	}
-	return reply_out(cl, total);
-}
-
 /* ---- the choice --------------------------------------------------------------------------- */
-
-/* The statement text of a message, when pgmux can see it whole. */
-/* The SQL text of a Query or Parse (whole: avail >= total) or of the statement a Bind names
- * (its names within avail). */
-bool rt_message_sql(struct client *cl, char type, const uint8_t *h, uint32_t total,
-			uint32_t avail, const char **sql, size_t *len)
-{
-	const uint8_t *body = h + PROTO_HDR, *end = h + (avail < total ? avail : total);
-	if (type != 'B' && avail < total)
-		return false;
-	if (type == 'Q') {
-		*sql = (const char *)body;
-		*len = total - PROTO_HDR;
-		return true;
-	}
-	if (type == 'P') {
-		/* mostly the unnamed statement: its name is the empty string */
-		const uint8_t *q = body < end && body[0] == 0 ? body : memchr(body, 0, (size_t)(end - body));
-		if (!q)
-			return false;
-		/* the text ends at its NUL, as a Query's does: the parameter types follow it */
-		const uint8_t *z = memchr(q + 1, 0, (size_t)(end - q - 1));
-		if (!z)
-			return false;
-		*sql = (const char *)q + 1;
-		*len = (size_t)(z - q);
-		return true;
-	}
-	if (type == 'B') {
-		const uint8_t *portal_end = memchr(body, 0, (size_t)(end - body));
-		if (!portal_end || portal_end + 1 >= end)
-			return false;
-		const char *name = (const char *)portal_end + 1;
-		if (!memchr(name, 0, (size_t)(end - (const uint8_t *)name)))
-			return false;
-		uint32_t n;
-		const char *q = *name ? ps_client_query(cl, name, &n) : NULL;
-		if (q) {
-			*sql = q;
-			*len = n;
-			return true;
-		}
-		/* the unnamed statement, or any when statement tracking is off: the text a sharded
-		 * database's client parsed is remembered for its Binds */
-		size_t sl;
-		q = cl->rs && cl->rs->cl->n_shards > 1 ?
-		    shardplan_bind_text(cl, body, (uint32_t)(end - body), &sl) : NULL;
-		if (!q)
-			return false;
-		*sql = q;
-		*len = sl;
-		return true;
-	}
-	return false;
-}
 
 /* With read routing off only hints and SET/RESET pgmux.* matter: a statement with no comment
  * that does not start with SET or RESET need not be classified at all. */
@@ -461,25 +84,26 @@ static bool bind_on_its_way(struct client *cl, const uint8_t *h, uint32_t avail)
 enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
 			     uint32_t avail)
 {
-	struct route_set *rs = cl->rs;
+	struct route_session *rt = cl->rt;
+	struct route_set *rs = rt->rs;
 	struct cluster *c = rs->cl;
 	struct worker *w = c->w;
-	if (cl->rt_fake)
-		return fake_message(cl, type, total, avail);
-	if (cl->ryw_server)
+	if (rt->rt_fake)
+		return rt_fake_message(cl, type, total, avail);
+	if (rt->ryw_server)
 		return HOOK_WAIT;   /* its last commit's LSN is on the way */
 
-	int force = cl->rt_force;
-	int avoid = cl->rt_avoid;
+	int force = rt->rt_force;
+	int avoid = rt->rt_avoid;
 	bool again = force || avoid >= 0;   /* a batch that already ran once: no second retry */
-	cl->rt_force = RT_AUTO;
-	cl->rt_avoid = -1;
+	rt->rt_force = RT_AUTO;
+	rt->rt_avoid = -1;
 
 	struct sqlscan_result r;
 	bool have = false;
 	const char *sql = NULL;
 	size_t len = 0;
-	if (cl->fo) {
+	if (rt->fo) {
 		force = RT_REPLICA;   /* the next shard of a fan-out read */
 	} else if (!force && (type == 'Q' || type == 'P' || type == 'B')) {
 		/* client.c gathered what route_msg_need asked for; less means too big to read */
@@ -490,7 +114,7 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 		}
 	}
 	if (have && r.set && type != 'B')
-		return handle_set(cl, type, &r, total);
+		return rt_handle_set(cl, type, &r, total);
 
 	bool write;
 	if (force)
@@ -499,35 +123,35 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 		write = true;
 	else if (have && r.hint_role == SQLSCAN_ROLE_REPLICA)
 		write = false;
-	else if (cl->role_pref)
-		write = cl->role_pref == RT_PRIMARY;
+	else if (rt->role_pref)
+		write = rt->role_pref == RT_PRIMARY;
 	else if (!c->cf.read_routing || !have)
 		write = true;
 	else if (rs->session)
 		write = true;   /* a whole session: its first statement says little about the rest */
-	else if (cl->deferred)
+	else if (rt->deferred)
 		write = r.tx != SQLSCAN_TX_SET_RO;   /* BEGIN; SET TRANSACTION READ ONLY */
 	else
 		write = !(r.verdict == SQLSCAN_READ || r.tx == SQLSCAN_TX_BEGIN_RO);
 
 	bool plain_msg = type == 'Q' || type == 'P';
-	if (have && plain_msg && cl->deferred && r.tx == SQLSCAN_TX_END && r.n_statements == 1)
-		return end_deferred(cl, type, total, sql, len);   /* nothing ran anywhere */
-	if (cl->deferred && cl->deferred_failed && (type == 'Q' || type == 'P' || type == 'B'))
+	if (have && plain_msg && rt->deferred && r.tx == SQLSCAN_TX_END && r.n_statements == 1)
+		return rt_end_deferred(cl, type, total, sql, len);   /* nothing ran anywhere */
+	if (rt->deferred && rt->deferred_failed && (type == 'Q' || type == 'P' || type == 'B'))
 		return rt_refuse(cl, type, total, "25P02", "current transaction is aborted, commands "
 			      "ignored until end of transaction block");
-	if (have && plain_msg && !cl->deferred && r.tx == SQLSCAN_TX_BEGIN && r.n_statements == 1 &&
-	    ((!r.hint_role && !cl->role_pref && c->cf.read_routing) || c->n_shards > 1) &&
+	if (have && plain_msg && !rt->deferred && r.tx == SQLSCAN_TX_BEGIN && r.n_statements == 1 &&
+	    ((!r.hint_role && !rt->role_pref && c->cf.read_routing) || c->n_shards > 1) &&
 	    r.hint_shard < 0 && !r.has_hint_user_id && !rs->session &&
 	    pool_mode(cl->pool) == POOL_TRANSACTION) {
 		/* A bare BEGIN says nothing yet: its first statement decides (SET TRANSACTION READ
 		 * ONLY sends it to a replica; a shard key binds it to a shard). The BEGIN is
 		 * replayed on the chosen server. */
-		return defer_begin(cl, type, total, sql, len);
+		return rt_defer_begin(cl, type, total, sql, len);
 	}
 
 	int shard = 0;
-	if (c->n_shards > 1 && !cl->fo && avail < total && (type == 'Q' || type == 'P' || type == 'B')) {
+	if (c->n_shards > 1 && !rt->fo && avail < total && (type == 'Q' || type == 'P' || type == 'B')) {
 		/* Its key cannot be read: never guess a shard. */
 		char msg[200];
 		snprintf(msg, sizeof(msg), "pgmux: a statement of %u bytes is too large to check for a "
@@ -539,8 +163,8 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 	memset(&se, 0, sizeof(se));
 	bool stmt_msg = type == 'Q' || type == 'P' || type == 'B';
 	if (c->n_shards > 1) {
-		if (cl->fo) {
-			shard = cl->fo->shard;   /* the next shard of a fan-out */
+		if (rt->fo) {
+			shard = rt->fo->shard;   /* the next shard of a fan-out */
 		} else if (stmt_msg) {
 			shard = rt_shard_for(cl, type, h, total, avail, have ? &r : NULL, &se);
 			if (shard == SHARD_PREPARE && type == 'P' && bind_on_its_way(cl, h, avail))
@@ -550,10 +174,10 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 			shard = type == 'F' ? SHARD_NONE : 0;
 			se.utility = type != 'F';
 		}
-		cl->rt_prepare_only = shard == SHARD_PREPARE;
+		rt->rt_prepare_only = shard == SHARD_PREPARE;
 		if (shard == SHARD_PREPARE)
 			shard = 0;   /* prepared only: its Bind finds the shard (rt_bind_shard) */
-		if (cl->fo) {
+		if (rt->fo) {
 			/* the next shard of a fan-out */
 		} else if (shard >= 0) {
 			if (stmt_msg)
@@ -561,7 +185,7 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 		} else if (shard == SHARD_NONE && se.utility) {
 			shard = 0;   /* touches no table: any shard answers it */
 		} else if (shard == SHARD_NONE && c->cf.no_shard_key == NOSHARD_ALL && !write &&
-			   !cl->deferred && stmt_msg && se.fanout_ok) {
+			   !rt->deferred && stmt_msg && se.fanout_ok) {
 			enum hook_rc fr = rt_fanout_start(cl, h, total, avail);
 			if (fr != HOOK_FORWARD)
 				return fr;
@@ -583,7 +207,7 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 			return rt_refuse(cl, type, total, se.refuse ? se.sqlstate : "0A000", msg);
 		}
 	}
-	cl->rt_shard = (int16_t)shard;
+	rt->rt_shard = (int16_t)shard;
 
 	int t = rt_target(cl, shard, write, avoid);
 	if (t < 0 && !write) {
@@ -591,8 +215,8 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 		if (type == 'Q') {
 			proto_error(&cl->c.out, "ERROR", "57P03",
 				    "no replica can take this read (replica_fallback = off)");
-			proto_ready(&cl->c.out, tx_status(cl));
-			return reply_out(cl, total);
+			proto_ready(&cl->c.out, rt_tx_status(cl));
+			return rt_reply_out(cl, total);
 		}
 		client_close(cl, "no replica can take this read (replica_fallback = off)", "57P03");
 		return HOOK_STOP;
@@ -605,9 +229,9 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 	}
 	/* Read-your-writes needs the LSN after anything that may have written, not after a
 	 * read that a hint or SET sent to the primary. */
-	cl->rt_primary = write;
-	cl->rt_write = write && !(have && !force && r.verdict == SQLSCAN_READ && r.tx != SQLSCAN_TX_BEGIN);
-	cl->rt_be = (int16_t)t;
+	rt->rt_primary = write;
+	rt->rt_write = write && !(have && !force && r.verdict == SQLSCAN_READ && r.tx != SQLSCAN_TX_BEGIN);
+	rt->rt_be = (int16_t)t;
 	if (write)
 		c->be[t]->writes++;
 	else
@@ -617,27 +241,28 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 	/* A read on a replica keeps its bytes until the first answer, to run again elsewhere
 	 * if that replica refuses it (25006) or goes away first. */
 	rt_retry_clear(cl);
-	if (!write && !again && !cl->fo && c->be[t]->cfg_replica == true && c->be[t]->seen_role == ROLE_REPLICA &&
-	    txtrack_quiet(&cl->tt) && !cl->deferred) {
+	if (!write && !again && !rt->fo && c->be[t]->cfg_replica == true && c->be[t]->seen_role == ROLE_REPLICA &&
+	    txtrack_quiet(&cl->tt) && !rt->deferred) {
 		uint32_t n = retry_span(cl, h, avail, type);
-		if (n && n == avail && n <= RETRY_MAX && (cl->retry = rt_batch_alloc(w, n))) {
-			memcpy(cl->retry, h, n);
-			cl->retry_len = n;
-			cl->retry_sent = false;
+		if (n && n == avail && n <= RETRY_MAX && (rt->retry = rt_batch_alloc(w, n))) {
+			memcpy(rt->retry, h, n);
+			rt->retry_len = n;
+			rt->retry_sent = false;
 		}
 	}
-	cl->rt_routed = true;   /* this message chose the link: it is not checked against it */
+	rt->rt_routed = true;   /* this message chose the link: it is not checked against it */
 	return HOOK_FORWARD;
 }
 
 uint32_t route_msg_need(const struct client *cl, char type, const uint8_t *h, uint32_t total,
 			uint32_t avail)
 {
-	const struct cluster *c = cl->rs->cl;
+	const struct route_session *rt = cl->rt;
+	const struct cluster *c = rt->rs->cl;
 	bool sharded = c->n_shards > 1;
 	bool text = type == 'Q' || type == 'P';
 	if (!cl->link) {
-		if (cl->rt_fake || cl->ryw_server)
+		if (rt->rt_fake || rt->ryw_server)
 			return 0;   /* answered by type alone, or not routed yet */
 		if (text)
 			return total;
@@ -645,7 +270,7 @@ uint32_t route_msg_need(const struct client *cl, char type, const uint8_t *h, ui
 			return sharded ? total : proto_bind_need(h, total, avail, c->w->bufsize);
 		return 0;
 	}
-	if (type == 'B' && cl->rt_prepare_only)
+	if (type == 'B' && rt->rt_prepare_only)
 		return total;
 	if (sharded && cl->link->tx != 'I' && (text || type == 'B'))
 		return total;

@@ -48,10 +48,11 @@ void route_retry_drop(struct client *cl)
 
 void rt_retry_clear(struct client *cl)
 {
-	if (cl->retry) {
-		rt_batch_free(cl->c.w, cl->retry, cl->retry_len);
-		cl->retry = NULL;
-		cl->retry_len = 0;
+	struct route_session *rt = cl->rt;
+	if (rt->retry) {
+		rt_batch_free(cl->c.w, rt->retry, rt->retry_len);
+		rt->retry = NULL;
+		rt->retry_len = 0;
 	}
 }
 
@@ -59,10 +60,11 @@ void rt_retry_clear(struct client *cl)
  * share of the exchange, so the batch is routed again. */
 static bool requeue(struct client *cl)
 {
-	uint8_t *data = cl->retry;
-	uint32_t n = cl->retry_len;
-	cl->retry = NULL;
-	cl->retry_len = 0;
+	struct route_session *rt = cl->rt;
+	uint8_t *data = rt->retry;
+	uint32_t n = rt->retry_len;
+	rt->retry = NULL;
+	rt->retry_len = 0;
 	/* Bytes of the batch the lost server never took are still parsed-but-unsent: the saved
 	 * copy replaces them, or the next backend would get the batch twice. */
 	struct iobuf *b = cl->c.in;
@@ -129,9 +131,10 @@ enum hook_rc rt_retry_check(struct server *sv)
 static bool retry_error(struct server *sv, uint32_t skip, const uint8_t *body, uint32_t blen)
 {
 	struct client *cl = sv->link;
+	struct route_session *rt = cl->rt;
 	const char *code = proto_error_field(body, blen, 'C');
 	struct backend *be = sv->pool->db->be;
-	if (!cl || !cl->rs || !be)
+	if (!cl || !rt->rs || !be)
 		return false;
 	bool read_only = !strcmp(code, "25006");
 	bool going = !strncmp(code, "57P0", 4);   /* admin shutdown, crash, cannot connect now */
@@ -152,7 +155,7 @@ static bool retry_error(struct server *sv, uint32_t skip, const uint8_t *body, u
 		client_close(cl, "no room to retry the query on the primary", "53200");
 		return true;
 	}
-	cl->rt_force = RT_PRIMARY;
+	rt->rt_force = RT_PRIMARY;
 	char tag[128];
 	log_debug("%s: read-only error on a replica; retrying on the primary",
 		  client_tag(cl, tag, sizeof(tag)));
@@ -164,14 +167,15 @@ static bool retry_error(struct server *sv, uint32_t skip, const uint8_t *body, u
 
 bool route_retry_lost(struct client *cl)
 {
-	if (!cl->retry || cl->c.dead)
-		return false;
-	struct backend *be = cl->rt_be >= 0 && cl->rt_be < cl->rs->n ? cl->rs->cl->be[cl->rt_be] : NULL;
+	struct route_session *rt = cl->rt;
+	if (!rt || !rt->retry || cl->c.dead)
+		return false;   /* a plain client, or no kept read */
+	struct backend *be = rt->rt_be >= 0 && rt->rt_be < rt->rs->n ? rt->rs->cl->be[rt->rt_be] : NULL;
 	if (!requeue(cl))
 		return false;
 	if (be) {
 		be->retries++;
-		cl->rt_avoid = (int16_t)be->index;
+		rt->rt_avoid = (int16_t)be->index;
 	}
 	return true;
 }
@@ -179,15 +183,16 @@ bool route_retry_lost(struct client *cl)
 void route_need_lsn(struct server *sv)
 {
 	struct client *cl = sv->link;
-	if (!cl->rs || !cl->rt_write || sv->ryw_client || cl->ryw_server || sv->tx != 'I' ||
-	    sv->c.dead || cl->rs->cl->cf.read_your_writes != RYW_LSN || !sv->pool->db->be ||
+	struct route_session *rt = cl->rt;
+	if (!rt->rs || !rt->rt_write || sv->ryw_client || rt->ryw_server || sv->tx != 'I' ||
+	    sv->c.dead || rt->rs->cl->cf.read_your_writes != RYW_LSN || !sv->pool->db->be ||
 	    sv->pool->db->be->seen_role == ROLE_REPLICA)
 		return;
-	cl->rt_write = false;
+	rt->rt_write = false;
 	if (!server_send_internal(sv, "SELECT pg_current_wal_insert_lsn()::text"))
 		return;
 	sv->ryw_client = cl;
-	cl->ryw_server = sv;
+	rt->ryw_server = sv;
 }
 
 void route_lsn_done(struct server *sv)
@@ -196,7 +201,7 @@ void route_lsn_done(struct server *sv)
 	if (!cl)
 		return;
 	sv->ryw_client = NULL;
-	cl->ryw_server = NULL;
+	cl->rt->ryw_server = NULL;
 	if (!cl->c.dead && !cl->link && sbuf_unparsed(&cl->c))
 		client_on_data(cl);
 }
@@ -204,6 +209,7 @@ void route_lsn_done(struct server *sv)
 void route_lsn_row(struct server *sv, const uint8_t *body, uint32_t blen)
 {
 	struct client *cl = sv->ryw_client;
+	struct route_session *rt = cl->rt;
 	/* DataRow: int16 1, int32 len, text */
 	if (!cl || blen < 6 || proto_get32(body + 2) > blen - 6)
 		return;
@@ -216,7 +222,7 @@ void route_lsn_row(struct server *sv, const uint8_t *body, uint32_t blen)
 	unsigned hi, lo;
 	if (sscanf(txt, "%X/%X", &hi, &lo) == 2) {
 		uint64_t lsn = ((uint64_t)hi << 32) | lo;
-		if (lsn > cl->ryw_lsn)
-			cl->ryw_lsn = lsn;
+		if (lsn > rt->ryw_lsn)
+			rt->ryw_lsn = lsn;
 	}
 }

@@ -19,10 +19,11 @@
 
 void rt_fanout_free(struct client *cl)
 {
-	if (cl->fo) {
-		free(cl->fo->batch);
-		free(cl->fo);
-		cl->fo = NULL;
+	struct route_session *rt = cl->rt;
+	if (rt->fo) {
+		free(rt->fo->batch);
+		free(rt->fo);
+		rt->fo = NULL;
 	}
 }
 
@@ -30,6 +31,7 @@ void rt_fanout_free(struct client *cl)
 enum hook_rc rt_fanout_start(struct client *cl, const uint8_t *h, uint32_t total,
 				      uint32_t avail)
 {
+	struct route_session *rt = cl->rt;
 	uint32_t n = 0;
 	if (h[0] == 'Q') {
 		n = total;
@@ -65,15 +67,15 @@ enum hook_rc rt_fanout_start(struct client *cl, const uint8_t *h, uint32_t total
 	/* A named Parse registers its name once (pgmux prepares it on the other shards itself):
 	 * the later shards get the batch from its Bind on. */
 	uint32_t skip = h[0] == 'P' && h[PROTO_HDR] != 0 ? total : 0;
-	cl->fo = calloc(1, sizeof(*cl->fo));
-	if (!cl->fo || !(cl->fo->batch = malloc(n - skip))) {
+	rt->fo = calloc(1, sizeof(*rt->fo));
+	if (!rt->fo || !(rt->fo->batch = malloc(n - skip))) {
 		rt_fanout_free(cl);
 		client_close(cl, "out of memory", "53200");
 		return HOOK_STOP;
 	}
-	cl->fo->len = n - skip;
-	memcpy(cl->fo->batch, h + skip, n - skip);
-	cl->fo->shard = 0;
+	rt->fo->len = n - skip;
+	memcpy(rt->fo->batch, h + skip, n - skip);
+	rt->fo->shard = 0;
 	return HOOK_FORWARD;
 }
 
@@ -82,8 +84,9 @@ enum hook_rc rt_fanout_start(struct client *cl, const uint8_t *h, uint32_t total
 enum hook_rc rt_fanout_message(struct server *sv, char type, uint32_t len, bool whole)
 {
 	struct client *cl = sv->link;
-	struct route_fanout *fo = cl->fo;
-	struct cluster *c = cl->rs->cl;
+	struct route_session *rt = cl->rt;
+	struct route_fanout *fo = rt->fo;
+	struct cluster *c = rt->rs->cl;
 	bool first = fo->shard == 0, last = fo->shard == c->n_shards - 1;
 	struct iobuf *b = sv->c.in;
 	switch (type) {
@@ -154,7 +157,7 @@ enum hook_rc rt_fanout_message(struct server *sv, char type, uint32_t len, bool 
 
 void rt_fanout_next(struct client *cl)
 {
-	struct route_fanout *fo = cl->fo;
+	struct route_fanout *fo = cl->rt->fo;
 	if (!fo || !fo->advance || cl->link || cl->c.dead)
 		return;
 	fo->advance = false;
@@ -174,12 +177,13 @@ void rt_fanout_next(struct client *cl)
 int rt_shard_for(struct client *cl, char type, const uint8_t *h, uint32_t total, uint32_t avail,
 		 const struct sqlscan_result *r, struct sp_eval *e)
 {
-	struct cluster *c = cl->rs->cl;
+	struct route_session *rt = cl->rt;
+	struct cluster *c = rt->rs->cl;
 	struct shard_ctx x = {
-		.sp = { .cl = cl, .shard_key = c->shard_key, .key_type = c->cf.shard_key_type,
+		.sp = { .cl = cl, .stmts = &rt->sp, .shard_key = c->shard_key, .key_type = c->cf.shard_key_type,
 			.n_shards = c->n_shards, .cache = &c->sp_cache, .memory = client_memory },
-		.shard_pref = cl->shard_pref, .has_user_id = cl->has_user_id,
-		.user_id_hash = cl->user_id_hash,
+		.shard_pref = rt->shard_pref, .has_user_id = rt->has_user_id,
+		.user_id_hash = rt->user_id_hash,
 	};
 	return shard_for(&x, type, h, total, avail, r, e);
 }
@@ -198,8 +202,9 @@ static void escape_into(char *out, size_t cap, const char *s)
 bool rt_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t total,
 		       uint32_t avail)
 {
-	struct cluster *c = cl->rs->cl;
-	if (cl->rt_shard < 0)
+	struct route_session *rt = cl->rt;
+	struct cluster *c = rt->rs->cl;
+	if (rt->rt_shard < 0)
 		return false;
 	const char *sql;
 	size_t len;
@@ -220,11 +225,11 @@ bool rt_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t tot
 	int s = rt_shard_for(cl, type, h, total, avail, have ? &r : NULL, &se);
 	bool ok;
 	if (s >= 0)
-		ok = s == cl->rt_shard;
+		ok = s == rt->rt_shard;
 	else if (s == SHARD_PREPARE)
 		ok = true;   /* keyed by $n: its Bind is checked */
 	else if (s == SHARD_NONE)
-		ok = se.no_table || (c->cf.no_shard_key == NOSHARD_SHARD0 && cl->rt_shard == 0);
+		ok = se.no_table || (c->cf.no_shard_key == NOSHARD_SHARD0 && rt->rt_shard == 0);
 	else
 		ok = false;
 	if (ok)
@@ -234,11 +239,11 @@ bool rt_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t tot
 		snprintf(msg, sizeof(msg), "pgmux: this statement belongs to shard %d of database "
 			 "\"%s\", but its transaction or batch runs on shard %d; statements of one "
 			 "transaction, pipeline or query string must share a shard (ROLLBACK, then send "
-			 "it on its own)", s, c->name, cl->rt_shard);
+			 "it on its own)", s, c->name, rt->rt_shard);
 	else if (s == SHARD_NONE)
 		snprintf(msg, sizeof(msg), "pgmux: a statement without a shard key inside a "
 			 "transaction or batch on shard %d of database \"%s\" (add WHERE %s = <value>, "
-			 "or SET pgmux.user_id first)", cl->rt_shard, c->name,
+			 "or SET pgmux.user_id first)", rt->rt_shard, c->name,
 			 c->shard_key ? c->shard_key : "the key");
 	else
 		rt_shard_message(c, s, true, &se, msg, sizeof(msg));
@@ -283,14 +288,15 @@ bool rt_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t tot
 	}
 	char tag[128];
 	log_debug("%s: statement refused on shard %d: %s", client_tag(cl, tag, sizeof(tag)),
-		  cl->rt_shard, msg);
+		  rt->rt_shard, msg);
 	return done;
 }
 
 bool rt_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint32_t avail)
 {
+	struct route_session *rt = cl->rt;
 	struct server *sv = cl->link;
-	cl->rt_prepare_only = false;
+	rt->rt_prepare_only = false;
 	const char *sql;
 	size_t len;
 	if (sv && avail < total) {
@@ -309,7 +315,7 @@ bool rt_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint32_t
 	int s = rt_shard_for(cl, 'B', h, total, avail, &r, &se);
 	/* Another shard, no key (the policy decides afresh), or a BEGIN still held back (it
 	 * must go first, and the prepared-only link never saw it). */
-	if ((s == cl->rt_shard && !cl->deferred) || cl->tt.expect_z || ps_pending(sv))
+	if ((s == rt->rt_shard && !rt->deferred) || cl->tt.expect_z || ps_pending(sv))
 		return false;
 	/* What the client sent before the Bind must be out, whole, before the server goes back. */
 	if (!sbuf_flush(&cl->c)) {

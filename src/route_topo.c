@@ -40,7 +40,9 @@ static void set_fill(struct route_set *rs)
 	rs->n = n;
 }
 
-struct route_set *route_set_get(struct database *front, const char *user)
+/* The set of pools for (front database, user), made on first use; NULL when out of memory or
+ * when not every backend has its pool. */
+static struct route_set *route_set_get(struct database *front, const char *user)
 {
 	struct cluster *c = front->cluster;
 	struct list *it;
@@ -62,6 +64,7 @@ struct route_set *route_set_get(struct database *front, const char *user)
 
 static void recompute(struct cluster *c, int shard);
 static void readable_update(struct cluster *c);
+static void backend_news(void *owner, const struct monitor_news *n);
 
 static struct cluster *cluster_new(struct worker *w, struct database *front)
 {
@@ -168,7 +171,7 @@ static void cluster_apply(struct worker *w, const struct cfg_cluster *cc)
 		c->primary[s] = -1;
 	for (int j = 0; j < c->n_be; j++)
 		if (!c->be[j]->mon)
-			c->be[j]->mon = monitor_start(c->be[j]);
+			c->be[j]->mon = monitor_start(w, c->be[j]->db, backend_news, c->be[j]);
 	for (struct list *it = c->sets.next; it != &c->sets; it = it->next)
 		set_fill(list_entry(it, struct route_set, node));
 	for (int s = 0; s < c->n_shards; s++)
@@ -176,9 +179,8 @@ static void cluster_apply(struct worker *w, const struct cfg_cluster *cc)
 	readable_update(c);
 }
 
-void route_apply_config(struct worker *w)
+void rt_clusters_apply(struct worker *w)
 {
-	route_write_funcs_update(w);
 	for (const struct cfg_cluster *cc = w->cf->clusters; cc; cc = cc->next)
 		cluster_apply(w, cc);
 	struct list *it;
@@ -196,15 +198,9 @@ void route_apply_config(struct worker *w)
 	}
 }
 
-void route_shutdown(struct worker *w)
+void rt_clusters_free(struct worker *w)
 {
 	struct list *it;
-	sqlscan_funcs_free(w->write_funcs);
-	free(w->write_funcs_text);
-	w->write_funcs = NULL;
-	w->write_funcs_text = NULL;
-	rt_verdicts_clear(w);
-	rt_batches_free(w);
 	for (it = w->databases.next; it != &w->databases; it = it->next) {
 		struct database *db = list_entry(it, struct database, node);
 		struct cluster *c = db->cluster;
@@ -335,9 +331,10 @@ static void recompute(struct cluster *c, int shard)
 /* Where a client's transaction goes now: a backend index, or -1 to wait for a primary. */
 int rt_target(struct client *cl, int shard, bool write, int avoid)
 {
-	struct cluster *c = cl->rs->cl;
+	struct route_session *rt = cl->rt;
+	struct cluster *c = rt->rs->cl;
 	if (!write) {
-		int i = choose_replica(c, shard, cl->ryw_lsn, avoid);
+		int i = choose_replica(c, shard, rt->ryw_lsn, avoid);
 		if (i >= 0 || !c->cf.replica_fallback)
 			return i;
 	}
@@ -360,7 +357,7 @@ static void reroute_waiters(struct cluster *c, int shard)
 			struct list *ci, *tmp;
 			list_for_each_safe(ci, tmp, &p->cl_waiting) {
 				struct client *cl = list_entry(ci, struct client, node);
-				bool write = cl->rt_primary;
+				bool write = cl->rt->rt_primary;
 				if (!down && (!write || c->primary[shard] == i))
 					continue;
 				int t = rt_target(cl, shard, write, -1);
@@ -374,7 +371,9 @@ static void reroute_waiters(struct cluster *c, int shard)
 	}
 }
 
-void route_backend_update(struct backend *be)
+/* A backend's state, role or lag changed (the monitor's news, or pgmux's own failed connect):
+ * its shard's primary and readable replicas are worked out again. */
+static void route_backend_update(struct backend *be)
 {
 	struct cluster *c = be->cl;
 	int shard = be->shard;
@@ -416,7 +415,8 @@ void route_backend_update(struct backend *be)
 	reroute_waiters(c, shard);
 }
 
-void route_backend_down(struct backend *be, const char *msg)
+/* A probe or pgmux's own connect failed: the backend gets no new transactions. */
+static void route_backend_down(struct backend *be, const char *msg)
 {
 	if (be->state != BE_DOWN)
 		log_warn("backend %s is down: %s", be->db->name, msg);
@@ -426,13 +426,35 @@ void route_backend_down(struct backend *be, const char *msg)
 	route_backend_update(be);
 }
 
+/* The monitor's report of one probe of backend owner: down (route_backend_down), or up with
+ * its role, WAL position and lag (route_backend_update). */
+static void backend_news(void *owner, const struct monitor_news *n)
+{
+	struct backend *be = owner;
+	if (!n->up) {
+		route_backend_down(be, n->error);
+		return;
+	}
+	uint8_t role = n->replica ? ROLE_REPLICA : ROLE_PRIMARY;
+	if (be->state != BE_UP || be->seen_role != role)
+		log_info("backend %s is up as %s", be->db->name, route_role_name(role));
+	be->state = BE_UP;
+	be->seen_role = role;
+	be->lsn = n->lsn;
+	be->lag_ms = n->lag_ms;
+	be->last_error[0] = '\0';
+	route_backend_update(be);
+}
+
 void route_backend_failed(struct backend *be, const char *msg)
 {
 	route_backend_down(be, msg);
 	monitor_kick(be->mon);   /* the monitor says when it is back */
 }
 
-struct pool *route_login_pool(struct route_set *rs)
+/* The pool a new client of a routed database starts in (for its greeting): its first shard's
+ * primary when that pool has a greeting, else any pool with one on a backend not down. */
+static struct pool *route_login_pool(struct route_set *rs)
 {
 	struct cluster *c = rs->cl;
 	int p = c->primary[0];
@@ -447,6 +469,21 @@ struct pool *route_login_pool(struct route_set *rs)
 		if (c->be[i]->state != BE_DOWN)
 			return rs->pools[i];
 	return rs->pools[0];
+}
+
+struct pool *route_client_login(struct client *cl, struct database *front)
+{
+	struct route_set *rs = route_set_get(front, cl->user_name);
+	if (!rs)
+		return NULL;
+	struct route_session *rt = calloc(1, sizeof(*rt));
+	if (!rt)
+		return NULL;
+	rt->rs = rs;
+	rt->rt_be = rt->rt_avoid = rt->rt_shard = -1;
+	rt->shard_pref = -1;
+	cl->rt = rt;
+	return route_login_pool(rs);
 }
 
 /* ---- rows for the console ------------------------------------------------------------------- */

@@ -15,7 +15,7 @@
 #include "client.h"
 #include "log.h"
 #include "worker.h"
-#include "route.h"
+#include "route_types.h"
 #include "pool.h"
 #include "prepared.h"
 #include "pwcrypt.h"
@@ -132,8 +132,9 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 	free_login(sv);
 	if (!sv->cancel_pending)
 		worker_reap(w, &sv->c);
-	route_lsn_done(sv);
-	if (cl && route_retry_lost(cl))
+	if (sv->ryw_client)
+		w->router->lsn_done(sv);
+	if (cl && cl->rt && w->router->retry_lost(cl))
 		client_on_data(cl);   /* its read goes to another backend */
 	else if (cl)
 		client_close(cl, "server conn crashed?", "08P01");
@@ -671,7 +672,8 @@ static void internal_done(struct server *sv)
 		server_close(sv, "client disconnected mid-transaction or server marked for close");
 		return;
 	}
-	route_lsn_done(sv);
+	if (sv->ryw_client)
+		sv->c.w->router->lsn_done(sv);
 	if (sv->cancel_pending) {
 		server_set_state(sv, SV_USED);
 		return;
@@ -713,7 +715,7 @@ static enum swallow_act swallow(struct server *sv, char type, const uint8_t *bod
 		return SW_NONE;
 	case 'D':
 		if (sv->ryw_client)
-			route_lsn_row(sv, body, blen);
+			sv->c.w->router->lsn_row(sv, body, blen);
 		return SW_NONE;
 	case 'E':
 		if (sv->ryw_client) {
@@ -788,8 +790,8 @@ static bool try_release(struct server *sv)
 		return false;
 	}
 	pool_release(sv, false);
-	if (cl->rs)
-		route_released(cl);
+	if (cl->rt)
+		sv->c.w->router->released(cl);
 	return true;
 }
 
@@ -915,7 +917,7 @@ static void forward_loop(struct server *sv)
 			}
 		}
 		if (route_watches_server(cl)) {
-			enum hook_rc r = route_on_server_message(sv, type, len, whole);
+			enum hook_rc r = sv->c.w->router->on_server_message(sv, type, len, whole);
 			if (r != HOOK_FORWARD) {
 				if (r == HOOK_STOP)
 					return;

@@ -765,9 +765,8 @@ static void named_free(struct sp_client *sp, struct sp_named *e)
 	sp->n--;
 }
 
-void shardplan_forget(struct client *cl, const char *name)
+void shardplan_forget(struct sp_client *sp, const char *name)
 {
-	struct sp_client *sp = cl->sp;
 	if (!sp)
 		return;
 	if (!name) {
@@ -790,19 +789,20 @@ void shardplan_forget(struct client *cl, const char *name)
 	}
 }
 
-void shardplan_client_free(struct client *cl)
+void shardplan_client_free(struct sp_client **stmts)
 {
-	if (!cl->sp)
+	struct sp_client *sp = *stmts;
+	if (!sp)
 		return;
-	shardplan_forget(cl, NULL);
-	free(cl->sp->tab);
-	free(cl->sp);
-	cl->sp = NULL;
+	shardplan_forget(sp, NULL);
+	free(sp->tab);
+	free(sp);
+	*stmts = NULL;
 }
 
-uint64_t shardplan_client_bytes(const struct client *cl)
+uint64_t shardplan_client_bytes(const struct sp_client *sp)
 {
-	return cl->sp ? cl->sp->bytes + (uint64_t)(cl->sp->mask + 1) * sizeof(*cl->sp->tab) : 0;
+	return sp ? sp->bytes + (uint64_t)(sp->mask + 1) * sizeof(*sp->tab) : 0;
 }
 
 /* Remembers name -> (t, oids); false when out of room (the name is then simply unknown). */
@@ -810,14 +810,14 @@ static bool remember(const struct sp_ctx *ctx, const char *name, struct sp_tmpl 
 		     const uint8_t *oidp, uint16_t n_oids)
 {
 	struct client *cl = ctx->cl;
-	struct sp_client *sp = cl->sp;
+	struct sp_client *sp = *ctx->stmts;
 	if (!sp) {
 		if (!(sp = calloc(1, sizeof(*sp))) || !(sp->tab = calloc(16, sizeof(*sp->tab)))) {
 			free(sp);
 			return false;
 		}
 		sp->mask = 15;
-		cl->sp = sp;
+		*ctx->stmts = sp;
 	}
 	char key[SP_NAME_MAX + 1];
 	snprintf(key, sizeof(key), "%s", name);
@@ -901,7 +901,7 @@ void shardplan_parse(const struct sp_ctx *ctx, const uint8_t *m, uint32_t total,
 		return;
 	}
 	if (scs_off_backslash(ctx->cl, sql, len)) {
-		shardplan_forget(ctx->cl, name);
+		shardplan_forget(*ctx->stmts, name);
 		set_refuse(e, "0A000", refuse_scs, 0);
 		return;
 	}
@@ -923,7 +923,6 @@ void shardplan_parse(const struct sp_ctx *ctx, const uint8_t *m, uint32_t total,
 void shardplan_bind(const struct sp_ctx *ctx, const uint8_t *body, uint32_t blen,
 		    struct sp_eval *e)
 {
-	struct client *cl = ctx->cl;
 	memset(e, 0, sizeof(*e));
 	e->shard = -1;
 	const uint8_t *end = body + blen;
@@ -935,7 +934,8 @@ void shardplan_bind(const struct sp_ctx *ctx, const uint8_t *body, uint32_t blen
 	}
 	char key[SP_NAME_MAX + 1];
 	snprintf(key, sizeof(key), "%s", (const char *)stmt);
-	struct sp_named **pp = cl->sp ? named_slot(cl->sp, key, name_hash(key)) : NULL;
+	struct sp_client *sp = *ctx->stmts;
+	struct sp_named **pp = sp ? named_slot(sp, key, name_hash(key)) : NULL;
 	if (!pp || !*pp) {
 		set_refuse(e, "0A000", "a Bind of a statement pgmux did not see parsed: its shard key "
 			   "cannot be read", 0);
@@ -945,16 +945,16 @@ void shardplan_bind(const struct sp_ctx *ctx, const uint8_t *body, uint32_t blen
 	eval(ctx, s->t, s->t->text, NULL, s->oids, s->n_oids, body, blen, e);
 }
 
-const char *shardplan_bind_text(struct client *cl, const uint8_t *body, uint32_t blen, size_t *len)
+const char *shardplan_bind_text(struct sp_client *sp, const uint8_t *body, uint32_t blen, size_t *len)
 {
 	const uint8_t *end = body + blen;
 	const uint8_t *z = memchr(body, 0, blen);
 	const uint8_t *stmt = z ? z + 1 : NULL;
-	if (!cl->sp || !stmt || stmt >= end || !memchr(stmt, 0, (size_t)(end - stmt)))
+	if (!sp || !stmt || stmt >= end || !memchr(stmt, 0, (size_t)(end - stmt)))
 		return NULL;
 	char key[SP_NAME_MAX + 1];
 	snprintf(key, sizeof(key), "%s", (const char *)stmt);
-	struct sp_named **pp = named_slot(cl->sp, key, name_hash(key));
+	struct sp_named **pp = named_slot(sp, key, name_hash(key));
 	if (!*pp)
 		return NULL;
 	*len = (*pp)->t->len;

@@ -3173,7 +3173,7 @@ static bool clients_waiting(struct peer *p)
 		struct list *ci;
 		for (ci = pl->cl_active.next; ci != &pl->cl_active; ci = ci->next) {
 			struct client *cl = list_entry(ci, struct client, node);
-			if (cl->ryw_server || cl->fo)
+			if (cl->rt && (cl->rt->ryw_server || cl->rt->fo))
 				return true;
 		}
 	}

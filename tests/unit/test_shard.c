@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "client.h"
+#include "route.h"
 #include "shard.h"
 #include "shardhash.h"
 #include "shardplan.h"
@@ -273,13 +274,14 @@ struct fake {
 	struct shard_ctx x;
 	struct sp_cache *cache;
 	struct client cl;
+	struct route_session rt;    /* its remembered statements, counted by client_memory */
 	struct worker w;
 	struct config cf;
 };
 
 static void fake_free(struct fake *f)
 {
-	shardplan_client_free(&f->cl);
+	shardplan_client_free(&f->rt.sp);
 	shardplan_cache_free(f->cache);
 	f->cache = NULL;
 }
@@ -288,6 +290,9 @@ static void fake_init(struct fake *f, int type)
 {
 	memset(f, 0, sizeof(*f));
 	f->x.sp.cl = &f->cl;
+	f->x.sp.stmts = &f->rt.sp;
+	f->cl.rt = &f->rt;
+	route_register(&f->w);   /* client_memory asks routing for the session's bytes */
 	f->x.sp.n_shards = 4;
 	f->x.sp.shard_key = "user_id";
 	f->x.sp.key_type = type;
