@@ -4,6 +4,7 @@
 
 #include "route.h"
 #include "sqlscan.h"
+#include "verdict.h"
 
 struct sp_eval;
 
@@ -105,12 +106,19 @@ int rt_target(struct client *cl, int shard, bool write, int avoid);
 /* ---- route_msg.c: a message's SQL and its classification, answering locally ---- */
 
 /* The write_functions list the classifier uses now. */
-const struct sqlscan_funcs *rt_write_funcs(const struct worker *w);
+static inline const struct sqlscan_funcs *rt_write_funcs(const struct worker *w)
+{
+	return w->write_funcs;
+}
 /* Forgets every cached verdict (write_functions changed, or shutdown). */
 void rt_verdicts_clear(struct worker *w);
-/* Classifies one statement text (len bytes) through the worker's verdict cache. */
-void rt_classify(struct worker *w, struct client *cl, char type, const char *sql, size_t len,
-		 struct sqlscan_result *r);
+/* Classifies one statement text (len bytes) through the worker's verdict cache.  Inline: it
+ * runs for every routed statement. */
+static inline void rt_classify(struct worker *w, struct client *cl, char type, const char *sql,
+			       size_t len, struct sqlscan_result *r)
+{
+	verdict_lookup(&w->verdicts, &cl->rt->verdict_memo, type == 'Q', sql, len, rt_write_funcs(w), r);
+}
 /* The SQL text a Query, Parse or Bind (of a statement pgmux knows) runs: false when it
  * cannot be read (a Query or Parse not whole, a Bind of an unknown statement). */
 bool rt_message_sql(struct client *cl, char type, const uint8_t *h, uint32_t total,

@@ -28,25 +28,111 @@ enum txtrack_result {
 	TXT_OVERFLOW                /* more than TXTRACK_MAX_PIPELINE answers owed */
 };
 
+/* The tracker's functions that run for every message are inline (the forwarding loops call
+ * them per message; as calls they cost about 2.5% of a transaction's instructions); the rest
+ * is in txtrack.c. */
+
 /* A client message forwarded on the link: type, and for a Parse whether it names the
  * unnamed statement.  Counts the answers it is owed. */
-enum txtrack_result txtrack_client(struct txtrack *t, char type, bool unnamed_parse);
+static inline enum txtrack_result txtrack_client(struct txtrack *t, char type, bool unnamed_parse)
+{
+	switch (type) {
+	case 'Q':
+		/* A simple Query is a sync point of its own, even after unsynced extended messages
+		 * (asyncpg sends Parse/Describe/Flush, then a Query). */
+		t->expect_z++;
+		t->sync_pending = false;
+		t->unnamed_pending = false;
+		t->last_exec = 'Q';
+		t->copy_client_done = false;
+		break;
+	case 'F':
+		t->expect_z++;
+		break;
+	case 'S':
+		t->expect_z++;
+		t->sync_pending = false;
+		break;
+	case 'E':
+		t->sync_pending = true;
+		t->unnamed_pending = false;
+		t->last_exec = 'E';
+		t->copy_client_done = false;
+		break;
+	case 'P':
+		/* Drivers parse the unnamed statement, Sync, then Bind it (asyncpg without a
+		 * statement cache): the server must stay until it has run. */
+		if (unnamed_parse)
+			t->unnamed_pending = true;
+		t->sync_pending = true;
+		break;
+	case 'B': case 'D': case 'C':
+		t->sync_pending = true;
+		break;
+	case 'c': case 'f':
+		if (t->copy_fixup) {
+			/* The server already ended the copy (an error) and ignored the Syncs sent during
+			 * it: only a Sync from here on answers, and until it comes the server skips. */
+			t->copy_fixup = false;
+			t->expect_z = 0;
+			t->sync_pending = true;
+		} else {
+			/* May come before the server's CopyInResponse when the client pipelines. */
+			t->copy_client_done = true;
+			t->copy_mark = t->expect_z;
+		}
+		break;
+	case 'd': case 'H': case 'X':
+		break;
+	default:
+		return TXT_UNKNOWN;
+	}
+	return t->expect_z > TXTRACK_MAX_PIPELINE ? TXT_OVERFLOW : TXT_OK;
+}
+
 
 /* A CopyDone or CopyFail from a client without a server: PostgreSQL drops it; only a pending
  * recount is forgotten. */
 void txtrack_stray_copy_end(struct txtrack *t);
 
+/* The server ended a COPY IN: recount the ReadyForQuery still owed, since PostgreSQL ignored
+ * the Syncs that arrived during the copy. */
+void txtrack_copy_ended(struct txtrack *t);
+
 /* A server message on the link (G, W, C, E matter). */
-void txtrack_server(struct txtrack *t, char type);
+static inline void txtrack_server(struct txtrack *t, char type)
+{
+	switch (type) {
+	case 'G':
+	case 'W':
+		t->in_copy = true;
+		t->copy_simple = t->last_exec == 'Q';
+		break;
+	case 'C':
+	case 'E':
+		if (t->in_copy)
+			txtrack_copy_ended(t);
+		break;
+	default:
+		break;
+	}
+}
+
 
 /* A ReadyForQuery reached the client: true when it settled the last answer owed (a query, and
  * with no Sync pending, a transaction, ended: the caller counts them). */
-bool txtrack_ready(struct txtrack *t);
+static inline bool txtrack_ready(struct txtrack *t)
+{
+	return t->expect_z && --t->expect_z == 0;
+}
 
 /* Nothing owed either way: no request waits for its answer, no unsynced extended messages, no
  * COPY, no unnamed statement parsed but not yet run.  The half of "may this server go back?"
  * that is about requests; server.c adds the bytes still in flight and the server's state. */
-bool txtrack_settled(const struct txtrack *t);
+static inline bool txtrack_settled(const struct txtrack *t)
+{
+	return t->expect_z == 0 && !t->sync_pending && !t->in_copy && !t->unnamed_pending;
+}
 
 /* No request outstanding at all: the next one starts a query (for the statistics). */
 static inline bool txtrack_quiet(const struct txtrack *t)

@@ -89,13 +89,14 @@ enum ps_kind {
 struct ps_req {
 	uint8_t kind;
 	bool failed;               /* QUERY: an error came back */
-	bool hide_prepare;         /* QUERY: pgmux's own PREPARE leads it; its tag is not the
-				    * client's (a DEALLOCATE of a statement the server lacks) */
-	bool drops_all;            /* QUERY: a DEALLOCATE ALL / DISCARD ALL (drops_all): when it
-				    * succeeds, the names made up to names_upto go */
-	uint32_t names_upto;
 	bool skipped;              /* sent while the server skips to the next Sync after an error:
 				    * no answer will come for it */
+	bool hide_prepare;         /* QUERY: pgmux's own PREPARE leads it; its tag is not the
+				    * client's (a DEALLOCATE of a statement the server lacks) */
+	uint32_t drop_upto;        /* QUERY, non-zero: a DEALLOCATE ALL / DISCARD ALL (drops_all);
+				    * when it succeeds, the names made before it go (seq <
+				    * drop_upto).  The four flags and this keep the request 32
+				    * bytes: one is written per message. */
 	struct ps_stmt *st;        /* PARSE*, BIND: the statement (a reference) */
 	char *err;                 /* ERROR_SYNTH: "SQLSTATE message" */
 	char *cname;               /* PARSE, PARSE_SYNTH: the client's name, dropped if skipped */
@@ -103,6 +104,7 @@ struct ps_req {
 
 /* Bounded like the client's own pipeline. */
 #define PS_FIFO_MAX (1u << 20)
+_Static_assert(sizeof(struct ps_req) == 32 || sizeof(void *) != 8, "a request stays 32 bytes");
 
 struct ps_server {
 	struct ps_sent **tab;
@@ -1157,6 +1159,14 @@ static enum hook_rc client_deallocate(struct client *cl, struct ps_server *ps, c
 	return HOOK_FORWARD;
 }
 
+/* The first byte of a text that may be a DEALLOCATE or DISCARD: its first letter, a blank or
+ * the start of a comment. */
+static inline bool may_deallocate(uint8_t c)
+{
+	return (c | 0x20) == 'd' || c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '-' ||
+	       c == '/';
+}
+
 /* Skips blanks, semicolons and comments (both kinds) from p; returns where text resumes. */
 static const char *skip_noise(const char *p, const char *end)
 {
@@ -1233,7 +1243,7 @@ enum hook_rc ps_client_message(struct client *cl, char type, uint32_t total, uin
 	}
 	struct ps_req *r;
 	enum hook_rc pr;
-	bool hide = false;
+	bool hide = false, maybe_d;
 	switch (type) {
 	case 'P':
 		if (!cl->c.in->data[cl->c.in->scan + PROTO_HDR] &&
@@ -1257,18 +1267,22 @@ enum hook_rc ps_client_message(struct client *cl, char type, uint32_t total, uin
 	case 'Q':
 		if ((pr = check_text(cl, ps, type, total, avail)) != HOOK_FORWARD)
 			return pr;
-		if ((pr = client_deallocate(cl, ps, 'Q', total, avail, &hide)) != HOOK_FORWARD)
+		/* DEALLOCATE, DISCARD and what may precede them (blanks, comments) are told from
+		 * every other Query by the text's first byte, before any scanning */
+		maybe_d = avail > PROTO_HDR &&
+			  may_deallocate(cl->c.in->data[cl->c.in->scan + PROTO_HDR]);
+		if (maybe_d &&
+		    (pr = client_deallocate(cl, ps, 'Q', total, avail, &hide)) != HOOK_FORWARD)
 			return pr;
 		r = push(ps, PSR_QUERY, NULL);
-		if (r) {
+		if (r && maybe_d) {
 			r->hide_prepare = hide;
 			if (!hide && drops_all(cl, total, avail)) {
 				/* The server's copies are trusted no more: a use pipelined behind it
 				 * closes and parses first, so it never names a statement this drops.
 				 * The answer says whether the client's names went (ps_server_message):
 				 * only those made before this was sent, as in PostgreSQL. */
-				r->drops_all = true;
-				r->names_upto = cl->ps ? cl->ps->seq : 0;
+				r->drop_upto = (cl->ps ? cl->ps->seq : 0) + 1;
 				for (struct list *i = ps->lru.next; i != &ps->lru; i = i->next)
 					list_entry(i, struct ps_sent, lru)->stale = true;
 			}
@@ -1417,8 +1431,8 @@ enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body
 		    (tag_is(body, blen, "DISCARD ALL") || tag_is(body, blen, "DEALLOCATE ALL"))) {
 			ps_server_forget(sv);
 			/* names the client made since sending it (pipelined) survive */
-			if (sv->link && r->kind == PSR_QUERY && r->drops_all)
-				cmap_clear_upto(sv->link, r->names_upto);
+			if (sv->link && r->kind == PSR_QUERY && r->drop_upto)
+				cmap_clear_upto(sv->link, r->drop_upto - 1);
 			else if (sv->link)
 				cmap_clear(sv->link);
 		}

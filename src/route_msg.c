@@ -36,23 +36,12 @@ void route_write_funcs_update(struct worker *w)
 	rt_verdicts_clear(w);   /* verdicts made with the old list */
 }
 
-const struct sqlscan_funcs *rt_write_funcs(const struct worker *w)
-{
-	return w->write_funcs;
-}
-
 /* ---- verdicts ------------------------------------------------------------------------------ */
 
 void rt_verdicts_clear(struct worker *w)
 {
 	verdict_free(w->verdicts);
 	w->verdicts = NULL;
-}
-
-void rt_classify(struct worker *w, struct client *cl, char type, const char *sql,
-			    size_t len, struct sqlscan_result *r)
-{
-	verdict_lookup(&w->verdicts, &cl->rt->verdict_memo, type == 'Q', sql, len, rt_write_funcs(w), r);
 }
 
 /* ---- answering locally: SET pgmux.*, a deferred BEGIN ---------------------------------- */
