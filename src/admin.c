@@ -173,7 +173,9 @@ static bool check_command(struct admin_ctx *x)
 		}
 		x->db = pool_find_database(x->w, name);
 		if (!x->db) {
-			admin_error(x, "3D000", "no such database: %s", name);
+			/* PgBouncer's text and SQLSTATE (08P01: it answers every console error so), for
+			 * scripts written against it. */
+			admin_error(x, "08P01", "no such database: %s", name);
 			return false;
 		}
 		return true;

@@ -161,3 +161,33 @@ def test_secret_too_long_refused(env):
     text = px.output_text() + px.log_text()
     assert "secret longer than 65530 bytes" in text, text
     assert "QQQQQQQQ" not in text
+
+
+@timeout(60)
+def test_console_unknown_target_errors(env):
+    """Unknown targets and a failed RELOAD answer with PgBouncer's texts (and, for the
+    targets, its SQLSTATE 08P01), so scripts written against PgBouncer keep working."""
+    db = env.database()
+    px = env.pgmux([db])
+    with psycopg.connect(px.dsn("pgbouncer", "postgres"), autocommit=True,
+                         connect_timeout=10) as c:
+        for sql, state, text in (("KILL dne", "08P01", "no such database: dne"),
+                                 ("PAUSE dne", "08P01", "no such database: dne"),
+                                 ("KILL_CLIENT 1000", "08P01", "client not found"),
+                                 ("KILL_CLIENT not_an_id", "08P01",
+                                  "invalid client pointer supplied")):
+            try:
+                c.execute(sql)
+                raise AssertionError(f"{sql} succeeded")
+            except psycopg.Error as e:
+                assert e.sqlstate == state and text in str(e), (sql, e.sqlstate, str(e))
+        good = px.ini.read_text()
+        px.write_config(raw=good + "\nserver_lifetime = not_a_number\n")
+        try:
+            c.execute("RELOAD")
+            raise AssertionError("RELOAD of a broken file succeeded")
+        except psycopg.errors.ConfigFileError as e:
+            assert "RELOAD failed, see logs for additional details" in str(e), e
+            assert "server_lifetime" in str(e), e
+        px.write_config(raw=good)
+        c.execute("RELOAD")
