@@ -191,3 +191,29 @@ def test_console_unknown_target_errors(env):
             assert "server_lifetime" in str(e), e
         px.write_config(raw=good)
         c.execute("RELOAD")
+
+
+@timeout(60)
+def test_console_pgbouncer_listings(env):
+    """Every SHOW that PgBouncer's console knows gets an answer: features pgmux lacks
+    (peering, a DNS cache) as PgBouncer's columns with no rows."""
+    db = env.database()
+    px = env.pgmux([db])
+    with px.connect(db) as app:
+        app.execute("SELECT 1")
+        with psycopg.connect(px.dsn("pgbouncer", "postgres"), autocommit=True,
+                             connect_timeout=10) as c:
+            empty = {"PEERS": ["peer_id", "host", "port", "pool_size"],
+                     "PEER_POOLS": ["peer_id", "cl_active_cancel_req", "cl_waiting_cancel_req",
+                                    "sv_active_cancel", "sv_login"],
+                     "DNS_HOSTS": ["hostname", "ttl", "addrs"],
+                     "DNS_ZONES": ["zonename", "serial", "count"]}
+            for what, cols in empty.items():
+                cur = c.execute(f"SHOW {what}")
+                assert [d.name for d in cur.description] == cols, what
+                assert cur.fetchall() == [], what
+            socks = c.execute("SHOW SOCKETS")
+            scols, srows = [d.name for d in socks.description], socks.fetchall()
+            act = c.execute("SHOW ACTIVE_SOCKETS")
+            assert [d.name for d in act.description] == scols
+            assert len(act.fetchall()) == len(srows) >= 2   # the app and this console at least
