@@ -198,6 +198,8 @@ struct client {
 	struct txtrack tt;                  /* what is in flight on its link (txtrack.c) */
 	bool discarding;                    /* pkt_left bytes are dropped, not forwarded */
 	bool admin;                         /* may run console control commands (admin_users) */
+	bool peer_admin;                    /* console user pgbouncer over the Unix socket from
+					     * pgmux's own uid: an admin without a password */
 	struct admin_session *console;      /* console state, for CL_ADMIN clients */
 	struct ps_cmap *ps;                 /* its named prepared statements, or NULL */
 	/* read/write routing (route.h): the session of a client of a [database X] section, NULL

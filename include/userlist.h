@@ -10,10 +10,12 @@ struct scram_secret;
 
 enum secret_kind { SECRET_NONE = 0, SECRET_PLAIN, SECRET_MD5, SECRET_SCRAM };
 
-/* Longest user name and secret accepted, in bytes after unquoting.  PostgreSQL names stop at 63
- * bytes and verifiers at about 200, so longer entries are mistakes, reported with file:line. */
+/* Longest user name and secret accepted, in bytes after unquoting; longer entries are refused
+ * with file:line.  PostgreSQL names stop at 63 bytes.  A secret may be a long plaintext password
+ * or token, so the limit is PgBouncer's: its MAX_PASSWORD buffer is 65531 bytes with the
+ * terminator, so 65530 bytes of secret. */
 #define USERLIST_MAX_USER 256
-#define USERLIST_MAX_SECRET 1024
+#define USERLIST_MAX_SECRET 65530
 /* Largest auth_file read, so a wrong path (a log, a device) cannot eat memory. */
 #define USERLIST_MAX_FILE (64 * 1024 * 1024)
 /* Most SCRAM verifiers one list caches for plaintext secrets (about 150 bytes each); users

@@ -144,7 +144,7 @@ static bool check_command(struct admin_ctx *x)
 	/* Against the lists as they are now, not as they were at login: a RELOAD or SET that
 	 * takes a user off admin_users takes the control commands away at once. */
 	const struct config *cf = x->w->cf;
-	x->cl->admin = config_list_has(cf->admin_users, x->cl->user_name);
+	x->cl->admin = x->cl->peer_admin || config_list_has(cf->admin_users, x->cl->user_name);
 	if (!x->cl->admin && !config_list_has(cf->stats_users, x->cl->user_name)) {
 		admin_error(x, "42501", "permission denied: %s needs a user listed in admin_users or stats_users",
 			    c->name);
@@ -173,7 +173,9 @@ static bool check_command(struct admin_ctx *x)
 		}
 		x->db = pool_find_database(x->w, name);
 		if (!x->db) {
-			admin_error(x, "3D000", "no such database: %s", name);
+			/* PgBouncer's text and SQLSTATE (08P01: it answers every console error so), for
+			 * scripts written against it. */
+			admin_error(x, "08P01", "no such database: %s", name);
 			return false;
 		}
 		return true;
@@ -595,7 +597,7 @@ bool admin_is_console_db(const char *name)
 void admin_client_ready(struct client *cl)
 {
 	struct worker *w = cl->c.w;
-	bool admin = config_list_has(w->cf->admin_users, cl->user_name);
+	bool admin = cl->peer_admin || config_list_has(w->cf->admin_users, cl->user_name);
 	bool stats = admin || config_list_has(w->cf->stats_users, cl->user_name);
 	if (!stats) {
 		client_close(cl, "not allowed", "42501");

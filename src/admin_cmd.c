@@ -277,14 +277,15 @@ static enum admin_rc cmd_kill_client(struct admin_ctx *x)
 	if (a[0] == '0' && (a[1] == 'x' || a[1] == 'X'))
 		base = 16;   /* the ptr column's form */
 	unsigned long long id = strtoull(a, &end, base);
+	/* An unknown target is answered with PgBouncer's texts and SQLSTATE (08P01). */
 	if (end == a || *end) {
-		admin_error(x, "42601", "KILL_CLIENT needs a client id (the id column of SHOW CLIENTS)");
+		admin_error(x, "08P01", "invalid client pointer supplied: KILL_CLIENT needs a client id (the id column of SHOW CLIENTS)");
 		return ADMIN_ERR;
 	}
 	uint64_t want = id;
 	struct client *c = admin_each_client(x->w, true, client_has_id, &want);
 	if (!c) {
-		admin_error(x, "42704", "no client with id %llu", id);
+		admin_error(x, "08P01", "client not found: no client with id %llu", id);
 		return ADMIN_ERR;
 	}
 	if (c == x->cl) {
@@ -304,6 +305,9 @@ static enum admin_rc cmd_suspend(struct admin_ctx *x)
 	return ADMIN_ERR;
 }
 
+/* PgBouncer's words first (scripts match them), then pgmux's reason. */
+#define RELOAD_FAILED "RELOAD failed, see logs for additional details; the old configuration stays: "
+
 static enum admin_rc cmd_reload(struct admin_ctx *x)
 {
 	struct worker *w = x->w;
@@ -311,14 +315,14 @@ static enum admin_rc cmd_reload(struct admin_ctx *x)
 	char err[512];
 	/* A dry run first, so that the error reaches the admin and not only the log. */
 	if (config_load(w->cf_path, &cf, err, sizeof(err)) < 0) {
-		admin_error(x, "F0000", "reload failed, keeping the old configuration: %s", err);
+		admin_error(x, "F0000", RELOAD_FAILED "%s", err);
 		return ADMIN_ERR;
 	}
 	if (cf->auth_file && *cf->auth_file) {
 		struct userlist *ul = NULL;
 		if (userlist_load(cf->auth_file, &ul, err, sizeof(err)) < 0) {
 			config_free(cf);
-			admin_error(x, "F0000", "reload failed, keeping the old configuration: %s", err);
+			admin_error(x, "F0000", RELOAD_FAILED "%s", err);
 			return ADMIN_ERR;
 		}
 		userlist_free(ul);
@@ -326,7 +330,7 @@ static enum admin_rc cmd_reload(struct admin_ctx *x)
 	config_free(cf);
 	log_info("console: RELOAD");
 	if (!w->daemon || w->daemon->reload(w) < 0) {
-		admin_error(x, "F0000", "reload failed, keeping the old configuration (see the log)");
+		admin_error(x, "F0000", RELOAD_FAILED "see the log");
 		return ADMIN_ERR;
 	}
 	return ADMIN_OK;

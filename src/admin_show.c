@@ -734,6 +734,15 @@ static void row_kt(struct admin_ctx *x, const char *k, const char *v)
 	admin_row_end(x);
 }
 
+/* PgBouncer's listings of features pgmux does not have (peering, its own DNS cache): the
+ * header with PgBouncer's columns and no rows, which is the truth, so monitoring that asks for
+ * them gets an answer instead of an error. */
+static enum admin_rc show_none(struct admin_ctx *x)
+{
+	(void)x;
+	return ADMIN_OK;
+}
+
 static enum admin_rc show_state(struct admin_ctx *x)
 {
 	struct worker *w = x->w;
@@ -828,6 +837,11 @@ static const struct admin_col cols_databases[] = {
 	I("current_connections"), I("paused"), I("disabled"),
 };
 static const struct admin_col cols_users[] = { T("name"), T("pool_mode") };
+static const struct admin_col cols_peers[] = { I("peer_id"), T("host"), I("port"), I("pool_size") };
+static const struct admin_col cols_peer_pools[] = { I("peer_id"), I("cl_active_cancel_req"),
+	I("cl_waiting_cancel_req"), I("sv_active_cancel"), I("sv_login") };
+static const struct admin_col cols_dns_hosts[] = { T("hostname"), I("ttl"), T("addrs") };
+static const struct admin_col cols_dns_zones[] = { T("zonename"), I("serial"), I("count") };
 static const struct admin_col cols_lists[] = { T("list"), I("items") };
 static const struct admin_col cols_config[] = { T("key"), T("value"), T("default"), T("changeable") };
 static const struct admin_col cols_mem[] = { T("name"), I("size"), I("used"), I("free"), I("memtotal") };
@@ -872,12 +886,18 @@ const struct admin_cmd admin_show_cmds[] = {
 	SHOW("SERVERS", show_servers, cols_conns, "one row per server connection"),
 	SHOW("SOCKETS", show_sockets, cols_sockets,
 	     "every client (logging in too) and server socket, with where its buffers stand"),
+	/* pgmux keeps no separate "active" socket list: the same rows as SOCKETS */
+	SHOW("ACTIVE_SOCKETS", show_sockets, cols_sockets, "the same as SHOW SOCKETS"),
 	SHOW("DATABASES", show_databases, cols_databases, "configured databases and their settings"),
 	SHOW("USERS", show_users, cols_users, "known users and their pool_mode override"),
 	SHOW("LISTS", show_lists, cols_lists, "counts of internal objects"),
 	SHOW("CONFIG", show_config, cols_config, "every general setting: value, default, changeable at run time"),
 	SHOW("MEM", show_mem, cols_mem, "memory held per object kind"),
 	SHOW("STATE", show_state, cols_state, "whether pgmux is paused or shutting down"),
+	SHOW("PEERS", show_none, cols_peers, "PgBouncer's peering: pgmux has none, so no rows"),
+	SHOW("PEER_POOLS", show_none, cols_peer_pools, "PgBouncer's peering: pgmux has none, so no rows"),
+	SHOW("DNS_HOSTS", show_none, cols_dns_hosts, "PgBouncer's DNS cache: pgmux keeps none, so no rows"),
+	SHOW("DNS_ZONES", show_none, cols_dns_zones, "PgBouncer's DNS zones: pgmux keeps none, so no rows"),
 	SHOW("BACKENDS", show_backends, cols_backends,
 	     "read/write routing: each backend's role, health, lag and routed reads and writes"),
 	SHOW("SHARDS", show_shards, cols_shards,

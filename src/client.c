@@ -3,6 +3,8 @@
 
 #include <errno.h>
 #include <arpa/inet.h>
+#include <sys/socket.h>
+#include <sys/types.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,9 +22,12 @@
 #include "server.h"
 #include "tls.h"
 #include "txtrack.h"
+#include "userlist.h"
 
-/* Password and SASL messages are small; anything bigger during login is an attack or a bug. */
-#define LOGIN_MSG_MAX 8192
+/* Password and SASL messages are small, except a plaintext password, which may be as long as
+ * the longest auth_file secret (a token, say).  Room for one byte more than that, so a password
+ * just over the limit fails as a wrong password; anything bigger is an attack or a bug. */
+#define LOGIN_MSG_MAX (USERLIST_MAX_SECRET + 64)
 
 const char *client_tag(const struct client *cl, char *buf, size_t len)
 {
@@ -257,6 +262,32 @@ static bool client_is_unix(const struct client *cl)
 	return strcmp(cl->addr, "unix") == 0;
 }
 
+/*
+ * PgBouncer's rule for the console: user "pgbouncer" connecting over the Unix socket from the
+ * OS user pgmux runs as gets in as an admin without a password (whoever can act as that OS
+ * user can read the auth_file and signal the process anyway).  The kernel's peer credentials
+ * say who is on the other end; TCP has no such proof, so it never takes this path, and neither
+ * does any other user name, any other uid, or a peer whose credentials cannot be read.
+ */
+static bool console_peer_is_self(const struct client *cl)
+{
+	if (!client_is_unix(cl) || strcmp(cl->user_name, "pgbouncer") != 0)
+		return false;
+#ifdef SO_PEERCRED
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	if (getsockopt(cl->c.fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof(cred))
+		return false;
+	return cred.uid == geteuid();
+#else
+	uid_t uid;
+	gid_t gid;
+	if (getpeereid(cl->c.fd, &uid, &gid) != 0)
+		return false;
+	return uid == geteuid();
+#endif
+}
+
 void client_on_handshake(struct client *cl)
 {
 	struct conn *c = &cl->c;
@@ -449,6 +480,13 @@ static bool handle_startup(struct client *cl)
 		log_info("%s login attempt: tls=%s", client_tag(cl, tag, sizeof(tag)),
 			 cl->c.ssl ? tls_describe(&cl->c, desc, sizeof(desc)) : "no");
 	}
+	if (console && console_peer_is_self(cl)) {
+		char tag[256];
+		cl->peer_admin = true;
+		log_debug("%s console admin by peer credentials (same uid as pgmux)", client_tag(cl, tag, sizeof(tag)));
+		client_auth_ok(cl);
+		return !cl->c.dead;
+	}
 	auth_start(cl);
 	return !cl->c.dead;
 }
@@ -472,8 +510,15 @@ static void login_loop(struct client *cl)
 			client_close(cl, "invalid packet during login", "08P01");
 			return;
 		}
-		if (avail < len + 1)
+		if (avail < len + 1) {
+			/* A message bigger than the receive buffer grows it (within max_client_memory);
+			 * otherwise it could never arrive whole and the login would hang. */
+			if (len + 1 > b->cap - b->scan && client_need(cl, len + 1) < 0) {
+				client_close(cl, "out of memory during login", "53200");
+				return;
+			}
 			break;
+		}
 		const uint8_t *body = b->data + b->scan + PROTO_HDR;
 		b->scan += len + 1;
 		b->start = b->scan;

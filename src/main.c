@@ -2,6 +2,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,13 +19,55 @@
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: pgmux [-d] [-v] [-q] [-V] [-h] CONFIG.ini\n"
-		   "  -d  run in the background (needs logfile or syslog)\n"
-		   "  -v  more verbose logging (repeat for more)\n"
-		   "  -q  no log output on stderr\n"
-		   "  -V  print the version and exit\n");
+	fprintf(f, "usage: pgmux [OPTION]... CONFIG.ini\n"
+		   "  -d, --daemon     run in the background (needs logfile or syslog)\n"
+		   "  -v, --verbose    more verbose logging (repeat for more)\n"
+		   "  -q, --quiet      no log output on stderr\n"
+		   "  -u, --user=USER  switch to USER after binding the listening sockets (root only)\n"
+		   "  -V, --version    print the version and exit\n"
+		   "  -h, --help       print this help and exit\n");
 }
 
+/* PgBouncer's long options, so that an existing service file or script starts pgmux unchanged. */
+static const struct option long_opts[] = {
+	{ "daemon", no_argument, NULL, 'd' },
+	{ "verbose", no_argument, NULL, 'v' },
+	{ "quiet", no_argument, NULL, 'q' },
+	{ "user", required_argument, NULL, 'u' },
+	{ "version", no_argument, NULL, 'V' },
+	{ "help", no_argument, NULL, 'h' },
+	{ NULL, 0, NULL, 0 },
+};
+
+/* Longest -u argument: system user names are far shorter; this only bounds what we copy. */
+#define MAX_RUN_USER 256
+
+/*
+ * Becomes `user` for good: supplementary groups, then the group, then the user (in that order,
+ * since each step needs the privilege the next one drops).  Then checks that root cannot be
+ * regained, so a half-done switch never goes unnoticed.  Returns 0, or -1 with the reason logged.
+ */
+static int drop_privileges(const char *user)
+{
+	errno = 0;
+	struct passwd *pw = getpwnam(user);
+	if (!pw) {
+		log_error("-u: unknown user \"%s\"%s%s", user, errno ? ": " : "", errno ? strerror(errno) : "");
+		return -1;
+	}
+	uid_t uid = pw->pw_uid;
+	gid_t gid = pw->pw_gid;
+	if (initgroups(user, gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0) {
+		log_error("-u: cannot switch to user \"%s\": %s", user, strerror(errno));
+		return -1;
+	}
+	if (uid != 0 && (setuid(0) == 0 || geteuid() == 0)) {
+		log_error("-u: switched to user \"%s\" but root could be regained", user);
+		return -1;
+	}
+	log_info("running as user %s (uid %ld)", user, (long)uid);
+	return 0;
+}
 static int pidfile_claim(const char *path)
 {
 	FILE *f = fopen(path, "r");
@@ -84,12 +128,14 @@ static void raise_nofile(int64_t want)
 int main(int argc, char **argv)
 {
 	bool daemon_mode = false, quiet = false;
+	const char *run_user = NULL;
 	int opt;
-	while ((opt = getopt(argc, argv, "dvqVh")) != -1) {
+	while ((opt = getopt_long(argc, argv, "dvqu:Vh", long_opts, NULL)) != -1) {
 		switch (opt) {
 		case 'd': daemon_mode = true; break;
 		case 'v': log_verbosity++; break;
 		case 'q': quiet = true; break;
+		case 'u': run_user = optarg; break;
 		case 'V': printf("%s\n", PGMUX_VERSION_STR); return 0;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
@@ -98,6 +144,17 @@ int main(int argc, char **argv)
 	if (optind != argc - 1) {
 		usage(stderr);
 		return 2;
+	}
+	/* Only root can change its user; say so before anything else happens, rather than fail
+	 * after the sockets are bound. */
+	if (run_user && (!*run_user || strlen(run_user) > MAX_RUN_USER)) {
+		fprintf(stderr, "pgmux: -u needs a user name (at most %d bytes)\n", MAX_RUN_USER);
+		return 2;
+	}
+	if (run_user && geteuid() != 0) {
+		fprintf(stderr, "pgmux: -u/--user needs root: pgmux runs as uid %ld and cannot switch users\n",
+			(long)geteuid());
+		return 1;
 	}
 	const char *path = argv[optind];
 	struct config *cf;
@@ -132,6 +189,14 @@ int main(int argc, char **argv)
 	static struct worker w;
 	if (pgmux_worker_init(&w, cf, path, ul) < 0) {
 		log_error("startup failed");
+		if (pidfile)
+			unlink(pidfile);
+		free(pidfile);
+		return 1;
+	}
+	/* After binding, so a privileged port or socket directory still works, and before the
+	 * loop runs, so no client is ever served as root. */
+	if (run_user && drop_privileges(run_user) < 0) {
 		if (pidfile)
 			unlink(pidfile);
 		free(pidfile);

@@ -30,7 +30,9 @@ struct server_login {
 	struct scram_client scram;
 	bool sasl_started, sasl_verified;   /* AuthenticationOk only counts after the server's proof */
 	struct pktbuf params;      /* the ParameterStatus messages, for the pool's greeting */
-	char password[256];
+	/* A copy of the plaintext secret for the SCRAM exchange (the userlist may be replaced by a
+	 * reload meanwhile); on the heap, up to USERLIST_MAX_SECRET bytes, wiped when freed. */
+	char *password;
 };
 
 /* A short connection that carries one CancelRequest to a server's postmaster. */
@@ -86,6 +88,10 @@ static void free_login(struct server *sv)
 	if (!sv->login)
 		return;
 	pktbuf_free(&sv->login->params);
+	if (sv->login->password) {
+		OPENSSL_cleanse(sv->login->password, strlen(sv->login->password));
+		free(sv->login->password);
+	}
 	OPENSSL_cleanse(sv->login, sizeof(*sv->login));
 	free(sv->login);
 	sv->login = NULL;
@@ -481,7 +487,11 @@ static bool login_auth(struct server *sv, const uint8_t *body, uint32_t len)
 			return false;
 		}
 		if (kind == SECRET_PLAIN) {
-			snprintf(lg->password, sizeof(lg->password), "%s", secret);
+			/* Whole, never cut short: a truncated password would just fail the login. */
+			if (!lg->password && !(lg->password = strdup(secret))) {
+				login_failed(sv, "out of memory", "53200");
+				return false;
+			}
 			lg->scram.password = lg->password;
 		} else if (kind == SECRET_SCRAM && p->have_scram_keys) {
 			struct scram_secret ss;

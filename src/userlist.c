@@ -204,15 +204,18 @@ static int parse_buffer(const char *name, const char *text, size_t len, struct u
 {
 	struct parser ps = { .name = name ? name : "<userlist>", .p = text, .end = text + len,
 			     .line = 1, .err = err, .errlen = errlen };
-	char user[USERLIST_MAX_USER + 1], secret[USERLIST_MAX_SECRET + 1];
+	char user[USERLIST_MAX_USER + 1];
 	size_t ulen = 0, slen = 0;
 	struct userlist *ul;
 	int rc = -1;
 
 	*out = NULL;
+	/* On the heap: 64 kB is too much to put on the stack. */
+	char *secret = malloc(USERLIST_MAX_SECRET + 1);
 	ul = calloc(1, sizeof(*ul));
-	if (!ul || !grow(ul)) {
+	if (!secret || !ul || !grow(ul)) {
 		parse_error(&ps, "out of memory");
+		free(secret);
 		free(ul);
 		return -1;
 	}
@@ -262,7 +265,8 @@ static int parse_buffer(const char *name, const char *text, size_t len, struct u
 	ul = NULL;
 	rc = 0;
 done:
-	OPENSSL_cleanse(secret, sizeof(secret));
+	OPENSSL_cleanse(secret, USERLIST_MAX_SECRET + 1);
+	free(secret);
 	userlist_free(ul);
 	return rc;
 }

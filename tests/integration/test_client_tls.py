@@ -408,7 +408,7 @@ def test_tls_bad_files_at_start_and_reload(env):
             admin.execute("RELOAD")
             raise AssertionError("RELOAD with a missing certificate succeeded")
         except psycopg.Error as e:
-            assert "reload failed" in str(e)
+            assert "RELOAD failed" in str(e)
         # SET of a TLS key is checked by building a context; a bad value is refused and
         # the old one stays
         try:

@@ -115,7 +115,7 @@ def test_show_columns(env):
                                                   "total_received"]
     # errors: unknown command, unknown SHOW, bad argument, unknown database
     for sql, state in (("FROB", "42601"), ("SHOW FROBS", "42704"), ("SHOW POOLS x", "42601"),
-                       ("RECONNECT nosuchdb", "3D000"), ("SET nosuchkey = 1", "42704"),
+                       ("RECONNECT nosuchdb", "08P01"), ("SET nosuchkey = 1", "42704"),
                        ("SET listen_port = 1", "42704"), ("SHOW POOLS; SHOW STATS", "42601")):
         with console(px) as c:
             try:
@@ -315,7 +315,7 @@ def test_reload_set_and_shutdown(env):
     good = px.ini.read_text()
     px.write_config(raw=good + "\n[pgmux]\nno_such_key = 1\n")
     r = admin(px, "RELOAD", check=False)
-    assert r.returncode != 0 and "reload failed" in r.stderr and "no_such_key" in r.stderr, r.stderr
+    assert r.returncode != 0 and "RELOAD failed" in r.stderr and "no_such_key" in r.stderr, r.stderr
     px.write_config(raw=good)
     assert pool_row(px, db)["pool_size"] == 7
     # SET changes the live value
