@@ -167,22 +167,28 @@ int main(int argc, char **argv)
 		log_verbosity = (int)cf->verbose;
 	if (daemon_mode && !(cf->logfile && *cf->logfile) && !cf->syslog) {
 		fprintf(stderr, "pgmux: -d needs logfile or syslog in the configuration\n");
+		config_free(cf);
 		return 1;
 	}
 	if (log_open(cf->logfile, cf->syslog, cf->syslog_ident, cf->syslog_facility, quiet || daemon_mode) < 0) {
 		fprintf(stderr, "pgmux: cannot open logfile %s: %s\n", cf->logfile, strerror(errno));
+		config_free(cf);
 		return 1;
 	}
 	struct userlist *ul = NULL;
 	if (cf->auth_file && *cf->auth_file && userlist_load(cf->auth_file, &ul, err, sizeof(err)) < 0) {
 		fprintf(stderr, "pgmux: %s\n", err);
 		log_error("%s", err);
+		config_free(cf);   /* not a leak that matters, but the sanitizers count it */
 		return 1;
 	}
 	if (daemon_mode)
 		daemonize();
-	if (cf->pidfile && *cf->pidfile && pidfile_claim(cf->pidfile) < 0)
+	if (cf->pidfile && *cf->pidfile && pidfile_claim(cf->pidfile) < 0) {
+		userlist_free(ul);
+		config_free(cf);
 		return 1;
+	}
 	char *pidfile = cf->pidfile && *cf->pidfile ? strdup(cf->pidfile) : NULL;
 	raise_nofile(cf->max_client_conn + 2 * cf->default_pool_size + 64);
 

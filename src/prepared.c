@@ -46,6 +46,8 @@ struct ps_cname {
 	uint32_t gen;              /* st->gen when the client prepared it */
 	uint32_t seq;              /* when it was made (ps_cmap.seq): a pipelined DEALLOCATE ALL
 				    * drops only the names made before it was sent */
+	bool doomed;               /* a DEALLOCATE of it is on its way: a Parse of the same name
+				    * behind it replaces it, as it would in PostgreSQL */
 	char name[];
 };
 
@@ -54,6 +56,8 @@ struct ps_cmap {
 	uint32_t mask, n;
 	uint64_t bytes;            /* names and the texts they reference: max_client_memory */
 	uint32_t seq;              /* names made so far */
+	uint32_t doom_upto;        /* a DEALLOCATE ALL / DISCARD ALL is on its way: names made
+				    * before this (seq <) are doomed too */
 };
 
 /* PostgreSQL keys prepared statements by the first NAMEDATALEN - 1 bytes of their name (a
@@ -93,13 +97,14 @@ struct ps_req {
 				    * no answer will come for it */
 	bool hide_prepare;         /* QUERY: pgmux's own PREPARE leads it; its tag is not the
 				    * client's (a DEALLOCATE of a statement the server lacks) */
-	uint32_t drop_upto;        /* QUERY, non-zero: a DEALLOCATE ALL / DISCARD ALL (drops_all);
-				    * when it succeeds, the names made before it go (seq <
-				    * drop_upto).  The four flags and this keep the request 32
+	uint32_t drop_upto;        /* QUERY: the names made before it was sent have seq <
+				    * drop_upto; a DEALLOCATE or DISCARD ALL in it that runs drops
+				    * only those.  The four flags and this keep the request 32
 				    * bytes: one is written per message. */
 	struct ps_stmt *st;        /* PARSE*, BIND: the statement (a reference) */
 	char *err;                 /* ERROR_SYNTH: "SQLSTATE message" */
-	char *cname;               /* PARSE, PARSE_SYNTH: the client's name, dropped if skipped */
+	char *cname;               /* PARSE, PARSE_SYNTH: the client's name, dropped if skipped;
+				    * QUERY: the name its DEALLOCATE drops once it has run */
 };
 
 /* Bounded like the client's own pipeline. */
@@ -277,6 +282,7 @@ static bool cname_add(struct client *cl, const char *name, uint32_t h, struct ps
 	e->st = st;
 	e->gen = st->gen;
 	e->seq = ++cl->ps->seq;
+	e->doomed = false;
 	stmt_ref(st);
 	if (cl->ps->n > cl->ps->mask)
 		grow_tab((void ***)&cl->ps->tab, &cl->ps->mask, offsetof(struct ps_cname, next),
@@ -800,7 +806,12 @@ static enum hook_rc client_parse(struct client *cl, struct ps_server *ps, uint32
 	}
 	char name[PS_NAME_MAX + 1];
 	uint32_t h = name_key((const char *)m + PROTO_HDR, name);
-	if (cname_find(cl, name, h)) {
+	struct ps_cname *dup = cname_find(cl, name, h);
+	if (dup && (dup->doomed || dup->seq < cl->ps->doom_upto)) {
+		cname_del(cl, name, h);   /* dropped by a DEALLOCATE ahead of this Parse */
+		dup = NULL;
+	}
+	if (dup) {
 		char msg[300];
 		snprintf(msg, sizeof(msg), "prepared statement \"%s\" already exists", name);
 		return refuse_msg(cl, ps, total, avail, "42P05", msg);
@@ -935,6 +946,9 @@ static enum hook_rc client_uses_stmt(struct client *cl, struct ps_server *ps, ch
 	uint32_t prefix = (uint32_t)(p - m);
 	char key[PS_NAME_MAX + 1];
 	struct ps_cname *cn = cname_find(cl, key, name_key(name, key));
+	/* A use of a doomed name (a DEALLOCATE of it on its way ahead) is not refused here: that
+	 * DEALLOCATE may yet fail (an aborted transaction), and then the name stays.  The server's
+	 * copy is untrusted, so it is prepared again first and the use runs. */
 	if (!cn) {
 		char msg[300];
 		snprintf(msg, sizeof(msg), "prepared statement \"%s\" does not exist", key);
@@ -1078,9 +1092,11 @@ static bool dealloc_name(const char *q, char *name, size_t cap)
  * is renamed in place after making sure the server holds it; the server's copy is then gone.
  * HOOK_FORWARD when the message is not such a DEALLOCATE or was renamed (it is then read and
  * forwarded as usual; *hide_prepare, when set, says the Query now starts with pgmux's own
- * PREPARE, whose answer the client must not see); HOOK_WAIT / HOOK_STOP from the flush. */
+ * PREPARE, whose answer the client must not see; *drop_name, when set, is the client's name
+ * to forget once the Query has run, unless a Parse behind it made it anew); HOOK_WAIT / HOOK_STOP from the flush. */
 static enum hook_rc client_deallocate(struct client *cl, struct ps_server *ps, char type,
-					uint32_t total, uint32_t avail, bool *hide_prepare)
+					uint32_t total, uint32_t avail, bool *hide_prepare,
+					char **drop_name)
 {
 	if (avail < total || total > PS_DEALLOC_MAX)
 		return HOOK_FORWARD;
@@ -1155,6 +1171,12 @@ static enum hook_rc client_deallocate(struct client *cl, struct ps_server *ps, c
 	struct ps_sent *e = sent_find(ps, st);
 	if (e)
 		e->stale = true;
+	/* A Query's DEALLOCATE may fail (an aborted transaction): the client's name then stays,
+	 * as in PostgreSQL, so it goes only when the server's CommandComplete says it ran. */
+	if (type == 'Q' && (*drop_name = strdup(key)) != NULL) {
+		cn->doomed = true;
+		return HOOK_FORWARD;
+	}
 	cname_del(cl, key, h);
 	return HOOK_FORWARD;
 }
@@ -1244,12 +1266,13 @@ enum hook_rc ps_client_message(struct client *cl, char type, uint32_t total, uin
 	struct ps_req *r;
 	enum hook_rc pr;
 	bool hide = false, maybe_d;
+	char *drop_name = NULL;
 	switch (type) {
 	case 'P':
 		if (!cl->c.in->data[cl->c.in->scan + PROTO_HDR] &&
 		    (pr = check_text(cl, ps, type, total, avail)) != HOOK_FORWARD)
 			return pr;
-		if ((pr = client_deallocate(cl, ps, 'P', total, avail, &hide)) != HOOK_FORWARD)
+		if ((pr = client_deallocate(cl, ps, 'P', total, avail, &hide, &drop_name)) != HOOK_FORWARD)
 			return pr;
 		return client_parse(cl, ps, total, avail);
 	case 'B':
@@ -1272,17 +1295,25 @@ enum hook_rc ps_client_message(struct client *cl, char type, uint32_t total, uin
 		maybe_d = avail > PROTO_HDR &&
 			  may_deallocate(cl->c.in->data[cl->c.in->scan + PROTO_HDR]);
 		if (maybe_d &&
-		    (pr = client_deallocate(cl, ps, 'Q', total, avail, &hide)) != HOOK_FORWARD)
+		    (pr = client_deallocate(cl, ps, 'Q', total, avail, &hide, &drop_name)) != HOOK_FORWARD)
 			return pr;
 		r = push(ps, PSR_QUERY, NULL);
-		if (r && maybe_d) {
+		if (!r) {
+			free(drop_name);
+			break;
+		}
+		/* The names made before this Query: those a DEALLOCATE in it drops, should it run
+		 * (names made behind it survive, as in PostgreSQL). */
+		r->drop_upto = (cl->ps ? cl->ps->seq : 0) + 1;
+		if (maybe_d) {
 			r->hide_prepare = hide;
+			r->cname = drop_name;   /* forgotten at its CommandComplete */
 			if (!hide && drops_all(cl, total, avail)) {
 				/* The server's copies are trusted no more: a use pipelined behind it
-				 * closes and parses first, so it never names a statement this drops.
-				 * The answer says whether the client's names went (ps_server_message):
-				 * only those made before this was sent, as in PostgreSQL. */
-				r->drop_upto = (cl->ps ? cl->ps->seq : 0) + 1;
+				 * closes and parses first, so it never names a statement this drops;
+				 * a Parse behind it may reuse a name it drops (doom_upto). */
+				if (cl->ps)
+					cl->ps->doom_upto = r->drop_upto;
 				for (struct list *i = ps->lru.next; i != &ps->lru; i = i->next)
 					list_entry(i, struct ps_sent, lru)->stale = true;
 			}
@@ -1304,6 +1335,24 @@ enum hook_rc ps_client_message(struct client *cl, char type, uint32_t total, uin
 
 /* ---- server side ---- */
 
+/* A Query is over (answered or skipped): the names a DEALLOCATE in it was to drop are doomed
+ * no more (it ran and dropped them, or it did not run and they stay). */
+static void query_done(struct server *sv, struct ps_server *ps, struct ps_req *r)
+{
+	(void)ps;
+	struct client *cl = sv->link;
+	if (!cl || !cl->ps)
+		return;
+	if (cl->ps->doom_upto == r->drop_upto)
+		cl->ps->doom_upto = 0;
+	if (r->cname) {
+		char key[PS_NAME_MAX + 1];
+		struct ps_cname *cn = cname_find(cl, key, name_key(r->cname, key));
+		if (cn && cn->seq < r->drop_upto)
+			cn->doomed = false;
+	}
+}
+
 /* The head request was skipped or failed: a Parse of it leaves no statement behind, on the
  * server or in the client's names, as in PostgreSQL. */
 static void drop_head(struct server *sv, struct ps_server *ps)
@@ -1317,7 +1366,10 @@ static void drop_head(struct server *sv, struct ps_server *ps)
 		if (e)
 			e->stale = true;
 	}
-	if (r->cname && sv->link)
+	if (r->kind == PSR_QUERY)
+		query_done(sv, ps, r);
+	/* a skipped Parse leaves no name; a skipped DEALLOCATE (a Query's cname) keeps it */
+	if (r->cname && sv->link && r->kind != PSR_QUERY)
 		cname_del(sv->link, r->cname, name_key(r->cname, (char[PS_NAME_MAX + 1]){ 0 }));
 	pop(sv->c.w, ps);
 }
@@ -1431,10 +1483,21 @@ enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body
 		    (tag_is(body, blen, "DISCARD ALL") || tag_is(body, blen, "DEALLOCATE ALL"))) {
 			ps_server_forget(sv);
 			/* names the client made since sending it (pipelined) survive */
-			if (sv->link && r->kind == PSR_QUERY && r->drop_upto)
+			if (sv->link && r->kind == PSR_QUERY)
 				cmap_clear_upto(sv->link, r->drop_upto - 1);
 			else if (sv->link)
 				cmap_clear(sv->link);
+		}
+		if (r->kind == PSR_QUERY && r->cname && whole && tag_is(body, blen, "DEALLOCATE")) {
+			/* the client's DEALLOCATE ran: its name goes now, unless a Parse behind it
+			 * made the name anew */
+			char key[PS_NAME_MAX + 1];
+			uint32_t h = name_key(r->cname, key);
+			struct ps_cname *cn = sv->link ? cname_find(sv->link, key, h) : NULL;
+			if (cn && cn->seq < r->drop_upto)
+				cname_del(sv->link, key, h);
+			free(r->cname);
+			r->cname = NULL;
 		}
 		if (r->kind == PSR_QUERY && r->hide_prepare) {
 			/* pgmux's throwaway PREPARE ahead of the client's DEALLOCATE */
@@ -1477,16 +1540,33 @@ enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body
 			pktbuf_free(&pb);
 			return ok ? HOOK_CONSUMED : HOOK_FORWARD;
 		}
-		if (r->kind == PSR_QUERY || r->kind == PSR_FUNC)
+		if (r->kind == PSR_QUERY || r->kind == PSR_FUNC) {
 			r->failed = true;
-		else
+			break;
+		}
+		if ((r->kind == PSR_BIND || r->kind == PSR_DESCRIBE) && body &&
+		    strcmp(proto_error_field(body, blen, 'C'), "26000") == 0 &&
+		    names_pgmux_stmt(sv->c.w, body, blen)) {
+			/* pgmux's statement was dropped ahead of this use by SQL pgmux did not see as a
+			 * DEALLOCATE ALL (in a multi-statement Query, say): the error must not show the
+			 * client pgmux's own name.  PostgreSQL's words, without the name. */
+			struct pktbuf pb = { 0 };
+			proto_error(&pb, "ERROR", "26000", "prepared statement does not exist (dropped by "
+				    "a DEALLOCATE or DISCARD ahead of this use)");
 			error_skip(sv, ps, body, blen);
+			bool ok = !pb.failed && sbuf_replace(&sv->c, PROTO_HDR + blen, pb.data, pb.len);
+			pktbuf_free(&pb);
+			return ok ? HOOK_CONSUMED : HOOK_FORWARD;
+		}
+		error_skip(sv, ps, body, blen);
 		break;
 	case 'Z':
 		/* requests the server skipped after an error get no answer: this ReadyForQuery
 		 * ends them */
 		while ((r = head(ps)) && r->skipped)
 			drop_head(sv, ps);
+		if (r && r->kind == PSR_QUERY)
+			query_done(sv, ps, r);
 		if (r && (r->kind == PSR_SYNC || r->kind == PSR_QUERY || r->kind == PSR_FUNC))
 			pop(sv->c.w, ps);
 		break;

@@ -153,12 +153,16 @@ enum hook_rc rt_fake_message(struct client *cl, char type, uint32_t total, uint3
 	struct route_session *rt = cl->rt;
 	struct pktbuf *o = &cl->c.out;
 	(void)avail;   /* only the type matters: the message is dropped as it arrives */
+	if (rt->rt_fake_err && type != 'S') {
+		/* After an error PostgreSQL answers nothing up to the Sync: every message, a Query
+		 * or FunctionCall too, is skipped in silence. */
+		return rt_reply_out(cl, total);
+	}
 	switch (type) {
 	case 'B': put_simple(o, '2'); break;
 	case 'D': put_simple(o, 'n'); break;
 	case 'E':
-		if (!rt->rt_fake_err)
-			put_complete(o, fake_tags[rt->rt_fake_tag]);
+		put_complete(o, fake_tags[rt->rt_fake_tag]);
 		break;
 	case 'C': put_simple(o, '3'); break;
 	case 'H': break;
@@ -174,10 +178,6 @@ enum hook_rc rt_fake_message(struct client *cl, char type, uint32_t total, uint3
 		put_simple(o, '1');
 		break;
 	default:
-		/* After an error PostgreSQL ignores everything up to the Sync, a Query or
-		 * FunctionCall too: no answer. */
-		if (rt->rt_fake_err && (type == 'Q' || type == 'F'))
-			break;
 		client_close(cl, "unexpected message in an extended-protocol batch pgmux answers", "08P01");
 		return HOOK_STOP;
 	}
