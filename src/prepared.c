@@ -12,6 +12,7 @@
 #include "client.h"
 #include "log.h"
 #include "pool_info.h"
+#include "pstext.h"
 #include "sbuf.h"
 #include "server.h"
 
@@ -1049,44 +1050,6 @@ oom:
 	return HOOK_STOP;
 }
 
-/* The statement name of "DEALLOCATE [PREPARE] name" (folded as an identifier), or false. */
-static bool dealloc_name(const char *q, char *name, size_t cap)
-{
-	size_t n = 0;
-	while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
-		q++;
-	if (strncasecmp(q, "DEALLOCATE", 10) != 0 || (q[10] != ' ' && q[10] != '\t'))
-		return false;
-	q += 10;
-	while (*q == ' ' || *q == '\t')
-		q++;
-	if (strncasecmp(q, "PREPARE", 7) == 0 && (q[7] == ' ' || q[7] == '\t')) {
-		q += 7;
-		while (*q == ' ' || *q == '\t')
-			q++;
-	}
-	if (*q == '"') {
-		for (q++; *q && n < cap - 1; q++) {
-			if (*q == '"' && q[1] == '"')
-				q++;
-			else if (*q == '"')
-				break;
-			name[n++] = *q;
-		}
-		if (*q != '"')
-			return false;
-		q++;
-	} else {
-		while ((*q == '_' || (*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') ||
-			(*q >= '0' && *q <= '9') || *q == '$') && n < cap - 1)
-			name[n++] = (char)(*q >= 'A' && *q <= 'Z' ? *q + 32 : *q), q++;
-	}
-	name[n] = 0;
-	while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r' || *q == ';')
-		q++;
-	return n && !*q && strcasecmp(name, "all") != 0;
-}
-
 /* "DEALLOCATE name" of one of the client's names, as a simple Query or an unnamed Parse (how
  * psycopg 3.1 evicts its cache): the server knows the statement by pgmux's name, so the text
  * is renamed in place after making sure the server holds it; the server's copy is then gone.
@@ -1118,7 +1081,7 @@ static enum hook_rc client_deallocate(struct client *cl, struct ps_server *ps, c
 		return HOOK_FORWARD;
 	}
 	char name[256];
-	if (!dealloc_name(q, name, sizeof(name)))
+	if (!pstext_dealloc_name(q, name, sizeof(name)))
 		return HOOK_FORWARD;
 	char key[PS_NAME_MAX + 1];
 	uint32_t h = name_key(name, key);
@@ -1181,53 +1144,6 @@ static enum hook_rc client_deallocate(struct client *cl, struct ps_server *ps, c
 	return HOOK_FORWARD;
 }
 
-/* The first byte of a text that may be a DEALLOCATE or DISCARD: its first letter, a blank or
- * the start of a comment. */
-static inline bool may_deallocate(uint8_t c)
-{
-	return (c | 0x20) == 'd' || c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '-' ||
-	       c == '/';
-}
-
-/* Skips blanks, semicolons and comments (both kinds) from p; returns where text resumes. */
-static const char *skip_noise(const char *p, const char *end)
-{
-	while (p < end) {
-		if (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ';') {
-			p++;
-		} else if (p + 1 < end && p[0] == '-' && p[1] == '-') {
-			while (p < end && *p != '\n')
-				p++;
-		} else if (p + 1 < end && p[0] == '/' && p[1] == '*') {
-			const char *q = p + 2;
-			while (q + 1 < end && !(q[0] == '*' && q[1] == '/'))
-				q++;
-			if (q + 1 >= end)
-				return p;   /* unterminated: not noise */
-			p = q + 2;
-		} else {
-			break;
-		}
-	}
-	return p;
-}
-
-/* Matches the word w (lower case) at *p, case-insensitively, followed by a non-identifier
- * byte; advances *p past it. */
-static bool word_at(const char **p, const char *end, const char *w)
-{
-	size_t n = strlen(w);
-	if ((size_t)(end - *p) < n || strncasecmp(*p, w, n) != 0)
-		return false;
-	const char *q = *p + n;
-	if (q < end && ((*q | 0x20) >= 'a' && (*q | 0x20) <= 'z'))
-		return false;
-	if (q < end && ((*q >= '0' && *q <= '9') || *q == '_' || *q == '$'))
-		return false;
-	*p = q;
-	return true;
-}
-
 /* True when the whole Query text at scan is one DEALLOCATE [PREPARE] ALL or DISCARD ALL
  * (blanks and comments around it allowed).  Such a Query drops every statement of the
  * session when it runs; a message the client pipelines behind it must not be renamed to a
@@ -1240,19 +1156,7 @@ static bool drops_all(const struct client *cl, uint32_t total, uint32_t avail)
 	const char *end = q + total - PROTO_HDR - 1;   /* the text's NUL */
 	if (end < q || *end)
 		return false;
-	q = skip_noise(q, end);
-	if (q == end || ((*q | 0x20) != 'd'))
-		return false;   /* the common case, decided on one byte */
-	if (word_at(&q, end, "deallocate")) {
-		q = skip_noise(q, end);
-		if (word_at(&q, end, "prepare"))
-			q = skip_noise(q, end);
-	} else if (!word_at(&q, end, "discard")) {
-		return false;
-	} else {
-		q = skip_noise(q, end);
-	}
-	return word_at(&q, end, "all") && skip_noise(q, end) == end;
+	return pstext_drops_all(q, end);
 }
 
 enum hook_rc ps_client_message(struct client *cl, char type, uint32_t total, uint32_t avail)
@@ -1293,7 +1197,7 @@ enum hook_rc ps_client_message(struct client *cl, char type, uint32_t total, uin
 		/* DEALLOCATE, DISCARD and what may precede them (blanks, comments) are told from
 		 * every other Query by the text's first byte, before any scanning */
 		maybe_d = avail > PROTO_HDR &&
-			  may_deallocate(cl->c.in->data[cl->c.in->scan + PROTO_HDR]);
+			  pstext_may_deallocate(cl->c.in->data[cl->c.in->scan + PROTO_HDR]);
 		if (maybe_d &&
 		    (pr = client_deallocate(cl, ps, 'Q', total, avail, &hide, &drop_name)) != HOOK_FORWARD)
 			return pr;
