@@ -438,9 +438,10 @@ static struct ps_req *push(struct ps_server *ps, uint8_t kind, struct ps_stmt *s
 	r->kind = kind;
 	/* PostgreSQL ignores everything up to a Sync after an extended-protocol error, a Query or
 	 * FunctionCall too (postgres.c: only Sync clears ignore_till_sync). */
-	r->skipped = ps->skipping && kind != PSR_SYNC;
-	if (kind == PSR_SYNC)
-		ps->skipping = false;
+	if (__builtin_expect(ps->skipping, 0)) {
+		r->skipped = kind != PSR_SYNC;
+		ps->skipping = kind != PSR_SYNC;
+	}
 	r->st = st;
 	if (st)
 		stmt_ref(st);
