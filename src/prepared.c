@@ -1057,7 +1057,8 @@ oom:
  * HOOK_FORWARD when the message is not such a DEALLOCATE or was renamed (it is then read and
  * forwarded as usual; *hide_prepare, when set, says the Query now starts with pgmux's own
  * PREPARE, whose answer the client must not see; *drop_name, when set, is the client's name
- * to forget once the Query has run, unless a Parse behind it made it anew); HOOK_WAIT / HOOK_STOP from the flush. */
+ * to forget once the Query has run, unless a Parse behind it made it anew); HOOK_WAIT /
+ * HOOK_STOP from the flush. */
 static enum hook_rc client_deallocate(struct client *cl, struct ps_server *ps, char type,
 					uint32_t total, uint32_t avail, bool *hide_prepare,
 					char **drop_name)
@@ -1137,7 +1138,11 @@ static enum hook_rc client_deallocate(struct client *cl, struct ps_server *ps, c
 		e->stale = true;
 	/* A Query's DEALLOCATE may fail (an aborted transaction): the client's name then stays,
 	 * as in PostgreSQL, so it goes only when the server's CommandComplete says it ran. */
+	if (type == 'Q' && cn->doomed)
+		return HOOK_FORWARD;   /* an earlier DEALLOCATE of it, still on its way, drops it */
 	if (type == 'Q' && (*drop_name = strdup(key)) != NULL) {
+		/* one copy per name in flight (doomed), so a pipeline of DEALLOCATEs holds no more
+		 * than the client's names */
 		cn->doomed = true;
 		return HOOK_FORWARD;
 	}
