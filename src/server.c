@@ -121,6 +121,10 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 		/* Part of a message of ours reached the client: pgmux's FATAL would complete it. */
 		if (sv->c.pkt_left || (sv->c.in && sv->c.in->start != sv->c.in->scan))
 			cl->c.torn = true;
+		/* Part of one of the client's messages reached the server (the rest unsent, or still
+		 * arriving): a Terminate would read as that message's rest (finding 13). */
+		if (cl->c.pkt_left || (cl->c.in && cl->c.in->start != cl->c.in->scan))
+			sv->c.torn = true;
 		cl->link = NULL;
 		sv->link = NULL;
 		sbuf_link(&sv->c, NULL);
