@@ -845,7 +845,9 @@ static bool reads_type(const struct server *sv, const struct client *cl, char ty
 	switch (type) {
 	case 'Z': case 'S':
 		return true;
-	case 'E': case 'C':
+	case 'C':
+		return true;   /* a few bytes; its tag says DISCARD ALL, PREPARE, the row count */
+	case 'E':
 		return sv->ps_active || route_reads_whole(cl, type);
 	case 'T': case 't':
 		return route_reads_whole(cl, type);
