@@ -24,4 +24,10 @@ bool pstext_dealloc_name(const char *q, char *name, size_t cap);
  * comments (-- and unnested slash-star) around and between its words. */
 bool pstext_drops_all(const char *q, const char *end);
 
+/* The text of a Query message (n bytes, its terminating NUL included) is exactly one
+ * DEALLOCATE [PREPARE] ALL or DISCARD ALL, as pstext_drops_all reads it.  Such a Query drops
+ * every statement of the session when it runs, so a message pipelined behind it must not be
+ * renamed to one it drops.  False when the text does not end at its NUL. */
+bool pstext_query_drops_all(const char *text, size_t n);
+
 #endif

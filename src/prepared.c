@@ -1150,21 +1150,6 @@ static enum hook_rc client_deallocate(struct client *cl, struct ps_server *ps, c
 	return HOOK_FORWARD;
 }
 
-/* True when the whole Query text at scan is one DEALLOCATE [PREPARE] ALL or DISCARD ALL
- * (blanks and comments around it allowed).  Such a Query drops every statement of the
- * session when it runs; a message the client pipelines behind it must not be renamed to a
- * statement it drops. */
-static bool drops_all(const struct client *cl, uint32_t total, uint32_t avail)
-{
-	if (avail < total || total > PS_DEALLOC_MAX)
-		return false;
-	const char *q = (const char *)cl->c.in->data + cl->c.in->scan + PROTO_HDR;
-	const char *end = q + total - PROTO_HDR - 1;   /* the text's NUL */
-	if (end < q || *end)
-		return false;
-	return pstext_drops_all(q, end);
-}
-
 enum hook_rc ps_client_message(struct client *cl, char type, uint32_t total, uint32_t avail)
 {
 	struct server *sv = cl->link;
@@ -1218,7 +1203,9 @@ enum hook_rc ps_client_message(struct client *cl, char type, uint32_t total, uin
 		if (maybe_d) {
 			r->hide_prepare = hide;
 			r->cname = drop_name;   /* forgotten at its CommandComplete */
-			if (!hide && drops_all(cl, total, avail)) {
+			if (!hide && avail >= total && total <= PS_DEALLOC_MAX &&
+			    pstext_query_drops_all((const char *)cl->c.in->data + cl->c.in->scan +
+						   PROTO_HDR, total - PROTO_HDR)) {
 				/* The server's copies are trusted no more: a use pipelined behind it
 				 * closes and parses first, so it never names a statement this drops;
 				 * a Parse behind it may reuse a name it drops (doom_upto). */
@@ -1245,22 +1232,31 @@ enum hook_rc ps_client_message(struct client *cl, char type, uint32_t total, uin
 
 /* ---- server side ---- */
 
+/* The client name a DEALLOCATE Query r drops (r->cname), if it is still the one made before r
+ * was sent (a Parse behind it may have made the name anew); its key and hash are left in key
+ * and *h. */
+static struct ps_cname *dealloc_target(struct client *cl, const struct ps_req *r, char *key,
+				       uint32_t *h)
+{
+	*h = name_key(r->cname, key);
+	struct ps_cname *cn = cl ? cname_find(cl, key, *h) : NULL;
+	return cn && cn->seq < r->drop_upto ? cn : NULL;
+}
+
 /* A Query is over (answered or skipped): the names a DEALLOCATE in it was to drop are doomed
  * no more (it ran and dropped them, or it did not run and they stay). */
-static void query_done(struct server *sv, struct ps_server *ps, struct ps_req *r)
+static void query_done(struct server *sv, const struct ps_req *r)
 {
-	(void)ps;
 	struct client *cl = sv->link;
 	if (!cl || !cl->ps)
 		return;
 	if (cl->ps->doom_upto == r->drop_upto)
 		cl->ps->doom_upto = 0;
-	if (r->cname) {
-		char key[PS_NAME_MAX + 1];
-		struct ps_cname *cn = cname_find(cl, key, name_key(r->cname, key));
-		if (cn && cn->seq < r->drop_upto)
-			cn->doomed = false;
-	}
+	char key[PS_NAME_MAX + 1];
+	uint32_t h;
+	struct ps_cname *cn = r->cname ? dealloc_target(cl, r, key, &h) : NULL;
+	if (cn)
+		cn->doomed = false;
 }
 
 /* The head request was skipped or failed: a Parse of it leaves no statement behind, on the
@@ -1277,7 +1273,7 @@ static void drop_head(struct server *sv, struct ps_server *ps)
 			e->stale = true;
 	}
 	if (r->kind == PSR_QUERY)
-		query_done(sv, ps, r);
+		query_done(sv, r);
 	/* a skipped Parse leaves no name; a skipped DEALLOCATE (a Query's cname) keeps it */
 	if (r->cname && sv->link && r->kind != PSR_QUERY)
 		cname_del(sv->link, r->cname, name_key(r->cname, (char[PS_NAME_MAX + 1]){ 0 }));
@@ -1330,6 +1326,17 @@ static void error_skip(struct server *sv, struct ps_server *ps, const uint8_t *b
 	/* No Sync sent yet: what the client sends until it is skipped too (push marks it). */
 	if (!r)
 		ps->skipping = true;
+}
+
+/* The server's ErrorResponse at scan (body, blen: whole) ends its work up to the Sync as any
+ * error does, and pgmux's own error (pb, freed here) goes to the client in its place. */
+static enum hook_rc replace_error(struct server *sv, struct ps_server *ps, const uint8_t *body,
+				  uint32_t blen, struct pktbuf *pb)
+{
+	error_skip(sv, ps, body, blen);
+	bool ok = !pb->failed && sbuf_replace(&sv->c, PROTO_HDR + blen, pb->data, pb->len);
+	pktbuf_free(pb);
+	return ok ? HOOK_CONSUMED : HOOK_FORWARD;
 }
 
 static bool tag_is(const uint8_t *body, uint32_t blen, const char *tag)
@@ -1402,9 +1409,8 @@ enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body
 			/* the client's DEALLOCATE ran: its name goes now, unless a Parse behind it
 			 * made the name anew */
 			char key[PS_NAME_MAX + 1];
-			uint32_t h = name_key(r->cname, key);
-			struct ps_cname *cn = sv->link ? cname_find(sv->link, key, h) : NULL;
-			if (cn && cn->seq < r->drop_upto)
+			uint32_t h;
+			if (dealloc_target(sv->link, r, key, &h))
 				cname_del(sv->link, key, h);
 			free(r->cname);
 			r->cname = NULL;
@@ -1445,10 +1451,7 @@ enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body
 				memcpy(code, r->err, 5);
 			proto_error(&pb, "ERROR", code, sp ? sp + 1 : r->err);
 			pop(sv->c.w, ps);
-			error_skip(sv, ps, body, blen);
-			bool ok = !pb.failed && sbuf_replace(&sv->c, PROTO_HDR + blen, pb.data, pb.len);
-			pktbuf_free(&pb);
-			return ok ? HOOK_CONSUMED : HOOK_FORWARD;
+			return replace_error(sv, ps, body, blen, &pb);
 		}
 		if (r->kind == PSR_QUERY || r->kind == PSR_FUNC) {
 			r->failed = true;
@@ -1463,10 +1466,7 @@ enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body
 			struct pktbuf pb = { 0 };
 			proto_error(&pb, "ERROR", "26000", "prepared statement does not exist (dropped by "
 				    "a DEALLOCATE or DISCARD ahead of this use)");
-			error_skip(sv, ps, body, blen);
-			bool ok = !pb.failed && sbuf_replace(&sv->c, PROTO_HDR + blen, pb.data, pb.len);
-			pktbuf_free(&pb);
-			return ok ? HOOK_CONSUMED : HOOK_FORWARD;
+			return replace_error(sv, ps, body, blen, &pb);
 		}
 		error_skip(sv, ps, body, blen);
 		break;
@@ -1476,7 +1476,7 @@ enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body
 		while ((r = head(ps)) && r->skipped)
 			drop_head(sv, ps);
 		if (r && r->kind == PSR_QUERY)
-			query_done(sv, ps, r);
+			query_done(sv, r);
 		if (r && (r->kind == PSR_SYNC || r->kind == PSR_QUERY || r->kind == PSR_FUNC))
 			pop(sv->c.w, ps);
 		break;

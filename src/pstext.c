@@ -96,3 +96,10 @@ bool pstext_drops_all(const char *q, const char *end)
 	}
 	return word_at(&q, end, "all") && skip_noise(q, end) == end;
 }
+
+bool pstext_query_drops_all(const char *text, size_t n)
+{
+	if (n == 0 || text[n - 1] != '\0')
+		return false;
+	return pstext_drops_all(text, text + n - 1);
+}

@@ -35,6 +35,11 @@ static void test_drops_all(void **state)
 	const char *t = "DISCARD ALL and more";
 	assert_true(pstext_drops_all(t, t + 11));
 	assert_false(pstext_drops_all(t, t + 10));
+	/* a Query's text: its NUL counted, and required where the length ends */
+	assert_true(pstext_query_drops_all("DISCARD ALL", 12));
+	assert_false(pstext_query_drops_all("DISCARD ALL", 11));
+	assert_false(pstext_query_drops_all("", 0));
+	assert_false(pstext_query_drops_all("DISCARD ALL\0x", 14));
 }
 
 static void test_dealloc_name(void **state)
