@@ -347,6 +347,11 @@ def run_all(args, configs, binary):
     os.chmod(root, 0o755)
     runner.chown(root)
     timer_funcs = check_symbols(binary)
+    # pgmux runs as the postgres user when we are root, and a checkout under a private
+    # directory (mktemp -d is 0700) is out of its reach: run a copy from the open temp dir
+    local = os.path.join(root, "pgmux")
+    shutil.copy2(binary, local)
+    binary = local
     variants = [v for v in VARIANTS if any(c.startswith(v + "/") for c in configs)]
     n_rep = 2 if any(v.startswith("routing") for v in variants) else 0
     topo = rb.Topology(runner, root, n_rep, 1, 120)
