@@ -91,7 +91,8 @@ bool cf_only_current_user(const char *value, char *why, size_t whylen);
 bool cf_parse_int(const char *s, bool octal, int64_t min, int64_t max, int64_t *out,
 		  char *why, size_t whylen);
 
-/* Seconds with an optional fraction ("5", "0.5") into microseconds; else false with why. */
+/* A time into microseconds: seconds with an optional fraction ("5", "0.5"), or a number with a
+ * PostgreSQL time unit ("500ms", "5min"; us ms s min h d); else false with why. */
 bool cf_parse_usec(const char *s, int64_t *out, char *why, size_t whylen);
 
 /* A plain decimal fraction from 0 to 1 ("0.8", ".5", "1"); else false with why. */

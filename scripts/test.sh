@@ -73,10 +73,21 @@ BUILD_DIR="$ROOT"
 if [ "$ASAN" = 1 ]; then
 	stage "build (ASan + UBSan) in build-asan/"
 	t0=$(date +%s)
-	if ! git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
-		echo "not a git checkout: cannot list sources for build-asan/" >&2
-		bad "build (ASan)"
-		finish
+	# The sources: git's list in a checkout; in a release tarball or a `git archive` (no .git),
+	# what `make dist` ships, listed by `make distdir` in the tree build.sh just configured.
+	src_list=$(mktemp)
+	if git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
+		git -C "$ROOT" ls-files -z -c -o --exclude-standard >"$src_list"
+	else
+		dist_tmp=$(mktemp -d)
+		if ! make -s -C "$ROOT" distdir distdir="$dist_tmp/t" >/dev/null; then
+			echo "not a git checkout, and make distdir failed: cannot list sources for build-asan/" >&2
+			rm -rf "$dist_tmp" "$src_list"
+			bad "build (ASan)"
+			finish
+		fi
+		(cd "$dist_tmp/t" && find . -type f -printf '%P\0') >"$src_list"
+		rm -rf "$dist_tmp"
 	fi
 	mkdir -p "$ASAN_DIR"
 	copied=0
@@ -87,7 +98,8 @@ if [ "$ASAN" = 1 ]; then
 			cp "$f" "$ASAN_DIR/$f"
 			copied=$((copied + 1))
 		fi
-	done < <(git -C "$ROOT" ls-files -z -c -o --exclude-standard)
+	done <"$src_list"
+	rm -f "$src_list"
 	echo "copied $copied changed files"
 	if (cd "$ASAN_DIR" && CONFIGURE_ARGS="--enable-asan ${CONFIGURE_ARGS:-}" SKIP_DEPS=1 \
 		bash scripts/build.sh); then

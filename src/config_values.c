@@ -310,10 +310,16 @@ bool cf_parse_int(const char *s, bool octal, int64_t min, int64_t max, int64_t *
 	return true;
 }
 
-/* Seconds with an optional fraction ("5", "0.5"), read exactly so that SHOW CONFIG gives back
- * what was written; digits past the microsecond are rounded. */
+/* A time: a number with an optional fraction and an optional PostgreSQL time unit (us, ms, s,
+ * min, h, d; "500ms", "1.5 s", "5min").  A bare number is seconds, as PgBouncer reads it.  Read
+ * exactly (integers, no floating point) so that SHOW CONFIG gives back what was meant; digits
+ * past the microsecond are rounded. */
 bool cf_parse_usec(const char *s, int64_t *out, char *why, size_t whylen)
 {
+	static const struct { const char *unit; int64_t usec; } units[] = {
+		{ "", 1000000 }, { "s", 1000000 }, { "us", 1 }, { "ms", 1000 },
+		{ "min", 60 * 1000000LL }, { "h", 3600 * 1000000LL }, { "d", 86400 * 1000000LL },
+	};
 	size_t ni = strspn(s, "0123456789"), nf = 0;
 	const char *frac = s + ni, *end = frac;
 	if (*frac == '.') {
@@ -321,22 +327,38 @@ bool cf_parse_usec(const char *s, int64_t *out, char *why, size_t whylen)
 		nf = strspn(frac, "0123456789");
 		end = frac + nf;
 	}
-	if (*end != '\0' || (ni == 0 && nf == 0)) {
-		snprintf(why, whylen, "expected seconds, such as 5 or 0.5");
+	if (ni == 0 && nf == 0) {
+		snprintf(why, whylen, "expected a time, such as 5 (seconds), 0.5, 500ms or 5min");
+		return false;
+	}
+	while (*end == ' ')
+		end++;
+	int64_t unit = -1;
+	for (size_t i = 0; i < ARRAY_LEN(units); i++)
+		if (!strcmp(end, units[i].unit))
+			unit = units[i].usec;
+	if (unit < 0) {
+		snprintf(why, whylen, "unknown time unit \"%s\" (valid: us, ms, s, min, h, d)", end);
 		return false;
 	}
 	if (ni > 12) {
 		snprintf(why, whylen, "too large");
 		return false;
 	}
-	int64_t sec = 0, us = 0;
+	/* the number in millionths, times the unit in microseconds, over a million */
+	int64_t whole = 0, millionths = 0;
 	for (size_t i = 0; i < ni; i++)
-		sec = sec * 10 + (s[i] - '0');
+		whole = whole * 10 + (s[i] - '0');
 	for (size_t i = 0; i < 6; i++)
-		us = us * 10 + (i < nf ? frac[i] - '0' : 0);
+		millionths = millionths * 10 + (i < nf ? frac[i] - '0' : 0);
 	if (nf > 6 && frac[6] >= '5')
-		us++;
-	*out = sec * 1000000 + us;
+		millionths++;
+	__int128 v = ((__int128)whole * 1000000 + millionths) * unit;
+	if (v / 1000000 > (__int128)INT64_MAX / 2) {
+		snprintf(why, whylen, "too large");
+		return false;
+	}
+	*out = (int64_t)(v / 1000000) + (v % 1000000 >= 500000);
 	return true;
 }
 
