@@ -15,6 +15,7 @@
 #include "config.h"
 #include "log.h"
 #include "pgmux.h"
+#include "tls.h"
 #include "userlist.h"
 
 static void usage(FILE *f)
@@ -24,6 +25,7 @@ static void usage(FILE *f)
 		   "  -v, --verbose    more verbose logging (repeat for more)\n"
 		   "  -q, --quiet      no log output on stderr\n"
 		   "  -u, --user=USER  switch to USER after binding the listening sockets (root only)\n"
+		   "  -t, --check      check the configuration and the files it names, then exit\n"
 		   "  -V, --version    print the version and exit\n"
 		   "  -h, --help       print this help and exit\n");
 }
@@ -34,6 +36,7 @@ static const struct option long_opts[] = {
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "quiet", no_argument, NULL, 'q' },
 	{ "user", required_argument, NULL, 'u' },
+	{ "check", no_argument, NULL, 't' },
 	{ "version", no_argument, NULL, 'V' },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
@@ -125,17 +128,89 @@ static void raise_nofile(int64_t want)
 			 (unsigned long long)rl.rlim_cur, (long long)want);
 }
 
+/* A file a check finds unusable: one "CONFIG: key: reason" line on stderr; returns 1. */
+static int check_file(const char *path, const char *key, const char *file, int mode)
+{
+	if (!file || !*file || access(file, mode) == 0)
+		return 0;
+	fprintf(stderr, "%s: %s: cannot %s %s: %s\n", path, key, mode == W_OK ? "write" : "read",
+		file, strerror(errno));
+	return 1;
+}
+
+/* Where a file pgmux will create must be writable: the file itself when it exists, else its
+ * directory. */
+static int check_writable(const char *path, const char *key, const char *file)
+{
+	if (!file || !*file || access(file, F_OK) == 0)
+		return check_file(path, key, file, W_OK);
+	char dir[4096];
+	const char *slash = strrchr(file, '/');
+	if (!slash)
+		snprintf(dir, sizeof(dir), ".");
+	else
+		snprintf(dir, sizeof(dir), "%.*s", (int)(slash == file ? 1 : slash - file), file);
+	return check_file(path, key, dir, W_OK);
+}
+
+/*
+ * --check: what a start would refuse, found without starting (nothing is bound, logged to a
+ * file or written): the file's syntax and values (config_load, which also parses every
+ * connection string through libpq), the auth_file, the client TLS key, certificate and CA (built
+ * into a context as RELOAD would), each database's TLS files, and where the logfile and pidfile
+ * go.  Prints every problem as "file:line: reason" or "file: key: reason" on stderr and returns
+ * the exit code: 0 when pgmux would start with this file, 1 when not.
+ */
+static int check_config(const char *path)
+{
+	struct config *cf;
+	char err[512];
+	if (config_load(path, &cf, err, sizeof(err)) < 0) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	int bad = 0;
+	struct userlist *ul = NULL;
+	if (*cf->auth_file && userlist_load(cf->auth_file, &ul, err, sizeof(err)) < 0) {
+		fprintf(stderr, "%s: auth_file: %s\n", path, err);
+		bad++;
+	}
+	userlist_free(ul);
+	struct tls_server *ts = NULL;
+	if (tls_server_new(cf, &ts, err, sizeof(err)) < 0) {
+		fprintf(stderr, "%s: %s\n", path, err);
+		bad++;
+	}
+	tls_server_free(ts);
+	for (const struct cfg_db *db = cf->dbs; db; db = db->next) {
+		char key[300];
+		snprintf(key, sizeof(key), "database %s", db->name);
+		bad += check_file(path, key, db->sslrootcert, R_OK);
+		bad += check_file(path, key, db->sslcert, R_OK);
+		bad += check_file(path, key, db->sslkey, R_OK);
+	}
+	bad += check_writable(path, "logfile", cf->logfile);
+	bad += check_writable(path, "pidfile", cf->pidfile);
+	config_free(cf);
+	if (bad)
+		return 1;
+	printf("%s: configuration is valid\n", path);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	bool check_only = false;
 	bool daemon_mode = false, quiet = false;
 	const char *run_user = NULL;
 	int opt;
-	while ((opt = getopt_long(argc, argv, "dvqu:Vh", long_opts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "dvqu:tVh", long_opts, NULL)) != -1) {
 		switch (opt) {
 		case 'd': daemon_mode = true; break;
 		case 'v': log_verbosity++; break;
 		case 'q': quiet = true; break;
 		case 'u': run_user = optarg; break;
+		case 't': check_only = true; break;
 		case 'V': printf("%s\n", PGMUX_VERSION_STR); return 0;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
@@ -145,6 +220,8 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if (check_only)
+		return check_config(argv[optind]);
 	/* Only root can change its user; say so before anything else happens, rather than fail
 	 * after the sockets are bound. */
 	if (run_user && (!*run_user || strlen(run_user) > MAX_RUN_USER)) {
