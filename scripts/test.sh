@@ -4,6 +4,7 @@
 #   2. the normal build in the source tree (scripts/build.sh): src/pgmux
 #   3. an ASan+UBSan build in build-asan/ (a copy of the tracked sources, built incrementally)
 #   4. the cmocka unit tests (make check) on the ASan build
+#      (and doc/pgbouncer-reference.md against the tables it is generated from)
 #   5. the instruction budget: tests/bench/cgbench.py --check on src/pgmux (callgrind
 #      instructions per transaction against tests/bench/cg_budget.json; fails above +5%)
 #   6. the libFuzzer harnesses (tests/fuzz/run.sh), FUZZ_SECONDS each
@@ -151,6 +152,15 @@ if /usr/bin/python3 "$ROOT/scripts/check_layers.py" "$ROOT"; then
 	ok "layers: no lower layer includes a higher one"
 else
 	bad "layers: scripts/check_layers.py found a breach"
+fi
+
+# doc/pgbouncer-reference.md is generated from the key, entry and command tables: a key added
+# without regenerating it fails here rather than leaving the reference wrong.
+stage "PgBouncer reference (scripts/compat_table.py --check)"
+if /usr/bin/python3 "$ROOT/scripts/compat_table.py" --check; then
+	ok "doc/pgbouncer-reference.md matches the key and command tables"
+else
+	bad "doc/pgbouncer-reference.md is out of date (scripts/compat_table.py --write)"
 fi
 
 # ---------------------------------------------------------------------------------------------
