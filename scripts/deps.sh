@@ -16,6 +16,9 @@ PACKAGES=(
 	# integration tests: PostgreSQL 15, the reference pooler, clients
 	postgresql-15 postgresql-contrib postgresql-client-15 pgbouncer
 	python3 python3-psycopg python3-asyncpg
+	# PgBouncer's own pytest suite (scripts/pgbouncer_suite.sh) and its certificates
+	python3-pytest python3-pytest-asyncio python3-pytest-xdist python3-pytest-timeout
+	python3-filelock openssl
 	# the instruction budget (tests/bench/cgbench.py: callgrind, callgrind_control)
 	valgrind
 	# tools the scripts use

@@ -9,6 +9,8 @@
 #      instructions per transaction against tests/bench/cg_budget.json; fails above +5%)
 #   6. the libFuzzer harnesses (tests/fuzz/run.sh), FUZZ_SECONDS each
 #   7. the integration tests (tests/integration/run.py) against the ASan pgmux
+#   8. PgBouncer's own suite (scripts/pgbouncer_suite.sh) against the normal build: the tests
+#      listed in tests/pgbouncer/expected-pass.txt must pass
 # The last line printed is "N passed, N failed" over all stages; the exit code is non-zero when
 # anything failed.
 #
@@ -17,6 +19,7 @@
 #   FUZZ_SECONDS=15        time per fuzz harness (0 skips fuzzing)
 #   PGMUX_TEST_ARGS="..."  extra arguments for run.py (e.g. "-k test_auth" or "-x")
 #   PGMUX_TEST_CGBENCH=0   skip the instruction budget (about 1.5 minutes)
+#   PGMUX_TEST_PGBOUNCER=0 skip PgBouncer's own suite (about 9 minutes)
 #   PGMUX_CGBENCH_ARGS="..." extra arguments for cgbench.py (e.g. "--configs 'plain/*'")
 #   CONFIGURE_ARGS="..."   extra configure arguments for both builds
 set -uo pipefail
@@ -259,6 +262,27 @@ if [ "$i_fail" -eq 0 ]; then
 	summary+=("ok    integration tests: $i_pass passed, ${i_skip:-0} skipped ($(( $(date +%s) - t0 ))s)")
 else
 	summary+=("FAIL  integration tests: $i_pass passed, $i_fail failed ($(( $(date +%s) - t0 ))s)")
+fi
+
+# ---------------------------------------------------------------------------------------------
+# PgBouncer's own suite (../shared/pgbouncer-tests) against the normal build: every test in
+# tests/pgbouncer/expected-pass.txt must pass (doc/pgbouncer-compat.md).
+if [ "${PGMUX_TEST_PGBOUNCER:-1}" = 1 ]; then
+	stage "PgBouncer's own test suite (scripts/pgbouncer_suite.sh src/pgmux)"
+	t0=$(date +%s)
+	pgb_log=$(mktemp)
+	bash scripts/pgbouncer_suite.sh "$ROOT/src/pgmux" 2>&1 | tee "$pgb_log"
+	pgb_rc=${PIPESTATUS[0]}
+	pgb_line=$(sed -n 's/^pgbouncer suite: \([0-9].*\)/\1/p' "$pgb_log" | head -1)
+	rm -f "$pgb_log"
+	if [ "$pgb_rc" -eq 0 ]; then
+		ok "PgBouncer's suite: $pgb_line; every expected test passed ($(( $(date +%s) - t0 ))s)"
+	elif [ "$pgb_rc" -eq 77 ]; then
+		skipped=$((skipped + 1))
+		summary+=("skip  PgBouncer's suite: ../shared/pgbouncer-tests not found")
+	else
+		bad "PgBouncer's suite: $pgb_line; an expected test failed"
+	fi
 fi
 
 finish
