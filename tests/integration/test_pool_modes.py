@@ -32,16 +32,32 @@ def test_session_mode_keeps_backend(env):
 def test_session_mode_reuses_server_after_disconnect(env):
     db = env.database()
     px = env.pgmux([db], {"pool_mode": "session", "default_pool_size": 2})
+    def settled():
+        # the server the last client left has finished its reset (server_reset_query) and is
+        # idle in the pool.  Without this wait the next client can arrive while the reset is
+        # still running; pgmux then rightly opens a second server for it (the pool allows 2),
+        # and whichever is ready first serves it: the test would count 2 backends by chance
+        # (it once did in a clean clone).
+        rows = [r for r in px.show("POOLS") if r["database"] == db]
+        return rows and rows[0]["cl_active"] == 0 and rows[0]["cl_waiting"] == 0 and \
+            rows[0]["sv_active"] == 0 and rows[0]["sv_idle"] == 1
     pids = []
     for _ in range(4):
         with px.connect(db) as c:
             pids.append(c.execute("SELECT pg_backend_pid()").fetchone()[0])
+        wait_for(settled, 5, 0.02, "the server back idle in the pool")
     # one client at a time: the server a client leaves is pooled and handed to the next one
     assert len(set(pids)) == 1, f"a new server for every session: {pids}"
     # a backend of the setup's own connections may still be exiting: PostgreSQL ends them
     # after the client has gone
-    wait_for(lambda: env.pg.backends(db, TEST_USER) == 1, 5, 0.05,
-             f"one server backend (now {env.pg.backends(db, TEST_USER)})")
+    try:
+        wait_for(lambda: env.pg.backends(db, TEST_USER) == 1, 5, 0.05, "one server backend")
+    except AssertionError:
+        raise AssertionError(
+            f"{env.pg.backends(db, TEST_USER)} server backends, not 1; pgmux's servers: "
+            f"{[r for r in px.show('SERVERS') if r['database'] == db]}; PostgreSQL's: "
+            f"{env.pg.sql('SELECT pid, state, backend_start, query FROM pg_stat_activity WHERE datname = %s', (db,))}"
+        ) from None
 
 
 @timeout(60)
