@@ -3,6 +3,7 @@
 #define PGMUX_STATS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "model.h"
@@ -102,6 +103,16 @@ struct stats_saturation {
 	uint64_t q[STATS_NH][STATS_NQ]; /* wait, query, xact percentiles in the window (µs) */
 	uint64_t win_count[STATS_NH];   /* events in the window */
 };
+
+/* Seconds of saturation history kept per pool (the status page's 15-minute chart): one byte
+ * each, so 900 bytes per pool. */
+#define STATS_HISTORY 900
+
+/* Copies pool p's saturation history into out, oldest second first: each byte is the second's
+ * peak sv_active as a percentage of pool_size (capped at 255).  At most max samples, and only
+ * seconds sampled since the pool appeared.  Returns how many were written (0 for an unknown
+ * pool or before the first sample). */
+size_t stats_saturation_history(struct worker *w, const struct pool *p, uint8_t *out, size_t max);
 
 /* Fills *out for pool p (of w); the pool need not have been sampled yet. */
 void stats_saturation_of(struct worker *w, const struct pool *p, struct stats_saturation *out);

@@ -25,7 +25,7 @@ LAYERS = [
              scram userlist config list freelist stats_fields pgmux_config pstext"""),
     ("base", "model worker sbuf tls"),
     ("engine", "auth client server pool pool_info prepared route shard shardval shardplan monitor"),
-    ("ops", "stats janitor admin prom"),
+    ("ops", "stats janitor admin prom statuspage"),
     ("daemon", "pgmux main"),
 ]
 LEVEL = {}

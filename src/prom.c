@@ -1,5 +1,6 @@
-/* prom.c: the optional Prometheus endpoint (stats_listen): GET /metrics in the text exposition format,
- * served by a small HTTP/1.1 responder whose connections are bounded in number, size and time. */
+/* prom.c: the optional Prometheus endpoint (stats_listen): GET /metrics in the text exposition
+ * format, and the status page (statuspage.c) at / and /status.json; served by a small HTTP/1.1
+ * responder whose connections are bounded in number, size and time. */
 #include "prom.h"
 
 #include <errno.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "statuspage.h"
 #include "worker.h"
 #include "stats.h"
 
@@ -480,8 +482,21 @@ static void handle_request(struct prom_conn *pc, size_t head_len)
 	bool head = token_is(line, mlen, "HEAD");
 	size_t plen;
 	const char *path = target_path(sp1 + 1, (size_t)(sp2 - sp1 - 1), &plen);
-	if (!token_is(path, plen, "/metrics")) {
-		reply_error(pc, 404, "Not Found", "pgmux serves /metrics only", NULL, head);
+	/* the three documents: the metrics, and the status page as HTML and as JSON */
+	static const struct {
+		const char *path, *type;
+		bool (*render)(struct worker *w, struct evbuffer *b);
+	} docs[] = {
+		{ "/metrics", "text/plain; version=0.0.4; charset=utf-8", render },
+		{ "/", "text/html; charset=utf-8", statuspage_html },
+		{ "/status.json", "application/json", statuspage_json },
+	};
+	size_t d = 0;
+	while (d < sizeof(docs) / sizeof(docs[0]) && !token_is(path, plen, docs[d].path))
+		d++;
+	if (d == sizeof(docs) / sizeof(docs[0])) {
+		reply_error(pc, 404, "Not Found", "pgmux serves /metrics, / and /status.json", NULL,
+			    head);
 		return;
 	}
 	if (!head && !token_is(line, mlen, "GET")) {
@@ -489,13 +504,13 @@ static void handle_request(struct prom_conn *pc, size_t head_len)
 		return;
 	}
 	struct evbuffer *b = evbuffer_new();
-	if (!b || !render(pc->pr->w, b)) {
+	if (!b || !docs[d].render(pc->pr->w, b)) {
 		if (b)
 			evbuffer_free(b);
 		reply_error(pc, 500, "Internal Server Error", "out of memory", NULL, head);
 		return;
 	}
-	reply(pc, 200, "OK", NULL, "text/plain; version=0.0.4; charset=utf-8", b, head);
+	reply(pc, 200, "OK", NULL, docs[d].type, b, head);
 	evbuffer_free(b);
 }
 

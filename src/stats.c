@@ -32,6 +32,8 @@ struct stats_entry {
 struct sat_entry {
 	const struct pool *p;
 	int ring[STATS_RING];               /* peak sv_active of each of the last 60 seconds */
+	uint8_t history[STATS_HISTORY];     /* peak saturation of each second, in percent (<= 255) */
+	uint32_t n_history;                 /* seconds sampled, up to STATS_HISTORY */
 	int period_peak_cur;                /* peak since the last stats_period boundary */
 	int period_peak_prev;               /* peak of the complete period before */
 	struct hist snap_prev[STATS_NH];    /* cumulative histograms at the previous boundary */
@@ -50,6 +52,7 @@ struct stats_state {
 	/* saturation: one entry per pool, in w->pools order while pools are only appended */
 	struct event ev_sec;
 	int ring_pos;               /* the ring slot the next sample writes */
+	int history_pos;            /* the history slot the next sample writes */
 	struct sat_entry **sat;
 	size_t nsat, capsat;
 };
@@ -295,11 +298,17 @@ static void sample(struct stats_state *st)
 		int pk = p->peak_active > active ? p->peak_active : active;
 		p->peak_active = active;
 		e->ring[st->ring_pos] = pk;
+		int size = pool_size(p);
+		int pct = size > 0 ? (int)((int64_t)pk * 100 / size) : 0;
+		e->history[st->history_pos] = (uint8_t)(pct > 255 ? 255 : pct);
+		if (e->n_history < STATS_HISTORY)
+			e->n_history++;
 		if (pk > e->period_peak_cur)
 			e->period_peak_cur = pk;
 		check_warn(w, e, p, active, now);
 	}
 	st->ring_pos = (st->ring_pos + 1) % STATS_RING;
+	st->history_pos = (st->history_pos + 1) % STATS_HISTORY;
 }
 
 /* At a stats_period boundary: the percentile window moves on by one period. */
@@ -360,6 +369,20 @@ void stats_saturation_of(struct worker *w, const struct pool *p, struct stats_sa
 		for (int q = 0; q < STATS_NQ; q++)
 			o->q[k][q] = hist_quantile(&win, stats_quantiles[q]);
 	}
+}
+
+size_t stats_saturation_history(struct worker *w, const struct pool *p, uint8_t *out, size_t max)
+{
+	struct stats_state *st = w->stats;
+	const struct sat_entry *e = st ? sat_find(st, p, SIZE_MAX, false) : NULL;
+	if (!e)
+		return 0;
+	/* A pool made after the sampler started has its first sample in the slot history_pos had
+	 * then; the slots of the seconds before it are zero and not reported. */
+	size_t n = e->n_history < max ? e->n_history : max;
+	for (size_t i = 0; i < n; i++)
+		out[i] = e->history[(st->history_pos + STATS_HISTORY - n + i) % STATS_HISTORY];
+	return n;
 }
 
 /* ---- the timers ---------------------------------------------------------------------------- */

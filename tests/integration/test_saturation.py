@@ -247,7 +247,7 @@ def test_metrics_endpoint(env):
 
     # HEAD, other paths, other methods
     assert scrape(mport, method="HEAD")[0] == 200
-    for path, method, code in (("/", "GET", 404), ("/metricsx", "GET", 404),
+    for path, method, code in (("/x", "GET", 404), ("/metricsx", "GET", 404),
                                ("/metrics", "POST", 405), ("/metrics", "DELETE", 405)):
         try:
             scrape(mport, path, method)
