@@ -9,8 +9,10 @@
 
 struct evbuffer;
 
-/* Pools shown with their rows and charts, the most saturated first; the rest are counted. */
-#define STATUSPAGE_MAX_POOLS 500
+/* Pools shown, the most saturated first; the rest are only counted, so that one response stays
+ * under about a megabyte however many pools there are (the endpoint has no authentication and
+ * serves up to 64 connections at once). */
+#define STATUSPAGE_MAX_POOLS 200
 
 /* Writes the status page of w into b as one HTML document: a line per pool (saturation bar
  * against saturation_warn, clients, servers by state, wait percentiles, the last 15 minutes
@@ -20,9 +22,10 @@ struct evbuffer;
  * when out of memory (b then holds part of the page). */
 bool statuspage_html(struct worker *w, struct evbuffer *b);
 
-/* The same figures as one JSON object for scripts: version, totals, "pools" (each with
- * "saturation_history", one percentage per second, oldest first, for the first
- * STATUSPAGE_MAX_POOLS pools by saturation; null for the rest), "backends" and "shards".
+/* The same figures as one JSON object for scripts: version, totals, "pools" (the first
+ * STATUSPAGE_MAX_POOLS by saturation, each with "saturation_history", one percentage per
+ * second, oldest first; "pools_total" and "pools_omitted" count them all), "backends" and
+ * "shards".
  * Times are in seconds.  Strings are JSON-escaped, invalid UTF-8 replaced by U+FFFD.
  * Returns false when out of memory. */
 bool statuspage_json(struct worker *w, struct evbuffer *b);

@@ -24,6 +24,9 @@
 #define NAME_MAX_SHOWN 128
 #define ESC_MAX (NAME_MAX_SHOWN * 6 + 16)
 
+/* Seconds per point of the HTML chart (the JSON has every second). */
+#define CHART_STEP 5
+
 /* A string literal into an evbuffer, its length counted by the compiler. */
 #define ADD_LIT(b, lit) evbuffer_add((b), (lit), sizeof(lit) - 1)
 
@@ -183,10 +186,17 @@ static void html_chart(struct evbuffer *b, struct worker *w, const struct pool *
 				    STATS_HISTORY, 100 - warn * 100, 100 - warn * 100);
 	if (n) {
 		ADD_LIT(b, "<polyline fill=\"none\" stroke=\"#36c\" "
-			     "vector-effect=\"non-scaling-stroke\" points=\"");
-		size_t x0 = STATS_HISTORY - n;   /* the newest second is at the right edge */
-		for (size_t i = 0; i < n; i++)
-			evbuffer_add_printf(b, "%zu,%d ", x0 + i, 100 - (h[i] > 100 ? 100 : h[i]));
+			   "vector-effect=\"non-scaling-stroke\" points=\"");
+		/* one point per CHART_STEP seconds, the peak of those seconds, so that a page of
+		 * many pools stays small; the newest second is at the right edge */
+		size_t x0 = STATS_HISTORY - n;
+		for (size_t i = 0; i < n; i += CHART_STEP) {
+			int peak = 0;
+			for (size_t j = i; j < i + CHART_STEP && j < n; j++)
+				if (h[j] > peak)
+					peak = h[j];
+			evbuffer_add_printf(b, "%zu,%d ", x0 + i, 100 - (peak > 100 ? 100 : peak));
+		}
 		ADD_LIT(b, "\"/>");
 	}
 	ADD_LIT(b, "</svg>");
@@ -330,8 +340,7 @@ bool statuspage_html(struct worker *w, struct evbuffer *b)
 
 /* ---- JSON ------------------------------------------------------------------------------------ */
 
-static void json_pool(struct evbuffer *b, struct worker *w, const struct pool_view *pv,
-		      bool history)
+static void json_pool(struct evbuffer *b, struct worker *w, const struct pool_view *pv)
 {
 	char e1[ESC_MAX], e2[ESC_MAX];
 	const struct stats_saturation *s = &pv->sat;
@@ -351,10 +360,6 @@ static void json_pool(struct evbuffer *b, struct worker *w, const struct pool_vi
 	for (int k = 0; k < STATS_NH; k++)
 		for (int i = 0; i < STATS_NQ; i++)
 			evbuffer_add_printf(b, ",\"%s_%s_seconds\":%.6f", kind[k], q[i], sec(s->q[k][i]));
-	if (!history) {
-		ADD_LIT(b, ",\"saturation_history\":null}");
-		return;
-	}
 	uint8_t h[STATS_HISTORY];
 	size_t n = stats_saturation_history(w, pv->p, h, STATS_HISTORY);
 	ADD_LIT(b, ",\"saturation_history\":[");
@@ -372,14 +377,17 @@ bool statuspage_json(struct worker *w, struct evbuffer *b)
 	char e1[ESC_MAX], e2[ESC_MAX], e3[ESC_MAX];
 	evbuffer_add_printf(b, "{\"version\":\"%s\",\"time\":%lld,\"clients\":%d,\"servers\":%d,"
 			    "\"paused\":%s,\"shutting_down\":%s,\"saturation_warn\":%g,"
-			    "\"history_seconds\":%d,\"pools\":[",
+			    "\"history_seconds\":%d,\"pools_total\":%zu,\"pools_omitted\":%zu,"
+			    "\"pools\":[",
 			    PGMUX_VERSION_STR, (long long)time(NULL), w->n_clients, w->n_servers,
 			    w->paused ? "true" : "false", w->shutdown ? "true" : "false",
-			    w->cf->saturation_warn, STATS_HISTORY);
-	for (size_t i = 0; i < n; i++) {
+			    w->cf->saturation_warn, STATS_HISTORY, n,
+			    n > STATUSPAGE_MAX_POOLS ? n - STATUSPAGE_MAX_POOLS : 0);
+	size_t shown = n < STATUSPAGE_MAX_POOLS ? n : STATUSPAGE_MAX_POOLS;
+	for (size_t i = 0; i < shown; i++) {
 		if (i)
 			ADD_LIT(b, ",");
-		json_pool(b, w, &v[i], i < STATUSPAGE_MAX_POOLS);
+		json_pool(b, w, &v[i]);
 	}
 	ADD_LIT(b, "],\"backends\":[");
 	bool first = true;

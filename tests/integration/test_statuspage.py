@@ -56,6 +56,7 @@ def test_status_page_saturated_pool(env):
         hist = p["saturation_history"]
         assert isinstance(hist, list) and len(hist) >= 2 and hist[-1] == 100, hist
         assert doc["history_seconds"] == 900 and doc["saturation_warn"] == 0.5
+        assert doc["pools_total"] == len(doc["pools"]) and doc["pools_omitted"] == 0
         assert doc["clients"] >= 3 and doc["servers"] >= 2, doc
 
         code, ctype, html = get(mport, "/")
