@@ -42,6 +42,8 @@ enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH, CF_R
 	X(CF_INT,  max_client_conn,           "100",         true)  \
 	X(CF_INT,  max_db_connections,        "0",           true)  \
 	X(CF_INT,  max_user_connections,      "0",           true)  \
+	X(CF_INT,  max_db_client_connections, "0",           true)  \
+	X(CF_INT,  max_user_client_connections, "0",         true)  \
 	X(CF_STR,  server_reset_query,        "DISCARD ALL", true)  \
 	X(CF_BOOL, server_reset_query_always, "0",           true)  \
 	X(CF_STR,  server_check_query,        "select 1",    true)  \
@@ -129,6 +131,7 @@ struct cfg_db {
 				 * always names the port, and the host (unix_socket_dir when the
 				 * entry names none, as PgBouncer connects there) */
 	int pool_size, min_pool_size, reserve_pool, max_db_connections, pool_mode;
+	int max_db_client_connections;
 	/* [database X] sections: the front entry (name X, shard -1) and one entry per backend,
 	 * named "X/primary", "X/replica0" ... or "X/1/primary" when sharded (shard >= 0). */
 	char *cluster;          /* the section's name, or NULL for a [databases] line */
@@ -160,11 +163,13 @@ struct cfg_cluster {
 	struct cfg_cluster *next;
 };
 
-/* One [users] line. */
+/* One [users] line.  Integers are -1 when the line does not set them. */
 struct cfg_user {
 	char *name;
-	int pool_mode;              /* -1: unset */
-	int max_user_connections;   /* -1: unset */
+	int pool_mode;
+	/* limits and pool sizes: the pool's user (the entry's forced user, else the login user)
+	 * for the server-side ones, the login user for max_user_client_connections */
+	int max_user_connections, max_user_client_connections, pool_size, reserve_pool_size;
 	int line;
 	struct cfg_user *next;
 };

@@ -140,6 +140,7 @@ struct database {
 	uint64_t resolved_at;
 	struct ssl_ctx_st *ssl_ctx;  /* TLS context for its servers, made on first use */
 	int n_servers;              /* across its pools, for max_db_connections */
+	int n_clients;              /* logged-in clients, for max_db_client_connections */
 	bool paused;                /* console PAUSE db / KILL db: no new server links until RESUME */
 	bool disabled;              /* console DISABLE db: new client logins are refused */
 	struct cluster *cluster;    /* a [database X] section's front name: routed, no servers */
@@ -147,10 +148,14 @@ struct database {
 	struct database *front;     /* and then that section's front name (set by route.c) */
 };
 
+/* A user name that pools log in as, or that clients logged in with. */
 struct user {
 	struct list node;
 	char *name;
-	int n_servers;              /* for max_user_connections */
+	const struct cfg_user *cf;  /* its [users] entry in w->cf, or NULL (pool_apply_config
+				     * points it into each new snapshot) */
+	int n_servers;              /* servers of its pools, for max_user_connections */
+	int n_clients;              /* clients logged in as it, for max_user_client_connections */
 };
 
 struct pool {
@@ -195,6 +200,11 @@ struct client {
 	struct client *cancel_next;
 	char *user_name, *db_name;          /* from the startup packet */
 	struct client_auth *auth;           /* login-time state only */
+	/* what it counts against once logged in (max_db/user_client_connections), NULL: nothing;
+	 * counted_console: the console's count (w->n_console_clients) */
+	struct database *counted_db;
+	struct user *counted_user;
+	bool counted_console;
 	struct txtrack tt;                  /* what is in flight on its link (txtrack.c) */
 	bool discarding;                    /* pkt_left bytes are dropped, not forwarded */
 	bool admin;                         /* may run console control commands (admin_users) */
@@ -319,6 +329,7 @@ struct worker {
 	int n_login;
 	struct list cl_admin;               /* console clients (database pgmux / pgbouncer) */
 	int n_admin;
+	int n_console_clients;              /* logged in to the console, for max_db_client_connections */
 	const struct console_ops *console;  /* the console's handlers, NULL: none registered */
 	const struct router_ops *router;    /* routing's hooks (route_register) */
 	const struct daemon_ops *daemon;    /* the daemon's actions (set by pgmux.c before the

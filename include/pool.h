@@ -13,7 +13,13 @@
 struct database *pool_lookup_database(struct worker *w, const char *name, bool *known);
 /* The database clients name, made from the config on first use; NULL when unknown. */
 struct database *pool_find_database(struct worker *w, const char *name);
-/* The pool for (db, user), created on first use; NULL on allocation failure. */
+/* The user object for name (pools' users and logged-in clients' names), created on first use;
+ * NULL on allocation failure. */
+struct user *pool_find_user(struct worker *w, const char *name);
+/* The user object for name if there is one, without making it. */
+struct user *pool_lookup_user(struct worker *w, const char *name);
+/* The pool for (db, user), created on first use; NULL on allocation failure.  A client's pool
+ * is keyed by the entry's forced user when it has one, else by the login user (PgBouncer's). */
 struct pool *pool_get(struct worker *w, struct database *db, const char *user);
 
 /* autodb_idle_timeout: true when db may go now: made from the "*" entry, no client or server
@@ -46,8 +52,12 @@ void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate);
 
 /* Opens connections while waiters outnumber logins and the limits allow. */
 void pool_launch(struct pool *p);
-/* Opens one more server while the pool is below min_pool_size (and within its limits). */
+/* Opens one more server while the pool is below min_pool_size and pool_size, within its
+ * limits (never by eviction), when it has a client or its entry forces the user. */
 void pool_grow_min(struct pool *p);
+/* Makes the pools of the entries that force a user and want min_pool_size > 0, so that the
+ * janitor keeps them filled before any client comes (at start and after a reload). */
+void pool_open_forced_pools(struct worker *w);
 /* Gives idle servers to waiters, oldest first. */
 void pool_serve_waiters(struct pool *p);
 

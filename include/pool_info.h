@@ -9,12 +9,19 @@
  * depending on pool.c, which links clients and servers.  The one-line ones are inline: pool.c
  * asks them on every acquire and release, where a call would cost more than they do. */
 
+/* The settings follow PgBouncer's precedence: the [users] entry of the pool's user (the entry's
+ * forced user, else the login user), then the [databases] entry, then the general key; limits
+ * (max_*_connections) of 0 in an entry fall through to the general key, as PgBouncer reads them. */
+
 /* Effective pool_mode: the [users] entry's, else the database entry's, else the general key. */
 int pool_mode(const struct pool *p);
 
-/* Effective pool_size: the database entry's, else default_pool_size. */
+/* Effective pool_size: the [users] entry's, else the database entry's, else default_pool_size. */
 static inline int pool_size(const struct pool *p)
 {
+	const struct cfg_user *u = p->user->cf;
+	if (u && u->pool_size >= 0)
+		return u->pool_size;
 	return p->db->cf->pool_size >= 0 ? p->db->cf->pool_size : (int)p->w->cf->default_pool_size;
 }
 
@@ -24,10 +31,41 @@ static inline int pool_min_size(const struct pool *p)
 	return p->db->cf->min_pool_size >= 0 ? p->db->cf->min_pool_size : (int)p->w->cf->min_pool_size;
 }
 
-/* Effective reserve_pool_size: the database entry's, else the general key. */
+/* Effective reserve_pool_size: the [users] entry's, else the database entry's, else the
+ * general key. */
 static inline int pool_reserve(const struct pool *p)
 {
+	const struct cfg_user *u = p->user->cf;
+	if (u && u->reserve_pool_size >= 0)
+		return u->reserve_pool_size;
 	return p->db->cf->reserve_pool >= 0 ? p->db->cf->reserve_pool : (int)p->w->cf->reserve_pool_size;
+}
+
+/* Effective max_db_connections of db: the entry's when above 0, else the general key. */
+static inline int pool_db_max_connections(const struct worker *w, const struct cfg_db *e)
+{
+	return e->max_db_connections > 0 ? e->max_db_connections : (int)w->cf->max_db_connections;
+}
+
+/* Effective max_db_client_connections of an entry: its own when above 0, else the general key. */
+static inline int pool_db_max_clients(const struct worker *w, const struct cfg_db *e)
+{
+	return e && e->max_db_client_connections > 0 ? e->max_db_client_connections
+						     : (int)w->cf->max_db_client_connections;
+}
+
+/* Effective max_user_connections / max_user_client_connections of a user's [users] entry (NULL:
+ * none): its own when above 0, else the general key. */
+static inline int pool_user_max_connections(const struct worker *w, const struct cfg_user *u)
+{
+	return u && u->max_user_connections > 0 ? u->max_user_connections
+						: (int)w->cf->max_user_connections;
+}
+
+static inline int pool_user_max_clients(const struct worker *w, const struct cfg_user *u)
+{
+	return u && u->max_user_client_connections > 0 ? u->max_user_client_connections
+						       : (int)w->cf->max_user_client_connections;
 }
 
 /* Servers of the pool in any state (login, idle, active, used, tested). */

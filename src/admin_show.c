@@ -584,14 +584,43 @@ static void database_row(struct admin_ctx *x, const char *name, const struct cfg
 	admin_col_int(x, e->pool_size >= 0 ? e->pool_size : cf->default_pool_size);
 	admin_col_int(x, e->min_pool_size >= 0 ? e->min_pool_size : cf->min_pool_size);
 	admin_col_int(x, e->reserve_pool >= 0 ? e->reserve_pool : cf->reserve_pool_size);
+	admin_col_int(x, cf->server_lifetime / 1000000);
 	if (e->pool_mode >= 0)
 		admin_col_str(x, config_pool_mode_name(e->pool_mode));
 	else
 		admin_col_null(x);
-	admin_col_int(x, e->max_db_connections >= 0 ? e->max_db_connections : cf->max_db_connections);
+	admin_col_null(x);   /* load_balance_hosts: shown for host lists, which pgmux has not */
+	admin_col_int(x, pool_db_max_connections(x->w, e));
 	admin_col_int(x, db ? db->n_servers : 0);
+	admin_col_int(x, pool_db_max_clients(x->w, e));
+	admin_col_int(x, db ? db->n_clients : 0);
 	admin_col_int(x, db && db->paused);
 	admin_col_int(x, db && db->disabled);
+	admin_row_end(x);
+}
+
+/* The console, as PgBouncer lists its admin database: both of its names count as this one. */
+static void console_db_row(struct admin_ctx *x)
+{
+	const struct config *cf = x->w->cf;
+	admin_row_begin(x);
+	admin_col_str(x, "pgbouncer");
+	admin_col_null(x);
+	admin_col_int(x, cf->listen_port);
+	admin_col_str(x, "pgbouncer");
+	admin_col_str(x, "pgbouncer");
+	admin_col_int(x, 2);
+	admin_col_int(x, 0);
+	admin_col_int(x, 0);
+	admin_col_int(x, cf->server_lifetime / 1000000);
+	admin_col_str(x, config_pool_mode_name(POOL_STATEMENT));
+	admin_col_null(x);
+	admin_col_int(x, cf->max_db_connections);
+	admin_col_int(x, 0);
+	admin_col_int(x, cf->max_db_client_connections);
+	admin_col_int(x, x->w->n_console_clients);
+	admin_col_int(x, 0);
+	admin_col_int(x, 0);
 	admin_row_end(x);
 }
 
@@ -626,6 +655,8 @@ static enum admin_rc show_databases(struct admin_ctx *x)
 		uint64_t pos = 0;
 		size_t n = 0;
 		bool known;
+		if (in_batch(x, &pos, &n))
+			console_db_row(x);
 		for (const struct cfg_db *e = w->cf->dbs; e; e = e->next)
 			if (strcmp(e->name, "*") != 0 && in_batch(x, &pos, &n))
 				database_row(x, e->name, e, pool_lookup_database(w, e->name, &known));
@@ -645,24 +676,43 @@ static enum admin_rc show_databases(struct admin_ctx *x)
 	return ADMIN_OK;
 }
 
-/* The [users] entries, then the other users that have pools. */
+/* An optional count as text, "" when unset (PgBouncer's SHOW USERS pool sizes). */
+static void col_opt_int(struct admin_ctx *x, int v)
+{
+	char b[16] = "";
+	if (v >= 0)
+		snprintf(b, sizeof(b), "%d", v);
+	admin_col_str(x, b);
+}
+
+static void user_row(struct admin_ctx *x, const char *name, const struct cfg_user *e,
+		     const struct user *u)
+{
+	admin_row_begin(x);
+	admin_col_str(x, name);
+	col_opt_int(x, e ? e->pool_size : -1);
+	col_opt_int(x, e ? e->reserve_pool_size : -1);
+	if (e && e->pool_mode >= 0)
+		admin_col_str(x, config_pool_mode_name(e->pool_mode));
+	else
+		admin_col_null(x);
+	admin_col_int(x, pool_user_max_connections(x->w, e));
+	admin_col_int(x, u ? u->n_servers : 0);
+	admin_col_int(x, pool_user_max_clients(x->w, e));
+	admin_col_int(x, u ? u->n_clients : 0);
+	admin_row_end(x);
+}
+
+/* The [users] entries, then the other users that have pools or logged-in clients. */
 static enum admin_rc show_users(struct admin_ctx *x)
 {
 	struct worker *w = x->w;
 	uint64_t pos = 0;
 	size_t n = 0;
 	if (x->phase == 0) {
-		for (const struct cfg_user *u = w->cf->users; u; u = u->next) {
-			if (!in_batch(x, &pos, &n))
-				continue;
-			admin_row_begin(x);
-			admin_col_str(x, u->name);
-			if (u->pool_mode >= 0)
-				admin_col_str(x, config_pool_mode_name(u->pool_mode));
-			else
-				admin_col_null(x);
-			admin_row_end(x);
-		}
+		for (const struct cfg_user *e = w->cf->users; e; e = e->next)
+			if (in_batch(x, &pos, &n))
+				user_row(x, e->name, e, pool_lookup_user(w, e->name));
 		if (!x->more)
 			admin_next_phase(x);
 		return ADMIN_OK;
@@ -670,12 +720,9 @@ static enum admin_rc show_users(struct admin_ctx *x)
 	struct list *it, *tmp;
 	list_for_each_safe(it, tmp, &w->users) {
 		struct user *u = list_entry(it, struct user, node);
-		if (config_find_user(w->cf, u->name) || !in_batch(x, &pos, &n))
+		if (u->cf || !in_batch(x, &pos, &n))
 			continue;
-		admin_row_begin(x);
-		admin_col_str(x, u->name);
-		admin_col_null(x);
-		admin_row_end(x);
+		user_row(x, u->name, NULL, u);
 	}
 	return ADMIN_OK;
 }
@@ -833,10 +880,14 @@ static const struct admin_col cols_sockets[] = {
 };
 static const struct admin_col cols_databases[] = {
 	T("name"), T("host"), I("port"), T("database"), T("force_user"), I("pool_size"),
-	I("min_pool_size"), I("reserve_pool"), T("pool_mode"), I("max_connections"),
-	I("current_connections"), I("paused"), I("disabled"),
+	I("min_pool_size"), I("reserve_pool_size"), I("server_lifetime"), T("pool_mode"),
+	T("load_balance_hosts"), I("max_connections"), I("current_connections"),
+	I("max_client_connections"), I("current_client_connections"), I("paused"), I("disabled"),
 };
-static const struct admin_col cols_users[] = { T("name"), T("pool_mode") };
+static const struct admin_col cols_users[] = {
+	T("name"), T("pool_size"), T("reserve_pool_size"), T("pool_mode"), I("max_user_connections"),
+	I("current_connections"), I("max_user_client_connections"), I("current_client_connections"),
+};
 static const struct admin_col cols_peers[] = { I("peer_id"), T("host"), I("port"), I("pool_size") };
 static const struct admin_col cols_peer_pools[] = { I("peer_id"), I("cl_active_cancel_req"),
 	I("cl_waiting_cancel_req"), I("sv_active_cancel"), I("sv_login") };
@@ -889,7 +940,8 @@ const struct admin_cmd admin_show_cmds[] = {
 	/* pgmux keeps no separate "active" socket list: the same rows as SOCKETS */
 	SHOW("ACTIVE_SOCKETS", show_sockets, cols_sockets, "the same as SHOW SOCKETS"),
 	SHOW("DATABASES", show_databases, cols_databases, "configured databases and their settings"),
-	SHOW("USERS", show_users, cols_users, "known users and their pool_mode override"),
+	SHOW("USERS", show_users, cols_users,
+	     "known users: their [users] settings, limits, and server and client counts"),
 	SHOW("LISTS", show_lists, cols_lists, "counts of internal objects"),
 	SHOW("CONFIG", show_config, cols_config, "every general setting: value, default, changeable at run time"),
 	SHOW("MEM", show_mem, cols_mem, "memory held per object kind"),

@@ -135,9 +135,10 @@ void auth_start(struct client *cl)
 		return;
 	}
 	if (type == AUTH_TRUST) {
-		char msg[300];
-		snprintf(msg, sizeof(msg), "no such user: %s", cl->user_name);
-		client_close(cl, msg, "28000");
+		/* PgBouncer's words (its mock authentication of an unknown user); the log says why */
+		char tag[256];
+		log_info("%s login failed: no such user in auth_file", client_tag(cl, tag, sizeof(tag)));
+		client_close(cl, "\"trust\" authentication failed", "28000");
 		return;
 	}
 	cl->auth = calloc(1, sizeof(*cl->auth));

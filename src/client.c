@@ -98,6 +98,64 @@ void client_send_error(struct client *cl, const char *severity, const char *sqls
 		pktbuf_free(&cl->c.out);
 }
 
+/* ---- max_db_client_connections, max_user_client_connections ---- */
+
+/* Counts a client that has just authenticated against its database (or the console, which
+ * counts as one database) and against its login user, and refuses it with PgBouncer's text
+ * when either is over its limit.  An admin_users member on the console is counted but never
+ * refused, as in PgBouncer.  Counting starts after authentication, so that a client who cannot
+ * log in never takes anyone's place.  False when the client was refused (and is closed). */
+static bool count_login(struct client *cl, struct database *db, bool console)
+{
+	struct worker *w = cl->c.w;
+	bool exempt = console && (cl->peer_admin || config_list_has(w->cf->admin_users, cl->user_name));
+	int n_db, max_db;
+	if (console) {
+		cl->counted_console = true;
+		n_db = ++w->n_console_clients;
+		max_db = (int)w->cf->max_db_client_connections;
+	} else {
+		cl->counted_db = db;
+		n_db = ++db->n_clients;
+		max_db = pool_db_max_clients(w, db->cf);
+	}
+	/* auth_type = any: the entry's forced user is the one logged in, as PgBouncer counts it */
+	const char *name = w->cf->auth_type == AUTH_ANY && db && db->cf->user ? db->cf->user
+									   : cl->user_name;
+	struct user *u = pool_find_user(w, name);
+	if (!u) {
+		client_close(cl, "out of memory", "53200");
+		return false;
+	}
+	cl->counted_user = u;
+	u->n_clients++;
+	if (exempt)
+		return true;
+	if (max_db > 0 && n_db > max_db) {
+		client_close(cl, "client connections exceeded (max_db_client_connections)", "08P01");
+		return false;
+	}
+	int max_user = pool_user_max_clients(w, u->cf);
+	if (max_user > 0 && u->n_clients > max_user) {
+		client_close(cl, "client connections exceeded (max_user_client_connections)", "08P01");
+		return false;
+	}
+	return true;
+}
+
+static void uncount_login(struct client *cl)
+{
+	if (cl->counted_db)
+		cl->counted_db->n_clients--;
+	if (cl->counted_user)
+		cl->counted_user->n_clients--;
+	if (cl->counted_console)
+		cl->c.w->n_console_clients--;
+	cl->counted_db = NULL;
+	cl->counted_user = NULL;
+	cl->counted_console = false;
+}
+
 void client_close(struct client *cl, const char *reason, const char *sqlstate)
 {
 	struct worker *w = cl->c.w;
@@ -137,6 +195,7 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 			sv->c.torn = true;
 	}
 	worker_cancel_unregister(w, cl);
+	uncount_login(cl);
 	if (cl->rt)
 		w->router->client_free(cl);
 	sbuf_close(&cl->c);
@@ -534,25 +593,33 @@ void client_auth_ok(struct client *cl)
 	struct worker *w = cl->c.w;
 	if (w->console && w->console->is_console_db(cl->db_name)) {
 		auth_free(cl);
-		w->console->ready(cl);
+		if (count_login(cl, NULL, true))
+			w->console->ready(cl);
 		return;
 	}
 	struct database *db = pool_find_database(w, cl->db_name);
-	if (db && db->disabled) {
+	if (!db) {
+		client_close(cl, "no such database", "3D000");
+		return;
+	}
+	if (db->disabled) {
 		client_close(cl, "database does not allow connections", "57P03");
 		return;
 	}
+	if (!count_login(cl, db, false))
+		return;
 	struct pool *p = NULL;
-	if (db && db->cluster) {
+	if (db->cluster) {
 		p = w->router->login(cl, db);
 		if (p)   /* a cancel may reach it on any backend's pool */
 			for (int i = 0; i < cl->rt->rs->n; i++)
 				auth_export_keys(cl, cl->rt->rs->pools[i]);
-	} else if (db) {
-		p = pool_get(w, db, cl->user_name);
+	} else {
+		/* the pool is (database, server user): the entry's forced user, as in PgBouncer */
+		p = pool_get(w, db, db->cf->user ? db->cf->user : cl->user_name);
 	}
 	if (!p) {
-		client_close(cl, db ? "out of memory" : "no such database", db ? "53200" : "3D000");
+		client_close(cl, "out of memory", "53200");
 		return;
 	}
 	cl->pool = p;

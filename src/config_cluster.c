@@ -252,6 +252,18 @@ bool cf_cluster_pair(struct cf_parse *ps, const char *key, const char *value)
 				value);
 			return false;
 		}
+	} else if (!strcasecmp(key, "max_db_client_connections")) {
+		/* clients count against the name they connect to: the section's front entry */
+		struct cfg_db *front = NULL;
+		for (struct cfg_db *d = ps->cf->dbs; d; d = d->next)
+			if (d->cluster && !strcmp(d->cluster, c->name) && d->shard < 0)
+				front = d;
+		if (!cf_parse_int(value, false, 0, INT32_MAX, &n, why, sizeof(why))) {
+			cf_fail(ps, "invalid value \"%s\" for %s: %s", value, key, why);
+			return false;
+		}
+		if (front)
+			front->max_db_client_connections = (int)n;
 	} else if (!strcasecmp(key, "pool_mode")) {
 		if (!cf_parse_mode(value, &c->pool_mode, why, sizeof(why))) {
 			cf_fail(ps, "invalid value \"%s\" for pool_mode: %s", value, why);

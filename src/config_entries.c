@@ -55,12 +55,12 @@ static const struct entry_key db_keys[] = {
 	{ "reserve_pool",       EK_COUNT, DBF(reserve_pool),       false, NULL },
 	{ "reserve_pool_size",  EK_COUNT, DBF(reserve_pool),       false, NULL },
 	{ "max_db_connections", EK_COUNT, DBF(max_db_connections), false, NULL },
+	{ "max_db_client_connections", EK_COUNT, DBF(max_db_client_connections), false, NULL },
 	{ "pool_mode",          EK_MODE,  DBF(pool_mode),          false, NULL },
 	{ "weight",             EK_COUNT, DBF(weight),             false, NULL },
 	{ "auth_dbname",               EK_LATER, 0, false, NULL },
 	{ "auth_query",                EK_LATER, 0, false, NULL },
 	{ "load_balance_hosts",        EK_LATER, 0, false, NULL },
-	{ "max_db_client_connections", EK_LATER, 0, false, NULL },
 	{ "server_lifetime",           EK_LATER, 0, false, NULL },
 	{ "query_wait_timeout",        EK_LATER, 0, false, NULL },
 };
@@ -70,14 +70,14 @@ static const struct entry_key db_keys[] = {
 static const struct entry_key user_keys[] = {
 	{ "pool_mode",                   EK_MODE,  USF(pool_mode),            false, NULL },
 	{ "max_user_connections",        EK_COUNT, USF(max_user_connections), false, NULL },
-	{ "pool_size",                   EK_LATER, 0, false, NULL },
-	{ "reserve_pool_size",           EK_LATER, 0, false, NULL },
+	{ "max_user_client_connections", EK_COUNT, USF(max_user_client_connections), false, NULL },
+	{ "pool_size",                   EK_COUNT, USF(pool_size),            false, NULL },
+	{ "reserve_pool_size",           EK_COUNT, USF(reserve_pool_size),    false, NULL },
 	{ "query_timeout",               EK_LATER, 0, false, NULL },
 	{ "query_wait_timeout",          EK_LATER, 0, false, NULL },
 	{ "idle_transaction_timeout",    EK_LATER, 0, false, NULL },
 	{ "transaction_timeout",         EK_LATER, 0, false, NULL },
 	{ "client_idle_timeout",         EK_LATER, 0, false, NULL },
-	{ "max_user_client_connections", EK_LATER, 0, false, NULL },
 };
 #undef USF
 
@@ -99,7 +99,7 @@ static const size_t db_int_fields[] = {
 	offsetof(struct cfg_db, min_pool_size), offsetof(struct cfg_db, reserve_pool),
 	offsetof(struct cfg_db, max_db_connections), offsetof(struct cfg_db, pool_mode),
 	offsetof(struct cfg_db, shard), offsetof(struct cfg_db, replica),
-	offsetof(struct cfg_db, weight),
+	offsetof(struct cfg_db, weight), offsetof(struct cfg_db, max_db_client_connections),
 };
 
 #define DB_STR(db, off) (*(char **)((char *)(db) + (off)))
@@ -539,8 +539,8 @@ bool cf_add_user(struct cf_parse *ps, const char *rawname, const char *value)
 	}
 	u->name = name;
 	u->line = ps->line;
-	u->pool_mode = -1;
-	u->max_user_connections = -1;
+	u->pool_mode = u->max_user_connections = u->max_user_client_connections = -1;
+	u->pool_size = u->reserve_pool_size = -1;
 	*ps->user_tail = u;
 	ps->user_tail = &u->next;
 

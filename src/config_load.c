@@ -106,8 +106,6 @@ static const struct later_key {
 	{ "peer_id", NULL },
 	{ "track_extra_parameters", NULL },
 	{ "scram_iterations", NULL },
-	{ "max_db_client_connections", NULL },
-	{ "max_user_client_connections", NULL },
 	{ "server_fast_close", NULL },
 	{ "pool_idle_timeout", NULL },
 	{ "transaction_timeout", NULL },

@@ -344,6 +344,7 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 	route_register(w);
 	if (start_listening(w) < 0)
 		return -1;
+	pool_open_forced_pools(w);   /* min_pool_size of forced-user entries: filled from the start */
 	janitor_start(w);
 	route_apply_config(w);
 	stats_start(w);

@@ -68,7 +68,12 @@ struct database *pool_find_database(struct worker *w, const char *name)
 	return db;
 }
 
-static struct user *find_user(struct worker *w, const char *name)
+struct user *pool_lookup_user(struct worker *w, const char *name)
+{
+	return w->user_names ? namehash_get(w->user_names, name) : NULL;
+}
+
+struct user *pool_find_user(struct worker *w, const char *name)
 {
 	if (!table(&w->user_names))
 		return NULL;
@@ -82,6 +87,7 @@ static struct user *find_user(struct worker *w, const char *name)
 		free(u);
 		return NULL;
 	}
+	u->cf = config_find_user(w->cf, name);
 	list_append(&w->users, &u->node);
 	return u;
 }
@@ -91,7 +97,7 @@ struct pool *pool_get(struct worker *w, struct database *db, const char *user)
 	struct pool *p = db->pools ? namehash_get(db->pools, user) : NULL;
 	if (p)
 		return p;
-	struct user *u = table(&db->pools) ? find_user(w, user) : NULL;
+	struct user *u = table(&db->pools) ? pool_find_user(w, user) : NULL;
 	p = u ? calloc(1, sizeof(*p)) : NULL;
 	if (!p)
 		return NULL;
@@ -130,7 +136,8 @@ bool pool_database_removable(struct worker *w, const struct database *db)
 	/* Routed names and backends are the route layer's; a paused or disabled one would come
 	 * back without its console state; an address lookup in flight holds the pointer. */
 	if (!db->from_wildcard || db->cluster || db->be || db->paused || db->disabled ||
-	    db->resolving || db->n_servers || (w->console && w->console->uses_database(w, db)))
+	    db->resolving || db->n_servers || db->n_clients ||
+	    (w->console && w->console->uses_database(w, db)))
 		return false;
 	bool unused = true;
 	if (db->pools)
@@ -193,37 +200,57 @@ bool pool_db_paused(const struct database *db)
 	return db->paused || (db->front && db->front->paused);
 }
 
-static int max_db_conns(const struct pool *p)
-{
-	return p->db->cf->max_db_connections >= 0 ? p->db->cf->max_db_connections
-						   : (int)p->w->cf->max_db_connections;
-}
-
-static int max_user_conns(const struct pool *p)
-{
-	const struct cfg_user *u = config_find_user(p->w->cf, p->user->name);
-	if (u && u->max_user_connections >= 0)
-		return u->max_user_connections;
-	return (int)p->w->cf->max_user_connections;
-}
-
 static bool login_retry_wait(const struct pool *p)
 {
 	return p->last_connect_failed &&
 	       p->w->now - p->last_connect_time < (uint64_t)p->w->cf->server_login_retry;
 }
 
-static bool can_open(const struct pool *p, bool reserve)
+static bool db_full(const struct pool *p)
+{
+	int max = pool_db_max_connections(p->w, p->db->cf);
+	return max > 0 && p->db->n_servers >= max;
+}
+
+static bool user_full(const struct pool *p)
+{
+	int max = pool_user_max_connections(p->w, p->user->cf);
+	return max > 0 && p->user->n_servers >= max;
+}
+
+/* max_db_connections / max_user_connections are full and p has clients waiting: PgBouncer
+ * closes the idle server that has been unused longest in another pool of the same database
+ * (by_db) or user, so that the waiting pool may open one.  True when one was closed. */
+static bool evict(struct pool *p, bool by_db)
+{
+	struct server *victim = NULL;
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &p->w->pools) {
+		struct pool *q = list_entry(it, struct pool, node);
+		if (q == p || (by_db ? q->db != p->db : q->user != p->user) || list_empty(&q->sv_idle))
+			continue;
+		/* the head of sv_idle has been idle longest */
+		struct server *sv = list_entry(q->sv_idle.next, struct server, node);
+		if (!victim || sv->last_used < victim->last_used)
+			victim = sv;
+	}
+	if (!victim)
+		return false;
+	server_close(victim, "evicted");
+	return true;
+}
+
+/* Whether p may open one more server now: within pool_size (plus the reserve when `reserve`),
+ * max_db_connections and max_user_connections, and not waiting out server_login_retry.  With
+ * `may_evict` (clients are waiting), a full database or user gets room by eviction. */
+static bool can_open(struct pool *p, bool reserve, bool may_evict)
 {
 	int limit = pool_size(p) + (reserve ? pool_reserve(p) : 0);
-	if (pool_servers(p) >= limit)
+	if (pool_servers(p) >= limit || login_retry_wait(p))
 		return false;
-	int maxdb = max_db_conns(p), maxuser = max_user_conns(p);
-	if (maxdb > 0 && p->db->n_servers >= maxdb)
+	if (db_full(p) && !(may_evict && evict(p, true) && !db_full(p)))
 		return false;
-	if (maxuser > 0 && p->user->n_servers >= maxuser)
-		return false;
-	return !login_retry_wait(p);
+	return !user_full(p) || (may_evict && evict(p, false) && !user_full(p));
 }
 
 /* Servers that will be idle within a round trip: logging in, being checked, or finishing
@@ -259,15 +286,17 @@ void pool_launch(struct pool *p)
 		pool_resolve(p->db, w);
 		return;
 	}
-	/* The reserve opens only for a client that has waited reserve_pool_timeout. */
-	bool reserve = false;
-	struct list *first = list_first(&p->cl_waiting);
-	if (first && pool_reserve(p) > 0) {
-		struct client *cl = list_entry(first, struct client, node);
-		reserve = worker_now() - cl->wait_start >= (uint64_t)w->cf->reserve_pool_timeout;
-	}
-	while (want > pending && can_open(p, reserve)) {
+	/* The reserve opens only for a client that has waited reserve_pool_timeout (0: never). */
+	struct client *first = list_empty(&p->cl_waiting) ? NULL
+			     : list_entry(p->cl_waiting.next, struct client, node);
+	bool reserve = first && pool_reserve(p) > 0 && w->cf->reserve_pool_timeout > 0 &&
+		       worker_now() - first->wait_start >= (uint64_t)w->cf->reserve_pool_timeout;
+	while (want > pending && can_open(p, reserve, true)) {
 		int before = pool_servers(p);
+		if (before >= pool_size(p)) {
+			char tag[256];
+			log_warn("%s taking connection from reserve_pool", client_tag(first, tag, sizeof(tag)));
+		}
 		server_connect(p);
 		if (pool_servers(p) == before)
 			break;
@@ -361,10 +390,36 @@ void pool_acquire(struct client *cl)
 void pool_grow_min(struct pool *p)
 {
 	struct worker *w = p->w;
-	if (w->shutdown || p->db->removed || !p->db->addr_ok)
+	if (w->shutdown || w->paused || p->db->removed || pool_db_paused(p->db))
 		return;
-	if (pool_servers(p) < pool_min_size(p) && can_open(p, false))
+	int cur = pool_servers(p);
+	if (cur >= pool_min_size(p) || cur >= pool_size(p))
+		return;
+	/* As PgBouncer: only for a pool in use, or one whose entry forces the user. */
+	if (!p->n_cl[CL_ACTIVE] && !p->n_cl[CL_WAITING] && !p->n_cl[CL_WAITING_LOGIN] &&
+	    !p->db->cf->user)
+		return;
+	if (p->db->be && !w->router->may_connect(p->db))
+		return;
+	if (!p->db->addr_ok) {
+		pool_resolve(p->db, w);
+		return;
+	}
+	/* never by eviction: a minimum is not worth another pool's server */
+	if (can_open(p, false, false))
 		server_connect(p);
+}
+
+void pool_open_forced_pools(struct worker *w)
+{
+	for (const struct cfg_db *e = w->cf->dbs; e; e = e->next) {
+		if (!e->user || strcmp(e->name, "*") == 0 || e->cluster ||
+		    (e->min_pool_size >= 0 ? e->min_pool_size : w->cf->min_pool_size) <= 0)
+			continue;
+		struct database *db = pool_find_database(w, e->name);
+		if (db && !db->cluster)
+			pool_get(w, db, e->user);
+	}
 }
 
 void pool_serve_waiters(struct pool *p)
@@ -614,6 +669,11 @@ static void mark_servers_for_close(struct worker *w, struct database *db)
 void pool_apply_config(struct worker *w)
 {
 	struct list *it, *tmp;
+	/* users point at their entries in the new snapshot (the old one is freed after this) */
+	list_for_each_safe(it, tmp, &w->users) {
+		struct user *u = list_entry(it, struct user, node);
+		u->cf = config_find_user(w->cf, u->name);
+	}
 	list_for_each_safe(it, tmp, &w->databases) {
 		struct database *db = list_entry(it, struct database, node);
 		const struct cfg_db *e = config_find_db(w->cf, db->name);
@@ -648,6 +708,7 @@ void pool_apply_config(struct worker *w)
 				p->last_connect_failed = false;
 		}
 	}
+	pool_open_forced_pools(w);
 	pool_serve_all(w);
 }
 

@@ -10,7 +10,7 @@
 
 int pool_mode(const struct pool *p)
 {
-	const struct cfg_user *u = config_find_user(p->w->cf, p->user->name);
+	const struct cfg_user *u = p->user->cf;
 	if (u && u->pool_mode >= 0)
 		return u->pool_mode;
 	if (p->db->cf->pool_mode >= 0)

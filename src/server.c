@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
 
 #include <openssl/crypto.h>
 
@@ -280,6 +282,45 @@ static void cancel_done(struct cancel_req *cr, const char *why)
 		pool_server_ready(sv);
 }
 
+/* "ip:port" of a socket's own end (local) or its peer; "" when unknown or not TCP. */
+static void sock_name(int fd, bool local, char *buf, size_t len)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char ip[INET6_ADDRSTRLEN] = "";
+	int port = 0;
+	buf[0] = 0;
+	if ((local ? getsockname(fd, (struct sockaddr *)&ss, &sl)
+		   : getpeername(fd, (struct sockaddr *)&ss, &sl)) < 0)
+		return;
+	if (ss.ss_family == AF_INET) {
+		inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip, sizeof(ip));
+		port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+	} else if (ss.ss_family == AF_INET6) {
+		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, ip, sizeof(ip));
+		port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+	} else {
+		return;
+	}
+	snprintf(buf, len, "%s:%d", ip, port);
+}
+
+/* PgBouncer's line for a connected server socket, which scripts grep: over TCP
+ * "db/user@host:port new connection to server (from local:port)". */
+static void log_connected(struct server *sv)
+{
+	char tag[256], peer[INET6_ADDRSTRLEN + 8], local[INET6_ADDRSTRLEN + 8];
+	if (!sv->pool->w->cf->log_connections)
+		return;
+	server_tag(sv, tag, sizeof(tag));
+	sock_name(sv->c.fd, false, peer, sizeof(peer));
+	sock_name(sv->c.fd, true, local, sizeof(local));
+	if (peer[0] && local[0])
+		log_info("%s@%s new connection to server (from %s)", tag, peer, local);
+	else
+		log_info("%s new connection to server", tag);
+}
+
 bool server_on_writable(struct conn *c)
 {
 	if (c->kind == CONN_CANCEL) {
@@ -299,6 +340,7 @@ bool server_on_writable(struct conn *c)
 		login_failed(sv, msg, "08006");
 		return true;
 	}
+	log_connected(sv);
 	/* As libpq: TLS is asked for over TCP unless sslmode is disable or allow. */
 	enum tls_mode mode = tls_mode_of(sv->pool->db->cf->sslmode);
 	if (mode >= TLS_PREFER && sv->pool->db->addr.ss_family != AF_UNIX) {
@@ -594,7 +636,7 @@ static void login_done(struct server *sv)
 	}
 	if (p->w->cf->log_connections) {
 		char tag[256];
-		log_info("%s new server connection", server_tag(sv, tag, sizeof(tag)));
+		log_debug("%s server login complete", server_tag(sv, tag, sizeof(tag)));
 	}
 	p->last_connect_failed = false;
 	p->error_logged = false;
@@ -699,7 +741,7 @@ static void internal_done(struct server *sv)
 	} else if (sv->state == SV_LOGIN) {
 		char tag[256];
 		if (sv->pool->w->cf->log_connections)
-			log_info("%s new server connection", server_tag(sv, tag, sizeof(tag)));
+			log_debug("%s server login complete", server_tag(sv, tag, sizeof(tag)));
 		sv->pool->last_connect_failed = false;
 		sv->pool->error_logged = false;
 		pool_server_ready(sv);

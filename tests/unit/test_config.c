@@ -644,13 +644,60 @@ static void test_pgbouncer_alias_and_warnings(void **state)
 	assert_int_equal(rc, 0);
 	assert_int_equal(count(out, "PgBouncer database key \"server_lifetime\""), 1);
 	assert_int_equal(count(out, "PgBouncer database key \"auth_dbname\""), 1);
-	assert_int_equal(count(out, "PgBouncer user key \"pool_size\""), 1);
+	assert_int_equal(count(out, "\"pool_size\""), 0);   /* a [users] key pgmux implements */
+	assert_int_equal(config_find_user(cf, "u")->pool_size, 3);
 	assert_int_equal(config_find_user(cf, "u")->pool_mode, POOL_STATEMENT);
 	assert_null(strstr(config_find_db(cf, "d")->conninfo, "server_lifetime"));
 	free(out);
 	config_free(cf);
 	unlink(tpath);
 	free(tpath);
+}
+
+/* The per-database and per-user limits: parsed where PgBouncer has them, -1 when unset. */
+static void test_limit_keys(void **state)
+{
+	char err[512];
+	struct config *cf = NULL;
+	char *path = write_temp("[databases]\n"
+				"a = host=x max_db_client_connections=5 reserve_pool=2 max_db_connections=3\n"
+				"b = host=x reserve_pool_size=4\n"
+				"[users]\n"
+				"u = pool_size=1 reserve_pool_size=2 max_user_client_connections=3 "
+				"max_user_connections=4\n"
+				"v =\n"
+				"[pgmux]\nmax_db_client_connections = 7\nmax_user_client_connections = 8\n");
+	assert_int_equal(config_load(path, &cf, err, sizeof(err)), 0);
+	const struct cfg_db *a = config_find_db(cf, "a"), *b = config_find_db(cf, "b");
+	assert_int_equal(a->max_db_client_connections, 5);
+	assert_int_equal(a->reserve_pool, 2);
+	assert_int_equal(a->max_db_connections, 3);
+	assert_int_equal(b->max_db_client_connections, -1);
+	assert_int_equal(b->reserve_pool, 4);
+	const struct cfg_user *u = config_find_user(cf, "u"), *v = config_find_user(cf, "v");
+	assert_int_equal(u->pool_size, 1);
+	assert_int_equal(u->reserve_pool_size, 2);
+	assert_int_equal(u->max_user_client_connections, 3);
+	assert_int_equal(u->max_user_connections, 4);
+	assert_int_equal(v->pool_size, -1);
+	assert_int_equal(v->reserve_pool_size, -1);
+	assert_int_equal(v->max_user_client_connections, -1);
+	assert_int_equal(cf->max_db_client_connections, 7);
+	assert_int_equal(cf->max_user_client_connections, 8);
+	/* both general keys change at run time (the console's SET) */
+	assert_int_equal(config_set(cf, "max_db_client_connections", "2", err, sizeof(err)), 0);
+	assert_int_equal(config_set(cf, "max_user_client_connections", "0", err, sizeof(err)), 0);
+	assert_int_equal(cf->max_db_client_connections, 2);
+	assert_int_equal(config_set(cf, "max_user_client_connections", "-1", err, sizeof(err)), -1);
+	config_free(cf);
+	unlink(path);
+	free(path);
+	/* a count is a non-negative number */
+	path = write_temp("[users]\nu = pool_size=-1\n");
+	assert_int_equal(config_load(path, &cf, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "pool_size"));
+	unlink(path);
+	free(path);
 }
 
 static void check_not_a_table_key(const char *name, void *arg)
@@ -1156,6 +1203,7 @@ int main(void)
 		cmocka_unit_test(test_open_error),
 		cmocka_unit_test(test_long_lines),
 		cmocka_unit_test(test_pgbouncer_alias_and_warnings),
+		cmocka_unit_test(test_limit_keys),
 		cmocka_unit_test(test_unsupported_list_disjoint),
 		cmocka_unit_test(test_sections_and_keys_ignore_case),
 		cmocka_unit_test(test_known_sections_may_be_empty),
