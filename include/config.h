@@ -8,7 +8,9 @@
 #include <stdio.h>
 
 enum pool_mode { POOL_SESSION = 0, POOL_TRANSACTION, POOL_STATEMENT };
-enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM };
+/* AUTH_CERT: the client's TLS certificate (client_tls_sslmode verify-ca/verify-full) names
+ * the user in its Common Name; no password is asked. */
+enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM, AUTH_CERT };
 
 /* Value kinds of general keys.  CF_USEC values are written in seconds (fractions allowed, as
  * PgBouncer reads them) and stored in microseconds.  CF_SIZE accepts a plain byte count or
@@ -86,6 +88,13 @@ enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH, CF_R
 	X(CF_STR,  client_tls13_ciphers,      "",            true)  \
 	X(CF_STR,  client_tls_ecdhcurve,      "auto",        true)  \
 	X(CF_STR,  client_tls_dheparams,      "auto",        true)  \
+	X(CF_STR,  server_tls_sslmode,        "prefer",      true)  \
+	X(CF_STR,  server_tls_ca_file,        "",            true)  \
+	X(CF_STR,  server_tls_key_file,       "",            true)  \
+	X(CF_STR,  server_tls_cert_file,      "",            true)  \
+	X(CF_STR,  server_tls_protocols,      "secure",      true)  \
+	X(CF_STR,  server_tls_ciphers,        "default",     true)  \
+	X(CF_STR,  server_tls13_ciphers,      "",            true)  \
 	X(CF_USEC, stats_period,              "60",          true)  \
 	X(CF_REAL, saturation_warn,           "0.8",         true)  \
 	X(CF_USEC, saturation_warn_after,     "60",          true)  \
@@ -240,7 +249,7 @@ const char *config_auth_type_name(int type);
 
 /* True for a PgBouncer general key that pgmux does not implement yet: a file may name it (one
  * warning, no effect; refused only where ignoring it would weaken security, such as
- * server_tls_sslmode = require), but config_set refuses it. */
+ * user = someone-else), but config_set refuses it. */
 bool config_key_unsupported(const char *name);
 
 /* Walks those PgBouncer-only general keys: calls fn(name, arg) for each. */

@@ -139,6 +139,7 @@ struct database {
 	bool resolving;
 	uint64_t resolved_at;
 	struct ssl_ctx_st *ssl_ctx;  /* TLS context for its servers, made on first use */
+	char *tls_sig;              /* its servers' TLS settings (tls_db_signature), to see a change */
 	int n_servers;              /* across its pools, for max_db_connections */
 	int n_clients;              /* logged-in clients, for max_db_client_connections */
 	bool paused;                /* console PAUSE db / KILL db: no new server links until RESUME */

@@ -30,4 +30,8 @@ bool pstext_drops_all(const char *q, const char *end);
  * renamed to one it drops.  False when the text does not end at its NUL. */
 bool pstext_query_drops_all(const char *text, size_t n);
 
+/* Replaces, in place, every byte of s that is not printable ASCII with '?', so that a name a
+ * client chose cannot forge or break a log line; returns s. */
+char *pstext_printable(char *s);
+
 #endif

@@ -13,6 +13,15 @@ enum tls_mode { TLS_DISABLE = 0, TLS_ALLOW, TLS_PREFER, TLS_REQUIRE, TLS_VERIFY_
 /* libpq's sslmode for a backend entry (NULL means libpq's default, prefer). */
 enum tls_mode tls_mode_of(const char *sslmode);
 
+/* The sslmode a database's servers are connected with: its entry's sslmode, else the general
+ * server_tls_sslmode. */
+enum tls_mode tls_db_mode(const struct database *db);
+
+/* Every setting that decides how the servers of entry d (under cf) are connected with TLS, as
+ * one malloc'd string (NULL when out of memory): when it changes on RELOAD or SET, the servers
+ * made with the old settings are closed. */
+char *tls_db_signature(const struct config *cf, const struct cfg_db *d);
+
 /* Starts a client-side TLS session on c (already connected, SSLRequest answered 'S').
  * Returns 0, or -1 with err filled (context or certificate files unusable). */
 int tls_client_start(struct conn *c, struct database *db, char *err, size_t errlen);
@@ -43,6 +52,11 @@ int tls_server_start(struct conn *c, const struct tls_server *ts, char *err, siz
 /* PgBouncer's description of a session ("TLSv1.3/TLS_AES_256_GCM_SHA384/ECDH=X25519") in buf,
  * or "" for a plain connection or one still in its handshake.  Returns buf. */
 const char *tls_describe(const struct conn *c, char *buf, size_t len);
+
+/* The Common Name of the certificate a TLS client presented and the handshake verified, into
+ * buf (NUL-terminated): true; false when there is none, it did not verify, or the name does
+ * not fit or holds a NUL byte (which could pass for a shorter name). */
+bool tls_peer_common_name(const struct conn *c, char *buf, size_t len);
 
 /* ---- both sides ---- */
 

@@ -416,22 +416,23 @@ static enum admin_rc cmd_set(struct admin_ctx *x)
 	}
 	val[m] = 0;
 	char err[512];
-	/* A TLS key is only set once a context with it loads; else the old value comes back
-	 * (sized for a file path from the ini, which may be longer than a console command). */
-	bool tls_key = !strncmp(key, "client_tls", 10);
-	char old[8192] = "";
-	if (tls_key)
-		config_value_text(x->w->cf, key, old, sizeof(old));
 	if (config_set(x->w->cf, key, val, err, sizeof(err)) < 0) {
 		admin_error(x, config_key_unsupported(key) ? "0A000" : "42704", "%s", err);
 		return ADMIN_ERR;
 	}
-	if (tls_key && tls_server_reconfigure(x->w, err, sizeof(err)) < 0) {
-		char ignored[64];
-		config_set(x->w->cf, key, old, ignored, sizeof(ignored));
-		admin_error(x, "22023", "%s", err);
-		return ADMIN_ERR;
+	/* As PgBouncer: the value is taken even when TLS cannot be built from it yet (a new key
+	 * before its certificate); clients keep the last working TLS setup, and the admin
+	 * hears why in a notice and the log. */
+	if (!strncasecmp(key, "client_tls", 10) && tls_server_reconfigure(x->w, err, sizeof(err)) < 0) {
+		log_error("TLS setup failed: %s; clients keep the previous TLS settings", err);
+		char note[600];
+		snprintf(note, sizeof(note), "TLS settings could not be applied, still using the old "
+			 "configuration: %s", err);
+		proto_notice(x->o, "01000", note);
 	}
+	/* Servers connected under other TLS settings are closed as they come free. */
+	if (!strncasecmp(key, "server_tls", 10))
+		pool_apply_config(x->w);
 	if (!strcmp(key, "verbose") && x->w->cf->verbose > log_verbosity)
 		log_verbosity = (int)x->w->cf->verbose;
 	log_info("console: SET %s = '%s'", key, val);

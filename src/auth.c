@@ -12,6 +12,7 @@
 #include "pool_info.h"
 #include "pwcrypt.h"
 #include "sbuf.h"
+#include "tls.h"
 #include "userlist.h"
 
 enum auth_step { AUTH_WAIT_PLAIN, AUTH_WAIT_MD5, AUTH_WAIT_SASL_INIT, AUTH_WAIT_SASL_RESP };
@@ -132,6 +133,20 @@ void auth_start(struct client *cl)
 
 	if (type == AUTH_ANY || (type == AUTH_TRUST && (!w->ul || secret))) {
 		client_auth_ok(cl);
+		return;
+	}
+	if (type == AUTH_CERT) {
+		/* The handshake already checked the chain (verify-ca/verify-full); the login is
+		 * the Common Name, compared whole. */
+		char cn[256];
+		if (tls_peer_common_name(&cl->c, cn, sizeof(cn)) && strcmp(cn, cl->user_name) == 0) {
+			client_auth_ok(cl);
+			return;
+		}
+		char msg[400];
+		snprintf(msg, sizeof(msg), "certificate authentication failed for user \"%s\"",
+			 cl->user_name);
+		client_close(cl, msg, "28000");
 		return;
 	}
 	if (type == AUTH_TRUST) {

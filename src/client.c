@@ -812,7 +812,11 @@ static void forward_loop(struct client *cl)
 		const uint8_t *h = b->data + b->scan;
 		char type = (char)h[0];
 		uint32_t len = proto_get32(h + 1);
-		if (len < 4 || len > proto_max_msg_len(type)) {
+		/* A Close or Describe of a named statement beyond PostgreSQL's small-message limit
+		 * (a long name) may be one statement tracking renames: it is checked again below,
+		 * where it would reach the server as it is. */
+		bool renamable = (type == 'C' || type == 'D') && cl->pool && ps_enabled(cl->pool);
+		if (len < 4 || (len > proto_max_msg_len(type) && !renamable)) {
 			/* PostgreSQL would drop the connection for it: refusing it here keeps the
 			 * server connection, which other clients share, alive. */
 			client_close(cl, "invalid message length", "08P01");
@@ -903,6 +907,10 @@ static void forward_loop(struct client *cl)
 			h = b->data + b->scan;
 			avail = b->end - b->scan;
 			total = proto_get32(h + 1) + 1;
+		}
+		if (__builtin_expect(len > proto_max_msg_len(type), 0)) {
+			client_close(cl, "invalid message length", "08P01");   /* not renamed after all */
+			return;
 		}
 		if (type == 'X') {
 			/* Forward what came before; the Terminate itself is pgmux's to consume, so a

@@ -62,6 +62,8 @@ static const struct key_rule {
 	{ "client_tls_sslmode", 0,  0,         false, cf_check_sslmode },
 	{ "client_tls_protocols", 0, 0,        false, cf_check_tls_protocols },
 	{ "client_tls_dheparams", 0, 0,        false, cf_check_dheparams },
+	{ "server_tls_sslmode", 0,  0,         false, cf_check_sslmode },
+	{ "server_tls_protocols", 0, 0,        false, cf_check_tls_protocols },
 };
 
 static const struct key_rule default_rule = { NULL, 0, INT32_MAX, false, NULL };
@@ -118,13 +120,6 @@ static const struct later_key {
 	{ "tcp_defer_accept", NULL },
 	{ "tcp_socket_buffer", NULL },
 	{ "tcp_user_timeout", NULL },
-	{ "server_tls_sslmode", cf_only_disable },
-	{ "server_tls_ca_file", NULL },
-	{ "server_tls_key_file", NULL },
-	{ "server_tls_cert_file", NULL },
-	{ "server_tls_protocols", NULL },
-	{ "server_tls_ciphers", NULL },
-	{ "server_tls13_ciphers", NULL },
 };
 
 static const struct later_key *find_later_key(const char *name)
@@ -480,7 +475,13 @@ static void finish(struct cf_parse *ps)
 		}
 	}
 
-	if (cf->auth_type != AUTH_ANY && !*cf->auth_file)
+	/* Without verify-ca/verify-full no certificate is asked for, so nobody could log in. */
+	if (cf->auth_type == AUTH_CERT && strncasecmp(mode, "verify-", 7) != 0) {
+		cf_fail_at(ps, key_line(ps, "auth_type"), "auth_type = cert needs client_tls_sslmode "
+			   "verify-ca or verify-full (the certificate is only asked for then)");
+		return;
+	}
+	if (cf->auth_type != AUTH_ANY && cf->auth_type != AUTH_CERT && !*cf->auth_file)
 		log_warn("%s: auth_type %s without auth_file: no user will be able to log in",
 			 ps->file, config_auth_type_name(cf->auth_type));
 }

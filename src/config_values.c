@@ -59,12 +59,12 @@ static const struct name_val mode_names[] = {
 
 static const struct name_val auth_names[] = {
 	{ "trust", AUTH_TRUST }, { "any", AUTH_ANY }, { "plain", AUTH_PLAIN },
-	{ "md5", AUTH_MD5 }, { "scram-sha-256", AUTH_SCRAM },
+	{ "md5", AUTH_MD5 }, { "scram-sha-256", AUTH_SCRAM }, { "cert", AUTH_CERT },
 };
 
-/* PgBouncer auth types that need machinery pgmux does not have yet (hba rules, client
- * certificates, PAM, LDAP); naming them gives a better message than "invalid value". */
-static const char *const auth_later[] = { "hba", "cert", "pam", "ldap" };
+/* PgBouncer auth types that need machinery pgmux does not have yet (hba rules, PAM, LDAP);
+ * naming them gives a better message than "invalid value". */
+static const char *const auth_later[] = { "hba", "pam", "ldap" };
 
 static const struct name_val bool_names[] = {
 	{ "1", 1 }, { "0", 0 }, { "on", 1 }, { "off", 0 },
@@ -191,15 +191,6 @@ bool cf_check_listen(const char *value, char *why, size_t whylen)
 	char host[256];
 	int port;
 	return !*value || config_parse_hostport(value, host, sizeof(host), &port, why, whylen);
-}
-
-bool cf_only_disable(const char *value, char *why, size_t whylen)
-{
-	if (!*value || strcasecmp(value, "disable") == 0)
-		return true;
-	snprintf(why, whylen, "pgmux cannot do what it asks yet, and ignoring it would drop TLS; "
-		 "remove it or set it to \"disable\"");
-	return false;
 }
 
 /* client_tls_sslmode and an entry's sslmode: libpq's names.  Empty is refused rather than read
@@ -429,8 +420,8 @@ bool cf_parse_auth(const char *s, int *out, char *why, size_t whylen)
 		return true;
 	if (cf_in_list(auth_later, ARRAY_LEN(auth_later), s))
 		snprintf(why, whylen, "PgBouncer's auth_type %s is not supported by pgmux yet "
-			 "(supported: trust, any, plain, md5, scram-sha-256)", s);
+			 "(supported: trust, any, plain, md5, scram-sha-256, cert)", s);
 	else
-		snprintf(why, whylen, "expected trust, any, plain, md5 or scram-sha-256");
+		snprintf(why, whylen, "expected trust, any, plain, md5, scram-sha-256 or cert");
 	return false;
 }

@@ -157,9 +157,10 @@ static int check_writable(const char *path, const char *key, const char *file)
  * --check: what a start would refuse, found without starting (nothing is bound, logged to a
  * file or written): the file's syntax and values (config_load, which also parses every
  * connection string through libpq), the auth_file, the client TLS key, certificate and CA (built
- * into a context as RELOAD would), each database's TLS files, and where the logfile and pidfile
- * go.  Prints every problem as "file:line: reason" or "file: key: reason" on stderr and returns
- * the exit code: 0 when pgmux would start with this file, 1 when not.
+ * into a context as RELOAD would), the server_tls_* files and each database's TLS files, and
+ * where the logfile and pidfile go.  Prints every problem as "file:line: reason" or
+ * "file: key: reason" on stderr and returns the exit code: 0 when pgmux would start with this
+ * file, 1 when not.
  */
 static int check_config(const char *path)
 {
@@ -182,6 +183,9 @@ static int check_config(const char *path)
 		bad++;
 	}
 	tls_server_free(ts);
+	bad += check_file(path, "server_tls_ca_file", cf->server_tls_ca_file, R_OK);
+	bad += check_file(path, "server_tls_cert_file", cf->server_tls_cert_file, R_OK);
+	bad += check_file(path, "server_tls_key_file", cf->server_tls_key_file, R_OK);
 	for (const struct cfg_db *db = cf->dbs; db; db = db->next) {
 		char key[300];
 		snprintf(key, sizeof(key), "database %s", db->name);

@@ -155,6 +155,16 @@ static char *monitor_conninfo(const struct monitor *m)
 		put_pair(out, "password", cf->monitor_password);
 	if (!e->application_name)
 		fputs(" application_name='pgmux monitor'", out);
+	/* The servers' TLS settings where the entry has none (server_tls_*): the monitor's login,
+	 * password included, is protected as the servers' are. */
+	if (!e->sslmode)
+		put_pair(out, "sslmode", cf->server_tls_sslmode);
+	if (!e->sslrootcert && *cf->server_tls_ca_file)
+		put_pair(out, "sslrootcert", cf->server_tls_ca_file);
+	if (!e->sslcert && *cf->server_tls_cert_file) {
+		put_pair(out, "sslcert", cf->server_tls_cert_file);
+		put_pair(out, "sslkey", cf->server_tls_key_file);
+	}
 	/* A name libpq would resolve with a blocking lookup: use the address pgmux resolved. */
 	char ip[INET6_ADDRSTRLEN];
 	if (db->addr_ok && e->host && e->host[0] != '/') {

@@ -226,7 +226,7 @@ int pgmux_reload(struct worker *w)
 	 * the files are read again even when their names did not change (rotation). */
 	struct tls_server *ts = NULL;
 	if (tls_server_new(cf, &ts, err, sizeof(err)) < 0) {
-		log_error("reload failed, keeping the old configuration: %s", err);
+		log_error("TLS setup failed: reload failed, keeping the old configuration: %s", err);
 		if (ul)
 			userlist_free(ul);
 		config_free(cf);

@@ -58,8 +58,10 @@ struct database *pool_find_database(struct worker *w, const char *name)
 	db->last_used = worker_now();
 	db->cf = config_db_dup(e);
 	db->from_wildcard = strcmp(e->name, "*") == 0 && strcmp(name, "*") != 0;
-	if (!db->name || !db->cf || !namehash_put(w->db_names, db->name, db)) {
+	db->tls_sig = tls_db_signature(w->cf, e);
+	if (!db->name || !db->cf || !db->tls_sig || !namehash_put(w->db_names, db->name, db)) {
 		free(db->name);
+		free(db->tls_sig);
 		config_db_free(db->cf);
 		free(db);
 		return NULL;
@@ -185,6 +187,7 @@ void pool_free_database(struct database *db)
 		namehash_each(db->pools, pool_free, db->w);
 	namehash_free(db->pools);
 	tls_db_free(db);
+	free(db->tls_sig);
 	config_db_free(db->cf);
 	free(db->name);
 	free(db);
@@ -692,14 +695,20 @@ void pool_apply_config(struct worker *w)
 		bool moved = !str_eq(copy->host, db->cf->host) || copy->port != db->cf->port ||
 			     !str_eq(copy->dbname, db->cf->dbname) || !str_eq(copy->user, db->cf->user) ||
 			     !str_eq(copy->password, db->cf->password) || !str_eq(copy->sslmode, db->cf->sslmode);
+		/* Servers made under other TLS settings (server_tls_* or the entry's ssl keys) go, as
+		 * in PgBouncer; unchanged settings keep them even though the files are read again. */
+		char *sig = tls_db_signature(w->cf, copy);
+		bool tls_changed = !sig || !db->tls_sig || strcmp(sig, db->tls_sig) != 0;
+		free(db->tls_sig);
+		db->tls_sig = sig;
 		config_db_free(db->cf);
 		db->cf = copy;
 		tls_db_free(db);   /* certificate files may have changed: reload on next use */
 		db->removed = false;
-		if (moved) {
+		if (moved)
 			db->addr_ok = false;
+		if (moved || tls_changed)
 			mark_servers_for_close(w, db);
-		}
 		/* A changed entry deserves a fresh try, not the old login_retry wait. */
 		struct list *pi, *pt;
 		list_for_each_safe(pi, pt, &w->pools) {

@@ -12,6 +12,7 @@
 #include "client.h"
 #include "log.h"
 #include "pool_info.h"
+#include "pshash.h"
 #include "pstext.h"
 #include "sbuf.h"
 #include "server.h"
@@ -76,7 +77,7 @@ struct ps_sent {
 	struct ps_sent *next;
 	struct list lru;
 	struct ps_stmt *st;
-	uint32_t hash;             /* ptr_hash(st), for grow_tab */
+	uint32_t hash;             /* ptr_hash(st), for pshash_grow */
 	bool stale;                /* its plan went bad: close and parse again before use */
 	bool confirmed;            /* its ParseComplete came back */
 	uint32_t block;            /* the sync block its Parse went in */
@@ -122,15 +123,6 @@ struct ps_server {
 	bool skipping;             /* the server had an error and skips until a Sync not yet sent */
 };
 
-static uint32_t hash_bytes(const void *p, size_t n)
-{
-	const uint8_t *s = p;
-	uint32_t h = 2166136261u;
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ s[i]) * 16777619u;
-	return h;
-}
-
 bool ps_enabled(const struct pool *p)
 {
 	return p->w->cf->max_prepared_statements > 0 && pool_mode(p) != POOL_SESSION;
@@ -163,33 +155,12 @@ static struct ps_global *global(struct worker *w)
 	return w->ps;
 }
 
-static void grow_tab(void ***tabp, uint32_t *mask, size_t next_off, size_t hash_off)
-{
-	uint32_t n = (*mask + 1) * 2;
-	void **tab = calloc(n, sizeof(*tab));
-	if (!tab)
-		return;
-	for (uint32_t i = 0; i <= *mask; i++) {
-		void *e = (*tabp)[i];
-		while (e) {
-			void *next = *(void **)((char *)e + next_off);
-			uint32_t h = *(uint32_t *)((char *)e + hash_off);
-			*(void **)((char *)e + next_off) = tab[h & (n - 1)];
-			tab[h & (n - 1)] = e;
-			e = next;
-		}
-	}
-	free(*tabp);
-	*tabp = tab;
-	*mask = n - 1;
-}
-
 static struct ps_stmt *stmt_intern(struct worker *w, const uint8_t *body, uint32_t len)
 {
 	struct ps_global *g = global(w);
 	if (!g)
 		return NULL;
-	uint32_t h = hash_bytes(body, len);
+	uint32_t h = pshash_bytes(body, len);
 	for (struct ps_stmt *s = g->tab[h & g->mask]; s; s = s->next)
 		if (s->hash == h && s->len == len && memcmp(s->body, body, len) == 0)
 			return s;
@@ -210,7 +181,7 @@ static struct ps_stmt *stmt_intern(struct worker *w, const uint8_t *body, uint32
 	s->len = len;
 	memcpy(s->body, body, len);
 	if (g->n > g->mask)
-		grow_tab((void ***)&g->tab, &g->mask, offsetof(struct ps_stmt, next), offsetof(struct ps_stmt, hash));
+		pshash_grow((void ***)&g->tab, &g->mask, offsetof(struct ps_stmt, next), offsetof(struct ps_stmt, hash));
 	s->next = g->tab[h & g->mask];
 	g->tab[h & g->mask] = s;
 	g->n++;
@@ -286,7 +257,7 @@ static bool cname_add(struct client *cl, const char *name, uint32_t h, struct ps
 	e->doomed = false;
 	stmt_ref(st);
 	if (cl->ps->n > cl->ps->mask)
-		grow_tab((void ***)&cl->ps->tab, &cl->ps->mask, offsetof(struct ps_cname, next),
+		pshash_grow((void ***)&cl->ps->tab, &cl->ps->mask, offsetof(struct ps_cname, next),
 			 offsetof(struct ps_cname, hash));
 	e->next = cl->ps->tab[h & cl->ps->mask];
 	cl->ps->tab[h & cl->ps->mask] = e;
@@ -408,7 +379,7 @@ static bool sent_add(struct ps_server *ps, struct ps_stmt *st)
 	stmt_ref(st);
 	e->hash = ptr_hash(st);
 	if (ps->n + 1 > ps->mask * 2)
-		grow_tab((void ***)&ps->tab, &ps->mask, offsetof(struct ps_sent, next),
+		pshash_grow((void ***)&ps->tab, &ps->mask, offsetof(struct ps_sent, next),
 			 offsetof(struct ps_sent, hash));
 	e->next = ps->tab[e->hash & ps->mask];
 	ps->tab[e->hash & ps->mask] = e;
@@ -532,7 +503,7 @@ static bool make_room(struct server *sv, struct ps_server *ps)
 	while ((int64_t)ps->n >= max && !list_empty(&ps->lru)) {
 		struct ps_sent *old = list_entry(ps->lru.next, struct ps_sent, lru);
 		put_close(sv->c.w, &sv->c.out, old->st);
-		if (!push(ps, PSR_CLOSE_HIDDEN, NULL))
+		if (!push(ps, PSR_CLOSE_HIDDEN, old->st))   /* st: see close_queued */
 			return false;
 		sent_del(sv->c.w, ps, old);
 	}
@@ -574,7 +545,7 @@ static uint32_t name_key(const char *name, char *key)
 	size_t n = strnlen(name, PS_NAME_MAX);
 	memcpy(key, name, n);
 	key[n] = '\0';
-	return hash_bytes(key, n);
+	return pshash_bytes(key, n);
 }
 
 uint64_t ps_client_bytes(const struct client *cl)
@@ -816,6 +787,8 @@ static enum hook_rc client_parse(struct client *cl, struct ps_server *ps, uint32
 	if (dup) {
 		char msg[300];
 		snprintf(msg, sizeof(msg), "prepared statement \"%s\" already exists", name);
+		log_info("C-%llu prepared statement '%s' was already prepared", (unsigned long long)c->id,
+			 pstext_printable(name));   /* PgBouncer's words; the client gets PostgreSQL's */
 		return refuse_msg(cl, ps, total, avail, "42P05", msg);
 	}
 	if (cl->ps && cl->ps->n >= PS_CLIENT_MAX) {
@@ -939,8 +912,7 @@ static enum hook_rc client_uses_stmt(struct client *cl, struct ps_server *ps, ch
 		return HOOK_STOP;
 	}
 	if (!*name) {
-		if (type == 'B')
-			cl->pool->bind_count++;
+		/* bind_count is PgBouncer's: Binds of named statements only */
 		if (!push(ps, type == 'B' ? PSR_BIND : PSR_DESCRIBE, NULL))
 			goto oom;
 		return HOOK_FORWARD;
@@ -1272,6 +1244,10 @@ static void drop_head(struct server *sv, struct ps_server *ps)
 		if (e)
 			e->stale = true;
 	}
+	/* A skipped eviction Close leaves the statement on the server, unknown to pgmux: it is
+	 * known again as stale, so that its next Parse is preceded by a Close, not refused 42P05. */
+	if (r->kind == PSR_CLOSE_HIDDEN && r->st && !sent_find(ps, r->st) && sent_add(ps, r->st))
+		sent_find(ps, r->st)->stale = true;
 	if (r->kind == PSR_QUERY)
 		query_done(sv, r);
 	/* a skipped Parse leaves no name; a skipped DEALLOCATE (a Query's cname) keeps it */
@@ -1345,6 +1321,18 @@ static bool tag_is(const uint8_t *body, uint32_t blen, const char *tag)
 	return blen >= n && memcmp(body, tag, n) == 0;
 }
 
+/* An eviction (make_room) forgets a statement when it sends the Close; a Parse of it still in
+ * flight must not bring it back when its ParseComplete arrives: the Close behind it runs. */
+static bool close_queued(const struct ps_server *ps, const struct ps_stmt *st)
+{
+	for (uint32_t i = 1; i < ps->qn; i++) {
+		const struct ps_req *q = &ps->q[(ps->qhead + i) & (ps->qcap - 1)];
+		if (q->kind == PSR_CLOSE_HIDDEN && q->st == st)
+			return true;
+	}
+	return false;
+}
+
 enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body, uint32_t blen,
 				 bool whole)
 {
@@ -1362,7 +1350,7 @@ enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body
 	case '1':
 		if ((r->kind == PSR_PARSE_HIDDEN || r->kind == PSR_PARSE) && r->st) {
 			struct ps_sent *e = sent_find(ps, r->st);
-			if (!e && sent_add(ps, r->st))
+			if (!e && !close_queued(ps, r->st) && sent_add(ps, r->st))
 				e = sent_find(ps, r->st);   /* forgotten meanwhile (DISCARD ALL) but parsed after */
 			if (e)
 				e->confirmed = true;

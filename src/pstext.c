@@ -103,3 +103,11 @@ bool pstext_query_drops_all(const char *text, size_t n)
 		return false;
 	return pstext_drops_all(text, text + n - 1);
 }
+
+char *pstext_printable(char *s)
+{
+	for (char *p = s; *p; p++)
+		if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
+			*p = '?';
+	return s;
+}

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include <arpa/inet.h>
+
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
@@ -41,44 +43,113 @@ static void ssl_err(char *err, size_t errlen, const char *what)
 	ERR_clear_error();
 }
 
+/* What one database's servers are connected with: the entry's libpq keywords where it has
+ * them, else the general server_tls_* keys (PgBouncer's only way to say it). */
+struct db_tls {
+	enum tls_mode mode;
+	const char *ca, *cert, *key, *protocols, *ciphers, *tls13;
+};
+
+static const char *pick(const char *entry, const char *general)
+{
+	return entry && *entry ? entry : general ? general : "";
+}
+
+static struct db_tls db_tls_of(const struct config *cf, const struct cfg_db *d)
+{
+	struct db_tls t;
+	t.mode = tls_mode_of(pick(d->sslmode, cf ? cf->server_tls_sslmode : NULL));
+	t.ca = pick(d->sslrootcert, cf ? cf->server_tls_ca_file : NULL);
+	t.cert = pick(d->sslcert, cf ? cf->server_tls_cert_file : NULL);
+	/* libpq reads the key from the certificate's file when only sslcert is given */
+	t.key = d->sslcert && *d->sslcert ? pick(d->sslkey, d->sslcert)
+					  : pick(d->sslkey, cf ? cf->server_tls_key_file : NULL);
+	t.protocols = cf ? cf->server_tls_protocols : "secure";
+	t.ciphers = cf ? cf->server_tls_ciphers : "";
+	t.tls13 = cf ? cf->server_tls13_ciphers : "";
+	return t;
+}
+
+enum tls_mode tls_db_mode(const struct database *db)
+{
+	return db_tls_of(db->w ? db->w->cf : NULL, db->cf).mode;
+}
+
+char *tls_db_signature(const struct config *cf, const struct cfg_db *d)
+{
+	struct db_tls t = db_tls_of(cf, d);
+	char *s = NULL;
+	/* '\n' cannot occur in an ini value, so the fields cannot run into one another */
+	if (asprintf(&s, "%d\n%s\n%s\n%s\n%s\n%s\n%s", (int)t.mode, t.ca, t.cert, t.key, t.protocols,
+		     t.ciphers, t.tls13) < 0)
+		return NULL;
+	return s;
+}
+
+static int no_passphrase(char *buf, int size, int rwflag, void *arg);
+static int proto_version(unsigned bit);
+static bool set_protocols(SSL_CTX *ctx, unsigned mask);
+static const char *cipher_list(const char *v);
+static bool set_tls13_ciphers(SSL_CTX *ctx, const char *v);
+
 /* One context per database: certificate files are read once, not per connection. */
 static SSL_CTX *db_ctx(struct database *db, char *err, size_t errlen)
 {
 	if (db->ssl_ctx)
 		return db->ssl_ctx;
-	const struct cfg_db *d = db->cf;
-	enum tls_mode mode = tls_mode_of(d->sslmode);
+	struct db_tls t = db_tls_of(db->w ? db->w->cf : NULL, db->cf);
+	char what[PATH_MAX + 64];
+	unsigned protos;
 	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
 	if (!ctx) {
 		ssl_err(err, errlen, "cannot create a TLS context");
 		return NULL;
 	}
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-	if (mode >= TLS_VERIFY_CA) {
-		const char *ca = d->sslrootcert;
-		int ok = ca && *ca && strcmp(ca, "system") != 0 ? SSL_CTX_load_verify_locations(ctx, ca, NULL)
-								 : SSL_CTX_set_default_verify_paths(ctx);
+	SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
+	if (!config_tls_protocols(t.protocols, &protos, what, sizeof(what)) ||
+	    !set_protocols(ctx, protos)) {
+		snprintf(what, sizeof(what), "server_tls_protocols \"%s\": invalid", t.protocols);
+		goto fail;
+	}
+	const char *ciphers = cipher_list(t.ciphers);
+	if (ciphers && SSL_CTX_set_cipher_list(ctx, ciphers) != 1) {
+		snprintf(what, sizeof(what), "server_tls_ciphers \"%s\": no usable cipher", ciphers);
+		goto fail;
+	}
+	if (*t.tls13 && !set_tls13_ciphers(ctx, t.tls13)) {
+		snprintf(what, sizeof(what), "server_tls13_ciphers \"%s\": failed to set the TLSv1.3 "
+			 "cipher suites", t.tls13);
+		goto fail;
+	}
+	if (t.mode >= TLS_VERIFY_CA) {
+		int ok = *t.ca && strcmp(t.ca, "system") != 0 ? SSL_CTX_load_verify_locations(ctx, t.ca, NULL)
+							       : SSL_CTX_set_default_verify_paths(ctx);
 		if (ok != 1) {
-			ssl_err(err, errlen, "cannot load sslrootcert");
-			SSL_CTX_free(ctx);
-			return NULL;
+			snprintf(what, sizeof(what), "cannot load the CA file \"%s\" (sslrootcert or "
+				 "server_tls_ca_file)", t.ca);
+			goto fail;
 		}
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	} else {
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
 	}
-	if (d->sslcert && *d->sslcert) {
-		if (SSL_CTX_use_certificate_chain_file(ctx, d->sslcert) != 1 ||
-		    SSL_CTX_use_PrivateKey_file(ctx, d->sslkey && *d->sslkey ? d->sslkey : d->sslcert,
-						SSL_FILETYPE_PEM) != 1) {
-			ssl_err(err, errlen, "cannot load sslcert/sslkey");
-			SSL_CTX_free(ctx);
-			return NULL;
+	if (*t.cert) {
+		if (SSL_CTX_use_certificate_chain_file(ctx, t.cert) != 1 ||
+		    SSL_CTX_use_PrivateKey_file(ctx, *t.key ? t.key : t.cert, SSL_FILETYPE_PEM) != 1 ||
+		    SSL_CTX_check_private_key(ctx) != 1) {
+			snprintf(what, sizeof(what), "cannot load the client certificate \"%s\" and key "
+				 "\"%s\" (sslcert/sslkey or server_tls_cert_file/server_tls_key_file)",
+				 t.cert, *t.key ? t.key : t.cert);
+			goto fail;
 		}
 	}
 	db->ssl_ctx = ctx;
 	return ctx;
+fail:
+	ssl_err(err, errlen, what);
+	SSL_CTX_free(ctx);
+	return NULL;
 }
 
 void tls_db_free(struct database *db)
@@ -89,6 +160,7 @@ void tls_db_free(struct database *db)
 
 int tls_client_start(struct conn *c, struct database *db, char *err, size_t errlen)
 {
+	ERR_clear_error();
 	SSL_CTX *ctx = db_ctx(db, err, errlen);
 	if (!ctx)
 		return -1;
@@ -100,9 +172,20 @@ int tls_client_start(struct conn *c, struct database *db, char *err, size_t errl
 	}
 	const char *host = db->cf->host;
 	if (host && *host && host[0] != '/') {
-		SSL_set_tlsext_host_name(ssl, host);
-		if (tls_mode_of(db->cf->sslmode) == TLS_VERIFY_FULL)
-			SSL_set1_host(ssl, host);
+		/* As libpq: an address is checked against the certificate's IP entries and sent
+		 * as no server name; a name goes to SNI and is checked against its DNS names. */
+		unsigned char a[16];
+		bool ip = inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
+		if (!ip)
+			SSL_set_tlsext_host_name(ssl, host);
+		if (tls_db_mode(db) == TLS_VERIFY_FULL) {
+			X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
+			if ((ip ? X509_VERIFY_PARAM_set1_ip_asc(vp, host) : SSL_set1_host(ssl, host)) != 1) {
+				ssl_err(err, errlen, "cannot set the host name to verify");
+				SSL_free(ssl);
+				return -1;
+			}
+		}
 	}
 	SSL_set_connect_state(ssl);
 	c->ssl = ssl;
@@ -170,6 +253,19 @@ static const char *cipher_list(const char *v)
 	return v;
 }
 
+/* PgBouncer's examples separate with commas, OpenSSL wants colons. */
+static bool set_tls13_ciphers(SSL_CTX *ctx, const char *v)
+{
+	char list[512];
+	if (strlen(v) >= sizeof(list))
+		return false;
+	snprintf(list, sizeof(list), "%s", v);
+	for (char *p = list; *p; p++)
+		if (*p == ',' || *p == ' ')
+			*p = ':';
+	return SSL_CTX_set_ciphersuites(ctx, list) == 1;
+}
+
 static SSL_CTX *server_ctx(const struct config *cf, enum tls_mode mode, char *err, size_t errlen)
 {
 	char what[PATH_MAX + 64];
@@ -200,18 +296,10 @@ static SSL_CTX *server_ctx(const struct config *cf, enum tls_mode mode, char *er
 		snprintf(what, sizeof(what), "client_tls_ciphers \"%s\": no usable cipher", ciphers);
 		goto fail;
 	}
-	if (*cf->client_tls13_ciphers) {
-		/* PgBouncer's examples separate with commas, OpenSSL wants colons. */
-		char list[512];
-		snprintf(list, sizeof(list), "%s", cf->client_tls13_ciphers);
-		for (char *p = list; *p; p++)
-			if (*p == ',' || *p == ' ')
-				*p = ':';
-		if (SSL_CTX_set_ciphersuites(ctx, list) != 1) {
-			snprintf(what, sizeof(what), "client_tls13_ciphers \"%s\": no usable cipher suite",
-				 cf->client_tls13_ciphers);
-			goto fail;
-		}
+	if (*cf->client_tls13_ciphers && !set_tls13_ciphers(ctx, cf->client_tls13_ciphers)) {
+		snprintf(what, sizeof(what), "client_tls13_ciphers \"%s\": failed to set the TLSv1.3 "
+			 "cipher suites", cf->client_tls13_ciphers);
+		goto fail;
 	}
 	/* "none" cannot switch ECDHE off under TLS 1.3, which needs a group: OpenSSL's
 	 * default groups stay, as with "auto". */
@@ -376,6 +464,35 @@ const char *tls_describe(const struct conn *c, char *buf, size_t len)
 	return buf;
 }
 
+bool tls_peer_common_name(const struct conn *c, char *buf, size_t len)
+{
+	if (!len)
+		return false;
+	*buf = '\0';
+	if (!c->ssl || c->handshaking || SSL_get_verify_result(c->ssl) != X509_V_OK)
+		return false;
+	X509 *peer = SSL_get1_peer_certificate(c->ssl);
+	if (!peer)
+		return false;
+	bool ok = false;
+	X509_NAME *subj = X509_get_subject_name(peer);
+	int at = subj ? X509_NAME_get_index_by_NID(subj, NID_commonName, -1) : -1;
+	/* a second CN would make "which one is the user" a guess */
+	if (at >= 0 && X509_NAME_get_index_by_NID(subj, NID_commonName, at) < 0) {
+		ASN1_STRING *v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, at));
+		unsigned char *u = NULL;
+		int n = v ? ASN1_STRING_to_UTF8(&u, v) : -1;
+		if (n > 0 && (size_t)n < len && memchr(u, 0, (size_t)n) == NULL) {
+			memcpy(buf, u, (size_t)n);
+			buf[n] = '\0';
+			ok = true;
+		}
+		OPENSSL_free(u);
+	}
+	X509_free(peer);
+	return ok;
+}
+
 /* ---- both sides ---------------------------------------------------------------------------- */
 
 static void want(struct conn *c, int e)
@@ -402,7 +519,9 @@ int tls_handshake(struct conn *c, char *err, size_t errlen)
 	}
 	long vr = SSL_get_verify_result(c->ssl);
 	if (vr != X509_V_OK)
-		snprintf(err, errlen, "TLS certificate verification failed: %s", X509_verify_cert_error_string(vr));
+		/* OpenSSL's own words first: PgBouncer logs them, and admins grep for them */
+		snprintf(err, errlen, "TLS handshake failed: certificate verify failed: %s",
+			 X509_verify_cert_error_string(vr));
 	else if (e == SSL_ERROR_SYSCALL && !ERR_peek_error())
 		snprintf(err, errlen, "TLS handshake failed: %s",
 			 errno ? strerror(errno) : "the peer closed the connection");
