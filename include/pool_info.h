@@ -49,6 +49,14 @@ static inline const char *pool_server_dbname(const struct pool *p)
 	return p->db->cf->dbname ? p->db->cf->dbname : p->db->name;
 }
 
+/* A pool's effective timeouts (µs; 0: off).  A [users] entry's value wins, then a database
+ * entry's (query_wait_timeout, server_lifetime), then the general key; 0 in an entry means
+ * unset, as in PgBouncer.  The janitor asks once per pool per sweep, never per message. */
+struct pool_timeouts {
+	int64_t query, query_wait, idle_transaction, transaction, client_idle, server_lifetime;
+};
+void pool_timeouts(const struct pool *p, struct pool_timeouts *t);
+
 /* A ParameterStatus value the pool's servers greeted with (server_encoding, ...), or NULL. */
 const char *pool_parameter(const struct pool *p, const char *name);
 

@@ -99,6 +99,7 @@ struct pool *pool_get(struct worker *w, struct database *db, const char *user)
 	p->id = ++w->next_id;
 	p->db = db;
 	p->user = u;
+	p->last_used = w->now;
 	list_init(&p->sv_login);
 	list_init(&p->sv_idle);
 	list_init(&p->sv_active);
@@ -157,6 +158,30 @@ void pool_remove_database(struct worker *w, struct database *db)
 	worker_defer_free(w, &db->reap, free_database);
 }
 
+static void free_pool(struct reap_item *it);
+
+bool pool_removable(const struct pool *p)
+{
+	const struct database *db = p->db;
+	const struct worker *w = p->w;
+	if (p->n_cl[CL_ACTIVE] || p->n_cl[CL_WAITING] || p->n_cl[CL_WAITING_LOGIN] || pool_servers(p))
+		return false;
+	/* Routed sections hold their backends' pools in their route sets; a paused database
+	 * would lose its console state with them. */
+	if (db->cluster || db->be || db->front || pool_db_paused(db) || db->resolving ||
+	    pool_min_size(p) > 0)
+		return false;
+	return !(w->console && w->console->uses_database((struct worker *)w, db));
+}
+
+void pool_remove(struct pool *p)
+{
+	namehash_del(p->db->pools, p->user->name);
+	list_del(&p->node);
+	/* Clients and servers closed earlier in this callback may still point at it. */
+	worker_defer_free(p->w, &p->reap, free_pool);
+}
+
 /* Pools are keyed by their user's name, which outlives them: freeing one leaves the table
  * walkable. */
 static void pool_free(void *val, void *arg)
@@ -165,6 +190,12 @@ static void pool_free(void *val, void *arg)
 	pktbuf_free(&p->welcome);
 	varcache_clear(&((struct worker *)arg)->vars, &p->defaults);
 	free(p);
+}
+
+static void free_pool(struct reap_item *it)
+{
+	struct pool *p = container_of(it, struct pool, reap);
+	pool_free(p, p->w);
 }
 
 static void free_database(struct reap_item *it)
@@ -471,12 +502,13 @@ void pool_server_ready(struct server *sv)
 	worker_check_shutdown(p->w);
 }
 
-void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate)
+void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate, bool refused)
 {
 	p->last_connect_failed = true;
 	p->last_connect_time = p->w->now;
 	if (!p->error_logged || strcmp(p->last_error, msg) != 0) {
-		log_warn("pool %s/%s: server login failed: %s", p->db->name, p->user->name, msg);
+		log_warn("pool %s/%s: server %s failed: %s", p->db->name, p->user->name,
+			 refused ? "login" : "connect", msg);
 		p->error_logged = true;
 	}
 	snprintf(p->last_error, sizeof(p->last_error), "%s", msg);
@@ -487,7 +519,7 @@ void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate)
 		p->last_connect_failed = false;
 		return;
 	}
-	if (pool_servers(p) > 0)
+	if (pool_servers(p) > 0 || !refused)
 		return;
 	while (!list_empty(&p->cl_waiting_login)) {
 		struct client *cl = list_entry(p->cl_waiting_login.next, struct client, node);
@@ -523,7 +555,7 @@ static void resolved(int err, struct evutil_addrinfo *res, void *arg)
 		list_for_each_safe(it, tmp, &w->pools) {
 			struct pool *p = list_entry(it, struct pool, node);
 			if (p->db == db)
-				pool_server_failed(p, msg, "08006");
+				pool_server_failed(p, msg, "08006", false);
 		}
 		return;
 	}
