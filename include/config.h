@@ -49,6 +49,7 @@ enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH, CF_R
 	X(CF_USEC, server_lifetime,           "3600",        true)  \
 	X(CF_USEC, server_idle_timeout,       "600",         true)  \
 	X(CF_USEC, server_connect_timeout,    "15",          true)  \
+	X(CF_STR,  server_tls_sslmode,        "prefer",      true)  \
 	X(CF_USEC, server_login_retry,        "15",          true)  \
 	X(CF_USEC, query_timeout,             "0",           true)  \
 	X(CF_USEC, query_wait_timeout,        "120",         true)  \

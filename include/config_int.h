@@ -81,10 +81,8 @@ bool cf_check_sslmode(const char *value, char *why, size_t whylen);
 bool cf_check_tls_protocols(const char *value, char *why, size_t whylen);
 bool cf_check_dheparams(const char *value, char *why, size_t whylen);
 
-/* Checks of PgBouncer keys pgmux ignores, for the values whose silent absence would weaken
- * security.  only_disable: empty or "disable"; only_current_user: empty or the name of the
- * user pgmux runs as. */
-bool cf_only_disable(const char *value, char *why, size_t whylen);
+/* Check of a PgBouncer key pgmux ignores, for the values whose silent absence would weaken
+ * security: empty or the name of the user pgmux runs as. */
 bool cf_only_current_user(const char *value, char *why, size_t whylen);
 
 /* A decimal (or, with octal, octal) integer within min..max into *out; else false with why. */

@@ -13,6 +13,12 @@ enum tls_mode { TLS_DISABLE = 0, TLS_ALLOW, TLS_PREFER, TLS_REQUIRE, TLS_VERIFY_
 /* libpq's sslmode for a backend entry (NULL means libpq's default, prefer). */
 enum tls_mode tls_mode_of(const char *sslmode);
 
+/* The mode db's servers are reached with: the entry's sslmode, else server_tls_sslmode. */
+static inline enum tls_mode tls_db_mode(const struct database *db)
+{
+	return tls_mode_of(db->cf->sslmode ? db->cf->sslmode : db->w->cf->server_tls_sslmode);
+}
+
 /* Starts a client-side TLS session on c (already connected, SSLRequest answered 'S').
  * Returns 0, or -1 with err filled (context or certificate files unusable). */
 int tls_client_start(struct conn *c, struct database *db, char *err, size_t errlen);

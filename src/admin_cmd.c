@@ -432,6 +432,12 @@ static enum admin_rc cmd_set(struct admin_ctx *x)
 		admin_error(x, "22023", "%s", err);
 		return ADMIN_ERR;
 	}
+	if (!strcmp(key, "server_tls_sslmode")) {
+		/* contexts are built for the mode (CA files for verify-*): rebuild on next use */
+		struct list *it, *tmp;
+		list_for_each_safe(it, tmp, &x->w->databases)
+			tls_db_free(list_entry(it, struct database, node));
+	}
 	if (!strcmp(key, "verbose") && x->w->cf->verbose > log_verbosity)
 		log_verbosity = (int)x->w->cf->verbose;
 	log_info("console: SET %s = '%s'", key, val);

@@ -60,6 +60,7 @@ static const struct key_rule {
 	{ "syslog_facility",   0,   0,         false, cf_check_facility },
 	{ "stats_listen",      0,   0,         false, cf_check_listen },
 	{ "client_tls_sslmode", 0,  0,         false, cf_check_sslmode },
+	{ "server_tls_sslmode", 0,  0,         false, cf_check_sslmode },
 	{ "client_tls_protocols", 0, 0,        false, cf_check_tls_protocols },
 	{ "client_tls_dheparams", 0, 0,        false, cf_check_dheparams },
 };
@@ -118,7 +119,6 @@ static const struct later_key {
 	{ "tcp_defer_accept", NULL },
 	{ "tcp_socket_buffer", NULL },
 	{ "tcp_user_timeout", NULL },
-	{ "server_tls_sslmode", cf_only_disable },
 	{ "server_tls_ca_file", NULL },
 	{ "server_tls_key_file", NULL },
 	{ "server_tls_cert_file", NULL },

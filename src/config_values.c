@@ -193,15 +193,6 @@ bool cf_check_listen(const char *value, char *why, size_t whylen)
 	return !*value || config_parse_hostport(value, host, sizeof(host), &port, why, whylen);
 }
 
-bool cf_only_disable(const char *value, char *why, size_t whylen)
-{
-	if (!*value || strcasecmp(value, "disable") == 0)
-		return true;
-	snprintf(why, whylen, "pgmux cannot do what it asks yet, and ignoring it would drop TLS; "
-		 "remove it or set it to \"disable\"");
-	return false;
-}
-
 /* client_tls_sslmode and an entry's sslmode: libpq's names.  Empty is refused rather than read
  * as libpq's default (prefer), which would turn TLS on where the file seems to leave it off
  * (an entry's empty sslmode never gets here: it unsets the key). */

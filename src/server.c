@@ -305,7 +305,7 @@ bool server_on_writable(struct conn *c)
 		return true;
 	}
 	/* As libpq: TLS is asked for over TCP unless sslmode is disable or allow. */
-	enum tls_mode mode = tls_mode_of(sv->pool->db->cf->sslmode);
+	enum tls_mode mode = tls_db_mode(sv->pool->db);
 	if (mode >= TLS_PREFER && sv->pool->db->addr.ss_family != AF_UNIX) {
 		pktbuf_begin(&c->out, 0);
 		pktbuf_put_u32(&c->out, PROTO_SSL_CODE);
@@ -331,7 +331,7 @@ static void ssl_reply(struct server *sv)
 	if (!b || b->end == b->scan)
 		return;
 	char r = (char)b->data[b->scan];
-	enum tls_mode mode = tls_mode_of(sv->pool->db->cf->sslmode);
+	enum tls_mode mode = tls_db_mode(sv->pool->db);
 	if (r == 'S') {
 		if (b->end - b->scan != 1) {
 			/* Bytes before the handshake would be trusted as if encrypted (CVE-2021-23222). */

@@ -47,7 +47,7 @@ static SSL_CTX *db_ctx(struct database *db, char *err, size_t errlen)
 	if (db->ssl_ctx)
 		return db->ssl_ctx;
 	const struct cfg_db *d = db->cf;
-	enum tls_mode mode = tls_mode_of(d->sslmode);
+	enum tls_mode mode = tls_db_mode(db);
 	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
 	if (!ctx) {
 		ssl_err(err, errlen, "cannot create a TLS context");
@@ -101,7 +101,7 @@ int tls_client_start(struct conn *c, struct database *db, char *err, size_t errl
 	const char *host = db->cf->host;
 	if (host && *host && host[0] != '/') {
 		SSL_set_tlsext_host_name(ssl, host);
-		if (tls_mode_of(db->cf->sslmode) == TLS_VERIFY_FULL)
+		if (tls_db_mode(db) == TLS_VERIFY_FULL)
 			SSL_set1_host(ssl, host);
 	}
 	SSL_set_connect_state(ssl);

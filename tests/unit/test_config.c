@@ -425,7 +425,7 @@ static const struct bad_case {
 	{ "[users]\nu = pool_mode=session\nu = pool_mode=statement\n", 3, "user \"u\" is already defined" },
 	{ "[users]\nu = pool_size=5 colour=red\n", 2, "user \"u\": unknown key \"colour\"" },
 	{ "[users]\nu = max_user_connections=x\n", 2, "invalid max_user_connections" },
-	{ "[pgmux]\nserver_tls_sslmode = require\n", 2, "server_tls_sslmode" },
+	{ "[pgmux]\nserver_tls_sslmode = requir\n", 2, "server_tls_sslmode" },
 	{ "[pgmux]\nclient_tls_sslmode = verify-full\n", 2, "client_tls_sslmode" },
 	{ "[pgmux]\nuser = nobody-here-xyz\n", 2, "cannot switch users" },
 	{ "[pgmux]\nunix_socket_dir =\n", 2, "nowhere to listen" },
@@ -625,16 +625,17 @@ static void test_pgbouncer_alias_and_warnings(void **state)
 	assert_int_equal(count(out, want), 1);
 	assert_int_equal(count(out, "\"dns_max_ttl\""), 1);
 	assert_int_equal(count(out, "\"so_reuseport\""), 1);
-	assert_int_equal(count(out, "\"server_tls_sslmode\""), 1);
+	assert_int_equal(count(out, "\"server_tls_sslmode\""), 0);   /* a key of pgmux's now */
+	assert_string_equal(cf->server_tls_sslmode, "disable");
 	free(out);
 	config_free(cf);
 
 	/* PgBouncer keys of [databases] and [users] entries: a warning each, then ignored */
-	char *tpath = write_temp("[databases]\nd = host=x server_lifetime=60 auth_dbname=a\n"
+	char *tpath = write_temp("[databases]\nd = host=x load_balance_hosts=disable auth_dbname=a\n"
 				 "[users]\nu = pool_size=3 pool_mode=statement\n[pgmux]\nauth_file=u\n");
 	out = load_capturing_stderr(tpath, &cf, &rc);
 	assert_int_equal(rc, 0);
-	assert_int_equal(count(out, "PgBouncer database key \"server_lifetime\""), 1);
+	assert_int_equal(count(out, "PgBouncer database key \"load_balance_hosts\""), 1);
 	assert_int_equal(count(out, "PgBouncer database key \"auth_dbname\""), 1);
 	assert_int_equal(count(out, "PgBouncer user key \"pool_size\""), 1);
 	assert_int_equal(config_find_user(cf, "u")->pool_mode, POOL_STATEMENT);
