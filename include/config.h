@@ -44,7 +44,7 @@ enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH, CF_R
 	X(CF_INT,  max_user_connections,      "0",           true)  \
 	X(CF_STR,  server_reset_query,        "DISCARD ALL", true)  \
 	X(CF_BOOL, server_reset_query_always, "0",           true)  \
-	X(CF_STR,  server_check_query,        "select 1",    true)  \
+	X(CF_STR,  server_check_query,        "<empty>",     true)  \
 	X(CF_USEC, server_check_delay,        "30",          true)  \
 	X(CF_USEC, server_lifetime,           "3600",        true)  \
 	X(CF_USEC, server_idle_timeout,       "600",         true)  \

@@ -139,8 +139,7 @@ static void sweep_servers(struct worker *w, uint64_t now, struct victims *sv, st
 		}
 		if (list_empty(&p->sv_idle))
 			continue;
-		int64_t lifetime = p->db->cf->server_lifetime > 0 ? p->db->cf->server_lifetime
-								  : cf->server_lifetime;
+		int64_t lifetime = pool_server_lifetime(p);
 		int total = pool_servers(p);
 		int excess = total - (pool_size(p) + pool_reserve(p));
 		int above_min = total - pool_min_size(p);
@@ -157,7 +156,7 @@ static void sweep_servers(struct worker *w, uint64_t now, struct victims *sv, st
 			} else if (over(now, x->last_used, cf->server_idle_timeout) && above_min > 0) {
 				add(sv, x, "server idle timeout");
 				above_min--;
-			} else if (cf->server_check_query && *cf->server_check_query &&
+			} else if (pool_check_query(cf) &&
 				   over(now, x->last_check, cf->server_check_delay) &&
 				   over(now, x->last_used, cf->server_check_delay)) {
 				add(check, x, NULL);
@@ -264,7 +263,7 @@ void janitor_run(struct worker *w)
 		if (s->c.dead || s->state != SV_IDLE)
 			continue;
 		server_set_state(s, SV_TESTED);
-		if (!server_send_internal(s, w->cf->server_check_query))
+		if (!server_send_internal(s, pool_check_query(w->cf)))
 			server_close(s, "server check query failed");
 	}
 	free(cl.v);

@@ -341,6 +341,35 @@ static struct server *take_idle(struct pool *p)
 	return list_entry(it, struct server, node);
 }
 
+/* server_check_query before reuse, as PgBouncer does it: a server that has served a client
+ * since its last check and has sat idle longer than server_check_delay (0: at all) runs the
+ * check first.  A fresh server, or one just reset, counts as checked. */
+static bool needs_check(const struct pool *p, const struct server *sv)
+{
+	const struct config *cf = p->w->cf;
+	if (!pool_check_query(cf))
+		return false;
+	if (cf->server_check_delay <= 0)
+		return sv->last_used > sv->last_check;
+	uint64_t now = p->w->now, delay = (uint64_t)cf->server_check_delay;
+	return now - sv->last_used >= delay && now - sv->last_check >= delay;
+}
+
+/* An idle server fit to serve now, or NULL: one that needs its check starts it (SV_TESTED,
+ * counted as soon idle, so no new connection opens for the wait), and the waiter gets it, or
+ * whichever server is ready first, when the check answers. */
+static struct server *take_ready(struct pool *p)
+{
+	struct server *sv;
+	while ((sv = take_idle(p)) && needs_check(p, sv)) {
+		server_set_state(sv, SV_TESTED);
+		if (server_send_internal(sv, pool_check_query(p->w->cf)))
+			return NULL;
+		server_close(sv, "server check query failed");
+	}
+	return sv;
+}
+
 static void fail_fast(struct client *cl)
 {
 	char msg[400];
@@ -375,8 +404,9 @@ void pool_acquire(struct client *cl)
 {
 	struct pool *p = cl->pool;
 	struct worker *w = cl->c.w;
-	struct server *sv = (w->paused || pool_db_paused(p->db)) ? NULL : take_idle(p);
-	if (sv && list_empty(&p->cl_waiting)) {
+	struct server *sv = w->paused || pool_db_paused(p->db) || !list_empty(&p->cl_waiting)
+			    ? NULL : take_ready(p);
+	if (sv) {
 		link_pair(cl, sv);
 		return;
 	}
@@ -402,7 +432,7 @@ void pool_serve_waiters(struct pool *p)
 {
 	struct worker *w = p->w;
 	while (!w->paused && !pool_db_paused(p->db) && !list_empty(&p->cl_waiting)) {
-		struct server *sv = take_idle(p);
+		struct server *sv = take_ready(p);
 		if (!sv)
 			break;
 		struct client *cl = list_entry(p->cl_waiting.next, struct client, node);
@@ -453,7 +483,8 @@ void pool_release(struct server *sv, bool client_gone)
 		why = "server not idle at release";
 	else if (p->db->removed)
 		why = "database removed";
-	else if (cf->server_lifetime > 0 && now - sv->connect_time > (uint64_t)cf->server_lifetime)
+	else if (pool_server_lifetime(p) > 0 &&
+		 now - sv->connect_time > (uint64_t)pool_server_lifetime(p))
 		why = "server lifetime over";
 	else if (pool_servers(p) > pool_size(p) + pool_reserve(p))
 		why = "pool shrank";

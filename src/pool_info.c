@@ -36,7 +36,7 @@ void pool_timeouts(const struct pool *p, struct pool_timeouts *t)
 	t->idle_transaction = pick(u->idle_transaction_timeout, 0, cf->idle_transaction_timeout);
 	t->transaction = pick(u->transaction_timeout, 0, cf->transaction_timeout);
 	t->client_idle = pick(u->client_idle_timeout, 0, cf->client_idle_timeout);
-	t->server_lifetime = pick(0, d->server_lifetime, cf->server_lifetime);
+	t->server_lifetime = pool_server_lifetime(p);
 }
 
 const char *pool_parameter(const struct pool *p, const char *name)

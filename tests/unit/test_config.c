@@ -121,7 +121,7 @@ static void test_good_general(void **state)
 
 	/* untouched keys keep their defaults */
 	assert_int_equal(cf->listen_backlog, 128);
-	assert_string_equal(cf->server_check_query, "select 1");
+	assert_string_equal(cf->server_check_query, "<empty>");
 	config_free(cf);
 }
 
