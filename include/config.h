@@ -48,7 +48,7 @@ enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH, CF_R
 	X(CF_INT,  max_user_client_connections, "0",         true)  \
 	X(CF_STR,  server_reset_query,        "DISCARD ALL", true)  \
 	X(CF_BOOL, server_reset_query_always, "0",           true)  \
-	X(CF_STR,  server_check_query,        "select 1",    true)  \
+	X(CF_STR,  server_check_query,        "<empty>",     true)  \
 	X(CF_USEC, server_check_delay,        "30",          true)  \
 	X(CF_USEC, server_lifetime,           "3600",        true)  \
 	X(CF_USEC, server_idle_timeout,       "600",         true)  \
@@ -60,6 +60,8 @@ enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH, CF_R
 	X(CF_USEC, client_idle_timeout,       "0",           true)  \
 	X(CF_USEC, client_login_timeout,      "60",          true)  \
 	X(CF_USEC, idle_transaction_timeout,  "0",           true)  \
+	X(CF_USEC, transaction_timeout,       "0",           true)  \
+	X(CF_USEC, pool_idle_timeout,         "0",           true)  \
 	X(CF_USEC, suspend_timeout,           "10",          true)  \
 	X(CF_STR,  ignore_startup_parameters, "",            true)  \
 	X(CF_STR,  logfile,                   "",            true)  \
@@ -148,6 +150,8 @@ struct cfg_db {
 	int replica;            /* -1: the primary line; else the replica's number in its shard */
 	int weight;             /* replica weight; -1 when unset (1) */
 	int line;               /* line in the ini file, for messages */
+	/* Timeouts of this database (µs); 0: unset, the general key applies (as in PgBouncer). */
+	int64_t server_lifetime, query_wait_timeout;
 	struct cfg_db *next;
 };
 
@@ -179,6 +183,9 @@ struct cfg_user {
 	/* limits and pool sizes: the pool's user (the entry's forced user, else the login user)
 	 * for the server-side ones, the login user for max_user_client_connections */
 	int max_user_connections, max_user_client_connections, pool_size, reserve_pool_size;
+	/* Timeouts of this user's clients (µs); 0: unset, the database's or general key applies. */
+	int64_t query_timeout, query_wait_timeout, idle_transaction_timeout, transaction_timeout,
+		client_idle_timeout;
 	int line;
 	struct cfg_user *next;
 };

@@ -165,6 +165,8 @@ struct pool {
 	uint64_t id;                /* unique, increasing: the console's listing order */
 	struct database *db;
 	struct user *user;
+	struct reap_item reap;      /* once removed (pool_idle_timeout): freed after its conns */
+	uint64_t last_used;         /* last seen with a client or server (pool_idle_timeout) */
 	struct list sv_login, sv_idle, sv_active, sv_used, sv_tested;
 	struct list cl_active, cl_waiting, cl_waiting_login;
 	int n_sv[SV_FREE];

@@ -46,9 +46,20 @@ void pool_acquire(struct client *cl);
 /* The client's transaction (or session) is over: the server goes back or is reset/closed. */
 void pool_release(struct server *sv, bool client_gone);
 
-/* A server finished login / a login or connect failed. */
+/* A server finished login / a login or connect failed.  refused: the server (or pgmux's own
+ * login logic) turned the login down, and the clients waiting for this pool get the error now;
+ * otherwise the server could not be reached or timed out, and they keep waiting for the retry
+ * after server_login_retry (until query_timeout, query_wait_timeout or client_login_timeout),
+ * as in PgBouncer.  Either way, new clients fail at once during the retry wait. */
 void pool_server_ready(struct server *sv);
-void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate);
+void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate, bool refused);
+
+/* pool_idle_timeout: true when p may be freed now: no client or server, not of a routed
+ * section, no min_pool_size to keep, no console PAUSE of its database, no address lookup.
+ * pool_remove takes it out of every lookup and listing; the reaper frees it after this
+ * callback.  The caller has had stats.c forget it first (stats_pool_gone). */
+bool pool_removable(const struct pool *p);
+void pool_remove(struct pool *p);
 
 /* Opens connections while waiters outnumber logins and the limits allow. */
 void pool_launch(struct pool *p);

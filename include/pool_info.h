@@ -2,6 +2,8 @@
 #ifndef PGMUX_POOL_INFO_H
 #define PGMUX_POOL_INFO_H
 
+#include <string.h>
+
 #include "model.h"
 
 /* These only read the object model and the config snapshot, so the layers below the pools'
@@ -86,6 +88,31 @@ static inline const char *pool_server_dbname(const struct pool *p)
 {
 	return p->db->cf->dbname ? p->db->cf->dbname : p->db->name;
 }
+
+/* Effective server_lifetime (µs; 0: off): the database entry's, else the general key. */
+static inline int64_t pool_server_lifetime(const struct pool *p)
+{
+	return p->db->cf->server_lifetime > 0 ? p->db->cf->server_lifetime
+					      : p->w->cf->server_lifetime;
+}
+
+/* The text server_check_query runs: NULL when the key is empty (no checks), "" for PgBouncer's
+ * "<empty>" (an empty Query, the cheapest round trip: no parse, no plan). */
+static inline const char *pool_check_query(const struct config *cf)
+{
+	const char *q = cf->server_check_query;
+	if (!q || !*q)
+		return NULL;
+	return strcmp(q, "<empty>") == 0 ? "" : q;
+}
+
+/* A pool's effective timeouts (µs; 0: off).  A [users] entry's value wins, then a database
+ * entry's (query_wait_timeout, server_lifetime), then the general key; 0 in an entry means
+ * unset, as in PgBouncer.  The janitor asks once per pool per sweep, never per message. */
+struct pool_timeouts {
+	int64_t query, query_wait, idle_transaction, transaction, client_idle, server_lifetime;
+};
+void pool_timeouts(const struct pool *p, struct pool_timeouts *t);
 
 /* A ParameterStatus value the pool's servers greeted with (server_encoding, ...), or NULL. */
 const char *pool_parameter(const struct pool *p, const char *name);

@@ -130,5 +130,7 @@ bool stats_over_threshold(int active, int size, double warn);
  * them.  The caller that removes tells stats.c, rather than pool.c: the pools know nothing of
  * the figures kept about them. */
 void stats_database_gone(struct worker *w, const struct database *db);
+/* The same for one pool about to be removed alone (pool_idle_timeout). */
+void stats_pool_gone(struct worker *w, const struct pool *p);
 
 #endif

@@ -22,6 +22,7 @@ enum ekind {
 	EK_PORT,    /* 1..65535 */
 	EK_COUNT,   /* a non-negative int field */
 	EK_MODE,    /* a pool_mode field */
+	EK_USEC,    /* an int64_t field in µs, written in seconds (fractions allowed) */
 	EK_LATER,   /* PgBouncer has it, pgmux not yet: one warning */
 };
 
@@ -61,8 +62,8 @@ static const struct entry_key db_keys[] = {
 	{ "auth_dbname",               EK_LATER, 0, false, NULL },
 	{ "auth_query",                EK_LATER, 0, false, NULL },
 	{ "load_balance_hosts",        EK_LATER, 0, false, NULL },
-	{ "server_lifetime",           EK_LATER, 0, false, NULL },
-	{ "query_wait_timeout",        EK_LATER, 0, false, NULL },
+	{ "server_lifetime",           EK_USEC,  DBF(server_lifetime),    false, NULL },
+	{ "query_wait_timeout",        EK_USEC,  DBF(query_wait_timeout), false, NULL },
 };
 #undef DBF
 
@@ -73,11 +74,11 @@ static const struct entry_key user_keys[] = {
 	{ "max_user_client_connections", EK_COUNT, USF(max_user_client_connections), false, NULL },
 	{ "pool_size",                   EK_COUNT, USF(pool_size),            false, NULL },
 	{ "reserve_pool_size",           EK_COUNT, USF(reserve_pool_size),    false, NULL },
-	{ "query_timeout",               EK_LATER, 0, false, NULL },
-	{ "query_wait_timeout",          EK_LATER, 0, false, NULL },
-	{ "idle_transaction_timeout",    EK_LATER, 0, false, NULL },
-	{ "transaction_timeout",         EK_LATER, 0, false, NULL },
-	{ "client_idle_timeout",         EK_LATER, 0, false, NULL },
+	{ "query_timeout",               EK_USEC,  USF(query_timeout),            false, NULL },
+	{ "query_wait_timeout",          EK_USEC,  USF(query_wait_timeout),       false, NULL },
+	{ "idle_transaction_timeout",    EK_USEC,  USF(idle_transaction_timeout), false, NULL },
+	{ "transaction_timeout",         EK_USEC,  USF(transaction_timeout),      false, NULL },
+	{ "client_idle_timeout",         EK_USEC,  USF(client_idle_timeout),      false, NULL },
 };
 #undef USF
 
@@ -358,6 +359,13 @@ static bool entry_pair(struct cf_parse *ps, const struct entry_key *tab, size_t 
 			return false;
 		}
 		break;
+	case EK_USEC:
+		if (!cf_parse_usec(val, &n, why, sizeof(why))) {
+			cf_fail(ps, "%s \"%s\": invalid %s \"%s\": %s", what, ename, key, val, why);
+			return false;
+		}
+		*(int64_t *)field = n;
+		break;
 	case EK_LATER:
 		log_warn("%s:%d: PgBouncer %s key \"%s\" is not supported by pgmux yet; ignored",
 			 ps->file, ps->line, what, key);
@@ -609,5 +617,6 @@ bool config_db_equal(const struct cfg_db *a, const struct cfg_db *b)
 	for (size_t i = 0; i < ARRAY_LEN(db_int_fields); i++)
 		if (DB_INT(a, db_int_fields[i]) != DB_INT(b, db_int_fields[i]))
 			return false;
-	return true;
+	return a->server_lifetime == b->server_lifetime &&
+	       a->query_wait_timeout == b->query_wait_timeout;
 }

@@ -109,8 +109,6 @@ static const struct later_key {
 	{ "track_extra_parameters", NULL },
 	{ "scram_iterations", NULL },
 	{ "server_fast_close", NULL },
-	{ "pool_idle_timeout", NULL },
-	{ "transaction_timeout", NULL },
 	{ "query_wait_notify", NULL },
 	{ "login_notify_message", NULL },
 	{ "dns_max_ttl", NULL },

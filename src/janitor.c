@@ -9,6 +9,7 @@
 #include "txtrack.h"
 #include "worker.h"
 #include "pool.h"
+#include "pool_info.h"
 #include "server.h"
 #include "stats.h"
 
@@ -56,6 +57,23 @@ static bool over(uint64_t now, uint64_t since, int64_t limit)
 	return limit > 0 && now > since && now - since >= (uint64_t)limit;
 }
 
+/* The timeouts of a linked client (PgBouncer checks them on its server): a query running too
+ * long, a transaction open too long, a transaction left idle too long; first match wins. */
+static const char *linked_timeout(const struct client *c, const struct pool_timeouts *t,
+				  uint64_t now)
+{
+	bool busy = !txtrack_quiet(&c->tt);
+	if (busy && over(now, c->query_start, t->query))
+		return "query timeout";
+	if (c->link->tx == 'I')
+		return NULL;
+	if (!busy && over(now, c->last_active, t->idle_transaction))
+		return "idle transaction timeout";
+	if (over(now, c->xact_start, t->transaction))
+		return "transaction timeout";
+	return NULL;
+}
+
 static void sweep_clients(struct worker *w, uint64_t now, struct victims *cl)
 {
 	const struct config *cf = w->cf;
@@ -67,33 +85,41 @@ static void sweep_clients(struct worker *w, uint64_t now, struct victims *cl)
 	}
 	list_for_each_safe(it, tmp, &w->pools) {
 		struct pool *p = list_entry(it, struct pool, node);
+		if (!p->n_cl[CL_ACTIVE] && !p->n_cl[CL_WAITING] && !p->n_cl[CL_WAITING_LOGIN])
+			continue;
+		struct pool_timeouts t;
+		pool_timeouts(p, &t);
 		struct list *c2, *t2;
+		/* A waiting client's query has started too: query_timeout covers the wait as well
+		 * (PgBouncer's "query_timeout" for a client that never got a server). */
 		list_for_each_safe(c2, t2, &p->cl_waiting) {
 			struct client *c = list_entry(c2, struct client, node);
-			if (over(now, c->wait_start, cf->query_wait_timeout))
+			if (over(now, c->wait_start, t.query))
+				add(cl, c, "query_timeout");
+			else if (over(now, c->wait_start, t.query_wait))
 				add(cl, c, "query_wait_timeout");
 		}
 		list_for_each_safe(c2, t2, &p->cl_waiting_login) {
 			struct client *c = list_entry(c2, struct client, node);
 			if (over(now, c->connect_time, cf->client_login_timeout))
 				add(cl, c, "client_login_timeout (server down)");
-			else if (over(now, c->wait_start, cf->query_wait_timeout))
+			else if (over(now, c->wait_start, t.query))
+				add(cl, c, "query_timeout");
+			else if (over(now, c->wait_start, t.query_wait))
 				add(cl, c, "query_wait_timeout");
 		}
-		if (cf->client_idle_timeout <= 0 && cf->idle_transaction_timeout <= 0 && cf->query_timeout <= 0)
+		if (t.client_idle <= 0 && t.idle_transaction <= 0 && t.query <= 0 && t.transaction <= 0)
 			continue;
 		list_for_each_safe(c2, t2, &p->cl_active) {
 			struct client *c = list_entry(c2, struct client, node);
 			if (!c->link || (txtrack_quiet(&c->tt) && c->link->tx == 'I')) {
 				/* unlinked, or a session-mode client with nothing in flight */
-				if (over(now, c->last_active, cf->client_idle_timeout))
+				if (over(now, c->last_active, t.client_idle))
 					add(cl, c, "client_idle_timeout");
-			} else if (!txtrack_quiet(&c->tt)) {
-				if (over(now, c->query_start, cf->query_timeout))
-					add(cl, c, "query timeout");
-			} else if (c->link->tx != 'I') {
-				if (over(now, c->last_active, cf->idle_transaction_timeout))
-					add(cl, c, "idle transaction timeout");
+			} else {
+				const char *why = linked_timeout(c, &t, now);
+				if (why)
+					add(cl, c, why);
 			}
 		}
 	}
@@ -109,8 +135,11 @@ static void sweep_servers(struct worker *w, uint64_t now, struct victims *sv, st
 		list_for_each_safe(s, st, &p->sv_login) {
 			struct server *x = list_entry(s, struct server, node);
 			if (over(now, x->connect_time, cf->server_connect_timeout))
-				add(sv, x, "server_connect_timeout");
+				add(sv, x, "connect timeout");
 		}
+		if (list_empty(&p->sv_idle))
+			continue;
+		int64_t lifetime = pool_server_lifetime(p);
 		int total = pool_servers(p);
 		int excess = total - (pool_size(p) + pool_reserve(p));
 		int above_min = total - pool_min_size(p);
@@ -121,17 +150,41 @@ static void sweep_servers(struct worker *w, uint64_t now, struct victims *sv, st
 				add(sv, x, "pool size reduced");
 				excess--;
 				above_min--;
-			} else if (over(now, x->connect_time, cf->server_lifetime) && above_min > 0) {
+			} else if (over(now, x->connect_time, lifetime) && above_min > 0) {
 				add(sv, x, "server lifetime over");
 				above_min--;
 			} else if (over(now, x->last_used, cf->server_idle_timeout) && above_min > 0) {
 				add(sv, x, "server idle timeout");
 				above_min--;
-			} else if (cf->server_check_query && *cf->server_check_query &&
+			} else if (pool_check_query(cf) &&
 				   over(now, x->last_check, cf->server_check_delay) &&
 				   over(now, x->last_used, cf->server_check_delay)) {
 				add(check, x, NULL);
 			}
+		}
+	}
+}
+
+/* pool_idle_timeout: a pool that has had no client and no server for that long is freed (its
+ * database stays); it comes back on the next login.  Pools that keep min_pool_size servers,
+ * and those of routed sections, stay. */
+static void sweep_pools(struct worker *w, uint64_t now)
+{
+	int64_t limit = w->cf->pool_idle_timeout;
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &w->pools) {
+		struct pool *p = list_entry(it, struct pool, node);
+		if (p->n_cl[CL_ACTIVE] || p->n_cl[CL_WAITING] || p->n_cl[CL_WAITING_LOGIN] ||
+		    pool_servers(p)) {
+			p->last_used = now;
+			continue;
+		}
+		if (limit > 0 && over(now, p->last_used, limit) && pool_removable(p)) {
+			log_info("cleaning up idle pool %s/%s: no clients or servers for %llus "
+				 "(pool_idle_timeout)", p->db->name, p->user->name,
+				 (unsigned long long)((now - p->last_used) / 1000000));
+			stats_pool_gone(w, p);
+			pool_remove(p);
 		}
 	}
 }
@@ -182,6 +235,7 @@ void janitor_run(struct worker *w)
 	uint64_t now = w->now = worker_now();
 	struct victims cl = { 0 }, sv = { 0 }, check = { 0 };
 	sweep_autodbs(w, now);
+	sweep_pools(w, now);
 	sweep_clients(w, now, &cl);
 	sweep_servers(w, now, &sv, &check);
 	for (size_t i = 0; i < cl.n; i++) {
@@ -189,7 +243,8 @@ void janitor_run(struct worker *w)
 		if (c->c.dead)
 			continue;
 		/* Closing an earlier victim may have served this one meanwhile. */
-		if (strcmp(cl.why[i], "query_wait_timeout") == 0 && c->state != CL_WAITING &&
+		if ((strcmp(cl.why[i], "query_wait_timeout") == 0 ||
+		     strcmp(cl.why[i], "query_timeout") == 0) && c->state != CL_WAITING &&
 		    c->state != CL_WAITING_LOGIN)
 			continue;
 		if (c->link && c->link->state == SV_ACTIVE && c->tt.expect_z) {
@@ -208,7 +263,7 @@ void janitor_run(struct worker *w)
 		if (s->c.dead || s->state != SV_IDLE)
 			continue;
 		server_set_state(s, SV_TESTED);
-		if (!server_send_internal(s, w->cf->server_check_query))
+		if (!server_send_internal(s, pool_check_query(w->cf)))
 			server_close(s, "server check query failed");
 	}
 	free(cl.v);

@@ -107,6 +107,7 @@ struct pool *pool_get(struct worker *w, struct database *db, const char *user)
 	p->id = ++w->next_id;
 	p->db = db;
 	p->user = u;
+	p->last_used = w->now;
 	list_init(&p->sv_login);
 	list_init(&p->sv_idle);
 	list_init(&p->sv_active);
@@ -166,6 +167,30 @@ void pool_remove_database(struct worker *w, struct database *db)
 	worker_defer_free(w, &db->reap, free_database);
 }
 
+static void free_pool(struct reap_item *it);
+
+bool pool_removable(const struct pool *p)
+{
+	const struct database *db = p->db;
+	const struct worker *w = p->w;
+	if (p->n_cl[CL_ACTIVE] || p->n_cl[CL_WAITING] || p->n_cl[CL_WAITING_LOGIN] || pool_servers(p))
+		return false;
+	/* Routed sections hold their backends' pools in their route sets; a paused database
+	 * would lose its console state with them. */
+	if (db->cluster || db->be || db->front || pool_db_paused(db) || db->resolving ||
+	    pool_min_size(p) > 0)
+		return false;
+	return !(w->console && w->console->uses_database((struct worker *)w, db));
+}
+
+void pool_remove(struct pool *p)
+{
+	namehash_del(p->db->pools, p->user->name);
+	list_del(&p->node);
+	/* Clients and servers closed earlier in this callback may still point at it. */
+	worker_defer_free(p->w, &p->reap, free_pool);
+}
+
 /* Pools are keyed by their user's name, which outlives them: freeing one leaves the table
  * walkable. */
 static void pool_free(void *val, void *arg)
@@ -174,6 +199,12 @@ static void pool_free(void *val, void *arg)
 	pktbuf_free(&p->welcome);
 	varcache_clear(&((struct worker *)arg)->vars, &p->defaults);
 	free(p);
+}
+
+static void free_pool(struct reap_item *it)
+{
+	struct pool *p = container_of(it, struct pool, reap);
+	pool_free(p, p->w);
 }
 
 static void free_database(struct reap_item *it)
@@ -342,6 +373,35 @@ static struct server *take_idle(struct pool *p)
 	return list_entry(it, struct server, node);
 }
 
+/* server_check_query before reuse, as PgBouncer does it: a server that has served a client
+ * since its last check and has sat idle longer than server_check_delay (0: at all) runs the
+ * check first.  A fresh server, or one just reset, counts as checked. */
+static bool needs_check(const struct pool *p, const struct server *sv)
+{
+	const struct config *cf = p->w->cf;
+	if (!pool_check_query(cf))
+		return false;
+	if (cf->server_check_delay <= 0)
+		return sv->last_used > sv->last_check;
+	uint64_t now = p->w->now, delay = (uint64_t)cf->server_check_delay;
+	return now - sv->last_used >= delay && now - sv->last_check >= delay;
+}
+
+/* An idle server fit to serve now, or NULL: one that needs its check starts it (SV_TESTED,
+ * counted as soon idle, so no new connection opens for the wait), and the waiter gets it, or
+ * whichever server is ready first, when the check answers. */
+static struct server *take_ready(struct pool *p)
+{
+	struct server *sv;
+	while ((sv = take_idle(p)) && needs_check(p, sv)) {
+		server_set_state(sv, SV_TESTED);
+		if (server_send_internal(sv, pool_check_query(p->w->cf)))
+			return NULL;
+		server_close(sv, "server check query failed");
+	}
+	return sv;
+}
+
 static void fail_fast(struct client *cl)
 {
 	char msg[400];
@@ -376,8 +436,9 @@ void pool_acquire(struct client *cl)
 {
 	struct pool *p = cl->pool;
 	struct worker *w = cl->c.w;
-	struct server *sv = (w->paused || pool_db_paused(p->db)) ? NULL : take_idle(p);
-	if (sv && list_empty(&p->cl_waiting)) {
+	struct server *sv = w->paused || pool_db_paused(p->db) || !list_empty(&p->cl_waiting)
+			    ? NULL : take_ready(p);
+	if (sv) {
 		link_pair(cl, sv);
 		return;
 	}
@@ -429,7 +490,7 @@ void pool_serve_waiters(struct pool *p)
 {
 	struct worker *w = p->w;
 	while (!w->paused && !pool_db_paused(p->db) && !list_empty(&p->cl_waiting)) {
-		struct server *sv = take_idle(p);
+		struct server *sv = take_ready(p);
 		if (!sv)
 			break;
 		struct client *cl = list_entry(p->cl_waiting.next, struct client, node);
@@ -480,7 +541,8 @@ void pool_release(struct server *sv, bool client_gone)
 		why = "server not idle at release";
 	else if (p->db->removed)
 		why = "database removed";
-	else if (cf->server_lifetime > 0 && now - sv->connect_time > (uint64_t)cf->server_lifetime)
+	else if (pool_server_lifetime(p) > 0 &&
+		 now - sv->connect_time > (uint64_t)pool_server_lifetime(p))
 		why = "server lifetime over";
 	else if (pool_servers(p) > pool_size(p) + pool_reserve(p))
 		why = "pool shrank";
@@ -529,12 +591,13 @@ void pool_server_ready(struct server *sv)
 	worker_check_shutdown(p->w);
 }
 
-void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate)
+void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate, bool refused)
 {
 	p->last_connect_failed = true;
 	p->last_connect_time = p->w->now;
 	if (!p->error_logged || strcmp(p->last_error, msg) != 0) {
-		log_warn("pool %s/%s: server login failed: %s", p->db->name, p->user->name, msg);
+		log_warn("pool %s/%s: server %s failed: %s", p->db->name, p->user->name,
+			 refused ? "login" : "connect", msg);
 		p->error_logged = true;
 	}
 	snprintf(p->last_error, sizeof(p->last_error), "%s", msg);
@@ -545,7 +608,7 @@ void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate)
 		p->last_connect_failed = false;
 		return;
 	}
-	if (pool_servers(p) > 0)
+	if (pool_servers(p) > 0 || !refused)
 		return;
 	while (!list_empty(&p->cl_waiting_login)) {
 		struct client *cl = list_entry(p->cl_waiting_login.next, struct client, node);
@@ -581,7 +644,7 @@ static void resolved(int err, struct evutil_addrinfo *res, void *arg)
 		list_for_each_safe(it, tmp, &w->pools) {
 			struct pool *p = list_entry(it, struct pool, node);
 			if (p->db == db)
-				pool_server_failed(p, msg, "08006");
+				pool_server_failed(p, msg, "08006", false);
 		}
 		return;
 	}

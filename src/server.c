@@ -107,14 +107,17 @@ void server_free(struct server *sv)
 	free(sv);
 }
 
-static void close_internal(struct server *sv, const char *reason, bool login_failed, const char *sqlstate)
+/* login_failed: a login that did not finish (the pool's retry wait starts); quiet: a failure
+ * pool_server_failed reports once per pool, so each server's close is only a debug line. */
+static void close_internal(struct server *sv, const char *reason, bool login_failed, bool quiet,
+			   const char *sqlstate)
 {
 	struct pool *p = sv->pool;
 	struct worker *w = p->w;
 	char tag[256];
 	if (sv->c.dead)
 		return;
-	if (login_failed)
+	if (quiet)
 		log_debug("%s closing: %s", server_tag(sv, tag, sizeof(tag)), reason);
 	else
 		log_info("%s closing because: %s", server_tag(sv, tag, sizeof(tag)), reason);
@@ -151,7 +154,9 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 	else if (cl)
 		client_close(cl, "server conn crashed?", "08P01");
 	if (login_failed)
-		pool_server_failed(p, reason, sqlstate);
+		/* 08006 and no SQLSTATE: unreachable or timed out, not turned down (pool.h) */
+		pool_server_failed(p, reason, sqlstate,
+				   sqlstate && strcmp(sqlstate, "08006") != 0);
 	else
 		pool_launch(p);
 	worker_check_shutdown(w);
@@ -159,12 +164,12 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 
 void server_close(struct server *sv, const char *reason)
 {
-	close_internal(sv, reason, sv->state == SV_LOGIN, NULL);
+	close_internal(sv, reason, sv->state == SV_LOGIN, false, NULL);
 }
 
 static void login_failed(struct server *sv, const char *reason, const char *sqlstate)
 {
-	close_internal(sv, reason, true, sqlstate);
+	close_internal(sv, reason, true, true, sqlstate);
 }
 
 static int socket_for(const struct database *db)
@@ -230,7 +235,7 @@ void server_connect(struct pool *p)
 	sv->login_step = LS_CONNECTING;
 	if (connect(fd, (struct sockaddr *)&db->addr, db->addrlen) < 0 && errno != EINPROGRESS) {
 		char msg[300];
-		snprintf(msg, sizeof(msg), "could not connect to server: %s", strerror(errno));
+		snprintf(msg, sizeof(msg), "connect failed: %s", strerror(errno));
 		login_failed(sv, msg, "08006");
 		return;
 	}
@@ -336,7 +341,7 @@ bool server_on_writable(struct conn *c)
 		err = errno;
 	if (err) {
 		char msg[300];
-		snprintf(msg, sizeof(msg), "could not connect to server: %s", strerror(err));
+		snprintf(msg, sizeof(msg), "connect failed: %s", strerror(err));
 		login_failed(sv, msg, "08006");
 		return true;
 	}

@@ -238,6 +238,12 @@ static void pool_gone(void *val, void *arg)
 		}
 }
 
+void stats_pool_gone(struct worker *w, const struct pool *p)
+{
+	if (w->stats && p)
+		pool_gone((void *)p, w->stats);
+}
+
 void stats_database_gone(struct worker *w, const struct database *db)
 {
 	struct stats_state *st = w->stats;

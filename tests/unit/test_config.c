@@ -121,7 +121,7 @@ static void test_good_general(void **state)
 
 	/* untouched keys keep their defaults */
 	assert_int_equal(cf->listen_backlog, 128);
-	assert_string_equal(cf->server_check_query, "select 1");
+	assert_string_equal(cf->server_check_query, "<empty>");
 	config_free(cf);
 }
 
@@ -641,11 +641,11 @@ static void test_pgbouncer_alias_and_warnings(void **state)
 	config_free(cf);
 
 	/* PgBouncer keys of [databases] and [users] entries: a warning each, then ignored */
-	char *tpath = write_temp("[databases]\nd = host=x server_lifetime=60 auth_dbname=a\n"
+	char *tpath = write_temp("[databases]\nd = host=x load_balance_hosts=disable auth_dbname=a\n"
 				 "[users]\nu = pool_size=3 pool_mode=statement\n[pgmux]\nauth_file=u\n");
 	out = load_capturing_stderr(tpath, &cf, &rc);
 	assert_int_equal(rc, 0);
-	assert_int_equal(count(out, "PgBouncer database key \"server_lifetime\""), 1);
+	assert_int_equal(count(out, "PgBouncer database key \"load_balance_hosts\""), 1);
 	assert_int_equal(count(out, "PgBouncer database key \"auth_dbname\""), 1);
 	assert_int_equal(count(out, "\"pool_size\""), 0);   /* a [users] key pgmux implements */
 	assert_int_equal(config_find_user(cf, "u")->pool_size, 3);
