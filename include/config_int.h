@@ -85,6 +85,10 @@ bool cf_check_dheparams(const char *value, char *why, size_t whylen);
  * security.  only_disable: empty or "disable"; only_current_user: empty or the name of the
  * user pgmux runs as. */
 bool cf_only_disable(const char *value, char *why, size_t whylen);
+/* auth_dbname: not a console database name (PgBouncer refuses it too). */
+bool cf_check_auth_dbname(const char *value, char *why, size_t whylen);
+/* auth_query: at most 4 kB (it is sent with every lookup). */
+bool cf_check_auth_query(const char *value, char *why, size_t whylen);
 bool cf_only_current_user(const char *value, char *why, size_t whylen);
 
 /* A decimal (or, with octal, octal) integer within min..max into *out; else false with why. */

@@ -1,4 +1,4 @@
-/* auth.c: authenticates clients (trust, any, plain, md5, scram-sha-256) against the auth_file's secrets. */
+/* auth.c: authenticates clients (trust, any, plain, md5, scram-sha-256) against the auth_file's secrets, or those auth_query finds. */
 #include "auth.h"
 
 #include <stdio.h>
@@ -7,6 +7,7 @@
 
 #include <openssl/crypto.h>
 
+#include "auth_query.h"
 #include "client.h"
 #include "log.h"
 #include "pool_info.h"
@@ -14,7 +15,7 @@
 #include "sbuf.h"
 #include "userlist.h"
 
-enum auth_step { AUTH_WAIT_PLAIN, AUTH_WAIT_MD5, AUTH_WAIT_SASL_INIT, AUTH_WAIT_SASL_RESP };
+enum auth_step { AUTH_WAIT_LOOKUP, AUTH_WAIT_PLAIN, AUTH_WAIT_MD5, AUTH_WAIT_SASL_INIT, AUTH_WAIT_SASL_RESP };
 
 struct client_auth {
 	enum auth_step step;
@@ -24,6 +25,8 @@ struct client_auth {
 	 * cases apart, and the log gets this reason.  A static string, never a secret. */
 	const char *doomed;
 	bool stored_scram;      /* verified against a stored SCRAM secret (pass-through possible) */
+	struct aq_req *aq;      /* the auth_query lookup under way, or NULL */
+	char *found_secret;     /* what auth_query found for a user the auth_file lacks, or NULL */
 	struct scram_server scram;
 };
 
@@ -32,10 +35,21 @@ static const char WHY_UNKNOWN[] = "user not found in auth_file";
 static const char WHY_EMPTY[] = "the auth_file's secret for this user is empty (an empty password never authenticates)";
 static const char WHY_EMPTY_MD5[] = "the auth_file's md5 secret is that of an empty password (an empty password never authenticates)";
 static const char WHY_MD5_FOR_SCRAM[] = "the auth_file holds an md5 secret, which cannot check a SCRAM login";
+static const char WHY_NULL_SECRET[] = "auth_query found no usable secret (no password, or VALID UNTIL has passed)";
+
+/* What auth_query's row says when its secret column is NULL: a secret no password matches. */
+static const char NULL_SECRET[] = "md5";
+
+static void auth_proceed(struct client *cl, const char *secret);
 
 void auth_free(struct client *cl)
 {
 	if (cl->auth) {
+		auth_query_cancel(cl->auth->aq);
+		if (cl->auth->found_secret) {
+			OPENSSL_cleanse(cl->auth->found_secret, strlen(cl->auth->found_secret));
+			free(cl->auth->found_secret);
+		}
 		/* Holds derived keys: wipe before returning the memory. */
 		OPENSSL_cleanse(cl->auth, sizeof(*cl->auth));
 		free(cl->auth);
@@ -46,6 +60,8 @@ void auth_free(struct client *cl)
 static const char *user_secret(struct client *cl)
 {
 	struct worker *w = cl->c.w;
+	if (cl->auth && cl->auth->found_secret)
+		return cl->auth->found_secret;
 	return w->ul ? userlist_get(w->ul, cl->user_name) : NULL;
 }
 
@@ -54,12 +70,16 @@ static const char *secret_unusable(const char *secret, const char *user)
 {
 	if (!secret)
 		return WHY_UNKNOWN;
+	if (secret == NULL_SECRET)
+		return WHY_NULL_SECRET;
 	if (userlist_secret_empty(secret, user))
 		return *secret ? WHY_EMPTY_MD5 : WHY_EMPTY;
 	return NULL;
 }
 
-/* Every failed password check ends here, with one text and SQLSTATE whatever the reason. */
+/* Every failed password check ends here, with one text and SQLSTATE whatever the reason:
+ * PgBouncer's words, "SASL authentication failed" after a SCRAM exchange and "password
+ * authentication failed" after any other, then the user, as PostgreSQL names it. */
 static void auth_fail(struct client *cl, const char *why)
 {
 	char msg[320];
@@ -71,7 +91,9 @@ static void auth_fail(struct client *cl, const char *why)
 		else
 			log_info("%s password authentication failed: %s", client_tag(cl, tag, sizeof(tag)), why);
 	}
-	snprintf(msg, sizeof(msg), "password authentication failed for user \"%s\"", cl->user_name);
+	bool sasl = cl->auth && (cl->auth->step == AUTH_WAIT_SASL_INIT || cl->auth->step == AUTH_WAIT_SASL_RESP);
+	snprintf(msg, sizeof(msg), "%s authentication failed for user \"%s\"", sasl ? "SASL" : "password",
+		 cl->user_name);
 	client_close(cl, msg, "28P01");
 }
 
@@ -124,25 +146,71 @@ static bool start_scram(struct client *cl, const char *secret)
 	return send_request(cl, 10, mech, sizeof(mech));
 }
 
+/* auth_query's answer for a user the auth_file lacks. */
+static void on_lookup(struct client *cl, enum aq_status st, const char *secret, const char *msg,
+		      const char *sqlstate)
+{
+	struct client_auth *a = cl->auth;
+	char tag[256];
+	a->aq = NULL;
+	if (st == AQ_FAILED) {
+		client_close(cl, msg, sqlstate);
+		return;
+	}
+	if (st == AQ_NO_USER) {
+		/* PgBouncer has no mock login here either: the client is told. */
+		log_info("%s no such user: %s", client_tag(cl, tag, sizeof(tag)), cl->user_name);
+		client_close(cl, "no such user", "28000");
+		return;
+	}
+	if (!(a->found_secret = strdup(secret ? secret : NULL_SECRET))) {
+		client_close(cl, "out of memory", "53200");
+		return;
+	}
+	auth_proceed(cl, secret ? a->found_secret : NULL_SECRET);
+}
+
 void auth_start(struct client *cl)
 {
 	struct worker *w = cl->c.w;
 	int type = w->cf->auth_type;
 	const char *secret = user_secret(cl);
 
-	if (type == AUTH_ANY || (type == AUTH_TRUST && (!w->ul || secret))) {
+	if (type == AUTH_ANY) {
 		client_auth_ok(cl);
-		return;
-	}
-	if (type == AUTH_TRUST) {
-		char msg[300];
-		snprintf(msg, sizeof(msg), "no such user: %s", cl->user_name);
-		client_close(cl, msg, "28000");
 		return;
 	}
 	cl->auth = calloc(1, sizeof(*cl->auth));
 	if (!cl->auth) {
 		client_close(cl, "out of memory", "53200");
+		return;
+	}
+	if (!secret) {
+		/* Not in the auth_file: auth_query may know the user (PgBouncer asks it whatever
+		 * the auth_type, trust included). */
+		cl->auth->step = AUTH_WAIT_LOOKUP;
+		int r = auth_query_begin(cl, on_lookup, &cl->auth->aq);
+		if (r != 0)
+			return;
+	}
+	auth_proceed(cl, secret);
+}
+
+/* The exchange itself, once the secret (or its absence) is known. */
+static void auth_proceed(struct client *cl, const char *secret)
+{
+	struct worker *w = cl->c.w;
+	int type = w->cf->auth_type;
+
+	if (type == AUTH_TRUST) {
+		/* With no auth_file at all, anyone may log in as anyone, as in PgBouncer. */
+		if (secret || (!w->ul && !cl->auth->found_secret)) {
+			client_auth_ok(cl);
+			return;
+		}
+		char tag[256];
+		log_info("%s no such user: %s", client_tag(cl, tag, sizeof(tag)), cl->user_name);
+		client_close(cl, "\"trust\" authentication failed", "28000");
 		return;
 	}
 	cl->auth->doomed = secret_unusable(secret, cl->user_name);
@@ -220,6 +288,10 @@ bool auth_on_message(struct client *cl, char type, const uint8_t *body, uint32_t
 	}
 	const uint8_t *p = body, *end = body + len;
 	switch (a->step) {
+	case AUTH_WAIT_LOOKUP:
+		/* Nothing was asked of the client yet. */
+		client_close(cl, "unexpected message during authentication", "08P01");
+		return false;
 	case AUTH_WAIT_PLAIN:
 	case AUTH_WAIT_MD5: {
 		const char *pw = proto_get_str(&p, end);
@@ -291,6 +363,17 @@ void auth_export_keys(struct client *cl, struct pool *p)
 		memcpy(p->scram_client_key, cl->auth->scram.client_key, SCRAM_KEY_LEN);
 		p->have_scram_keys = true;
 	}
+	/* A secret auth_query found logs the pool in as that user (the latest login's wins). */
+	if (cl->auth && cl->auth->found_secret && strcmp(pool_server_user(p), cl->user_name) == 0) {
+		char *copy = strdup(cl->auth->found_secret);
+		if (copy) {
+			if (p->auth_secret) {
+				OPENSSL_cleanse(p->auth_secret, strlen(p->auth_secret));
+				free(p->auth_secret);
+			}
+			p->auth_secret = copy;
+		}
+	}
 }
 
 const char *auth_server_secret(struct pool *p)
@@ -298,5 +381,6 @@ const char *auth_server_secret(struct pool *p)
 	struct worker *w = p->w;
 	if (p->db->cf->password)
 		return p->db->cf->password;
-	return w->ul ? userlist_get(w->ul, pool_server_user(p)) : NULL;
+	const char *s = w->ul ? userlist_get(w->ul, pool_server_user(p)) : NULL;
+	return s ? s : p->auth_secret;
 }

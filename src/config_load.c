@@ -62,6 +62,8 @@ static const struct key_rule {
 	{ "client_tls_sslmode", 0,  0,         false, cf_check_sslmode },
 	{ "client_tls_protocols", 0, 0,        false, cf_check_tls_protocols },
 	{ "client_tls_dheparams", 0, 0,        false, cf_check_dheparams },
+	{ "auth_dbname",       0,   0,         false, cf_check_auth_dbname },
+	{ "auth_query",        0,   0,         false, cf_check_auth_query },
 };
 
 static const struct key_rule default_rule = { NULL, 0, INT32_MAX, false, NULL };
@@ -98,9 +100,6 @@ static const struct later_key {
 	{ "unix_socket_group", NULL },
 	{ "auth_hba_file", NULL },
 	{ "auth_ident_file", NULL },
-	{ "auth_user", NULL },
-	{ "auth_query", NULL },
-	{ "auth_dbname", NULL },
 	{ "auth_ldap_options", NULL },
 	{ "so_reuseport", NULL },
 	{ "peer_id", NULL },

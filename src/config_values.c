@@ -202,6 +202,29 @@ bool cf_only_disable(const char *value, char *why, size_t whylen)
 	return false;
 }
 
+bool config_is_console_name(const char *name)
+{
+	return strcmp(name, "pgbouncer") == 0 || strcmp(name, "pgmux") == 0;
+}
+
+bool cf_check_auth_dbname(const char *value, char *why, size_t whylen)
+{
+	if (!config_is_console_name(value))
+		return true;
+	snprintf(why, whylen, "cannot use the reserved \"%s\" database as an auth_dbname", value);
+	return false;
+}
+
+/* The text goes to the server in a Parse with every lookup; one $1 parameter carries the user
+ * name (never spliced into the text: see auth_query.c). */
+bool cf_check_auth_query(const char *value, char *why, size_t whylen)
+{
+	if (strlen(value) <= 4096)
+		return true;
+	snprintf(why, whylen, "auth_query is longer than 4096 bytes");
+	return false;
+}
+
 /* client_tls_sslmode and an entry's sslmode: libpq's names.  Empty is refused rather than read
  * as libpq's default (prefer), which would turn TLS on where the file seems to leave it off
  * (an entry's empty sslmode never gets here: it unsets the key). */

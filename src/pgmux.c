@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "auth_query.h"
 #include "client.h"
 #include "janitor.h"
 #include "log.h"
@@ -359,6 +360,7 @@ int pgmux_run(struct worker *w)
 	stats_stop(w);
 	prom_stop(w);
 	route_shutdown(w);
+	auth_query_shutdown(w);
 	pgmux_stop_listening(w);
 	freelist_clear(&w->buf_free);
 	tls_server_free(w->tls_srv);

@@ -164,6 +164,10 @@ static void pool_free(void *val, void *arg)
 	struct pool *p = val;
 	pktbuf_free(&p->welcome);
 	varcache_clear(&((struct worker *)arg)->vars, &p->defaults);
+	if (p->auth_secret) {
+		explicit_bzero(p->auth_secret, strlen(p->auth_secret));
+		free(p->auth_secret);
+	}
 	free(p);
 }
 

@@ -644,9 +644,15 @@ static void login_loop(struct server *sv)
 			/* A server's error without a message or a valid SQLSTATE is still an error: the
 			 * client and the log get words for it. */
 			bool code_ok = strlen(code) == 5 && strspn(code, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 5;
-			if (*m)
+			if (*m) {
+				/* PgBouncer's line, which operators grep for: the severity, then the
+				 * server's words (the client gets the words alone). */
+				const char *sev = proto_error_field(body, blen, 'S');
+				char tag[256];
+				log_warn("%s server login failed: %s %s", server_tag(sv, tag, sizeof(tag)),
+					 *sev ? sev : "ERROR", m);
 				snprintf(msg, sizeof(msg), "%s", m);
-			else
+			} else
 				snprintf(msg, sizeof(msg), "server refused the login with an error that has no "
 					 "message (SQLSTATE %s)", code_ok ? code : "missing");
 			login_failed(sv, msg, code_ok ? code : "08P01");

@@ -630,12 +630,12 @@ static void test_pgbouncer_alias_and_warnings(void **state)
 	config_free(cf);
 
 	/* PgBouncer keys of [databases] and [users] entries: a warning each, then ignored */
-	char *tpath = write_temp("[databases]\nd = host=x server_lifetime=60 auth_dbname=a\n"
+	char *tpath = write_temp("[databases]\nd = host=x server_lifetime=60 load_balance_hosts=disable\n"
 				 "[users]\nu = pool_size=3 pool_mode=statement\n[pgmux]\nauth_file=u\n");
 	out = load_capturing_stderr(tpath, &cf, &rc);
 	assert_int_equal(rc, 0);
 	assert_int_equal(count(out, "PgBouncer database key \"server_lifetime\""), 1);
-	assert_int_equal(count(out, "PgBouncer database key \"auth_dbname\""), 1);
+	assert_int_equal(count(out, "PgBouncer database key \"load_balance_hosts\""), 1);
 	assert_int_equal(count(out, "PgBouncer user key \"pool_size\""), 1);
 	assert_int_equal(config_find_user(cf, "u")->pool_mode, POOL_STATEMENT);
 	assert_null(strstr(config_find_db(cf, "d")->conninfo, "server_lifetime"));
