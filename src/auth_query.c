@@ -43,6 +43,8 @@ struct aq_conn {
 	bool retired;               /* the configuration changed: no new lookups, close when idle */
 	bool dns_started;           /* this connection asked evdns for the host */
 	enum aqc_phase phase;
+	PGresult *res;              /* the in-flight query's first result, kept until the end of it
+				     * (an error comes before the ReadyForQuery that ends it) */
 	struct list queue;          /* aq_req; the first is in flight while AQC_BUSY */
 };
 
@@ -93,6 +95,8 @@ static void req_free(struct aq_req *r)
 static void conn_free(struct aq_conn *c)
 {
 	io_off(c);
+	if (c->res)
+		PQclear(c->res);
 	evtimer_del(&c->ev_timer);
 	if (c->pg)
 		PQfinish(c->pg);
@@ -147,6 +151,9 @@ static void conn_failed(struct aq_conn *c, const char *why)
 		log_warn("auth_query %s/%s: server login failed: %s", c->dbname, c->user, full);
 	}
 	io_off(c);
+	if (c->res)
+		PQclear(c->res);
+	c->res = NULL;
 	if (c->pg)
 		PQfinish(c->pg);
 	c->pg = NULL;
@@ -260,18 +267,17 @@ static void on_query_io(struct aq_conn *c, short what)
 		}
 		return;
 	}
-	PGresult *res, *first = NULL;
+	PGresult *res;
 	while (!PQisBusy(c->pg) && (res = PQgetResult(c->pg))) {
-		if (!first)
-			first = res;
+		if (!c->res)
+			c->res = res;
 		else
 			PQclear(res);
 	}
-	if (PQisBusy(c->pg)) {
-		if (first)
-			PQclear(first);
+	if (PQisBusy(c->pg))
 		return;
-	}
+	PGresult *first = c->res;
+	c->res = NULL;
 	if (!first) {
 		conn_failed(c, "no result from auth_query");
 		return;

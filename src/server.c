@@ -511,8 +511,9 @@ static bool login_auth(struct server *sv, const uint8_t *body, uint32_t len)
 			lg->scram.key_iterations = ss.iterations;
 		} else {
 			login_failed(sv, kind == SECRET_SCRAM
-					 ? "SCRAM pass-through needs a client to log in with SCRAM first"
-					 : "server asks for SCRAM, but pgmux has no password for this user", "28P01");
+					 ? "wrong password type: SCRAM pass-through needs a client to log in with SCRAM first"
+					 : "wrong password type: server asks for SCRAM, but pgmux has no password for this user",
+				     "28P01");
 			return false;
 		}
 		char out[256];
