@@ -8,7 +8,7 @@
 #include <stdio.h>
 
 enum pool_mode { POOL_SESSION = 0, POOL_TRANSACTION, POOL_STATEMENT };
-enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM };
+enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM, AUTH_HBA, AUTH_CERT };
 
 /* Value kinds of general keys.  CF_USEC values are written in seconds (fractions allowed, as
  * PgBouncer reads them) and stored in microseconds.  CF_SIZE accepts a plain byte count or
@@ -43,6 +43,8 @@ enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH, CF_R
 	X(CF_STR,  auth_user,                 "",            true)  \
 	X(CF_STR,  auth_query,                CONFIG_AUTH_QUERY, true) \
 	X(CF_STR,  auth_dbname,               "",            true)  \
+	X(CF_STR,  auth_hba_file,             "",            true)  \
+	X(CF_STR,  auth_ident_file,           "",            true)  \
 	X(CF_MODE, pool_mode,                 "session",     true)  \
 	X(CF_INT,  default_pool_size,         "20",          true)  \
 	X(CF_INT,  min_pool_size,             "0",           true)  \

@@ -44,6 +44,8 @@ struct sqlscan_funcs;
 struct tls_server;
 struct namehash;
 struct aq_state;
+struct hba;
+struct ident;
 
 /* A receive buffer, taken from the worker's free list only while it holds bytes.
  * Bytes [start, scan) are parsed and ready to go to the peer; [scan, end) await parsing. */
@@ -313,6 +315,8 @@ struct worker {
 	struct evdns_base *dns;
 	struct config *cf;
 	struct userlist *ul;
+	struct hba *hba;                    /* auth_hba_file, when auth_type = hba (hba.c) */
+	struct ident *ident;                /* auth_ident_file, or NULL */
 	char *cf_path;
 	struct list databases, users, pools;
 	struct namehash *db_names;          /* databases by name */

@@ -44,6 +44,15 @@ int tls_server_start(struct conn *c, const struct tls_server *ts, char *err, siz
  * or "" for a plain connection or one still in its handshake.  Returns buf. */
 const char *tls_describe(const struct conn *c, char *buf, size_t len);
 
+/* The common name of the client certificate of a TLS connection, when the client sent one
+ * and it verified against client_tls_ca_file: true with the CN in buf; false otherwise (no
+ * TLS, no certificate, a failed or skipped verification, no CN, or one of len - 2 bytes or more, or
+ * holding a NUL byte). */
+bool tls_peer_cn(const struct conn *c, char *buf, size_t len);
+
+/* True when the client sent a certificate at all. */
+bool tls_peer_has_cert(const struct conn *c);
+
 /* ---- both sides ---- */
 
 /* Drives the handshake.  Returns 1 when done, 0 when it needs the socket readable or writable

@@ -1,18 +1,25 @@
 /* auth.c: authenticates clients (trust, any, plain, md5, scram-sha-256) against the auth_file's secrets, or those auth_query finds. */
 #include "auth.h"
 
+#include <arpa/inet.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 
 #include "auth_query.h"
 #include "client.h"
+#include "hba.h"
 #include "log.h"
 #include "pool_info.h"
 #include "pwcrypt.h"
 #include "sbuf.h"
+#include "tls.h"
 #include "userlist.h"
 
 enum auth_step { AUTH_WAIT_LOOKUP, AUTH_WAIT_PLAIN, AUTH_WAIT_MD5, AUTH_WAIT_SASL_INIT, AUTH_WAIT_SASL_RESP };
@@ -196,15 +203,138 @@ void auth_start(struct client *cl)
 	auth_proceed(cl, secret);
 }
 
+/* The OS user on the other end of a Unix socket, in buf; false when it cannot be told. */
+static bool peer_os_user(const struct client *cl, char *buf, size_t len)
+{
+	uid_t uid;
+#ifdef SO_PEERCRED
+	struct ucred cred;
+	socklen_t clen = sizeof(cred);
+	if (getsockopt(cl->c.fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0 || clen != sizeof(cred))
+		return false;
+	uid = cred.uid;
+#else
+	gid_t gid;
+	if (getpeereid(cl->c.fd, &uid, &gid) != 0)
+		return false;
+#endif
+	struct passwd pw, *res = NULL;
+	char tmp[4096];
+	if (getpwuid_r(uid, &pw, tmp, sizeof(tmp), &res) != 0 || !res)
+		return false;
+	if (strlen(pw.pw_name) >= len)
+		return false;
+	strcpy(buf, pw.pw_name);
+	return true;
+}
+
+/* PgBouncer's peer method: the OS user of the Unix socket's other end is the user, or one a
+ * map allows to be it. */
+static void login_peer(struct client *cl, bool known, const char *map)
+{
+	char tag[256], os[256];
+	struct worker *w = cl->c.w;
+	bool ok = strcmp(cl->addr, "unix") == 0 && known && peer_os_user(cl, os, sizeof(os));
+	if (ok && map) {
+		ok = ident_match(w->ident, map, os, cl->user_name);
+		if (!ok)
+			log_info("%s ident map %s cannot be matched", client_tag(cl, tag, sizeof(tag)), map);
+	} else if (ok) {
+		ok = strcmp(os, cl->user_name) == 0;
+	}
+	if (!ok) {
+		client_close(cl, "unix socket login rejected", "28000");
+		return;
+	}
+	client_auth_ok(cl);
+}
+
+/* PgBouncer's cert method: a client certificate that verified against client_tls_ca_file,
+ * whose common name is the user, or one a map allows to be it. */
+static void login_cert(struct client *cl, bool known, const char *map)
+{
+	char tag[256], cn[HBA_MAX_NAME + 2];
+	struct worker *w = cl->c.w;
+	const char *why = NULL;
+	if (!cl->c.ssl)
+		why = "TLS connection required";
+	else if (!tls_peer_has_cert(&cl->c))
+		why = "TLS client certificate required";
+	else if (!tls_peer_cn(&cl->c, cn, sizeof(cn)))
+		why = "TLS client certificate did not verify or has no usable common name";
+	else if (!known)
+		why = "no such user";
+	else if (map && !ident_match(w->ident, map, cn, cl->user_name))
+		why = "ident map does not have a match";
+	else if (!map && strcmp(cn, cl->user_name) != 0)
+		why = "TLS certificate name mismatch";
+	if (why) {
+		if (map && strncmp(why, "ident map", 9) == 0)
+			log_info("%s ident map: %s does not have a match", client_tag(cl, tag, sizeof(tag)), map);
+		else
+			log_info("%s %s", client_tag(cl, tag, sizeof(tag)), why);
+		client_close(cl, "certificate authentication failed", "28000");
+		return;
+	}
+	client_auth_ok(cl);
+}
+
+/* auth_type hba: the method of the first rule that matches the client; -1 when the client was
+ * closed (no rule, reject), else an AUTH_* type, or AUTH_HBA when peer or cert took over. */
+static int hba_method(struct client *cl, bool known)
+{
+	struct worker *w = cl->c.w;
+	struct hba_peer p = { .tls = cl->c.ssl != NULL, .db = cl->db_name, .user = cl->user_name };
+	if (strcmp(cl->addr, "unix") == 0)
+		p.is_unix = true;
+	else if (inet_pton(AF_INET, cl->addr, p.addr) == 1)
+		p.family = AF_INET;
+	else if (inet_pton(AF_INET6, cl->addr, p.addr) == 1)
+		p.family = AF_INET6;
+	struct hba_rule_info r;
+	char tag[256];
+	if (!hba_eval(w->hba, &p, &r)) {
+		client_close(cl, "no authentication method is found", "28000");
+		return -1;
+	}
+	log_debug("%s HBA line %d matched: %s", client_tag(cl, tag, sizeof(tag)), r.line,
+		  hba_method_name(r.method));
+	switch (r.method) {
+	case HBA_TRUST: return AUTH_TRUST;
+	case HBA_MD5: return AUTH_MD5;
+	case HBA_PASSWORD: return AUTH_PLAIN;
+	case HBA_SCRAM: return AUTH_SCRAM;
+	case HBA_PEER:
+		login_peer(cl, known, r.map);
+		return AUTH_HBA;
+	case HBA_CERT:
+		login_cert(cl, known, r.map);
+		return AUTH_HBA;
+	case HBA_REJECT:
+		break;
+	}
+	client_close(cl, "login rejected", "28000");
+	return -1;
+}
+
 /* The exchange itself, once the secret (or its absence) is known. */
 static void auth_proceed(struct client *cl, const char *secret)
 {
 	struct worker *w = cl->c.w;
 	int type = w->cf->auth_type;
+	/* with no auth_file at all, trust lets anyone in; the other methods need a known user */
+	bool known = secret || (!w->ul && !cl->auth->found_secret);
+
+	if (type == AUTH_HBA && ((type = hba_method(cl, known)) < 0 || type == AUTH_HBA))
+		return;
+	if (type == AUTH_CERT) {
+		login_cert(cl, known, NULL);
+		return;
+	}
 
 	if (type == AUTH_TRUST) {
 		/* With no auth_file at all, anyone may log in as anyone, as in PgBouncer. */
-		if (secret || (!w->ul && !cl->auth->found_secret)) {
+		if (known) {
 			client_auth_ok(cl);
 			return;
 		}
@@ -215,7 +345,9 @@ static void auth_proceed(struct client *cl, const char *secret)
 	}
 	cl->auth->doomed = secret_unusable(secret, cl->user_name);
 	enum secret_kind kind = secret ? userlist_secret_kind(secret) : SECRET_NONE;
-	if (type == AUTH_PLAIN) {
+	if (type == AUTH_ANY) {   /* an hba rule cannot say any; kept for completeness */
+		client_auth_ok(cl);
+	} else if (type == AUTH_PLAIN) {
 		cl->auth->step = AUTH_WAIT_PLAIN;
 		send_request(cl, 3, NULL, 0);
 	} else if (type == AUTH_MD5 && kind != SECRET_SCRAM) {

@@ -98,8 +98,6 @@ static const struct later_key {
 	{ "service_name", NULL },
 	{ "job_name", NULL },
 	{ "unix_socket_group", NULL },
-	{ "auth_hba_file", NULL },
-	{ "auth_ident_file", NULL },
 	{ "auth_ldap_options", NULL },
 	{ "so_reuseport", NULL },
 	{ "peer_id", NULL },

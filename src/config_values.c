@@ -59,12 +59,12 @@ static const struct name_val mode_names[] = {
 
 static const struct name_val auth_names[] = {
 	{ "trust", AUTH_TRUST }, { "any", AUTH_ANY }, { "plain", AUTH_PLAIN },
-	{ "md5", AUTH_MD5 }, { "scram-sha-256", AUTH_SCRAM },
+	{ "md5", AUTH_MD5 }, { "scram-sha-256", AUTH_SCRAM }, { "hba", AUTH_HBA }, { "cert", AUTH_CERT },
 };
 
 /* PgBouncer auth types that need machinery pgmux does not have yet (hba rules, client
  * certificates, PAM, LDAP); naming them gives a better message than "invalid value". */
-static const char *const auth_later[] = { "hba", "cert", "pam", "ldap" };
+static const char *const auth_later[] = { "pam", "ldap" };
 
 static const struct name_val bool_names[] = {
 	{ "1", 1 }, { "0", 0 }, { "on", 1 }, { "off", 0 },
@@ -430,8 +430,8 @@ bool cf_parse_auth(const char *s, int *out, char *why, size_t whylen)
 		return true;
 	if (cf_in_list(auth_later, ARRAY_LEN(auth_later), s))
 		snprintf(why, whylen, "PgBouncer's auth_type %s is not supported by pgmux yet "
-			 "(supported: trust, any, plain, md5, scram-sha-256)", s);
+			 "(supported: trust, any, plain, md5, scram-sha-256, hba, cert)", s);
 	else
-		snprintf(why, whylen, "expected trust, any, plain, md5 or scram-sha-256");
+		snprintf(why, whylen, "expected trust, any, plain, md5, scram-sha-256, hba or cert");
 	return false;
 }

@@ -241,7 +241,7 @@ static SSL_CTX *server_ctx(const struct config *cf, enum tls_mode mode, char *er
 			 "client_tls_cert_file \"%s\"", cf->client_tls_key_file, cf->client_tls_cert_file);
 		goto fail;
 	}
-	if (mode >= TLS_VERIFY_CA) {
+	if (mode >= TLS_VERIFY_CA || *cf->client_tls_ca_file) {
 		const char *ca = cf->client_tls_ca_file;
 		STACK_OF(X509_NAME) *names = *ca ? SSL_load_client_CA_file(ca) : NULL;
 		if (!names || SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1) {
@@ -251,7 +251,11 @@ static SSL_CTX *server_ctx(const struct config *cf, enum tls_mode mode, char *er
 		}
 		/* Tells clients which CAs to pick a certificate for; the context owns the list. */
 		SSL_CTX_set_client_CA_list(ctx, names);
-		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+		/* Below verify-ca a certificate is asked for but not required: cert logins
+		 * (auth_type cert, hba's cert) need one; a client that sends one that does not
+		 * verify is refused at the handshake, as PostgreSQL does with ssl_ca_file set. */
+		SSL_CTX_set_verify(ctx, mode >= TLS_VERIFY_CA ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+							      : SSL_VERIFY_PEER, NULL);
 		static const unsigned char sid[] = "pgmux";
 		SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1);
 	} else {
@@ -467,4 +471,29 @@ void tls_free(struct conn *c)
 		SSL_free(c->ssl);
 		c->ssl = NULL;
 	}
+}
+
+bool tls_peer_has_cert(const struct conn *c)
+{
+	if (!c->ssl || c->handshaking)
+		return false;
+	X509 *x = SSL_get1_peer_certificate(c->ssl);
+	if (!x)
+		return false;
+	X509_free(x);
+	return true;
+}
+
+bool tls_peer_cn(const struct conn *c, char *buf, size_t len)
+{
+	if (!c->ssl || c->handshaking || len == 0)
+		return false;
+	X509 *x = SSL_get1_peer_certificate(c->ssl);
+	if (!x)
+		return false;
+	bool ok = SSL_get_verify_result(c->ssl) == X509_V_OK;
+	int n = ok ? X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, buf, (int)len) : -1;
+	X509_free(x);
+	/* -1: no CN; len - 1: perhaps cut; a shorter strlen: an embedded NUL, which could fake a name */
+	return n > 0 && (size_t)n < len - 1 && strlen(buf) == (size_t)n;
 }
