@@ -491,7 +491,12 @@ void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate)
 		p->last_connect_failed = false;
 		return;
 	}
-	if (pool_servers(p) > 0)
+	/* The server refused the pool's credentials (class 28) or its database (3D000): no new
+	 * server can log in until someone changes something, so every waiting client hears the
+	 * server's words now, even while other servers of the pool still run (PgBouncer kills the
+	 * pool's waiting logins the same way), instead of waiting out query_wait_timeout. */
+	bool refused = sqlstate && (!strncmp(sqlstate, "28", 2) || !strcmp(sqlstate, "3D000"));
+	if (pool_servers(p) > 0 && !refused)
 		return;
 	while (!list_empty(&p->cl_waiting_login)) {
 		struct client *cl = list_entry(p->cl_waiting_login.next, struct client, node);
@@ -499,7 +504,10 @@ void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate)
 	}
 	while (!list_empty(&p->cl_waiting)) {
 		struct client *cl = list_entry(p->cl_waiting.next, struct client, node);
-		fail_fast(cl);
+		if (refused)
+			client_close(cl, msg, sqlstate);
+		else
+			fail_fast(cl);
 	}
 }
 

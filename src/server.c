@@ -113,7 +113,8 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 	if (sv->c.dead)
 		return;
 	if (login_failed)
-		log_debug("%s closing: %s", server_tag(sv, tag, sizeof(tag)), reason);
+		log_info("%s closing because: %s (age=%llus)", server_tag(sv, tag, sizeof(tag)), reason,
+			 (unsigned long long)((worker_now() - sv->connect_time) / 1000000));
 	else
 		log_info("%s closing because: %s", server_tag(sv, tag, sizeof(tag)), reason);
 	struct client *cl = sv->link;
