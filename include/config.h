@@ -8,9 +8,7 @@
 #include <stdio.h>
 
 enum pool_mode { POOL_SESSION = 0, POOL_TRANSACTION, POOL_STATEMENT };
-/* AUTH_CERT: the client's TLS certificate (client_tls_sslmode verify-ca/verify-full) names
- * the user in its Common Name; no password is asked. */
-enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM, AUTH_CERT };
+enum auth_type { AUTH_TRUST = 0, AUTH_ANY, AUTH_PLAIN, AUTH_MD5, AUTH_SCRAM, AUTH_HBA, AUTH_CERT };
 
 /* Value kinds of general keys.  CF_USEC values are written in seconds (fractions allowed, as
  * PgBouncer reads them) and stored in microseconds.  CF_SIZE accepts a plain byte count or
@@ -26,6 +24,12 @@ enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH, CF_R
 	"pg_notify, set_config, txid_current, txid_current_if_assigned, pg_current_xact_id, " \
 	"pg_current_xact_id_if_assigned, lo_*"
 
+/* PgBouncer 1.25's default auth_query: the user's secret, NULL once VALID UNTIL has passed
+ * (which no password matches), and no row for a role that may not log in. */
+#define CONFIG_AUTH_QUERY \
+	"SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END " \
+	"FROM pg_authid WHERE rolname=$1 AND rolcanlogin"
+
 /* The one table of general keys: X(kind, name, default-as-written, changeable-at-runtime).
  * It drives the struct below, parsing, defaults, validation, SHOW CONFIG and the man page. */
 #define CONFIG_KEYS(X) \
@@ -36,6 +40,11 @@ enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH, CF_R
 	X(CF_INT,  listen_backlog,            "128",         false) \
 	X(CF_AUTH, auth_type,                 "md5",         true)  \
 	X(CF_STR,  auth_file,                 "",            true)  \
+	X(CF_STR,  auth_user,                 "",            true)  \
+	X(CF_STR,  auth_query,                CONFIG_AUTH_QUERY, true) \
+	X(CF_STR,  auth_dbname,               "",            true)  \
+	X(CF_STR,  auth_hba_file,             "",            true)  \
+	X(CF_STR,  auth_ident_file,           "",            true)  \
 	X(CF_MODE, pool_mode,                 "session",     true)  \
 	X(CF_INT,  default_pool_size,         "20",          true)  \
 	X(CF_INT,  min_pool_size,             "0",           true)  \
@@ -133,7 +142,9 @@ struct cfg_db {
 	char *dbname;           /* NULL: same as the name the client asked for */
 	char *user;             /* forced server user, or NULL */
 	char *password;         /* password for the forced or connecting user, or NULL */
-	char *auth_user;
+	char *auth_user;        /* looks up users the auth_file lacks (auth_query), or NULL */
+	char *auth_query;       /* this database's auth_query, or NULL: the general one */
+	char *auth_dbname;      /* the entry whose server runs auth_query, or NULL */
 	char *connect_query;
 	char *client_encoding, *datestyle, *timezone, *application_name;
 	char *sslmode;          /* libpq sslmode (NULL = "prefer" as libpq does; "disable" skips) */
@@ -253,6 +264,10 @@ int config_set(struct config *cf, const char *key, const char *value, char *err,
 
 const char *config_pool_mode_name(int mode);
 const char *config_auth_type_name(int type);
+
+/* True when `name` is a database the console answers ("pgbouncer", "pgmux"): such a name
+ * can never be an auth_dbname. */
+bool config_is_console_name(const char *name);
 
 /* True for a PgBouncer general key that pgmux does not implement yet: a file may name it (one
  * warning, no effect; refused only where ignoring it would weaken security, such as

@@ -81,6 +81,11 @@ bool cf_check_sslmode(const char *value, char *why, size_t whylen);
 bool cf_check_tls_protocols(const char *value, char *why, size_t whylen);
 bool cf_check_dheparams(const char *value, char *why, size_t whylen);
 
+/* auth_dbname: not a console database name (PgBouncer refuses it too). */
+bool cf_check_auth_dbname(const char *value, char *why, size_t whylen);
+/* auth_query: at most 4 kB (it is sent with every lookup). */
+bool cf_check_auth_query(const char *value, char *why, size_t whylen);
+
 /* Checks of PgBouncer keys pgmux ignores, for the values whose silent absence would weaken
  * security.  only_current_user: empty or the name of the user pgmux runs as. */
 bool cf_only_current_user(const char *value, char *why, size_t whylen);

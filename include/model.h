@@ -43,6 +43,9 @@ struct verdict_cache;
 struct sqlscan_funcs;
 struct tls_server;
 struct namehash;
+struct aq_state;
+struct hba;
+struct ident;
 
 /* A receive buffer, taken from the worker's free list only while it holds bytes.
  * Bytes [start, scan) are parsed and ready to go to the peer; [scan, end) await parsing. */
@@ -183,6 +186,8 @@ struct pool {
 	/* SCRAM pass-through: a client's proof gives the ClientKey the server login needs */
 	bool have_scram_keys;
 	uint8_t scram_client_key[SCRAM_KEY_LEN];
+	/* the secret auth_query found for the pool's user (auth.c), for server logins; or NULL */
+	char *auth_secret;
 	/* counters: one uint64_t per STATS_FIELDS row (xact_count, query_count, bytes_recv...) */
 #define POOL_COUNTER(id, member, name, total, avg, kind) uint64_t member;
 	STATS_FIELDS(POOL_COUNTER)
@@ -323,6 +328,8 @@ struct worker {
 	struct evdns_base *dns;
 	struct config *cf;
 	struct userlist *ul;
+	struct hba *hba;                    /* auth_hba_file, when auth_type = hba (hba.c) */
+	struct ident *ident;                /* auth_ident_file, or NULL */
 	char *cf_path;
 	struct list databases, users, pools;
 	struct namehash *db_names;          /* databases by name */
@@ -372,6 +379,7 @@ struct worker {
 	char *write_funcs_text;             /* the text it was compiled from */
 	struct freelist retry_free;         /* spare buffers for reads kept for a retry (route_retry.c) */
 	struct verdict_cache *verdicts;     /* classified statement texts (route.c) */
+	struct aq_state *aq;                /* auth_query's connections (auth_query.c), or NULL */
 };
 
 enum { PGMUX_SHUTDOWN_WAIT_SERVERS = 1, PGMUX_SHUTDOWN_WAIT_CLIENTS, PGMUX_SHUTDOWN_NOW };

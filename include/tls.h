@@ -53,10 +53,14 @@ int tls_server_start(struct conn *c, const struct tls_server *ts, char *err, siz
  * or "" for a plain connection or one still in its handshake.  Returns buf. */
 const char *tls_describe(const struct conn *c, char *buf, size_t len);
 
-/* The Common Name of the certificate a TLS client presented and the handshake verified, into
- * buf (NUL-terminated): true; false when there is none, it did not verify, or the name does
- * not fit or holds a NUL byte (which could pass for a shorter name). */
-bool tls_peer_common_name(const struct conn *c, char *buf, size_t len);
+/* The Common Name of the certificate a TLS client presented and the handshake verified against
+ * client_tls_ca_file, into buf (NUL-terminated): true; false when there is none, it did not
+ * verify, the subject has more than one CN (which one names the user would be a guess), or the
+ * name does not fit or holds a NUL byte (which could pass for a shorter name). */
+bool tls_peer_cn(const struct conn *c, char *buf, size_t len);
+
+/* True when the client sent a certificate at all. */
+bool tls_peer_has_cert(const struct conn *c);
 
 /* ---- both sides ---- */
 

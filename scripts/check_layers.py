@@ -22,9 +22,9 @@ from pathlib import Path
 
 LAYERS = [
     ("leaf", """log proto hist pwcrypt txtrack sqlscan sqlmask shardsql shardhash namehash verdict
-             scram userlist config list freelist stats_fields pgmux_config pstext pshash"""),
+             scram userlist config list freelist stats_fields pgmux_config pstext pshash hba"""),
     ("base", "model worker sbuf tls"),
-    ("engine", "auth client server pool pool_info prepared route shard shardval shardplan monitor"),
+    ("engine", "auth auth_query client server pool pool_info prepared route shard shardval shardplan monitor"),
     ("ops", "stats janitor admin prom statuspage"),
     ("daemon", "pgmux main"),
 ]

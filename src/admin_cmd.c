@@ -315,6 +315,8 @@ static enum admin_rc cmd_reload(struct admin_ctx *x)
 	char err[512];
 	/* A dry run first, so that the error reaches the admin and not only the log. */
 	if (config_load(w->cf_path, &cf, err, sizeof(err)) < 0) {
+		/* The words say "see logs": the log has the reason too. */
+		log_error("console: RELOAD failed, keeping the old configuration: %s", err);
 		admin_error(x, "F0000", RELOAD_FAILED "%s", err);
 		return ADMIN_ERR;
 	}
@@ -322,6 +324,7 @@ static enum admin_rc cmd_reload(struct admin_ctx *x)
 		struct userlist *ul = NULL;
 		if (userlist_load(cf->auth_file, &ul, err, sizeof(err)) < 0) {
 			config_free(cf);
+			log_error("console: RELOAD failed, keeping the old configuration: %s", err);
 			admin_error(x, "F0000", RELOAD_FAILED "%s", err);
 			return ADMIN_ERR;
 		}

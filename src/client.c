@@ -162,6 +162,14 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 	char tag[256];
 	if (cl->c.dead)
 		return;
+	/* PgBouncer's closing line ends with the connection's age; operators' patterns expect it.
+	 * It is written before the client hears why, so whoever reads the log after the error
+	 * finds the line there. */
+	unsigned long long age = (unsigned long long)((worker_now() - cl->connect_time) / 1000000);
+	if (sqlstate || (w->cf->log_disconnections && cl->state != CL_LOGIN))
+		log_info("%s closing because: %s (age=%llus)", client_tag(cl, tag, sizeof(tag)), reason, age);
+	else
+		log_debug("%s closing because: %s (age=%llus)", client_tag(cl, tag, sizeof(tag)), reason, age);
 	if (sqlstate) {
 		/* Best effort: the socket may already be gone; a FATAL is the last word either way.
 		 * Mid-handshake there is no channel for it: plaintext would break the TLS stream; nor
@@ -175,11 +183,6 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 			if (sbuf_send_out(&cl->c) < 0)
 				log_debug("FATAL not delivered: the socket is gone");   /* closing anyway */
 		}
-		log_info("%s closing because: %s", client_tag(cl, tag, sizeof(tag)), reason);
-	} else if (w->cf->log_disconnections && cl->state != CL_LOGIN) {
-		log_info("%s closing because: %s", client_tag(cl, tag, sizeof(tag)), reason);
-	} else {
-		log_debug("%s closing because: %s", client_tag(cl, tag, sizeof(tag)), reason);
 	}
 	struct server *sv = cl->link;
 	if (sv) {
@@ -526,14 +529,9 @@ static bool handle_startup(struct client *cl)
 		client_close(cl, "pgmux is shutting down", "57P01");
 		return false;
 	}
-	/* Only a lookup before authentication: objects are made for authenticated clients. */
+	/* An unknown database is refused only after authentication, as PgBouncer does: a client
+	 * without the password cannot learn which names exist. */
 	bool console = w->console && w->console->is_console_db(cl->db_name);
-	if (!console && !config_find_db(w->cf, cl->db_name)) {
-		char msg[300];
-		snprintf(msg, sizeof(msg), "no such database: %s", cl->db_name);
-		client_close(cl, msg, "3D000");
-		return false;
-	}
 	if (w->cf->log_connections) {
 		char tag[256], desc[160];
 		log_info("%s login attempt: tls=%s", client_tag(cl, tag, sizeof(tag)),
@@ -617,6 +615,12 @@ void client_auth_ok(struct client *cl)
 	} else {
 		/* the pool is (database, server user): the entry's forced user, as in PgBouncer */
 		p = pool_get(w, db, db->cf->user ? db->cf->user : cl->user_name);
+	}
+	if (!p && !db) {
+		char msg[300];
+		snprintf(msg, sizeof(msg), "no such database: %s", cl->db_name);
+		client_close(cl, msg, "3D000");
+		return;
 	}
 	if (!p) {
 		client_close(cl, "out of memory", "53200");

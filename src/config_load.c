@@ -64,6 +64,8 @@ static const struct key_rule {
 	{ "client_tls_dheparams", 0, 0,        false, cf_check_dheparams },
 	{ "server_tls_sslmode", 0,  0,         false, cf_check_sslmode },
 	{ "server_tls_protocols", 0, 0,        false, cf_check_tls_protocols },
+	{ "auth_dbname",       0,   0,         false, cf_check_auth_dbname },
+	{ "auth_query",        0,   0,         false, cf_check_auth_query },
 };
 
 static const struct key_rule default_rule = { NULL, 0, INT32_MAX, false, NULL };
@@ -98,11 +100,6 @@ static const struct later_key {
 	{ "service_name", NULL },
 	{ "job_name", NULL },
 	{ "unix_socket_group", NULL },
-	{ "auth_hba_file", NULL },
-	{ "auth_ident_file", NULL },
-	{ "auth_user", NULL },
-	{ "auth_query", NULL },
-	{ "auth_dbname", NULL },
 	{ "auth_ldap_options", NULL },
 	{ "so_reuseport", NULL },
 	{ "peer_id", NULL },
@@ -473,12 +470,12 @@ static void finish(struct cf_parse *ps)
 		}
 	}
 
-	/* Without verify-ca/verify-full no certificate is asked for, so nobody could log in. */
-	if (cf->auth_type == AUTH_CERT && strncasecmp(mode, "verify-", 7) != 0) {
-		cf_fail_at(ps, key_line(ps, "auth_type"), "auth_type = cert needs client_tls_sslmode "
-			   "verify-ca or verify-full (the certificate is only asked for then)");
-		return;
-	}
+	/* Without TLS and a CA to verify against, no certificate can name a user: nobody could
+	 * log in.  (Below verify-ca the certificate is asked for, but optional: tls.c.) */
+	if (cf->auth_type == AUTH_CERT && (!strcasecmp(mode, "disable") || !*cf->client_tls_ca_file))
+		log_warn("%s: auth_type = cert without client TLS (client_tls_sslmode) and "
+			 "client_tls_ca_file: no certificate can verify, so no user will be able to log in",
+			 ps->file);
 	if (cf->auth_type != AUTH_ANY && cf->auth_type != AUTH_CERT && !*cf->auth_file)
 		log_warn("%s: auth_type %s without auth_file: no user will be able to log in",
 			 ps->file, config_auth_type_name(cf->auth_type));

@@ -59,12 +59,12 @@ static const struct name_val mode_names[] = {
 
 static const struct name_val auth_names[] = {
 	{ "trust", AUTH_TRUST }, { "any", AUTH_ANY }, { "plain", AUTH_PLAIN },
-	{ "md5", AUTH_MD5 }, { "scram-sha-256", AUTH_SCRAM }, { "cert", AUTH_CERT },
+	{ "md5", AUTH_MD5 }, { "scram-sha-256", AUTH_SCRAM }, { "hba", AUTH_HBA }, { "cert", AUTH_CERT },
 };
 
-/* PgBouncer auth types that need machinery pgmux does not have yet (hba rules, PAM, LDAP);
- * naming them gives a better message than "invalid value". */
-static const char *const auth_later[] = { "hba", "pam", "ldap" };
+/* PgBouncer auth types that need machinery pgmux does not have yet (hba rules, client
+ * certificates, PAM, LDAP); naming them gives a better message than "invalid value". */
+static const char *const auth_later[] = { "pam", "ldap" };
 
 static const struct name_val bool_names[] = {
 	{ "1", 1 }, { "0", 0 }, { "on", 1 }, { "off", 0 },
@@ -191,6 +191,29 @@ bool cf_check_listen(const char *value, char *why, size_t whylen)
 	char host[256];
 	int port;
 	return !*value || config_parse_hostport(value, host, sizeof(host), &port, why, whylen);
+}
+
+bool config_is_console_name(const char *name)
+{
+	return strcmp(name, "pgbouncer") == 0 || strcmp(name, "pgmux") == 0;
+}
+
+bool cf_check_auth_dbname(const char *value, char *why, size_t whylen)
+{
+	if (!config_is_console_name(value))
+		return true;
+	snprintf(why, whylen, "cannot use the reserved \"%s\" database as an auth_dbname", value);
+	return false;
+}
+
+/* The text goes to the server in a Parse with every lookup; one $1 parameter carries the user
+ * name (never spliced into the text: see auth_query.c). */
+bool cf_check_auth_query(const char *value, char *why, size_t whylen)
+{
+	if (strlen(value) <= 4096)
+		return true;
+	snprintf(why, whylen, "auth_query is longer than 4096 bytes");
+	return false;
 }
 
 /* client_tls_sslmode and an entry's sslmode: libpq's names.  Empty is refused rather than read
@@ -420,8 +443,8 @@ bool cf_parse_auth(const char *s, int *out, char *why, size_t whylen)
 		return true;
 	if (cf_in_list(auth_later, ARRAY_LEN(auth_later), s))
 		snprintf(why, whylen, "PgBouncer's auth_type %s is not supported by pgmux yet "
-			 "(supported: trust, any, plain, md5, scram-sha-256, cert)", s);
+			 "(supported: trust, any, plain, md5, scram-sha-256, hba, cert)", s);
 	else
-		snprintf(why, whylen, "expected trust, any, plain, md5, scram-sha-256 or cert");
+		snprintf(why, whylen, "expected trust, any, plain, md5, scram-sha-256, hba or cert");
 	return false;
 }

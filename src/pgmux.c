@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "auth_query.h"
+#include "hba.h"
 #include "client.h"
 #include "janitor.h"
 #include "log.h"
@@ -208,6 +210,37 @@ void pgmux_stop_listening(struct worker *w)
 
 /* ---- reload ---- */
 
+/* auth_hba_file (read when auth_type = hba, as PgBouncer does) and auth_ident_file; 0 or -1
+ * with the reason in err. */
+static int load_hba_files(const struct config *cf, struct hba **hba, struct ident **ident,
+			  char *err, size_t errlen)
+{
+	*hba = NULL;
+	*ident = NULL;
+	if (cf->auth_type == AUTH_HBA) {
+		if (!*cf->auth_hba_file) {
+			snprintf(err, errlen, "auth_type = hba needs auth_hba_file");
+			return -1;
+		}
+		if (hba_load(cf->auth_hba_file, hba, err, errlen) < 0)
+			return -1;
+	}
+	if (*cf->auth_ident_file && ident_load(cf->auth_ident_file, ident, err, errlen) < 0) {
+		hba_free(*hba);
+		*hba = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+static void swap_hba_files(struct worker *w, struct hba *hba, struct ident *ident)
+{
+	hba_free(w->hba);
+	ident_free(w->ident);
+	w->hba = hba;
+	w->ident = ident;
+}
+
 int pgmux_reload(struct worker *w)
 {
 	struct config *cf;
@@ -224,14 +257,26 @@ int pgmux_reload(struct worker *w)
 	}
 	/* Built before anything is swapped, so a bad certificate leaves the whole old config;
 	 * the files are read again even when their names did not change (rotation). */
-	struct tls_server *ts = NULL;
-	if (tls_server_new(cf, &ts, err, sizeof(err)) < 0) {
-		log_error("TLS setup failed: reload failed, keeping the old configuration: %s", err);
+	struct hba *hba;
+	struct ident *ident;
+	if (load_hba_files(cf, &hba, &ident, err, sizeof(err)) < 0) {
+		log_error("reload failed, keeping the old configuration: %s", err);
 		if (ul)
 			userlist_free(ul);
 		config_free(cf);
 		return -1;
 	}
+	struct tls_server *ts = NULL;
+	if (tls_server_new(cf, &ts, err, sizeof(err)) < 0) {
+		log_error("TLS setup failed: reload failed, keeping the old configuration: %s", err);
+		if (ul)
+			userlist_free(ul);
+		hba_free(hba);
+		ident_free(ident);
+		config_free(cf);
+		return -1;
+	}
+	swap_hba_files(w, hba, ident);
 	tls_server_free(w->tls_srv);
 	w->tls_srv = ts;
 	struct config *old = w->cf;
@@ -294,6 +339,12 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 
 int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, struct userlist *ul)
 {
+	char herr[512];
+	if (load_hba_files(cf, &w->hba, &w->ident, herr, sizeof(herr)) < 0) {
+		fprintf(stderr, "pgmux: %s\n", herr);
+		log_error("%s", herr);
+		return -1;
+	}
 	struct event_config *ec = event_config_new();
 	event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
 	w->base = event_base_new_with_config(ec);
@@ -360,6 +411,8 @@ int pgmux_run(struct worker *w)
 	stats_stop(w);
 	prom_stop(w);
 	route_shutdown(w);
+	auth_query_shutdown(w);
+	swap_hba_files(w, NULL, NULL);
 	pgmux_stop_listening(w);
 	freelist_clear(&w->buf_free);
 	tls_server_free(w->tls_srv);

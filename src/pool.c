@@ -198,6 +198,10 @@ static void pool_free(void *val, void *arg)
 	struct pool *p = val;
 	pktbuf_free(&p->welcome);
 	varcache_clear(&((struct worker *)arg)->vars, &p->defaults);
+	if (p->auth_secret) {
+		explicit_bzero(p->auth_secret, strlen(p->auth_secret));
+		free(p->auth_secret);
+	}
 	free(p);
 }
 
@@ -608,7 +612,14 @@ void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate, b
 		p->last_connect_failed = false;
 		return;
 	}
-	if (pool_servers(p) > 0 || !refused)
+	/* The server refused the pool's credentials (class 28) or its database (3D000): no new
+	 * server can log in until someone changes something, so every waiting client hears the
+	 * server's words now, even while other servers of the pool still run (PgBouncer kills the
+	 * pool's waiting logins the same way), instead of waiting out query_wait_timeout.  Other
+	 * failures leave the waiters to the next try while the pool has servers, and always when
+	 * the server could not be reached at all (server_login_retry). */
+	bool denied = sqlstate && (!strncmp(sqlstate, "28", 2) || !strcmp(sqlstate, "3D000"));
+	if (!denied && (pool_servers(p) > 0 || !refused))
 		return;
 	while (!list_empty(&p->cl_waiting_login)) {
 		struct client *cl = list_entry(p->cl_waiting_login.next, struct client, node);
@@ -616,7 +627,10 @@ void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate, b
 	}
 	while (!list_empty(&p->cl_waiting)) {
 		struct client *cl = list_entry(p->cl_waiting.next, struct client, node);
-		fail_fast(cl);
+		if (refused || denied)
+			client_close(cl, msg, sqlstate);
+		else
+			fail_fast(cl);
 	}
 }
 

@@ -119,6 +119,9 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 		return;
 	if (quiet)
 		log_debug("%s closing: %s", server_tag(sv, tag, sizeof(tag)), reason);
+	else if (login_failed)
+		log_info("%s closing because: %s (age=%llus)", server_tag(sv, tag, sizeof(tag)), reason,
+			 (unsigned long long)((worker_now() - sv->connect_time) / 1000000));
 	else
 		log_info("%s closing because: %s", server_tag(sv, tag, sizeof(tag)), reason);
 	struct client *cl = sv->link;
@@ -558,8 +561,9 @@ static bool login_auth(struct server *sv, const uint8_t *body, uint32_t len)
 			lg->scram.key_iterations = ss.iterations;
 		} else {
 			login_failed(sv, kind == SECRET_SCRAM
-					 ? "SCRAM pass-through needs a client to log in with SCRAM first"
-					 : "server asks for SCRAM, but pgmux has no password for this user", "28P01");
+					 ? "wrong password type: SCRAM pass-through needs a client to log in with SCRAM first"
+					 : "wrong password type: server asks for SCRAM, but pgmux has no password for this user",
+				     "28P01");
 			return false;
 		}
 		char out[256];
@@ -691,9 +695,15 @@ static void login_loop(struct server *sv)
 			/* A server's error without a message or a valid SQLSTATE is still an error: the
 			 * client and the log get words for it. */
 			bool code_ok = strlen(code) == 5 && strspn(code, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 5;
-			if (*m)
+			if (*m) {
+				/* PgBouncer's line, which operators grep for: the severity, then the
+				 * server's words (the client gets the words alone). */
+				const char *sev = proto_error_field(body, blen, 'S');
+				char tag[256];
+				log_warn("%s server login failed: %s %s", server_tag(sv, tag, sizeof(tag)),
+					 *sev ? sev : "ERROR", m);
 				snprintf(msg, sizeof(msg), "%s", m);
-			else
+			} else
 				snprintf(msg, sizeof(msg), "server refused the login with an error that has no "
 					 "message (SQLSTATE %s)", code_ok ? code : "missing");
 			login_failed(sv, msg, code_ok ? code : "08P01");

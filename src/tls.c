@@ -329,7 +329,7 @@ static SSL_CTX *server_ctx(const struct config *cf, enum tls_mode mode, char *er
 			 "client_tls_cert_file \"%s\"", cf->client_tls_key_file, cf->client_tls_cert_file);
 		goto fail;
 	}
-	if (mode >= TLS_VERIFY_CA) {
+	if (mode >= TLS_VERIFY_CA || *cf->client_tls_ca_file) {
 		const char *ca = cf->client_tls_ca_file;
 		STACK_OF(X509_NAME) *names = *ca ? SSL_load_client_CA_file(ca) : NULL;
 		if (!names || SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1) {
@@ -339,7 +339,11 @@ static SSL_CTX *server_ctx(const struct config *cf, enum tls_mode mode, char *er
 		}
 		/* Tells clients which CAs to pick a certificate for; the context owns the list. */
 		SSL_CTX_set_client_CA_list(ctx, names);
-		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+		/* Below verify-ca a certificate is asked for but not required: cert logins
+		 * (auth_type cert, hba's cert) need one; a client that sends one that does not
+		 * verify is refused at the handshake, as PostgreSQL does with ssl_ca_file set. */
+		SSL_CTX_set_verify(ctx, mode >= TLS_VERIFY_CA ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+							      : SSL_VERIFY_PEER, NULL);
 		static const unsigned char sid[] = "pgmux";
 		SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1);
 	} else {
@@ -464,35 +468,6 @@ const char *tls_describe(const struct conn *c, char *buf, size_t len)
 	return buf;
 }
 
-bool tls_peer_common_name(const struct conn *c, char *buf, size_t len)
-{
-	if (!len)
-		return false;
-	*buf = '\0';
-	if (!c->ssl || c->handshaking || SSL_get_verify_result(c->ssl) != X509_V_OK)
-		return false;
-	X509 *peer = SSL_get1_peer_certificate(c->ssl);
-	if (!peer)
-		return false;
-	bool ok = false;
-	X509_NAME *subj = X509_get_subject_name(peer);
-	int at = subj ? X509_NAME_get_index_by_NID(subj, NID_commonName, -1) : -1;
-	/* a second CN would make "which one is the user" a guess */
-	if (at >= 0 && X509_NAME_get_index_by_NID(subj, NID_commonName, at) < 0) {
-		ASN1_STRING *v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, at));
-		unsigned char *u = NULL;
-		int n = v ? ASN1_STRING_to_UTF8(&u, v) : -1;
-		if (n > 0 && (size_t)n < len && memchr(u, 0, (size_t)n) == NULL) {
-			memcpy(buf, u, (size_t)n);
-			buf[n] = '\0';
-			ok = true;
-		}
-		OPENSSL_free(u);
-	}
-	X509_free(peer);
-	return ok;
-}
-
 /* ---- both sides ---------------------------------------------------------------------------- */
 
 static void want(struct conn *c, int e)
@@ -586,4 +561,44 @@ void tls_free(struct conn *c)
 		SSL_free(c->ssl);
 		c->ssl = NULL;
 	}
+}
+
+bool tls_peer_has_cert(const struct conn *c)
+{
+	if (!c->ssl || c->handshaking)
+		return false;
+	X509 *x = SSL_get1_peer_certificate(c->ssl);
+	if (!x)
+		return false;
+	X509_free(x);
+	return true;
+}
+
+bool tls_peer_cn(const struct conn *c, char *buf, size_t len)
+{
+	if (!len)
+		return false;
+	*buf = '\0';
+	if (!c->ssl || c->handshaking || SSL_get_verify_result(c->ssl) != X509_V_OK)
+		return false;
+	X509 *peer = SSL_get1_peer_certificate(c->ssl);
+	if (!peer)
+		return false;
+	bool ok = false;
+	X509_NAME *subj = X509_get_subject_name(peer);
+	int at = subj ? X509_NAME_get_index_by_NID(subj, NID_commonName, -1) : -1;
+	/* a second CN would make "which one is the user" a guess */
+	if (at >= 0 && X509_NAME_get_index_by_NID(subj, NID_commonName, at) < 0) {
+		ASN1_STRING *v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, at));
+		unsigned char *u = NULL;
+		int n = v ? ASN1_STRING_to_UTF8(&u, v) : -1;
+		if (n > 0 && (size_t)n < len && memchr(u, 0, (size_t)n) == NULL) {
+			memcpy(buf, u, (size_t)n);
+			buf[n] = '\0';
+			ok = true;
+		}
+		OPENSSL_free(u);
+	}
+	X509_free(peer);
+	return ok;
 }
