@@ -300,8 +300,8 @@ struct router_ops {
 struct daemon_ops {
 	/* reread the configuration file and apply it; <0 when it failed and nothing changed */
 	int (*reload)(struct worker *w);
-	/* close the listening sockets (no new clients; the Unix socket file is removed) */
-	void (*stop_listening)(struct worker *w);
+	/* start a shutdown of the given PGMUX_SHUTDOWN_* mode (pgmux_shutdown) */
+	void (*shutdown)(struct worker *w, int mode);
 };
 
 /* The event loop and every piece of hot-path state; one per thread. */

@@ -133,7 +133,8 @@ static enum admin_rc cmd_resume(struct admin_ctx *x)
 		log_info("console: resuming database %s", x->db->name);
 	} else {
 		if (w->shutdown) {
-			admin_error(x, "55000", "pgmux is shutting down");
+			/* PgBouncer's text and SQLSTATE: scripts match them */
+			admin_error(x, "08P01", "pooler is shutting down");
 			return ADMIN_ERR;
 		}
 		bool any = w->paused;
@@ -338,27 +339,24 @@ static enum admin_rc cmd_reload(struct admin_ctx *x)
 
 static enum admin_rc cmd_shutdown(struct admin_ctx *x)
 {
-	struct worker *w = x->w;
 	const char *a = x->arg;
+	int mode;
 	if (!*a) {
-		log_info("console: SHUTDOWN, exiting now");
-		w->shutdown = PGMUX_SHUTDOWN_NOW;
+		log_info("SHUTDOWN command issued");
+		mode = PGMUX_SHUTDOWN_NOW;
 	} else if (!strcasecmp(a, "WAIT_FOR_SERVERS")) {
-		log_info("console: SHUTDOWN WAIT_FOR_SERVERS, shutting down once servers are released");
-		if (w->daemon)
-			w->daemon->stop_listening(w);
-		w->paused = true;
-		w->shutdown = PGMUX_SHUTDOWN_WAIT_SERVERS;
+		log_info("SHUTDOWN WAIT_FOR_SERVERS command issued");
+		mode = PGMUX_SHUTDOWN_WAIT_SERVERS;
 	} else if (!strcasecmp(a, "WAIT_FOR_CLIENTS")) {
-		log_info("console: SHUTDOWN WAIT_FOR_CLIENTS, shutting down once clients are gone");
-		if (w->daemon)
-			w->daemon->stop_listening(w);
-		w->shutdown = PGMUX_SHUTDOWN_WAIT_CLIENTS;
+		log_info("SHUTDOWN WAIT_FOR_CLIENTS command issued");
+		mode = PGMUX_SHUTDOWN_WAIT_CLIENTS;
 	} else {
 		admin_error(x, "42601", "SHUTDOWN takes WAIT_FOR_SERVERS, WAIT_FOR_CLIENTS or nothing");
 		return ADMIN_ERR;
 	}
-	x->cl->console->check_shutdown = true;
+	/* Applied once the reply is on its way (check_shutdown): SHUTDOWN's own console gets
+	 * its CommandComplete before the loop ends. */
+	x->cl->console->shutdown_mode = mode;
 	return ADMIN_OK;
 }
 

@@ -463,12 +463,14 @@ static bool handle_startup(struct client *cl)
 		client_close(cl, "no more connections allowed (max_client_conn)", "53300");
 		return false;
 	}
-	if (w->shutdown) {
-		client_close(cl, "pgmux is shutting down", "57P01");
-		return false;
-	}
 	/* Only a lookup before authentication: objects are made for authenticated clients. */
 	bool console = w->console && w->console->is_console_db(cl->db_name);
+	/* During a graceful shutdown the console stays reachable (over the Unix socket, the one
+	 * listener left open); pooled logins are refused in PgBouncer's words. */
+	if (w->shutdown && !console) {
+		client_close(cl, "pooler is shutting down", "57P01");
+		return false;
+	}
 	if (!console && !config_find_db(w->cf, cl->db_name)) {
 		char msg[300];
 		snprintf(msg, sizeof(msg), "no such database: %s", cl->db_name);

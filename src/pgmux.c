@@ -206,6 +206,69 @@ void pgmux_stop_listening(struct worker *w)
 	}
 }
 
+static bool is_unix_listener(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	return getsockname(fd, (struct sockaddr *)&ss, &len) == 0 && ss.ss_family == AF_UNIX;
+}
+
+/* Closes the TCP listeners and keeps the Unix socket: during a graceful shutdown an operator
+ * on the machine can still reach the console, while the network sees the port closed (so a
+ * load balancer or a second instance on the same port takes the new clients). */
+static void stop_tcp_listening(struct worker *w)
+{
+	int kept = 0;
+	evtimer_del(&w->ev_accept_retry);
+	for (int i = 0; i < w->n_listen; i++) {
+		event_del(&w->lev[i]);
+		if (!is_unix_listener(w->lfd[i])) {
+			close(w->lfd[i]);
+			continue;
+		}
+		/* An added event may not move in memory: the kept one is assigned afresh. */
+		w->lfd[kept] = w->lfd[i];
+		kept++;
+	}
+	w->n_listen = kept;
+	for (int i = 0; i < kept; i++) {
+		event_assign(&w->lev[i], w->base, w->lfd[i], EV_READ | EV_PERSIST, on_accept, w);
+		event_add(&w->lev[i], NULL);
+	}
+	w->listening = false;
+}
+
+/* Clients waiting for a server get none during SHUTDOWN WAIT_FOR_SERVERS: they are told so
+ * now rather than left hanging until the process exits under them. */
+static void close_waiting_clients(struct worker *w)
+{
+	struct list *it, *tmp, *c, *ct;
+	list_for_each_safe(it, tmp, &w->pools) {
+		struct pool *p = list_entry(it, struct pool, node);
+		list_for_each_safe(c, ct, &p->cl_waiting)
+			client_close(list_entry(c, struct client, node), "server shutting down", "57P01");
+		list_for_each_safe(c, ct, &p->cl_waiting_login)
+			client_close(list_entry(c, struct client, node), "server shutting down", "57P01");
+	}
+}
+
+void pgmux_shutdown(struct worker *w, int mode)
+{
+	if (mode == PGMUX_SHUTDOWN_NOW || w->shutdown == PGMUX_SHUTDOWN_NOW) {
+		w->shutdown = PGMUX_SHUTDOWN_NOW;
+		event_base_loopbreak(w->base);
+		return;
+	}
+	w->shutdown = mode;
+	stop_tcp_listening(w);
+	if (mode == PGMUX_SHUTDOWN_WAIT_SERVERS) {
+		/* No server is handed out again; what is linked finishes its transaction. */
+		w->paused = true;
+		close_waiting_clients(w);
+	}
+	worker_check_shutdown(w);
+}
+
 /* ---- reload ---- */
 
 int pgmux_reload(struct worker *w)
@@ -264,30 +327,39 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 		pgmux_reload(w);
 		break;
 	case SIGINT:
-		log_info("got SIGINT, shutting down once servers are released");
-		pgmux_stop_listening(w);
-		w->paused = true;
-		w->shutdown = PGMUX_SHUTDOWN_WAIT_SERVERS;
+	case SIGTERM: {
+		const char *name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+		/* A second one while a shutdown is under way is the operator losing patience:
+		 * PgBouncer's rule, an immediate exit. */
+		if (w->shutdown) {
+			log_info("got %s while shutting down, fast exit", name);
+			pgmux_shutdown(w, PGMUX_SHUTDOWN_NOW);
+		} else if (sig == SIGINT) {
+			log_info("got SIGINT, shutting down, waiting for all servers connections to be released");
+			pgmux_shutdown(w, PGMUX_SHUTDOWN_WAIT_SERVERS);
+		} else {
+			log_info("got SIGTERM, shutting down, waiting for all clients disconnect");
+			pgmux_shutdown(w, PGMUX_SHUTDOWN_WAIT_CLIENTS);
+		}
 		break;
-	case SIGTERM:
-		log_info("got SIGTERM, shutting down once clients are gone");
-		pgmux_stop_listening(w);
-		w->shutdown = PGMUX_SHUTDOWN_WAIT_CLIENTS;
-		break;
+	}
 	case SIGQUIT:
-		log_info("got SIGQUIT, exiting now");
-		w->shutdown = PGMUX_SHUTDOWN_NOW;
+		log_info("got SIGQUIT, fast exit");
+		pgmux_shutdown(w, PGMUX_SHUTDOWN_NOW);
 		break;
 	case SIGUSR1:
 		log_info("got SIGUSR1, pausing");
 		w->paused = true;
 		break;
-	case SIGUSR2: {
+	case SIGUSR2:
+		if (w->shutdown) {
+			log_info("got SIGUSR2 while shutting down, ignoring");
+			break;
+		}
 		log_info("got SIGUSR2, resuming");
 		w->paused = false;
 		pool_serve_all(w);
 		break;
-	}
 	}
 	worker_check_shutdown(w);
 }
@@ -337,7 +409,7 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 	evsignal_assign(&ev_usr2, w->base, SIGUSR2, on_signal, w);
 	evsignal_add(&ev_usr2, NULL);
 	static const struct daemon_ops daemon_ops = {
-		.reload = pgmux_reload, .stop_listening = pgmux_stop_listening,
+		.reload = pgmux_reload, .shutdown = pgmux_shutdown,
 	};
 	w->daemon = &daemon_ops;
 	admin_register(w);   /* before the listeners: the first login may be a console's */

@@ -349,6 +349,12 @@ void pool_acquire(struct client *cl)
 		link_pair(cl, sv);
 		return;
 	}
+	if (w->shutdown == PGMUX_SHUTDOWN_WAIT_SERVERS) {
+		/* SHUTDOWN WAIT_FOR_SERVERS: no new transaction starts; waiting would only end
+		 * when the process exits under the client. */
+		client_close(cl, "server shutting down", "57P01");
+		return;
+	}
 	if (login_retry_wait(p) && pool_servers(p) == 0) {
 		fail_fast(cl);
 		return;
