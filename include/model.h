@@ -197,6 +197,7 @@ struct client {
 	struct client_auth *auth;           /* login-time state only */
 	struct txtrack tt;                  /* what is in flight on its link (txtrack.c) */
 	bool discarding;                    /* pkt_left bytes are dropped, not forwarded */
+	bool wait_notified;                 /* got the query_wait_notify notice for this wait */
 	bool admin;                         /* may run console control commands (admin_users) */
 	bool peer_admin;                    /* console user pgbouncer over the Unix socket from
 					     * pgmux's own uid: an admin without a password */

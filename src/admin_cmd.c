@@ -183,6 +183,7 @@ static enum admin_rc cmd_reconnect(struct admin_ctx *x)
 				list_entry(s, struct server, node)->close_when_idle = true;
 	}
 	close_marked_idle(x->w, x->db);
+	pool_fast_close(x->w);
 	pool_serve_all(x->w);
 	log_info("console: reconnecting %s", x->db ? x->db->name : "all databases");
 	return ADMIN_OK;

@@ -215,8 +215,47 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_
 }
 
 /* Startup parameters PostgreSQL clients send that pgmux understands without a server. */
+struct options_ctx {
+	struct client *cl;
+	char *err;
+	size_t errlen;
+	bool ignore_rest;       /* "options" is in ignore_startup_parameters */
+};
+
+/* One setting of the options parameter: a tracked parameter is taken as if sent on its own;
+ * one in ignore_startup_parameters (or any, when "options" is) is dropped; else refused. */
+static int options_setting(void *arg, const char *name, const char *val)
+{
+	struct options_ctx *o = arg;
+	struct client *cl = o->cl;
+	int var = varcache_lookup(name);
+	if (var >= 0) {
+		if (strlen(val) >= VAR_MAX_LEN) {
+			snprintf(o->err, o->errlen, "startup parameter %s is too long", name);
+			return -1;
+		}
+		if (!varcache_set(&cl->c.w->vars, &cl->vars, var, val)) {
+			snprintf(o->err, o->errlen, "out of memory");
+			return -1;
+		}
+		return 0;
+	}
+	if (o->ignore_rest || config_list_has(cl->c.w->cf->ignore_startup_parameters, name))
+		return 0;
+	snprintf(o->err, o->errlen, "unsupported startup parameter in options: %.64s", name);
+	return -1;
+}
+
 static bool startup_param_ok(struct client *cl, const char *key, const char *val, char *err, size_t errlen)
 {
+	if (strcmp(key, "options") == 0) {
+		struct options_ctx o = { cl, err, errlen,
+			config_list_has(cl->c.w->cf->ignore_startup_parameters, "options") };
+		if (proto_options_each(val, options_setting, &o, err, errlen) == 0)
+			return true;
+		/* With "options" ignored, what cannot be parsed is dropped like the rest. */
+		return o.ignore_rest && strcmp(err, PROTO_OPTIONS_BAD) == 0;
+	}
 	int var = varcache_lookup(key);
 	if (var >= 0) {
 		if (strlen(val) >= VAR_MAX_LEN) {
@@ -590,6 +629,10 @@ void client_send_welcome(struct client *cl)
 			varcache_set(&cl->c.w->vars, &cl->vars, i, varcache_get(&p->defaults, i));
 	worker_cancel_register(cl->c.w, cl);
 	proto_backend_key(o, cl->cancel_pid, cl->cancel_key);
+	/* login_notify_message: after the login and before the first ReadyForQuery, where psql
+	 * and libpq show it as a notice of the connection. */
+	if (*cl->c.w->cf->login_notify_message)
+		proto_notice(o, "00000", cl->c.w->cf->login_notify_message);
 	proto_ready(o, 'I');
 	client_set_state(cl, CL_ACTIVE);
 	cl->c.hold = false;

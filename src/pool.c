@@ -17,6 +17,7 @@
 #include "prepared.h"
 #include "server.h"
 #include "tls.h"
+#include "txtrack.h"
 
 static bool str_eq(const char *a, const char *b)
 {
@@ -360,6 +361,7 @@ void pool_acquire(struct client *cl)
 		return;
 	}
 	client_set_state(cl, CL_WAITING);
+	cl->wait_notified = false;
 	pool_launch(p);
 	pool_serve_waiters(p);
 }
@@ -664,5 +666,51 @@ void pool_serve_all(struct worker *w)
 		struct pool *p = list_entry(it, struct pool, node);
 		pool_launch(p);
 		pool_serve_waiters(p);
+	}
+}
+
+/* The text is PgBouncer's (clients and their log scrapers match it); it names no database. */
+#define WAIT_NOTICE "No server connection available in postgres backend, client being queued"
+
+void pool_notify_waiters(struct worker *w, uint64_t now)
+{
+	int64_t after = w->cf->query_wait_notify;
+	if (after <= 0)
+		return;
+	struct list *it, *tmp, *c, *ct;
+	list_for_each_safe(it, tmp, &w->pools) {
+		struct pool *p = list_entry(it, struct pool, node);
+		list_for_each_safe(c, ct, &p->cl_waiting) {
+			struct client *cl = list_entry(c, struct client, node);
+			if (cl->wait_notified || now < cl->wait_start ||
+			    now - cl->wait_start < (uint64_t)after || cl->c.torn)
+				continue;
+			/* Unlinked and between messages: a notice of pgmux's own may go in. */
+			cl->wait_notified = true;
+			proto_notice(&cl->c.out, "00000", WAIT_NOTICE);
+			if (sbuf_send_out(&cl->c) < 0)
+				client_close(cl, "send failed", NULL);
+		}
+	}
+}
+
+void pool_fast_close(struct worker *w)
+{
+	if (!w->cf->server_fast_close)
+		return;
+	struct list *it, *tmp, *c, *ct;
+	list_for_each_safe(it, tmp, &w->pools) {
+		struct pool *p = list_entry(it, struct pool, node);
+		if (pool_mode(p) != POOL_SESSION)
+			continue;   /* the others release at the end of each transaction anyway */
+		list_for_each_safe(c, ct, &p->cl_active) {
+			struct client *cl = list_entry(c, struct client, node);
+			struct server *sv = cl->link;
+			/* Only between transactions, with nothing in flight either way. */
+			if (!sv || !sv->close_when_idle || sv->tx != 'I' || !txtrack_quiet(&cl->tt) ||
+			    !sbuf_empty(&cl->c) || cl->c.pkt_left || sv->internal_z)
+				continue;
+			client_close(cl, "database configuration changed", "08P01");
+		}
 	}
 }
