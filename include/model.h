@@ -326,7 +326,9 @@ struct worker {
 					     * first client) */
 	int n_clients;
 	int n_servers;
-	uint64_t next_id;
+	uint64_t next_id;                   /* connection ids, one sequence for clients and servers
+					     * as PgBouncer numbers its sockets */
+	uint64_t next_obj_id;               /* database and pool ids (listing order) */
 	uint64_t now;                       /* worker_now() at the start of the current callback */
 	struct vtab vars;                   /* interned session-parameter values */
 	struct ps_global *ps;               /* prepared statements by text, for all clients */

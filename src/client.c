@@ -597,6 +597,7 @@ void client_auth_ok(struct client *cl)
 		return;
 	}
 	cl->pool = p;
+	p->client_login_count++;
 	auth_export_keys(cl, p);
 	auth_free(cl);
 	proto_auth_request(&cl->c.out, 0, NULL, 0);

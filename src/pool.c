@@ -55,7 +55,7 @@ struct database *pool_find_database(struct worker *w, const char *name)
 		return NULL;
 	db->name = strdup(name);
 	db->w = w;
-	db->id = ++w->next_id;
+	db->id = ++w->next_obj_id;
 	db->last_used = worker_now();
 	db->cf = config_db_dup(e);
 	db->from_wildcard = strcmp(e->name, "*") == 0 && strcmp(name, "*") != 0;
@@ -97,7 +97,7 @@ struct pool *pool_get(struct worker *w, struct database *db, const char *user)
 	if (!p)
 		return NULL;
 	p->w = w;
-	p->id = ++w->next_id;
+	p->id = ++w->next_obj_id;
 	p->db = db;
 	p->user = u;
 	list_init(&p->sv_login);
@@ -281,6 +281,7 @@ static void link_pair(struct client *cl, struct server *sv)
 	struct pool *p = cl->pool;
 	uint64_t now = p->w->now;
 	server_set_state(sv, SV_ACTIVE);
+	p->server_assignment_count++;
 	sv->link = cl;
 	cl->link = sv;
 	sbuf_link(&cl->c, &sv->c);
@@ -430,8 +431,8 @@ void pool_release(struct server *sv, bool client_gone)
 		why = "server not idle at release";
 	else if (p->db->removed)
 		why = "database removed";
-	else if (cf->server_lifetime > 0 && now - sv->connect_time > (uint64_t)cf->server_lifetime)
-		why = "server lifetime over";
+	else if (now - sv->connect_time >= (uint64_t)cf->server_lifetime)
+		why = "server lifetime over";   /* 0: every server is used once (PgBouncer's rule) */
 	else if (pool_servers(p) > pool_size(p) + pool_reserve(p))
 		why = "pool shrank";
 	if (why) {
