@@ -303,6 +303,8 @@ struct daemon_ops {
 	int (*reload)(struct worker *w);
 	/* start a shutdown of the given PGMUX_SHUTDOWN_* mode (pgmux_shutdown) */
 	void (*shutdown)(struct worker *w, int mode);
+	/* stop (true) or restart (false) accepting new connections (pgmux_hold_accepts) */
+	void (*hold_accepts)(struct worker *w, bool hold);
 };
 
 /* The event loop and every piece of hot-path state; one per thread. */
@@ -355,6 +357,8 @@ struct worker {
 	struct event ev_sig[5];
 	int shutdown;                       /* 0, or one of PGMUX_SHUTDOWN_* */
 	bool paused;
+	bool suspended;                     /* console SUSPEND: paused, accepts held, until RESUME */
+	bool accepts_held;                  /* listeners out of the loop (pgmux_hold_accepts) */
 	struct tls_server *tls_srv;         /* TLS for clients (tls.c), NULL when client_tls_sslmode = disable */
 	struct stats_state *stats;          /* stats_period snapshots (stats.c), or NULL */
 	struct sqlscan_funcs *write_funcs;  /* write_functions, compiled (route.c) */

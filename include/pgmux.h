@@ -17,5 +17,8 @@ void pgmux_stop_listening(struct worker *w);
  * released / clients are gone; WAIT_FOR_SERVERS also closes clients waiting for a server.
  * Asking for another mode while one runs, or NOW, ends the loop at once. */
 void pgmux_shutdown(struct worker *w, int mode);
+/* SUSPEND / RESUME: stops (true) or restarts (false) accepting on every listener; connections
+ * that arrive meanwhile wait in the kernel's backlog. */
+void pgmux_hold_accepts(struct worker *w, bool hold);
 
 #endif

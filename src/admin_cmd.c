@@ -149,6 +149,9 @@ static enum admin_rc cmd_resume(struct admin_ctx *x)
 			return ADMIN_ERR;
 		}
 		w->paused = false;
+		if (w->suspended && w->daemon)
+			w->daemon->hold_accepts(w, false);
+		w->suspended = false;
 		log_info("console: resuming");
 	}
 	pool_serve_all(w);
@@ -301,10 +304,27 @@ static enum admin_rc cmd_kill_client(struct admin_ctx *x)
 	return ADMIN_OK;
 }
 
+/* pgmux has no online restart to hand sockets over to, so SUSPEND keeps only the part that
+ * stands on its own: no new transaction gets a server and no new connection is accepted until
+ * RESUME.  pgmux never holds bytes back in its buffers, so there is nothing to flush first and
+ * the command returns at once; transactions under way go on. */
 static enum admin_rc cmd_suspend(struct admin_ctx *x)
 {
-	admin_error(x, "0A000", "SUSPEND is not supported: pgmux has no online restart; use PAUSE");
-	return ADMIN_ERR;
+	struct worker *w = x->w;
+	if (w->shutdown) {
+		admin_error(x, "08P01", "pooler is shutting down");
+		return ADMIN_ERR;
+	}
+	if (w->paused || w->suspended) {
+		admin_error(x, "55000", "already suspended/paused");
+		return ADMIN_ERR;
+	}
+	log_info("SUSPEND command issued");
+	w->suspended = true;
+	w->paused = true;
+	if (w->daemon)
+		w->daemon->hold_accepts(w, true);
+	return ADMIN_OK;
 }
 
 /* PgBouncer's words first (scripts match them), then pgmux's reason. */
@@ -457,7 +477,8 @@ const struct admin_cmd admin_ctl_cmds[] = {
 	CTRL("KILL_CLIENT", ARG_ID, "id", cmd_kill_client, "drop one client (id from SHOW CLIENTS) and its server"),
 	CTRL("WAIT_CLOSE", ARG_DB_OPT, "[db]", cmd_wait_close,
 	     "return once the servers marked by RECONNECT or RELOAD are closed"),
-	CTRL("SUSPEND", ARG_NONE, "", cmd_suspend, "not supported (PgBouncer's online restart)"),
+	CTRL("SUSPEND", ARG_NONE, "", cmd_suspend,
+	     "hold new transactions and new connections until RESUME (no online restart)"),
 	CTRL("RELOAD", ARG_NONE, "", cmd_reload, "re-read the configuration file; reports errors"),
 	CTRL("SHUTDOWN", ARG_SHUTDOWN, "[WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]", cmd_shutdown,
 	     "exit now, or once servers are released / clients are gone"),

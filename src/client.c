@@ -580,7 +580,10 @@ void client_auth_ok(struct client *cl)
 	}
 	struct database *db = pool_find_database(w, cl->db_name);
 	if (db && db->disabled) {
-		client_close(cl, "database does not allow connections", "57P03");
+		/* PgBouncer's words, which clients and scripts match */
+		char msg[300];
+		snprintf(msg, sizeof(msg), "database \"%s\" is disabled", db->name);
+		client_close(cl, msg, "57P03");
 		return;
 	}
 	struct pool *p = NULL;

@@ -88,6 +88,8 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
 static void accept_retry(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker *w = arg;
+	if (w->accepts_held)
+		return;   /* SUSPEND: RESUME adds them back */
 	for (int k = 0; k < w->n_listen; k++)
 		event_add(&w->lev[k], NULL);
 }
@@ -233,7 +235,8 @@ static void stop_tcp_listening(struct worker *w)
 	w->n_listen = kept;
 	for (int i = 0; i < kept; i++) {
 		event_assign(&w->lev[i], w->base, w->lfd[i], EV_READ | EV_PERSIST, on_accept, w);
-		event_add(&w->lev[i], NULL);
+		if (!w->accepts_held)
+			event_add(&w->lev[i], NULL);
 	}
 	w->listening = false;
 }
@@ -252,6 +255,21 @@ static void close_waiting_clients(struct worker *w)
 	}
 }
 
+void pgmux_hold_accepts(struct worker *w, bool hold)
+{
+	if (w->accepts_held == hold)
+		return;
+	w->accepts_held = hold;
+	for (int i = 0; i < w->n_listen; i++) {
+		if (hold)
+			event_del(&w->lev[i]);
+		else
+			event_add(&w->lev[i], NULL);
+	}
+	if (hold)
+		evtimer_del(&w->ev_accept_retry);
+}
+
 void pgmux_shutdown(struct worker *w, int mode)
 {
 	if (mode == PGMUX_SHUTDOWN_NOW || w->shutdown == PGMUX_SHUTDOWN_NOW) {
@@ -260,6 +278,8 @@ void pgmux_shutdown(struct worker *w, int mode)
 		return;
 	}
 	w->shutdown = mode;
+	w->suspended = false;
+	pgmux_hold_accepts(w, false);   /* the console must stay reachable */
 	stop_tcp_listening(w);
 	if (mode == PGMUX_SHUTDOWN_WAIT_SERVERS) {
 		/* No server is handed out again; what is linked finishes its transaction. */
@@ -358,6 +378,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 		}
 		log_info("got SIGUSR2, resuming");
 		w->paused = false;
+		w->suspended = false;
+		pgmux_hold_accepts(w, false);
 		pool_serve_all(w);
 		break;
 	}
@@ -410,6 +432,7 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 	evsignal_add(&ev_usr2, NULL);
 	static const struct daemon_ops daemon_ops = {
 		.reload = pgmux_reload, .shutdown = pgmux_shutdown,
+		.hold_accepts = pgmux_hold_accepts,
 	};
 	w->daemon = &daemon_ops;
 	admin_register(w);   /* before the listeners: the first login may be a console's */

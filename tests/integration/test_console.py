@@ -328,8 +328,6 @@ def test_reload_set_and_shutdown(env):
     assert cfg["server_reset_query"] == "DISCARD  ALL"
     r = admin(px, "SET default_pool_size = lots", check=False)
     assert r.returncode != 0 and "invalid value" in r.stderr
-    r = admin(px, "SUSPEND", check=False)
-    assert r.returncode != 0 and "not supported" in r.stderr
     # SHUTDOWN WAIT_FOR_CLIENTS waits for the last client (the console itself) to leave
     c = px.connect(db)
     admin(px, "SHUTDOWN WAIT_FOR_CLIENTS")
