@@ -1,6 +1,8 @@
 /* proto.c: builds the protocol messages pgmux sends itself and parses the few bodies it must read. */
 #include "proto.h"
 
+#include "log.h"
+
 #include <ctype.h>
 #include <stdbool.h>
 
@@ -418,6 +420,7 @@ bool varcache_apply(const struct varcache *client, const struct varcache *server
 	/* No value could be quoted: there is nothing to send (and no query to swallow). */
 	if (n == 0)
 		return false;
+	log_noise("varcache_apply: %s", sql);
 	proto_query(pb, sql);
 	return true;
 }
