@@ -82,7 +82,7 @@ struct admin_session {
 	bool wait_simple;           /* ReadyForQuery follows the completion */
 	const char *wait_tag;
 	bool skip_to_sync;          /* extended protocol: after an error, until Sync */
-	bool check_shutdown;        /* SHUTDOWN: check once the reply is out */
+	int shutdown_mode;          /* SHUTDOWN: the PGMUX_SHUTDOWN_* mode to start once the reply is out */
 	struct {
 		char name[ADMIN_NAME_MAX];
 		char *text;             /* NULL: slot free */

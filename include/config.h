@@ -114,6 +114,9 @@ enum cf_kind { CF_STR, CF_INT, CF_BOOL, CF_USEC, CF_SIZE, CF_MODE, CF_AUTH, CF_R
 	X(CF_STR,  stats_users,               "",            true)  \
 	X(CF_BOOL, application_name_add_host, "0",           true)  \
 	X(CF_BOOL, server_round_robin,        "0",           true)  \
+	X(CF_BOOL, server_fast_close,         "0",           true)  \
+	X(CF_USEC, query_wait_notify,         "5",           true)  \
+	X(CF_STR,  login_notify_message,      "",            true)  \
 	X(CF_BOOL, disable_pqexec,            "0",           false) \
 	X(CF_INT,  max_prepared_statements,   "200",         true)  \
 	X(CF_SIZE, max_client_memory,         "16777216",        true)  \

@@ -215,6 +215,7 @@ struct client {
 	bool counted_console;
 	struct txtrack tt;                  /* what is in flight on its link (txtrack.c) */
 	bool discarding;                    /* pkt_left bytes are dropped, not forwarded */
+	bool wait_notified;                 /* got the query_wait_notify notice for this wait */
 	bool admin;                         /* may run console control commands (admin_users) */
 	bool peer_admin;                    /* console user pgbouncer over the Unix socket from
 					     * pgmux's own uid: an admin without a password */
@@ -318,8 +319,10 @@ struct router_ops {
 struct daemon_ops {
 	/* reread the configuration file and apply it; <0 when it failed and nothing changed */
 	int (*reload)(struct worker *w);
-	/* close the listening sockets (no new clients; the Unix socket file is removed) */
-	void (*stop_listening)(struct worker *w);
+	/* start a shutdown of the given PGMUX_SHUTDOWN_* mode (pgmux_shutdown) */
+	void (*shutdown)(struct worker *w, int mode);
+	/* stop (true) or restart (false) accepting new connections (pgmux_hold_accepts) */
+	void (*hold_accepts)(struct worker *w, bool hold);
 };
 
 /* The event loop and every piece of hot-path state; one per thread. */
@@ -346,7 +349,9 @@ struct worker {
 					     * first client) */
 	int n_clients;
 	int n_servers;
-	uint64_t next_id;
+	uint64_t next_id;                   /* connection ids, one sequence for clients and servers
+					     * as PgBouncer numbers its sockets */
+	uint64_t next_obj_id;               /* database and pool ids (listing order) */
 	uint64_t now;                       /* worker_now() at the start of the current callback */
 	struct vtab vars;                   /* interned session-parameter values */
 	struct ps_global *ps;               /* prepared statements by text, for all clients */
@@ -373,6 +378,8 @@ struct worker {
 	struct event ev_sig[5];
 	int shutdown;                       /* 0, or one of PGMUX_SHUTDOWN_* */
 	bool paused;
+	bool suspended;                     /* console SUSPEND: paused, accepts held, until RESUME */
+	bool accepts_held;                  /* listeners out of the loop (pgmux_hold_accepts) */
 	struct tls_server *tls_srv;         /* TLS for clients (tls.c), NULL when client_tls_sslmode = disable */
 	struct stats_state *stats;          /* stats_period snapshots (stats.c), or NULL */
 	struct sqlscan_funcs *write_funcs;  /* write_functions, compiled (route.c) */

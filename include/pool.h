@@ -74,6 +74,13 @@ void pool_serve_waiters(struct pool *p);
 
 /* Every pool: open what waiters need, hand idle servers to them (after RESUME, a reload, SET). */
 void pool_serve_all(struct worker *w);
+/* query_wait_notify: clients waiting for a server that long get one NoticeResponse saying
+ * they are queued (once per wait). */
+void pool_notify_waiters(struct worker *w, uint64_t now);
+/* server_fast_close: session-mode clients whose server is marked for close (RECONNECT, a
+ * RELOAD that changed the database) are disconnected between transactions instead of at the
+ * end of the session; no effect in the other modes, which release servers anyway. */
+void pool_fast_close(struct worker *w);
 /* Applies a new config: updates databases, drops removed ones. */
 void pool_apply_config(struct worker *w);
 

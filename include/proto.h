@@ -67,6 +67,18 @@ struct startup {
  * The body must end in the terminating NUL.  Returns 0, or -1 with err describing the fault. */
 int proto_parse_startup(const uint8_t *body, size_t len, struct startup *out, char *err, size_t errlen);
 
+/* The error text for an `options` startup parameter that is not a list of settings
+ * (PgBouncer's words: clients and scripts match them). */
+#define PROTO_OPTIONS_BAD "unsupported options startup parameter: only '-c config=val' and '--config=val' are allowed"
+
+/* Walks the `options` startup parameter as PostgreSQL splits it (whitespace separates words,
+ * a backslash takes the next character literally) and calls fn for each setting written
+ * "-c name=value", "-cname=value" or "--name=value" ('-' in a name reads as '_').  Returns 0;
+ * -1 when the text holds anything else (err is PROTO_OPTIONS_BAD), or when fn returned < 0
+ * (fn wrote err), or out of memory. */
+int proto_options_each(const char *opts, int (*fn)(void *arg, const char *name, const char *val),
+		       void *arg, char *err, size_t errlen);
+
 /* Reads a NUL-terminated string from [*p, end); NULL when there is no terminator. */
 const char *proto_get_str(const uint8_t **p, const uint8_t *end);
 

@@ -12,8 +12,10 @@ enum stats_avg_kind {
 };
 
 /* The one table of counters: X(id, pool member, STATS_TOTALS name, SHOW STATS total_ name,
- * SHOW STATS avg_ name, average kind).  Order is PgBouncer's (1.21) SHOW STATS order. */
+ * SHOW STATS avg_ name, average kind).  Order is PgBouncer's (1.25) SHOW STATS order:
+ * server_assignment_count counts servers handed to clients, client_login_count logins. */
 #define STATS_FIELDS(X) \
+	X(STAT_SERVER_ASSIGNMENTS, server_assignment_count, "server_assignment_count", "total_server_assignment_count", "avg_server_assignment_count", STATS_AVG_RATE) \
 	X(STAT_XACT_COUNT,         xact_count,         "xact_count",         "total_xact_count",         "avg_xact_count",         STATS_AVG_RATE)      \
 	X(STAT_QUERY_COUNT,        query_count,        "query_count",        "total_query_count",        "avg_query_count",        STATS_AVG_RATE)      \
 	X(STAT_BYTES_RECV,         bytes_recv,         "bytes_received",     "total_received",           "avg_recv",               STATS_AVG_RATE)      \
@@ -23,6 +25,7 @@ enum stats_avg_kind {
 	X(STAT_WAIT_TIME,          wait_time,          "wait_time",          "total_wait_time",          "avg_wait_time",          STATS_AVG_RATE)      \
 	X(STAT_CLIENT_PARSE_COUNT, client_parse_count, "client_parse_count", "total_client_parse_count", "avg_client_parse_count", STATS_AVG_RATE)      \
 	X(STAT_SERVER_PARSE_COUNT, server_parse_count, "server_parse_count", "total_server_parse_count", "avg_server_parse_count", STATS_AVG_RATE)      \
-	X(STAT_BIND_COUNT,         bind_count,         "bind_count",         "total_bind_count",         "avg_bind_count",         STATS_AVG_RATE)
+	X(STAT_BIND_COUNT,         bind_count,         "bind_count",         "total_bind_count",         "avg_bind_count",         STATS_AVG_RATE)      \
+	X(STAT_CLIENT_LOGINS,      client_login_count, "client_login_count", "total_client_login_count", "avg_client_login_count", STATS_AVG_RATE)
 
 #endif

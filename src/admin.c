@@ -544,9 +544,11 @@ void admin_process(struct client *cl)
 		event_add(&s->ev_drain, NULL);   /* the next batch once the socket takes more */
 	else if (s->wait == WAIT_NONE)
 		sbuf_resume(&cl->c);   /* reading stops when the buffer fills behind a held command */
-	if (s->check_shutdown) {
-		s->check_shutdown = false;
-		worker_check_shutdown(cl->c.w);
+	if (s->shutdown_mode) {
+		int mode = s->shutdown_mode;
+		s->shutdown_mode = 0;
+		if (cl->c.w->daemon)
+			cl->c.w->daemon->shutdown(cl->c.w, mode);
 	}
 }
 

@@ -133,7 +133,8 @@ static enum admin_rc cmd_resume(struct admin_ctx *x)
 		log_info("console: resuming database %s", x->db->name);
 	} else {
 		if (w->shutdown) {
-			admin_error(x, "55000", "pgmux is shutting down");
+			/* PgBouncer's text and SQLSTATE: scripts match them */
+			admin_error(x, "08P01", "pooler is shutting down");
 			return ADMIN_ERR;
 		}
 		bool any = w->paused;
@@ -148,6 +149,9 @@ static enum admin_rc cmd_resume(struct admin_ctx *x)
 			return ADMIN_ERR;
 		}
 		w->paused = false;
+		if (w->suspended && w->daemon)
+			w->daemon->hold_accepts(w, false);
+		w->suspended = false;
 		log_info("console: resuming");
 	}
 	pool_serve_all(w);
@@ -182,6 +186,7 @@ static enum admin_rc cmd_reconnect(struct admin_ctx *x)
 				list_entry(s, struct server, node)->close_when_idle = true;
 	}
 	close_marked_idle(x->w, x->db);
+	pool_fast_close(x->w);
 	pool_serve_all(x->w);
 	log_info("console: reconnecting %s", x->db ? x->db->name : "all databases");
 	return ADMIN_OK;
@@ -299,10 +304,27 @@ static enum admin_rc cmd_kill_client(struct admin_ctx *x)
 	return ADMIN_OK;
 }
 
+/* pgmux has no online restart to hand sockets over to, so SUSPEND keeps only the part that
+ * stands on its own: no new transaction gets a server and no new connection is accepted until
+ * RESUME.  pgmux never holds bytes back in its buffers, so there is nothing to flush first and
+ * the command returns at once; transactions under way go on. */
 static enum admin_rc cmd_suspend(struct admin_ctx *x)
 {
-	admin_error(x, "0A000", "SUSPEND is not supported: pgmux has no online restart; use PAUSE");
-	return ADMIN_ERR;
+	struct worker *w = x->w;
+	if (w->shutdown) {
+		admin_error(x, "08P01", "pooler is shutting down");
+		return ADMIN_ERR;
+	}
+	if (w->paused || w->suspended) {
+		admin_error(x, "55000", "already suspended/paused");
+		return ADMIN_ERR;
+	}
+	log_info("SUSPEND command issued");
+	w->suspended = true;
+	w->paused = true;
+	if (w->daemon)
+		w->daemon->hold_accepts(w, true);
+	return ADMIN_OK;
 }
 
 /* PgBouncer's words first (scripts match them), then pgmux's reason. */
@@ -341,27 +363,24 @@ static enum admin_rc cmd_reload(struct admin_ctx *x)
 
 static enum admin_rc cmd_shutdown(struct admin_ctx *x)
 {
-	struct worker *w = x->w;
 	const char *a = x->arg;
+	int mode;
 	if (!*a) {
-		log_info("console: SHUTDOWN, exiting now");
-		w->shutdown = PGMUX_SHUTDOWN_NOW;
+		log_info("SHUTDOWN command issued");
+		mode = PGMUX_SHUTDOWN_NOW;
 	} else if (!strcasecmp(a, "WAIT_FOR_SERVERS")) {
-		log_info("console: SHUTDOWN WAIT_FOR_SERVERS, shutting down once servers are released");
-		if (w->daemon)
-			w->daemon->stop_listening(w);
-		w->paused = true;
-		w->shutdown = PGMUX_SHUTDOWN_WAIT_SERVERS;
+		log_info("SHUTDOWN WAIT_FOR_SERVERS command issued");
+		mode = PGMUX_SHUTDOWN_WAIT_SERVERS;
 	} else if (!strcasecmp(a, "WAIT_FOR_CLIENTS")) {
-		log_info("console: SHUTDOWN WAIT_FOR_CLIENTS, shutting down once clients are gone");
-		if (w->daemon)
-			w->daemon->stop_listening(w);
-		w->shutdown = PGMUX_SHUTDOWN_WAIT_CLIENTS;
+		log_info("SHUTDOWN WAIT_FOR_CLIENTS command issued");
+		mode = PGMUX_SHUTDOWN_WAIT_CLIENTS;
 	} else {
 		admin_error(x, "42601", "SHUTDOWN takes WAIT_FOR_SERVERS, WAIT_FOR_CLIENTS or nothing");
 		return ADMIN_ERR;
 	}
-	x->cl->console->check_shutdown = true;
+	/* Applied once the reply is on its way (check_shutdown): SHUTDOWN's own console gets
+	 * its CommandComplete before the loop ends. */
+	x->cl->console->shutdown_mode = mode;
 	return ADMIN_OK;
 }
 
@@ -462,7 +481,8 @@ const struct admin_cmd admin_ctl_cmds[] = {
 	CTRL("KILL_CLIENT", ARG_ID, "id", cmd_kill_client, "drop one client (id from SHOW CLIENTS) and its server"),
 	CTRL("WAIT_CLOSE", ARG_DB_OPT, "[db]", cmd_wait_close,
 	     "return once the servers marked by RECONNECT or RELOAD are closed"),
-	CTRL("SUSPEND", ARG_NONE, "", cmd_suspend, "not supported (PgBouncer's online restart)"),
+	CTRL("SUSPEND", ARG_NONE, "", cmd_suspend,
+	     "hold new transactions and new connections until RESUME (no online restart)"),
 	CTRL("RELOAD", ARG_NONE, "", cmd_reload, "re-read the configuration file; reports errors"),
 	CTRL("SHUTDOWN", ARG_SHUTDOWN, "[WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]", cmd_shutdown,
 	     "exit now, or once servers are released / clients are gone"),

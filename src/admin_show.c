@@ -422,7 +422,9 @@ static void client_row(struct admin_ctx *x, void *obj)
 	struct client *c = obj;
 	uint64_t now = x->w->now;
 	bool waiting = c->state == CL_WAITING || c->state == CL_WAITING_LOGIN;
-	const char *state = c->state == CL_LOGIN ? "login" : waiting ? "waiting" : "active";
+	/* PgBouncer 1.25's words: "active" holds a server, "idle" holds none and wants none. */
+	const char *state = c->state == CL_LOGIN ? "login" : waiting ? "waiting" :
+			    c->link ? "active" : "idle";
 	uint64_t wait = waiting && now > c->wait_start ? now - c->wait_start : 0;
 	admin_row_begin(x);
 	conn_row_head(x, "C", c->user_name, c->db_name, state, &c->c);

@@ -277,8 +277,47 @@ void client_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_
 }
 
 /* Startup parameters PostgreSQL clients send that pgmux understands without a server. */
+struct options_ctx {
+	struct client *cl;
+	char *err;
+	size_t errlen;
+	bool ignore_rest;       /* "options" is in ignore_startup_parameters */
+};
+
+/* One setting of the options parameter: a tracked parameter is taken as if sent on its own;
+ * one in ignore_startup_parameters (or any, when "options" is) is dropped; else refused. */
+static int options_setting(void *arg, const char *name, const char *val)
+{
+	struct options_ctx *o = arg;
+	struct client *cl = o->cl;
+	int var = varcache_lookup(name);
+	if (var >= 0) {
+		if (strlen(val) >= VAR_MAX_LEN) {
+			snprintf(o->err, o->errlen, "startup parameter %s is too long", name);
+			return -1;
+		}
+		if (!varcache_set(&cl->c.w->vars, &cl->vars, var, val)) {
+			snprintf(o->err, o->errlen, "out of memory");
+			return -1;
+		}
+		return 0;
+	}
+	if (o->ignore_rest || config_list_has(cl->c.w->cf->ignore_startup_parameters, name))
+		return 0;
+	snprintf(o->err, o->errlen, "unsupported startup parameter in options: %.64s", name);
+	return -1;
+}
+
 static bool startup_param_ok(struct client *cl, const char *key, const char *val, char *err, size_t errlen)
 {
+	if (strcmp(key, "options") == 0) {
+		struct options_ctx o = { cl, err, errlen,
+			config_list_has(cl->c.w->cf->ignore_startup_parameters, "options") };
+		if (proto_options_each(val, options_setting, &o, err, errlen) == 0)
+			return true;
+		/* With "options" ignored, what cannot be parsed is dropped like the rest. */
+		return o.ignore_rest && strcmp(err, PROTO_OPTIONS_BAD) == 0;
+	}
 	int var = varcache_lookup(key);
 	if (var >= 0) {
 		if (strlen(val) >= VAR_MAX_LEN) {
@@ -525,13 +564,15 @@ static bool handle_startup(struct client *cl)
 		client_close(cl, "no more connections allowed (max_client_conn)", "53300");
 		return false;
 	}
-	if (w->shutdown) {
-		client_close(cl, "pgmux is shutting down", "57P01");
-		return false;
-	}
 	/* An unknown database is refused only after authentication, as PgBouncer does: a client
 	 * without the password cannot learn which names exist. */
 	bool console = w->console && w->console->is_console_db(cl->db_name);
+	/* During a graceful shutdown the console stays reachable (over the Unix socket, the one
+	 * listener left open); pooled logins are refused in PgBouncer's words. */
+	if (w->shutdown && !console) {
+		client_close(cl, "pooler is shutting down", "57P01");
+		return false;
+	}
 	if (w->cf->log_connections) {
 		char tag[256], desc[160];
 		log_info("%s login attempt: tls=%s", client_tag(cl, tag, sizeof(tag)),
@@ -597,11 +638,16 @@ void client_auth_ok(struct client *cl)
 	}
 	struct database *db = pool_find_database(w, cl->db_name);
 	if (!db) {
-		client_close(cl, "no such database", "3D000");
+		char msg[300];
+		snprintf(msg, sizeof(msg), "no such database: %s", cl->db_name);
+		client_close(cl, msg, "3D000");
 		return;
 	}
 	if (db->disabled) {
-		client_close(cl, "database does not allow connections", "57P03");
+		/* PgBouncer's words, which clients and scripts match */
+		char msg[300];
+		snprintf(msg, sizeof(msg), "database \"%s\" is disabled", db->name);
+		client_close(cl, msg, "57P03");
 		return;
 	}
 	if (!count_login(cl, db, false))
@@ -616,17 +662,12 @@ void client_auth_ok(struct client *cl)
 		/* the pool is (database, server user): the entry's forced user, as in PgBouncer */
 		p = pool_get(w, db, db->cf->user ? db->cf->user : cl->user_name);
 	}
-	if (!p && !db) {
-		char msg[300];
-		snprintf(msg, sizeof(msg), "no such database: %s", cl->db_name);
-		client_close(cl, msg, "3D000");
-		return;
-	}
 	if (!p) {
 		client_close(cl, "out of memory", "53200");
 		return;
 	}
 	cl->pool = p;
+	p->client_login_count++;
 	auth_export_keys(cl, p);
 	auth_free(cl);
 	proto_auth_request(&cl->c.out, 0, NULL, 0);
@@ -659,6 +700,10 @@ void client_send_welcome(struct client *cl)
 			varcache_set(&cl->c.w->vars, &cl->vars, i, varcache_get(&p->defaults, i));
 	worker_cancel_register(cl->c.w, cl);
 	proto_backend_key(o, cl->cancel_pid, cl->cancel_key);
+	/* login_notify_message: after the login and before the first ReadyForQuery, where psql
+	 * and libpq show it as a notice of the connection. */
+	if (*cl->c.w->cf->login_notify_message)
+		proto_notice(o, "00000", cl->c.w->cf->login_notify_message);
 	proto_ready(o, 'I');
 	client_set_state(cl, CL_ACTIVE);
 	cl->c.hold = false;

@@ -52,7 +52,9 @@ static const struct key_rule {
 	{ "unix_socket_mode",  0,   0777,      true,  NULL },
 	{ "listen_backlog",    1,   INT32_MAX, false, NULL },
 	{ "max_client_conn",   1,   INT32_MAX, false, NULL },
-	{ "pkt_buf",           512, INT32_MAX, false, NULL },
+	/* PgBouncer takes small values (its suite runs with 75); pgmux's receive buffers never
+	 * go below SBUF_MIN_SIZE whatever this says, so a small value is harmless. */
+	{ "pkt_buf",           64,  INT32_MAX, false, NULL },
 	{ "max_packet_size",   1,   INT32_MAX, false, NULL },
 	/* below 64 kB a client could not even send a long prepared-statement name */
 	{ "max_client_memory", 65536, INT32_MAX, false, NULL },
@@ -105,9 +107,6 @@ static const struct later_key {
 	{ "peer_id", NULL },
 	{ "track_extra_parameters", NULL },
 	{ "scram_iterations", NULL },
-	{ "server_fast_close", NULL },
-	{ "query_wait_notify", NULL },
-	{ "login_notify_message", NULL },
 	{ "dns_max_ttl", NULL },
 	{ "dns_nxdomain_ttl", NULL },
 	{ "dns_zone_check_period", NULL },

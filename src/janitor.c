@@ -272,6 +272,8 @@ void janitor_run(struct worker *w)
 	free(sv.why);
 	free(check.v);
 	free(check.why);
+	pool_notify_waiters(w, now);
+	pool_fast_close(w);
 	grow_pools(w);
 	worker_check_shutdown(w);
 }

@@ -90,6 +90,8 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg)
 static void accept_retry(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker *w = arg;
+	if (w->accepts_held)
+		return;   /* SUSPEND: RESUME adds them back */
 	for (int k = 0; k < w->n_listen; k++)
 		event_add(&w->lev[k], NULL);
 }
@@ -208,6 +210,87 @@ void pgmux_stop_listening(struct worker *w)
 	}
 }
 
+static bool is_unix_listener(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	return getsockname(fd, (struct sockaddr *)&ss, &len) == 0 && ss.ss_family == AF_UNIX;
+}
+
+/* Closes the TCP listeners and keeps the Unix socket: during a graceful shutdown an operator
+ * on the machine can still reach the console, while the network sees the port closed (so a
+ * load balancer or a second instance on the same port takes the new clients). */
+static void stop_tcp_listening(struct worker *w)
+{
+	int kept = 0;
+	evtimer_del(&w->ev_accept_retry);
+	for (int i = 0; i < w->n_listen; i++) {
+		event_del(&w->lev[i]);
+		if (!is_unix_listener(w->lfd[i])) {
+			close(w->lfd[i]);
+			continue;
+		}
+		/* An added event may not move in memory: the kept one is assigned afresh. */
+		w->lfd[kept] = w->lfd[i];
+		kept++;
+	}
+	w->n_listen = kept;
+	for (int i = 0; i < kept; i++) {
+		event_assign(&w->lev[i], w->base, w->lfd[i], EV_READ | EV_PERSIST, on_accept, w);
+		if (!w->accepts_held)
+			event_add(&w->lev[i], NULL);
+	}
+	w->listening = false;
+}
+
+/* Clients waiting for a server get none during SHUTDOWN WAIT_FOR_SERVERS: they are told so
+ * now rather than left hanging until the process exits under them. */
+static void close_waiting_clients(struct worker *w)
+{
+	struct list *it, *tmp, *c, *ct;
+	list_for_each_safe(it, tmp, &w->pools) {
+		struct pool *p = list_entry(it, struct pool, node);
+		list_for_each_safe(c, ct, &p->cl_waiting)
+			client_close(list_entry(c, struct client, node), "server shutting down", "57P01");
+		list_for_each_safe(c, ct, &p->cl_waiting_login)
+			client_close(list_entry(c, struct client, node), "server shutting down", "57P01");
+	}
+}
+
+void pgmux_hold_accepts(struct worker *w, bool hold)
+{
+	if (w->accepts_held == hold)
+		return;
+	w->accepts_held = hold;
+	for (int i = 0; i < w->n_listen; i++) {
+		if (hold)
+			event_del(&w->lev[i]);
+		else
+			event_add(&w->lev[i], NULL);
+	}
+	if (hold)
+		evtimer_del(&w->ev_accept_retry);
+}
+
+void pgmux_shutdown(struct worker *w, int mode)
+{
+	if (mode == PGMUX_SHUTDOWN_NOW || w->shutdown == PGMUX_SHUTDOWN_NOW) {
+		w->shutdown = PGMUX_SHUTDOWN_NOW;
+		event_base_loopbreak(w->base);
+		return;
+	}
+	w->shutdown = mode;
+	w->suspended = false;
+	pgmux_hold_accepts(w, false);   /* the console must stay reachable */
+	stop_tcp_listening(w);
+	if (mode == PGMUX_SHUTDOWN_WAIT_SERVERS) {
+		/* No server is handed out again; what is linked finishes its transaction. */
+		w->paused = true;
+		close_waiting_clients(w);
+	}
+	worker_check_shutdown(w);
+}
+
 /* ---- reload ---- */
 
 /* auth_hba_file (read when auth_type = hba, as PgBouncer does) and auth_ident_file; 0 or -1
@@ -309,30 +392,41 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 		pgmux_reload(w);
 		break;
 	case SIGINT:
-		log_info("got SIGINT, shutting down once servers are released");
-		pgmux_stop_listening(w);
-		w->paused = true;
-		w->shutdown = PGMUX_SHUTDOWN_WAIT_SERVERS;
+	case SIGTERM: {
+		const char *name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+		/* A second one while a shutdown is under way is the operator losing patience:
+		 * PgBouncer's rule, an immediate exit. */
+		if (w->shutdown) {
+			log_info("got %s while shutting down, fast exit", name);
+			pgmux_shutdown(w, PGMUX_SHUTDOWN_NOW);
+		} else if (sig == SIGINT) {
+			log_info("got SIGINT, shutting down, waiting for all servers connections to be released");
+			pgmux_shutdown(w, PGMUX_SHUTDOWN_WAIT_SERVERS);
+		} else {
+			log_info("got SIGTERM, shutting down, waiting for all clients disconnect");
+			pgmux_shutdown(w, PGMUX_SHUTDOWN_WAIT_CLIENTS);
+		}
 		break;
-	case SIGTERM:
-		log_info("got SIGTERM, shutting down once clients are gone");
-		pgmux_stop_listening(w);
-		w->shutdown = PGMUX_SHUTDOWN_WAIT_CLIENTS;
-		break;
+	}
 	case SIGQUIT:
-		log_info("got SIGQUIT, exiting now");
-		w->shutdown = PGMUX_SHUTDOWN_NOW;
+		log_info("got SIGQUIT, fast exit");
+		pgmux_shutdown(w, PGMUX_SHUTDOWN_NOW);
 		break;
 	case SIGUSR1:
 		log_info("got SIGUSR1, pausing");
 		w->paused = true;
 		break;
-	case SIGUSR2: {
+	case SIGUSR2:
+		if (w->shutdown) {
+			log_info("got SIGUSR2 while shutting down, ignoring");
+			break;
+		}
 		log_info("got SIGUSR2, resuming");
 		w->paused = false;
+		w->suspended = false;
+		pgmux_hold_accepts(w, false);
 		pool_serve_all(w);
 		break;
-	}
 	}
 	worker_check_shutdown(w);
 }
@@ -388,7 +482,8 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 	evsignal_assign(&ev_usr2, w->base, SIGUSR2, on_signal, w);
 	evsignal_add(&ev_usr2, NULL);
 	static const struct daemon_ops daemon_ops = {
-		.reload = pgmux_reload, .stop_listening = pgmux_stop_listening,
+		.reload = pgmux_reload, .shutdown = pgmux_shutdown,
+		.hold_accepts = pgmux_hold_accepts,
 	};
 	w->daemon = &daemon_ops;
 	admin_register(w);   /* before the listeners: the first login may be a console's */

@@ -17,6 +17,7 @@
 #include "prepared.h"
 #include "server.h"
 #include "tls.h"
+#include "txtrack.h"
 
 static bool str_eq(const char *a, const char *b)
 {
@@ -54,7 +55,7 @@ struct database *pool_find_database(struct worker *w, const char *name)
 		return NULL;
 	db->name = strdup(name);
 	db->w = w;
-	db->id = ++w->next_id;
+	db->id = ++w->next_obj_id;
 	db->last_used = worker_now();
 	db->cf = config_db_dup(e);
 	db->from_wildcard = strcmp(e->name, "*") == 0 && strcmp(name, "*") != 0;
@@ -104,7 +105,7 @@ struct pool *pool_get(struct worker *w, struct database *db, const char *user)
 	if (!p)
 		return NULL;
 	p->w = w;
-	p->id = ++w->next_id;
+	p->id = ++w->next_obj_id;
 	p->db = db;
 	p->user = u;
 	p->last_used = w->now;
@@ -347,6 +348,7 @@ static void link_pair(struct client *cl, struct server *sv)
 	struct pool *p = cl->pool;
 	uint64_t now = p->w->now;
 	server_set_state(sv, SV_ACTIVE);
+	p->server_assignment_count++;
 	sv->link = cl;
 	cl->link = sv;
 	sbuf_link(&cl->c, &sv->c);
@@ -446,11 +448,18 @@ void pool_acquire(struct client *cl)
 		link_pair(cl, sv);
 		return;
 	}
+	if (w->shutdown == PGMUX_SHUTDOWN_WAIT_SERVERS) {
+		/* SHUTDOWN WAIT_FOR_SERVERS: no new transaction starts; waiting would only end
+		 * when the process exits under the client. */
+		client_close(cl, "server shutting down", "57P01");
+		return;
+	}
 	if (login_retry_wait(p) && pool_servers(p) == 0) {
 		fail_fast(cl);
 		return;
 	}
 	client_set_state(cl, CL_WAITING);
+	cl->wait_notified = false;
 	pool_launch(p);
 	pool_serve_waiters(p);
 }
@@ -545,9 +554,8 @@ void pool_release(struct server *sv, bool client_gone)
 		why = "server not idle at release";
 	else if (p->db->removed)
 		why = "database removed";
-	else if (pool_server_lifetime(p) > 0 &&
-		 now - sv->connect_time > (uint64_t)pool_server_lifetime(p))
-		why = "server lifetime over";
+	else if (now - sv->connect_time >= (uint64_t)pool_server_lifetime(p))
+		why = "server lifetime over";   /* 0: every server is used once (PgBouncer's rule) */
 	else if (pool_servers(p) > pool_size(p) + pool_reserve(p))
 		why = "pool shrank";
 	if (why) {
@@ -805,5 +813,51 @@ void pool_serve_all(struct worker *w)
 		struct pool *p = list_entry(it, struct pool, node);
 		pool_launch(p);
 		pool_serve_waiters(p);
+	}
+}
+
+/* The text is PgBouncer's (clients and their log scrapers match it); it names no database. */
+#define WAIT_NOTICE "No server connection available in postgres backend, client being queued"
+
+void pool_notify_waiters(struct worker *w, uint64_t now)
+{
+	int64_t after = w->cf->query_wait_notify;
+	if (after <= 0)
+		return;
+	struct list *it, *tmp, *c, *ct;
+	list_for_each_safe(it, tmp, &w->pools) {
+		struct pool *p = list_entry(it, struct pool, node);
+		list_for_each_safe(c, ct, &p->cl_waiting) {
+			struct client *cl = list_entry(c, struct client, node);
+			if (cl->wait_notified || now < cl->wait_start ||
+			    now - cl->wait_start < (uint64_t)after || cl->c.torn)
+				continue;
+			/* Unlinked and between messages: a notice of pgmux's own may go in. */
+			cl->wait_notified = true;
+			proto_notice(&cl->c.out, "00000", WAIT_NOTICE);
+			if (sbuf_send_out(&cl->c) < 0)
+				client_close(cl, "send failed", NULL);
+		}
+	}
+}
+
+void pool_fast_close(struct worker *w)
+{
+	if (!w->cf->server_fast_close)
+		return;
+	struct list *it, *tmp, *c, *ct;
+	list_for_each_safe(it, tmp, &w->pools) {
+		struct pool *p = list_entry(it, struct pool, node);
+		if (pool_mode(p) != POOL_SESSION)
+			continue;   /* the others release at the end of each transaction anyway */
+		list_for_each_safe(c, ct, &p->cl_active) {
+			struct client *cl = list_entry(c, struct client, node);
+			struct server *sv = cl->link;
+			/* Only between transactions, with nothing in flight either way. */
+			if (!sv || !sv->close_when_idle || sv->tx != 'I' || !txtrack_quiet(&cl->tt) ||
+			    !sbuf_empty(&cl->c) || cl->c.pkt_left || sv->internal_z)
+				continue;
+			client_close(cl, "database configuration changed", "08P01");
+		}
 	}
 }

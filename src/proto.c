@@ -1,6 +1,11 @@
 /* proto.c: builds the protocol messages pgmux sends itself and parses the few bodies it must read. */
 #include "proto.h"
 
+#include "log.h"
+
+#include <ctype.h>
+#include <stdbool.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -212,6 +217,68 @@ int proto_parse_startup(const uint8_t *body, size_t len, struct startup *out, ch
 	}
 }
 
+static int options_setting(char *set, int (*fn)(void *, const char *, const char *), void *arg,
+			   char *err, size_t errlen)
+{
+	char *eq = strchr(set, '=');
+	if (!eq || eq == set) {
+		snprintf(err, errlen, "%s", PROTO_OPTIONS_BAD);
+		return -1;
+	}
+	*eq = 0;
+	for (char *q = set; *q; q++)
+		if (*q == '-')
+			*q = '_';
+	return fn(arg, set, eq + 1) < 0 ? -1 : 0;
+}
+
+int proto_options_each(const char *opts, int (*fn)(void *arg, const char *name, const char *val),
+		       void *arg, char *err, size_t errlen)
+{
+	/* Words are unescaped into a copy: never longer than the text. */
+	char *buf = malloc(strlen(opts) + 1);
+	if (!buf) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	const char *p = opts;
+	bool want_arg = false;   /* the word after a lone "-c" */
+	int rc = 0;
+	for (;;) {
+		while (*p && isspace((unsigned char)*p))
+			p++;
+		if (!*p)
+			break;
+		char *word = buf;
+		size_t n = 0;
+		while (*p && !isspace((unsigned char)*p)) {
+			if (*p == '\\' && p[1])
+				p++;
+			word[n++] = *p++;
+		}
+		word[n] = 0;
+		if (want_arg) {
+			want_arg = false;
+			rc = options_setting(word, fn, arg, err, errlen);
+		} else if (!strcmp(word, "-c")) {
+			want_arg = true;
+		} else if (!strncmp(word, "-c", 2) || !strncmp(word, "--", 2)) {
+			rc = options_setting(word + 2, fn, arg, err, errlen);
+		} else {
+			snprintf(err, errlen, "%s", PROTO_OPTIONS_BAD);
+			rc = -1;
+		}
+		if (rc < 0)
+			break;
+	}
+	if (rc == 0 && want_arg) {
+		snprintf(err, errlen, "%s", PROTO_OPTIONS_BAD);
+		rc = -1;
+	}
+	free(buf);
+	return rc;
+}
+
 const char *proto_error_field(const uint8_t *body, size_t len, char code)
 {
 	if (!body)
@@ -353,6 +420,7 @@ bool varcache_apply(const struct varcache *client, const struct varcache *server
 	/* No value could be quoted: there is nothing to send (and no query to swallow). */
 	if (n == 0)
 		return false;
+	log_noise("varcache_apply: %s", sql);
 	proto_query(pb, sql);
 	return true;
 }

@@ -620,8 +620,15 @@ static void track_param(struct server *sv, const uint8_t *body, uint32_t len)
 	if (id < 0)
 		return;
 	varcache_set(&sv->c.w->vars, &sv->vars, id, v);
-	if (sv->link)
+	if (sv->link) {
+		/* The server's spelling replaces the client's ("ISO" becomes "ISO, MDY"), so that the
+		 * next link compares equal and sends no SET. */
+		const char *had = varcache_get(&sv->link->vars, id);
+		if (had && strcmp(had, v) != 0)
+			log_noise("varcache_set_canonical: setting %s to its canonical version %s -> %s",
+				  varcache_name(id), had, v);
 		varcache_set(&sv->c.w->vars, &sv->link->vars, id, v);
+	}
 }
 
 static void login_done(struct server *sv)

@@ -141,7 +141,8 @@ void worker_check_shutdown(struct worker *w)
 	if (w->shutdown == PGMUX_SHUTDOWN_NOW) {
 		done = true;
 	} else if (w->shutdown == PGMUX_SHUTDOWN_WAIT_CLIENTS) {
-		done = w->n_clients == 0;
+		/* Consoles do not hold the exit up: a monitoring session would do so forever. */
+		done = w->n_clients - w->n_admin <= 0;
 	} else {
 		done = true;
 		struct list *it, *tmp;

@@ -9,6 +9,8 @@
 
 #include "proto.h"
 
+#include <stdio.h>
+
 static void test_error_response_layout(void **state)
 {
 	struct pktbuf pb = { 0 };
@@ -135,6 +137,48 @@ static void test_varcache_apply(void **state)
 	pktbuf_free(&pb);
 }
 
+/* Collects the settings proto_options_each finds as "name=value;" */
+static int collect(void *arg, const char *name, const char *val)
+{
+	char *out = arg;
+	if (!strcmp(name, "refuse_me"))
+		return -1;
+	size_t n = strlen(out);
+	snprintf(out + n, 512 - n, "%s=%s;", name, val);
+	return 0;
+}
+
+static void test_options_param(void **state)
+{
+	(void)state;
+	static const struct { const char *in, *out; } ok[] = {
+		{ "", "" },
+		{ "  -c    datestyle=German,\\ YMD", "datestyle=German, YMD;" },
+		{ "-c timezone=Europe/Lisbon  -c    datestyle=German,\\ YMD",
+		  "timezone=Europe/Lisbon;datestyle=German, YMD;" },
+		{ "-ctimezone=UTC -cdatestyle=ISO", "timezone=UTC;datestyle=ISO;" },
+		{ "--timezone=UTC --date-style=ISO", "timezone=UTC;date_style=ISO;" },
+		{ "-c t\\imezone=\\E\\u\\r\\o\\pe/Lisbon -c dat\\estyle\\=\\Ge\\rman,\\ YMD",
+		  "timezone=Europe/Lisbon;datestyle=German, YMD;" },
+		{ "-c a=b=c", "a=b=c;" },
+	};
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		char out[512] = "", err[256] = "";
+		assert_int_equal(proto_options_each(ok[i].in, collect, out, err, sizeof(err)), 0);
+		assert_string_equal(out, ok[i].out);
+	}
+	static const char *const bad[] = { "-d", "-c timezone", "-c", "timezone=UTC", "-c =x", "--" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char out[512] = "", err[256] = "";
+		assert_int_equal(proto_options_each(bad[i], collect, out, err, sizeof(err)), -1);
+		assert_string_equal(err, PROTO_OPTIONS_BAD);
+	}
+	/* the callback's refusal stops the walk */
+	char out[512] = "", err[256] = "";
+	assert_int_equal(proto_options_each("-c a=1 -c refuse_me=1 -c b=2", collect, out, err, sizeof(err)), -1);
+	assert_string_equal(out, "a=1;");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -145,6 +189,7 @@ int main(void)
 		cmocka_unit_test(test_startup_too_many_params),
 		cmocka_unit_test(test_quote_literal),
 		cmocka_unit_test(test_varcache_apply),
+		cmocka_unit_test(test_options_param),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
