@@ -44,7 +44,16 @@ void pool_release(struct server *sv, bool client_gone);
 void pool_server_ready(struct server *sv);
 void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate);
 
-/* Opens connections while waiters outnumber logins and the limits allow. */
+/* True when one more server may be opened for p now: pool_size, max_db_connections and
+ * max_user_connections allow it and no server_login_retry wait is on. */
+bool pool_may_open(const struct pool *p);
+/* Makes room for a replication client's server: closes one idle server ("evicted") of p, or
+ * when max_db_connections or max_user_connections is what is full, of another pool of the
+ * same database or user.  False when there is no idle server to close. */
+bool pool_evict_idle(struct pool *p);
+
+/* Opens connections while waiters outnumber logins and the limits allow (replication clients'
+ * own servers first, repl.c). */
 void pool_launch(struct pool *p);
 /* Opens one more server while the pool is below min_pool_size (and within its limits). */
 void pool_grow_min(struct pool *p);

@@ -24,7 +24,7 @@ LAYERS = [
     ("leaf", """log proto hist pwcrypt txtrack sqlscan sqlmask shardsql shardhash namehash verdict
              scram userlist config list freelist stats_fields pgmux_config pstext"""),
     ("base", "model worker sbuf tls"),
-    ("engine", "auth client server pool pool_info prepared route shard shardval shardplan monitor"),
+    ("engine", "auth client server repl pool pool_info prepared route shard shardval shardplan monitor"),
     ("ops", "stats janitor admin prom"),
     ("daemon", "pgmux main"),
 ]

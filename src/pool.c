@@ -15,6 +15,7 @@
 #include "namehash.h"
 #include "sbuf.h"
 #include "prepared.h"
+#include "repl.h"
 #include "server.h"
 #include "tls.h"
 
@@ -226,14 +227,53 @@ static bool can_open(const struct pool *p, bool reserve)
 	return !login_retry_wait(p);
 }
 
+bool pool_may_open(const struct pool *p)
+{
+	return can_open(p, false);
+}
+
+/* The first idle server of q, or NULL. */
+static struct server *first_idle(struct pool *q)
+{
+	return list_empty(&q->sv_idle) ? NULL : list_entry(q->sv_idle.next, struct server, node);
+}
+
+bool pool_evict_idle(struct pool *p)
+{
+	struct server *sv = NULL;
+	if (pool_servers(p) >= pool_size(p)) {
+		sv = first_idle(p);
+	} else {
+		int maxdb = max_db_conns(p), maxuser = max_user_conns(p);
+		bool db_full = maxdb > 0 && p->db->n_servers >= maxdb;
+		bool user_full = maxuser > 0 && p->user->n_servers >= maxuser;
+		struct list *it, *nx;
+		list_for_each_safe(it, nx, &p->w->pools) {
+			struct pool *q = list_entry(it, struct pool, node);
+			if ((db_full && q->db == p->db) || (user_full && q->user == p->user))
+				if ((sv = first_idle(q)))
+					break;
+		}
+	}
+	if (!sv)
+		return false;
+	server_close(sv, "evicted");
+	return true;
+}
+
 /* Servers that will be idle within a round trip: logging in, being checked, or finishing
  * pgmux's own query after a release (the reset a session ends with).  A waiting client is
  * better served by one of those than by a new connection, and counting them keeps the number
  * of server connections independent of how fast the reset answers. */
 static int soon_idle(struct pool *p)
 {
-	int n = p->n_sv[SV_LOGIN] + p->n_sv[SV_TESTED];
+	int n = p->n_sv[SV_TESTED];
 	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &p->sv_login) {
+		const struct server *sv = list_entry(it, struct server, node);
+		if (!sv->replication)   /* a replication client's own: never anyone else's */
+			n++;
+	}
 	list_for_each_safe(it, tmp, &p->sv_used) {
 		const struct server *sv = list_entry(it, struct server, node);
 		if (sv->internal_z && !sv->close_when_idle && !sv->cancel_pending && !sv->link)
@@ -249,8 +289,17 @@ void pool_launch(struct pool *p)
 		return;
 	if (p->db->be && !w->router->may_connect(p->db))
 		return;   /* a backend that is down: the monitor says when it is back */
+	if (p->n_repl_wait) {
+		if (!p->db->addr_ok) {
+			pool_resolve(p->db, w);
+			return;
+		}
+		repl_launch(p);
+		if (p->db->removed)
+			return;
+	}
 	int want = p->n_cl[CL_WAITING];
-	if (p->n_cl[CL_WAITING_LOGIN] && !want)
+	if (p->n_cl[CL_WAITING_LOGIN] > p->n_repl_wait && !want)
 		want = 1;
 	int pending = soon_idle(p);
 	if (want <= pending)
@@ -268,7 +317,7 @@ void pool_launch(struct pool *p)
 	}
 	while (want > pending && can_open(p, reserve)) {
 		int before = pool_servers(p);
-		server_connect(p);
+		server_connect(p, NULL);
 		if (pool_servers(p) == before)
 			break;
 		pending++;
@@ -364,7 +413,7 @@ void pool_grow_min(struct pool *p)
 	if (w->shutdown || p->db->removed || !p->db->addr_ok)
 		return;
 	if (pool_servers(p) < pool_min_size(p) && can_open(p, false))
-		server_connect(p);
+		server_connect(p, NULL);
 }
 
 void pool_serve_waiters(struct pool *p)
@@ -463,8 +512,19 @@ void pool_server_ready(struct server *sv)
 	struct pool *p = sv->pool;
 	server_set_state(sv, SV_IDLE);
 	sv->last_used = sv->last_check = p->w->now;
-	while (p->welcome_ok && !list_empty(&p->cl_waiting_login)) {
-		struct client *cl = list_entry(p->cl_waiting_login.next, struct client, node);
+	/* Each greeting may run that client's traffic, which may close others: look afresh. */
+	while (p->welcome_ok && p->n_cl[CL_WAITING_LOGIN] > p->n_repl_wait) {
+		struct client *cl = NULL;
+		struct list *it, *nx;
+		list_for_each_safe(it, nx, &p->cl_waiting_login) {
+			struct client *c = list_entry(it, struct client, node);
+			if (!c->replication) {   /* those wait for a server of their own */
+				cl = c;
+				break;
+			}
+		}
+		if (!cl)
+			break;
 		client_send_welcome(cl);
 	}
 	pool_serve_waiters(p);

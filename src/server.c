@@ -19,6 +19,7 @@
 #include "pool.h"
 #include "prepared.h"
 #include "pwcrypt.h"
+#include "repl.h"
 #include "sbuf.h"
 #include "tls.h"
 #include "txtrack.h"
@@ -112,10 +113,23 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 	char tag[256];
 	if (sv->c.dead)
 		return;
-	if (login_failed)
+	/* A replication client's own server: its client goes with it (the pair is undone first,
+	 * so the client's teardown does not come back here). */
+	struct client *owner = sv->repl_for;
+	sv->repl_for = NULL;
+	if (owner && owner->repl_sv == sv)
+		owner->repl_sv = NULL;
+	unsigned long long age = (unsigned long long)((w->now > sv->connect_time ? w->now - sv->connect_time : 0) / 1000000u);
+	if (login_failed && owner) {
+		/* PgBouncer's words; the server's reason has its own line, the pool's other logins
+		 * are not judged by it (a missing REPLICATION role fails only these). */
+		log_warn("%s replication login failed: %s", server_tag(sv, tag, sizeof(tag)), reason);
+		log_info("%s closing because: login failed (age=%llus)", tag, age);
+	} else if (login_failed) {
 		log_debug("%s closing: %s", server_tag(sv, tag, sizeof(tag)), reason);
-	else
-		log_info("%s closing because: %s", server_tag(sv, tag, sizeof(tag)), reason);
+	} else {
+		log_info("%s closing because: %s (age=%llus)", server_tag(sv, tag, sizeof(tag)), reason, age);
+	}
 	struct client *cl = sv->link;
 	if (cl) {
 		/* Part of a message of ours reached the client: pgmux's FATAL would complete it. */
@@ -148,7 +162,11 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 		client_on_data(cl);   /* its read goes to another backend */
 	else if (cl)
 		client_close(cl, "server conn crashed?", "08P01");
-	if (login_failed)
+	else if (owner && login_failed)
+		repl_login_failed(owner, reason, sqlstate);
+	else if (owner)
+		client_close(owner, "server conn crashed?", "08P01");
+	if (login_failed && !sv->replication)
 		pool_server_failed(p, reason, sqlstate);
 	else
 		pool_launch(p);
@@ -196,7 +214,7 @@ static const struct sbuf_ops server_ops = {
 	.on_free = on_free,
 };
 
-void server_connect(struct pool *p)
+void server_connect(struct pool *p, struct client *repl_for)
 {
 	struct worker *w = p->w;
 	struct database *db = p->db;
@@ -218,6 +236,11 @@ void server_connect(struct pool *p)
 	sv->tx = 'I';
 	sv->connect_time = w->now;
 	server_set_state(sv, SV_LOGIN);
+	if (repl_for) {
+		sv->repl_for = repl_for;
+		sv->replication = true;
+		repl_for->repl_sv = sv;
+	}
 	db->n_servers++;
 	p->user->n_servers++;
 	w->n_servers++;
@@ -246,10 +269,11 @@ static bool send_startup(struct server *sv)
 	pktbuf_put_str(o, pool_server_user(p));
 	pktbuf_put_str(o, "database");
 	pktbuf_put_str(o, pool_server_dbname(p));
+	repl_put_startup(sv, o);
 	const char *extra[][2] = { { "client_encoding", d->client_encoding }, { "datestyle", d->datestyle },
 				   { "timezone", d->timezone }, { "application_name", d->application_name } };
 	for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++) {
-		if (extra[i][1]) {
+		if (extra[i][1] && !repl_client_sets(sv, extra[i][0])) {
 			pktbuf_put_str(o, extra[i][0]);
 			pktbuf_put_str(o, extra[i][1]);
 		}
@@ -576,6 +600,17 @@ static void track_param(struct server *sv, const uint8_t *body, uint32_t len)
 static void login_done(struct server *sv)
 {
 	struct pool *p = sv->pool;
+	if (sv->repl_for) {
+		/* Neither the pool's greeting nor connect_query: the session is the client's alone
+		 * (a physical walsender runs no SQL). */
+		if (p->w->cf->log_connections) {
+			char tag[256];
+			log_info("%s new replication server connection", server_tag(sv, tag, sizeof(tag)));
+		}
+		repl_server_ready(sv, &sv->login->params);
+		free_login(sv);
+		return;
+	}
 	if (!p->welcome_ok) {
 		p->welcome = sv->login->params;
 		memset(&sv->login->params, 0, sizeof(sv->login->params));
@@ -977,7 +1012,8 @@ static void forward_loop(struct server *sv)
 			}
 			b->scan += len + 1;
 			if (client_settled(cl)) {
-				int mode = pool_mode(sv->pool);
+				/* a replication link is its client's for the whole session */
+				int mode = sv->replication ? POOL_SESSION : pool_mode(sv->pool);
 				if (mode == POOL_STATEMENT && tx != 'I') {
 					sv->close_when_idle = true;
 					/* The error takes the place of the BEGIN's answer (as PgBouncer does),
