@@ -136,12 +136,16 @@ struct database {
 	struct cfg_db *cf;          /* owned copy of the entry that made it */
 	bool from_wildcard;         /* made from the "*" entry */
 	bool removed;               /* gone from the config; pools drain */
-	/* resolved server address */
+	/* resolved server address: of host entry host_cur when host is a list */
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 	bool addr_ok;
 	bool resolving;
 	uint64_t resolved_at;
+	/* host=a,b,c (pool.c): every entry's address once resolved; the entry new connections
+	 * use; how many entries failed in a row (a full round fails the pool's waiters) */
+	struct db_host *hosts;
+	int n_hosts, host_cur, host_fails, resolving_idx;
 	struct ssl_ctx_st *ssl_ctx;  /* TLS context for its servers, made on first use */
 	int n_servers;              /* across its pools, for max_db_connections */
 	bool paused;                /* console PAUSE db / KILL db: no new server links until RESUME */
@@ -149,6 +153,14 @@ struct database {
 	struct cluster *cluster;    /* a [database X] section's front name: routed, no servers */
 	struct backend *be;         /* one server of such a section (route.h) */
 	struct database *front;     /* and then that section's front name (set by route.c) */
+};
+
+/* One entry of a database's host list. */
+struct db_host {
+	char name[256];
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	bool ok;
 };
 
 struct user {
@@ -250,6 +262,9 @@ struct server {
 	struct client *repl_for;
 	bool replication;                   /* opened for a replication client (kept after the
 					     * pair is undone: it is closed, never pooled) */
+	int host_idx;                       /* the database's host entry it connected to */
+	struct sockaddr_storage addr;       /* that entry's address: cancels go there too */
+	socklen_t addrlen;
 	uint64_t connect_time, last_used, last_check, link_time;
 };
 

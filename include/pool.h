@@ -65,7 +65,24 @@ void pool_serve_all(struct worker *w);
 /* Applies a new config: updates databases, drops removed ones. */
 void pool_apply_config(struct worker *w);
 
-/* Resolves a database's address (evdns for names); calls pool_launch on its pools when done. */
+/* Resolves a database's address (evdns for names); calls pool_launch on its pools when done.
+ * With a host list (host=a,b,c) it is the address of the entry new connections use now. */
 void pool_resolve(struct database *db, struct worker *w);
+
+/* True when p's database has the address of the host entry new connections use; else its
+ * lookup is started (the pools are launched when it ends) and false. */
+bool pool_addr_ready(struct pool *p);
+
+/* A new server took the current host entry: with load_balance_hosts round-robin, the next
+ * connection gets the next entry. */
+void pool_host_taken(struct database *db);
+
+/* Connecting to host entry idx failed (lookup, connect or login): with a host list, new
+ * connections move to the next entry, and true while not every entry has failed in a row
+ * (the caller tries again at once rather than failing the pool's waiters). */
+bool pool_host_failed(struct database *db, int idx);
+
+/* The name of host entry idx (for TLS's server name), or the entry's host. */
+const char *pool_host_name(const struct database *db, int idx);
 
 #endif

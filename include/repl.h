@@ -35,7 +35,7 @@ bool repl_client_sets(const struct server *sv, const char *key);
 void repl_server_ready(struct server *sv, const struct pktbuf *params);
 
 /* The server a replication client waited for failed before it was linked: the client gets a
- * FATAL "login failed: reason" (with the server's SQLSTATE if it gave one) and is closed. */
+ * FATAL "login failed", the reason as its DETAIL (with the server's SQLSTATE if it gave one), and is closed. */
 void repl_login_failed(struct client *cl, const char *reason, const char *sqlstate);
 
 /* A replication client closes: its server, logging in or linked, is closed with it (never

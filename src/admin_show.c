@@ -588,6 +588,7 @@ static void database_row(struct admin_ctx *x, const char *name, const struct cfg
 		admin_col_str(x, config_pool_mode_name(e->pool_mode));
 	else
 		admin_col_null(x);
+	admin_col_str(x, config_lbh_disable(e) ? "disable" : "round-robin");
 	admin_col_int(x, e->max_db_connections >= 0 ? e->max_db_connections : cf->max_db_connections);
 	admin_col_int(x, db ? db->n_servers : 0);
 	admin_col_int(x, db && db->paused);
@@ -833,7 +834,7 @@ static const struct admin_col cols_sockets[] = {
 };
 static const struct admin_col cols_databases[] = {
 	T("name"), T("host"), I("port"), T("database"), T("force_user"), I("pool_size"),
-	I("min_pool_size"), I("reserve_pool"), T("pool_mode"), I("max_connections"),
+	I("min_pool_size"), I("reserve_pool"), T("pool_mode"), T("load_balance_hosts"), I("max_connections"),
 	I("current_connections"), I("paused"), I("disabled"),
 };
 static const struct admin_col cols_users[] = { T("name"), T("pool_mode") };

@@ -108,13 +108,20 @@ void client_send_error(struct client *cl, const char *severity, const char *sqls
 
 void client_close(struct client *cl, const char *reason, const char *sqlstate)
 {
+	client_close_detail(cl, reason, sqlstate, NULL);
+}
+
+void client_close_detail(struct client *cl, const char *reason, const char *sqlstate, const char *detail)
+{
 	struct worker *w = cl->c.w;
 	char tag[256];
 	if (cl->c.dead)
 		return;
 	/* PgBouncer's form: the connection's age in seconds follows the reason. */
 	unsigned long long age = (unsigned long long)((worker_now() - cl->connect_time) / 1000000u);
+	/* The log line first: whoever reads the log once the client has its FATAL finds it. */
 	if (sqlstate) {
+		log_info("%s closing because: %s (age=%llus)", client_tag(cl, tag, sizeof(tag)), reason, age);
 		/* Best effort: the socket may already be gone; a FATAL is the last word either way.
 		 * Mid-handshake there is no channel for it: plaintext would break the TLS stream; nor
 		 * while a server's message to the client is half sent: it would land inside it. */
@@ -123,11 +130,10 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 				(!lsv || (lsv->c.pkt_left == 0 &&
 					  (!lsv->c.in || lsv->c.in->start == lsv->c.in->scan)));
 		if (!cl->c.handshaking && boundary) {
-			proto_error(&cl->c.out, "FATAL", sqlstate, reason);
+			proto_error_detail(&cl->c.out, "FATAL", sqlstate, reason, detail);
 			if (sbuf_send_out(&cl->c) < 0)
 				log_debug("FATAL not delivered: the socket is gone");   /* closing anyway */
 		}
-		log_info("%s closing because: %s (age=%llus)", client_tag(cl, tag, sizeof(tag)), reason, age);
 	} else if (w->cf->log_disconnections && cl->state != CL_LOGIN) {
 		log_info("%s closing because: %s (age=%llus)", client_tag(cl, tag, sizeof(tag)), reason, age);
 	} else {

@@ -35,7 +35,7 @@ struct entry_key {
 
 #define DBF(f) offsetof(struct cfg_db, f)
 static const struct entry_key db_keys[] = {
-	{ "host",               EK_STR,   DBF(host),               true,  NULL },
+	{ "host",               EK_STR,   DBF(host),               true,  cf_check_hosts },
 	{ "port",               EK_PORT,  DBF(port),               true,  NULL },
 	{ "dbname",             EK_STR,   DBF(dbname),             true,  NULL },
 	{ "user",               EK_STR,   DBF(user),               true,  NULL },
@@ -59,7 +59,7 @@ static const struct entry_key db_keys[] = {
 	{ "weight",             EK_COUNT, DBF(weight),             false, NULL },
 	{ "auth_dbname",               EK_LATER, 0, false, NULL },
 	{ "auth_query",                EK_LATER, 0, false, NULL },
-	{ "load_balance_hosts",        EK_LATER, 0, false, NULL },
+	{ "load_balance_hosts", EK_STR,   DBF(load_balance_hosts), false, cf_check_lbh },
 	{ "max_db_client_connections", EK_LATER, 0, false, NULL },
 	{ "server_lifetime",           EK_LATER, 0, false, NULL },
 	{ "query_wait_timeout",        EK_LATER, 0, false, NULL },
@@ -91,6 +91,7 @@ static const size_t db_str_fields[] = {
 	offsetof(struct cfg_db, application_name), offsetof(struct cfg_db, sslmode),
 	offsetof(struct cfg_db, sslrootcert), offsetof(struct cfg_db, sslcert),
 	offsetof(struct cfg_db, sslkey), offsetof(struct cfg_db, conninfo),
+	offsetof(struct cfg_db, load_balance_hosts),
 	offsetof(struct cfg_db, cluster),
 };
 

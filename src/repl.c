@@ -154,15 +154,8 @@ void repl_server_ready(struct server *sv, const struct pktbuf *params)
 
 void repl_login_failed(struct client *cl, const char *reason, const char *sqlstate)
 {
-	char msg[400];
-	if (cl->c.dead)
-		return;
-	snprintf(msg, sizeof(msg), "login failed: %s", reason);
-	proto_error(&cl->c.out, "FATAL", sqlstate ? sqlstate : "08P01", msg);
-	if (sbuf_send_out(&cl->c) < 0)
-		log_debug("FATAL not delivered: the socket is gone");   /* closing anyway */
-	/* PgBouncer's words in the log ("login failed"), the server's reason already logged. */
-	client_close(cl, "login failed", NULL);
+	/* PgBouncer's words ("login failed"); the server's own reason in the DETAIL. */
+	client_close_detail(cl, "login failed", sqlstate ? sqlstate : "08P01", reason);
 }
 
 void repl_client_gone(struct client *cl)

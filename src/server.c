@@ -1,12 +1,14 @@
 /* server.c: server connections: non-blocking connect, login as a PostgreSQL client, response tracking. */
 #include "server.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -166,7 +168,9 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 		repl_login_failed(owner, reason, sqlstate);
 	else if (owner)
 		client_close(owner, "server conn crashed?", "08P01");
-	if (login_failed && !sv->replication)
+	if (login_failed && !sv->replication && pool_host_failed(p->db, sv->host_idx))
+		pool_launch(p);   /* the next entry of the host list, at once */
+	else if (login_failed && !sv->replication)
 		pool_server_failed(p, reason, sqlstate);
 	else
 		pool_launch(p);
@@ -183,12 +187,32 @@ static void login_failed(struct server *sv, const char *reason, const char *sqls
 	close_internal(sv, reason, true, sqlstate);
 }
 
-static int socket_for(const struct database *db)
+static int socket_for(const struct sockaddr_storage *a)
 {
-	int fd = socket(db->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd >= 0 && db->addr.ss_family != AF_UNIX)
+	int fd = socket(a->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd >= 0 && a->ss_family != AF_UNIX)
 		sbuf_set_nodelay(fd);
 	return fd;
+}
+
+/* "host:port" ("[v6]:port"), or the socket path: PgBouncer's form in its log lines. */
+static const char *addr_text(const struct sockaddr_storage *a, char *buf, size_t len)
+{
+	char ip[INET6_ADDRSTRLEN] = "?";
+	if (a->ss_family == AF_INET) {
+		const struct sockaddr_in *in4 = (const struct sockaddr_in *)a;
+		inet_ntop(AF_INET, &in4->sin_addr, ip, sizeof(ip));
+		snprintf(buf, len, "%s:%u", ip, ntohs(in4->sin_port));
+	} else if (a->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)a;
+		inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+		snprintf(buf, len, "[%s]:%u", ip, ntohs(in6->sin6_port));
+	} else if (a->ss_family == AF_UNIX) {
+		snprintf(buf, len, "unix:%s", ((const struct sockaddr_un *)a)->sun_path);
+	} else {
+		snprintf(buf, len, "?");
+	}
+	return buf;
 }
 
 static void arm_write(struct conn *c)
@@ -222,7 +246,7 @@ void server_connect(struct pool *p, struct client *repl_for)
 	if (!sv)
 		return;
 	sv->login = calloc(1, sizeof(*sv->login));
-	int fd = sv->login ? socket_for(db) : -1;
+	int fd = sv->login && db->addr_ok ? socket_for(&db->addr) : -1;
 	if (fd < 0) {
 		log_error("could not create a server socket: %s", strerror(errno));
 		free(sv->login);
@@ -245,11 +269,16 @@ void server_connect(struct pool *p, struct client *repl_for)
 	p->user->n_servers++;
 	w->n_servers++;
 	p->last_connect_time = sv->connect_time;
-	if (db->addr.ss_family != AF_UNIX)
+	/* The entry of a host list it goes to; the next connection may get another one. */
+	sv->host_idx = db->host_cur;
+	memcpy(&sv->addr, &db->addr, sizeof(sv->addr));
+	sv->addrlen = db->addrlen;
+	pool_host_taken(db);
+	if (sv->addr.ss_family != AF_UNIX)
 		sbuf_set_keepalive(fd, w->cf);
 
 	sv->login_step = LS_CONNECTING;
-	if (connect(fd, (struct sockaddr *)&db->addr, db->addrlen) < 0 && errno != EINPROGRESS) {
+	if (connect(fd, (struct sockaddr *)&sv->addr, sv->addrlen) < 0 && errno != EINPROGRESS) {
 		char msg[300];
 		snprintf(msg, sizeof(msg), "could not connect to server: %s", strerror(errno));
 		login_failed(sv, msg, "08006");
@@ -323,9 +352,19 @@ bool server_on_writable(struct conn *c)
 		login_failed(sv, msg, "08006");
 		return true;
 	}
+	if (sv->pool->w->cf->log_connections) {
+		char tag[256], peer[300], local[300];
+		struct sockaddr_storage me;
+		socklen_t melen = sizeof(me);
+		memset(&me, 0, sizeof(me));
+		if (getsockname(c->fd, (struct sockaddr *)&me, &melen) != 0)
+			me.ss_family = AF_UNSPEC;
+		log_info("%s@%s new connection to server (from %s)", server_tag(sv, tag, sizeof(tag)),
+			 addr_text(&sv->addr, peer, sizeof(peer)), addr_text(&me, local, sizeof(local)));
+	}
 	/* As libpq: TLS is asked for over TCP unless sslmode is disable or allow. */
 	enum tls_mode mode = tls_mode_of(sv->pool->db->cf->sslmode);
-	if (mode >= TLS_PREFER && sv->pool->db->addr.ss_family != AF_UNIX) {
+	if (mode >= TLS_PREFER && sv->addr.ss_family != AF_UNIX) {
 		pktbuf_begin(&c->out, 0);
 		pktbuf_put_u32(&c->out, PROTO_SSL_CODE);
 		pktbuf_end(&c->out);
@@ -359,7 +398,8 @@ static void ssl_reply(struct server *sv)
 		}
 		sbuf_discard_in(c);
 		char err[300];
-		if (tls_client_start(c, sv->pool->db, err, sizeof(err)) < 0) {
+		if (tls_client_start(c, sv->pool->db, pool_host_name(sv->pool->db, sv->host_idx), err,
+				     sizeof(err)) < 0) {
 			login_failed(sv, err, "08006");
 			return;
 		}
@@ -424,9 +464,8 @@ void server_on_fail(struct conn *c, const char *reason)
 void server_cancel(struct server *sv)
 {
 	struct worker *w = sv->pool->w;
-	struct database *db = sv->pool->db;
 	struct cancel_req *cr = calloc(1, sizeof(*cr));
-	int fd = cr ? socket_for(db) : -1;
+	int fd = cr ? socket_for(&sv->addr) : -1;
 	if (fd < 0) {
 		free(cr);
 		log_error("could not open a cancel connection: %s", strerror(errno));
@@ -436,7 +475,8 @@ void server_cancel(struct server *sv)
 	cr->target = sv;
 	sv->cancel_pending++;
 	proto_cancel_request(&cr->c.out, sv->be_pid, sv->be_key);
-	if (connect(fd, (struct sockaddr *)&db->addr, db->addrlen) < 0 && errno != EINPROGRESS) {
+	/* the host its backend is on, which with a host list may not be the current entry */
+	if (connect(fd, (struct sockaddr *)&sv->addr, sv->addrlen) < 0 && errno != EINPROGRESS) {
 		cancel_done(cr, strerror(errno));
 		return;
 	}
@@ -600,12 +640,13 @@ static void track_param(struct server *sv, const uint8_t *body, uint32_t len)
 static void login_done(struct server *sv)
 {
 	struct pool *p = sv->pool;
+	p->db->host_fails = 0;
 	if (sv->repl_for) {
 		/* Neither the pool's greeting nor connect_query: the session is the client's alone
 		 * (a physical walsender runs no SQL). */
-		if (p->w->cf->log_connections) {
+		if (log_enabled(LOG_L_DEBUG)) {
 			char tag[256];
-			log_info("%s new replication server connection", server_tag(sv, tag, sizeof(tag)));
+			log_debug("%s replication server login ok", server_tag(sv, tag, sizeof(tag)));
 		}
 		repl_server_ready(sv, &sv->login->params);
 		free_login(sv);
@@ -627,9 +668,9 @@ static void login_done(struct server *sv)
 			login_failed(sv, "could not send connect_query", "08006");
 		return;
 	}
-	if (p->w->cf->log_connections) {
+	if (log_enabled(LOG_L_DEBUG)) {
 		char tag[256];
-		log_info("%s new server connection", server_tag(sv, tag, sizeof(tag)));
+		log_debug("%s server login ok", server_tag(sv, tag, sizeof(tag)));
 	}
 	p->last_connect_failed = false;
 	p->error_logged = false;
@@ -733,8 +774,8 @@ static void internal_done(struct server *sv)
 		pool_serve_waiters(sv->pool);
 	} else if (sv->state == SV_LOGIN) {
 		char tag[256];
-		if (sv->pool->w->cf->log_connections)
-			log_info("%s new server connection", server_tag(sv, tag, sizeof(tag)));
+		if (log_enabled(LOG_L_DEBUG))
+			log_debug("%s server login ok (connect_query done)", server_tag(sv, tag, sizeof(tag)));
 		sv->pool->last_connect_failed = false;
 		sv->pool->error_logged = false;
 		pool_server_ready(sv);

@@ -87,7 +87,7 @@ void tls_db_free(struct database *db)
 	db->ssl_ctx = NULL;
 }
 
-int tls_client_start(struct conn *c, struct database *db, char *err, size_t errlen)
+int tls_client_start(struct conn *c, struct database *db, const char *host, char *err, size_t errlen)
 {
 	SSL_CTX *ctx = db_ctx(db, err, errlen);
 	if (!ctx)
@@ -98,7 +98,6 @@ int tls_client_start(struct conn *c, struct database *db, char *err, size_t errl
 		SSL_free(ssl);
 		return -1;
 	}
-	const char *host = db->cf->host;
 	if (host && *host && host[0] != '/') {
 		SSL_set_tlsext_host_name(ssl, host);
 		if (tls_mode_of(db->cf->sslmode) == TLS_VERIFY_FULL)
