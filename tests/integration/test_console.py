@@ -33,7 +33,7 @@ COLUMNS = {
     "CLIENTS": CONNS,
     "SERVERS": CONNS,
     "DATABASES": ["name", "host", "port", "database", "force_user", "pool_size",
-                  "min_pool_size", "reserve_pool", "pool_mode", "max_connections",
+                  "min_pool_size", "reserve_pool", "pool_mode", "load_balance_hosts", "max_connections",
                   "current_connections", "paused", "disabled"],
     "USERS": ["name", "pool_mode"],
     "LISTS": ["list", "items"],
