@@ -33,6 +33,8 @@ void client_send_error(struct client *cl, const char *severity, const char *sqls
 /* The one teardown path.  With a sqlstate, a FATAL ErrorResponse carrying `reason` goes first.
  * The linked server, if any, goes back to its pool or is closed.  Memory is freed later. */
 void client_close(struct client *cl, const char *reason, const char *sqlstate);
+/* client_close whose FATAL also carries a DETAIL (the log line gives the reason alone). */
+void client_close_detail(struct client *cl, const char *reason, const char *sqlstate, const char *detail);
 
 /* What pgmux holds on the client's behalf beyond its standard receive buffer: a grown
  * buffer, prepared-statement names and texts, routing copies.  Capped by max_client_memory. */

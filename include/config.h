@@ -152,6 +152,10 @@ struct cfg_db {
 	char *client_encoding, *datestyle, *timezone, *application_name;
 	char *sslmode;          /* libpq sslmode (NULL = "prefer" as libpq does; "disable" skips) */
 	char *sslrootcert, *sslcert, *sslkey;
+	/* host may be a comma-separated list (PgBouncer's host=a,b,c, at most CONFIG_MAX_HOSTS):
+	 * "round-robin" (NULL: the default) gives each new server connection the next entry;
+	 * "disable" keeps one entry until connecting to it fails */
+	char *load_balance_hosts;
 	char *conninfo;         /* the libpq keywords of the entry, as "k='v' ..." (for libpq users);
 				 * always names the port, and the host (unix_socket_dir when the
 				 * entry names none, as PgBouncer connects there) */
@@ -225,6 +229,19 @@ void config_free(struct config *cf);
 
 /* The entry for `name`: an exact match, else the "*" entry, else NULL. */
 const struct cfg_db *config_find_db(const struct config *cf, const char *name);
+
+/* Entries in a host list (host=a,b,c): at most this many. */
+#define CONFIG_MAX_HOSTS 16
+
+/* The number of entries in a comma-separated host list (1 for a plain host or NULL). */
+int config_host_count(const char *hosts);
+
+/* Copies entry `idx` of a host list into out (trimmed of blanks); false when there is no such
+ * entry or it does not fit. */
+bool config_host_entry(const char *hosts, int idx, char *out, size_t outlen);
+
+/* True when an entry's load_balance_hosts is "disable" (keep one host until it fails). */
+bool config_lbh_disable(const struct cfg_db *d);
 
 /* The [database X] section named `name`, or NULL. */
 const struct cfg_cluster *config_find_cluster(const struct config *cf, const char *name);

@@ -78,6 +78,8 @@ bool cf_in_list(const char *const *list, size_t n, const char *s);
 bool cf_check_facility(const char *value, char *why, size_t whylen);
 bool cf_check_listen(const char *value, char *why, size_t whylen);
 bool cf_check_sslmode(const char *value, char *why, size_t whylen);
+bool cf_check_hosts(const char *value, char *why, size_t whylen);
+bool cf_check_lbh(const char *value, char *why, size_t whylen);
 bool cf_check_tls_protocols(const char *value, char *why, size_t whylen);
 bool cf_check_dheparams(const char *value, char *why, size_t whylen);
 

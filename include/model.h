@@ -121,6 +121,10 @@ struct conn {
 	struct ssl_st *ssl;     /* TLS session, or NULL for plain TCP/Unix */
 };
 
+/* A replication connection (the startup parameter "replication"): none, physical (true/on/yes/1),
+ * logical (database).  Such a client gets a server of its own for its whole session (repl.c). */
+enum repl_kind { REPL_NONE = 0, REPL_PHYSICAL, REPL_LOGICAL };
+
 enum client_state { CL_LOGIN, CL_WAITING_LOGIN, CL_ACTIVE, CL_WAITING, CL_ADMIN, CL_FREE };
 enum server_state { SV_LOGIN, SV_IDLE, SV_ACTIVE, SV_USED, SV_TESTED, SV_FREE };
 
@@ -135,12 +139,16 @@ struct database {
 	struct cfg_db *cf;          /* owned copy of the entry that made it */
 	bool from_wildcard;         /* made from the "*" entry */
 	bool removed;               /* gone from the config; pools drain */
-	/* resolved server address */
+	/* resolved server address: of host entry host_cur when host is a list */
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 	bool addr_ok;
 	bool resolving;
 	uint64_t resolved_at;
+	/* host=a,b,c (pool.c): every entry's address once resolved; the entry new connections
+	 * use; how many entries failed in a row (a full round fails the pool's waiters) */
+	struct db_host *hosts;
+	int n_hosts, host_cur, host_fails, resolving_idx;
 	struct ssl_ctx_st *ssl_ctx;  /* TLS context for its servers, made on first use */
 	char *tls_sig;              /* its servers' TLS settings (tls_db_signature), to see a change */
 	int n_servers;              /* across its pools, for max_db_connections */
@@ -150,6 +158,14 @@ struct database {
 	struct cluster *cluster;    /* a [database X] section's front name: routed, no servers */
 	struct backend *be;         /* one server of such a section (route.h) */
 	struct database *front;     /* and then that section's front name (set by route.c) */
+};
+
+/* One entry of a database's host list. */
+struct db_host {
+	char name[256];
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	bool ok;
 };
 
 /* A user name that pools log in as, or that clients logged in with. */
@@ -195,6 +211,10 @@ struct pool {
 	/* distributions for the saturation figures (µs) */
 	struct hist h_wait, h_query, h_xact;
 	int peak_active;            /* highest sv_active since the stats timer last took it */
+	int n_repl_wait;            /* replication clients in cl_waiting_login: they wait for a
+				     * server of their own, never for a pooled one (repl.c) */
+	bool repl_busy;             /* repl_launch is running: a nested call only asks again */
+	bool repl_again;
 };
 
 struct client {
@@ -231,6 +251,11 @@ struct client {
 	uint8_t ps_tok_tail[19];
 	uint64_t connect_time, wait_start, last_active, xact_start, query_start;
 	char addr[48];
+	/* replication (repl.c): the kind asked for, the startup parameters its own server is
+	 * opened with, and that server while it logs in (then it is the link) */
+	uint8_t replication;                /* enum repl_kind */
+	struct pktbuf repl_params;          /* key NUL value NUL ..., capped by the startup packet */
+	struct server *repl_sv;
 };
 
 struct server {
@@ -251,6 +276,14 @@ struct server {
 	struct ps_server *ps;               /* statements it holds, requests in flight */
 	bool ps_active;                     /* this link tracks prepared statements */
 	struct client *ryw_client;          /* its commit-LSN query answers to this client */
+	/* A replication client's own server: opened for it, linked to it alone, closed with it;
+	 * never idle, never handed to anyone else.  Cleared only when one of the pair closes. */
+	struct client *repl_for;
+	bool replication;                   /* opened for a replication client (kept after the
+					     * pair is undone: it is closed, never pooled) */
+	int host_idx;                       /* the database's host entry it connected to */
+	struct sockaddr_storage addr;       /* that entry's address: cancels go there too */
+	socklen_t addrlen;
 	uint64_t connect_time, last_used, last_check, link_time;
 };
 

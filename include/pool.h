@@ -61,7 +61,16 @@ void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate, b
 bool pool_removable(const struct pool *p);
 void pool_remove(struct pool *p);
 
-/* Opens connections while waiters outnumber logins and the limits allow. */
+/* True when one more server may be opened for p now: pool_size, max_db_connections and
+ * max_user_connections allow it and no server_login_retry wait is on. */
+bool pool_may_open(struct pool *p);
+/* Makes room for a replication client's server: closes one idle server ("evicted") of p, or
+ * when max_db_connections or max_user_connections is what is full, of another pool of the
+ * same database or user.  False when there is no idle server to close. */
+bool pool_evict_idle(struct pool *p);
+
+/* Opens connections while waiters outnumber logins and the limits allow (replication clients'
+ * own servers first, repl.c). */
 void pool_launch(struct pool *p);
 /* Opens one more server while the pool is below min_pool_size and pool_size, within its
  * limits (never by eviction), when it has a client or its entry forces the user. */
@@ -84,7 +93,24 @@ void pool_fast_close(struct worker *w);
 /* Applies a new config: updates databases, drops removed ones. */
 void pool_apply_config(struct worker *w);
 
-/* Resolves a database's address (evdns for names); calls pool_launch on its pools when done. */
+/* Resolves a database's address (evdns for names); calls pool_launch on its pools when done.
+ * With a host list (host=a,b,c) it is the address of the entry new connections use now. */
 void pool_resolve(struct database *db, struct worker *w);
+
+/* True when p's database has the address of the host entry new connections use; else its
+ * lookup is started (the pools are launched when it ends) and false. */
+bool pool_addr_ready(struct pool *p);
+
+/* A new server took the current host entry: with load_balance_hosts round-robin, the next
+ * connection gets the next entry. */
+void pool_host_taken(struct database *db);
+
+/* Connecting to host entry idx failed (lookup, connect or login): with a host list, new
+ * connections move to the next entry, and true while not every entry has failed in a row
+ * (the caller tries again at once rather than failing the pool's waiters). */
+bool pool_host_failed(struct database *db, int idx);
+
+/* The name of host entry idx (for TLS's server name), or the entry's host. */
+const char *pool_host_name(const struct database *db, int idx);
 
 #endif

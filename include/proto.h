@@ -45,6 +45,9 @@ void pktbuf_end(struct pktbuf *pb);
 
 /* Whole messages. */
 void proto_error(struct pktbuf *pb, const char *severity, const char *sqlstate, const char *msg);
+/* The same with a DETAIL field (NULL: none). */
+void proto_error_detail(struct pktbuf *pb, const char *severity, const char *sqlstate, const char *msg,
+			const char *detail);
 void proto_notice(struct pktbuf *pb, const char *sqlstate, const char *msg);
 void proto_auth_request(struct pktbuf *pb, uint32_t code, const void *data, size_t len);
 void proto_param_status(struct pktbuf *pb, const char *key, const char *val);

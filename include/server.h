@@ -4,8 +4,11 @@
 
 #include "model.h"
 
-/* Opens a new server connection for the pool (the database address must be resolved). */
-void server_connect(struct pool *p);
+/* Opens a new server connection for the pool (the database address must be resolved).  With
+ * `repl_for`, the server is that replication client's own (repl.h): it logs in with the
+ * client's startup parameters and is linked to it alone.  A connect that fails at once closes
+ * it (and then that client) before this returns. */
+void server_connect(struct pool *p, struct client *repl_for);
 
 /* sbuf hooks: bytes arrived; the socket failed; the socket became writable (returns true
  * when it consumed the event, e.g. a finished connect). */

@@ -22,9 +22,11 @@ enum tls_mode tls_db_mode(const struct database *db);
  * made with the old settings are closed. */
 char *tls_db_signature(const struct config *cf, const struct cfg_db *d);
 
-/* Starts a client-side TLS session on c (already connected, SSLRequest answered 'S').
- * Returns 0, or -1 with err filled (context or certificate files unusable). */
-int tls_client_start(struct conn *c, struct database *db, char *err, size_t errlen);
+/* Starts a client-side TLS session on c (already connected, SSLRequest answered 'S'); `host`
+ * (the host entry connected to, NULL or a socket directory for none) is the name sent and, for
+ * verify-full, checked.  Returns 0, or -1 with err filled (context or certificate files
+ * unusable). */
+int tls_client_start(struct conn *c, struct database *db, const char *host, char *err, size_t errlen);
 
 /* ---- pgmux as the TLS server, for its clients (client_tls_* keys) ---- */
 

@@ -591,7 +591,7 @@ static void database_row(struct admin_ctx *x, const char *name, const struct cfg
 		admin_col_str(x, config_pool_mode_name(e->pool_mode));
 	else
 		admin_col_null(x);
-	admin_col_null(x);   /* load_balance_hosts: shown for host lists, which pgmux has not */
+	admin_col_str(x, config_lbh_disable(e) ? "disable" : "round-robin");
 	admin_col_int(x, pool_db_max_connections(x->w, e));
 	admin_col_int(x, db ? db->n_servers : 0);
 	admin_col_int(x, pool_db_max_clients(x->w, e));

@@ -18,6 +18,7 @@
 #include "pool.h"
 #include "prepared.h"
 #include "pwcrypt.h"
+#include "repl.h"
 #include "sbuf.h"
 #include "server.h"
 #include "tls.h"
@@ -60,6 +61,8 @@ void client_set_state(struct client *cl, enum client_state st)
 			cl->c.w->n_admin--;
 		else
 			cl->pool->n_cl[cl->state]--;
+		if (cl->state == CL_WAITING_LOGIN && cl->replication)
+			cl->pool->n_repl_wait--;
 	}
 	cl->state = st;
 	struct list *l = client_list(cl, st);
@@ -71,6 +74,8 @@ void client_set_state(struct client *cl, enum client_state st)
 			cl->c.w->n_admin++;
 		else
 			cl->pool->n_cl[st]++;
+		if (st == CL_WAITING_LOGIN && cl->replication)
+			cl->pool->n_repl_wait++;
 	}
 }
 
@@ -80,14 +85,17 @@ void client_move(struct client *cl, struct pool *p)
 	if (old == p)
 		return;
 	struct list *l = client_list(cl, cl->state);
+	bool repl_wait = cl->state == CL_WAITING_LOGIN && cl->replication;
 	if (l) {
 		list_del(&cl->node);
 		old->n_cl[cl->state]--;
+		old->n_repl_wait -= repl_wait;
 	}
 	cl->pool = p;
 	if ((l = client_list(cl, cl->state))) {
 		list_append(l, &cl->node);
 		p->n_cl[cl->state]++;
+		p->n_repl_wait += repl_wait;
 	}
 }
 
@@ -158,19 +166,20 @@ static void uncount_login(struct client *cl)
 
 void client_close(struct client *cl, const char *reason, const char *sqlstate)
 {
+	client_close_detail(cl, reason, sqlstate, NULL);
+}
+
+void client_close_detail(struct client *cl, const char *reason, const char *sqlstate, const char *detail)
+{
 	struct worker *w = cl->c.w;
 	char tag[256];
 	if (cl->c.dead)
 		return;
-	/* PgBouncer's closing line ends with the connection's age; operators' patterns expect it.
-	 * It is written before the client hears why, so whoever reads the log after the error
-	 * finds the line there. */
-	unsigned long long age = (unsigned long long)((worker_now() - cl->connect_time) / 1000000);
-	if (sqlstate || (w->cf->log_disconnections && cl->state != CL_LOGIN))
-		log_info("%s closing because: %s (age=%llus)", client_tag(cl, tag, sizeof(tag)), reason, age);
-	else
-		log_debug("%s closing because: %s (age=%llus)", client_tag(cl, tag, sizeof(tag)), reason, age);
+	/* PgBouncer's form: the connection's age in seconds follows the reason. */
+	unsigned long long age = (unsigned long long)((worker_now() - cl->connect_time) / 1000000u);
+	/* The log line first: whoever reads the log once the client has its FATAL finds it. */
 	if (sqlstate) {
+		log_info("%s closing because: %s (age=%llus)", client_tag(cl, tag, sizeof(tag)), reason, age);
 		/* Best effort: the socket may already be gone; a FATAL is the last word either way.
 		 * Mid-handshake there is no channel for it: plaintext would break the TLS stream; nor
 		 * while a server's message to the client is half sent: it would land inside it. */
@@ -179,10 +188,18 @@ void client_close(struct client *cl, const char *reason, const char *sqlstate)
 				(!lsv || (lsv->c.pkt_left == 0 &&
 					  (!lsv->c.in || lsv->c.in->start == lsv->c.in->scan)));
 		if (!cl->c.handshaking && boundary) {
-			proto_error(&cl->c.out, "FATAL", sqlstate, reason);
+			proto_error_detail(&cl->c.out, "FATAL", sqlstate, reason, detail);
 			if (sbuf_send_out(&cl->c) < 0)
 				log_debug("FATAL not delivered: the socket is gone");   /* closing anyway */
 		}
+	} else if (w->cf->log_disconnections && cl->state != CL_LOGIN) {
+		log_info("%s closing because: %s (age=%llus)", client_tag(cl, tag, sizeof(tag)), reason, age);
+	} else {
+		log_debug("%s closing because: %s (age=%llus)", client_tag(cl, tag, sizeof(tag)), reason, age);
+	}
+	if (cl->replication) {
+		/* Its own server goes with it, never back to a pool. */
+		repl_client_gone(cl);
 	}
 	struct server *sv = cl->link;
 	if (sv) {
@@ -238,6 +255,7 @@ static void on_free(struct conn *c)
 		c->w->router->session_free(cl);
 	free(cl->user_name);
 	free(cl->db_name);
+	pktbuf_free(&cl->repl_params);
 	free(cl);
 }
 
@@ -330,6 +348,21 @@ static bool startup_param_ok(struct client *cl, const char *key, const char *val
 		return true;
 	snprintf(err, errlen, "unsupported startup parameter: %s", key);
 	return false;
+}
+
+/* A replication client's parameter: PostgreSQL itself judges it, on the client's own server
+ * (options, application_name, ...); pgmux also notes the ones it tracks, for SHOW CLIENTS. */
+static bool repl_startup_param(struct client *cl, const char *key, const char *val, char *err,
+			       size_t errlen)
+{
+	int var = varcache_lookup(key);
+	if (var >= 0 && strlen(val) < VAR_MAX_LEN)
+		(void)varcache_set(&cl->c.w->vars, &cl->vars, var, val);
+	if (!repl_keep_param(cl, key, val)) {
+		snprintf(err, errlen, "out of memory");
+		return false;
+	}
+	return true;
 }
 
 /* False when the client was closed (its socket failed). */
@@ -518,6 +551,19 @@ static bool handle_startup(struct client *cl)
 	const char *user = NULL, *db = NULL;
 	bool ok = true;
 	int n_unknown_proto = 0;
+	/* First: a replication client's other parameters all go to its own server. */
+	for (int i = 0; i < st.nparams && ok; i++) {
+		if (strcmp(st.key[i], "replication") != 0)
+			continue;
+		int kind = repl_parse_value(st.val[i]);
+		if (kind < 0) {
+			snprintf(err, sizeof(err), "invalid value for parameter \"replication\": \"%.64s\"",
+				 st.val[i]);
+			ok = false;
+		} else {
+			cl->replication = (uint8_t)kind;
+		}
+	}
 	for (int i = 0; i < st.nparams && ok; i++) {
 		if (strcmp(st.key[i], "user") == 0)
 			user = st.val[i];
@@ -525,6 +571,10 @@ static bool handle_startup(struct client *cl)
 			db = st.val[i];
 		else if (strncmp(st.key[i], "_pq_.", 5) == 0)
 			n_unknown_proto++;
+		else if (strcmp(st.key[i], "replication") == 0)
+			continue;
+		else if (cl->replication)
+			ok = repl_startup_param(cl, st.key[i], st.val[i], err, sizeof(err));
 		else
 			ok = startup_param_ok(cl, st.key[i], st.val[i], err, sizeof(err));
 	}
@@ -631,6 +681,10 @@ void client_auth_ok(struct client *cl)
 {
 	struct worker *w = cl->c.w;
 	if (w->console && w->console->is_console_db(cl->db_name)) {
+		if (cl->replication) {
+			client_close(cl, "replication connections are not supported on the console", "0A000");
+			return;
+		}
 		auth_free(cl);
 		if (count_login(cl, NULL, true))
 			w->console->ready(cl);
@@ -653,6 +707,12 @@ void client_auth_ok(struct client *cl)
 	if (!count_login(cl, db, false))
 		return;
 	struct pool *p = NULL;
+	if (db->cluster && cl->replication) {
+		/* A routed name has no one server to stream from: name a backend entry instead. */
+		client_close(cl, "replication connections are not supported on a routed database",
+			     "0A000");
+		return;
+	}
 	if (db->cluster) {
 		p = w->router->login(cl, db);
 		if (p)   /* a cancel may reach it on any backend's pool */
@@ -671,7 +731,10 @@ void client_auth_ok(struct client *cl)
 	auth_export_keys(cl, p);
 	auth_free(cl);
 	proto_auth_request(&cl->c.out, 0, NULL, 0);
-	pool_client_ready(cl);
+	if (cl->replication)
+		repl_client_ready(cl);
+	else
+		pool_client_ready(cl);
 }
 
 void client_send_welcome(struct client *cl)
@@ -902,6 +965,11 @@ static void forward_loop(struct client *cl)
 					b = c->in;
 					continue;
 				}
+			}
+			if (cl->replication) {
+				/* Its own server went away: no other may stand in for it. */
+				client_close(cl, "replication connection lost its server", "08006");
+				return;
 			}
 			uint64_t now = c->w->now;
 			cl->last_active = now;

@@ -36,7 +36,7 @@ struct entry_key {
 
 #define DBF(f) offsetof(struct cfg_db, f)
 static const struct entry_key db_keys[] = {
-	{ "host",               EK_STR,   DBF(host),               true,  NULL },
+	{ "host",               EK_STR,   DBF(host),               true,  cf_check_hosts },
 	{ "port",               EK_PORT,  DBF(port),               true,  NULL },
 	{ "dbname",             EK_STR,   DBF(dbname),             true,  NULL },
 	{ "user",               EK_STR,   DBF(user),               true,  NULL },
@@ -61,7 +61,7 @@ static const struct entry_key db_keys[] = {
 	{ "max_db_client_connections", EK_COUNT, DBF(max_db_client_connections), false, NULL },
 	{ "pool_mode",          EK_MODE,  DBF(pool_mode),          false, NULL },
 	{ "weight",             EK_COUNT, DBF(weight),             false, NULL },
-	{ "load_balance_hosts",        EK_LATER, 0, false, NULL },
+	{ "load_balance_hosts", EK_STR,   DBF(load_balance_hosts), false, cf_check_lbh },
 	{ "server_lifetime",           EK_USEC,  DBF(server_lifetime),    false, NULL },
 	{ "query_wait_timeout",        EK_USEC,  DBF(query_wait_timeout), false, NULL },
 };
@@ -93,6 +93,7 @@ static const size_t db_str_fields[] = {
 	offsetof(struct cfg_db, application_name), offsetof(struct cfg_db, sslmode),
 	offsetof(struct cfg_db, sslrootcert), offsetof(struct cfg_db, sslcert),
 	offsetof(struct cfg_db, sslkey), offsetof(struct cfg_db, conninfo),
+	offsetof(struct cfg_db, load_balance_hosts),
 	offsetof(struct cfg_db, cluster),
 };
 

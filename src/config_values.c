@@ -227,6 +227,73 @@ bool cf_check_sslmode(const char *value, char *why, size_t whylen)
 	return false;
 }
 
+int config_host_count(const char *hosts)
+{
+	int n = 1;
+	for (const char *p = hosts; p && *p; p++)
+		n += *p == ',';
+	return n;
+}
+
+bool config_host_entry(const char *hosts, int idx, char *out, size_t outlen)
+{
+	const char *p = hosts ? hosts : "";
+	for (int i = 0; i < idx; i++) {
+		p = strchr(p, ',');
+		if (!p)
+			return false;
+		p++;
+	}
+	const char *end = strchr(p, ',');
+	if (!end)
+		end = p + strlen(p);
+	while (p < end && (*p == ' ' || *p == '\t'))
+		p++;
+	while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+		end--;
+	if ((size_t)(end - p) >= outlen)
+		return false;
+	memcpy(out, p, (size_t)(end - p));
+	out[end - p] = 0;
+	return true;
+}
+
+/* An entry's host: one name, address or socket directory, or a list of them (each entry
+ * non-empty, at most CONFIG_MAX_HOSTS, each a length a host name can have). */
+bool cf_check_hosts(const char *value, char *why, size_t whylen)
+{
+	int n = config_host_count(value);
+	if (n > CONFIG_MAX_HOSTS) {
+		snprintf(why, whylen, "at most %d hosts in a list", CONFIG_MAX_HOSTS);
+		return false;
+	}
+	for (int i = 0; i < n; i++) {
+		char h[256];
+		if (!config_host_entry(value, i, h, sizeof(h))) {
+			snprintf(why, whylen, "host entry %d is longer than 255 bytes", i + 1);
+			return false;
+		}
+		if (!*h) {
+			snprintf(why, whylen, "host entry %d is empty", i + 1);
+			return false;
+		}
+	}
+	return true;
+}
+
+bool cf_check_lbh(const char *value, char *why, size_t whylen)
+{
+	if (strcmp(value, "round-robin") == 0 || strcmp(value, "disable") == 0)
+		return true;
+	snprintf(why, whylen, "expected round-robin or disable");
+	return false;
+}
+
+bool config_lbh_disable(const struct cfg_db *d)
+{
+	return d->load_balance_hosts && strcmp(d->load_balance_hosts, "disable") == 0;
+}
+
 static const struct name_val tls_protocol_names[] = {
 	{ "tlsv1.0", CONFIG_TLS_V1_0 }, { "tlsv1.1", CONFIG_TLS_V1_1 },
 	{ "tlsv1.2", CONFIG_TLS_V1_2 }, { "tlsv1.3", CONFIG_TLS_V1_3 },

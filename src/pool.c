@@ -15,6 +15,7 @@
 #include "namehash.h"
 #include "sbuf.h"
 #include "prepared.h"
+#include "repl.h"
 #include "server.h"
 #include "tls.h"
 #include "txtrack.h"
@@ -58,6 +59,7 @@ struct database *pool_find_database(struct worker *w, const char *name)
 	db->id = ++w->next_obj_id;
 	db->last_used = worker_now();
 	db->cf = config_db_dup(e);
+	db->n_hosts = 1;
 	db->from_wildcard = strcmp(e->name, "*") == 0 && strcmp(name, "*") != 0;
 	db->tls_sig = tls_db_signature(w->cf, e);
 	if (!db->name || !db->cf || !db->tls_sig || !namehash_put(w->db_names, db->name, db)) {
@@ -225,6 +227,7 @@ void pool_free_database(struct database *db)
 	tls_db_free(db);
 	free(db->tls_sig);
 	config_db_free(db->cf);
+	free(db->hosts);
 	free(db->name);
 	free(db);
 }
@@ -292,14 +295,51 @@ static bool can_open(struct pool *p, bool reserve, bool may_evict)
 	return !user_full(p) || (may_evict && evict(p, false) && !user_full(p));
 }
 
+bool pool_may_open(struct pool *p)
+{
+	return can_open(p, false, false);
+}
+
+/* The first idle server of q, or NULL. */
+static struct server *first_idle(struct pool *q)
+{
+	return list_empty(&q->sv_idle) ? NULL : list_entry(q->sv_idle.next, struct server, node);
+}
+
+bool pool_evict_idle(struct pool *p)
+{
+	struct server *sv = NULL;
+	if (pool_servers(p) >= pool_size(p)) {
+		sv = first_idle(p);
+	} else {
+		bool dbf = db_full(p), userf = user_full(p);
+		struct list *it, *nx;
+		list_for_each_safe(it, nx, &p->w->pools) {
+			struct pool *q = list_entry(it, struct pool, node);
+			if ((dbf && q->db == p->db) || (userf && q->user == p->user))
+				if ((sv = first_idle(q)))
+					break;
+		}
+	}
+	if (!sv)
+		return false;
+	server_close(sv, "evicted");
+	return true;
+}
+
 /* Servers that will be idle within a round trip: logging in, being checked, or finishing
  * pgmux's own query after a release (the reset a session ends with).  A waiting client is
  * better served by one of those than by a new connection, and counting them keeps the number
  * of server connections independent of how fast the reset answers. */
 static int soon_idle(struct pool *p)
 {
-	int n = p->n_sv[SV_LOGIN] + p->n_sv[SV_TESTED];
+	int n = p->n_sv[SV_TESTED];
 	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &p->sv_login) {
+		const struct server *sv = list_entry(it, struct server, node);
+		if (!sv->replication)   /* a replication client's own: never anyone else's */
+			n++;
+	}
 	list_for_each_safe(it, tmp, &p->sv_used) {
 		const struct server *sv = list_entry(it, struct server, node);
 		if (sv->internal_z && !sv->close_when_idle && !sv->cancel_pending && !sv->link)
@@ -315,28 +355,36 @@ void pool_launch(struct pool *p)
 		return;
 	if (p->db->be && !w->router->may_connect(p->db))
 		return;   /* a backend that is down: the monitor says when it is back */
+	if (p->n_repl_wait) {
+		if (!pool_addr_ready(p))
+			return;
+		repl_launch(p);
+		if (p->db->removed)
+			return;
+	}
 	int want = p->n_cl[CL_WAITING];
-	if (p->n_cl[CL_WAITING_LOGIN] && !want)
+	if (p->n_cl[CL_WAITING_LOGIN] > p->n_repl_wait && !want)
 		want = 1;
 	int pending = soon_idle(p);
 	if (want <= pending)
 		return;
-	if (!p->db->addr_ok) {
-		pool_resolve(p->db, w);
+	if (!pool_addr_ready(p))
 		return;
-	}
 	/* The reserve opens only for a client that has waited reserve_pool_timeout (0: never). */
 	struct client *first = list_empty(&p->cl_waiting) ? NULL
 			     : list_entry(p->cl_waiting.next, struct client, node);
 	bool reserve = first && pool_reserve(p) > 0 && w->cf->reserve_pool_timeout > 0 &&
 		       worker_now() - first->wait_start >= (uint64_t)w->cf->reserve_pool_timeout;
 	while (want > pending && can_open(p, reserve, true)) {
+		/* round-robin over a host list: the next entry may still need its lookup */
+		if (!pool_addr_ready(p))
+			break;
 		int before = pool_servers(p);
 		if (before >= pool_size(p)) {
 			char tag[256];
 			log_warn("%s taking connection from reserve_pool", client_tag(first, tag, sizeof(tag)));
 		}
-		server_connect(p);
+		server_connect(p, NULL);
 		if (pool_servers(p) == before)
 			break;
 		pending++;
@@ -478,13 +526,9 @@ void pool_grow_min(struct pool *p)
 		return;
 	if (p->db->be && !w->router->may_connect(p->db))
 		return;
-	if (!p->db->addr_ok) {
-		pool_resolve(p->db, w);
-		return;
-	}
 	/* never by eviction: a minimum is not worth another pool's server */
-	if (can_open(p, false, false))
-		server_connect(p);
+	if (can_open(p, false, false) && pool_addr_ready(p))
+		server_connect(p, NULL);
 }
 
 void pool_open_forced_pools(struct worker *w)
@@ -595,8 +639,19 @@ void pool_server_ready(struct server *sv)
 	struct pool *p = sv->pool;
 	server_set_state(sv, SV_IDLE);
 	sv->last_used = sv->last_check = p->w->now;
-	while (p->welcome_ok && !list_empty(&p->cl_waiting_login)) {
-		struct client *cl = list_entry(p->cl_waiting_login.next, struct client, node);
+	/* Each greeting may run that client's traffic, which may close others: look afresh. */
+	while (p->welcome_ok && p->n_cl[CL_WAITING_LOGIN] > p->n_repl_wait) {
+		struct client *cl = NULL;
+		struct list *it, *nx;
+		list_for_each_safe(it, nx, &p->cl_waiting_login) {
+			struct client *c = list_entry(it, struct client, node);
+			if (!c->replication) {   /* those wait for a server of their own */
+				cl = c;
+				break;
+			}
+		}
+		if (!cl)
+			break;
 		client_send_welcome(cl);
 	}
 	pool_serve_waiters(p);
@@ -652,33 +707,6 @@ static void launch_db_pools(struct worker *w, struct database *db)
 	}
 }
 
-static void resolved(int err, struct evutil_addrinfo *res, void *arg)
-{
-	struct database *db = arg;
-	struct worker *w = db->w;
-	w->now = worker_now();
-	db->resolving = false;
-	if (err || !res) {
-		char msg[300];
-		snprintf(msg, sizeof(msg), "could not resolve host \"%s\": %s", db->cf->host,
-			 evutil_gai_strerror(err));
-		struct list *it, *tmp;
-		list_for_each_safe(it, tmp, &w->pools) {
-			struct pool *p = list_entry(it, struct pool, node);
-			if (p->db == db)
-				pool_server_failed(p, msg, "08006", false);
-		}
-		return;
-	}
-	memcpy(&db->addr, res->ai_addr, res->ai_addrlen);
-	db->addrlen = (socklen_t)res->ai_addrlen;
-	((struct sockaddr_in *)&db->addr)->sin_port = htons((uint16_t)db->cf->port);
-	db->addr_ok = true;
-	db->resolved_at = w->now;
-	evutil_freeaddrinfo(res);
-	launch_db_pools(w, db);
-}
-
 /* As in PgBouncer, an entry without a host means the socket in unix_socket_dir; with that
  * empty, Debian's PostgreSQL directory if present, else the historical /tmp. */
 static const char *default_socket_dir(const struct config *cf)
@@ -689,48 +717,186 @@ static const char *default_socket_dir(const struct config *cf)
 	return stat("/var/run/postgresql", &st) == 0 ? "/var/run/postgresql" : "/tmp";
 }
 
+/* (Re)reads the entry's host list: one entry for a plain host (or none: the Unix socket).
+ * Addresses are looked up again as they are needed. */
+static bool hosts_build(struct database *db)
+{
+	int n = config_host_count(db->cf->host);
+	struct db_host *h = calloc((size_t)n, sizeof(*h));
+	if (!h)
+		return false;
+	for (int i = 0; i < n; i++)
+		if (!config_host_entry(db->cf->host, i, h[i].name, sizeof(h[i].name)))
+			h[i].name[0] = 0;   /* refused by the config check: never reached */
+	free(db->hosts);
+	db->hosts = h;
+	db->n_hosts = n;
+	db->host_cur = db->host_fails = 0;
+	db->addr_ok = false;
+	return true;
+}
+
+/* Fills entry i's address when no lookup is needed (a socket directory, a numeric address). */
+static bool host_fill_now(struct database *db, struct db_host *h)
+{
+	const char *host = h->name;
+	memset(&h->addr, 0, sizeof(h->addr));
+	if (!*host || host[0] == '/') {
+		struct sockaddr_un *un = (struct sockaddr_un *)&h->addr;
+		un->sun_family = AF_UNIX;
+		int n = snprintf(un->sun_path, sizeof(un->sun_path), "%s/.s.PGSQL.%d",
+				 *host ? host : default_socket_dir(db->w->cf), db->cf->port);
+		if (n < 0 || (size_t)n >= sizeof(un->sun_path)) {
+			log_error("database %s: unix socket path too long", db->name);
+			return false;
+		}
+		h->addrlen = sizeof(*un);
+		return h->ok = true;
+	}
+	struct sockaddr_in *in4 = (struct sockaddr_in *)&h->addr;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&h->addr;
+	if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+		in4->sin_family = AF_INET;
+		in4->sin_port = htons((uint16_t)db->cf->port);
+		h->addrlen = sizeof(*in4);
+		return h->ok = true;
+	}
+	if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((uint16_t)db->cf->port);
+		h->addrlen = sizeof(*in6);
+		return h->ok = true;
+	}
+	return false;
+}
+
+/* Makes entry idx the one new connections use: true when its address is known (now). */
+static bool host_select(struct database *db, int idx)
+{
+	db->host_cur = idx;
+	struct db_host *h = &db->hosts[idx];
+	if (!h->ok && !host_fill_now(db, h)) {
+		db->addr_ok = false;
+		return false;
+	}
+	memcpy(&db->addr, &h->addr, sizeof(db->addr));
+	db->addrlen = h->addrlen;
+	db->addr_ok = true;
+	db->resolved_at = worker_now();
+	return true;
+}
+
+static void resolved(int err, struct evutil_addrinfo *res, void *arg)
+{
+	struct database *db = arg;
+	struct worker *w = db->w;
+	w->now = worker_now();
+	db->resolving = false;
+	int idx = db->resolving_idx;
+	if (idx >= db->n_hosts || !db->hosts) {
+		/* a reload changed the list meanwhile: start over with the new one */
+		if (res)
+			evutil_freeaddrinfo(res);
+		if (hosts_build(db))
+			launch_db_pools(w, db);
+		return;
+	}
+	struct db_host *h = &db->hosts[idx];
+	if (err || !res) {
+		char msg[300];
+		snprintf(msg, sizeof(msg), "could not resolve host \"%s\": %s", h->name,
+			 evutil_gai_strerror(err));
+		/* PgBouncer's words, which log watchers match. */
+		log_warn("database %s host %s: closing because: server DNS lookup failed: %s", db->name,
+			 h->name, evutil_gai_strerror(err));
+		if (pool_host_failed(db, idx)) {
+			launch_db_pools(w, db);   /* the next entry of the list */
+			return;
+		}
+		struct list *it, *tmp;
+		list_for_each_safe(it, tmp, &w->pools) {
+			struct pool *p = list_entry(it, struct pool, node);
+			if (p->db == db)
+				pool_server_failed(p, msg, "08006", false);
+		}
+		return;
+	}
+	memcpy(&h->addr, res->ai_addr, res->ai_addrlen);
+	h->addrlen = (socklen_t)res->ai_addrlen;
+	((struct sockaddr_in *)&h->addr)->sin_port = htons((uint16_t)db->cf->port);
+	h->ok = true;
+	evutil_freeaddrinfo(res);
+	if (idx == db->host_cur)
+		host_select(db, idx);
+	launch_db_pools(w, db);
+}
+
+/* Starts the lookup of the current entry's name (its end launches the pools). */
+static void lookup_start(struct database *db, struct worker *w)
+{
+	if (db->resolving)
+		return;
+	struct evutil_addrinfo hints = { 0 };
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	db->resolving = true;
+	db->resolving_idx = db->host_cur;
+	/* The callback may run before this returns (cached or immediate failure). */
+	evdns_getaddrinfo(w->dns, db->hosts[db->host_cur].name, NULL, &hints, resolved, db);
+}
+
 void pool_resolve(struct database *db, struct worker *w)
 {
-	const char *host = db->cf->host;
 	db->w = w;
 	if (db->addr_ok || db->resolving)
 		return;
-	memset(&db->addr, 0, sizeof(db->addr));
-	if (!host || !*host || host[0] == '/') {
-		struct sockaddr_un *un = (struct sockaddr_un *)&db->addr;
-		un->sun_family = AF_UNIX;
-		int n = snprintf(un->sun_path, sizeof(un->sun_path), "%s/.s.PGSQL.%d",
-				 host && *host ? host : default_socket_dir(w->cf), db->cf->port);
-		if (n < 0 || (size_t)n >= sizeof(un->sun_path)) {
-			log_error("database %s: unix socket path too long", db->name);
-			return;
-		}
-		db->addrlen = sizeof(*un);
-		db->addr_ok = true;
-	} else {
-		struct sockaddr_in *in4 = (struct sockaddr_in *)&db->addr;
-		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&db->addr;
-		if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
-			in4->sin_family = AF_INET;
-			in4->sin_port = htons((uint16_t)db->cf->port);
-			db->addrlen = sizeof(*in4);
-			db->addr_ok = true;
-		} else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
-			in6->sin6_family = AF_INET6;
-			in6->sin6_port = htons((uint16_t)db->cf->port);
-			db->addrlen = sizeof(*in6);
-			db->addr_ok = true;
-		} else {
-			struct evutil_addrinfo hints = { 0 };
-			hints.ai_family = AF_UNSPEC;
-			hints.ai_socktype = SOCK_STREAM;
-			db->resolving = true;
-			/* The callback may run before this returns (cached or immediate failure). */
-			evdns_getaddrinfo(w->dns, host, NULL, &hints, resolved, db);
-			return;
-		}
-	}
-	launch_db_pools(w, db);
+	if (!db->hosts && !hosts_build(db))
+		return;
+	if (host_select(db, db->host_cur))
+		launch_db_pools(w, db);
+	else if (db->hosts[db->host_cur].name[0] && db->hosts[db->host_cur].name[0] != '/')
+		lookup_start(db, w);
+}
+
+bool pool_addr_ready(struct pool *p)
+{
+	struct database *db = p->db;
+	if (db->addr_ok)
+		return true;
+	db->w = p->w;
+	if (db->resolving || (!db->hosts && !hosts_build(db)))
+		return false;
+	if (host_select(db, db->host_cur))
+		return true;
+	if (db->hosts[db->host_cur].name[0] && db->hosts[db->host_cur].name[0] != '/')
+		lookup_start(db, p->w);
+	return false;
+}
+
+void pool_host_taken(struct database *db)
+{
+	/* round-robin: the next connection gets the next entry */
+	if (db->n_hosts > 1 && db->hosts && !config_lbh_disable(db->cf))
+		host_select(db, (db->host_cur + 1) % db->n_hosts);
+}
+
+bool pool_host_failed(struct database *db, int idx)
+{
+	if (db->n_hosts <= 1 || !db->hosts || idx >= db->n_hosts)
+		return false;
+	if (db->host_cur == idx)
+		host_select(db, (idx + 1) % db->n_hosts);
+	if (++db->host_fails < db->n_hosts)
+		return true;
+	db->host_fails = 0;   /* every entry failed: the pool's login failure rules apply */
+	return false;
+}
+
+const char *pool_host_name(const struct database *db, int idx)
+{
+	if (db->hosts && idx >= 0 && idx < db->n_hosts)
+		return db->hosts[idx].name;
+	return db->cf->host;
 }
 
 static void mark_servers_for_close(struct worker *w, struct database *db)
@@ -790,8 +956,13 @@ void pool_apply_config(struct worker *w)
 		db->cf = copy;
 		tls_db_free(db);   /* certificate files may have changed: reload on next use */
 		db->removed = false;
-		if (moved)
+		if (moved) {
 			db->addr_ok = false;
+			if (!db->resolving)
+				hosts_build(db);   /* else after the lookup in flight (resolved) */
+			else
+				db->n_hosts = 0;
+		}
 		if (moved || tls_changed)
 			mark_servers_for_close(w, db);
 		/* A changed entry deserves a fresh try, not the old login_retry wait. */

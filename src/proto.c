@@ -97,7 +97,7 @@ void pktbuf_end(struct pktbuf *pb)
 }
 
 static void proto_err_or_notice(struct pktbuf *pb, char type, const char *severity,
-				const char *sqlstate, const char *msg)
+				const char *sqlstate, const char *msg, const char *detail)
 {
 	pktbuf_begin(pb, type);
 	pktbuf_put_u8(pb, 'S');
@@ -108,18 +108,28 @@ static void proto_err_or_notice(struct pktbuf *pb, char type, const char *severi
 	pktbuf_put_str(pb, sqlstate);
 	pktbuf_put_u8(pb, 'M');
 	pktbuf_put_str(pb, msg);
+	if (detail) {
+		pktbuf_put_u8(pb, 'D');
+		pktbuf_put_str(pb, detail);
+	}
 	pktbuf_put_u8(pb, 0);
 	pktbuf_end(pb);
 }
 
 void proto_error(struct pktbuf *pb, const char *severity, const char *sqlstate, const char *msg)
 {
-	proto_err_or_notice(pb, 'E', severity, sqlstate, msg);
+	proto_err_or_notice(pb, 'E', severity, sqlstate, msg, NULL);
+}
+
+void proto_error_detail(struct pktbuf *pb, const char *severity, const char *sqlstate, const char *msg,
+			const char *detail)
+{
+	proto_err_or_notice(pb, 'E', severity, sqlstate, msg, detail);
 }
 
 void proto_notice(struct pktbuf *pb, const char *sqlstate, const char *msg)
 {
-	proto_err_or_notice(pb, 'N', "NOTICE", sqlstate, msg);
+	proto_err_or_notice(pb, 'N', "NOTICE", sqlstate, msg, NULL);
 }
 
 void proto_auth_request(struct pktbuf *pb, uint32_t code, const void *data, size_t len)

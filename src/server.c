@@ -1,12 +1,14 @@
 /* server.c: server connections: non-blocking connect, login as a PostgreSQL client, response tracking. */
 #include "server.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <sys/socket.h>
@@ -21,6 +23,7 @@
 #include "pool.h"
 #include "prepared.h"
 #include "pwcrypt.h"
+#include "repl.h"
 #include "sbuf.h"
 #include "tls.h"
 #include "txtrack.h"
@@ -117,13 +120,23 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 	char tag[256];
 	if (sv->c.dead)
 		return;
-	if (quiet)
+	/* A replication client's own server: its client goes with it (the pair is undone first,
+	 * so the client's teardown does not come back here). */
+	struct client *owner = sv->repl_for;
+	sv->repl_for = NULL;
+	if (owner && owner->repl_sv == sv)
+		owner->repl_sv = NULL;
+	unsigned long long age = (unsigned long long)((w->now > sv->connect_time ? w->now - sv->connect_time : 0) / 1000000u);
+	if (login_failed && owner) {
+		/* PgBouncer's words; the server's reason has its own line, the pool's other logins
+		 * are not judged by it (a missing REPLICATION role fails only these). */
+		log_warn("%s replication login failed: %s", server_tag(sv, tag, sizeof(tag)), reason);
+		log_info("%s closing because: login failed (age=%llus)", tag, age);
+	} else if (quiet) {
 		log_debug("%s closing: %s", server_tag(sv, tag, sizeof(tag)), reason);
-	else if (login_failed)
-		log_info("%s closing because: %s (age=%llus)", server_tag(sv, tag, sizeof(tag)), reason,
-			 (unsigned long long)((worker_now() - sv->connect_time) / 1000000));
-	else
-		log_info("%s closing because: %s", server_tag(sv, tag, sizeof(tag)), reason);
+	} else {
+		log_info("%s closing because: %s (age=%llus)", server_tag(sv, tag, sizeof(tag)), reason, age);
+	}
 	struct client *cl = sv->link;
 	if (cl) {
 		/* Part of a message of ours reached the client: pgmux's FATAL would complete it. */
@@ -156,7 +169,13 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 		client_on_data(cl);   /* its read goes to another backend */
 	else if (cl)
 		client_close(cl, "server conn crashed?", "08P01");
-	if (login_failed)
+	else if (owner && login_failed)
+		repl_login_failed(owner, reason, sqlstate);
+	else if (owner)
+		client_close(owner, "server conn crashed?", "08P01");
+	if (login_failed && !sv->replication && pool_host_failed(p->db, sv->host_idx))
+		pool_launch(p);   /* the next entry of the host list, at once */
+	else if (login_failed && !sv->replication)
 		/* 08006 and no SQLSTATE: unreachable or timed out, not turned down (pool.h) */
 		pool_server_failed(p, reason, sqlstate,
 				   sqlstate && strcmp(sqlstate, "08006") != 0);
@@ -175,10 +194,10 @@ static void login_failed(struct server *sv, const char *reason, const char *sqls
 	close_internal(sv, reason, true, true, sqlstate);
 }
 
-static int socket_for(const struct database *db)
+static int socket_for(const struct sockaddr_storage *a)
 {
-	int fd = socket(db->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd >= 0 && db->addr.ss_family != AF_UNIX)
+	int fd = socket(a->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd >= 0 && a->ss_family != AF_UNIX)
 		sbuf_set_nodelay(fd);
 	return fd;
 }
@@ -206,7 +225,7 @@ static const struct sbuf_ops server_ops = {
 	.on_free = on_free,
 };
 
-void server_connect(struct pool *p)
+void server_connect(struct pool *p, struct client *repl_for)
 {
 	struct worker *w = p->w;
 	struct database *db = p->db;
@@ -214,7 +233,7 @@ void server_connect(struct pool *p)
 	if (!sv)
 		return;
 	sv->login = calloc(1, sizeof(*sv->login));
-	int fd = sv->login ? socket_for(db) : -1;
+	int fd = sv->login && db->addr_ok ? socket_for(&db->addr) : -1;
 	if (fd < 0) {
 		log_error("could not create a server socket: %s", strerror(errno));
 		free(sv->login);
@@ -228,15 +247,25 @@ void server_connect(struct pool *p)
 	sv->tx = 'I';
 	sv->connect_time = w->now;
 	server_set_state(sv, SV_LOGIN);
+	if (repl_for) {
+		sv->repl_for = repl_for;
+		sv->replication = true;
+		repl_for->repl_sv = sv;
+	}
 	db->n_servers++;
 	p->user->n_servers++;
 	w->n_servers++;
 	p->last_connect_time = sv->connect_time;
-	if (db->addr.ss_family != AF_UNIX)
+	/* The entry of a host list it goes to; the next connection may get another one. */
+	sv->host_idx = db->host_cur;
+	memcpy(&sv->addr, &db->addr, sizeof(sv->addr));
+	sv->addrlen = db->addrlen;
+	pool_host_taken(db);
+	if (sv->addr.ss_family != AF_UNIX)
 		sbuf_set_keepalive(fd, w->cf);
 
 	sv->login_step = LS_CONNECTING;
-	if (connect(fd, (struct sockaddr *)&db->addr, db->addrlen) < 0 && errno != EINPROGRESS) {
+	if (connect(fd, (struct sockaddr *)&sv->addr, sv->addrlen) < 0 && errno != EINPROGRESS) {
 		char msg[300];
 		snprintf(msg, sizeof(msg), "connect failed: %s", strerror(errno));
 		login_failed(sv, msg, "08006");
@@ -256,10 +285,11 @@ static bool send_startup(struct server *sv)
 	pktbuf_put_str(o, pool_server_user(p));
 	pktbuf_put_str(o, "database");
 	pktbuf_put_str(o, pool_server_dbname(p));
+	repl_put_startup(sv, o);
 	const char *extra[][2] = { { "client_encoding", d->client_encoding }, { "datestyle", d->datestyle },
 				   { "timezone", d->timezone }, { "application_name", d->application_name } };
 	for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++) {
-		if (extra[i][1]) {
+		if (extra[i][1] && !repl_client_sets(sv, extra[i][0])) {
 			pktbuf_put_str(o, extra[i][0]);
 			pktbuf_put_str(o, extra[i][1]);
 		}
@@ -351,7 +381,7 @@ bool server_on_writable(struct conn *c)
 	log_connected(sv);
 	/* As libpq: TLS is asked for over TCP unless sslmode is disable or allow. */
 	enum tls_mode mode = tls_db_mode(sv->pool->db);
-	if (mode >= TLS_PREFER && sv->pool->db->addr.ss_family != AF_UNIX) {
+	if (mode >= TLS_PREFER && sv->addr.ss_family != AF_UNIX) {
 		pktbuf_begin(&c->out, 0);
 		pktbuf_put_u32(&c->out, PROTO_SSL_CODE);
 		pktbuf_end(&c->out);
@@ -385,7 +415,8 @@ static void ssl_reply(struct server *sv)
 		}
 		sbuf_discard_in(c);
 		char err[300];
-		if (tls_client_start(c, sv->pool->db, err, sizeof(err)) < 0) {
+		if (tls_client_start(c, sv->pool->db, pool_host_name(sv->pool->db, sv->host_idx), err,
+				     sizeof(err)) < 0) {
 			login_failed(sv, err, "08006");
 			return;
 		}
@@ -450,9 +481,8 @@ void server_on_fail(struct conn *c, const char *reason)
 void server_cancel(struct server *sv)
 {
 	struct worker *w = sv->pool->w;
-	struct database *db = sv->pool->db;
 	struct cancel_req *cr = calloc(1, sizeof(*cr));
-	int fd = cr ? socket_for(db) : -1;
+	int fd = cr ? socket_for(&sv->addr) : -1;
 	if (fd < 0) {
 		free(cr);
 		log_error("could not open a cancel connection: %s", strerror(errno));
@@ -462,7 +492,8 @@ void server_cancel(struct server *sv)
 	cr->target = sv;
 	sv->cancel_pending++;
 	proto_cancel_request(&cr->c.out, sv->be_pid, sv->be_key);
-	if (connect(fd, (struct sockaddr *)&db->addr, db->addrlen) < 0 && errno != EINPROGRESS) {
+	/* the host its backend is on, which with a host list may not be the current entry */
+	if (connect(fd, (struct sockaddr *)&sv->addr, sv->addrlen) < 0 && errno != EINPROGRESS) {
 		cancel_done(cr, strerror(errno));
 		return;
 	}
@@ -634,6 +665,18 @@ static void track_param(struct server *sv, const uint8_t *body, uint32_t len)
 static void login_done(struct server *sv)
 {
 	struct pool *p = sv->pool;
+	p->db->host_fails = 0;
+	if (sv->repl_for) {
+		/* Neither the pool's greeting nor connect_query: the session is the client's alone
+		 * (a physical walsender runs no SQL). */
+		if (log_enabled(LOG_L_DEBUG)) {
+			char tag[256];
+			log_debug("%s replication server login ok", server_tag(sv, tag, sizeof(tag)));
+		}
+		repl_server_ready(sv, &sv->login->params);
+		free_login(sv);
+		return;
+	}
 	if (!p->welcome_ok) {
 		p->welcome = sv->login->params;
 		memset(&sv->login->params, 0, sizeof(sv->login->params));
@@ -650,9 +693,9 @@ static void login_done(struct server *sv)
 			login_failed(sv, "could not send connect_query", "08006");
 		return;
 	}
-	if (p->w->cf->log_connections) {
+	if (log_enabled(LOG_L_DEBUG)) {
 		char tag[256];
-		log_debug("%s server login complete", server_tag(sv, tag, sizeof(tag)));
+		log_debug("%s server login ok", server_tag(sv, tag, sizeof(tag)));
 	}
 	p->last_connect_failed = false;
 	p->error_logged = false;
@@ -762,8 +805,8 @@ static void internal_done(struct server *sv)
 		pool_serve_waiters(sv->pool);
 	} else if (sv->state == SV_LOGIN) {
 		char tag[256];
-		if (sv->pool->w->cf->log_connections)
-			log_debug("%s server login complete", server_tag(sv, tag, sizeof(tag)));
+		if (log_enabled(LOG_L_DEBUG))
+			log_debug("%s server login ok (connect_query done)", server_tag(sv, tag, sizeof(tag)));
 		sv->pool->last_connect_failed = false;
 		sv->pool->error_logged = false;
 		pool_server_ready(sv);
@@ -1041,7 +1084,8 @@ static void forward_loop(struct server *sv)
 			}
 			b->scan += len + 1;
 			if (client_settled(cl)) {
-				int mode = pool_mode(sv->pool);
+				/* a replication link is its client's for the whole session */
+				int mode = sv->replication ? POOL_SESSION : pool_mode(sv->pool);
 				if (mode == POOL_STATEMENT && tx != 'I') {
 					sv->close_when_idle = true;
 					/* The error takes the place of the BEGIN's answer (as PgBouncer does),

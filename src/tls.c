@@ -158,7 +158,7 @@ void tls_db_free(struct database *db)
 	db->ssl_ctx = NULL;
 }
 
-int tls_client_start(struct conn *c, struct database *db, char *err, size_t errlen)
+int tls_client_start(struct conn *c, struct database *db, const char *host, char *err, size_t errlen)
 {
 	ERR_clear_error();
 	SSL_CTX *ctx = db_ctx(db, err, errlen);
@@ -170,7 +170,6 @@ int tls_client_start(struct conn *c, struct database *db, char *err, size_t errl
 		SSL_free(ssl);
 		return -1;
 	}
-	const char *host = db->cf->host;
 	if (host && *host && host[0] != '/') {
 		/* As libpq: an address is checked against the certificate's IP entries and sent
 		 * as no server name; a name goes to SNI and is checked against its DNS names. */

@@ -42,6 +42,16 @@ static const struct seq seqs[] = {
 	{ "two queries pipelined", "c:Q c:Q s:C s:Z ?0 s:C s:Z ?1" },
 	{ "function call", "c:F s:V s:Z ?1" },
 	{ "a Query settles unsynced extended messages (asyncpg)", "c:P c:D c:H c:Q s:1 s:t s:T ?0 s:C s:Z ?1" },
+	/* Replication (CopyBoth, 'W'): the link must never look settled while the stream runs. */
+	{ "START_REPLICATION streaming both ways", "c:Q s:W ?0 s:d s:d c:d s:d c:d c:d ?0" },
+	{ "START_REPLICATION (physical): the client ends it, then the timeline result set",
+	  "c:Q s:W s:d c:d ?0 c:c ?0 s:c ?0 s:T s:D s:C ?0 s:C ?0 s:Z ?1" },
+	{ "START_REPLICATION: the server ends the stream first (end of timeline or endpos)",
+	  "c:Q s:W s:d c:d s:c ?0 c:c ?0 s:C ?0 s:Z ?1" },
+	{ "START_REPLICATION refused mid-stream, late CopyData from the client after it",
+	  "c:Q s:W s:d ?0 s:E ?0 s:Z ?1 c:d c:c ?1" },
+	{ "logical replication tablesync: SQL, a COPY out, then the stream",
+	  "c:Q s:C s:Z ?1 c:Q s:H s:d s:d s:C s:Z ?1 c:Q s:W ?0 s:d c:d ?0" },
 	{ "unknown message type", "c:z !U" },
 };
 
