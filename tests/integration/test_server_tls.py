@@ -180,3 +180,30 @@ def test_client_tls_set_keeps_old_setup_until_consistent(env):
     with px.connect(db, sslmode="verify-full", sslrootcert=pki.ca_crt) as c:
         assert c.pgconn.ssl_in_use
     assert "TLS setup failed" in px.log_text()
+
+
+@timeout(120)
+def test_monitor_uses_server_tls(env):
+    """A [database X] section's monitor logs in through libpq: with server_tls_* and no ssl
+    keys on the line, it must present pgmux's certificate too (the server demands it), or the
+    backend would never be seen up."""
+    pki = Pki(env.dir)
+    topo = tls_server(env, pki)
+    db = topo.database("srvtls3")
+    pg = topo.primary
+    px = env.pgmux({}, {"pool_mode": "transaction", "monitor_interval": 0.2,
+                        **server_tls_keys(pki)},
+                   sections={"routed": {"primary": f"host={pg.host} port={pg.port} dbname={db} "
+                                                   f"user={TEST_USER}"}})
+
+    def primary_state():
+        rows = [r for r in px.show("BACKENDS") if r["database"] == "routed"]
+        return rows[0]["state"] if rows else None
+    from pgharness import wait_for
+    wait_for(lambda: primary_state() == "up", 15, 0.2, "the TLS-only primary to be seen up")
+    with px.connect("routed") as c:
+        assert backend(c)[1] is True
+    # and PostgreSQL saw the monitor's session over TLS with pgmux's certificate
+    rows = pg.sql("SELECT s.ssl, s.client_dn FROM pg_stat_ssl s JOIN pg_stat_activity a "
+                  "USING (pid) WHERE a.application_name = 'pgmux monitor'")
+    assert rows and all(r[0] is True and r[1] == f"/CN={TEST_USER}" for r in rows), rows
