@@ -176,7 +176,7 @@ struct pool {
 	bool have_scram_keys;
 	uint8_t scram_client_key[SCRAM_KEY_LEN];
 	/* counters: one uint64_t per STATS_FIELDS row (xact_count, query_count, bytes_recv...) */
-#define POOL_COUNTER(id, member, name, total, avg, kind) uint64_t member;
+#define POOL_COUNTER(id, member, name, total, avg, kind, prom, unit) uint64_t member;
 	STATS_FIELDS(POOL_COUNTER)
 #undef POOL_COUNTER
 	/* distributions for the saturation figures (µs) */
