@@ -221,25 +221,21 @@ static void sat_gauge_value(struct evbuffer *b, const struct stats_saturation *s
 	}
 }
 
-/* The three duration distributions, twice: SHOW SATURATION's windowed percentiles as gauges
- * (what the console shows, in seconds), and the cumulative histograms as Prometheus
- * histograms, from which PromQL forms quantiles over any range. */
+/* The three duration distributions, twice: SHOW SATURATION's windowed percentiles as one
+ * gauge per console column (wait_p95_us is pgmux_saturation_wait_p95_seconds: a gauge may not
+ * carry a quantile label, and these are no summary, having no cumulative _sum), and the
+ * cumulative histograms as Prometheus histograms, from which PromQL forms quantiles over any
+ * range. */
 static const struct {
-	const char *hist, *hist_help, *pct, *pct_help;
+	const char *hist, *hist_help, *console, *what;
 } durations[STATS_NH] = {
 	[STATS_H_WAIT] = { "pgmux_wait_time_seconds",
 			   "Client wait for a server, per acquisition (0 when one was free), since start.",
-			   "pgmux_saturation_wait_time_seconds",
-			   "Client wait for a server, percentiles over the current and the previous "
-			   "stats_period (SHOW SATURATION wait_p50_us, wait_p95_us, wait_p99_us)." },
+			   "wait", "client wait for a server" },
 	[STATS_H_QUERY] = { "pgmux_query_time_seconds", "Query time per request batch, since start.",
-			    "pgmux_saturation_query_time_seconds",
-			    "Query time per request batch, percentiles over the current and the previous "
-			    "stats_period (SHOW SATURATION query_p50_us, query_p95_us, query_p99_us)." },
+			    "query", "query time per request batch" },
 	[STATS_H_XACT] = { "pgmux_xact_time_seconds", "Transaction time, since start.",
-			   "pgmux_saturation_xact_time_seconds",
-			   "Transaction time, percentiles over the current and the previous stats_period "
-			   "(SHOW SATURATION xact_p50_us, xact_p95_us, xact_p99_us)." },
+			   "xact", "transaction time" },
 };
 
 /* Histogram bucket edges: powers of two microseconds, 16 µs (2^4) to about 33.6 s (2^25).
@@ -268,16 +264,21 @@ static void histogram(struct evbuffer *b, const char *name, const char *labels, 
 
 static void pool_durations(struct evbuffer *b, const struct prom_pool *pp, size_t n)
 {
-	for (int k = 0; k < STATS_NH; k++) {
-		family(b, durations[k].pct, "gauge", durations[k].pct_help);
-		for (size_t j = 0; j < n; j++)
-			for (int q = 0; q < STATS_NQ; q++) {
-				evbuffer_add_printf(b, "%s{%s,quantile=\"%g\"} ", durations[k].pct,
-						    pp[j].labels, stats_quantiles[q]);
+	for (int k = 0; k < STATS_NH; k++)
+		for (int q = 0; q < STATS_NQ; q++) {
+			int pct = (int)(stats_quantiles[q] * 100 + 0.5);
+			char name[64], help[192];
+			snprintf(name, sizeof(name), "pgmux_saturation_%s_p%d_seconds", durations[k].console, pct);
+			snprintf(help, sizeof(help), "SHOW SATURATION %s_p%d_us, in seconds: the %dth percentile "
+				 "of %s over the current and the previous stats_period.", durations[k].console,
+				 pct, pct, durations[k].what);
+			family(b, name, "gauge", help);
+			for (size_t j = 0; j < n; j++) {
+				evbuffer_add_printf(b, "%s{%s} ", name, pp[j].labels);
 				put_seconds(b, pp[j].sat.q[k][q]);
 				evbuffer_add(b, "\n", 1);
 			}
-	}
+		}
 	for (int k = 0; k < STATS_NH; k++) {
 		family(b, durations[k].hist, "histogram", durations[k].hist_help);
 		for (size_t j = 0; j < n; j++) {
@@ -562,7 +563,9 @@ static void conn_deadline(struct prom_conn *pc, int timeout_sec)
 /* Enters a state: the I/O event it waits for and its deadline. */
 static void conn_state(struct prom_conn *pc, enum prom_conn_state st, int timeout_sec)
 {
-	event_del(&pc->ev_io);
+	/* a new connection's event was never assigned: deleting it makes libevent warn */
+	if (event_initialized(&pc->ev_io))
+		event_del(&pc->ev_io);
 	pc->state = st;
 	event_assign(&pc->ev_io, pc->pr->w->base, pc->fd, (st == PC_WRITE ? EV_WRITE : EV_READ) | EV_PERSIST,
 		     conn_io, pc);
