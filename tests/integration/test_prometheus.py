@@ -282,3 +282,47 @@ def test_prometheus_scrapes_pgmux(env):
             t.join(5)
     assert not errors, errors
     assert px.alive()
+
+
+@timeout(90)
+def test_sharded_backend_metrics(env):
+    """A sharded [database X] section: every backend has its shard label, each shard its one
+    primary, a replica's lag is there, and a replica nobody answers for reads pgmux_backend_up 0
+    (what PgmuxBackendDown alerts on) while promtool still accepts the exposition."""
+    need_pgmux()
+    reps = env.replicas(1)
+    db0 = env.database("_s0", replicas=reps)
+    db1 = env.database("_s1")
+    front = f"{db0}_front"
+    dead = free_port()          # nothing listens there: the monitor finds it down
+    mport = free_port()
+    px = env.pgmux({}, {"monitor_interval": 0.2, "stats_listen": f"127.0.0.1:{mport}"}, sections={
+        front: {"shard_key": "user_id", "shards": 2,
+                "shard.0.primary": env.backend_entry(env.pg, db0),
+                "shard.0.replica": [env.backend_entry(reps[0], db0)],
+                "shard.1.primary": env.backend_entry(env.pg, db1),
+                "shard.1.replica": [f"host=127.0.0.1 port={dead} dbname={db1} user=postgres"]}})
+
+    def settled():
+        _, samples = parse_metrics(scrape(mport)[2])
+        up = {l["backend"]: (l["shard"], v) for n, l, v in samples if n == "pgmux_backend_up"}
+        lag = {l["backend"] for n, l, v in samples if n == "pgmux_backend_lag_bytes"}
+        return (up, samples) if len(up) == 4 and sum(v for _, v in up.values()) == 3 \
+            and f"{front}/0/replica0" in lag else None
+    up, samples = wait_for(settled, 20, 0.2, "three backends up and the dead replica down")
+    names = {r["backend"]: r for r in px.show("BACKENDS") if r["database"] == front}
+    assert set(names) == set(up), (names, up)
+    by_shard = {}
+    for name, (shard, v) in up.items():
+        by_shard.setdefault(shard, []).append(name)
+        assert (v == 1) == (names[name]["state"] == "up"), (name, v, names[name])
+    assert sorted(by_shard) == ["0", "1"] and all(len(v) == 2 for v in by_shard.values()), by_shard
+    for shard in ("0", "1"):
+        primaries = [n for n in by_shard[shard] if metric(samples, "pgmux_backend_primary", backend=n) == 1]
+        assert len(primaries) == 1, (shard, primaries)
+    down = [n for n, (s, v) in up.items() if v == 0]
+    assert down == [f"{front}/1/replica0"], up
+    assert not [l for n, l, v in samples if n == "pgmux_backend_lag_seconds" and l["backend"] == down[0]], \
+        "a backend never reached has no lag figure"
+    rc, out = promtool("check", "metrics", stdin=scrape(mport)[2])
+    assert rc == 0 and not out.strip(), out
