@@ -31,6 +31,10 @@
 #define PROM_ACCEPT_BATCH 16            /* accepts per wakeup */
 #define PROM_ACCEPT_PAUSE_SEC 1         /* out of descriptors: accepting stops this long */
 #define PROM_REFUSED_LOG_USEC 10000000u /* connections over the cap: one log line per 10 s */
+/* Scrapes within this long of a render share its body (referenced, not copied): a burst of
+ * requests costs one render and one body, however many pools there are, rather than one of
+ * each per request (a body is some 8 kB per pool). */
+#define PROM_SHARE_USEC 1000000u
 
 enum prom_conn_state { PC_READ, PC_WRITE, PC_LINGER };
 
@@ -57,6 +61,8 @@ struct prom {
 	int n_conns;
 	uint64_t refused;               /* closed over the cap since the last log line */
 	uint64_t refused_logged;        /* worker_now() of that line */
+	struct evbuffer *body;          /* the last render; replies reference it */
+	uint64_t body_at;               /* worker_now() when it was rendered */
 };
 
 /* One endpoint per process, like the console: the figures it serves cover the whole pooler. */
@@ -593,14 +599,17 @@ static void conn_write(struct prom_conn *pc)
 	conn_state(pc, PC_LINGER, PROM_LINGER_SEC);
 }
 
-/* Queues a complete reply (status line, headers, body unless head_only) and starts sending. */
+/* Queues a complete reply (status line, headers, body unless head_only) and starts sending.
+ * The body is moved into the reply, or referenced when shared (it must then stay unchanged). */
 static void reply(struct prom_conn *pc, int code, const char *reason, const char *extra_headers,
-		  const char *ctype, struct evbuffer *body, bool head_only)
+		  const char *ctype, struct evbuffer *body, bool head_only, bool shared)
 {
 	evbuffer_add_printf(pc->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
 			    "Connection: close\r\n%s\r\n", code, reason, ctype,
 			    evbuffer_get_length(body), extra_headers ? extra_headers : "");
-	if (!head_only)
+	if (!head_only && shared)
+		evbuffer_add_buffer_reference(pc->out, body);
+	else if (!head_only)
 		evbuffer_add_buffer(pc->out, body);
 	conn_state(pc, PC_WRITE, PROM_WRITE_TIMEOUT_SEC);
 	conn_write(pc);
@@ -615,7 +624,7 @@ static void reply_error(struct prom_conn *pc, int code, const char *reason, cons
 		return;
 	}
 	evbuffer_add_printf(b, "%d %s%s%s\n", code, reason, detail ? ": " : "", detail ? detail : "");
-	reply(pc, code, reason, extra_headers, "text/plain; charset=utf-8", b, head_only);
+	reply(pc, code, reason, extra_headers, "text/plain; charset=utf-8", b, head_only, false);
 	evbuffer_free(b);
 }
 
@@ -639,6 +648,26 @@ static const char *target_path(const char *t, size_t tlen, size_t *len)
 static bool token_is(const char *t, size_t n, const char *word)
 {
 	return n == strlen(word) && memcmp(t, word, n) == 0;
+}
+
+/* The exposition for a scrape now: the last render when it is recent enough, else a new one
+ * (the one it replaces lives on in the replies that reference it).  NULL when out of memory. */
+static struct evbuffer *shared_body(struct prom *pr)
+{
+	uint64_t now = worker_now();
+	if (pr->body && now - pr->body_at < PROM_SHARE_USEC)
+		return pr->body;
+	struct evbuffer *b = evbuffer_new();
+	if (!b || !render(pr->w, b)) {
+		if (b)
+			evbuffer_free(b);
+		return NULL;
+	}
+	if (pr->body)
+		evbuffer_free(pr->body);
+	pr->body = b;
+	pr->body_at = now;
+	return b;
 }
 
 /* The request head is complete in pc->req[0, head_len): answer it. */
@@ -675,15 +704,12 @@ static void handle_request(struct prom_conn *pc, size_t head_len)
 		reply_error(pc, 405, "Method Not Allowed", NULL, "Allow: GET, HEAD\r\n", false);
 		return;
 	}
-	struct evbuffer *b = evbuffer_new();
-	if (!b || !render(pc->pr->w, b)) {
-		if (b)
-			evbuffer_free(b);
+	struct evbuffer *b = shared_body(pc->pr);
+	if (!b) {
 		reply_error(pc, 500, "Internal Server Error", "out of memory", NULL, head);
 		return;
 	}
-	reply(pc, 200, "OK", NULL, "text/plain; version=0.0.4; charset=utf-8", b, head);
-	evbuffer_free(b);
+	reply(pc, 200, "OK", NULL, "text/plain; version=0.0.4; charset=utf-8", b, head, true);
 }
 
 /* Where the request head ends (after its blank line) in req[0, len), or 0 while incomplete. */
@@ -877,6 +903,8 @@ void prom_stop(struct worker *w)
 	event_del(&pr->ev_listen);
 	event_del(&pr->ev_retry);
 	close(pr->lfd);
+	if (pr->body)
+		evbuffer_free(pr->body);
 	free(pr);
 	prom_state = NULL;
 }
