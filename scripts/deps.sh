@@ -16,6 +16,9 @@ PACKAGES=(
 	# integration tests: PostgreSQL 15, the reference pooler, clients
 	postgresql-15 postgresql-contrib postgresql-client-15 pgbouncer
 	python3 python3-psycopg python3-asyncpg
+	# /metrics checked by promtool, scraped by a real Prometheus, and the alerting rules of
+	# deploy/prometheus tested (tests/integration/test_prometheus.py)
+	prometheus
 	# the instruction budget (tests/bench/cgbench.py: callgrind, callgrind_control)
 	valgrind
 	# tools the scripts use
