@@ -171,6 +171,20 @@ def test_metrics_pass_promtool(env):
     used = metric_names_in(rules)
     assert used and used <= names, f"pgmux-rules.yml names {used - names}, not exported"
 
+    # scrapes within a second share one render: a burst of them costs one
+    t0 = time.monotonic()
+    first = scrape(mport)[2]
+    with px.connect(plain) as c:
+        c.execute("SELECT 1")
+    second = scrape(mport)[2]
+    if time.monotonic() - t0 < 0.9:
+        assert second == first, "a scrape within a second of the last rendered again"
+    time.sleep(1.1)
+    third = scrape(mport)[2]
+    _, samples3 = parse_metrics(third)
+    assert metric(samples3, "pgmux_stats_query_count_total", database=plain) > \
+        metric(samples, "pgmux_stats_query_count_total", database=plain)
+
 
 @timeout(60)
 def test_alert_rules(env):
