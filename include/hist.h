@@ -2,6 +2,7 @@
 #ifndef PGMUX_HIST_H
 #define PGMUX_HIST_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* 8 sub-buckets per power of two: a percentile is exact to within 12.5 %, up to 2^40 µs. */
@@ -38,6 +39,11 @@ uint64_t hist_bucket_low(uint32_t i);
 /* The q-quantile (0 < q <= 1) in µs, as the upper bound of the bucket that holds it (so p99 is
  * never understated); 0 when empty. */
 uint64_t hist_quantile(const struct hist *h, double q);
+
+/* Cumulative counts for a Prometheus histogram: out[e] = events below edges[e] µs, for n
+ * ascending edges.  Exact when each edge is a bucket's lower bound (every power of two is);
+ * any other edge counts only the buckets wholly below it. */
+void hist_counts_below(const struct hist *h, const uint64_t *edges, size_t n, uint64_t *out);
 
 /* a += b. */
 void hist_merge(struct hist *a, const struct hist *b);

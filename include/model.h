@@ -205,7 +205,7 @@ struct pool {
 	/* the secret auth_query found for the pool's user (auth.c), for server logins; or NULL */
 	char *auth_secret;
 	/* counters: one uint64_t per STATS_FIELDS row (xact_count, query_count, bytes_recv...) */
-#define POOL_COUNTER(id, member, name, total, avg, kind) uint64_t member;
+#define POOL_COUNTER(id, member, name, total, avg, kind, prom, unit) uint64_t member;
 	STATS_FIELDS(POOL_COUNTER)
 #undef POOL_COUNTER
 	/* distributions for the saturation figures (µs) */

@@ -10,7 +10,7 @@
 #include "stats_fields.h"
 
 enum stats_field {
-#define STATS_ENUM(id, member, name, total, avg, kind) id,
+#define STATS_ENUM(id, member, name, total, avg, kind, prom, unit) id,
 	STATS_FIELDS(STATS_ENUM)
 #undef STATS_ENUM
 	STATS_N
@@ -23,6 +23,8 @@ struct stats {
 struct stats_field_desc {
 	const char *name, *total_name, *avg_name;
 	enum stats_avg_kind kind;
+	const char *prom_name;      /* /metrics: pgmux_stats_<prom_name>_total */
+	enum stats_unit unit;
 };
 
 /* The table above as data, indexed by enum stats_field. */

@@ -19,6 +19,9 @@ PACKAGES=(
 	# PgBouncer's own pytest suite (scripts/pgbouncer_suite.sh) and its certificates
 	python3-pytest python3-pytest-asyncio python3-pytest-xdist python3-pytest-timeout
 	python3-filelock openssl
+	# /metrics checked by promtool, scraped by a real Prometheus, and the alerting rules of
+	# deploy/prometheus tested (tests/integration/test_prometheus.py)
+	prometheus
 	# the instruction budget (tests/bench/cgbench.py: callgrind, callgrind_control)
 	valgrind
 	# tools the scripts use

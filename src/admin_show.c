@@ -859,9 +859,9 @@ static const struct admin_col cols_pools[] = {
 	/* pgmux */
 	I("pool_size"), { "saturation", OID_FLOAT8 },
 };
-#define STATS_TOTAL_COL(id, member, name, total, avg, kind) I(total),
-#define STATS_AVG_COL(id, member, name, total, avg, kind) I(avg),
-#define STATS_PLAIN_COL(id, member, name, total, avg, kind) I(name),
+#define STATS_TOTAL_COL(id, member, name, total, avg, kind, prom, unit) I(total),
+#define STATS_AVG_COL(id, member, name, total, avg, kind, prom, unit) I(avg),
+#define STATS_PLAIN_COL(id, member, name, total, avg, kind, prom, unit) I(name),
 static const struct admin_col cols_stats[] = {
 	T("database"), STATS_FIELDS(STATS_TOTAL_COL) STATS_FIELDS(STATS_AVG_COL)
 };

@@ -25,6 +25,21 @@ uint64_t hist_quantile(const struct hist *h, double q)
 	return hist_bucket_low(HIST_BUCKETS - 1);
 }
 
+void hist_counts_below(const struct hist *h, const uint64_t *edges, size_t n, uint64_t *out)
+{
+	size_t e = 0;
+	uint64_t seen = 0;
+	for (uint32_t i = 0; i < HIST_BUCKETS && e < n; i++) {
+		/* bucket i holds [low(i), low(i + 1)); the last one has no upper bound */
+		uint64_t upper = i + 1 < HIST_BUCKETS ? hist_bucket_low(i + 1) : UINT64_MAX;
+		while (e < n && edges[e] < upper)
+			out[e++] = seen;
+		seen += h->b[i];
+	}
+	while (e < n)
+		out[e++] = seen;
+}
+
 void hist_merge(struct hist *a, const struct hist *b)
 {
 	for (uint32_t i = 0; i < HIST_BUCKETS; i++)

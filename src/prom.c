@@ -14,10 +14,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "hist.h"
 #include "log.h"
+#include "route.h"
 #include "statuspage.h"
-#include "worker.h"
 #include "stats.h"
+#include "worker.h"
 
 /* The endpoint has no authentication, so whoever reaches it must not be able to take much:
  * a scrape is one small request answered on a connection that then closes. */
@@ -31,6 +33,11 @@
 #define PROM_ACCEPT_BATCH 16            /* accepts per wakeup */
 #define PROM_ACCEPT_PAUSE_SEC 1         /* out of descriptors: accepting stops this long */
 #define PROM_REFUSED_LOG_USEC 10000000u /* connections over the cap: one log line per 10 s */
+/* Scrapes within this long of a render share its body (referenced, not copied): a burst of
+ * requests costs one render and one body, however many pools there are, rather than one of
+ * each per request (a body is some 8 kB per pool). */
+#define PROM_SHARE_USEC 1000000u
+#define PROM_NDOCS 3                    /* /metrics, / and /status.json */
 
 enum prom_conn_state { PC_READ, PC_WRITE, PC_LINGER };
 
@@ -57,6 +64,9 @@ struct prom {
 	int n_conns;
 	uint64_t refused;               /* closed over the cap since the last log line */
 	uint64_t refused_logged;        /* worker_now() of that line */
+	/* per document (docs[] below): the last render, which replies reference, and when */
+	struct evbuffer *body[PROM_NDOCS];
+	uint64_t body_at[PROM_NDOCS];
 };
 
 /* One endpoint per process, like the console: the figures it serves cover the whole pooler. */
@@ -130,6 +140,11 @@ size_t prom_escape_label(char *dst, size_t dstlen, const char *src)
 
 /* ---- the metric families ----------------------------------------------------------------- */
 
+/* Names follow Prometheus's rules, so that `promtool check metrics` passes: base units
+ * (seconds, bytes) as the last word of the name, counters end in _total, histograms have
+ * buckets, _sum and _count.  The console keeps PgBouncer's names and microseconds; the
+ * README lists which console figure each family carries. */
+
 /* A pool's labels and figures, gathered once per scrape. */
 struct prom_pool {
 	char *labels;               /* database="...",user="..." */
@@ -138,17 +153,20 @@ struct prom_pool {
 	struct stats_saturation sat;
 };
 
+static char *escaped(const char *s)
+{
+	size_t n = prom_escape_label(NULL, 0, s) + 1;
+	char *out = malloc(n);
+	if (out)
+		prom_escape_label(out, n, s);
+	return out;
+}
+
 static char *pool_labels(const struct pool *p)
 {
-	size_t dn = prom_escape_label(NULL, 0, p->db->name) + 1;
-	size_t un = prom_escape_label(NULL, 0, p->user->name) + 1;
-	char *db = malloc(dn), *user = malloc(un), *out = NULL;
-	if (db && user) {
-		prom_escape_label(db, dn, p->db->name);
-		prom_escape_label(user, un, p->user->name);
-		if (asprintf(&out, "database=\"%s\",user=\"%s\"", db, user) < 0)
-			out = NULL;
-	}
+	char *db = escaped(p->db->name), *user = escaped(p->user->name), *out = NULL;
+	if (db && user && asprintf(&out, "database=\"%s\",user=\"%s\"", db, user) < 0)
+		out = NULL;
 	free(db);
 	free(user);
 	return out;
@@ -159,7 +177,20 @@ static void family(struct evbuffer *b, const char *name, const char *type, const
 	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-/* The SHOW SATURATION columns that SHOW POOLS lacks (the percentiles are the summaries below). */
+/* Microseconds as seconds, exactly (no float rounding: 1500000 is "1.500000"). */
+static void put_seconds(struct evbuffer *b, uint64_t us)
+{
+	evbuffer_add_printf(b, "%" PRIu64 ".%06" PRIu64, us / 1000000u, us % 1000000u);
+}
+
+/* The SHOW POOLS columns /metrics shows in another form: maxwait and maxwait_us are the two
+ * halves of one duration, which Prometheus wants as one figure in seconds. */
+static bool pool_figure_is_maxwait(const char *member)
+{
+	return strcmp(member, "maxwait") == 0 || strcmp(member, "maxwait_us") == 0;
+}
+
+/* The SHOW SATURATION columns that SHOW POOLS lacks (the percentiles are further down). */
 enum sat_gauge { SG_PEAK_1M, SG_PEAK_SAT_1M, SG_PEAK_PERIOD, SG_HEADROOM, SG_SATURATED_FOR, SG_N };
 
 static const struct {
@@ -195,41 +226,241 @@ static void sat_gauge_value(struct evbuffer *b, const struct stats_saturation *s
 		evbuffer_add_printf(b, "%d", s->headroom);
 		break;
 	case SG_SATURATED_FOR:
-		evbuffer_add_printf(b, "%" PRIu64, s->saturated_us / 1000000u);
+		put_seconds(b, s->saturated_us);
 		break;
 	}
 }
 
+/* The three duration distributions, twice: SHOW SATURATION's windowed percentiles as one
+ * gauge per console column (wait_p95_us is pgmux_saturation_wait_p95_seconds: a gauge may not
+ * carry a quantile label, and these are no summary, having no cumulative _sum), and the
+ * cumulative histograms as Prometheus histograms, from which PromQL forms quantiles over any
+ * range. */
 static const struct {
-	const char *name, *help;
-} summaries[STATS_NH] = {
-	[STATS_H_WAIT] = { "pgmux_wait_time_microseconds",
-			   "Client wait for a server, per acquisition (0 when one was free); quantiles over "
-			   "the current and the previous stats_period, _sum and _count since start." },
-	[STATS_H_QUERY] = { "pgmux_query_time_microseconds",
-			    "Query time per request batch; quantiles over the current and the previous "
-			    "stats_period, _sum and _count since start." },
-	[STATS_H_XACT] = { "pgmux_xact_time_microseconds",
-			   "Transaction time; quantiles over the current and the previous stats_period, "
-			   "_sum and _count since start." },
+	const char *hist, *hist_help, *console, *what;
+} durations[STATS_NH] = {
+	[STATS_H_WAIT] = { "pgmux_wait_time_seconds",
+			   "Client wait for a server, per acquisition (0 when one was free), since start.",
+			   "wait", "client wait for a server" },
+	[STATS_H_QUERY] = { "pgmux_query_time_seconds", "Query time per request batch, since start.",
+			    "query", "query time per request batch" },
+	[STATS_H_XACT] = { "pgmux_xact_time_seconds", "Transaction time, since start.",
+			   "xact", "transaction time" },
 };
 
-static void summary_sum_count(const struct pool *p, int k, uint64_t *sum, uint64_t *count)
+/* Histogram bucket edges: powers of two microseconds, 16 µs (2^4) to about 33.6 s (2^25).
+ * Each is an edge of pgmux's own buckets (hist.h), so every count is exact; 22 of them keep a
+ * pool's three histograms under 80 lines, a size that stays sane with thousands of pools. */
+#define PROM_LE_FIRST 4
+#define PROM_LE_N 22
+
+static void histogram(struct evbuffer *b, const char *name, const char *labels, const struct hist *h,
+		      uint64_t sum_us)
 {
-	switch (k) {
-	case STATS_H_WAIT:
-		*sum = p->wait_time;
-		*count = p->h_wait.count;
+	uint64_t edges[PROM_LE_N], below[PROM_LE_N];
+	for (int e = 0; e < PROM_LE_N; e++)
+		edges[e] = 1ull << (PROM_LE_FIRST + e);
+	hist_counts_below(h, edges, PROM_LE_N, below);
+	for (int e = 0; e < PROM_LE_N; e++) {
+		evbuffer_add_printf(b, "%s_bucket{%s,le=\"", name, labels);
+		put_seconds(b, edges[e]);
+		evbuffer_add_printf(b, "\"} %" PRIu64 "\n", below[e]);
+	}
+	evbuffer_add_printf(b, "%s_bucket{%s,le=\"+Inf\"} %" PRIu64 "\n%s_sum{%s} ", name, labels,
+			    h->count, name, labels);
+	put_seconds(b, sum_us);
+	evbuffer_add_printf(b, "\n%s_count{%s} %" PRIu64 "\n", name, labels, h->count);
+}
+
+static void pool_durations(struct evbuffer *b, const struct prom_pool *pp, size_t n)
+{
+	for (int k = 0; k < STATS_NH; k++)
+		for (int q = 0; q < STATS_NQ; q++) {
+			int pct = (int)(stats_quantiles[q] * 100 + 0.5);
+			char name[64], help[192];
+			snprintf(name, sizeof(name), "pgmux_saturation_%s_p%d_seconds", durations[k].console, pct);
+			snprintf(help, sizeof(help), "SHOW SATURATION %s_p%d_us, in seconds: the %dth percentile "
+				 "of %s over the current and the previous stats_period.", durations[k].console,
+				 pct, pct, durations[k].what);
+			family(b, name, "gauge", help);
+			for (size_t j = 0; j < n; j++) {
+				evbuffer_add_printf(b, "%s{%s} ", name, pp[j].labels);
+				put_seconds(b, pp[j].sat.q[k][q]);
+				evbuffer_add(b, "\n", 1);
+			}
+		}
+	for (int k = 0; k < STATS_NH; k++) {
+		family(b, durations[k].hist, "histogram", durations[k].hist_help);
+		for (size_t j = 0; j < n; j++) {
+			const struct pool *p = pp[j].p;
+			const struct hist *h = k == STATS_H_WAIT ? &p->h_wait
+					       : k == STATS_H_QUERY ? &p->h_query : &p->h_xact;
+			uint64_t sum = k == STATS_H_WAIT ? p->wait_time
+				       : k == STATS_H_QUERY ? p->query_time : p->xact_time;
+			histogram(b, durations[k].hist, pp[j].labels, h, sum);
+		}
+	}
+}
+
+/* ---- backends of [database X] sections (SHOW BACKENDS) ---- */
+
+/* One backend's figures and labels, gathered once per scrape. */
+struct prom_backend {
+	char *labels;               /* cluster="...",backend="...",shard="..." */
+	struct route_backend_row r;
+};
+
+enum be_family { BF_UP, BF_PRIMARY, BF_LAG_BYTES, BF_LAG_SECONDS, BF_READS, BF_WRITES, BF_RETRIES, BF_N };
+
+static const struct {
+	const char *name, *type, *help;
+} be_families[BF_N] = {
+	[BF_UP] = { "pgmux_backend_up", "gauge",
+		    "1 while the health monitor finds the backend up, 0 while down or not yet "
+		    "checked (SHOW BACKENDS state)." },
+	[BF_PRIMARY] = { "pgmux_backend_primary", "gauge",
+			 "1 for the backend that takes its shard's writes now, else 0 (SHOW BACKENDS role)." },
+	[BF_LAG_BYTES] = { "pgmux_backend_lag_bytes", "gauge",
+			   "Replication lag behind the shard's primary in WAL bytes; absent while unknown "
+			   "(SHOW BACKENDS lag_bytes)." },
+	[BF_LAG_SECONDS] = { "pgmux_backend_lag_seconds", "gauge",
+			     "Age of the last replayed transaction; 0 when caught up, absent while unknown "
+			     "(SHOW BACKENDS lag_ms)." },
+	[BF_READS] = { "pgmux_backend_reads_total", "counter",
+		       "Transactions routed to the backend as reads (SHOW BACKENDS reads)." },
+	[BF_WRITES] = { "pgmux_backend_writes_total", "counter",
+			"Transactions routed to the backend as writes (SHOW BACKENDS writes)." },
+	[BF_RETRIES] = { "pgmux_backend_retries_total", "counter",
+			 "Reads retried elsewhere after this backend failed them (SHOW BACKENDS retries)." },
+};
+
+/* Writes one sample of family f for backend pb, or nothing when its value is unknown. */
+static void be_sample(struct evbuffer *b, int f, const struct prom_backend *pb)
+{
+	const struct route_backend_row *r = &pb->r;
+	if ((f == BF_LAG_BYTES && r->lag_bytes < 0) || (f == BF_LAG_SECONDS && r->lag_ms < 0))
+		return;
+	evbuffer_add_printf(b, "%s{%s} ", be_families[f].name, pb->labels);
+	switch (f) {
+	case BF_UP:
+		evbuffer_add_printf(b, "%d", r->state == BE_UP);
 		break;
-	case STATS_H_QUERY:
-		*sum = p->query_time;
-		*count = p->h_query.count;
+	case BF_PRIMARY:
+		evbuffer_add_printf(b, "%d", r->is_primary);
 		break;
-	default:
-		*sum = p->xact_time;
-		*count = p->h_xact.count;
+	case BF_LAG_BYTES:
+		evbuffer_add_printf(b, "%" PRId64, r->lag_bytes);
+		break;
+	case BF_LAG_SECONDS:
+		put_seconds(b, (uint64_t)r->lag_ms * 1000u);
+		break;
+	case BF_READS:
+		evbuffer_add_printf(b, "%" PRIu64, r->reads);
+		break;
+	case BF_WRITES:
+		evbuffer_add_printf(b, "%" PRIu64, r->writes);
+		break;
+	case BF_RETRIES:
+		evbuffer_add_printf(b, "%" PRIu64, r->retries);
 		break;
 	}
+	evbuffer_add(b, "\n", 1);
+}
+
+static char *backend_labels(const struct route_backend_row *r)
+{
+	char *cl = escaped(r->cluster), *name = escaped(r->name), *out = NULL;
+	if (cl && name && asprintf(&out, "cluster=\"%s\",backend=\"%s\",shard=\"%d\"", cl, name,
+				   r->shard) < 0)
+		out = NULL;
+	free(cl);
+	free(name);
+	return out;
+}
+
+/* Every backend of every [database X] section; false when out of memory. */
+static bool backends(struct worker *w, struct evbuffer *b)
+{
+	size_t n = 0, cap = 0;
+	struct prom_backend *pb = NULL;
+	bool ok = true;
+	struct list *it;
+	for (it = w->databases.next; ok && it != &w->databases; it = it->next) {
+		const struct database *db = list_entry(it, struct database, node);
+		struct route_backend_row r;
+		for (int i = 0; ok && route_backend_row(db, i, &r); i++) {
+			if (n == cap) {
+				size_t nc = cap ? cap * 2 : 8;
+				struct prom_backend *np = realloc(pb, nc * sizeof(*pb));
+				if (!np) {
+					ok = false;
+					break;
+				}
+				pb = np;
+				cap = nc;
+			}
+			pb[n].r = r;
+			if (!(pb[n].labels = backend_labels(&r)))
+				ok = false;
+			n++;
+		}
+	}
+	/* a pooler without [database X] sections says nothing about backends */
+	for (int f = 0; ok && n && f < BF_N; f++) {
+		family(b, be_families[f].name, be_families[f].type, be_families[f].help);
+		for (size_t j = 0; j < n; j++)
+			be_sample(b, f, &pb[j]);
+	}
+	for (size_t j = 0; j < n; j++)
+		free(pb[j].labels);
+	free(pb);
+	return ok;
+}
+
+/* SHOW STATS totals, per database, in base units; false when out of memory. */
+static bool db_totals(struct worker *w, struct evbuffer *b)
+{
+	size_t ndb = 0, d = 0;
+	struct list *it, *tmp;
+	list_for_each_safe(it, tmp, &w->databases)
+		ndb++;
+	struct { char *label; struct stats tot; } *dbs = ndb ? calloc(ndb, sizeof(*dbs)) : NULL;
+	if (ndb && !dbs)
+		return false;
+	bool ok = true;
+	list_for_each_safe(it, tmp, &w->databases) {
+		if (d >= ndb)
+			break;
+		struct database *db = list_entry(it, struct database, node);
+		if (!(dbs[d].label = escaped(db->name))) {
+			ok = false;
+			break;
+		}
+		stats_total(w, db, &dbs[d].tot);
+		d++;
+	}
+	static const char *const unit_note[] = {
+		[STATS_U_COUNT] = "", [STATS_U_BYTES] = "", [STATS_U_USEC] = ", in seconds",
+	};
+	for (int f = 0; ok && f < STATS_N; f++) {
+		char name[96], help[160];
+		snprintf(name, sizeof(name), "pgmux_stats_%s_total", stats_fields[f].prom_name);
+		snprintf(help, sizeof(help), "SHOW STATS %s%s.", stats_fields[f].total_name,
+			 unit_note[stats_fields[f].unit]);
+		family(b, name, "counter", help);
+		for (size_t j = 0; j < d; j++) {
+			evbuffer_add_printf(b, "%s{database=\"%s\"} ", name, dbs[j].label);
+			if (stats_fields[f].unit == STATS_U_USEC)
+				put_seconds(b, dbs[j].tot.v[f]);
+			else
+				evbuffer_add_printf(b, "%" PRIu64, dbs[j].tot.v[f]);
+			evbuffer_add(b, "\n", 1);
+		}
+	}
+	for (size_t j = 0; j < d; j++)
+		free(dbs[j].label);
+	free(dbs);
+	return ok;
 }
 
 /* The whole exposition; false when out of memory. */
@@ -263,12 +494,21 @@ static bool render(struct worker *w, struct evbuffer *b)
 
 	/* SHOW POOLS */
 #define POOL_FAMILY(member, help_text) \
-	family(b, "pgmux_pools_" #member, "gauge", "SHOW POOLS " #member ": " help_text "."); \
-	for (size_t j = 0; j < i; j++) \
-		evbuffer_add_printf(b, "pgmux_pools_" #member "{%s} %" PRId64 "\n", pp[j].labels, \
-				    pp[j].row.member);
+	if (!pool_figure_is_maxwait(#member)) { \
+		family(b, "pgmux_pools_" #member, "gauge", "SHOW POOLS " #member ": " help_text "."); \
+		for (size_t j = 0; j < i; j++) \
+			evbuffer_add_printf(b, "pgmux_pools_" #member "{%s} %" PRId64 "\n", pp[j].labels, \
+					    pp[j].row.member); \
+	}
 	POOL_FIGURES(POOL_FAMILY)
 #undef POOL_FAMILY
+	family(b, "pgmux_pools_maxwait_seconds", "gauge",
+	       "SHOW POOLS maxwait + maxwait_us: how long the oldest waiting client has waited.");
+	for (size_t j = 0; j < i; j++) {
+		evbuffer_add_printf(b, "pgmux_pools_maxwait_seconds{%s} ", pp[j].labels);
+		put_seconds(b, pp[j].row.maxwait_total_us);
+		evbuffer_add(b, "\n", 1);
+	}
 	family(b, "pgmux_pools_pool_size", "gauge", "SHOW POOLS pool_size: the pool's server limit.");
 	for (size_t j = 0; j < i; j++)
 		evbuffer_add_printf(b, "pgmux_pools_pool_size{%s} %" PRId64 "\n", pp[j].labels,
@@ -287,56 +527,9 @@ static bool render(struct worker *w, struct evbuffer *b)
 			evbuffer_add(b, "\n", 1);
 		}
 	}
-	for (int k = 0; k < STATS_NH; k++) {
-		const char *name = summaries[k].name;
-		family(b, name, "summary", summaries[k].help);
-		for (size_t j = 0; j < i; j++) {
-			for (int q = 0; q < STATS_NQ; q++)
-				evbuffer_add_printf(b, "%s{%s,quantile=\"%g\"} %" PRIu64 "\n", name,
-						    pp[j].labels, stats_quantiles[q], pp[j].sat.q[k][q]);
-			uint64_t sum, count;
-			summary_sum_count(pp[j].p, k, &sum, &count);
-			evbuffer_add_printf(b, "%s_sum{%s} %" PRIu64 "\n%s_count{%s} %" PRIu64 "\n",
-					    name, pp[j].labels, sum, name, pp[j].labels, count);
-		}
-	}
+	pool_durations(b, pp, i);
 
-	/* SHOW STATS totals, per database */
-	size_t ndb = 0, d = 0;
-	list_for_each_safe(it, tmp, &w->databases)
-		ndb++;
-	struct { char *label; struct stats tot; } *dbs = ndb ? calloc(ndb, sizeof(*dbs)) : NULL;
-	if (ndb && !dbs) {
-		ok = false;
-		goto out;
-	}
-	list_for_each_safe(it, tmp, &w->databases) {
-		if (d >= ndb)
-			break;
-		struct database *db = list_entry(it, struct database, node);
-		size_t len = prom_escape_label(NULL, 0, db->name) + 1;
-		if (!(dbs[d].label = malloc(len))) {
-			ok = false;
-			break;
-		}
-		prom_escape_label(dbs[d].label, len, db->name);
-		stats_total(w, db, &dbs[d].tot);
-		d++;
-	}
-	if (ok)
-		for (int f = 0; f < STATS_N; f++) {
-			char name[96], help[160];
-			snprintf(name, sizeof(name), "pgmux_stats_%s_total", stats_fields[f].name);
-			snprintf(help, sizeof(help), "SHOW STATS %s%s.", stats_fields[f].total_name,
-				 strstr(stats_fields[f].name, "_time") ? " (microseconds)" : "");
-			family(b, name, "counter", help);
-			for (size_t j = 0; j < d; j++)
-				evbuffer_add_printf(b, "%s{database=\"%s\"} %" PRIu64 "\n", name,
-						    dbs[j].label, dbs[j].tot.v[f]);
-		}
-	for (size_t j = 0; j < d; j++)
-		free(dbs[j].label);
-	free(dbs);
+	ok = db_totals(w, b) && backends(w, b);
 out:
 	for (size_t j = 0; j < i; j++)
 		free(pp[j].labels);
@@ -380,7 +573,9 @@ static void conn_deadline(struct prom_conn *pc, int timeout_sec)
 /* Enters a state: the I/O event it waits for and its deadline. */
 static void conn_state(struct prom_conn *pc, enum prom_conn_state st, int timeout_sec)
 {
-	event_del(&pc->ev_io);
+	/* a new connection's event was never assigned: deleting it makes libevent warn */
+	if (event_initialized(&pc->ev_io))
+		event_del(&pc->ev_io);
 	pc->state = st;
 	event_assign(&pc->ev_io, pc->pr->w->base, pc->fd, (st == PC_WRITE ? EV_WRITE : EV_READ) | EV_PERSIST,
 		     conn_io, pc);
@@ -408,14 +603,17 @@ static void conn_write(struct prom_conn *pc)
 	conn_state(pc, PC_LINGER, PROM_LINGER_SEC);
 }
 
-/* Queues a complete reply (status line, headers, body unless head_only) and starts sending. */
+/* Queues a complete reply (status line, headers, body unless head_only) and starts sending.
+ * The body is moved into the reply, or referenced when shared (it must then stay unchanged). */
 static void reply(struct prom_conn *pc, int code, const char *reason, const char *extra_headers,
-		  const char *ctype, struct evbuffer *body, bool head_only)
+		  const char *ctype, struct evbuffer *body, bool head_only, bool shared)
 {
 	evbuffer_add_printf(pc->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
 			    "Connection: close\r\n%s\r\n", code, reason, ctype,
 			    evbuffer_get_length(body), extra_headers ? extra_headers : "");
-	if (!head_only)
+	if (!head_only && shared)
+		evbuffer_add_buffer_reference(pc->out, body);
+	else if (!head_only)
 		evbuffer_add_buffer(pc->out, body);
 	conn_state(pc, PC_WRITE, PROM_WRITE_TIMEOUT_SEC);
 	conn_write(pc);
@@ -430,7 +628,7 @@ static void reply_error(struct prom_conn *pc, int code, const char *reason, cons
 		return;
 	}
 	evbuffer_add_printf(b, "%d %s%s%s\n", code, reason, detail ? ": " : "", detail ? detail : "");
-	reply(pc, code, reason, extra_headers, "text/plain; charset=utf-8", b, head_only);
+	reply(pc, code, reason, extra_headers, "text/plain; charset=utf-8", b, head_only, false);
 	evbuffer_free(b);
 }
 
@@ -454,6 +652,38 @@ static const char *target_path(const char *t, size_t tlen, size_t *len)
 static bool token_is(const char *t, size_t n, const char *word)
 {
 	return n == strlen(word) && memcmp(t, word, n) == 0;
+}
+
+
+/* The documents served: the metrics, and the status page as HTML and as JSON. */
+static const struct {
+	const char *path, *type;
+	bool (*render)(struct worker *w, struct evbuffer *b);
+} docs[PROM_NDOCS] = {
+	{ "/metrics", "text/plain; version=0.0.4; charset=utf-8", render },
+	{ "/", "text/html; charset=utf-8", statuspage_html },
+	{ "/status.json", "application/json", statuspage_json },
+};
+
+/* Document d as of now: its last render when that is recent enough, else a new one (the one it
+ * replaces lives on in the replies that reference it), so that a burst of requests costs one
+ * render however many pools there are.  NULL when out of memory. */
+static struct evbuffer *shared_body(struct prom *pr, size_t d)
+{
+	uint64_t now = worker_now();
+	if (pr->body[d] && now - pr->body_at[d] < PROM_SHARE_USEC)
+		return pr->body[d];
+	struct evbuffer *b = evbuffer_new();
+	if (!b || !docs[d].render(pr->w, b)) {
+		if (b)
+			evbuffer_free(b);
+		return NULL;
+	}
+	if (pr->body[d])
+		evbuffer_free(pr->body[d]);
+	pr->body[d] = b;
+	pr->body_at[d] = now;
+	return b;
 }
 
 /* The request head is complete in pc->req[0, head_len): answer it. */
@@ -482,15 +712,6 @@ static void handle_request(struct prom_conn *pc, size_t head_len)
 	bool head = token_is(line, mlen, "HEAD");
 	size_t plen;
 	const char *path = target_path(sp1 + 1, (size_t)(sp2 - sp1 - 1), &plen);
-	/* the three documents: the metrics, and the status page as HTML and as JSON */
-	static const struct {
-		const char *path, *type;
-		bool (*render)(struct worker *w, struct evbuffer *b);
-	} docs[] = {
-		{ "/metrics", "text/plain; version=0.0.4; charset=utf-8", render },
-		{ "/", "text/html; charset=utf-8", statuspage_html },
-		{ "/status.json", "application/json", statuspage_json },
-	};
 	size_t d = 0;
 	while (d < sizeof(docs) / sizeof(docs[0]) && !token_is(path, plen, docs[d].path))
 		d++;
@@ -503,15 +724,12 @@ static void handle_request(struct prom_conn *pc, size_t head_len)
 		reply_error(pc, 405, "Method Not Allowed", NULL, "Allow: GET, HEAD\r\n", false);
 		return;
 	}
-	struct evbuffer *b = evbuffer_new();
-	if (!b || !docs[d].render(pc->pr->w, b)) {
-		if (b)
-			evbuffer_free(b);
+	struct evbuffer *b = shared_body(pc->pr, d);
+	if (!b) {
 		reply_error(pc, 500, "Internal Server Error", "out of memory", NULL, head);
 		return;
 	}
-	reply(pc, 200, "OK", NULL, docs[d].type, b, head);
-	evbuffer_free(b);
+	reply(pc, 200, "OK", NULL, docs[d].type, b, head, true);
 }
 
 /* Where the request head ends (after its blank line) in req[0, len), or 0 while incomplete. */
@@ -705,6 +923,9 @@ void prom_stop(struct worker *w)
 	event_del(&pr->ev_listen);
 	event_del(&pr->ev_retry);
 	close(pr->lfd);
+	for (size_t d = 0; d < PROM_NDOCS; d++)
+		if (pr->body[d])
+			evbuffer_free(pr->body[d]);
 	free(pr);
 	prom_state = NULL;
 }

@@ -17,7 +17,7 @@
 const double stats_quantiles[STATS_NQ] = { 0.5, 0.95, 0.99 };
 
 const struct stats_field_desc stats_fields[STATS_N] = {
-#define STATS_DESC(id, member, name, total, avg, kind) [id] = { name, total, avg, kind },
+#define STATS_DESC(id, member, name, total, avg, kind, prom, unit) [id] = { name, total, avg, kind, prom, unit },
 	STATS_FIELDS(STATS_DESC)
 #undef STATS_DESC
 };
@@ -59,7 +59,7 @@ struct stats_state {
 
 void stats_add_pool(struct stats *s, const struct pool *p)
 {
-#define STATS_ADD(id, member, name, total, avg, kind) s->v[id] += p->member;
+#define STATS_ADD(id, member, name, total, avg, kind, prom, unit) s->v[id] += p->member;
 	STATS_FIELDS(STATS_ADD)
 #undef STATS_ADD
 }

@@ -74,8 +74,10 @@ def parse_metrics(text):
         assert m, f"bad sample line: {line!r}"
         name, labels_text, value = m.groups()
         family = current
-        assert name == family or (types[family] == "summary" and name in (family + "_sum", family + "_count")) \
-            or (types[family] == "counter" and name == family), f"{name} outside its family {family}"
+        assert name == family or (types[family] in ("summary", "histogram")
+                                  and name in (family + "_sum", family + "_count")) \
+            or (types[family] == "histogram" and name == family + "_bucket"), \
+            f"{name} outside its family {family}"
         labels = {}
         if labels_text:
             pos = 0
@@ -195,7 +197,7 @@ def test_saturation_under_load(env):
     # /metrics during the load agreed: the summary's quantiles were non-zero
     assert loaded_metrics, "never scraped /metrics while the pool was saturated"
     _, samples = parse_metrics(loaded_metrics)
-    assert metric(samples, "pgmux_wait_time_microseconds", database=db, quantile="0.95") > 0
+    assert metric(samples, "pgmux_saturation_wait_p95_seconds", database=db) > 0
     assert metric(samples, "pgmux_pools_saturation", database=db) == 1.0
 
 
@@ -222,26 +224,33 @@ def test_metrics_endpoint(env):
     lab = {"database": db, "user": TEST_USER}
     for col in ("cl_active", "cl_waiting", "cl_active_cancel_req", "cl_waiting_cancel_req",
                 "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used",
-                "sv_tested", "sv_login", "maxwait", "maxwait_us", "pool_size"):
+                "sv_tested", "sv_login", "pool_size"):
         assert types[f"pgmux_pools_{col}"] == "gauge"
         assert metric(samples, f"pgmux_pools_{col}", **lab) == pool[col], col
+    assert metric(samples, "pgmux_pools_maxwait_seconds", **lab) == pool["maxwait"] + pool["maxwait_us"] / 1e6
     assert metric(samples, "pgmux_pools_saturation", **lab) == pool["saturation"]
     assert pool["cl_active"] == 1 and pool["pool_size"] == 4 and pool["sv_idle"] >= 1, pool
     for col in ("peak_1m", "peak_period", "headroom"):
         assert metric(samples, f"pgmux_saturation_{col}", **lab) == sat[col], col
-    for name, key in (("wait", "wait"), ("query", "query"), ("xact", "xact")):
-        fam = f"pgmux_{name}_time_microseconds"
-        assert types[fam] == "summary"
-        for q in ("0.5", "0.95", "0.99"):
-            assert metric(samples, fam, quantile=q, **lab) == sat[f"{key}_p{q[2:].ljust(2, '0')}_us"]
-    assert metric(samples, "pgmux_query_time_microseconds_count", **lab) >= 6
-    assert metric(samples, "pgmux_query_time_microseconds_sum", **lab) == stats["total_query_time"]
-    assert metric(samples, "pgmux_xact_time_microseconds_count", **lab) == stats["total_xact_count"]
-    for col in ("xact_count", "query_count", "bytes_received", "bytes_sent", "xact_time",
-                "query_time", "wait_time", "bind_count"):
-        total = {"bytes_received": "total_received", "bytes_sent": "total_sent"}.get(col, "total_" + col)
+    for key in ("wait", "query", "xact"):
+        for p in ("50", "95", "99"):        # the console's percentiles, in seconds
+            fam = f"pgmux_saturation_{key}_p{p}_seconds"
+            assert types[fam] == "gauge"
+            assert metric(samples, fam, **lab) == sat[f"{key}_p{p}_us"] / 1e6
+        assert types[f"pgmux_{key}_time_seconds"] == "histogram"
+    assert metric(samples, "pgmux_query_time_seconds_count", **lab) >= 6
+    assert metric(samples, "pgmux_query_time_seconds_sum", **lab) == stats["total_query_time"] / 1e6
+    assert metric(samples, "pgmux_xact_time_seconds_count", **lab) == stats["total_xact_count"]
+    for col, total, scale in (("xact_count", "total_xact_count", 1),
+                              ("query_count", "total_query_count", 1),
+                              ("received_bytes", "total_received", 1),
+                              ("sent_bytes", "total_sent", 1),
+                              ("xact_time_seconds", "total_xact_time", 1e6),
+                              ("query_time_seconds", "total_query_time", 1e6),
+                              ("wait_time_seconds", "total_wait_time", 1e6),
+                              ("bind_count", "total_bind_count", 1)):
         assert types[f"pgmux_stats_{col}_total"] == "counter"
-        assert metric(samples, f"pgmux_stats_{col}_total", database=db) == stats[total], col
+        assert metric(samples, f"pgmux_stats_{col}_total", database=db) == stats[total] / scale, col
     assert [l for n, l, v in samples if n == "pgmux_stats_xact_count_total"] == [{"database": db}]
     c.close()
 

@@ -54,6 +54,27 @@ static void test_empty_and_merge(void **state)
 	assert_true(hist_quantile(&a, 1.0) >= 100000);
 }
 
+/* The /metrics histogram: counts below power-of-two edges are exact, below any edge monotonic. */
+static void test_counts_below(void **state)
+{
+	static struct hist h;
+	for (uint64_t v = 0; v < 5000; v++)
+		hist_add(&h, v);
+	hist_add(&h, UINT64_MAX);
+	const uint64_t edges[] = { 0, 1, 8, 16, 1000, 1024, 4096, 1ull << 40, UINT64_MAX };
+	uint64_t out[9];
+	hist_counts_below(&h, edges, 9, out);
+	assert_int_equal(out[0], 0);
+	assert_int_equal(out[1], 1);
+	assert_int_equal(out[2], 8);
+	assert_int_equal(out[3], 16);
+	assert_true(out[4] <= 1000 && out[4] >= 1000 - 1000 / 8);  /* not an edge: buckets below */
+	assert_int_equal(out[5], 1024);
+	assert_int_equal(out[6], 4096);
+	assert_int_equal(out[7], 5000);
+	assert_int_equal(out[8], 5001);         /* the top bucket has no upper bound */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -61,6 +82,7 @@ int main(void)
 		cmocka_unit_test(test_small_values_exact),
 		cmocka_unit_test(test_quantiles_within_a_bucket),
 		cmocka_unit_test(test_empty_and_merge),
+		cmocka_unit_test(test_counts_below),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
