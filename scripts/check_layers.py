@@ -22,7 +22,7 @@ from pathlib import Path
 
 LAYERS = [
     ("leaf", """log proto hist pwcrypt txtrack sqlscan sqlmask shardsql shardhash namehash verdict
-             scram userlist config list freelist stats_fields pgmux_config pstext"""),
+             scram userlist config list freelist stats_fields pgmux_config pstext sdnotify"""),
     ("base", "model worker sbuf tls"),
     ("engine", "auth client server pool pool_info prepared route shard shardval shardplan monitor"),
     ("ops", "stats janitor admin prom"),
