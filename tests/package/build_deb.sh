@@ -7,8 +7,8 @@
 # no error; the last line says so.
 #
 # Environment:
-#   DEB_OUT=DIR          keep the .deb and the build log in DIR (default: a temporary directory,
-#                        removed at the end)
+#   DEB_OUT=DIR          copy the .deb files, the build log and lintian's report to DIR (the
+#                        scratch directory is removed, unless the build itself failed)
 #   DEB_BUILD_OPTIONS    passed through; default "nocheck" (the unit tests run in make check
 #                        already; set it empty to run them inside the package build too)
 set -uo pipefail
@@ -20,7 +20,8 @@ bad() { echo "FAIL: $*"; fail=1; }
 
 work=$(mktemp -d /tmp/pgmux-deb.XXXXXX)
 keep=${DEB_OUT:-}
-trap '[ -n "$keep" ] || rm -rf "$work"' EXIT
+keep_work=   # set when the build fails: its tree and log stay for a look
+trap '[ -n "$keep_work" ] || rm -rf "$work"' EXIT
 src="$work/pgmux-src"
 mkdir -p "$src"
 
@@ -41,7 +42,7 @@ t0=$(date +%s)
 if ! (cd "$src" && dpkg-buildpackage -us -uc -b) >"$work/build.log" 2>&1; then
 	tail -40 "$work/build.log"
 	echo "build_deb: FAIL (dpkg-buildpackage; log: $work/build.log)"
-	keep=1
+	keep_work=1
 	exit 1
 fi
 echo "build_deb: built in $(( $(date +%s) - t0 ))s"
@@ -92,7 +93,8 @@ else
 fi
 
 if [ -n "$keep" ]; then
-	mkdir -p "$keep" 2>/dev/null && cp "$work"/*.deb "$work/build.log" "$keep"/ 2>/dev/null
+	mkdir -p "$keep" && cp "$work"/*.deb "$work/build.log" "$keep"/ &&
+		{ [ ! -f "$work/lintian.txt" ] || cp "$work/lintian.txt" "$keep"/; }
 fi
 if [ "$fail" -ne 0 ]; then
 	echo "build_deb: FAIL"
