@@ -7,6 +7,10 @@ PACKAGES=(
 	# build
 	build-essential autoconf automake libtool pkg-config
 	libevent-dev libpq-dev libssl-dev libinih-dev libcmocka-dev
+	# systemd's readiness protocol (optional at configure time: --without-systemd)
+	libsystemd-dev
+	# the Debian package (tests/package/build_deb.sh) and the unit check
+	debhelper dh-autoreconf dpkg-dev fakeroot lintian systemd
 	# sanitizers and libFuzzer
 	clang libclang-rt-14-dev
 	# PostgreSQL's own grammar (libpg_query): the shard-key analysis, and the classifier's

@@ -8,8 +8,10 @@
 #   5. the instruction budget: tests/bench/cgbench.py --check on src/pgmux (callgrind
 #      instructions per transaction against tests/bench/cg_budget.json; fails above +5%)
 #   6. the libFuzzer harnesses (tests/fuzz/run.sh), FUZZ_SECONDS each
-#   7. the integration tests (tests/integration/run.py) against the ASan pgmux
-#   8. PgBouncer's own suite (scripts/pgbouncer_suite.sh) against the normal build: the tests
+#   7. the Debian package (tests/package/build_deb.sh: dpkg-buildpackage in a copy of the tree,
+#      dpkg-deb -c/-I checks, lintian without errors; about 1.5 minutes)
+#   8. the integration tests (tests/integration/run.py) against the ASan pgmux
+#   9. PgBouncer's own suite (scripts/pgbouncer_suite.sh) against the normal build: the tests
 #      listed in tests/pgbouncer/expected-pass.txt must pass
 # The last line printed is "N passed, N failed" over all stages; the exit code is non-zero when
 # anything failed.
@@ -20,6 +22,7 @@
 #   PGMUX_TEST_ARGS="..."  extra arguments for run.py (e.g. "-k test_auth" or "-x")
 #   PGMUX_TEST_CGBENCH=0   skip the instruction budget (about 1.5 minutes)
 #   PGMUX_TEST_PGBOUNCER=0 skip PgBouncer's own suite (about 9 minutes)
+#   PGMUX_TEST_DEB=0       skip the Debian package build
 #   PGMUX_CGBENCH_ARGS="..." extra arguments for cgbench.py (e.g. "--configs 'plain/*'")
 #   CONFIGURE_ARGS="..."   extra configure arguments for both builds
 set -uo pipefail
@@ -234,6 +237,23 @@ elif [ "${#harnesses[@]}" -gt 0 ]; then
 	bad "fuzzing: tests/fuzz/ has harnesses but no run.sh"
 else
 	echo; echo "(no fuzz harnesses in tests/fuzz/: fuzzing skipped)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The Debian package, built from a scratch copy (the tree's own build stays as it is).
+if [ "${PGMUX_TEST_DEB:-1}" = 0 ]; then
+	echo; echo "(PGMUX_TEST_DEB=0: Debian package skipped)"
+elif ! command -v dpkg-buildpackage >/dev/null; then
+	echo; echo "(dpkg-buildpackage not installed: Debian package skipped)"
+	skipped=$((skipped + 1))
+else
+	stage "Debian package (tests/package/build_deb.sh)"
+	t0=$(date +%s)
+	if bash tests/package/build_deb.sh; then
+		ok "Debian package: builds, contents, lintian ($(( $(date +%s) - t0 ))s)"
+	else
+		bad "Debian package ($(( $(date +%s) - t0 ))s)"
+	fi
 fi
 
 # ---------------------------------------------------------------------------------------------

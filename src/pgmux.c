@@ -22,6 +22,7 @@
 #include "worker.h"
 #include "pool.h"
 #include "route.h"
+#include "sdnotify.h"
 #include "prepared.h"
 #include "pwcrypt.h"
 #include "sbuf.h"
@@ -324,7 +325,8 @@ static void swap_hba_files(struct worker *w, struct hba *hba, struct ident *iden
 	w->ident = ident;
 }
 
-int pgmux_reload(struct worker *w)
+/* The reload proper; pgmux_reload brackets it for systemd. */
+static int reload_config(struct worker *w)
 {
 	struct config *cf;
 	char err[512];
@@ -380,6 +382,16 @@ int pgmux_reload(struct worker *w)
 	return 0;
 }
 
+int pgmux_reload(struct worker *w)
+{
+	/* SIGHUP and the console's RELOAD both come here; systemd hears of both, and READY=1
+	 * follows even a failed reload, since the old configuration goes on serving. */
+	sdnotify_reloading();
+	int rc = reload_config(w);
+	sdnotify_ready();
+	return rc;
+}
+
 /* ---- signals ---- */
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -428,6 +440,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 		pool_serve_all(w);
 		break;
 	}
+	if (w->shutdown)
+		sdnotify_stopping();
 	worker_check_shutdown(w);
 }
 
@@ -502,7 +516,9 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 int pgmux_run(struct worker *w)
 {
 	log_info("pgmux %s listening; %d listener(s)", PACKAGE_VERSION, w->n_listen);
+	sdnotify_ready();   /* the listeners accept from here on (pgmux_worker_init bound them) */
 	event_base_dispatch(w->base);
+	sdnotify_stopping();
 	stats_stop(w);
 	prom_stop(w);
 	route_shutdown(w);

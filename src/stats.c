@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "sdnotify.h"
 #include "worker.h"
 #include "namehash.h"
 #include "pool_info.h"
@@ -447,6 +448,14 @@ static void sec_tick(evutil_socket_t fd, short what, void *arg)
 	struct stats_state *st = arg;
 	st->w->now = worker_now();
 	sample(st);
+	/* systemd's status line, from this tick rather than per connection: at most one datagram a
+	 * second, and none while the counts stand still (sdnotify_status drops repeats).  A console
+	 * SHUTDOWN is noticed here too, within the second. */
+	struct worker *w = st->w;
+	if (w->shutdown)
+		sdnotify_stopping();
+	sdnotify_status("%d clients, %d servers%s%s", w->n_clients, w->n_servers,
+			w->paused ? ", paused" : "", w->shutdown ? ", shutting down" : "");
 }
 
 void stats_start(struct worker *w)
