@@ -321,42 +321,41 @@ static void cancel_done(struct cancel_req *cr, const char *why)
 }
 
 /* "ip:port" of a socket's own end (local) or its peer; "" when unknown or not TCP. */
-static void sock_name(int fd, bool local, char *buf, size_t len)
+/* An address as PgBouncer writes it in its log: "host:port", "[v6]:port", or "unix:path". */
+static const char *addr_text(const struct sockaddr_storage *a, char *buf, size_t len)
 {
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
-	char ip[INET6_ADDRSTRLEN] = "";
-	int port = 0;
-	buf[0] = 0;
-	if ((local ? getsockname(fd, (struct sockaddr *)&ss, &sl)
-		   : getpeername(fd, (struct sockaddr *)&ss, &sl)) < 0)
-		return;
-	if (ss.ss_family == AF_INET) {
-		inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip, sizeof(ip));
-		port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-	} else if (ss.ss_family == AF_INET6) {
-		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, ip, sizeof(ip));
-		port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+	char ip[INET6_ADDRSTRLEN] = "?";
+	if (a->ss_family == AF_INET) {
+		const struct sockaddr_in *in4 = (const struct sockaddr_in *)a;
+		inet_ntop(AF_INET, &in4->sin_addr, ip, sizeof(ip));
+		snprintf(buf, len, "%s:%u", ip, ntohs(in4->sin_port));
+	} else if (a->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)a;
+		inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+		snprintf(buf, len, "[%s]:%u", ip, ntohs(in6->sin6_port));
+	} else if (a->ss_family == AF_UNIX) {
+		snprintf(buf, len, "unix:%s", ((const struct sockaddr_un *)a)->sun_path);
 	} else {
-		return;
+		snprintf(buf, len, "?");
 	}
-	snprintf(buf, len, "%s:%d", ip, port);
+	return buf;
 }
 
-/* PgBouncer's line for a connected server socket, which scripts grep: over TCP
- * "db/user@host:port new connection to server (from local:port)". */
+/* PgBouncer's line for a connected server socket, which scripts grep:
+ * "db/user@host:port new connection to server (from local:port)"; the server's address is
+ * the one connected to (a host list's entry, or the Unix socket's path). */
 static void log_connected(struct server *sv)
 {
-	char tag[256], peer[INET6_ADDRSTRLEN + 8], local[INET6_ADDRSTRLEN + 8];
 	if (!sv->pool->w->cf->log_connections)
 		return;
-	server_tag(sv, tag, sizeof(tag));
-	sock_name(sv->c.fd, false, peer, sizeof(peer));
-	sock_name(sv->c.fd, true, local, sizeof(local));
-	if (peer[0] && local[0])
-		log_info("%s@%s new connection to server (from %s)", tag, peer, local);
-	else
-		log_info("%s new connection to server", tag);
+	char tag[256], peer[sizeof(((struct sockaddr_un *)0)->sun_path) + 16], local[128];
+	struct sockaddr_storage me;
+	socklen_t melen = sizeof(me);
+	memset(&me, 0, sizeof(me));
+	if (getsockname(sv->c.fd, (struct sockaddr *)&me, &melen) != 0)
+		me.ss_family = AF_UNSPEC;
+	log_info("%s@%s new connection to server (from %s)", server_tag(sv, tag, sizeof(tag)),
+		 addr_text(&sv->addr, peer, sizeof(peer)), addr_text(&me, local, sizeof(local)));
 }
 
 bool server_on_writable(struct conn *c)

@@ -251,7 +251,7 @@ def test_console_counters_states_and_ids(env):
     sid = next(r["id"] for r in px.show("SERVERS") if r["database"] == db)
     assert sid > cid, (cid, sid)
     ids = [int(m) for m in re.findall(r"[CS]-(\d+) " + re.escape(db) + r"/\S+ "
-                                      r"(?:login attempt|new server connection)", px.log_text())]
+                                      r"(?:login attempt|new server connection|new connection to server)", px.log_text())]
     assert ids[:6] == list(range(ids[0], ids[0] + 6)), ids
     c.close()
     # DISABLE: PgBouncer's words
