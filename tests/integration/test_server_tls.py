@@ -62,8 +62,10 @@ def test_server_tls_keys_and_reload(env):
     pki = Pki(env.dir)
     topo = tls_server(env, pki)
     db = topo.database("srvtls")
+    # A server whose TLS fails counts as unreachable: as in PgBouncer, waiting clients wait for
+    # the next try (server_login_retry) until query_wait_timeout, kept short here.
     px = env.pgmux({db: env.db_entry(db, server=topo.primary)},
-                   {"pool_mode": "transaction", **server_tls_keys(pki)})
+                   {"pool_mode": "transaction", "query_wait_timeout": 3, **server_tls_keys(pki)})
 
     with px.connect(db) as c:
         pid, ssl, dn = backend(c)
@@ -77,7 +79,7 @@ def test_server_tls_keys_and_reload(env):
         assert "database configuration changed" not in px.log_since(mark)
 
         # server_tls_protocols changes: the server made under the old setting is closed
-        px.write_config(**server_tls_keys(pki), server_tls_protocols="tlsv1.3")
+        px.write_config(query_wait_timeout=3, **server_tls_keys(pki), server_tls_protocols="tlsv1.3")
         mark = px.log_mark()
         px.reload()
         px.wait_log(rf"{db}.*closing because: database configuration changed", mark)
@@ -86,7 +88,7 @@ def test_server_tls_keys_and_reload(env):
         assert c.pgconn.ssl_in_use is False   # the client's own leg stays plain
 
     # the wrong CA: the handshake fails, the log says why, the client gets an error
-    px.write_config(**server_tls_keys(pki, ca=pki.rogue_crt))
+    px.write_config(query_wait_timeout=3, **server_tls_keys(pki, ca=pki.rogue_crt))
     mark = px.log_mark()
     px.reload()
     with pytest.raises(psycopg.OperationalError):
@@ -140,8 +142,9 @@ def test_bad_server_tls_values_refused(env):
 def test_auth_type_cert(env):
     pki = Pki(env.dir)
     db = env.database()
+    # cert, like trust, takes only users it knows (auth_file or auth_query), as PgBouncer
     px = env.pgmux([db], tls_settings(pki, "verify-full", auth_type="cert"),
-                   users={"postgres": ""})
+                   users={"postgres": "", TEST_USER: ""})
 
     # the certificate's CN is TEST_USER: that user gets in, without a password
     with px.connect(db, sslmode="verify-full", sslrootcert=pki.ca_crt, sslcert=pki.client_crt,
