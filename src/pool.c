@@ -293,7 +293,7 @@ void pool_launch(struct pool *p)
 		       worker_now() - first->wait_start >= (uint64_t)w->cf->reserve_pool_timeout;
 	while (want > pending && can_open(p, reserve, true)) {
 		int before = pool_servers(p);
-		if (before >= pool_size(p)) {
+		if (first && before >= pool_size(p)) {   /* a reserve server: PgBouncer's line */
 			char tag[256];
 			log_warn("%s taking connection from reserve_pool", client_tag(first, tag, sizeof(tag)));
 		}
