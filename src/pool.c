@@ -380,7 +380,7 @@ void pool_launch(struct pool *p)
 		if (!pool_addr_ready(p))
 			break;
 		int before = pool_servers(p);
-		if (before >= pool_size(p)) {
+		if (first && before >= pool_size(p)) {   /* a reserve server: PgBouncer's line */
 			char tag[256];
 			log_warn("%s taking connection from reserve_pool", client_tag(first, tag, sizeof(tag)));
 		}

@@ -241,3 +241,30 @@ def test_reserve_pool_logged(env):
     users = px.show("USERS")
     app = row(users, "name", "app")
     assert (app["pool_size"], app["reserve_pool_size"]) == ("", "1"), app
+
+
+@timeout(60)
+def test_users_settings_follow_reload(env):
+    """A reload that changes or drops a [users] line reaches the pools already made (the
+    users keep a pointer into the new configuration, not the freed one)."""
+    db = env.database()
+    px = env.pgmux([db], {"pool_mode": "transaction", "default_pool_size": 4},
+                   user_settings={"app": "pool_size=2 max_user_client_connections=5"})
+    with px.connect(db) as c:
+        c.execute("SELECT 1")
+        assert row(px.show("POOLS"), "database", db)["pool_size"] == 2
+        px.user_settings["app"] = "pool_size=3 pool_mode=session"
+        px.write_config()
+        px.reload()
+        p = row(px.show("POOLS"), "database", db)
+        assert p["pool_size"] == 3 and p["pool_mode"] == "session", p
+        app = row(px.show("USERS"), "name", "app")
+        assert app["max_user_client_connections"] == 0 and app["pool_size"] == "3", app
+        del px.user_settings["app"]
+        px.write_config()
+        px.reload()
+        p = row(px.show("POOLS"), "database", db)
+        assert p["pool_size"] == 4 and p["pool_mode"] == "transaction", p
+        # still counted, now as a user without a [users] line
+        assert row(px.show("USERS"), "name", "app")["current_client_connections"] == 1
+        assert c.execute("SELECT 'still'").fetchone()[0] == "still"
