@@ -200,7 +200,12 @@ def test_repl_tools(env):
     waldir.mkdir()
     p = subprocess.Popen([pg_bin("pg_receivewal"), "--dbname", base, "--slot=px_phys",
                           "--directory", str(waldir)], env=envv)
-    wait_for(lambda: any(waldir.iterdir()), 15, 0.1, "pg_receivewal writing")
+
+    def wal_written():
+        # the stream starts at a segment boundary: only new WAL makes the walsender send
+        pg.sql("INSERT INTO t SELECT generate_series(1, 100)", dbname="repl_src")
+        return any(waldir.iterdir())
+    wait_for(wal_written, 15, 0.2, "pg_receivewal writing")
     p.send_signal(signal.SIGINT)
     assert p.wait(10) == 0
     wait_for(lambda: not pg.sql1("SELECT active FROM pg_replication_slots "

@@ -905,6 +905,37 @@ static void test_set_follows_table(void **state)
 
 /* ---- host:port (stats_listen) ----------------------------------------------------------- */
 
+/* host lists (host=a,b,c) and load_balance_hosts: entries, refusals, the value read back */
+static void test_host_lists(void **state)
+{
+	(void)state;
+	char h[256];
+	assert_int_equal(config_host_count(NULL), 1);
+	assert_int_equal(config_host_count("db1"), 1);
+	assert_int_equal(config_host_count("a, b ,c"), 3);
+	assert_true(config_host_entry("a, b ,c", 1, h, sizeof(h)));
+	assert_string_equal(h, "b");
+	assert_true(config_host_entry("a, b ,c", 2, h, sizeof(h)));
+	assert_string_equal(h, "c");
+	assert_false(config_host_entry("a,b", 2, h, sizeof(h)));
+	assert_false(config_host_entry("abcdef", 0, h, 4));   /* does not fit: refused, not cut */
+
+	struct config *cf = load_text_ok("[pgmux]\n[databases]\n"
+					 "rr = host=10.0.0.1,10.0.0.2\n"
+					 "off = host=10.0.0.1,/var/run/postgresql load_balance_hosts=disable\n"
+					 "on = host=h1,h2 load_balance_hosts=round-robin\n");
+	assert_false(config_lbh_disable(config_find_db(cf, "rr")));
+	assert_true(config_lbh_disable(config_find_db(cf, "off")));
+	assert_false(config_lbh_disable(config_find_db(cf, "on")));
+	config_free(cf);
+	expect_text_error("[pgmux]\n[databases]\nx = host=a load_balance_hosts=always\n", 3,
+			  "expected round-robin or disable");
+	expect_text_error("[pgmux]\n[databases]\nx = host=a,,b\n", 3, "host entry 2 is empty");
+	expect_text_error("[pgmux]\n[databases]\nx = host=a,\n", 3, "host entry 2 is empty");
+	expect_text_error("[pgmux]\n[databases]\n"
+			  "x = host=1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17\n", 3, "at most 16 hosts");
+}
+
 static void test_parse_hostport(void **state)
 {
 	static const struct {
@@ -1214,6 +1245,7 @@ int main(void)
 		cmocka_unit_test(test_set),
 		cmocka_unit_test(test_set_follows_table),
 		cmocka_unit_test(test_parse_hostport),
+		cmocka_unit_test(test_host_lists),
 		cmocka_unit_test(test_db_dup_equal),
 		cmocka_unit_test(test_put_conninfo_pair),
 		cmocka_unit_test(test_sample_config_loads),
