@@ -137,6 +137,8 @@ struct database {
 	socklen_t addrlen;
 	bool addr_ok;
 	bool resolving;
+	unsigned host_idx;          /* host=a,b,c: the list entry addr is (to be) resolved from */
+	unsigned hosts_failed;      /* host list: hosts that failed in a row (all of them: give up) */
 	uint64_t resolved_at;
 	struct ssl_ctx_st *ssl_ctx;  /* TLS context for its servers, made on first use */
 	int n_servers;              /* across its pools, for max_db_connections */

@@ -243,6 +243,40 @@ static int soon_idle(struct pool *p)
 	return n;
 }
 
+/* A host list (host=a,b,c) is walked in turn, one host per new server connection, as
+ * PgBouncer's default load_balance_hosts = round-robin does: connections spread over the
+ * hosts, and a host that is down costs one failed attempt before the next is tried. */
+static bool has_host_list(const struct database *db)
+{
+	return db->cf->host && strchr(db->cf->host, ',');
+}
+
+static unsigned host_count(const struct database *db)
+{
+	unsigned n = 1;
+	for (const char *q = db->cf->host; q && *q; q++)
+		n += *q == ',';
+	return n;
+}
+
+/* The host the next server connection of db goes to (trimmed into buf for a list). */
+static const char *current_host(const struct database *db, char *buf, size_t len)
+{
+	const char *h = db->cf->host;
+	if (!has_host_list(db))
+		return h;
+	unsigned want = db->host_idx % host_count(db);
+	for (unsigned i = 0; i < want; i++)
+		h = strchr(h, ',') + 1;
+	while (*h == ' ')
+		h++;
+	size_t k = strcspn(h, ",");
+	while (k && h[k - 1] == ' ')
+		k--;
+	snprintf(buf, len, "%.*s", (int)k, h);
+	return buf;
+}
+
 void pool_launch(struct pool *p)
 {
 	struct worker *w = p->w;
@@ -273,6 +307,14 @@ void pool_launch(struct pool *p)
 		if (pool_servers(p) == before)
 			break;
 		pending++;
+		if (has_host_list(p->db)) {
+			/* The next connection goes to the next host, resolved first; resolving
+			 * launches the pools of the database again. */
+			p->db->host_idx++;
+			p->db->addr_ok = false;
+			pool_resolve(p->db, w);
+			return;
+		}
 	}
 }
 
@@ -472,6 +514,7 @@ void pool_server_ready(struct server *sv)
 	struct pool *p = sv->pool;
 	server_set_state(sv, SV_IDLE);
 	sv->last_used = sv->last_check = p->w->now;
+	p->db->hosts_failed = 0;
 	while (p->welcome_ok && !list_empty(&p->cl_waiting_login)) {
 		struct client *cl = list_entry(p->cl_waiting_login.next, struct client, node);
 		client_send_welcome(cl);
@@ -496,6 +539,15 @@ void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate)
 		p->last_connect_failed = false;
 		return;
 	}
+	/* A host of a list that cannot be reached: the next host is tried at once, for the same
+	 * waiting clients, until every host of the list has failed in a row. */
+	if (has_host_list(p->db) && (!sqlstate || !strncmp(sqlstate, "08", 2)) &&
+	    ++p->db->hosts_failed < host_count(p->db)) {
+		p->last_connect_failed = false;
+		pool_launch(p);
+		return;
+	}
+	p->db->hosts_failed = 0;
 	if (pool_servers(p) > 0)
 		return;
 	while (!list_empty(&p->cl_waiting_login)) {
@@ -525,9 +577,10 @@ static void resolved(int err, struct evutil_addrinfo *res, void *arg)
 	w->now = worker_now();
 	db->resolving = false;
 	if (err || !res) {
-		char msg[300];
-		snprintf(msg, sizeof(msg), "could not resolve host \"%s\": %s", db->cf->host,
-			 evutil_gai_strerror(err));
+		char msg[300], hb[256];
+		snprintf(msg, sizeof(msg), "could not resolve host \"%s\": %s",
+			 current_host(db, hb, sizeof(hb)), evutil_gai_strerror(err));
+		db->host_idx++;   /* with a host list, the next attempt tries the next host */
 		struct list *it, *tmp;
 		list_for_each_safe(it, tmp, &w->pools) {
 			struct pool *p = list_entry(it, struct pool, node);
@@ -557,7 +610,8 @@ static const char *default_socket_dir(const struct config *cf)
 
 void pool_resolve(struct database *db, struct worker *w)
 {
-	const char *host = db->cf->host;
+	char hb[256];
+	const char *host = current_host(db, hb, sizeof(hb));
 	db->w = w;
 	if (db->addr_ok || db->resolving)
 		return;

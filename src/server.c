@@ -3,6 +3,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -593,6 +594,25 @@ static void settle_client_vars(struct server *sv)
 	}
 }
 
+/* Logged once a server login completes, in PgBouncer's words with the local address the
+ * connection came from (with a host list, which host answered shows in the tag). */
+static void log_new_server(struct server *sv)
+{
+	char tag[256], from[INET6_ADDRSTRLEN + 8] = "unix";
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	if (getsockname(sv->c.fd, (struct sockaddr *)&ss, &len) == 0 && ss.ss_family != AF_UNIX) {
+		char ip[INET6_ADDRSTRLEN] = "?";
+		const void *a = ss.ss_family == AF_INET6 ? (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr
+							  : (const void *)&((struct sockaddr_in *)&ss)->sin_addr;
+		uint16_t port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+							       : ((struct sockaddr_in *)&ss)->sin_port);
+		inet_ntop(ss.ss_family, a, ip, sizeof(ip));
+		snprintf(from, sizeof(from), ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
+	}
+	log_info("%s new connection to server (from %s)", server_tag(sv, tag, sizeof(tag)), from);
+}
+
 static void login_done(struct server *sv)
 {
 	struct pool *p = sv->pool;
@@ -612,10 +632,8 @@ static void login_done(struct server *sv)
 			login_failed(sv, "could not send connect_query", "08006");
 		return;
 	}
-	if (p->w->cf->log_connections) {
-		char tag[256];
-		log_info("%s new server connection", server_tag(sv, tag, sizeof(tag)));
-	}
+	if (p->w->cf->log_connections)
+		log_new_server(sv);
 	p->last_connect_failed = false;
 	p->error_logged = false;
 	pool_server_ready(sv);
@@ -719,9 +737,8 @@ static void internal_done(struct server *sv)
 		server_set_state(sv, SV_IDLE);
 		pool_serve_waiters(sv->pool);
 	} else if (sv->state == SV_LOGIN) {
-		char tag[256];
 		if (sv->pool->w->cf->log_connections)
-			log_info("%s new server connection", server_tag(sv, tag, sizeof(tag)));
+			log_new_server(sv);
 		sv->pool->last_connect_failed = false;
 		sv->pool->error_logged = false;
 		pool_server_ready(sv);

@@ -251,7 +251,7 @@ def test_console_counters_states_and_ids(env):
     sid = next(r["id"] for r in px.show("SERVERS") if r["database"] == db)
     assert sid > cid, (cid, sid)
     ids = [int(m) for m in re.findall(r"[CS]-(\d+) " + re.escape(db) + r"/\S+ "
-                                      r"(?:login attempt|new server connection)", px.log_text())]
+                                      r"(?:login attempt|new connection to server)", px.log_text_dedup())]
     assert ids[:6] == list(range(ids[0], ids[0] + 6)), ids
     c.close()
     # DISABLE: PgBouncer's words
@@ -261,3 +261,23 @@ def test_console_counters_states_and_ids(env):
         assert f'database "{db}" is disabled' in msg, msg
         a.execute(f"ENABLE {db}")
     px.connect(db).close()
+
+
+@timeout(60)
+def test_host_list(env):
+    """host=a,b: new server connections take the hosts in turn; a host that cannot be reached
+    is skipped for the same waiting client (127.0.0.3 has nothing on the port)."""
+    db = env.database()
+    good = env.pg.host
+    px = env.pgmux({db: f"host=127.0.0.3,{good} port={env.pg.port} dbname={db}"},
+                   {"pool_mode": "session", "server_login_retry": 5})
+    conns = [px.connect(db) for _ in range(3)]
+    for c in conns:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    log = px.log_text_dedup()
+    # every session got a server from the good host (the bad one is tried, then skipped)
+    n = log.count("new connection to server (from 127.0.0.1:")
+    assert n == 3, (n, log)
+    assert "Connection refused" in log
+    for c in conns:
+        c.close()
