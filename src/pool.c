@@ -369,7 +369,7 @@ void pool_client_ready(struct client *cl)
 		client_send_welcome(cl);
 		return;
 	}
-	if (login_retry_wait(p) && pool_servers(p) == 0) {
+	if (p->login_error_answered && login_retry_wait(p) && pool_servers(p) == 0) {
 		fail_fast(cl);
 		return;
 	}
@@ -399,7 +399,7 @@ void pool_acquire(struct client *cl)
 		client_close(cl, "server shutting down", "57P01");
 		return;
 	}
-	if (login_retry_wait(p) && pool_servers(p) == 0) {
+	if (p->login_error_answered && login_retry_wait(p) && pool_servers(p) == 0) {
 		fail_fast(cl);
 		return;
 	}
@@ -548,6 +548,14 @@ void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate)
 		return;
 	}
 	p->db->hosts_failed = 0;
+	/* No server answered (refused, unreachable, timed out): as in PgBouncer, the clients
+	 * keep waiting while pgmux retries every server_login_retry, so that a server restart
+	 * costs them a delay rather than an error; query_wait_timeout and client_login_timeout
+	 * bound the wait.  An error the server sent (a bad password, no such database) will not
+	 * go away by waiting: it reaches the waiting clients now, and new ones until a retry. */
+	p->login_error_answered = !sqlstate || strcmp(sqlstate, "08006") != 0;
+	if (!p->login_error_answered)
+		return;
 	if (pool_servers(p) > 0)
 		return;
 	while (!list_empty(&p->cl_waiting_login)) {

@@ -3,7 +3,9 @@ them: SIGINT / SIGTERM / SHUTDOWN modes and a second signal, SIGUSR2 and RESUME 
 shutdown, SUSPEND, the options startup parameter, login_notify_message, query_wait_notify,
 server_fast_close, server_lifetime = 0, the SHOW STATS counters and SHOW CLIENTS states."""
 
+import contextlib
 import re
+import socket
 import signal
 import subprocess
 import threading
@@ -11,7 +13,7 @@ import time
 
 import psycopg
 
-from pgharness import TEST_USER, pg_bin, timeout, wait_for
+from pgharness import TEST_USER, free_port, pg_bin, timeout, wait_for
 
 
 def unix_conn(px, dbname, user=TEST_USER, **kw):
@@ -281,3 +283,56 @@ def test_host_list(env):
     assert "Connection refused" in log
     for c in conns:
         c.close()
+
+
+@timeout(60)
+def test_unreachable_server_keeps_clients_waiting(env):
+    """Nothing listens on the server's port: the client is not refused at once (PgBouncer
+    keeps it waiting through server_login_retry) and gets query_wait_timeout in the end."""
+    db = env.database()
+    dead = free_port()
+    px = env.pgmux({db: f"host=127.0.0.1 port={dead} dbname={db}"},
+                   {"server_login_retry": 1, "query_wait_timeout": 3})
+    t0 = time.monotonic()
+    msg = refused(lambda: px.connect(db, connect_timeout=20))
+    took = time.monotonic() - t0
+    assert "query_wait_timeout" in msg and took >= 2.5, (msg, took)
+    # the server comes back while a client waits (a forwarder to PostgreSQL appears on the
+    # port after a second): the waiting client is served
+    stop = threading.Event()
+
+    def forward():
+        time.sleep(1)
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", dead))
+        ls.listen(8)
+        ls.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                a, _ = ls.accept()
+            except socket.timeout:
+                continue
+            b = socket.create_connection((env.pg.host, env.pg.port))
+            for x, y in ((a, b), (b, a)):
+                threading.Thread(target=pipe, args=(x, y), daemon=True).start()
+        ls.close()
+
+    def pipe(x, y):
+        try:
+            while (d := x.recv(65536)):
+                y.sendall(d)
+        except OSError:
+            pass
+        for z in (x, y):
+            with contextlib.suppress(OSError):
+                z.shutdown(socket.SHUT_RDWR)
+
+    t = threading.Thread(target=forward, daemon=True)
+    t.start()
+    try:
+        with px.connect(db, connect_timeout=20) as c:
+            assert c.execute("SELECT 1").fetchone()[0] == 1
+    finally:
+        stop.set()
+        t.join(5)
