@@ -548,12 +548,14 @@ void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate)
 		return;
 	}
 	p->db->hosts_failed = 0;
-	/* No server answered (refused, unreachable, timed out): as in PgBouncer, the clients
-	 * keep waiting while pgmux retries every server_login_retry, so that a server restart
-	 * costs them a delay rather than an error; query_wait_timeout and client_login_timeout
-	 * bound the wait.  An error the server sent (a bad password, no such database) will not
-	 * go away by waiting: it reaches the waiting clients now, and new ones until a retry. */
-	p->login_error_answered = !sqlstate || strcmp(sqlstate, "08006") != 0;
+	/* No server answered (refused, unreachable, timed out), or it is shutting down or
+	 * starting up (57P01-57P03): as in PgBouncer, the clients keep waiting while pgmux
+	 * retries every server_login_retry, so that a server restart costs them a delay rather
+	 * than an error; query_wait_timeout and client_login_timeout bound the wait.  Any other
+	 * error the server sent (a bad password, no such database) will not go away by waiting:
+	 * it reaches the waiting clients now, and new ones until the next try. */
+	p->login_error_answered = !sqlstate || (strcmp(sqlstate, "08006") != 0 &&
+						strncmp(sqlstate, "57P", 3) != 0);
 	if (!p->login_error_answered)
 		return;
 	if (pool_servers(p) > 0)
