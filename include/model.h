@@ -196,6 +196,7 @@ struct pool {
 	bool welcome_ok;
 	/* server login trouble */
 	bool last_connect_failed;
+	bool login_error_answered;  /* that failure was the server's answer, not a network one */
 	uint64_t last_connect_time;
 	char last_error[256];
 	bool error_logged;
@@ -358,6 +359,14 @@ struct daemon_ops {
 	void (*hold_accepts)(struct worker *w, bool hold);
 };
 
+/* The console's own traffic counters, one member per STATS_FIELDS row as in struct pool:
+ * PgBouncer lists its console as database "pgbouncer" in SHOW STATS and counts it in TOTALS. */
+struct console_counters {
+#define CONSOLE_COUNTER(id, member, name, total, avg, kind, prom, unit) uint64_t member;
+	STATS_FIELDS(CONSOLE_COUNTER)
+#undef CONSOLE_COUNTER
+};
+
 /* The event loop and every piece of hot-path state; one per thread. */
 struct worker {
 	struct event_base *base;
@@ -415,6 +424,7 @@ struct worker {
 	bool accepts_held;                  /* listeners out of the loop (pgmux_hold_accepts) */
 	struct tls_server *tls_srv;         /* TLS for clients (tls.c), NULL when client_tls_sslmode = disable */
 	struct stats_state *stats;          /* stats_period snapshots (stats.c), or NULL */
+	struct console_counters console_stats;  /* console logins and commands (admin.c) */
 	struct sqlscan_funcs *write_funcs;  /* write_functions, compiled (route.c) */
 	char *write_funcs_text;             /* the text it was compiled from */
 	struct freelist retry_free;         /* spare buffers for reads kept for a retry (route_retry.c) */

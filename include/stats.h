@@ -49,6 +49,9 @@ void stats_stop(struct worker *w);
 /* The averages over the last complete stats_period for db (NULL: all databases); zeros until
  * one period has passed since stats_start. */
 void stats_average_of(struct worker *w, const struct database *db, struct stats *avg);
+/* The console's row: its counters and their averages over the last stats_period.  The
+ * all-databases figures (db NULL above) include them. */
+void stats_console(struct worker *w, struct stats *tot, struct stats *avg);
 
 /* ---- SHOW POOLS figures ------------------------------------------------------------------ */
 

@@ -432,6 +432,8 @@ static enum admin_rc on_message(struct client *cl, char type, const uint8_t *bod
 	}
 	if (type == 'Q') {
 		s->skip_to_sync = false;
+		cl->c.w->console_stats.query_count++;   /* each console command: a query, a transaction */
+		cl->c.w->console_stats.xact_count++;
 		if (!blen || body[blen - 1] != 0 || memchr(body, 0, blen) != body + blen - 1) {
 			proto_error(o, "ERROR", "08P01", "invalid Query message");
 			proto_ready(o, 'I');
@@ -611,6 +613,7 @@ void admin_client_ready(struct client *cl)
 		return;
 	}
 	s->cl = cl;
+	w->console_stats.client_login_count++;
 	evtimer_assign(&s->ev_wait, w->base, admin_wait_poll, s);
 	/* Beside the conn's own write event: this one is added only while a listing waits for
 	 * the socket to drain, and its callback sends before it makes more. */

@@ -307,13 +307,18 @@ static enum admin_rc show_saturation(struct admin_ctx *x)
 
 enum stats_view { STATS_BOTH, STATS_TOTALS_ONLY, STATS_AVG_ONLY };
 
+/* db NULL: the console's row, under PgBouncer's name for it. */
 static void stats_row(struct admin_ctx *x, struct database *db, enum stats_view view)
 {
 	struct stats tot, avg;
-	stats_total(x->w, db, &tot);
-	stats_average_of(x->w, db, &avg);
+	if (db) {
+		stats_total(x->w, db, &tot);
+		stats_average_of(x->w, db, &avg);
+	} else {
+		stats_console(x->w, &tot, &avg);
+	}
 	admin_row_begin(x);
-	admin_col_str(x, db->name);
+	admin_col_str(x, db ? db->name : "pgbouncer");
 	if (view != STATS_AVG_ONLY)
 		for (int f = 0; f < STATS_N; f++)
 			admin_col_uint(x, tot.v[f]);
@@ -346,6 +351,8 @@ static void stats_rows(struct admin_ctx *x, enum stats_view view)
 		[STATS_AVG_ONLY] = stats_row_avg,
 	};
 	struct picker pk;
+	if (!x->after)
+		row[view](x, NULL);   /* the console's row, once, ahead of the first batch */
 	admin_picker_init(&pk, x);
 	struct list *it, *tmp;
 	list_for_each_safe(it, tmp, &x->w->databases) {

@@ -873,11 +873,14 @@ static inline bool starts_query(char type)
 	}
 }
 
-/* The first request after a quiet spell starts a query; on an idle server, a transaction. */
+/* The first request after a quiet spell starts a query; on an idle server, a transaction.
+ * Queries are counted here, one per request the client sends after its last answer, as
+ * PgBouncer counts them: a Parse+Sync and the Bind..Sync after it are two. */
 static void note_query_start(struct client *cl)
 {
 	if (txtrack_quiet(&cl->tt)) {
 		cl->query_start = cl->c.w->now;
+		cl->pool->query_count++;
 		if (cl->link && cl->link->tx == 'I')
 			cl->xact_start = cl->query_start;
 	}
@@ -1041,8 +1044,6 @@ static void forward_loop(struct client *cl)
 		}
 		if (starts_query(type))
 			note_query_start(cl);
-		if (type == 'Q' || type == 'E')
-			cl->pool->query_count++;
 		enum txtrack_result tr = txtrack_client(&cl->tt, type,
 							type == 'P' && avail > PROTO_HDR && h[PROTO_HDR] == 0);
 		if (tr != TXT_OK) {

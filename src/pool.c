@@ -471,7 +471,7 @@ void pool_client_ready(struct client *cl)
 		client_send_welcome(cl);
 		return;
 	}
-	if (login_retry_wait(p) && pool_servers(p) == 0) {
+	if (p->login_error_answered && login_retry_wait(p) && pool_servers(p) == 0) {
 		fail_fast(cl);
 		return;
 	}
@@ -502,7 +502,7 @@ void pool_acquire(struct client *cl)
 		client_close(cl, "server shutting down", "57P01");
 		return;
 	}
-	if (login_retry_wait(p) && pool_servers(p) == 0) {
+	if (p->login_error_answered && login_retry_wait(p) && pool_servers(p) == 0) {
 		fail_fast(cl);
 		return;
 	}
@@ -675,14 +675,17 @@ void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate, b
 		p->last_connect_failed = false;
 		return;
 	}
-	/* The server refused the pool's credentials (class 28) or its database (3D000): no new
-	 * server can log in until someone changes something, so every waiting client hears the
-	 * server's words now, even while other servers of the pool still run (PgBouncer kills the
-	 * pool's waiting logins the same way), instead of waiting out query_wait_timeout.  Other
-	 * failures leave the waiters to the next try while the pool has servers, and always when
-	 * the server could not be reached at all (server_login_retry). */
+	/* No server answered (unreachable, timed out), or it is shutting down or starting up
+	 * (57P01-57P03): as in PgBouncer, the clients keep waiting while pgmux retries every
+	 * server_login_retry, so that a server restart costs them a delay rather than an error;
+	 * query_wait_timeout and client_login_timeout bound the wait.  Any other error the server
+	 * sent (a bad password, no such database) will not go away by waiting: it reaches the
+	 * waiting clients now, and new ones until the next try.  A refusal of the pool's
+	 * credentials (class 28) or its database (3D000) reaches them even while other servers of
+	 * the pool still run (PgBouncer kills the pool's waiting logins the same way). */
+	p->login_error_answered = refused && strncmp(sqlstate, "57P", 3) != 0;
 	bool denied = sqlstate && (!strncmp(sqlstate, "28", 2) || !strcmp(sqlstate, "3D000"));
-	if (!denied && (pool_servers(p) > 0 || !refused))
+	if (!p->login_error_answered || (pool_servers(p) > 0 && !denied))
 		return;
 	while (!list_empty(&p->cl_waiting_login)) {
 		struct client *cl = list_entry(p->cl_waiting_login.next, struct client, node);

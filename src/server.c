@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -650,17 +651,32 @@ static void track_param(struct server *sv, const uint8_t *body, uint32_t len)
 	if (id < 0)
 		return;
 	varcache_set(&sv->c.w->vars, &sv->vars, id, v);
-	if (sv->link) {
-		/* The server's spelling replaces the client's ("ISO" becomes "ISO, MDY"), so that the
-		 * next link compares equal and sends no SET. */
-		const char *had = varcache_get(&sv->link->vars, id);
-		if (had && strcmp(had, v) != 0)
-			log_noise("varcache_set_canonical: setting %s to its canonical version %s -> %s",
-				  varcache_name(id), had, v);
+	if (sv->link)
 		varcache_set(&sv->c.w->vars, &sv->link->vars, id, v);
+}
+
+/* The SETs pgmux sent for the linked client (varcache_apply) succeeded.  PostgreSQL 14 and
+ * later report a parameter only when its value changes, so one the server did not report
+ * already had the value asked for, in the server's spelling: the client takes that spelling
+ * ("ISO" becomes "ISO, MDY"), and the next link compares equal instead of sending the same
+ * SET again. */
+static void settle_client_vars(struct server *sv)
+{
+	struct client *cl = sv->link;
+	char tag[256];
+	for (int i = 0; i < VAR_COUNT; i++) {
+		const char *want = varcache_get(&cl->vars, i), *have = varcache_get(&sv->vars, i);
+		if (!want || !have || cl->vars.val[i] == sv->vars.val[i])
+			continue;
+		if (log_enabled(LOG_L_NOISE))
+			log_noise("%s varcache_set_canonical: setting %s to its canonical version %s -> %s",
+				  client_tag(cl, tag, sizeof(tag)), varcache_name(i), want, have);
+		varcache_set(&sv->c.w->vars, &cl->vars, i, have);
 	}
 }
 
+/* Logged once a server login completes, in PgBouncer's words with the local address the
+ * connection came from (with a host list, which host answered shows in the tag). */
 static void login_done(struct server *sv)
 {
 	struct pool *p = sv->pool;
@@ -785,8 +801,10 @@ static void login_loop(struct server *sv)
 /* pgmux's own query finished (reset, check, SET, connect_query). */
 static void internal_done(struct server *sv)
 {
-	if (sv->link)
+	if (sv->link) {
+		settle_client_vars(sv);
 		return;   /* SETs ahead of a client's query: its traffic follows */
+	}
 	if (sv->close_when_idle) {
 		/* its last client left it in a state no other client may inherit */
 		server_close(sv, "client disconnected mid-transaction or server marked for close");

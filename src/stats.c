@@ -50,6 +50,7 @@ struct stats_state {
 	uint64_t last;              /* worker_now() of the last snapshot */
 	struct stats_entry *e;
 	size_t n, cap;
+	struct stats console_prev, console_avg;  /* the console's row */
 	/* saturation: one entry per pool, in w->pools order while pools are only appended */
 	struct event ev_sec;
 	int ring_pos;               /* the ring slot the next sample writes */
@@ -70,6 +71,13 @@ static void add_pool_cb(void *p, void *out)
 	stats_add_pool(out, p);
 }
 
+static void add_console(struct stats *s, const struct worker *w)
+{
+#define STATS_ADD_CONSOLE(id, member, name, total, avg, kind, prom, unit) s->v[id] += w->console_stats.member;
+	STATS_FIELDS(STATS_ADD_CONSOLE)
+#undef STATS_ADD_CONSOLE
+}
+
 void stats_total(struct worker *w, const struct database *db, struct stats *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -79,6 +87,7 @@ void stats_total(struct worker *w, const struct database *db, struct stats *out)
 			namehash_each(db->pools, add_pool_cb, out);
 		return;
 	}
+	add_console(out, w);
 	struct list *it, *tmp;
 	list_for_each_safe(it, tmp, &w->pools)
 		stats_add_pool(out, list_entry(it, struct pool, node));
@@ -424,6 +433,11 @@ static void snapshot(struct stats_state *st, bool average)
 			stats_average(&cur, &e->prev, dur, &e->avg);
 		e->prev = cur;
 	}
+	memset(&cur, 0, sizeof(cur));
+	add_console(&cur, w);
+	if (average)
+		stats_average(&cur, &st->console_prev, dur, &st->console_avg);
+	st->console_prev = cur;
 	struct stats_entry *all = entry(st, NULL);
 	if (all) {
 		stats_total(w, NULL, &cur);
@@ -504,4 +518,14 @@ void stats_average_of(struct worker *w, const struct database *db, struct stats 
 			*avg = st->e[i].avg;
 			return;
 		}
+}
+
+void stats_console(struct worker *w, struct stats *tot, struct stats *avg)
+{
+	memset(tot, 0, sizeof(*tot));
+	add_console(tot, w);
+	if (w->stats)
+		*avg = w->stats->console_avg;
+	else
+		memset(avg, 0, sizeof(*avg));
 }

@@ -3,7 +3,9 @@ them: SIGINT / SIGTERM / SHUTDOWN modes and a second signal, SIGUSR2 and RESUME 
 shutdown, SUSPEND, the options startup parameter, login_notify_message, query_wait_notify,
 server_fast_close, server_lifetime = 0, the SHOW STATS counters and SHOW CLIENTS states."""
 
+import contextlib
 import re
+import socket
 import signal
 import subprocess
 import threading
@@ -11,7 +13,7 @@ import time
 
 import psycopg
 
-from pgharness import TEST_USER, pg_bin, timeout, wait_for
+from pgharness import TEST_USER, free_port, pg_bin, timeout, wait_for
 
 
 def unix_conn(px, dbname, user=TEST_USER, **kw):
@@ -235,8 +237,12 @@ def test_console_counters_states_and_ids(env):
     assert row["total_client_login_count"] == 3, row
     tot = next(r for r in px.show("STATS_TOTALS") if r["database"] == db)
     assert tot["server_assignment_count"] == 3 and tot["client_login_count"] == 3, tot
-    names = [r["name"] for r in px.show("TOTALS")]
-    assert "total_server_assignment_count" in names and "total_client_login_count" in names
+    # the console's own row (PgBouncer's name for it), counted in TOTALS
+    cons = next(r for r in px.show("STATS") if r["database"] == "pgbouncer")
+    assert cons["total_client_login_count"] >= 2 and cons["total_query_count"] >= 2, cons
+    totals = {r["name"]: r["value"] for r in px.show("TOTALS")}
+    assert totals["total_server_assignment_count"] == 3, totals
+    assert totals["total_client_login_count"] >= 3 + 3, totals
     # states: idle without a server, active with one
     c = px.connect(db)
     states = [r["state"] for r in px.show("CLIENTS") if r["database"] == db]
@@ -251,7 +257,7 @@ def test_console_counters_states_and_ids(env):
     sid = next(r["id"] for r in px.show("SERVERS") if r["database"] == db)
     assert sid > cid, (cid, sid)
     ids = [int(m) for m in re.findall(r"[CS]-(\d+) " + re.escape(db) + r"/\S+ "
-                                      r"(?:login attempt|new server connection|new connection to server)", px.log_text())]
+                                      r"(?:login attempt|new connection to server)", px.log_text_dedup())]
     assert ids[:6] == list(range(ids[0], ids[0] + 6)), ids
     c.close()
     # DISABLE: PgBouncer's words
@@ -261,3 +267,76 @@ def test_console_counters_states_and_ids(env):
         assert f'database "{db}" is disabled' in msg, msg
         a.execute(f"ENABLE {db}")
     px.connect(db).close()
+
+
+@timeout(60)
+def test_host_list(env):
+    """host=a,b: new server connections take the hosts in turn; a host that cannot be reached
+    is skipped for the same waiting client (127.0.0.3 has nothing on the port)."""
+    db = env.database()
+    good = env.pg.host
+    px = env.pgmux({db: f"host=127.0.0.3,{good} port={env.pg.port} dbname={db}"},
+                   {"pool_mode": "session", "server_login_retry": 5})
+    conns = [px.connect(db) for _ in range(3)]
+    for c in conns:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    log = px.log_text_dedup()
+    # every session got a server from the good host (the bad one is tried, then skipped)
+    n = log.count("new connection to server (from 127.0.0.1:")
+    assert n == 3, (n, log)
+    assert "Connection refused" in log
+    for c in conns:
+        c.close()
+
+
+@timeout(60)
+def test_unreachable_server_keeps_clients_waiting(env):
+    """Nothing listens on the server's port: the client is not refused at once (PgBouncer
+    keeps it waiting through server_login_retry) and gets query_wait_timeout in the end."""
+    db = env.database()
+    dead = free_port()
+    px = env.pgmux({db: f"host=127.0.0.1 port={dead} dbname={db}"},
+                   {"server_login_retry": 1, "query_wait_timeout": 3})
+    t0 = time.monotonic()
+    msg = refused(lambda: px.connect(db, connect_timeout=20))
+    took = time.monotonic() - t0
+    assert "query_wait_timeout" in msg and took >= 2.5, (msg, took)
+    # the server comes back while a client waits (a forwarder to PostgreSQL appears on the
+    # port after a second): the waiting client is served
+    stop = threading.Event()
+
+    def forward():
+        time.sleep(1)
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", dead))
+        ls.listen(8)
+        ls.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                a, _ = ls.accept()
+            except socket.timeout:
+                continue
+            b = socket.create_connection((env.pg.host, env.pg.port))
+            for x, y in ((a, b), (b, a)):
+                threading.Thread(target=pipe, args=(x, y), daemon=True).start()
+        ls.close()
+
+    def pipe(x, y):
+        try:
+            while (d := x.recv(65536)):
+                y.sendall(d)
+        except OSError:
+            pass
+        for z in (x, y):
+            with contextlib.suppress(OSError):
+                z.shutdown(socket.SHUT_RDWR)
+
+    t = threading.Thread(target=forward, daemon=True)
+    t.start()
+    try:
+        with px.connect(db, connect_timeout=20) as c:
+            assert c.execute("SELECT 1").fetchone()[0] == 1
+    finally:
+        stop.set()
+        t.join(5)
