@@ -433,12 +433,15 @@ static struct server *take_idle(struct pool *p)
 static bool needs_check(const struct pool *p, const struct server *sv)
 {
 	const struct config *cf = p->w->cf;
-	if (!pool_check_query(cf))
-		return false;
-	if (cf->server_check_delay <= 0)
-		return sv->last_used > sv->last_check;
-	uint64_t now = p->w->now, delay = (uint64_t)cf->server_check_delay;
-	return now - sv->last_used >= delay && now - sv->last_check >= delay;
+	bool due;
+	if (cf->server_check_delay <= 0) {
+		due = sv->last_used > sv->last_check;
+	} else {
+		uint64_t now = p->w->now, delay = (uint64_t)cf->server_check_delay;
+		due = now - sv->last_used >= delay && now - sv->last_check >= delay;
+	}
+	/* the text is looked at only when a check is due: a busy pool pays two compares */
+	return due && pool_check_query(cf);
 }
 
 /* An idle server fit to serve now, or NULL: one that needs its check starts it (SV_TESTED,
