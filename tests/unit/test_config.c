@@ -231,6 +231,34 @@ static void test_good_users(void **state)
 	config_free(cf);
 }
 
+/* Timeouts of [users] and [databases] entries: seconds (fractions allowed) stored in µs; 0
+ * when unset, meaning the general key applies. */
+static void test_entry_timeouts(void **state)
+{
+	struct config *cf = load_text_ok(
+		"[databases]\nd = host=x server_lifetime=60 query_wait_timeout=0.5\ne = host=y\n"
+		"[users]\nu = query_timeout=1.5 query_wait_timeout=2 idle_transaction_timeout=3 "
+		"transaction_timeout=4 client_idle_timeout=5\nv = pool_mode=session\n"
+		"[pgmux]\nauth_file=u\ntransaction_timeout=7\npool_idle_timeout=8\n");
+	const struct cfg_db *d = config_find_db(cf, "d"), *e = config_find_db(cf, "e");
+	assert_int_equal(d->server_lifetime, 60000000);
+	assert_int_equal(d->query_wait_timeout, 500000);
+	assert_int_equal(e->server_lifetime, 0);
+	assert_int_equal(e->query_wait_timeout, 0);
+	assert_false(config_db_equal(d, e));
+	const struct cfg_user *u = config_find_user(cf, "u"), *v = config_find_user(cf, "v");
+	assert_int_equal(u->query_timeout, 1500000);
+	assert_int_equal(u->query_wait_timeout, 2000000);
+	assert_int_equal(u->idle_transaction_timeout, 3000000);
+	assert_int_equal(u->transaction_timeout, 4000000);
+	assert_int_equal(u->client_idle_timeout, 5000000);
+	assert_int_equal(v->query_timeout, 0);
+	assert_int_equal(v->transaction_timeout, 0);
+	assert_int_equal(cf->transaction_timeout, 7000000);
+	assert_int_equal(cf->pool_idle_timeout, 8000000);
+	config_free(cf);
+}
+
 /* ---- defaults come from the table ------------------------------------------------------- */
 
 struct each_state {
@@ -433,6 +461,8 @@ static const struct bad_case {
 	{ "[users]\nu = pool_mode=session\nu = pool_mode=statement\n", 3, "user \"u\" is already defined" },
 	{ "[users]\nu = pool_size=5 colour=red\n", 2, "user \"u\": unknown key \"colour\"" },
 	{ "[users]\nu = max_user_connections=x\n", 2, "invalid max_user_connections" },
+	{ "[users]\nu = query_timeout=soon\n", 2, "invalid query_timeout" },
+	{ "[databases]\na = server_lifetime=-1\n", 2, "invalid server_lifetime" },
 	{ "[pgmux]\nserver_tls_sslmode = requir\n", 2, "server_tls_sslmode" },
 	{ "[pgmux]\nserver_tls_protocols = tlsv9\n", 2, "server_tls_protocols" },
 	{ "[pgmux]\nclient_tls_sslmode = verify-full\n", 2, "client_tls_sslmode" },
@@ -1225,6 +1255,7 @@ int main(void)
 		cmocka_unit_test(test_good_general),
 		cmocka_unit_test(test_good_databases),
 		cmocka_unit_test(test_good_users),
+		cmocka_unit_test(test_entry_timeouts),
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_value_kinds),
 		cmocka_unit_test(test_bad_files),
