@@ -2,8 +2,8 @@
 and [databases] overrides (query_timeout, query_wait_timeout, idle_transaction_timeout,
 transaction_timeout, client_idle_timeout; server_lifetime and query_wait_timeout per database),
 query_timeout for a client still waiting for a server, server_connect_timeout and
-server_login_retry against a server that cannot be reached, and server_check_query run before a
-used server is handed out again.  Each timeout closes the client with a FATAL error, SQLSTATE
+server_login_retry against a server that cannot be reached, server_check_query run before a
+used server is handed out again, and server_tls_sslmode (set in the file or by SET).  Each timeout closes the client with a FATAL error, SQLSTATE
 08P01, whose message names it."""
 
 import socket
@@ -348,3 +348,23 @@ def test_server_check_query_before_reuse(env):
         with px2.connect(db) as c:
             c.execute("SELECT 1")
     assert checks() == before
+
+
+@timeout(60)
+def test_server_tls_sslmode(env):
+    """server_tls_sslmode is the sslmode of entries without their own: require against a server
+    without TLS refuses the login, an entry's own sslmode wins, and SET back to disable lets the
+    next client in at once (no server_login_retry wait)."""
+    db = env.database()
+    px = env.pgmux({db: env.db_entry(db), "own": env.db_entry(db, sslmode="disable")},
+                   {"server_tls_sslmode": "require", "server_login_retry": 30})
+    try:
+        px.connect(db).close()
+        raise AssertionError("a login without TLS got through under server_tls_sslmode=require")
+    except psycopg.OperationalError as e:
+        assert "SSL" in str(e), repr(e)
+    with px.connect("own") as c:
+        assert c.execute("SELECT 'own sslmode'").fetchone()[0] == "own sslmode"
+    _console(px, "SET server_tls_sslmode = disable")
+    with px.connect(db) as c:
+        assert c.execute("SELECT 'plain'").fetchone()[0] == "plain"
