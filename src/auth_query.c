@@ -567,11 +567,9 @@ void auth_query_shutdown(struct worker *w)
 		return;
 	while (!list_empty(&w->aq->conns)) {
 		struct aq_conn *c = list_entry(list_first(&w->aq->conns), struct aq_conn, node);
-		while (!list_empty(&c->queue)) {
-			struct aq_req *r = list_entry(list_first(&c->queue), struct aq_req, node);
-			list_del(&r->node);
-			req_free(r);
-		}
+		/* Waiting clients are told, so none keeps a handle on a freed request. */
+		while (!list_empty(&c->queue))
+			finish_first(c, AQ_FAILED, NULL, "pgmux is shutting down", "57P01");
 		conn_free(c);
 	}
 	free(w->aq);
