@@ -293,6 +293,9 @@ static int hba_method(struct client *cl, bool known)
 		p.family = AF_INET6;
 	struct hba_rule_info r;
 	char tag[256];
+	if (!w->hba)   /* auth_type set to hba from the console: the file comes with a RELOAD */
+		log_warn("%s auth_type is hba but no auth_hba_file is loaded (RELOAD reads it)",
+			 client_tag(cl, tag, sizeof(tag)));
 	if (!hba_eval(w->hba, &p, &r)) {
 		client_close(cl, "no authentication method is found", "28000");
 		return -1;
