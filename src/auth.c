@@ -34,6 +34,7 @@ struct client_auth {
 	bool stored_scram;      /* verified against a stored SCRAM secret (pass-through possible) */
 	struct aq_req *aq;      /* the auth_query lookup under way, or NULL */
 	char *found_secret;     /* what auth_query found for a user the auth_file lacks, or NULL */
+	bool found_null;        /* ...and its secret column was NULL (found_secret matches nothing) */
 	struct scram_server scram;
 };
 
@@ -170,6 +171,7 @@ static void on_lookup(struct client *cl, enum aq_status st, const char *secret, 
 		client_close(cl, "no such user", "28000");
 		return;
 	}
+	a->found_null = !secret;
 	if (!(a->found_secret = strdup(secret ? secret : NULL_SECRET))) {
 		client_close(cl, "out of memory", "53200");
 		return;
@@ -293,6 +295,9 @@ static int hba_method(struct client *cl, bool known)
 		p.family = AF_INET6;
 	struct hba_rule_info r;
 	char tag[256];
+	if (!w->hba)   /* auth_type set to hba from the console: the file comes with a RELOAD */
+		log_warn("%s auth_type is hba but no auth_hba_file is loaded (RELOAD reads it)",
+			 client_tag(cl, tag, sizeof(tag)));
 	if (!hba_eval(w->hba, &p, &r)) {
 		client_close(cl, "no authentication method is found", "28000");
 		return -1;
@@ -496,7 +501,8 @@ void auth_export_keys(struct client *cl, struct pool *p)
 		p->have_scram_keys = true;
 	}
 	/* A secret auth_query found logs the pool in as that user (the latest login's wins). */
-	if (cl->auth && cl->auth->found_secret && strcmp(pool_server_user(p), cl->user_name) == 0) {
+	if (cl->auth && cl->auth->found_secret && !cl->auth->found_null &&
+	    strcmp(pool_server_user(p), cl->user_name) == 0) {
 		char *copy = strdup(cl->auth->found_secret);
 		if (copy) {
 			if (p->auth_secret) {

@@ -360,11 +360,13 @@ static char *make_conninfo(struct worker *w, const struct database *db, const ch
 	fputc(' ', out);
 	config_put_conninfo_pair(out, "user", user);
 	/* The auth_file's password for auth_user, else the entry's when it is for that user.  A
-	 * stored md5 or SCRAM secret cannot log libpq in; it is passed anyway and the server's
-	 * refusal says so in the log. */
+	 * stored md5 or SCRAM secret cannot log libpq in, and must not reach a server that asks
+	 * for a cleartext password: none is given, and the server's refusal is logged. */
 	const char *pw = w->ul ? userlist_get(w->ul, user) : NULL;
 	if (!pw && e->password && e->user && strcmp(e->user, user) == 0)
 		pw = e->password;
+	if (pw && userlist_secret_kind(pw) != SECRET_PLAIN)
+		pw = NULL;
 	fputc(' ', out);
 	config_put_conninfo_pair(out, "password", pw ? pw : "");
 	fputs(" application_name='pgmux auth_query'", out);
@@ -567,11 +569,9 @@ void auth_query_shutdown(struct worker *w)
 		return;
 	while (!list_empty(&w->aq->conns)) {
 		struct aq_conn *c = list_entry(list_first(&w->aq->conns), struct aq_conn, node);
-		while (!list_empty(&c->queue)) {
-			struct aq_req *r = list_entry(list_first(&c->queue), struct aq_req, node);
-			list_del(&r->node);
-			req_free(r);
-		}
+		/* Waiting clients are told, so none keeps a handle on a freed request. */
+		while (!list_empty(&c->queue))
+			finish_first(c, AQ_FAILED, NULL, "pgmux is shutting down", "57P01");
 		conn_free(c);
 	}
 	free(w->aq);

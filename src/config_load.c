@@ -52,9 +52,8 @@ static const struct key_rule {
 	{ "unix_socket_mode",  0,   0777,      true,  NULL },
 	{ "listen_backlog",    1,   INT32_MAX, false, NULL },
 	{ "max_client_conn",   1,   INT32_MAX, false, NULL },
-	/* PgBouncer takes small values (its suite runs with 75); pgmux's receive buffers never
-	 * go below SBUF_MIN_SIZE whatever this says, so a small value is harmless. */
-	{ "pkt_buf",           64,  INT32_MAX, false, NULL },
+	/* any size PgBouncer takes (its tests use 75); pgmux's buffers never go below 16 kB */
+	{ "pkt_buf",           1,   INT32_MAX, false, NULL },
 	{ "max_packet_size",   1,   INT32_MAX, false, NULL },
 	/* below 64 kB a client could not even send a long prepared-statement name */
 	{ "max_client_memory", 65536, INT32_MAX, false, NULL },

@@ -451,6 +451,10 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 	if (load_hba_files(cf, &w->hba, &w->ident, herr, sizeof(herr)) < 0) {
 		fprintf(stderr, "pgmux: %s\n", herr);
 		log_error("%s", herr);
+		/* nothing holds them yet: the caller only exits */
+		if (ul)
+			userlist_free(ul);
+		config_free(cf);
 		return -1;
 	}
 	struct event_config *ec = event_config_new();

@@ -70,6 +70,8 @@ struct database *pool_find_database(struct worker *w, const char *name)
 		return NULL;
 	}
 	list_append(&w->databases, &db->node);
+	if (db->from_wildcard)
+		log_info("registered new auto-database: %s", db->name);   /* PgBouncer's words */
 	return db;
 }
 

@@ -219,3 +219,42 @@ def test_auth_query_server_login_failure_reaches_client(env):
     assert err is not None and 'database "aq_no_such_server_db" does not exist' in str(err), err
     assert 'server login failed: FATAL database "aq_no_such_server_db" does not exist' in px.log_text()
     del db
+
+
+@timeout(90)
+def test_server_refusal_fails_waiting_clients(env):
+    """A server that refuses the pool's credentials fails the pool's waiting clients at once with
+    its words, even while another server of the pool is busy (PgBouncer's fast closure), rather
+    than after query_wait_timeout."""
+    db = env.database()
+    u = env.role("aq_rot", "Rot-pw1", method="scram-sha-256")
+    px = env.pgmux([db], {"auth_type": "plain", "pool_mode": "transaction",
+                          "default_pool_size": 1, "query_wait_timeout": 60},
+                   users={u: "Rot-pw1", "postgres": "Adm-pw1"})
+    holder = psycopg.connect(px.dsn(db, u, "Rot-pw1"), autocommit=False)
+    holder.execute("SELECT 1")   # holds the pool's one server in a transaction
+    env.pg.sql(f"ALTER ROLE {u} PASSWORD 'Rot-pw2'")
+    results = {}
+
+    def waiter(i):
+        t0 = time.monotonic()
+        try:
+            with psycopg.connect(px.dsn(db, u, "Rot-pw1"), autocommit=True, connect_timeout=30) as c:
+                c.execute("SELECT 1")
+            results[i] = ("ok", time.monotonic() - t0)
+        except psycopg.OperationalError as e:
+            results[i] = (str(e), time.monotonic() - t0)
+    threads = [threading.Thread(target=waiter, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)   # all three wait for the busy server
+    px.psql("pgbouncer", "SET default_pool_size = 2", user="postgres", password="Adm-pw1")
+    for t in threads:
+        t.join(40)
+    holder.rollback()
+    holder.close()
+    assert len(results) == 3, results
+    for msg, took in results.values():
+        assert "password authentication failed" in msg, results
+        assert took < 10, results
+    assert "server login failed: FATAL password authentication failed" in px.log_text()

@@ -342,7 +342,7 @@ static const struct kind_case {
 	{ "query_timeout", "99999999999d", NULL }, { "query_timeout", "-5ms", NULL },
 	{ "query_timeout", ".", NULL }, { "query_timeout", "", NULL },
 	{ "query_timeout", "1e3", NULL },
-	{ "pkt_buf", "512", "512" }, { "pkt_buf", "75", "75" }, { "pkt_buf", "63", NULL }, { "pkt_buf", "4kB", "4096" },
+	{ "pkt_buf", "512", "512" }, { "pkt_buf", "75", "75" }, { "pkt_buf", "0", NULL }, { "pkt_buf", "4kB", "4096" },
 	{ "pkt_buf", "4 KB", "4096" }, { "pkt_buf", "1MB", "1048576" },
 	{ "pkt_buf", "1M", "1048576" }, { "pkt_buf", "1tb", NULL }, { "pkt_buf", "kB", NULL },
 	{ "max_packet_size", "1GB", "1073741824" }, { "max_packet_size", "2GB", NULL },
@@ -470,7 +470,7 @@ static const struct bad_case {
 	{ "[pgmux]\nunix_socket_dir =\n", 2, "nowhere to listen" },
 	{ "[pgmux]\nlisten_addr = \nunix_socket_dir = \n", 3, "nowhere to listen" },
 	{ "[pgmux]\nreserve_pool_timeout = 1sec\n", 2, "unknown time unit" },
-	{ "[pgmux]\npkt_buf = 32\n", 2, "out of range" },
+	{ "[pgmux]\npkt_buf = 0\n", 2, "out of range" },
 	{ "[pgmux]\nno_such_key = 1\n", 2, "unknown key \"no_such_key\"" },
 };
 
