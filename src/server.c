@@ -174,8 +174,13 @@ static void close_internal(struct server *sv, const char *reason, bool login_fai
 		repl_login_failed(owner, reason, sqlstate);
 	else if (owner)
 		client_close(owner, "server conn crashed?", "08P01");
-	if (login_failed && !sv->replication && pool_host_failed(p->db, sv->host_idx))
+	if (login_failed && !sv->replication && pool_host_failed(p->db, sv->host_idx)) {
+		/* pool_server_failed, which reports a pool's failures, is not reached while the list
+		 * has entries left: say here which entry failed, as PgBouncer logs each attempt */
+		log_warn("%s closing because: %s (host %s; trying the next entry)", tag, reason,
+			 pool_host_name(p->db, sv->host_idx));
 		pool_launch(p);   /* the next entry of the host list, at once */
+	}
 	else if (login_failed && !sv->replication)
 		/* 08006 and no SQLSTATE: unreachable or timed out, not turned down (pool.h) */
 		pool_server_failed(p, reason, sqlstate,
