@@ -196,7 +196,6 @@ struct pool {
 	bool welcome_ok;
 	/* server login trouble */
 	bool last_connect_failed;
-	bool login_error_answered;  /* that failure was the server's answer, not a network one */
 	uint64_t last_connect_time;
 	char last_error[256];
 	bool error_logged;

@@ -476,7 +476,7 @@ void pool_client_ready(struct client *cl)
 		client_send_welcome(cl);
 		return;
 	}
-	if (p->login_error_answered && login_retry_wait(p) && pool_servers(p) == 0) {
+	if (login_retry_wait(p) && pool_servers(p) == 0) {
 		fail_fast(cl);
 		return;
 	}
@@ -507,7 +507,7 @@ void pool_acquire(struct client *cl)
 		client_close(cl, "server shutting down", "57P01");
 		return;
 	}
-	if (p->login_error_answered && login_retry_wait(p) && pool_servers(p) == 0) {
+	if (login_retry_wait(p) && pool_servers(p) == 0) {
 		fail_fast(cl);
 		return;
 	}
@@ -685,12 +685,13 @@ void pool_server_failed(struct pool *p, const char *msg, const char *sqlstate, b
 	 * server_login_retry, so that a server restart costs them a delay rather than an error;
 	 * query_wait_timeout and client_login_timeout bound the wait.  Any other error the server
 	 * sent (a bad password, no such database) will not go away by waiting: it reaches the
-	 * waiting clients now, and new ones until the next try.  A refusal of the pool's
+	 * waiting clients now.  (New clients of a pool with no server fail at once until the next
+	 * try either way: pool_client_ready.)  A refusal of the pool's
 	 * credentials (class 28) or its database (3D000) reaches them even while other servers of
 	 * the pool still run (PgBouncer kills the pool's waiting logins the same way). */
-	p->login_error_answered = refused && strncmp(sqlstate, "57P", 3) != 0;
+	bool answered = refused && strncmp(sqlstate, "57P", 3) != 0;
 	bool denied = sqlstate && (!strncmp(sqlstate, "28", 2) || !strcmp(sqlstate, "3D000"));
-	if (!p->login_error_answered || (pool_servers(p) > 0 && !denied))
+	if (!answered || (pool_servers(p) > 0 && !denied))
 		return;
 	while (!list_empty(&p->cl_waiting_login)) {
 		struct client *cl = list_entry(p->cl_waiting_login.next, struct client, node);

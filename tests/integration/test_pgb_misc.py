@@ -302,7 +302,10 @@ def test_unreachable_server_keeps_clients_waiting(env):
     took = time.monotonic() - t0
     assert "query_wait_timeout" in msg and took >= 2.5, (msg, took)
     # the server comes back while a client waits (a forwarder to PostgreSQL appears on the
-    # port after a second): the waiting client is served
+    # port after a second): the waiting client is served.  It connects once server_login_retry
+    # has passed since the last failed try: within it, PgBouncer's documented rule refuses a
+    # new client at once.
+    time.sleep(1.5)
     stop = threading.Event()
 
     def forward():
