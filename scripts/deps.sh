@@ -20,9 +20,10 @@ PACKAGES=(
 	# integration tests: PostgreSQL 15, the reference pooler, clients
 	postgresql-15 postgresql-contrib postgresql-client-15 pgbouncer
 	python3 python3-psycopg python3-asyncpg
-	# PgBouncer's own pytest suite (scripts/pgbouncer_suite.sh) and its certificates
+	# PgBouncer's own pytest suite (scripts/pgbouncer_suite.sh), its certificates, and the
+	# socat relay its server_check_query tests put in front of PostgreSQL
 	python3-pytest python3-pytest-asyncio python3-pytest-xdist python3-pytest-timeout
-	python3-filelock openssl
+	python3-filelock openssl socat
 	# /metrics checked by promtool, scraped by a real Prometheus, and the alerting rules of
 	# deploy/prometheus tested (tests/integration/test_prometheus.py)
 	prometheus
