@@ -256,6 +256,7 @@ struct client {
 	uint8_t replication;                /* enum repl_kind */
 	struct pktbuf repl_params;          /* key NUL value NUL ..., capped by the startup packet */
 	struct server *repl_sv;
+	bool repl_leaving;                  /* client_close has begun: no server is opened for it */
 };
 
 struct server {

@@ -61,7 +61,9 @@ static struct client *next_waiter(struct pool *p)
 	struct list *it, *nx;
 	list_for_each_safe(it, nx, &p->cl_waiting_login) {
 		struct client *cl = list_entry(it, struct client, node);
-		if (cl->replication && !cl->repl_sv)
+		/* Not one that is closing: closing its logging-in server below launches again while
+		 * it is still on this list, and a server opened for it would outlive it. */
+		if (cl->replication && !cl->repl_sv && !cl->repl_leaving && !cl->c.dead)
 			return cl;
 	}
 	return NULL;
@@ -162,6 +164,7 @@ void repl_client_gone(struct client *cl)
 {
 	struct server *sv = cl->link ? cl->link : cl->repl_sv;
 	cl->repl_sv = NULL;
+	cl->repl_leaving = true;   /* server_close below calls repl_launch: never pick cl again */
 	if (!sv)
 		return;
 	sv->repl_for = NULL;

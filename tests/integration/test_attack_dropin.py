@@ -1,0 +1,145 @@
+"""Hostile-client attacks on the drop-in features (auth_query, replication, options, limits,
+status page)."""
+
+import socket
+import struct
+import threading
+import time
+
+import rawpg
+from pgharness import TEST_USER, timeout, wait_for
+
+
+def _raw(px, db, user, extra=None, timeout_s=10):
+    s = socket.create_connection(("127.0.0.1", px.port), timeout=timeout_s)
+    s.sendall(rawpg.startup_packet(dict({"user": user, "database": db}, **(extra or {}))))
+    return s
+
+
+def _read_all(s, t=5.0):
+    s.settimeout(t)
+    out = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return out
+
+
+def _aq_setup(env, settings=None):
+    db = env.database()
+    checker = env.role("aq_check", "Check-pw1", method="scram-sha-256", superuser=True)
+    s = {"auth_type": "md5", "auth_user": checker}
+    s.update(settings or {})
+    px = env.pgmux({db: env.db_entry(db)}, s, users={checker: "Check-pw1"})
+    return db, checker, px
+
+
+@timeout(90)
+def test_aq_many_unknown_users_vanish(env):
+    db, _, px = _aq_setup(env)
+    socks = []
+    for i in range(60):
+        name = ("u%d" % i) + ("x" * (i * 50))
+        socks.append(_raw(px, db, name))
+    # half vanish at once, mid-lookup; others send junk before being asked anything
+    for i, s in enumerate(socks):
+        if i % 3 == 0:
+            s.close()
+        elif i % 3 == 1:
+            s.sendall(rawpg.message(b"p", b"junk\0"))
+    for i, s in enumerate(socks):
+        if i % 3:
+            _read_all(s, 3)
+            s.close()
+    # invalid UTF-8 and odd bytes in the name
+    for name in (b"\xff\xfe", b"a'b\"c\\", b"\x01\x02"):
+        s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+        body = struct.pack("!I", rawpg.PROTOCOL_V3) + b"user\0" + name + b"\0database\0" + db.encode() + b"\0\0"
+        s.sendall(struct.pack("!I", len(body) + 4) + body)
+        print(name, _read_all(s, 3)[:200])
+        s.close()
+    assert px.alive()
+    log = px.log_text()
+    assert "Check-pw1" not in log
+
+
+@timeout(60)
+def test_repl_client_leaves_while_its_server_logs_in(env):
+    """A replication client that hangs up while its own server is still logging in: closing
+    that server launched again (repl_launch) while the client was still on the waiting list
+    without a server, so a new server was opened for the dying client and kept a pointer to it
+    (heap-use-after-free in repl_put_startup once the client was freed)."""
+    db = env.database()
+    px = env.pgmux([db], {"pool_mode": "transaction"})
+    for kind in ("database", "true") * 5:
+        s = _raw(px, db, "postgres", {"replication": kind})
+        s.close()
+    time.sleep(1.0)
+    assert px.alive()
+    with px.connect(db) as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    # no server is left over for a client that is gone
+    wait_for(lambda: env.pg.sql1("SELECT count(*) FROM pg_stat_activity "
+                                 "WHERE backend_type = 'walsender'") == 0, 10,
+             what="walsenders gone")
+
+
+@timeout(90)
+def test_repl_hostile(env):
+    """Hostile replication clients (vanishing, flooding before the link, to the console, odd
+    values, junk mid-stream then vanishing): pgmux stays up, no client ever gets a walsender,
+    and the counts go back to zero."""
+    db = env.database()
+    px = env.pgmux([db], {"pool_mode": "transaction", "default_pool_size": 2, "max_db_connections": 2})
+    # 1. replication client that vanishes at once, many times
+    for kind in ("database", "true"):
+        for _ in range(5):
+            s = _raw(px, db, "postgres", {"replication": kind})
+            s.close()
+    # 2. replication client that sends a flood before being linked, then vanishes
+    for _ in range(3):
+        s = _raw(px, db, "postgres", {"replication": "database"})
+        try:
+            s.sendall(rawpg.query("IDENTIFY_SYSTEM") * 2000)
+        except OSError:
+            pass
+        s.close()
+    # 3. replication to the console, with bad values, with options
+    for extra in ({"replication": "database"}, {"replication": "maybe"},
+                  {"replication": "true", "options": "-c wal_sender_timeout=0 --x=\\"},
+                  {"replication": "database", "application_name": "a" * 5000}):
+        for d in (db, "pgmux"):
+            s = _raw(px, d, "postgres", extra)
+            print(extra.get("replication"), d, _read_all(s, 2)[:150])
+            s.close()
+    # 4. physical streaming; the client sends junk CopyData and a Query, then vanishes mid-stream
+    c = rawpg.RawConn.tcp(px.port, db, "postgres", extra={"replication": "true"}, timeout=10)
+    msgs = c.query("IDENTIFY_SYSTEM")
+    pos = rawpg.rows(msgs)[0][2]
+    pos = pos.decode() if isinstance(pos, bytes) else pos
+    c.send(rawpg.query(f"START_REPLICATION {pos}"))
+    t, _ = c.read_msg(timeout=10)
+    assert t == b"W", t
+    c.send(rawpg.copy_data(b"r" + b"\0" * 10) + rawpg.message(b"Q", b"SELECT 1\0"))
+    c.sock.close()
+    time.sleep(1.0)
+    # normal clients still work, and never see a walsender
+    for _ in range(6):
+        with px.connect(db) as cc:
+            assert cc.execute("SELECT 1").fetchone()[0] == 1
+            bt = cc.execute("SELECT backend_type FROM pg_stat_activity "
+                            "WHERE pid = pg_backend_pid()").fetchone()[0]
+            assert bt == "client backend", bt
+    assert px.alive()
+    dbs = [r for r in px.show("DATABASES") if r["name"] == db]
+    print(dbs)
+    assert dbs[0]["current_client_connections"] == 0, dbs
+    users = [r for r in px.show("USERS") if r["name"] in ("postgres", TEST_USER)]
+    print(users)
+    for u in users:   # the console client asking counts as postgres
+        assert u["current_client_connections"] == (1 if u["name"] == "postgres" else 0), users
