@@ -452,7 +452,9 @@ static struct aq_conn *conn_for(struct worker *w, const char *dbname, const char
 		if (strcmp(c->conninfo, conninfo_now) == 0)
 			return c;
 		c->retired = true;
-		if (c->phase == AQC_IDLE)
+		/* Idle with lookups queued (their send waits for the zero timer): those requests
+		 * point at c, so it stays until send_next has answered them and frees it. */
+		if (c->phase == AQC_IDLE && list_empty(&c->queue))
 			conn_free(c);
 	}
 	struct aq_conn *c = calloc(1, sizeof(*c));

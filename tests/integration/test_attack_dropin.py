@@ -69,7 +69,7 @@ def test_aq_many_unknown_users_vanish(env):
 
 
 @timeout(60)
-def test_repl_client_leaves_while_its_server_logs_in(env):
+def test_repl_leaves_in_login(env):
     """A replication client that hangs up while its own server is still logging in: closing
     that server launched again (repl_launch) while the client was still on the waiting list
     without a server, so a new server was opened for the dying client and kept a pointer to it
@@ -143,3 +143,48 @@ def test_repl_hostile(env):
     print(users)
     for u in users:   # the console client asking counts as postgres
         assert u["current_client_connections"] == (1 if u["name"] == "postgres" else 0), users
+
+
+@timeout(90)
+def test_aq_retired_queue(env):
+    """A lookup queued on the idle auth_query connection (its send waits for a zero timer),
+    then, in the same turn of the event loop, a RELOAD that changes the connection's settings
+    (auth_user's password in the auth_file) and another unknown user's login: conn_for retired
+    the idle connection and freed it with the first lookup still queued, so that client hung,
+    and its hang-up read the freed connection (heap-use-after-free in auth_query_cancel)."""
+    import signal
+    import psycopg
+    db = env.database()
+    checker = env.role("aq_check", "Check-pw1", method="scram-sha-256", superuser=True)
+    known = env.role("aq_known", "Known-pw1", method="scram-sha-256")
+    px = env.pgmux({db: env.db_entry(db)}, {"auth_type": "md5", "auth_user": checker,
+                                            "admin_users": "adm"},
+                   users={checker: "Check-pw1", "adm": "Adm-pw1"})
+    # one lookup: the auth_query connection now exists and is idle
+    with px.connect(db, known, "Known-pw1") as c:
+        c.execute("SELECT 1")
+    adm = psycopg.connect(px.dsn("pgmux", "adm", "Adm-pw1"), autocommit=True)
+    a = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+    b = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+    time.sleep(0.3)   # both accepted, waiting for their startup packets
+    px.users[checker] = "Check-pw2"   # the connection's settings change on RELOAD
+    px.write_userlist()
+    px.signal(signal.SIGSTOP)
+    try:
+        a.sendall(rawpg.startup_packet({"user": "nobody_a", "database": db}))
+        time.sleep(0.05)
+        adm.pgconn.send_query(b"RELOAD")
+        adm.pgconn.flush()
+        time.sleep(0.05)
+        b.sendall(rawpg.startup_packet({"user": "nobody_b", "database": db}))
+        time.sleep(0.05)
+    finally:
+        px.signal(signal.SIGCONT)
+    # a's lookup must still be answered (here: the auth_user cannot log in any more)
+    got = _read_all(a, 5)
+    a.close()
+    b.close()
+    adm.close()
+    time.sleep(0.5)
+    assert px.alive()
+    assert got.startswith(b"E"), got
