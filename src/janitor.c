@@ -196,9 +196,7 @@ static void sweep_pools(struct worker *w, uint64_t now)
  * callback, behind any dead client or server that still points at it. */
 static void sweep_autodbs(struct worker *w, uint64_t now)
 {
-	int64_t limit = w->cf->autodb_idle_timeout;
-	if (limit <= 0)
-		return;
+	int64_t limit = w->cf->autodb_idle_timeout;   /* 0: kept, unless no login ever got in */
 	struct list *it, *tmp;
 	list_for_each_safe(it, tmp, &w->pools) {
 		struct pool *p = list_entry(it, struct pool, node);
@@ -209,7 +207,12 @@ static void sweep_autodbs(struct worker *w, uint64_t now)
 	size_t n = 0;
 	list_for_each_safe(it, tmp, &w->databases) {
 		struct database *db = list_entry(it, struct database, node);
-		if (db->from_wildcard && over(now, db->last_used, limit) && pool_database_removable(w, db)) {
+		/* One no login ever got a pool in (made before authentication, for an auth_query
+		 * lookup in the database the client named) goes at once: else a client without a
+		 * password could make one per name it tries, each kept for autodb_idle_timeout. */
+		bool never_logged_in = !db->pools;
+		if (db->from_wildcard && (never_logged_in || over(now, db->last_used, limit)) &&
+		    pool_database_removable(w, db)) {
 			log_debug("database %s removed: unused for autodb_idle_timeout", db->name);
 			stats_database_gone(w, db);
 			pool_remove_database(w, db);

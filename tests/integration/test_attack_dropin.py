@@ -188,3 +188,127 @@ def test_aq_retired_queue(env):
     time.sleep(0.5)
     assert px.alive()
     assert got.startswith(b"E"), got
+
+
+@timeout(120)
+def test_repl_console_cmds(env):
+    """Replication clients waiting for a slot or streaming while the console runs RECONNECT,
+    KILL, PAUSE/RESUME, SUSPEND/RESUME, DISABLE/ENABLE: pgmux stays up and counts return to 0."""
+    import psycopg
+    db = env.database()
+    px = env.pgmux([db], {"pool_mode": "session", "default_pool_size": 1, "max_db_connections": 1,
+                          "query_wait_timeout": 0})
+    held = px.connect(db)
+    held.execute("SELECT 1")
+    # waits for a slot (the one server is held), then vanishes
+    w = _raw(px, db, "postgres", {"replication": "true"})
+    time.sleep(0.5)
+    w.close()
+    time.sleep(0.3)
+    held.close()
+    time.sleep(0.3)
+    # streaming one
+    c = rawpg.RawConn.tcp(px.port, db, "postgres", extra={"replication": "true"}, timeout=10)
+    pos = rawpg.rows(c.query("IDENTIFY_SYSTEM"))[0][2]
+    pos = pos.decode() if isinstance(pos, bytes) else pos
+    c.send(rawpg.query(f"START_REPLICATION {pos}"))
+    assert c.read_msg(timeout=10)[0] == b"W"
+    adm = psycopg.connect(px.dsn("pgmux", "postgres"), autocommit=True)
+    for cmd in ("RECONNECT " + db, "SHOW CLIENTS", "SHOW SERVERS", "SHOW POOLS",
+                "SUSPEND", "SHOW SERVERS"):
+        try:
+            adm.execute(cmd)
+        except psycopg.Error as e:
+            print(cmd, e)
+    # RESUME from a new console connection would be refused during SUSPEND? use the same one
+    try:
+        adm.execute("RESUME")
+    except psycopg.Error as e:
+        print("RESUME", e)
+    c.send(rawpg.copy_data(b"r" + b"\0" * 33))
+    time.sleep(0.3)
+    try:
+        adm.execute("KILL " + db)
+    except psycopg.Error as e:
+        print("KILL", e)
+    try:
+        adm.execute("RESUME " + db)
+    except psycopg.Error as e:
+        print("RESUME db", e)
+    adm.close()
+    c.sock.close()
+    time.sleep(1.0)
+    assert px.alive()
+    with px.connect(db) as cc:
+        assert cc.execute("SELECT 1").fetchone()[0] == 1
+    dbs = [r for r in px.show("DATABASES") if r["name"] == db]
+    assert dbs[0]["current_client_connections"] == 0, dbs
+    wait_for(lambda: env.pg.sql1("SELECT count(*) FROM pg_stat_activity "
+                                 "WHERE backend_type = 'walsender'") == 0, 10,
+             what="walsenders gone")
+
+
+@timeout(90)
+def test_status_names_from_clients(env):
+    """Auto-database names come from the startup packet: the status page, /status.json and
+    /metrics escape them (HTML, JSON, Prometheus labels), whatever bytes they hold."""
+    import json
+    import urllib.request
+    from pgharness import free_port
+    db = env.database()
+    mport = free_port()
+    entry = env.db_entry(db).replace(f"dbname={db}", "")
+    px = env.pgmux({"*": entry + f" dbname={db}"}, {"stats_listen": f"127.0.0.1:{mport}",
+                                                     "auth_type": "trust"})
+    evil = [b"<script>alert(1)</script>", b'a"b\\c\nd', b"\x01\x7f\xff\xfe&amp;", b"x" * 300,
+            "\u00e9\u20ac".encode()]
+    for name in evil:
+        s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+        body = (struct.pack("!I", rawpg.PROTOCOL_V3) + b"user\0" + TEST_USER.encode() +
+                b"\0database\0" + name + b"\0\0")
+        s.sendall(struct.pack("!I", len(body) + 4) + body)
+        _read_all(s, 1)
+        s.close()
+    def get(path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}{path}", timeout=10) as r:
+            return r.read()
+    time.sleep(1.2)
+    html = get("/")
+    assert b"<script>alert" not in html
+    js = json.loads(get("/status.json").decode("utf-8"))
+    metrics = get("/metrics").decode("utf-8")
+    for line in metrics.splitlines():
+        if line.startswith("#") or not line:
+            continue
+        assert line.startswith("pgmux_"), line   # a newline in a name never starts a line
+    assert px.alive()
+    print(len(html), len(js), len(metrics))
+
+
+@timeout(120)
+def test_aq_unauth_autodbs(env):
+    """With auth_query, no auth_dbname and a "*" entry, the lookup runs in the database the
+    client names, so an unknown client made a database object for every name it tried, kept
+    for autodb_idle_timeout (an hour by default): memory grew with every guess, without a
+    password.  Databases no login ever got a pool for go at the janitor's next sweep."""
+    import psycopg
+    db = env.database()
+    checker = env.role("aq_check", "Check-pw1", method="scram-sha-256", superuser=True)
+    entry = env.db_entry(db).replace(f"dbname={db}", "")
+    px = env.pgmux({"*": entry, db: env.db_entry(db)},
+                   {"auth_type": "md5", "auth_user": checker, "admin_users": "adm"},
+                   users={checker: "Check-pw1", "adm": "Adm-pw1"})
+    for i in range(300):
+        s = _raw(px, f"guess_{i}", "nobody")
+        _read_all(s, 0.5 if i < 3 else 0.05)
+        s.close()
+    def n_dbs():
+        with psycopg.connect(px.dsn("pgmux", "adm", "Adm-pw1"), autocommit=True) as a:
+            return sum(1 for r in a.execute("SHOW DATABASES").fetchall()
+                       if str(r[0]).startswith("guess_"))
+    wait_for(lambda: n_dbs() == 0, 10, 0.5, "guessed databases gone")
+    # a real user in a wildcard database still logs in (its database made again at login)
+    u = env.role("aq_real", "Real-pw1", method="scram-sha-256")
+    with px.connect(db, u, "Real-pw1") as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    assert px.alive()
