@@ -286,7 +286,11 @@ static void login_cert(struct client *cl, bool known, const char *map)
 static int hba_method(struct client *cl, bool known)
 {
 	struct worker *w = cl->c.w;
-	struct hba_peer p = { .tls = cl->c.ssl != NULL, .db = cl->db_name, .user = cl->user_name };
+	/* replication: such a client matches only rules for the keyword "replication" (never
+	 * "all" or a name), as in PostgreSQL and PgBouncer; without it a rule refusing
+	 * replication was skipped and a broader trust rule let the walsender through. */
+	struct hba_peer p = { .tls = cl->c.ssl != NULL, .db = cl->db_name, .user = cl->user_name,
+			      .replication = cl->replication != REPL_NONE };
 	if (strcmp(cl->addr, "unix") == 0)
 		p.is_unix = true;
 	else if (inet_pton(AF_INET, cl->addr, p.addr) == 1)

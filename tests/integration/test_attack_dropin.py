@@ -312,3 +312,41 @@ def test_aq_unauth_autodbs(env):
     with px.connect(db, u, "Real-pw1") as c:
         assert c.execute("SELECT 1").fetchone()[0] == 1
     assert px.alive()
+
+
+@timeout(90)
+def test_hba_replication_keyword(env):
+    """auth_type = hba: as in PostgreSQL and PgBouncer, a replication connection matches only
+    rules whose database is the keyword "replication", and "all" or a database name never
+    matches it.  pgmux never told the rules that a client asked for replication, so a rule
+    refusing replication was skipped and "all ... trust" let a replication client in."""
+    db = env.database()
+    px = env.pgmux([db], {"pool_mode": "session"}, users={TEST_USER: "", "postgres": ""},
+                   start=False)
+    hba = px.dir / "hba.conf"
+    hba.write_text("host replication all 127.0.0.1/32 reject\n"
+                   "host all all 127.0.0.1/32 trust\n")
+    px.write_config(auth_type="hba", auth_hba_file=str(hba))
+    px.start()
+    # an ordinary login is trusted
+    with px.connect(db, "postgres") as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    # a replication login meets the replication rule first: rejected
+    for kind in ("true", "database"):
+        s = _raw(px, db, "postgres", {"replication": kind})
+        got = _read_all(s, 3)
+        s.close()
+        assert got.startswith(b"E") and b"login rejected" in got, (kind, got)
+    assert env.pg.sql1("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender'") == 0
+    # the other way round: only replication is trusted, everything else rejected
+    hba.write_text("host replication postgres 127.0.0.1/32 trust\n"
+                   "host all all 127.0.0.1/32 reject\n")
+    px.reload()
+    s = _raw(px, db, "postgres", {"replication": "true"})
+    got = _read_all(s, 2)
+    s.close()
+    assert got.startswith(b"R\0\0\0\x08\0\0\0\0"), got
+    s = _raw(px, db, "postgres")
+    got = _read_all(s, 2)
+    s.close()
+    assert b"login rejected" in got, got
