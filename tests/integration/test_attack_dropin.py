@@ -350,3 +350,40 @@ def test_hba_replication_keyword(env):
     got = _read_all(s, 2)
     s.close()
     assert b"login rejected" in got, got
+
+
+@timeout(120)
+def test_aq_odd_answers(env):
+    """auth_query answers of every odd shape (malformed SCRAM and md5 secrets, NULLs, extra rows,
+    empty strings, a NUL-free 1000-byte secret) reach the secret parsers safely: the login fails
+    (or works for a good secret), pgmux stays up, nothing of the secret is logged."""
+    import psycopg
+    db = env.database()
+    checker = env.role("aq_check", "Check-pw1", method="scram-sha-256", superuser=True)
+    good = env.pg.role_secret(checker)
+    q = ("SELECT u, s FROM (VALUES "
+         "('s1', 'SCRAM-SHA-256$'), ('s2', 'SCRAM-SHA-256$4096:'), "
+         "('s3', 'SCRAM-SHA-256$4096:AAAA$BBBB:CCCC'), ('s4', 'SCRAM-SHA-256$0:c2FsdA==$a:b'), "
+         "('s5', 'SCRAM-SHA-256$99999999999999999999:c2FsdA==$YQ==:Yg=='), "
+         "('m1', 'md5'), ('m2', 'md5zz'), ('m3', 'md5' || repeat('g', 32)), ('e1', ''), "
+         "('n1', NULL), ('l1', repeat('x', 1000)), ('dup', 'a'), ('dup', 'b'), "
+         f"('good', '{good}')"
+         ") v(u, s) WHERE u = $1 UNION ALL SELECT NULL, 'x' WHERE $1 = 'nullname'")
+    px = env.pgmux({db: env.db_entry(db)},
+                   {"auth_type": "scram-sha-256", "auth_user": checker, "auth_query": q},
+                   users={checker: "Check-pw1"})
+    for auth in ("scram-sha-256", "md5", "plain"):
+        px.write_config(auth_type=auth)
+        px.reload(0.5)
+        for u in ("s1", "s2", "s3", "s4", "s5", "m1", "m2", "m3", "e1", "n1", "l1", "dup",
+                  "nullname", "good"):
+            for pw in ("x", "Check-pw1", ""):
+                try:
+                    with psycopg.connect(px.dsn(db, u, pw), connect_timeout=10) as c:
+                        ok = True
+                except psycopg.Error:
+                    ok = False
+                assert not ok or (u == "good" and pw == "Check-pw1"), (auth, u, pw)
+    assert px.alive()
+    log = px.log_text()
+    assert "c2FsdA" not in log and good not in log and "x" * 200 not in log
