@@ -387,3 +387,32 @@ def test_aq_odd_answers(env):
     assert px.alive()
     log = px.log_text()
     assert "c2FsdA" not in log and good not in log and "x" * 200 not in log
+
+
+@timeout(120)
+def test_options_fuzz(env):
+    """The options startup parameter with random mixes of -c, --, backslashes, quotes, '=' and
+    long words: every login either works or is refused with an error, never a crash; a value
+    with quotes reaches the server as data (no injection into pgmux's SET)."""
+    import random
+    db = env.database()
+    px = env.pgmux([db], {"pool_mode": "transaction", "default_pool_size": 2,
+                          "ignore_startup_parameters": "extra_float_digits"})
+    rnd = random.Random(1234)
+    atoms = ["-c", "--", "-c ", "\\", "\\ ", "=", " ", "application_name", "application-name",
+             "TimeZone", "DateStyle", "client_encoding", "'", "\"", ";", "x" * 70, "y" * 300,
+             "extra_float_digits", "search_path", "\\\\", "-", "\t", "é"]
+    for _ in range(300):
+        opts = "".join(rnd.choice(atoms) for _ in range(rnd.randint(1, 12)))
+        s = _raw(px, db, TEST_USER, {"options": opts})
+        got = _read_all(s, 0.3)
+        s.close()
+        assert got[:1] in (b"R", b"E"), (opts, got[:80])
+    evil = "x'; SELECT pg_sleep(0); SET application_name='pwned"
+    c = rawpg.RawConn.tcp(px.port, db, TEST_USER,
+                          extra={"options": "-c application_name=" + evil.replace(" ", "\\ ")})
+    got = rawpg.rows(c.query("SHOW application_name"))[0][0]
+    got = got.decode() if isinstance(got, bytes) else got
+    assert got == evil, got
+    c.close()
+    assert px.alive()
