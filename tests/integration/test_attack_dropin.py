@@ -416,3 +416,64 @@ def test_options_fuzz(env):
     assert got == evil, got
     c.close()
     assert px.alive()
+
+
+@timeout(120)
+def test_aq_backend_killed_mid_lookup(env):
+    """A slow lookup (the query sleeps) with many unknown clients queued behind it, some of
+    which hang up, then the lookup's backend is terminated: every queued client gets an error,
+    later lookups work on a fresh connection, pgmux stays up."""
+    db = env.database()
+    checker = env.role("aq_check", "Check-pw1", method="scram-sha-256", superuser=True)
+    u = env.role("aq_real", "Real-pw1", method="scram-sha-256")
+    q = ("SELECT rolname::text, rolpassword FROM pg_authid, pg_sleep(CASE WHEN $1 LIKE 'slow%' "
+         "THEN 3 ELSE 0 END) WHERE rolname::text = $1")
+    px = env.pgmux({db: env.db_entry(db)}, {"auth_type": "scram-sha-256", "auth_user": checker,
+                                            "auth_query": q},
+                   users={checker: "Check-pw1"})
+    socks = [_raw(px, db, f"slow_{i}") for i in range(20)]
+    time.sleep(0.5)
+    for s in socks[::2]:
+        s.close()
+    env.pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+               "WHERE application_name = 'pgmux auth_query'")
+    for s in socks[1::2]:
+        got = _read_all(s, 5)
+        s.close()
+        assert got.startswith(b"E"), got
+    with px.connect(db, u, "Real-pw1") as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+    assert px.alive()
+
+
+@timeout(90)
+def test_repl_and_pool_login_denied(env):
+    """The server refuses the pool's credentials (28P01) while ordinary and replication
+    clients wait together, some of them hanging up: each gets an error, nothing is left
+    counted, pgmux stays up."""
+    import psycopg
+    db = env.database()
+    r = env.role("denied", "Right-pw1", method="scram-sha-256")
+    px = env.pgmux([db], {"pool_mode": "transaction", "auth_type": "plain", "admin_users": "adm"},
+                   users={r: "Wrong-pw1", "adm": "Adm-pw1"})
+    socks = []
+    for i in range(12):
+        extra = {"replication": "true" if i % 3 == 0 else "database"} if i % 2 else {}
+        s = _raw(px, db, r, extra)
+        s.sendall(rawpg.message(b"p", b"Wrong-pw1\0"))
+        socks.append(s)
+    for s in socks[::4]:
+        s.close()
+    for i, s in enumerate(socks):
+        if i % 4:
+            got = _read_all(s, 3)
+            assert b"E" in got, got
+            s.close()
+    time.sleep(0.5)
+    assert px.alive()
+    with psycopg.connect(px.dsn("pgmux", "adm", "Adm-pw1"), autocommit=True) as a:
+        cur = a.execute("SHOW USERS")
+        names = [d.name for d in cur.description]
+        rows = [dict(zip(names, x)) for x in cur.fetchall()]
+    mine = [x for x in rows if x["name"] == r]
+    assert not mine or mine[0]["current_client_connections"] == 0, mine
