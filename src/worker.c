@@ -141,8 +141,12 @@ void worker_check_shutdown(struct worker *w)
 	if (w->shutdown == PGMUX_SHUTDOWN_NOW) {
 		done = true;
 	} else if (w->shutdown == PGMUX_SHUTDOWN_WAIT_CLIENTS) {
-		/* Consoles do not hold the exit up: a monitoring session would do so forever. */
-		done = w->n_clients - w->n_admin <= 0;
+		/* Consoles do not hold the exit up: a monitoring session would do so forever.  Nor
+		 * do connections still logging in: the Unix socket stays open for the console during
+		 * the shutdown, and a peer that never finishes a login (one client_login_timeout
+		 * after another) would otherwise hold the exit up for ever; pooled logins are
+		 * refused by now anyway. */
+		done = w->n_clients - w->n_admin - w->n_login <= 0;
 	} else {
 		done = true;
 		struct list *it, *tmp;

@@ -477,3 +477,31 @@ def test_repl_and_pool_login_denied(env):
         rows = [dict(zip(names, x)) for x in cur.fetchall()]
     mine = [x for x in rows if x["name"] == r]
     assert not mine or mine[0]["current_client_connections"] == 0, mine
+
+
+@timeout(90)
+def test_shutdown_not_held_by_logins(env):
+    """SIGTERM (WAIT_FOR_CLIENTS) waits for clients, but a connection that has not logged in
+    (no startup packet, or a password never sent) is not a client to wait for: the Unix socket
+    stays open for the console during the shutdown, so anyone able to reach it could otherwise
+    hold the exit up for ever, one half-open login after another (client_login_timeout each)."""
+    import signal
+    db = env.database()
+    px = env.pgmux([db], {"client_login_timeout": 60})
+    path = str(px.dir / f".s.PGSQL.{px.port}")
+    idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    idle.connect(path)
+    time.sleep(0.3)
+    px.signal(signal.SIGTERM)
+    px.wait_log("got SIGTERM, shutting down")
+    # another one during the shutdown, over the Unix socket that stays open
+    late = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        late.connect(path)
+    except OSError:
+        pass   # already gone: nothing held the exit up
+    rc = px.wait_exit(10)
+    idle.close()
+    late.close()
+    assert rc is not None, "pgmux still running 10 s after SIGTERM, held by logins"
+
