@@ -426,8 +426,11 @@ def test_aq_backend_killed_mid_lookup(env):
     db = env.database()
     checker = env.role("aq_check", "Check-pw1", method="scram-sha-256", superuser=True)
     u = env.role("aq_real", "Real-pw1", method="scram-sha-256")
-    q = ("SELECT rolname::text, rolpassword FROM pg_authid, pg_sleep(CASE WHEN $1 LIKE 'slow%' "
-         "THEN 3 ELSE 0 END) WHERE rolname::text = $1")
+    env.pg.sql("CREATE FUNCTION slow_auth(u text) RETURNS TABLE(n text, p text) AS $$ BEGIN "
+               "IF u LIKE 'slow%' THEN PERFORM pg_sleep(3); END IF; RETURN QUERY "
+               "SELECT rolname::text, rolpassword::text FROM pg_authid WHERE rolname::text = u; "
+               "END $$ LANGUAGE plpgsql", dbname=db)
+    q = "SELECT * FROM slow_auth($1)"
     px = env.pgmux({db: env.db_entry(db)}, {"auth_type": "scram-sha-256", "auth_user": checker,
                                             "auth_query": q},
                    users={checker: "Check-pw1"})
@@ -441,6 +444,12 @@ def test_aq_backend_killed_mid_lookup(env):
         got = _read_all(s, 5)
         s.close()
         assert got.startswith(b"E"), got
+    # (a lookup queued just as the server closes the idle lookup connection fails with it:
+    # wait until the terminated backend is gone)
+    wait_for(lambda: env.pg.sql1("SELECT count(*) FROM pg_stat_activity "
+                                 "WHERE application_name = 'pgmux auth_query'") == 0, 10,
+             what="lookup backend gone")
+    time.sleep(0.3)
     with px.connect(db, u, "Real-pw1") as c:
         assert c.execute("SELECT 1").fetchone()[0] == 1
     assert px.alive()
