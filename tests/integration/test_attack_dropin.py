@@ -514,3 +514,51 @@ def test_shutdown_not_held_by_logins(env):
     late.close()
     assert rc is not None, "pgmux still running 10 s after SIGTERM, held by logins"
 
+
+
+@timeout(120)
+def test_limits_counts_under_churn(env):
+    """max_user_client_connections / max_db_client_connections with auth_query users logging in
+    and vanishing at every step (mid-lookup, mid-password, waiting for a server, linked): the
+    counts go back to 0 and the limit still admits exactly its number afterwards."""
+    import psycopg
+    db = env.database()
+    checker = env.role("aq_check", "Check-pw1", method="md5", superuser=True)
+    u = env.role("lim_u", "Lim-pw1", method="md5")
+    px = env.pgmux({db: env.db_entry(db)},
+                   {"auth_type": "md5", "auth_user": checker, "admin_users": "adm",
+                    "max_user_client_connections": 3, "max_db_client_connections": 4,
+                    "default_pool_size": 1, "pool_mode": "session"},
+                   users={checker: "Check-pw1", "adm": "Adm-pw1"})
+    held = []
+    for round_ in range(3):
+        socks = []
+        for i in range(10):
+            socks.append(_raw(px, db, u))
+        for i, s in enumerate(socks):
+            if i % 3 == 0:
+                s.close()   # mid-lookup or mid-password
+        for i, s in enumerate(socks):
+            if i % 3:
+                s.close()
+        conns = []
+        for i in range(5):
+            try:
+                conns.append(psycopg.connect(px.dsn(db, u, "Lim-pw1"), connect_timeout=5,
+                                             autocommit=True))
+            except psycopg.Error:
+                pass
+        assert len(conns) == 3, (round_, len(conns))
+        for c in conns:
+            c.close()
+        time.sleep(0.3)
+    with psycopg.connect(px.dsn("pgmux", "adm", "Adm-pw1"), autocommit=True) as a:
+        cur = a.execute("SHOW USERS")
+        names = [d.name for d in cur.description]
+        rows = {r[0]: dict(zip(names, r)) for r in cur.fetchall()}
+        cur = a.execute("SHOW DATABASES")
+        names = [d.name for d in cur.description]
+        dbs = {r[0]: dict(zip(names, r)) for r in cur.fetchall()}
+    assert rows[u]["current_client_connections"] == 0, rows[u]
+    assert dbs[db]["current_client_connections"] == 0, dbs[db]
+    assert px.alive()
