@@ -255,16 +255,30 @@ static void on_query_io(struct aq_conn *c, short what)
 	}
 	if (!(what & EV_READ))
 		return;
-	if (!PQconsumeInput(c->pg)) {
-		conn_failed(c, PQerrorMessage(c->pg));
+	if (c->phase == AQC_IDLE) {
+		/* Nothing was asked, yet the server spoke: it is closing the connection (a restart,
+		 * idle_session_timeout, pg_terminate_backend: libpq reads the FATAL as a notice and
+		 * sees the end only on a later read), or sent a rare notice.  The connection is not
+		 * trusted with another lookup.  Lookups queued meanwhile (their send waits for the
+		 * zero timer, which may run before that later read) were never sent: they go to a
+		 * fresh connection instead of failing their logins with the old one's end, and c is
+		 * never freed under them. */
+		io_off(c);
+		if (list_empty(&c->queue)) {
+			conn_free(c);
+			return;
+		}
+		evtimer_del(&c->ev_timer);
+		PQfinish(c->pg);
+		c->pg = NULL;
+		c->dns_started = false;
+		c->phase = AQC_RESOLVE;   /* on_timer: conn_start, then send_next */
+		arm_timer(c, 0);
 		return;
 	}
-	if (c->phase == AQC_IDLE) {
-		/* Nothing was asked: the server closed, or sent a notice. */
-		if (PQstatus(c->pg) == CONNECTION_BAD) {
-			io_off(c);
-			conn_free(c);
-		}
+	bool ok = PQconsumeInput(c->pg) != 0;
+	if (!ok) {
+		conn_failed(c, PQerrorMessage(c->pg));
 		return;
 	}
 	PGresult *res;

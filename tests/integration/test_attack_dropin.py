@@ -444,8 +444,8 @@ def test_aq_backend_killed_mid_lookup(env):
         got = _read_all(s, 5)
         s.close()
         assert got.startswith(b"E"), got
-    # (a lookup queued just as the server closes the idle lookup connection fails with it:
-    # wait until the terminated backend is gone)
+    # (a lookup queued just as the server closes the idle lookup connection is
+    # test_aq_idle_conn_closed_by_server's: here the terminated backend is let go first)
     wait_for(lambda: env.pg.sql1("SELECT count(*) FROM pg_stat_activity "
                                  "WHERE application_name = 'pgmux auth_query'") == 0, 10,
              what="lookup backend gone")
@@ -561,4 +561,40 @@ def test_limits_counts_under_churn(env):
         dbs = {r[0]: dict(zip(names, r)) for r in cur.fetchall()}
     assert rows[u]["current_client_connections"] == 0, rows[u]
     assert dbs[db]["current_client_connections"] == 0, dbs[db]
+    assert px.alive()
+
+
+@timeout(90)
+def test_aq_idle_conn_closed_by_server(env):
+    """The server closes the idle lookup connection (pg_terminate_backend here; a restart or
+    idle_session_timeout alike) just as an unknown user's lookup is queued on it, in the same
+    turn of the event loop: nothing had been sent yet, so the lookup goes to a fresh connection
+    instead of failing the login with "server closed the connection unexpectedly"."""
+    import signal
+    import psycopg
+    db = env.database()
+    checker = env.role("aq_check", "Check-pw1", method="scram-sha-256", superuser=True)
+    u = env.role("aq_real", "Real-pw1", method="md5")
+    px = env.pgmux({db: env.db_entry(db)}, {"auth_type": "md5", "auth_user": checker},
+                   users={checker: "Check-pw1"})
+    with px.connect(db, u, "Real-pw1") as c:   # the lookup connection is now idle
+        c.execute("SELECT 1")
+    pid = env.pg.sql1("SELECT pid FROM pg_stat_activity WHERE application_name = 'pgmux auth_query'")
+    s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+    time.sleep(0.3)   # accepted, waiting for its startup packet
+    px.signal(signal.SIGSTOP)
+    try:
+        s.sendall(rawpg.startup_packet({"user": u, "database": db}))
+        time.sleep(0.1)
+        env.pg.sql("SELECT pg_terminate_backend(%s)", (pid,))
+        wait_for(lambda: env.pg.sql1("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                     (pid,)) == 0, 10, what="lookup backend gone")
+    finally:
+        px.signal(signal.SIGCONT)
+    s.settimeout(10)
+    t = s.recv(1)
+    s.close()
+    assert t == b"R", t   # asked for a password: the lookup found the user
+    with px.connect(db, u, "Real-pw1") as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
     assert px.alive()
