@@ -384,6 +384,25 @@ static char *make_conninfo(struct worker *w, const struct database *db, const ch
 	fputc(' ', out);
 	config_put_conninfo_pair(out, "password", pw ? pw : "");
 	fputs(" application_name='pgmux auth_query'", out);
+	/* The servers' TLS settings where the entry has none (server_tls_*), as the servers' own
+	 * logins and the monitor's get them: without them this login, auth_user's password
+	 * included, went out with libpq's default (prefer), which anyone on the path can turn
+	 * down to plaintext and answer with a cleartext password request. */
+	const struct config *cf = w->cf;
+	if (!e->sslmode) {
+		fputc(' ', out);
+		config_put_conninfo_pair(out, "sslmode", cf->server_tls_sslmode);
+	}
+	if (!e->sslrootcert && *cf->server_tls_ca_file) {
+		fputc(' ', out);
+		config_put_conninfo_pair(out, "sslrootcert", cf->server_tls_ca_file);
+	}
+	if (!e->sslcert && *cf->server_tls_cert_file) {
+		fputc(' ', out);
+		config_put_conninfo_pair(out, "sslcert", cf->server_tls_cert_file);
+		fputc(' ', out);
+		config_put_conninfo_pair(out, "sslkey", cf->server_tls_key_file);
+	}
 	char ip[INET6_ADDRSTRLEN];
 	if (db->addr_ok && needs_dns(e->host)) {
 		const void *a = NULL;

@@ -598,3 +598,28 @@ def test_aq_idle_conn_closed_by_server(env):
     with px.connect(db, u, "Real-pw1") as c:
         assert c.execute("SELECT 1").fetchone()[0] == 1
     assert px.alive()
+
+
+@timeout(150)
+def test_aq_lookup_uses_server_tls(env):
+    """server_tls_* protect every login pgmux makes to a server: the auth_query lookup's too
+    (it carries auth_user's password).  It went out with libpq's default sslmode (prefer) and
+    no certificate, so a man in the middle could downgrade it to plaintext and ask for a
+    cleartext password; against a server that demands TLS and a certificate it failed."""
+    from test_client_tls import Pki
+    from test_server_tls import server_tls_keys, tls_server
+    pki = Pki(env.dir)
+    topo = tls_server(env, pki)
+    db = topo.database("aqtls")
+    # auth_user is TEST_USER, whose certificate pgmux holds (server_tls_cert_file); the query
+    # needs no privilege
+    q = "SELECT u, s FROM (VALUES ('aq_tls_u', 'md5' || repeat('a', 32))) v(u, s) WHERE u = $1"
+    px = env.pgmux({db: env.db_entry(db, server=topo.primary)},
+                   {"auth_type": "md5", "auth_user": TEST_USER, "auth_query": q,
+                    **server_tls_keys(pki)})
+    s = _raw(px, db, "aq_tls_u")
+    got = _read_all(s, 5)
+    s.close()
+    # found: pgmux asks for the md5 password (AuthenticationMD5Password)
+    assert got[:9].startswith(b"R\0\0\0\x0c\0\0\0\x05"), got
+    assert "server login failed" not in px.log_text()
