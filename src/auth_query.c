@@ -403,8 +403,18 @@ static char *make_conninfo(struct worker *w, const struct database *db, const ch
 		fputc(' ', out);
 		config_put_conninfo_pair(out, "sslkey", cf->server_tls_key_file);
 	}
+	/* A host list (host=a,b): the entry new server connections go to now, by name, as the
+	 * servers' logins do; one hostaddr beside the whole list is refused by libpq ("could
+	 * not match 2 host names to 1 hostaddr values"), which failed every lookup.  A later
+	 * key overrides the entry's own. */
+	const char *host = e->host;
+	if (host && strchr(host, ',') && db->hosts) {
+		host = pool_host_name(db, db->host_cur);
+		fputc(' ', out);
+		config_put_conninfo_pair(out, "host", host);
+	}
 	char ip[INET6_ADDRSTRLEN];
-	if (db->addr_ok && needs_dns(e->host)) {
+	if (db->addr_ok && needs_dns(host)) {
 		const void *a = NULL;
 		if (db->addr.ss_family == AF_INET)
 			a = &((const struct sockaddr_in *)&db->addr)->sin_addr;

@@ -623,3 +623,20 @@ def test_aq_lookup_uses_server_tls(env):
     # found: pgmux asks for the md5 password (AuthenticationMD5Password)
     assert got[:9].startswith(b"R\0\0\0\x0c\0\0\0\x05"), got
     assert "server login failed" not in px.log_text()
+
+
+@timeout(90)
+def test_aq_host_list_entry(env):
+    """An auth database entry with a host list (host=a,b): the lookup connection named every
+    host but one resolved address (hostaddr), which libpq refuses ("could not match 1 host
+    addresses to 2 host names"), so every auth_query login failed on such an entry."""
+    db = env.database()
+    checker = env.role("aq_check", "Check-pw1", method="scram-sha-256", superuser=True)
+    u = env.role("aq_real", "Real-pw1", method="scram-sha-256")
+    entry = f"host=127.0.0.1,localhost port={env.pg.port} dbname={db}"
+    px = env.pgmux({db: entry}, {"auth_type": "scram-sha-256", "auth_user": checker},
+                   users={checker: "Check-pw1"})
+    for _ in range(3):   # round-robin: each entry of the list in turn
+        with px.connect(db, u, "Real-pw1") as c:
+            assert c.execute("SELECT 1").fetchone()[0] == 1
+    assert "server login failed" not in px.log_text()
