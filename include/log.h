@@ -3,6 +3,7 @@
 #define PGMUX_LOG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 enum log_level { LOG_L_FATAL = 0, LOG_L_ERROR, LOG_L_WARN, LOG_L_INFO, LOG_L_DEBUG, LOG_L_NOISE };
 
@@ -22,6 +23,11 @@ void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 #define log_info(...)  log_msg(LOG_L_INFO, __VA_ARGS__)
 #define log_debug(...) do { if (log_enabled(LOG_L_DEBUG)) log_msg(LOG_L_DEBUG, __VA_ARGS__); } while (0)
 #define log_noise(...) do { if (log_enabled(LOG_L_NOISE)) log_msg(LOG_L_NOISE, __VA_ARGS__); } while (0)
+
+/* Pure: src as one log line into dst (dstlen bytes, NUL-terminated when dstlen > 0): newline
+ * and carriage return written as \n and \r, a tab as a space, other control bytes as \xHH.
+ * Returns the length of the whole result, as snprintf does.  Every log line goes through it. */
+size_t log_sanitize(char *dst, size_t dstlen, const char *src);
 
 /* Startup failures and broken invariants only. */
 void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));

@@ -77,11 +77,39 @@ void log_reopen(void)
 	log_file = f;
 }
 
+size_t log_sanitize(char *dst, size_t dstlen, const char *src)
+{
+	size_t n = 0;
+	for (const unsigned char *s = (const unsigned char *)src; *s; s++) {
+		char rep[5];
+		if (*s == '\n')
+			memcpy(rep, "\\n", 3);
+		else if (*s == '\r')
+			memcpy(rep, "\\r", 3);
+		else if (*s == '\t')
+			memcpy(rep, " ", 2);
+		else if (*s < 0x20 || *s == 0x7f)
+			snprintf(rep, sizeof(rep), "\\x%02x", *s);
+		else
+			rep[0] = (char)*s, rep[1] = 0;
+		for (const char *r = rep; *r; r++, n++)
+			if (n + 1 < dstlen)
+				dst[n] = *r;
+	}
+	if (dstlen)
+		dst[n < dstlen ? n : dstlen - 1] = '\0';
+	return n;
+}
+
 static void log_vwrite(int level, const char *fmt, va_list ap)
 {
-	char msg[2048];
+	char raw[2048], msg[sizeof(raw) * 4];
 	int saved = errno;
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	vsnprintf(raw, sizeof(raw), fmt, ap);
+	/* One event, one line: a name a client chose (a user, a database, an application_name)
+	 * or a server's multi-line error must not be able to start a line of its own that reads
+	 * like pgmux's (log injection). */
+	log_sanitize(msg, sizeof(msg), raw);
 
 	char stamp[64];
 	struct timeval tv;

@@ -640,3 +640,22 @@ def test_aq_host_list_entry(env):
         with px.connect(db, u, "Real-pw1") as c:
             assert c.execute("SELECT 1").fetchone()[0] == 1
     assert "server login failed" not in px.log_text()
+
+
+@timeout(60)
+def test_log_injection_by_names(env):
+    """A user or database name with a newline cannot write a line of its own into pgmux's log
+    (operators' alerts grep it): every control byte is escaped."""
+    db = env.database()
+    px = env.pgmux([db])
+    forged = "2026-12-01 00:00:00.000 [1] LOG forged line from a client"
+    for user, dbname in ((f"u\n{forged}", db), (TEST_USER, f"d\r\n{forged}")):
+        try:
+            c = rawpg.RawConn.tcp(px.port, dbname, user)
+            c.close()
+        except Exception:
+            pass   # refused or not: only the log matters here
+    wait_for(lambda: "forged line" in px.log_text(), 10, 0.05, "the attempt in the log")
+    for line in px.log_text().splitlines():
+        assert not line.startswith("2026-12-01 00:00:00.000"), line
+    assert "u\\n2026-12-01 00:00:00.000 [1] LOG forged" in px.log_text()

@@ -1,4 +1,4 @@
-/* test_statuspage.c: unit tests for the status page's escaping (names on the page can come from clients). */
+/* test_statuspage.c: unit tests for escaping what clients name: the status page's HTML and JSON, and log lines. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,6 +8,7 @@
 
 #include <string.h>
 
+#include "log.h"
 #include "statuspage.h"
 
 static void test_html_escape(void **state)
@@ -45,9 +46,27 @@ static void test_json_escape(void **state)
 	assert_string_equal(buf, "");
 }
 
+static void test_log_sanitize(void **state)
+{
+	char buf[128];
+	/* a client's name cannot start a line that reads like pgmux's */
+	size_t n = log_sanitize(buf, sizeof(buf), "evil\n2026-12-01 00:00:00.000 [1] LOG forged");
+	assert_string_equal(buf, "evil\\n2026-12-01 00:00:00.000 [1] LOG forged");
+	assert_int_equal(n, strlen(buf));
+	log_sanitize(buf, sizeof(buf), "a\rb\tc\x01" "d\x7f");
+	assert_string_equal(buf, "a\\rb c\\x01d\\x7f");
+	/* UTF-8 and ordinary text pass unchanged */
+	log_sanitize(buf, sizeof(buf), "caf\xc3\xa9 ok");
+	assert_string_equal(buf, "caf\xc3\xa9 ok");
+	/* cut short like snprintf */
+	assert_int_equal(log_sanitize(buf, 4, "\n\n\n"), 6);
+	assert_string_equal(buf, "\\n\\");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_log_sanitize),
 		cmocka_unit_test(test_html_escape),
 		cmocka_unit_test(test_json_escape),
 	};
