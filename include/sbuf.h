@@ -77,6 +77,11 @@ void sbuf_close(struct conn *c);
 void sbuf_link(struct conn *a, struct conn *b);
 
 void sbuf_set_nodelay(int fd);
+
+/* The uid of the process on the other end of Unix socket fd (SO_PEERCRED, or getpeereid where
+ * that is missing) into *uid: true; false when it cannot be told (not a Unix socket, or the
+ * call failed), which callers treat as "not that user". */
+bool sbuf_peer_uid(int fd, uid_t *uid);
 void sbuf_set_keepalive(int fd, const struct config *cf);
 
 #endif

@@ -209,17 +209,8 @@ void auth_start(struct client *cl)
 static bool peer_os_user(const struct client *cl, char *buf, size_t len)
 {
 	uid_t uid;
-#ifdef SO_PEERCRED
-	struct ucred cred;
-	socklen_t clen = sizeof(cred);
-	if (getsockopt(cl->c.fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0 || clen != sizeof(cred))
+	if (!sbuf_peer_uid(cl->c.fd, &uid))
 		return false;
-	uid = cred.uid;
-#else
-	gid_t gid;
-	if (getpeereid(cl->c.fd, &uid, &gid) != 0)
-		return false;
-#endif
 	struct passwd pw, *res = NULL;
 	char tmp[4096];
 	if (getpwuid_r(uid, &pw, tmp, sizeof(tmp), &res) != 0 || !res)

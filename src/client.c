@@ -405,21 +405,9 @@ static bool client_is_unix(const struct client *cl)
  */
 static bool console_peer_is_self(const struct client *cl)
 {
-	if (!client_is_unix(cl) || strcmp(cl->user_name, "pgbouncer") != 0)
-		return false;
-#ifdef SO_PEERCRED
-	struct ucred cred;
-	socklen_t len = sizeof(cred);
-	if (getsockopt(cl->c.fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof(cred))
-		return false;
-	return cred.uid == geteuid();
-#else
 	uid_t uid;
-	gid_t gid;
-	if (getpeereid(cl->c.fd, &uid, &gid) != 0)
-		return false;
-	return uid == geteuid();
-#endif
+	return client_is_unix(cl) && strcmp(cl->user_name, "pgbouncer") == 0 &&
+	       sbuf_peer_uid(cl->c.fd, &uid) && uid == geteuid();
 }
 
 void client_on_handshake(struct client *cl)

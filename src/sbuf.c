@@ -441,3 +441,18 @@ void sbuf_set_keepalive(int fd, const struct config *cf)
 	if (cf->tcp_keepcnt > 0 && (v = (int)cf->tcp_keepcnt))
 		setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &v, sizeof(v));
 }
+
+bool sbuf_peer_uid(int fd, uid_t *uid)
+{
+#ifdef SO_PEERCRED
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof(cred))
+		return false;
+	*uid = cred.uid;
+	return true;
+#else
+	gid_t gid;
+	return getpeereid(fd, uid, &gid) == 0;
+#endif
+}
