@@ -32,6 +32,8 @@ run() {
 	log=$(printf '%s\n' "$out" | sed -n 's/^log: //p' | head -1)
 	printf '%s\n' "$out" | tail -1
 	grep -E '^PASSED ' "$log" 2>/dev/null | sed 's/^PASSED //; s/ - .*//' | sort -u >"$work/passed"
+	# what did not pass, one line each (the reasons are in doc/pgbouncer-compat.md)
+	grep -E '^(FAILED|ERROR) ' "$log" 2>/dev/null | cut -c1-200 | sort -u | sed 's/^/  /' >&2
 	cp "$log" "$work/last.log" 2>/dev/null || true
 	rm -rf "${log%.log}" "$log" "${log%.log}.failed"
 }
