@@ -26,7 +26,7 @@ WORKER_LIBS="-levent -levent_extra -lpq -lssl -lcrypto -linih -lpg_query -lproto
 
 # harness -> the sources it links, and its libraries.
 declare -A SRCS=(
-	[startup]="src/proto.c"
+	[startup]="src/proto.c src/log.c"
 	[scram_server]="src/scram.c src/pwcrypt.c"
 	[scram_client]="src/scram.c src/pwcrypt.c"
 	[userlist]="src/userlist.c src/scram.c src/pwcrypt.c"
