@@ -41,6 +41,11 @@ bool pool_db_paused(const struct database *db);
 
 /* A logged-in client needs the greeting: now if known, else after a server logs in. */
 void pool_client_ready(struct client *cl);
+
+/* Puts cl (authenticated, cl->pool set) in its pool's list of clients waiting for a first
+ * server, after flushing what it has been sent, and launches a server for it; closes it when
+ * the flush fails. */
+void pool_wait_login(struct client *cl);
 /* A client needs a server for its next transaction: links one now or queues the client. */
 void pool_acquire(struct client *cl);
 /* The client's transaction (or session) is over: the server goes back or is reset/closed. */

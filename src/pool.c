@@ -480,6 +480,12 @@ void pool_client_ready(struct client *cl)
 		fail_fast(cl);
 		return;
 	}
+	pool_wait_login(cl);
+}
+
+void pool_wait_login(struct client *cl)
+{
+	struct pool *p = cl->pool;
 	if (sbuf_send_out(&cl->c) < 0) {
 		client_close(cl, "send failed", NULL);
 		return;

@@ -43,16 +43,9 @@ bool repl_keep_param(struct client *cl, const char *key, const char *val)
 
 void repl_client_ready(struct client *cl)
 {
-	struct pool *p = cl->pool;
-	if (sbuf_send_out(&cl->c) < 0) {
-		client_close(cl, "send failed", NULL);
-		return;
-	}
-	/* Reading stays on, as for any waiting client: a hang-up is noticed; what it sends waits
-	 * in its buffer until the link exists. */
-	client_set_state(cl, CL_WAITING_LOGIN);
-	cl->wait_start = p->w->now;
-	pool_launch(p);
+	/* as any client waiting for its first server, but never failed fast: its own server is
+	 * tried whatever the pool's last login did */
+	pool_wait_login(cl);
 }
 
 /* The oldest replication client of p that has no server yet, or NULL. */
