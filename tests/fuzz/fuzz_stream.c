@@ -29,6 +29,11 @@ static const char ini[] =
 	"max_client_memory = 256kB\n"
 	"max_prepared_statement_memory = 1MB\n"
 	"server_login_retry = 0\n"
+	/* a client left waiting for a server whose receive buffer is full cannot be seen hanging
+	 * up (reading is paused); as in PgBouncer it waits out client_login_timeout or
+	 * query_wait_timeout, which the teardown then waits for (kept short here) */
+	"client_login_timeout = 1\n"
+	"query_wait_timeout = 1\n"
 	"stats_users = u0\n"
 	"log_connections = 0\n"
 	"log_disconnections = 0\n"

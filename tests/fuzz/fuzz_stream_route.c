@@ -31,6 +31,11 @@ static const char ini_fmt[] =
 	"max_prepared_statements = 200\n"
 	"max_client_memory = 256kB\n"
 	"server_login_retry = 0\n"
+	/* a client left waiting for a server whose receive buffer is full cannot be seen hanging
+	 * up (reading is paused); as in PgBouncer it waits out client_login_timeout or
+	 * query_wait_timeout, which the teardown then waits for (kept short here) */
+	"client_login_timeout = 1\n"
+	"query_wait_timeout = 1\n"
 	"log_connections = 0\n"
 	"log_disconnections = 0\n"
 	"stats_period = 3600\n"

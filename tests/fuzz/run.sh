@@ -23,6 +23,10 @@ CC=${FUZZ_CC:-clang}
 # not listed: stream_peek.c compiles it with a read-only accessor of its own.
 WORKER_SRCS=$(ls src/*.c | grep -v -e '^src/main\.c$' -e '^src/prepared\.c$' | tr '\n' ' ')
 WORKER_LIBS="-levent -levent_extra -lpq -lssl -lcrypto -linih -lpg_query -lprotobuf-c"
+# configured --with-systemd (the default where libsystemd-dev is installed): sdnotify.c calls it
+if grep -q '^#define HAVE_SYSTEMD 1' include/pgmux_config.h 2>/dev/null; then
+	WORKER_LIBS+=" -lsystemd"
+fi
 
 # harness -> the sources it links, and its libraries.
 declare -A SRCS=(
