@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "hba.h"
 #include "log.h"
 #include "pgmux.h"
 #include "tls.h"
@@ -183,6 +184,26 @@ static int check_config(const char *path)
 		bad++;
 	}
 	tls_server_free(ts);
+	/* the hba rules and ident maps are parsed as a start would parse them */
+	if (cf->auth_type == AUTH_HBA || *cf->auth_hba_file) {
+		struct hba *hba = NULL;
+		if (!*cf->auth_hba_file) {
+			fprintf(stderr, "%s: auth_type = hba needs auth_hba_file\n", path);
+			bad++;
+		} else if (hba_load(cf->auth_hba_file, &hba, err, sizeof(err)) < 0) {
+			fprintf(stderr, "%s: auth_hba_file: %s\n", path, err);
+			bad++;
+		}
+		hba_free(hba);
+	}
+	if (*cf->auth_ident_file) {
+		struct ident *ident = NULL;
+		if (ident_load(cf->auth_ident_file, &ident, err, sizeof(err)) < 0) {
+			fprintf(stderr, "%s: auth_ident_file: %s\n", path, err);
+			bad++;
+		}
+		ident_free(ident);
+	}
 	bad += check_file(path, "server_tls_ca_file", cf->server_tls_ca_file, R_OK);
 	bad += check_file(path, "server_tls_cert_file", cf->server_tls_cert_file, R_OK);
 	bad += check_file(path, "server_tls_key_file", cf->server_tls_key_file, R_OK);

@@ -91,6 +91,21 @@ def test_check_reports_each_problem(env):
 
 
 @timeout(30)
+def test_check_hba_file(env):
+    tmp_path = Path(tempfile.mkdtemp(prefix="pgmux-check-"))
+    env.on_cleanup(lambda: shutil.rmtree(tmp_path, ignore_errors=True))
+    hba = tmp_path / "hba.conf"
+    hba.write_text("local all all trust\nhost all all 10.0.0.0/33 md5\n")
+    ini = tmp_path / "hba.ini"
+    ini.write_text(f"[pgmux]\nauth_type = hba\nauth_hba_file = {hba}\n[databases]\napp = host=x\n")
+    rc, out, err = _check(ini)
+    assert rc == 1 and "auth_hba_file" in err and "line 2" in err, (rc, err)
+    hba.write_text("local all all trust\nhost all all 10.0.0.0/8 md5\n")
+    rc, out, err = _check(ini)
+    assert rc == 0, (rc, err)
+
+
+@timeout(30)
 def test_check_missing_file(env):
     tmp_path = Path(tempfile.mkdtemp(prefix="pgmux-check-"))
     env.on_cleanup(lambda: shutil.rmtree(tmp_path, ignore_errors=True))
