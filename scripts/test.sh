@@ -18,7 +18,7 @@
 #
 # Environment:
 #   PGMUX_TEST_ASAN=0      skip the ASan build: unit and integration tests use the normal build
-#   FUZZ_SECONDS=15        time per fuzz harness (0 skips fuzzing)
+#   FUZZ_SECONDS=10        time per fuzz harness (0 skips fuzzing)
 #   PGMUX_TEST_ARGS="..."  extra arguments for run.py (e.g. "-k test_auth" or "-x")
 #   PGMUX_TEST_CGBENCH=0   skip the instruction budget (about 1.5 minutes)
 #   PGMUX_TEST_PGBOUNCER=0 skip PgBouncer's own suite (about 9 minutes)
@@ -30,7 +30,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 ASAN=${PGMUX_TEST_ASAN:-1}
-FUZZ_SECONDS=${FUZZ_SECONDS:-15}
+FUZZ_SECONDS=${FUZZ_SECONDS:-10}
 ASAN_DIR="$ROOT/build-asan"    # in .gitignore
 PY=/usr/bin/python3   # Debian's python: psycopg and asyncpg are installed for it only
 
