@@ -13,6 +13,7 @@
 #include "config.h"
 #include "log.h"
 #include "pool.h"
+#include "pqev.h"
 #include "userlist.h"
 #include "worker.h"
 
@@ -38,8 +39,7 @@ struct aq_conn {
 	char *dbname, *user;        /* the auth database's entry name, auth_user */
 	char *conninfo;             /* holds the auth_user's password: wiped before it is freed */
 	PGconn *pg;
-	struct event ev_io, ev_timer;
-	bool io_added;
+	struct pqev ev;             /* its libpq socket and its timer */
 	bool retired;               /* the configuration changed: no new lookups, close when idle */
 	bool dns_started;           /* this connection asked evdns for the host */
 	enum aqc_phase phase;
@@ -60,32 +60,6 @@ static void on_io(evutil_socket_t fd, short what, void *arg);
 static void on_timer(evutil_socket_t fd, short what, void *arg);
 static void conn_start(struct aq_conn *c);
 
-static void arm_timer(struct aq_conn *c, uint64_t usec)
-{
-	struct timeval tv = { (time_t)(usec / 1000000), (suseconds_t)(usec % 1000000) };
-	evtimer_add(&c->ev_timer, &tv);
-}
-
-static void io_off(struct aq_conn *c)
-{
-	if (c->io_added) {
-		event_del(&c->ev_io);
-		c->io_added = false;
-	}
-}
-
-/* libpq may change sockets while connecting (another address): re-register each time. */
-static void io_wait(struct aq_conn *c, short what)
-{
-	io_off(c);
-	int fd = PQsocket(c->pg);
-	if (fd < 0)
-		return;
-	event_assign(&c->ev_io, c->w->base, fd, what, on_io, c);
-	event_add(&c->ev_io, NULL);
-	c->io_added = true;
-}
-
 static void req_free(struct aq_req *r)
 {
 	free(r->query);
@@ -94,10 +68,10 @@ static void req_free(struct aq_req *r)
 
 static void conn_free(struct aq_conn *c)
 {
-	io_off(c);
+	pqev_io_off(&c->ev);
 	if (c->res)
 		PQclear(c->res);
-	evtimer_del(&c->ev_timer);
+	pqev_timer_off(&c->ev);
 	if (c->pg)
 		PQfinish(c->pg);
 	list_del(&c->node);
@@ -150,7 +124,7 @@ static void conn_failed(struct aq_conn *c, const char *why)
 		snprintf(msg, sizeof(msg), "%s", full);
 		log_warn("auth_query %s/%s: server login failed: %s", c->dbname, c->user, full);
 	}
-	io_off(c);
+	pqev_io_off(&c->ev);
 	if (c->res)
 		PQclear(c->res);
 	c->res = NULL;
@@ -182,8 +156,8 @@ static void send_next(struct aq_conn *c)
 			conn_failed(c, PQerrorMessage(c->pg));
 			return;
 		}
-		evtimer_del(&c->ev_timer);
-		io_wait(c, (short)(EV_READ | EV_PERSIST | (f ? EV_WRITE : 0)));
+		pqev_timer_off(&c->ev);
+		pqev_wait(&c->ev, c->pg, (short)(EV_READ | EV_PERSIST | (f ? EV_WRITE : 0)));
 		return;
 	}
 	c->phase = AQC_IDLE;
@@ -192,9 +166,9 @@ static void send_next(struct aq_conn *c)
 		return;
 	}
 	/* Idle: watched for EOF, closed after server_idle_timeout. */
-	io_wait(c, EV_READ | EV_PERSIST);
+	pqev_wait(&c->ev, c->pg, EV_READ | EV_PERSIST);
 	int64_t idle = c->w->cf->server_idle_timeout;
-	arm_timer(c, idle > 0 ? (uint64_t)idle : 600000000ULL);
+	pqev_timer(&c->ev, idle > 0 ? (uint64_t)idle : 600000000ULL);
 }
 
 /* One result of the query: the first row's second column is the secret. */
@@ -244,14 +218,9 @@ static void query_result(struct aq_conn *c, PGresult *res)
 
 static void on_query_io(struct aq_conn *c, short what)
 {
-	if (what & EV_WRITE) {
-		int f = PQflush(c->pg);
-		if (f < 0) {
-			conn_failed(c, PQerrorMessage(c->pg));
-			return;
-		}
-		if (f == 0)
-			io_wait(c, EV_READ | EV_PERSIST);
+	if (pqev_flush(&c->ev, c->pg, what) < 0) {
+		conn_failed(c, PQerrorMessage(c->pg));
+		return;
 	}
 	if (!(what & EV_READ))
 		return;
@@ -263,17 +232,17 @@ static void on_query_io(struct aq_conn *c, short what)
 		 * zero timer, which may run before that later read) were never sent: they go to a
 		 * fresh connection instead of failing their logins with the old one's end, and c is
 		 * never freed under them. */
-		io_off(c);
+		pqev_io_off(&c->ev);
 		if (list_empty(&c->queue)) {
 			conn_free(c);
 			return;
 		}
-		evtimer_del(&c->ev_timer);
+		pqev_timer_off(&c->ev);
 		PQfinish(c->pg);
 		c->pg = NULL;
 		c->dns_started = false;
 		c->phase = AQC_RESOLVE;   /* on_timer: conn_start, then send_next */
-		arm_timer(c, 0);
+		pqev_timer(&c->ev, 0);
 		return;
 	}
 	bool ok = PQconsumeInput(c->pg) != 0;
@@ -306,21 +275,11 @@ static void on_query_io(struct aq_conn *c, short what)
 
 static void on_connect_io(struct aq_conn *c)
 {
-	switch (PQconnectPoll(c->pg)) {
-	case PGRES_POLLING_READING:
-		io_wait(c, EV_READ);
-		break;
-	case PGRES_POLLING_WRITING:
-		io_wait(c, EV_WRITE);
-		break;
-	case PGRES_POLLING_OK:
-		io_off(c);
+	int rc = pqev_connect_poll(&c->ev, c->pg);
+	if (rc > 0)
 		send_next(c);
-		break;
-	default:
+	else if (rc < 0)
 		conn_failed(c, PQerrorMessage(c->pg));
-		break;
-	}
 }
 
 static void on_io(evutil_socket_t fd, short what, void *arg)
@@ -450,7 +409,7 @@ static void conn_start(struct aq_conn *c)
 		}
 		if (db->resolving) {
 			c->phase = AQC_RESOLVE;
-			arm_timer(c, 50000);
+			pqev_timer(&c->ev, 50000);
 			return;
 		}
 		if (!db->addr_ok) {
@@ -465,16 +424,11 @@ static void conn_start(struct aq_conn *c)
 		conn_failed(c, "out of memory");
 		return;
 	}
-	c->pg = PQconnectStart(ci);
-	explicit_bzero(ci, strlen(ci));
-	free(ci);
-	if (!c->pg || PQstatus(c->pg) == CONNECTION_BAD) {
+	if (pqev_connect(&c->ev, ci, &c->pg) < 0) {
 		conn_failed(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
 		return;
 	}
-	PQsetnonblocking(c->pg, 1);
 	c->phase = AQC_CONNECTING;
-	io_wait(c, EV_WRITE);
 }
 
 /* The connection for (dbname, user), made when there is none or the old one's settings
@@ -509,7 +463,7 @@ static struct aq_conn *conn_for(struct worker *w, const char *dbname, const char
 	c->conninfo = strdup(conninfo_now);
 	list_init(&c->queue);
 	list_append(&w->aq->conns, &c->node);
-	evtimer_assign(&c->ev_timer, w->base, on_timer, c);
+	pqev_init(&c->ev, w->base, on_io, on_timer, c);
 	if (!c->dbname || !c->user || !c->conninfo) {
 		conn_free(c);
 		return NULL;
@@ -591,7 +545,7 @@ int auth_query_begin(struct client *cl, aq_done_fn done, struct aq_req **req)
 	log_debug("%s auth_query on %s as %s", client_tag(cl, tag, sizeof(tag)), authdb, user);
 	/* Never started from here: a failure would call done before the caller holds *req. */
 	if (first && (c->phase == AQC_IDLE || (c->phase == AQC_RESOLVE && !c->dns_started)))
-		arm_timer(c, 0);
+		pqev_timer(&c->ev, 0);
 	return 1;
 }
 

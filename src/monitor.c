@@ -14,6 +14,7 @@
 #include "log.h"
 #include "worker.h"
 #include "pool.h"
+#include "pqev.h"
 
 enum mon_phase { MON_IDLE, MON_CONNECTING, MON_QUERY };
 
@@ -23,10 +24,7 @@ struct monitor {
 	monitor_report_fn report;   /* where each probe's outcome goes (routing) */
 	void *owner;
 	PGconn *conn;
-	struct event ev_io;
-	struct event ev_timer;
-	bool io_added;
-	int io_fd;
+	struct pqev ev;             /* its libpq socket and its probe timer */
 	uint8_t phase;
 	uint64_t probe_start;
 	bool dns_wait;              /* a lookup of the backend's host name is under way */
@@ -56,36 +54,9 @@ static uint64_t probe_timeout(const struct monitor *m)
 	return t < 2000000 ? 2000000 : t;
 }
 
-static void arm_timer(struct monitor *m, uint64_t usec)
-{
-	struct timeval tv = { (time_t)(usec / 1000000), (suseconds_t)(usec % 1000000) };
-	evtimer_add(&m->ev_timer, &tv);
-}
-
-static void io_off(struct monitor *m)
-{
-	if (m->io_added) {
-		event_del(&m->ev_io);
-		m->io_added = false;
-	}
-}
-
-/* libpq may change sockets while connecting (another address): re-register each time. */
-static void io_wait(struct monitor *m, short what)
-{
-	io_off(m);
-	int fd = PQsocket(m->conn);
-	if (fd < 0)
-		return;
-	event_assign(&m->ev_io, m->w->base, fd, what, on_io, m);
-	event_add(&m->ev_io, NULL);
-	m->io_added = true;
-	m->io_fd = fd;
-}
-
 static void drop_conn(struct monitor *m)
 {
-	io_off(m);
+	pqev_io_off(&m->ev);
 	if (m->conn)
 		PQfinish(m->conn);
 	m->conn = NULL;
@@ -195,7 +166,7 @@ static void send_probe(struct monitor *m)
 		probe_failed(m, PQerrorMessage(m->conn));
 		return;
 	}
-	io_wait(m, (short)(EV_READ | EV_PERSIST | (f ? EV_WRITE : 0)));
+	pqev_wait(&m->ev, m->conn, (short)(EV_READ | EV_PERSIST | (f ? EV_WRITE : 0)));
 }
 
 static void start_probe(struct monitor *m)
@@ -215,7 +186,7 @@ static void start_probe(struct monitor *m)
 			pool_resolve(db, m->w);
 		if (db->resolving) {
 			m->dns_wait = true;   /* look again soon, without starting another lookup */
-			arm_timer(m, 50000);
+			pqev_timer(&m->ev, 50000);
 			return;
 		}
 		m->dns_wait = false;
@@ -237,47 +208,27 @@ static void start_probe(struct monitor *m)
 		probe_failed(m, "out of memory");
 		return;
 	}
-	m->conn = PQconnectStart(ci);
-	/* The string holds a password: scrub it before it goes back to the allocator. */
-	explicit_bzero(ci, strlen(ci));
-	free(ci);
-	if (!m->conn || PQstatus(m->conn) == CONNECTION_BAD) {
+	if (pqev_connect(&m->ev, ci, &m->conn) < 0) {
 		probe_failed(m, m->conn ? PQerrorMessage(m->conn) : "out of memory");
 		return;
 	}
-	PQsetnonblocking(m->conn, 1);
 	m->phase = MON_CONNECTING;
-	io_wait(m, EV_WRITE);
 }
 
 static void on_connect_io(struct monitor *m)
 {
-	switch (PQconnectPoll(m->conn)) {
-	case PGRES_POLLING_READING:
-		io_wait(m, EV_READ);
-		break;
-	case PGRES_POLLING_WRITING:
-		io_wait(m, EV_WRITE);
-		break;
-	case PGRES_POLLING_OK:
+	int rc = pqev_connect_poll(&m->ev, m->conn);
+	if (rc > 0)
 		send_probe(m);
-		break;
-	default:
+	else if (rc < 0)
 		probe_failed(m, PQerrorMessage(m->conn));
-		break;
-	}
 }
 
 static void on_query_io(struct monitor *m, short what)
 {
-	if (what & EV_WRITE) {
-		int f = PQflush(m->conn);
-		if (f < 0) {
-			probe_failed(m, PQerrorMessage(m->conn));
-			return;
-		}
-		if (f == 0)
-			io_wait(m, EV_READ | EV_PERSIST);
+	if (pqev_flush(&m->ev, m->conn, what) < 0) {
+		probe_failed(m, PQerrorMessage(m->conn));
+		return;
 	}
 	if (!(what & EV_READ))
 		return;
@@ -302,13 +253,13 @@ static void on_query_io(struct monitor *m, short what)
 		return;
 	}
 	m->phase = MON_IDLE;
-	io_off(m);
+	pqev_io_off(&m->ev);
 	probe_result(m, first);
 	PQclear(first);
 	/* Between probes the socket is watched for EOF, so a server that stops is seen at
 	 * once, not at the next tick. */
 	if (m->conn)
-		io_wait(m, EV_READ | EV_PERSIST);
+		pqev_wait(&m->ev, m->conn, EV_READ | EV_PERSIST);
 }
 
 static void on_io(evutil_socket_t fd, short what, void *arg)
@@ -339,7 +290,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	struct monitor *m = arg;
 	uint64_t now = worker_now();
 	m->w->now = now;
-	arm_timer(m, interval(m));
+	pqev_timer(&m->ev, interval(m));
 	if (m->phase == MON_IDLE)
 		start_probe(m);
 	else if (now - m->probe_start > probe_timeout(m))
@@ -357,17 +308,16 @@ struct monitor *monitor_start(struct worker *w, struct database *db, monitor_rep
 	m->db = db;
 	m->report = report;
 	m->owner = owner;
-	m->io_fd = -1;
-	evtimer_assign(&m->ev_timer, w->base, on_timer, m);
-	arm_timer(m, 0);
+	pqev_init(&m->ev, w->base, on_io, on_timer, m);
+	pqev_timer(&m->ev, 0);
 	return m;
 }
 
 void monitor_kick(struct monitor *m)
 {
 	if (m && m->phase == MON_IDLE && !m->dns_failed) {
-		evtimer_del(&m->ev_timer);
-		arm_timer(m, 0);
+		pqev_timer_off(&m->ev);
+		pqev_timer(&m->ev, 0);
 	}
 }
 
@@ -376,6 +326,6 @@ void monitor_stop(struct monitor *m)
 	if (!m)
 		return;
 	drop_conn(m);
-	evtimer_del(&m->ev_timer);
+	pqev_timer_off(&m->ev);
 	free(m);
 }
