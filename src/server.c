@@ -776,7 +776,9 @@ static void login_loop(struct server *sv)
 			} else
 				snprintf(msg, sizeof(msg), "server refused the login with an error that has no "
 					 "message (SQLSTATE %s)", code_ok ? code : "missing");
-			login_failed(sv, msg, code_ok ? code : "08P01");
+			/* Not quiet: PgBouncer logs the server's close with the server's words as the
+			 * reason, and operators count those lines. */
+			close_internal(sv, msg, true, false, code_ok ? code : "08P01");
 			return;
 		}
 		case 'Z':
