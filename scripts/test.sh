@@ -40,7 +40,7 @@ skipped=0
 summary=()
 T_START=$(date +%s)
 
-stage() { echo; echo "=== $* ==="; }
+stage() { echo; echo "=== $* (at $(( $(date +%s) - T_START ))s) ==="; }
 ok() { passed=$((passed + ${2:-1})); summary+=("ok    $1"); }
 bad() { failed=$((failed + ${2:-1})); summary+=("FAIL  $1"); }
 finish() {
