@@ -36,7 +36,7 @@ else
 	(cd "$src" && { [ ! -f Makefile ] || make -s distclean >/dev/null 2>&1; })
 fi
 
-export DEB_BUILD_OPTIONS=${DEB_BUILD_OPTIONS-nocheck}
+export DEB_BUILD_OPTIONS=${DEB_BUILD_OPTIONS-"nocheck parallel=$(nproc)"}
 echo "build_deb: dpkg-buildpackage -us -uc -b in $src (DEB_BUILD_OPTIONS=$DEB_BUILD_OPTIONS)"
 t0=$(date +%s)
 if ! (cd "$src" && dpkg-buildpackage -us -uc -b) >"$work/build.log" 2>&1; then
