@@ -482,6 +482,7 @@ struct pool *route_client_login(struct client *cl, struct database *front)
 	rt->rs = rs;
 	rt->rt_be = rt->rt_avoid = rt->rt_shard = -1;
 	rt->shard_pref = -1;
+	list_init(&rt->parked);
 	cl->rt = rt;
 	return route_login_pool(rs);
 }
