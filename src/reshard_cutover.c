@@ -114,31 +114,26 @@ static void restore_config(struct reshard *rs)
 	free(old);
 }
 
-/* Waits until every new shard's slot has confirmed the old shards' WAL position, as read
- * after PAUSE returned: then every committed write is on its new shard. */
+/* Waits until every new shard has applied every commit its old shard made before this call
+ * (made after PAUSE returned): the marker row's counter goes up on each old shard, and
+ * replication applies commits in their order, so a new shard showing the new value has
+ * applied all before it.  (The slot's confirmed_flush_lsn is no such proof: the subscriber
+ * may report positions it has not applied yet.) */
 static bool wait_caught_up(struct reshard *rs)
 {
-	char **lsn = calloc((size_t)rs->n_old, sizeof(*lsn));
-	if (!lsn)
+	char **mark = calloc((size_t)rs->n_old, sizeof(*mark));
+	if (!mark)
 		return false;
 	bool ok = true;
-	/* A marker transaction: its commit flushes the WAL of every commit before it (the
-	 * walsender decodes flushed WAL only; without it the wait includes the WAL writer's
-	 * delay), and the flush position after it covers every write pgmux let through. */
 	for (int i = 0; ok && i < rs->n_old; i++)
-		ok = reshard_exec(&rs->old[i], "SELECT pg_logical_emit_message(true, 'pgmux-reshard', "
-				  "'cutover')", 0, NULL) &&
-		     (lsn[i] = reshard_value(&rs->old[i], "SELECT pg_current_wal_flush_lsn()::text", 0,
-					     NULL));
+		ok = (mark[i] = reshard_value(&rs->old[i], "UPDATE pgmux_reshard.marker SET n = n + 1 "
+					      "WHERE id = 0 RETURNING n::text", 0, NULL)) && mark[i][0];
 	double t0 = reshard_now_ms();
 	for (int j = rs->n_old; ok && j < rs->n_new; j++) {
-		char name[64];
-		reshard_name(rs, j, name, sizeof(name));
-		const char *p[2] = { name, lsn[rs->new[j].source] };
+		const char *p[1] = { mark[rs->new[j].source] };
 		for (;;) {
-			int done = reshard_bool(&rs->old[rs->new[j].source],
-						"SELECT coalesce(bool_and(confirmed_flush_lsn >= $2::pg_lsn), false) "
-						"FROM pg_replication_slots WHERE slot_name = $1", 2, p);
+			int done = reshard_bool(&rs->new[j], "SELECT coalesce(bool_and(n >= $1::bigint), false) "
+						"FROM pgmux_reshard.marker WHERE id = 0", 1, p);
 			if (done < 0) {
 				ok = false;
 				break;
@@ -146,9 +141,9 @@ static bool wait_caught_up(struct reshard *rs)
 			if (done)
 				break;
 			if (reshard_now_ms() - t0 > (double)rs->cutover_timeout_ms || reshard_interrupted) {
-				fprintf(stderr, "pgmux-reshard: new shard %d did not replay old shard %d's "
-					"WAL up to %s within %ld ms\n", j, rs->new[j].source,
-					lsn[rs->new[j].source], rs->cutover_timeout_ms);
+				fprintf(stderr, "pgmux-reshard: new shard %d did not apply old shard %d's "
+					"writes within %ld ms\n", j, rs->new[j].source,
+					rs->cutover_timeout_ms);
 				ok = false;
 				break;
 			}
@@ -156,8 +151,8 @@ static bool wait_caught_up(struct reshard *rs)
 		}
 	}
 	for (int i = 0; i < rs->n_old; i++)
-		free(lsn[i]);
-	free(lsn);
+		free(mark[i]);
+	free(mark);
 	if (ok)
 		printf("cutover: new shards caught up in %.1f ms\n", reshard_now_ms() - t0);
 	return ok;
@@ -224,8 +219,8 @@ bool reshard_step_cutover(struct reshard *rs)
 	char cmd[300];
 	if (rs->dry_run) {
 		printf("  console: PAUSE %s\n"
-		       "  on each old shard: SELECT pg_current_wal_lsn(); wait (every 10 ms, at most %ld "
-		       "ms) until each new shard's slot has confirmed it\n"
+		       "  on each old shard: UPDATE pgmux_reshard.marker SET n = n + 1; wait (every 10 "
+		       "ms, at most %ld ms) until each new shard shows the new value\n"
 		       "  on each new shard: setval of every sequence to its source's value\n"
 		       "  install %s as %s (the old one kept as %s.pre-reshard)\n"
 		       "  console: RELOAD; SHOW SHARDS must list %d shards for %s\n"

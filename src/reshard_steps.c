@@ -133,6 +133,11 @@ bool reshard_step_schema(struct reshard *rs)
 
 /* ---- publications, slots, subscriptions ------------------------------------------------------ */
 
+/* One row whose counter the cutover bumps on each old shard: replication applies commits in
+ * order, so a new shard that shows the bumped value has applied every commit before it. */
+static const char MARKER_TABLE[] =
+	"CREATE TABLE IF NOT EXISTS pgmux_reshard.marker (id int PRIMARY KEY, n bigint NOT NULL)";
+
 bool reshard_step_publication(struct reshard *rs)
 {
 	char sql[512];
@@ -142,7 +147,9 @@ bool reshard_step_publication(struct reshard *rs)
 			return false;
 		snprintf(sql, sizeof(sql), "CREATE TABLE IF NOT EXISTS pgmux_reshard.keyspace (k %s) "
 			 "PARTITION BY HASH (k)", rs->key_sqltype);
-		if (!run_sql(rs, s, sql))
+		if (!run_sql(rs, s, sql) || !run_sql(rs, s, MARKER_TABLE) ||
+		    !run_sql(rs, s, "INSERT INTO pgmux_reshard.marker VALUES (0, 0) "
+			     "ON CONFLICT DO NOTHING"))
 			return false;
 	}
 	if (rs->identity_full && !reshard_check_identity(rs, !rs->dry_run))
@@ -171,10 +178,11 @@ bool reshard_step_publication(struct reshard *rs)
 			free(create);
 			return false;
 		}
-		int off = snprintf(create, n, "CREATE PUBLICATION %s FOR TABLE ", name);
+		/* the marker table goes whole: the cutover's proof of catch-up */
+		int off = snprintf(create, n, "CREATE PUBLICATION %s FOR TABLE pgmux_reshard.marker", name);
 		for (int t = 0; t < rs->n_tables; t++)
-			off += snprintf(create + off, n - (size_t)off, "%s%s WHERE (%s)", t ? ", " : "",
-					rs->tables[t], filter);
+			off += snprintf(create + off, n - (size_t)off, ", %s WHERE (%s)", rs->tables[t],
+					filter);
 		assert((size_t)off < n);
 		bool ok = run_sql(rs, src, create);
 		free(create);
@@ -226,6 +234,8 @@ bool reshard_step_subscription(struct reshard *rs)
 		char name[64];
 		reshard_name(rs, j, name, sizeof(name));
 		if (rs->dry_run) {
+			printf("  on new shard %d (%s): CREATE SCHEMA IF NOT EXISTS pgmux_reshard; %s;\n", j,
+			       dst->label, MARKER_TABLE);
 			printf("  on new shard %d (%s): CREATE SUBSCRIPTION %s CONNECTION '<old shard %d's "
 			       "conninfo>' PUBLICATION %s WITH (create_slot = false, slot_name = '%s', "
 			       "copy_data = true, synchronous_commit = 'on');\n", j, dst->label, name,
@@ -239,6 +249,9 @@ bool reshard_step_subscription(struct reshard *rs)
 			printf("subscription: %s exists on new shard %d\n", name, j);
 			continue;
 		}
+		if (!reshard_exec(dst, "CREATE SCHEMA IF NOT EXISTS pgmux_reshard", 0, NULL) ||
+		    !reshard_exec(dst, MARKER_TABLE, 0, NULL))
+			return false;
 		char *lit = reshard_literal(src->conninfo);
 		size_t n = (lit ? strlen(lit) : 0) + 400;
 		char *sql = malloc(n);
@@ -368,7 +381,8 @@ bool reshard_step_unsubscribe(struct reshard *rs)
 		if (e && !run_sql(rs, src, sql))
 			return false;
 		snprintf(sql, sizeof(sql), "DROP PUBLICATION IF EXISTS %s", name);
-		if (!run_sql(rs, src, sql))
+		if (!run_sql(rs, src, sql) ||
+		    !run_sql(rs, dst, "DROP SCHEMA IF EXISTS pgmux_reshard CASCADE"))
 			return false;
 		if (!rs->dry_run)
 			printf("unsubscribe: %s dropped (subscription on shard %d, slot and publication "

@@ -106,11 +106,13 @@ def setup(env, hosts, n_old, users, rows_per_user):
 
 class Writer(threading.Thread):
     """Inserts and updates rows for random user_ids through pgmux until stopped; the ledger
-    holds exactly what committed, errors every exception seen."""
+    holds exactly what committed, errors every exception seen.  Writers own disjoint user_ids
+    (keys), so that the ledger's order of updates to a row is their commit order."""
 
     def __init__(self, px, ledger, keys, lock, base_id):
         super().__init__(daemon=True)
         self.px, self.ledger, self.keys, self.lock = px, ledger, keys, lock
+        self.mine = [key for key in ledger if key[0] in set(keys)]
         self.next_id = base_id
         self.stop_ev = threading.Event()
         self.errors, self.inserts, self.updates = [], 0, 0
@@ -133,10 +135,10 @@ class Writer(threading.Thread):
                                      (k, i, i))
                         with self.lock:
                             self.ledger[(k, i)] = i
+                        self.mine.append((k, i))
                         self.inserts += 1
                     else:
-                        with self.lock:
-                            k, i = self.rng.choice(list(self.ledger.keys())[-5000:])
+                        k, i = self.rng.choice(self.mine)
                         v = self.rng.randrange(1 << 40)
                         cur = conn.execute("UPDATE accounts SET val = %s WHERE user_id = %s "
                                            "AND id = %s", (v, k, i))
@@ -220,7 +222,7 @@ def run_move(env, hosts, n_old, users, rows_per_user, kill_during_sync=False):
             assert c.execute("SELECT to_regclass('accounts')").fetchone()[0] is None or s < n_old
 
     lock = threading.Lock()
-    writers = [Writer(px, ledger, keys, lock, 10_000_000 * (w + 1)) for w in range(2)]
+    writers = [Writer(px, ledger, keys[w::2], lock, 10_000_000 * (w + 1)) for w in range(2)]
     for w in writers:
         w.start()
     wait_for(lambda: all(w.inserts + w.updates > 20 for w in writers), 30, 0.05,
