@@ -131,6 +131,7 @@ void route_apply_config(struct worker *w)
 {
 	route_write_funcs_update(w);
 	rt_clusters_apply(w);
+	route_unpark(w);   /* clients a shard-count change took off a queue, unless paused */
 }
 
 void route_shutdown(struct worker *w)

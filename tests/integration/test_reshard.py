@@ -266,7 +266,7 @@ def test_reshard_2_to_4(env):
 
 
 @timeout(200)
-def test_reshard_4_to_8_killed_and_restarted(env):
+def test_reshard_4_to_8_restarted(env):
     # every new shard in its source's cluster: the slot must exist before CREATE SUBSCRIPTION
     run_move(env, hosts=[0, 1, 0, 1, 0, 1, 0, 1], n_old=4, users=1500, rows_per_user=2,
              kill_during_sync=True)
@@ -306,3 +306,64 @@ def test_reshard_refusals(env):
     r = tool(px, bad, state, check=False)
     assert r.returncode == 1 and "replica identity lacks" in r.stdout, r.stdout
     assert not state.exists()
+
+
+def console(px, sql):
+    with psycopg.connect(px.dsn("pgmux", "postgres"), autocommit=True, connect_timeout=10) as c:
+        c.execute(sql)
+
+
+@timeout(60)
+def test_reshard_reload_reroutes(env):
+    """A RELOAD that changes the shard count under a PAUSE: a client queued for a server of
+    its old shard, and one that arrived during the PAUSE, run on the shard the new count
+    names (pgmux, without the tool)."""
+    need_routing()
+    topos = env.shard_topologies(1, n_replicas=0, extra_conf=PG_EXTRA)
+    lay = Layout(env, topos, [0, 0, 0, 0])
+    for s in range(4):
+        with lay.connect(s) as c:
+            c.execute(SCHEMA)
+    keys = list(range(1, 200))
+    p2, p4 = lay.placement(keys, 2), lay.placement(keys, 4)
+    a = next(k for k in keys if p2[k] == 0 and p4[k] == 0)
+    b, c_ = [k for k in keys if p2[k] == 0 and p4[k] == 2][:2]
+    sec = lay.section(2)
+    sec["pool_size"] = 1
+    px = env.pgmux({}, {"pool_mode": "transaction"}, sections={DB: sec})
+    holder = psycopg.connect(px.dsn(DB), autocommit=False, prepare_threshold=None)
+    holder.execute("INSERT INTO accounts (user_id, id, val) VALUES (%s, 1, 1)", (a,))   # holds shard 0's server
+    errors = []
+
+    def insert(k):
+        try:
+            with psycopg.connect(px.dsn(DB), autocommit=True, prepare_threshold=None) as c:
+                c.execute("INSERT INTO accounts (user_id, id, val) VALUES (%s, 1, 1)", (k,))
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+    queued = threading.Thread(target=insert, args=(b,))
+    queued.start()
+    wait_for(lambda: any(r["database"] == f"{DB}/0/primary" and r["cl_waiting"] >= 1
+                         for r in px.show("POOLS")), 20, 0.05, "a client queued on shard 0")
+    mark = px.log_mark()
+    pause = threading.Thread(target=console, args=(px, f"PAUSE {DB}"))
+    pause.start()
+    px.wait_log("console: pausing database", mark)
+    holder.commit()   # PAUSE returns once this server is back
+    pause.join(20)
+    assert not pause.is_alive()
+    late = threading.Thread(target=insert, args=(c_,))
+    late.start()
+    wait_for(lambda: any(r["database"] == DB and r["cl_active"] + r["cl_waiting"] >= 1
+                         for r in px.show("POOLS")) or True, 5, 0.05)
+    px.write_section(DB, **lay.section(4))
+    console(px, "RELOAD")
+    console(px, f"RESUME {DB}")
+    for t in (queued, late):
+        t.join(20)
+        assert not t.is_alive()
+    holder.close()
+    assert not errors, errors
+    where = {k: [s for s in range(4) if lay.connect(s).execute(
+        "SELECT count(*) FROM accounts WHERE user_id = %s", (k,)).fetchone()[0]] for k in (b, c_)}
+    assert where == {b: [2], c_: [2]}, where
