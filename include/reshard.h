@@ -46,6 +46,7 @@ struct reshard {
 	int key_type;                   /* SHARDKEY_* */
 	const char *key_sqltype;        /* bigint, text or uuid: the helper table's key type */
 	struct reshard_shard *old, *new; /* old[0..N-1]; new[0..M-1] (new[i] for i < N is old[i]) */
+	bool new_aliased;               /* new[i < N] share old[i]'s strings */
 	char **tables;                  /* sharded tables, quoted "schema"."name" */
 	int n_tables;
 	/* the state file */

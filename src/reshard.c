@@ -139,6 +139,28 @@ static bool state_save(const struct reshard *rs)
 
 /* ---- the plan ----------------------------------------------------------------------------- */
 
+/* Frees what the plan holds (the connections go with reshard_disconnect). */
+static void plan_free(struct reshard *rs)
+{
+	for (int i = 0; rs->old && i < rs->n_old; i++) {
+		free(rs->old[i].conninfo);
+		free(rs->old[i].label);
+	}
+	for (int j = rs->new_aliased ? rs->n_old : 0; rs->new && j < rs->n_new; j++) {
+		free(rs->new[j].conninfo);
+		free(rs->new[j].label);
+	}
+	free(rs->old);
+	free(rs->new);
+	for (int t = 0; t < rs->n_tables; t++)
+		free(rs->tables[t]);
+	free(rs->tables);
+	free(rs->key);
+	rs->old = rs->new = NULL;
+	rs->tables = NULL;
+	rs->key = NULL;
+}
+
 /* conninfo of a backend entry, with --user and the section's name as the default dbname. */
 static char *shard_conninfo(const struct reshard *rs, const struct cfg_db *d)
 {
@@ -181,16 +203,26 @@ static struct reshard_shard *read_shards(const struct reshard *rs, const struct 
 		struct reshard_shard *s = &out[d->shard];
 		s->index = d->shard;
 		s->source = d->shard % rs->n_old;
+		free(s->conninfo);   /* a repeated line: the last one counts, as in pgmux */
+		free(s->label);
+		s->label = NULL;
 		if (!(s->conninfo = shard_conninfo(rs, d)) || !(s->label = reshard_label(s->conninfo)))
-			return NULL;
+			goto fail;
 	}
 	for (int i = 0; i < n; i++)
 		if (!out[i].conninfo) {
 			fprintf(stderr, "pgmux-reshard: %s: [database %s] has no shard.%d.primary\n",
 				file, rs->database, i);
-			return NULL;
+			goto fail;
 		}
 	return out;
+fail:
+	for (int i = 0; i < n; i++) {
+		free(out[i].conninfo);
+		free(out[i].label);
+	}
+	free(out);
+	return NULL;
 }
 
 static bool same_text(const char *a, const char *b)
@@ -273,6 +305,7 @@ static bool plan_configs(struct reshard *rs)
 		free(rs->new[i].label);
 		rs->new[i] = rs->old[i];
 	}
+	rs->new_aliased = true;
 	for (int j = rs->n_old; j < rs->n_new; j++)
 		for (int k = 0; k < j; k++)
 			if (!strcmp(rs->new[j].label, rs->new[k].label)) {
@@ -453,27 +486,27 @@ int main(int argc, char **argv)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 
 	char sdb[512];
-	int sfrom = -1, sto = -1;
+	int sfrom = -1, sto = -1, rc = 1;
 	if (!rs.dry_run) {
 		if (!state_lock(&rs) || !state_load(&rs, sdb, sizeof(sdb), &sfrom, &sto))
-			return 1;
+			goto out;
 		/* before the configs: once finished, the live one is the new one */
 		if (rs.done & (1u << RS_CLEANUP)) {
 			fprintf(stderr, "pgmux-reshard: the reshard of %s from %d to %d shards finished "
 				"(%s): refusing to run it again\n", sdb, sfrom, sto, rs.state_path);
-			return 1;
+			goto out;
 		}
 	}
 	if (!plan_configs(&rs))
-		return 1;
+		goto out;
 	if (!rs.dry_run && sfrom >= 0 &&
 	    (strcmp(sdb, rs.database) || sfrom != rs.n_old || sto != rs.n_new)) {
 		fprintf(stderr, "pgmux-reshard: %s records the reshard of %s from %d to %d shards, not "
 			"of %s from %d to %d: refusing (use another --state)\n", rs.state_path, sdb,
 			sfrom, sto, rs.database, rs.n_old, rs.n_new);
-		return 1;
+		goto out;
 	}
-	int rc = 0;
+	rc = 0;
 	if (!plan_print(&rs)) {
 		rc = 1;
 		goto out;
@@ -515,5 +548,8 @@ int main(int argc, char **argv)
 		       "rows\n", rs.database, rs.n_new);
 out:
 	reshard_disconnect(&rs);
+	plan_free(&rs);
+	if (rs.lock_fd >= 0)
+		close(rs.lock_fd);
 	return rc;
 }

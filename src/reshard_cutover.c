@@ -238,7 +238,7 @@ bool reshard_step_cutover(struct reshard *rs)
 	}
 	/* everything the pause needs is opened before it starts */
 	for (int j = 0; j < rs->n_new; j++)
-		if (!reshard_conn(&rs->new[j])) {
+		if (!reshard_conn(j < rs->n_old ? &rs->old[j] : &rs->new[j])) {
 			PQfinish(console);
 			return false;
 		}

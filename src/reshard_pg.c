@@ -79,7 +79,7 @@ PGconn *reshard_conn(struct reshard_shard *s)
 void reshard_disconnect(struct reshard *rs)
 {
 	for (int i = 0; rs->new && i < rs->n_new; i++) {
-		if (i >= rs->n_old && rs->new[i].conn)
+		if (rs->new[i].conn && (i >= rs->n_old || !rs->old || rs->new[i].conn != rs->old[i].conn))
 			PQfinish(rs->new[i].conn);
 		rs->new[i].conn = NULL;
 	}
