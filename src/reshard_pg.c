@@ -69,9 +69,11 @@ PGconn *reshard_conn(struct reshard_shard *s)
 		s->conn = NULL;
 		return NULL;
 	}
-	/* our own statements must never wait behind the application's locks for ever */
+	/* our own statements must never wait behind the application's locks for ever; our
+	 * commits flush the WAL (the cutover's marker: a walsender sends only flushed WAL, and
+	 * with synchronous_commit off the WAL writer would make the PAUSE wait for it) */
 	PGresult *r = PQexec(s->conn, "SET lock_timeout = '10s'; SET statement_timeout = 0; "
-				    "SET client_min_messages = warning");
+				    "SET client_min_messages = warning; SET synchronous_commit = on");
 	PQclear(r);
 	return s->conn;
 }

@@ -367,3 +367,50 @@ def test_reshard_reload_reroutes(env):
     where = {k: [s for s in range(4) if lay.connect(s).execute(
         "SELECT count(*) FROM accounts WHERE user_id = %s", (k,)).fetchone()[0]] for k in (b, c_)}
     assert where == {b: [2], c_: [2]}, where
+
+
+@timeout(90)
+def test_reshard_text_key(env):
+    """shard_key_type = text, 2 -> 4 within one cluster, no load: the helper table and the
+    filter's cast take the key's type, and pgmux's text hash agrees with the moved rows."""
+    need_routing()
+    topos = env.shard_topologies(1, n_replicas=0, extra_conf=PG_EXTRA)
+    lay = Layout(env, topos, [0, 0, 0, 0])
+    keys = [f"user-{k}" for k in range(600)]
+
+    def place(modulus):
+        with lay.server(0).connect() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS reshard_text_parent (k text) "
+                      "PARTITION BY HASH (k)")
+            return dict(c.execute(
+                "SELECT k, r FROM unnest(%s::text[]) k, generate_series(0, %s::int - 1) r "
+                "WHERE satisfies_hash_partition('reshard_text_parent'::regclass, %s::int, r, k)",
+                (keys, modulus, modulus)).fetchall())
+    p2, p4 = place(2), place(4)
+    for s in range(2):
+        with lay.connect(s) as c:
+            c.execute("CREATE TABLE accounts (user_id varchar(40) NOT NULL, id int NOT NULL, "
+                      "PRIMARY KEY (user_id, id)); GRANT ALL ON accounts TO app")
+            with c.cursor().copy("COPY accounts (user_id, id) FROM STDIN") as cp:
+                for k in keys:
+                    if p2[k] == s:
+                        cp.write_row((k, 1))
+
+    def section(n):
+        sec = lay.section(n)
+        sec["shard_key_type"] = "text"
+        return sec
+    px = env.pgmux({}, {"pool_mode": "transaction"}, sections={DB: section(2)})
+    new_ini = px.dir / "new.ini"
+    new_ini.write_text(px.render_config(sections={DB: section(4)}))
+    tool(px, new_ini, env.dir / "text.state")
+    with psycopg.connect(px.dsn(DB), autocommit=True) as c:
+        for k in keys[:50]:
+            c.execute("INSERT INTO accounts (user_id, id) VALUES (%s, 2)", (k,))
+    for s in range(4):
+        with lay.connect(s) as c:
+            rows = c.execute("SELECT user_id, id FROM accounts").fetchall()
+        assert all(p4[k] == s for k, _ in rows), f"shard {s}: misplaced rows"
+        assert sorted(r for r in rows if r[1] == 1) == sorted((k, 1) for k in keys if p4[k] == s)
+        assert sorted(r for r in rows if r[1] == 2) == sorted((k, 2) for k in keys[:50]
+                                                              if p4[k] == s)
