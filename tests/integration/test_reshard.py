@@ -414,3 +414,46 @@ def test_reshard_text_key(env):
         assert sorted(r for r in rows if r[1] == 1) == sorted((k, 1) for k in keys if p4[k] == s)
         assert sorted(r for r in rows if r[1] == 2) == sorted((k, 2) for k in keys[:50]
                                                               if p4[k] == s)
+
+
+@timeout(120)
+def test_reshard_cutover_retries(env):
+    """The cutover gives up cleanly and runs again: a new shard that does not catch up within
+    --cutover-timeout-ms, then a new file that pgmux's RELOAD rejects, each leave pgmux on the
+    old configuration and not paused; a run that finds the database already paused (as a
+    killed run leaves it) carries on under that PAUSE."""
+    lay, px, new_ini, ledger, keys = setup(env, [0, 1, 1, 0], 2, users=300, rows_per_user=1)
+    state = env.dir / "retry.state"
+    live = px.ini.read_text()
+    tool(px, new_ini, state, "plan", "schema", "publication", "slot", "subscription", "sync")
+
+    def still_old():
+        assert px.ini.read_text() == live
+        assert len([r for r in px.show("SHARDS") if r["database"] == DB]) == 2
+        assert not any(r["name"] == DB and r["paused"] for r in px.show("DATABASES"))
+        with psycopg.connect(px.dsn(DB), autocommit=True, prepare_threshold=None) as c:
+            k = random.choice(keys)
+            i = 1000 + len(ledger)
+            c.execute("INSERT INTO accounts (user_id, id, val) VALUES (%s, %s, %s)", (k, i, i))
+            ledger[(k, i)] = i
+
+    with lay.connect(2) as c:
+        c.execute("ALTER SUBSCRIPTION pgmux_reshard_4_2 DISABLE")
+    still_old()   # written while shard 2 does not replicate: must arrive later
+    r = tool(px, new_ini, state, "--cutover-timeout-ms", "300", check=False)
+    assert r.returncode == 1 and "did not apply" in r.stdout and "abandoned" in r.stdout, r.stdout
+    still_old()
+    with lay.connect(2) as c:
+        c.execute("ALTER SUBSCRIPTION pgmux_reshard_4_2 ENABLE")
+
+    good = new_ini.read_text()
+    new_ini.write_text(good.replace(str(px.auth_file), str(px.dir / "no-such-userlist.txt")))
+    r = tool(px, new_ini, state, check=False)
+    assert r.returncode == 1 and "RELOAD" in r.stdout and "abandoned" in r.stdout, r.stdout
+    still_old()
+
+    new_ini.write_text(good)
+    console(px, f"PAUSE {DB}")
+    r = tool(px, new_ini, state)
+    assert "paused already" in r.stdout
+    check_result(lay, px, ledger, 4, [])
