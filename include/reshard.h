@@ -80,6 +80,10 @@ int reshard_bool(struct reshard_shard *s, const char *sql, int n, const char *co
 /* "host:port/dbname" of a conninfo, without any password; a new string or NULL. */
 char *reshard_label(const char *conninfo);
 
+/* conninfo without its password, as a new string (libpq quoting); *password gets a new copy
+ * of the password or NULL.  For child programs: a password in argv shows in ps. */
+char *reshard_conninfo_nopw(const char *conninfo, char **password);
+
 /* A quoted SQL literal of text (PQescapeLiteral without a connection: standard strings). */
 char *reshard_literal(const char *text);
 

@@ -54,6 +54,43 @@ char *reshard_label(const char *conninfo)
 	return out;
 }
 
+char *reshard_conninfo_nopw(const char *conninfo, char **password)
+{
+	char *err = NULL;
+	*password = NULL;
+	PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
+	if (!opts) {
+		PQfreemem(err);
+		return NULL;
+	}
+	size_t n = 1;
+	for (PQconninfoOption *o = opts; o->keyword; o++)
+		if (o->val)
+			n += strlen(o->keyword) + 2 * strlen(o->val) + 5;
+	char *out = malloc(n), *p = out;
+	for (PQconninfoOption *o = opts; out && o->keyword; o++) {
+		if (!o->val)
+			continue;
+		if (!strcmp(o->keyword, "password")) {
+			free(*password);
+			*password = strdup(o->val);
+			continue;
+		}
+		p += sprintf(p, "%s%s='", p == out ? "" : " ", o->keyword);
+		for (const char *v = o->val; *v; v++) {
+			if (*v == '\'' || *v == '\\')
+				*p++ = '\\';
+			*p++ = *v;
+		}
+		*p++ = '\'';
+		*p = 0;
+	}
+	if (out && p == out)
+		*p = 0;
+	PQconninfoFree(opts);
+	return out;
+}
+
 PGconn *reshard_conn(struct reshard_shard *s)
 {
 	if (s->conn && PQstatus(s->conn) == CONNECTION_OK)

@@ -39,59 +39,74 @@ static const char *tool(const struct reshard *rs, const char *name, char *buf, s
 	return buf;
 }
 
+/* Runs argv with stdin and stdout as given, the password (if any) in PGPASSWORD: never in
+ * argv, where ps shows it.  The child's pid, or -1. */
+static pid_t spawn(const char *const *argv, int in, int out, const char *password, int close1,
+		   int close2)
+{
+	pid_t pid = fork();
+	if (pid != 0)
+		return pid;
+	if (in >= 0)
+		dup2(in, 0);
+	if (out >= 0)
+		dup2(out, 1);
+	if (close1 >= 0)
+		close(close1);
+	if (close2 >= 0)
+		close(close2);
+	if (password)
+		setenv("PGPASSWORD", password, 1);
+	execvp(argv[0], (char *const *)argv);
+	fprintf(stderr, "pgmux-reshard: cannot run %s: %s\n", argv[0], strerror(errno));
+	_exit(127);
+}
+
 /* pg_dump --schema-only of src | psql --single-transaction into dst, without a shell (so that
  * no conninfo is ever parsed by one).  The helper schema and publications stay behind. */
 static bool copy_schema(struct reshard *rs, struct reshard_shard *src, struct reshard_shard *dst)
 {
 	char dump[4096], psql[4096];
-	tool(rs, "pg_dump", dump, sizeof(dump));
-	tool(rs, "psql", psql, sizeof(psql));
-	const char *dump_argv[] = { rs->pg_bindir ? dump : "pg_dump", "--schema-only",
+	char *spw = NULL, *dpw = NULL;
+	char *sci = reshard_conninfo_nopw(src->conninfo, &spw);
+	char *dci = reshard_conninfo_nopw(dst->conninfo, &dpw);
+	const char *dump_argv[] = { tool(rs, "pg_dump", dump, sizeof(dump)), "--schema-only",
 		"--no-publications", "--no-subscriptions", "--exclude-schema=pgmux_reshard",
-		"-d", src->conninfo, NULL };
-	const char *psql_argv[] = { rs->pg_bindir ? psql : "psql", "-X", "-q", "-v",
-		"ON_ERROR_STOP=1", "--single-transaction", "-d", dst->conninfo, "-f", "-", NULL };
-	int fds[2];
-	if (pipe(fds) < 0) {
-		perror("pgmux-reshard: pipe");
-		return false;
+		"-d", sci, NULL };
+	const char *psql_argv[] = { tool(rs, "psql", psql, sizeof(psql)), "-X", "-q", "-v",
+		"ON_ERROR_STOP=1", "--single-transaction", "-d", dci, "-f", "-", NULL };
+	int fds[2] = { -1, -1 };
+	/* the dump's own SELECTs (set_config) would print rows: psql's stdout goes nowhere,
+	 * errors still reach stderr */
+	int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	bool ok = sci && dci && null >= 0 && pipe(fds) == 0;
+	pid_t a = -1, b = -1;
+	if (ok) {
+		a = spawn(dump_argv, -1, fds[1], spw, fds[0], fds[1]);
+		b = a < 0 ? -1 : spawn(psql_argv, fds[0], null, dpw, fds[0], fds[1]);
 	}
-	pid_t a = fork();
-	if (a == 0) {
-		dup2(fds[1], 1);
+	if (fds[0] >= 0) {
 		close(fds[0]);
 		close(fds[1]);
-		execvp(dump_argv[0], (char *const *)dump_argv);
-		fprintf(stderr, "pgmux-reshard: cannot run %s: %s\n", dump_argv[0], strerror(errno));
-		_exit(127);
 	}
-	pid_t b = a < 0 ? -1 : fork();
-	if (b == 0) {
-		dup2(fds[0], 0);
-		close(fds[0]);
-		close(fds[1]);
-		/* the dump's own SELECTs (set_config) would print rows: errors go to stderr */
-		int null = open("/dev/null", O_WRONLY);
-		if (null >= 0)
-			dup2(null, 1);
-		execvp(psql_argv[0], (char *const *)psql_argv);
-		fprintf(stderr, "pgmux-reshard: cannot run %s: %s\n", psql_argv[0], strerror(errno));
-		_exit(127);
-	}
-	close(fds[0]);
-	close(fds[1]);
+	if (null >= 0)
+		close(null);
 	int sa = 1, sb = 1;
 	if (a > 0)
 		waitpid(a, &sa, 0);
 	if (b > 0)
 		waitpid(b, &sb, 0);
-	bool ok = a > 0 && b > 0 && WIFEXITED(sa) && WEXITSTATUS(sa) == 0 && WIFEXITED(sb) &&
-		  WEXITSTATUS(sb) == 0;
+	ok = ok && a > 0 && b > 0 && WIFEXITED(sa) && WEXITSTATUS(sa) == 0 && WIFEXITED(sb) &&
+	     WEXITSTATUS(sb) == 0;
 	if (!ok)
 		fprintf(stderr, "pgmux-reshard: copying the schema of shard %d (%s) into shard %d (%s) "
 			"failed (pg_dump status %d, psql status %d); nothing was committed\n",
 			src->index, src->label, dst->index, dst->label,
 			WIFEXITED(sa) ? WEXITSTATUS(sa) : -1, WIFEXITED(sb) ? WEXITSTATUS(sb) : -1);
+	free(sci);
+	free(dci);
+	free(spw);
+	free(dpw);
 	return ok;
 }
 

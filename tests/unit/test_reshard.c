@@ -23,6 +23,23 @@ static void test_label_hides_password(void **state)
 	free(l);
 }
 
+static void test_conninfo_without_password(void **state)
+{
+	(void)state;
+	char *pw = NULL;
+	char *c = reshard_conninfo_nopw("host=h port=5 dbname='a b' password='p\\'w' user=u", &pw);
+	assert_string_equal(pw, "p'w");
+	assert_null(strstr(c, "password"));
+	assert_non_null(strstr(c, "dbname='a b'"));
+	assert_non_null(strstr(c, "user='u'"));
+	free(c);
+	free(pw);
+	c = reshard_conninfo_nopw("host=h", &pw);
+	assert_null(pw);
+	assert_string_equal(c, "host='h'");
+	free(c);
+}
+
 static void test_literal_doubles_quotes(void **state)
 {
 	(void)state;
@@ -57,6 +74,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_label_hides_password),
+		cmocka_unit_test(test_conninfo_without_password),
 		cmocka_unit_test(test_literal_doubles_quotes),
 		cmocka_unit_test(test_names_and_filters),
 	};
