@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 
 import psycopg
 
@@ -227,6 +228,7 @@ def run_move(env, hosts, n_old, users, rows_per_user, kill_during_sync=False):
         w.start()
     wait_for(lambda: all(w.inserts + w.updates > 20 for w in writers), 30, 0.05,
              "the writers to get going")
+    t0 = time.monotonic()
     if kill_during_sync:
         p = tool(px, new_ini, state, popen=True)
         out = []
@@ -241,6 +243,7 @@ def run_move(env, hosts, n_old, users, rows_per_user, kill_during_sync=False):
         assert "done=subscription" in state.read_text()
         # one run at a time: the lock is free again once the killed run is gone
     r = tool(px, new_ini, state)
+    secs = time.monotonic() - t0
     for w in writers:
         w.stop_ev.set()
     for w in writers:
@@ -254,7 +257,7 @@ def run_move(env, hosts, n_old, users, rows_per_user, kill_during_sync=False):
     ins = sum(w.inserts for w in writers)
     upd = sum(w.updates for w in writers)
     print(f"reshard {n_old} -> {n}: {preloaded} rows preloaded, {moving} of them moved; "
-          f"{ins} inserts and {upd} updates during the move; pause {pause_ms:.1f} ms; "
+          f"{ins} inserts and {upd} updates during the move ({secs:.1f} s); pause {pause_ms:.1f} ms; "
           f"{total} rows after, 0 lost, 0 doubled, 0 misplaced, 0 client errors")
     return pause_ms
 
