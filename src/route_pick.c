@@ -134,6 +134,7 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 			list_init(&w->rt_parked);
 		if (list_empty(&rt->parked)) {
 			rt->cl = cl;
+			cl->wait_start = w->now;   /* query_wait_timeout runs from here (janitor.c) */
 			list_append(&w->rt_parked, &rt->parked);
 		}
 		return HOOK_WAIT;

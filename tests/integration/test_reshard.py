@@ -371,6 +371,18 @@ def test_reshard_reload_reroutes(env):
         "SELECT count(*) FROM accounts WHERE user_id = %s", (k,)).fetchone()[0]] for k in (b, c_)}
     assert where == {b: [2], c_: [2]}, where
 
+    # a client held back by a PAUSE still has query_wait_timeout, as a queued one has
+    console(px, "SET query_wait_timeout = 1")
+    with psycopg.connect(px.dsn(DB), autocommit=True, prepare_threshold=None) as c:
+        console(px, f"PAUSE {DB}")
+        err = None
+        try:
+            c.execute("INSERT INTO accounts (user_id, id, val) VALUES (%s, 2, 2)", (b,))
+        except psycopg.OperationalError as e:
+            err = str(e)
+        console(px, f"RESUME {DB}")
+    assert err and "query_wait_timeout" in err, err
+
 
 @timeout(90)
 def test_reshard_text_key(env):
