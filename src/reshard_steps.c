@@ -444,11 +444,21 @@ static long long delete_moved(struct reshard *rs, int i, const char *table)
 	}
 	long long total = 0;
 	double last = reshard_now_ms();
+	PGconn *c = reshard_conn(&rs->old[i]);
 	for (;;) {
-		PGresult *r = reshard_query(&rs->old[i], sql, 0, NULL);
-		if (!r) {
+		PGresult *r = c ? PQexec(c, sql) : NULL;
+		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+			const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+			bool fk = state && !strcmp(state, "23503");
+			if (fk)
+				printf("cleanup: old shard %d %s: moved rows of another table still refer "
+				       "to some (foreign key): again after the other tables\n", i, table);
+			else if (c)
+				fprintf(stderr, "pgmux-reshard: old shard %d (%s): %s", i, rs->old[i].label,
+					PQerrorMessage(c));
+			PQclear(r);
 			free(sql);
-			return -1;
+			return fk ? -2 : -1;
 		}
 		long long got = atoll(PQcmdTuples(r));
 		PQclear(r);
@@ -481,14 +491,40 @@ bool reshard_step_cleanup(struct reshard *rs)
 				continue;
 			}
 		}
-		for (int t = 0; t < rs->n_tables; t++) {
-			long long n = delete_moved(rs, i, rs->tables[t]);
-			if (n < 0)
+		/* tables in passes: one whose rows moved rows of another still refer to (a foreign
+		 * key) waits for the next pass; a pass that finishes none is stuck */
+		bool *left = calloc((size_t)rs->n_tables, sizeof(*left));
+		if (!left)
+			return false;
+		int n_left = rs->n_tables;
+		for (int t = 0; t < rs->n_tables; t++)
+			left[t] = true;
+		while (n_left > 0) {
+			int before = n_left;
+			for (int t = 0; t < rs->n_tables; t++) {
+				if (!left[t])
+					continue;
+				long long n = delete_moved(rs, i, rs->tables[t]);
+				if (n == -2)
+					continue;
+				if (n < 0) {
+					free(left);
+					return false;
+				}
+				left[t] = false;
+				n_left--;
+				if (!rs->dry_run)
+					printf("cleanup: old shard %d (%s) %s: %lld moved rows deleted\n", i,
+					       s->label, rs->tables[t], n);
+			}
+			if (n_left == before) {
+				fprintf(stderr, "pgmux-reshard: old shard %d (%s): foreign keys among the "
+					"moved tables keep the cleanup from finishing\n", i, s->label);
+				free(left);
 				return false;
-			if (!rs->dry_run)
-				printf("cleanup: old shard %d (%s) %s: %lld moved rows deleted\n", i, s->label,
-				       rs->tables[t], n);
+			}
 		}
+		free(left);
 		snprintf(sql, sizeof(sql), "DROP SCHEMA IF EXISTS pgmux_reshard CASCADE");
 		if (!run_sql(rs, s, sql))
 			return false;

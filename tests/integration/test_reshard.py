@@ -31,6 +31,9 @@ SCHEMA = """
 CREATE TABLE accounts (user_id bigint NOT NULL, id bigint NOT NULL, val bigint NOT NULL,
                        PRIMARY KEY (user_id, id));
 GRANT ALL ON accounts TO app;
+CREATE TABLE accounts_notes (user_id bigint NOT NULL, id bigint NOT NULL, note text,
+                             PRIMARY KEY (user_id, id),
+                             FOREIGN KEY (user_id, id) REFERENCES accounts (user_id, id));
 CREATE TABLE settings (name text PRIMARY KEY, value text);
 CREATE SEQUENCE evt_seq;
 """
@@ -98,6 +101,9 @@ def setup(env, hosts, n_old, users, rows_per_user):
                         for i in range(rows_per_user):
                             cp.write_row((k, i, k * 10 + i))
                             ledger[(k, i)] = k * 10 + i
+            # moved with their accounts; the cleanup must delete them first (foreign key)
+            c.execute("INSERT INTO accounts_notes SELECT user_id, id, 'note' FROM accounts "
+                      "WHERE id = 0")
     px = env.pgmux({}, {"pool_mode": "transaction", "max_client_conn": 200},
                    sections={DB: lay.section(n_old)})
     new_ini = px.dir / "new.ini"
@@ -189,6 +195,13 @@ def check_result(lay, px, ledger, n, writers):
     assert not doubled and not lost and not extra and not changed, \
         f"doubled {doubled[:5]}, lost {lost[:5]}, unknown {extra[:5]}, stale {changed[:5]} " \
         f"({len(doubled)}, {len(lost)}, {len(extra)}, {len(changed)})"
+    notes = []
+    for s in range(n):
+        with lay.connect(s) as c:
+            notes += [(s, k) for (k,) in c.execute("SELECT user_id FROM accounts_notes")]
+    assert all(place[k] == s for s, k in notes), "notes on the wrong shard"
+    assert sorted(k for _, k in notes) == sorted({k for k, i in ledger if i == 0}), \
+        "notes lost or doubled"
     shards = [r for r in px.show("SHARDS") if r["database"] == DB]
     assert len(shards) == n, shards
     for s in range(n):
@@ -308,6 +321,13 @@ def test_reshard_refusals(env):
     bad.write_text(px.render_config(sections={DB: layout4.section(4)}))
     r = tool(px, bad, state, check=False)
     assert r.returncode == 1 and "replica identity lacks" in r.stdout, r.stdout
+    # a partitioned table: refused, not moved wrong
+    for s in range(2):
+        with lay.connect(s) as c:
+            c.execute("CREATE TABLE parted (user_id bigint, id bigint, PRIMARY KEY (user_id, id)) "
+                      "PARTITION BY HASH (user_id)")
+    r = tool(px, bad, state, check=False)
+    assert r.returncode == 1 and "partitioned table" in r.stdout, r.stdout
     assert not state.exists()
 
 
