@@ -346,6 +346,8 @@ struct router_ops {
 	 * (route_session_free) */
 	void (*client_free)(struct client *cl);
 	void (*session_free)(struct client *cl);
+	/* a PAUSE may have ended: clients that held their message back pick now (route_unpark) */
+	void (*unpark)(struct worker *w);
 };
 
 /* The daemon's own actions that the console may ask for, installed by pgmux.c: the console
@@ -387,6 +389,8 @@ struct worker {
 	int n_console_clients;              /* logged in to the console, for max_db_client_connections */
 	const struct console_ops *console;  /* the console's handlers, NULL: none registered */
 	const struct router_ops *router;    /* routing's hooks (route_register) */
+	struct list rt_parked;              /* routed clients whose next message waits for a
+					     * PAUSE to end before it picks a shard (route_pick.c) */
 	const struct daemon_ops *daemon;    /* the daemon's actions (set by pgmux.c before the
 					     * first client) */
 	int n_clients;

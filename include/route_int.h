@@ -90,6 +90,10 @@ void route_client_free(struct client *cl);
 /* The client's memory goes (the reaper): its routing session is freed; NULL is fine. */
 void route_session_free(struct client *cl);
 
+/* Clients that held their next message back while their database was paused pick a route
+ * now, unless it is still paused (route_pick.c; called whenever pools may serve again). */
+void route_unpark(struct worker *w);
+
 /* ---- route_topo.c: clusters, backends, health, the backend a transaction gets ---- */
 
 /* Builds or updates clusters from the current config, starts their monitors, and stops those

@@ -96,6 +96,9 @@ struct route_session {
 	uint64_t user_id_hash;              /* its key's partition hash (shard_key_hash): the
 					     * shard is this mod n_shards, whatever the key type */
 	int32_t shard_pref;                 /* SET pgmux.shard, -1 none */
+	struct client *cl;                  /* its client, set when it parks */
+	struct list parked;                 /* in w->rt_parked while its message waits for the end
+					     * of a PAUSE (route_pick.c); else a lone node */
 };
 
 /* The forwarding loops test these inline before they call routing's hooks (worker->router),

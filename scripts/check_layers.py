@@ -8,9 +8,11 @@ Layers, lowest first:
   engine  the data path: logins, clients, servers, pools, prepared statements, routing
   ops     what watches and steers the engine: statistics, the janitor, the console, /metrics
   daemon  the process: start-up, listeners, signals, reload (pgmux.c, main.c)
+  tool    programs beside pgmux that reuse its lower layers (pgmux-reshard: reshard*.c)
 
 A module is a file's name without its extension; route_topo.c, route_int.h and the other
-route_* files belong to module "route", admin_* to "admin", config_* to "config".  A file of a
+route_* files belong to module "route", admin_* to "admin", config_* to "config", reshard_* to
+"reshard".  A file of a
 module no table names fails the check: every new module says where it stands.
 
 Usage: scripts/check_layers.py [ROOT]   (exit 1 and one line per breach when the rule breaks)
@@ -27,12 +29,13 @@ LAYERS = [
     ("engine", "auth auth_query client server repl pool pool_info prepared route shard shardval shardplan monitor"),
     ("ops", "stats janitor admin prom statuspage"),
     ("daemon", "pgmux main"),
+    ("tool", "reshard"),
 ]
 LEVEL = {}
 for i, (_, mods) in enumerate(LAYERS):
     for m in mods.split():
         LEVEL[m] = i
-FAMILIES = ("route", "admin", "config")
+FAMILIES = ("route", "admin", "config", "reshard")
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 

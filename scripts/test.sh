@@ -10,7 +10,7 @@
 #   6. the libFuzzer harnesses (tests/fuzz/run.sh), FUZZ_SECONDS each
 #   7. the Debian package (tests/package/build_deb.sh: dpkg-buildpackage in a copy of the tree,
 #      dpkg-deb -c/-I checks, lintian without errors; about 1.5 minutes)
-#   8. the integration tests (tests/integration/run.py) against the ASan pgmux
+#   8. the integration tests (tests/integration/run.py) against the ASan pgmux (and pgmux-reshard)
 #   9. PgBouncer's own suite (scripts/pgbouncer_suite.sh) against the normal build: the tests
 #      listed in tests/pgbouncer/expected-pass.txt must pass
 # The last line printed is "N passed, N failed" over all stages; the exit code is non-zero when
@@ -261,7 +261,7 @@ stage "integration tests (${BUILD_DIR#"$ROOT"/}/src/pgmux)"
 t0=$(date +%s)
 it_log=$(mktemp)
 # shellcheck disable=SC2086
-PGMUX_BIN="$BUILD_DIR/src/pgmux" ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" \
+PGMUX_BIN="$BUILD_DIR/src/pgmux" PGMUX_RESHARD_BIN="$BUILD_DIR/pgmux-reshard" ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" \
 	"$PY" tests/integration/run.py ${PGMUX_TEST_ARGS:-} 2>&1 | tee "$it_log"
 it_rc=${PIPESTATUS[0]}
 line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$it_log" | tail -1)

@@ -10,6 +10,7 @@
 #include "worker.h"
 #include "pool.h"
 #include "pool_info.h"
+#include "route_types.h"
 #include "server.h"
 #include "stats.h"
 
@@ -74,6 +75,13 @@ static const char *linked_timeout(const struct client *c, const struct pool_time
 	return NULL;
 }
 
+/* A routed client holding its message back until a PAUSE ends (route_pick.c): it waits, as a
+ * queued client does, though it is on no pool's wait queue yet. */
+static bool parked(const struct client *c)
+{
+	return c->rt && !list_empty(&c->rt->parked);
+}
+
 static void sweep_clients(struct worker *w, uint64_t now, struct victims *cl)
 {
 	const struct config *cf = w->cf;
@@ -112,6 +120,8 @@ static void sweep_clients(struct worker *w, uint64_t now, struct victims *cl)
 			continue;
 		list_for_each_safe(c2, t2, &p->cl_active) {
 			struct client *c = list_entry(c2, struct client, node);
+			if (parked(c))
+				continue;   /* not idle: waiting (below) */
 			if (!c->link || (txtrack_quiet(&c->tt) && c->link->tx == 'I')) {
 				/* unlinked, or a session-mode client with nothing in flight */
 				if (over(now, c->last_active, t.client_idle))
@@ -122,6 +132,19 @@ static void sweep_clients(struct worker *w, uint64_t now, struct victims *cl)
 					add(cl, c, why);
 			}
 		}
+	}
+	/* parked clients: the waiting clients' timeouts, from the moment they parked */
+	if (!w->rt_parked.next)
+		return;
+	list_for_each_safe(it, tmp, &w->rt_parked) {
+		struct route_session *rt = list_entry(it, struct route_session, parked);
+		struct client *c = rt->cl;
+		struct pool_timeouts t;
+		pool_timeouts(c->pool, &t);
+		if (over(now, c->wait_start, t.query))
+			add(cl, c, "query_timeout");
+		else if (over(now, c->wait_start, t.query_wait))
+			add(cl, c, "query_wait_timeout");
 	}
 }
 
@@ -248,7 +271,7 @@ void janitor_run(struct worker *w)
 		/* Closing an earlier victim may have served this one meanwhile. */
 		if ((strcmp(cl.why[i], "query_wait_timeout") == 0 ||
 		     strcmp(cl.why[i], "query_timeout") == 0) && c->state != CL_WAITING &&
-		    c->state != CL_WAITING_LOGIN)
+		    c->state != CL_WAITING_LOGIN && !parked(c))
 			continue;
 		if (c->link && c->link->state == SV_ACTIVE && c->tt.expect_z) {
 			/* A query over its time: the server is mid-query and cannot be reused. */

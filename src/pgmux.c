@@ -476,6 +476,7 @@ int pgmux_worker_init(struct worker *w, struct config *cf, const char *cf_path, 
 	list_init(&w->databases);
 	list_init(&w->users);
 	list_init(&w->pools);
+	list_init(&w->rt_parked);
 	list_init(&w->cl_login);
 	list_init(&w->cl_admin);
 	w->bufsize = cf->pkt_buf > SBUF_MIN_SIZE ? (uint32_t)cf->pkt_buf : SBUF_MIN_SIZE;

@@ -1000,6 +1000,8 @@ void pool_serve_all(struct worker *w)
 		pool_launch(p);
 		pool_serve_waiters(p);
 	}
+	if (w->router && w->router->unpark)
+		w->router->unpark(w);
 }
 
 /* The text is PgBouncer's (clients and their log scrapers match it); it names no database. */

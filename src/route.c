@@ -118,6 +118,7 @@ static const struct router_ops router_ops = {
 	.client_bytes = route_client_bytes,
 	.client_free = route_client_free,
 	.session_free = route_session_free,
+	.unpark = route_unpark,
 };
 
 void route_register(struct worker *w)
@@ -130,6 +131,7 @@ void route_apply_config(struct worker *w)
 {
 	route_write_funcs_update(w);
 	rt_clusters_apply(w);
+	route_unpark(w);   /* clients a shard-count change took off a queue, unless paused */
 }
 
 void route_shutdown(struct worker *w)
@@ -149,6 +151,7 @@ void route_client_free(struct client *cl)
 	if (!rt)
 		return;
 	rt_fanout_free(cl);
+	list_del(&rt->parked);
 	if (rt->ryw_server) {
 		rt->ryw_server->ryw_client = NULL;
 		rt->ryw_server = NULL;
@@ -160,6 +163,8 @@ void route_client_free(struct client *cl)
 
 void route_session_free(struct client *cl)
 {
+	if (cl->rt)
+		list_del(&cl->rt->parked);
 	free(cl->rt);
 	cl->rt = NULL;
 }

@@ -1,6 +1,7 @@
 /* route_pick.c: the choice for an unlinked client's message: what its statement asks (route_msg.c reads and answers it), the shard, the backend. */
 #include "route_int.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +82,39 @@ static bool bind_on_its_way(struct client *cl, const uint8_t *h, uint32_t avail)
 	return client_need(cl, need) == 0;
 }
 
+/* Whether the section's front database (or all of pgmux) is paused. */
+static bool cluster_paused(const struct cluster *c)
+{
+	return c->w->paused || (c->front && pool_db_paused(c->front));
+}
+
+void route_unpark(struct worker *w)
+{
+	if (!w->rt_parked.next || list_empty(&w->rt_parked))
+		return;
+	/* take the whole list first: a client that finds its database still paused parks again */
+	struct list todo;
+	list_init(&todo);
+	while (!list_empty(&w->rt_parked)) {
+		struct list *it = list_first(&w->rt_parked);
+		list_del(it);
+		list_append(&todo, it);
+	}
+	while (!list_empty(&todo)) {
+		struct list *it = list_first(&todo);
+		list_del(it);
+		struct route_session *rt = list_entry(it, struct route_session, parked);
+		struct client *cl = rt->cl;
+		assert(cl && cl->rt == rt);
+		if (cluster_paused(rt->rs->cl)) {
+			list_append(&w->rt_parked, it);
+			continue;
+		}
+		if (!cl->c.dead && !cl->link && sbuf_unparsed(&cl->c))
+			client_on_data(cl);
+	}
+}
+
 enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
 			     uint32_t avail)
 {
@@ -92,6 +126,19 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 		return rt_fake_message(cl, type, total, avail);
 	if (rt->ryw_server)
 		return HOOK_WAIT;   /* its last commit's LSN is on the way */
+	if (!rt->fo && cluster_paused(c)) {
+		/* Paused: choose nothing yet.  A RELOAD under the PAUSE may change the shards
+		 * (pgmux-reshard), and a shard chosen now would be the old configuration's: the
+		 * message would wait in that shard's pool and run there after the RESUME. */
+		if (!w->rt_parked.next)
+			list_init(&w->rt_parked);
+		if (list_empty(&rt->parked)) {
+			rt->cl = cl;
+			cl->wait_start = w->now;   /* query_wait_timeout runs from here (janitor.c) */
+			list_append(&w->rt_parked, &rt->parked);
+		}
+		return HOOK_WAIT;
+	}
 
 	int force = rt->rt_force;
 	int avoid = rt->rt_avoid;

@@ -90,6 +90,32 @@ static void backend_free(struct backend *be)
 	free(be);
 }
 
+/* The shard count changes (a reshard's RELOAD): clients queued on a backend's pool chose it
+ * by the old count.  They leave the queue and wait with the parked ones (route_pick.c), to
+ * choose again by the new count when route_unpark runs (now, or at the end of a PAUSE).  A
+ * fan-out in progress keeps its course. */
+static void park_waiters(struct cluster *c)
+{
+	struct worker *w = c->w;
+	if (!w->rt_parked.next)
+		list_init(&w->rt_parked);
+	for (struct list *it = c->sets.next; it != &c->sets; it = it->next) {
+		struct route_set *rs = list_entry(it, struct route_set, node);
+		for (int i = 0; i < rs->n; i++) {
+			struct list *ci, *tmp;
+			list_for_each_safe(ci, tmp, &rs->pools[i]->cl_waiting) {
+				struct client *cl = list_entry(ci, struct client, node);
+				struct route_session *rt = cl->rt;
+				if (!rt || rt->fo || cl->link || !list_empty(&rt->parked))
+					continue;
+				client_set_state(cl, CL_ACTIVE);
+				rt->cl = cl;
+				list_append(&w->rt_parked, &rt->parked);
+			}
+		}
+	}
+}
+
 static void cluster_apply(struct worker *w, const struct cfg_cluster *cc)
 {
 	struct database *front = pool_find_database(w, cc->name);
@@ -121,6 +147,8 @@ static void cluster_apply(struct worker *w, const struct cfg_cluster *cc)
 		log_error("[database %s]: out of memory", cc->name);
 		return;
 	}
+	if (c->n_shards && c->n_shards != cc->n_shards)
+		park_waiters(c);
 	int i = 0;
 	for (const struct cfg_db *e = w->cf->dbs; e; e = e->next) {
 		if (!e->cluster || e->shard < 0 || strcmp(e->cluster, cc->name) != 0)
@@ -482,6 +510,7 @@ struct pool *route_client_login(struct client *cl, struct database *front)
 	rt->rs = rs;
 	rt->rt_be = rt->rt_avoid = rt->rt_shard = -1;
 	rt->shard_pref = -1;
+	list_init(&rt->parked);
 	cl->rt = rt;
 	return route_login_pool(rs);
 }

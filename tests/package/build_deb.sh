@@ -56,6 +56,7 @@ conffiles=$(dpkg-deb -I "$deb" conffiles 2>/dev/null || true)
 
 # What the package must hold.
 for path in ./usr/bin/pgmux ./usr/share/man/man1/pgmux.1.gz ./usr/share/man/man5/pgmux.ini.5.gz \
+	./usr/bin/pgmux-reshard ./usr/share/man/man1/pgmux-reshard.1.gz \
 	./etc/pgmux/pgmux.ini ./etc/pgmux/userlist.txt ./lib/systemd/system/pgmux.service \
 	./etc/logrotate.d/pgmux ./usr/share/doc/pgmux/examples/pgmux.ini ./usr/share/doc/pgmux/copyright; do
 	grep -q " $path\$" <<<"$contents" || bad "missing $path"

@@ -1,0 +1,494 @@
+"""pgmux-reshard: doubling a sharded database under live traffic (2 -> 4, then 4 -> 8).
+
+Two private PostgreSQL clusters (no replicas) host every shard database: the tool must work
+within one cluster (where CREATE SUBSCRIPTION must not create its slot) and across two.  A
+writer thread inserts and updates rows for random user_ids through pgmux for the whole
+procedure, keeping a ledger of what committed.  Afterwards every row sits on the shard that
+PostgreSQL's satisfies_hash_partition names for the new modulus, the rows equal the ledger
+(nothing lost, nothing doubled), the writer saw no error, and no replication object is left.
+Also: --dry-run changes nothing, a run killed during the sync finishes when started again,
+and a finished reshard refuses to run a second time."""
+
+import os
+import random
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import psycopg
+
+from pgharness import ROOT, TEST_USER, timeout, wait_for
+from test_routing import need_routing
+
+TOOL = os.environ.get("PGMUX_RESHARD_BIN") or str(ROOT / "pgmux-reshard")
+DB = "users"
+# room for the slots, walsenders and sync workers of four subscriptions per cluster
+PG_EXTRA = {"max_worker_processes": 16, "max_replication_slots": 16, "max_wal_senders": 16,
+            "max_logical_replication_workers": 12, "max_sync_workers_per_subscription": 2}
+SCHEMA = """
+CREATE TABLE accounts (user_id bigint NOT NULL, id bigint NOT NULL, val bigint NOT NULL,
+                       PRIMARY KEY (user_id, id));
+GRANT ALL ON accounts TO app;
+CREATE TABLE accounts_notes (user_id bigint NOT NULL, id bigint NOT NULL, note text,
+                             PRIMARY KEY (user_id, id),
+                             FOREIGN KEY (user_id, id) REFERENCES accounts (user_id, id));
+CREATE TABLE settings (name text PRIMARY KEY, value text);
+CREATE SEQUENCE evt_seq;
+"""
+
+
+class Layout:
+    """Shard s of the final count lives in database rs_<s> of cluster hosts[s]."""
+
+    def __init__(self, env, clusters, hosts):
+        self.env = env
+        self.clusters = clusters
+        self.hosts = hosts
+        self.names = [f"rs_{s}" for s in range(len(hosts))]
+        for s, h in enumerate(hosts):
+            clusters[h].primary.create_database(self.names[s])
+
+    def server(self, s):
+        return self.clusters[self.hosts[s]].primary
+
+    def section(self, n):
+        sec = {"shard_key": "user_id", "shards": n, "pool_mode": "transaction", "pool_size": 8}
+        for s in range(n):
+            sec[f"shard.{s}.primary"] = self.env.backend_entry(self.server(s), self.names[s])
+        return sec
+
+    def connect(self, s):
+        return self.server(s).connect(self.names[s])
+
+    def placement(self, keys, modulus):
+        """{key: shard} by PostgreSQL's own hash partitioning with this modulus."""
+        with self.server(0).connect() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS reshard_hash_parent (k int8) "
+                      "PARTITION BY HASH (k)")
+            rows = c.execute(
+                "SELECT k, r FROM unnest(%s::int8[]) k, generate_series(0, %s::int - 1) r "
+                "WHERE satisfies_hash_partition('reshard_hash_parent'::regclass, %s::int, r, k)",
+                (list(keys), modulus, modulus)).fetchall()
+        return dict(rows)
+
+    def rows(self, n):
+        """[(shard, user_id, id, val)] over shards 0..n-1, read directly."""
+        out = []
+        for s in range(n):
+            with self.connect(s) as c:
+                out += [(s,) + r for r in c.execute("SELECT user_id, id, val FROM accounts")]
+        return out
+
+
+def setup(env, hosts, n_old, users, rows_per_user):
+    need_routing()
+    clusters = env.shard_topologies(2, n_replicas=0, extra_conf=PG_EXTRA)
+    lay = Layout(env, clusters, hosts)
+    for s in range(n_old):
+        with lay.connect(s) as c:
+            c.execute(SCHEMA)
+            c.execute("SELECT setval('evt_seq', %s)", (1000 + s,))
+    keys = list(range(1, users + 1))
+    place = lay.placement(keys, n_old)
+    ledger = {}
+    for s in range(n_old):
+        with lay.connect(s) as c:
+            with c.cursor().copy("COPY accounts (user_id, id, val) FROM STDIN") as cp:
+                for k in keys:
+                    if place[k] == s:
+                        for i in range(rows_per_user):
+                            cp.write_row((k, i, k * 10 + i))
+                            ledger[(k, i)] = k * 10 + i
+            # moved with their accounts; the cleanup must delete them first (foreign key)
+            c.execute("INSERT INTO accounts_notes SELECT user_id, id, 'note' FROM accounts "
+                      "WHERE id = 0")
+    px = env.pgmux({}, {"pool_mode": "transaction", "max_client_conn": 200},
+                   sections={DB: lay.section(n_old)})
+    new_ini = px.dir / "new.ini"
+    new_ini.write_text(px.render_config(sections={DB: lay.section(len(hosts))}))
+    return lay, px, new_ini, ledger, keys
+
+
+class Writer(threading.Thread):
+    """Inserts and updates rows for random user_ids through pgmux until stopped; the ledger
+    holds exactly what committed, errors every exception seen.  Writers own disjoint user_ids
+    (keys), so that the ledger's order of updates to a row is their commit order."""
+
+    def __init__(self, px, ledger, keys, lock, base_id):
+        super().__init__(daemon=True)
+        self.px, self.ledger, self.keys, self.lock = px, ledger, keys, lock
+        self.mine = [key for key in ledger if key[0] in set(keys)]
+        self.next_id = base_id
+        self.stop_ev = threading.Event()
+        self.errors, self.inserts, self.updates = [], 0, 0
+        self.rng = random.Random(base_id)
+
+    def run(self):
+        try:
+            conn = psycopg.connect(self.px.dsn(DB), autocommit=True, prepare_threshold=None)
+        except Exception as e:  # noqa: BLE001
+            self.errors.append(f"connect: {e!r}")
+            return
+        with conn:
+            while not self.stop_ev.is_set():
+                k = self.rng.choice(self.keys)
+                try:
+                    if self.rng.random() < 0.5 or not self.inserts:
+                        i = self.next_id
+                        self.next_id += 1
+                        conn.execute("INSERT INTO accounts (user_id, id, val) VALUES (%s, %s, %s)",
+                                     (k, i, i))
+                        with self.lock:
+                            self.ledger[(k, i)] = i
+                        self.mine.append((k, i))
+                        self.inserts += 1
+                    else:
+                        k, i = self.rng.choice(self.mine)
+                        v = self.rng.randrange(1 << 40)
+                        cur = conn.execute("UPDATE accounts SET val = %s WHERE user_id = %s "
+                                           "AND id = %s", (v, k, i))
+                        if cur.rowcount != 1:
+                            self.errors.append(f"update of ({k}, {i}) touched {cur.rowcount} rows")
+                        else:
+                            with self.lock:
+                                self.ledger[(k, i)] = v
+                        self.updates += 1
+                except Exception as e:  # noqa: BLE001
+                    self.errors.append(f"{type(e).__name__}: {e}")
+                    if len(self.errors) > 20:
+                        return
+
+
+def tool(px, new_ini, state, *extra, check=True, popen=False):
+    cmd = [TOOL, "--database", DB, "--config", str(px.ini), "--new-config", str(new_ini),
+           "--console", f"host=127.0.0.1 port={px.port} dbname=pgbouncer user=postgres",
+           "--state", str(state), "--batch-rows", "500", "--batch-sleep-ms", "1"] + list(extra)
+    if popen:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=240)
+    print(r.stdout)
+    if check:
+        assert r.returncode == 0, f"pgmux-reshard failed ({r.returncode}):\n{r.stdout}"
+    return r
+
+
+def check_result(lay, px, ledger, n, writers):
+    for w in writers:
+        assert not w.errors, f"the writer saw errors: {w.errors[:5]}"
+    rows = lay.rows(n)
+    keys = {r[1] for r in rows}
+    place = lay.placement(keys, n)
+    wrong = [r for r in rows if place[r[1]] != r[0]]
+    assert not wrong, f"{len(wrong)} rows on the wrong shard, e.g. {wrong[:5]}"
+    seen = {}
+    doubled = []
+    for s, k, i, v in rows:
+        if (k, i) in seen:
+            doubled.append((k, i))
+        seen[(k, i)] = v
+    lost = [key for key in ledger if key not in seen]
+    extra = [key for key in seen if key not in ledger]
+    changed = [key for key in ledger if key in seen and seen[key] != ledger[key]]
+    assert not doubled and not lost and not extra and not changed, \
+        f"doubled {doubled[:5]}, lost {lost[:5]}, unknown {extra[:5]}, stale {changed[:5]} " \
+        f"({len(doubled)}, {len(lost)}, {len(extra)}, {len(changed)})"
+    notes = []
+    for s in range(n):
+        with lay.connect(s) as c:
+            notes += [(s, k) for (k,) in c.execute("SELECT user_id FROM accounts_notes")]
+    assert all(place[k] == s for s, k in notes), "notes on the wrong shard"
+    assert sorted(k for _, k in notes) == sorted({k for k, i in ledger if i == 0}), \
+        "notes lost or doubled"
+    shards = [r for r in px.show("SHARDS") if r["database"] == DB]
+    assert len(shards) == n, shards
+    for s in range(n):
+        with lay.connect(s) as c:
+            left = c.execute(
+                "SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM "
+                "pg_replication_slots) + (SELECT count(*) FROM pg_subscription) + "
+                "(SELECT count(*) FROM pg_namespace WHERE nspname = 'pgmux_reshard')"
+            ).fetchone()[0]
+            assert left == 0, f"shard {s} keeps replication objects or the helper schema"
+            assert c.execute("SELECT last_value FROM evt_seq").fetchone()[0] >= 1000
+    return len(rows)
+
+
+def run_move(env, hosts, n_old, users, rows_per_user, kill_during_sync=False):
+    lay, px, new_ini, ledger, keys = setup(env, hosts, n_old, users, rows_per_user)
+    n = len(hosts)
+    state = env.dir / "reshard.state"
+    preloaded = len(ledger)
+    before = lay.placement(keys, n_old)
+    after = lay.placement(keys, n)
+    moving = sum(rows_per_user for k in keys if after[k] != before[k])
+
+    # dry run: prints the plan, changes nothing
+    r = tool(px, new_ini, state, "--dry-run")
+    assert "CREATE PUBLICATION pgmux_reshard" in r.stdout and "PAUSE users" in r.stdout
+    assert "password" not in r.stdout
+    assert not state.exists()
+    for s in range(n):
+        with lay.connect(s) as c:
+            assert c.execute("SELECT count(*) FROM pg_publication").fetchone()[0] == 0
+            assert c.execute("SELECT to_regclass('accounts')").fetchone()[0] is None or s < n_old
+
+    lock = threading.Lock()
+    writers = [Writer(px, ledger, keys[w::2], lock, 10_000_000 * (w + 1)) for w in range(2)]
+    for w in writers:
+        w.start()
+    wait_for(lambda: all(w.inserts + w.updates > 20 for w in writers), 30, 0.05,
+             "the writers to get going")
+    t0 = time.monotonic()
+    if kill_during_sync:
+        p = tool(px, new_ini, state, popen=True)
+        out = []
+        for line in p.stdout:
+            out.append(line)
+            if line.startswith("step sync"):
+                p.send_signal(signal.SIGKILL)
+                break
+        p.wait(60)
+        print("".join(out))
+        assert p.returncode == -signal.SIGKILL, "".join(out)
+        assert "done=subscription" in state.read_text()
+        # one run at a time: the lock is free again once the killed run is gone
+    r = tool(px, new_ini, state)
+    secs = time.monotonic() - t0
+    for w in writers:
+        w.stop_ev.set()
+    for w in writers:
+        w.join(30)
+    m = re.search(r"^pause: ([0-9.]+) ms", r.stdout, re.M)
+    assert m, r.stdout
+    pause_ms = float(m.group(1))
+    total = check_result(lay, px, ledger, n, writers)
+    again = tool(px, new_ini, state, check=False)
+    assert again.returncode == 1 and "refusing to run it again" in again.stdout, again.stdout
+    ins = sum(w.inserts for w in writers)
+    upd = sum(w.updates for w in writers)
+    print(f"reshard {n_old} -> {n}: {preloaded} rows preloaded, {moving} of them moved; "
+          f"{ins} inserts and {upd} updates during the move ({secs:.1f} s); pause {pause_ms:.1f} ms; "
+          f"{total} rows after, 0 lost, 0 doubled, 0 misplaced, 0 client errors")
+    return pause_ms
+
+
+@timeout(200)
+def test_reshard_2_to_4(env):
+    # shards 0 and 3 on one cluster, 1 and 2 on the other: both moves cross clusters
+    run_move(env, hosts=[0, 1, 1, 0], n_old=2, users=4000, rows_per_user=5)
+
+
+@timeout(200)
+def test_reshard_4_to_8_restarted(env):
+    # every new shard in its source's cluster: the slot must exist before CREATE SUBSCRIPTION
+    run_move(env, hosts=[0, 1, 0, 1, 0, 1, 0, 1], n_old=4, users=1500, rows_per_user=2,
+             kill_during_sync=True)
+
+
+@timeout(60)
+def test_reshard_refusals(env):
+    """Configurations the tool must refuse before it touches anything."""
+    need_routing()
+    clusters = env.shard_topologies(2, n_replicas=0, extra_conf=PG_EXTRA)
+    lay = Layout(env, clusters, [0, 1, 0])
+    for s in range(2):
+        with lay.connect(s) as c:
+            c.execute("CREATE TABLE accounts (user_id bigint, id bigint, PRIMARY KEY (id))")
+    px = env.pgmux({}, {"pool_mode": "transaction"}, sections={DB: lay.section(2)})
+    state = env.dir / "refuse.state"
+    bad = px.dir / "bad.ini"
+    # 2 -> 3 is no doubling
+    bad.write_text(px.render_config(sections={DB: lay.section(3)}))
+    r = tool(px, bad, state, check=False)
+    assert r.returncode == 1 and "multiple" in r.stdout, r.stdout
+    # shard 1 moved elsewhere
+    sec = lay.section(2)
+    sec["shards"] = 4
+    sec["shard.1.primary"] = env.backend_entry(lay.server(2), lay.names[2])
+    sec["shard.2.primary"] = env.backend_entry(lay.server(1), lay.names[1])
+    sec["shard.3.primary"] = env.backend_entry(lay.server(0), "rs_x")
+    bad.write_text(px.render_config(sections={DB: sec}))
+    r = tool(px, bad, state, check=False)
+    assert r.returncode == 1 and "must stay where they are" in r.stdout, r.stdout
+    # replica identity without the key: refused with the reason
+    layout4 = Layout.__new__(Layout)
+    layout4.env, layout4.clusters, layout4.hosts = env, clusters, [0, 1, 0, 1]
+    layout4.names = ["rs_0", "rs_1", "rs_2", "rs_3"]
+    clusters[1].primary.create_database("rs_3")
+    bad.write_text(px.render_config(sections={DB: layout4.section(4)}))
+    r = tool(px, bad, state, check=False)
+    assert r.returncode == 1 and "replica identity lacks" in r.stdout, r.stdout
+    # a partitioned table: refused, not moved wrong
+    for s in range(2):
+        with lay.connect(s) as c:
+            c.execute("CREATE TABLE parted (user_id bigint, id bigint, PRIMARY KEY (user_id, id)) "
+                      "PARTITION BY HASH (user_id)")
+    r = tool(px, bad, state, check=False)
+    assert r.returncode == 1 and "partitioned table" in r.stdout, r.stdout
+    assert not state.exists()
+
+
+def console(px, sql):
+    with psycopg.connect(px.dsn("pgmux", "postgres"), autocommit=True, connect_timeout=10) as c:
+        c.execute(sql)
+
+
+@timeout(60)
+def test_reshard_reload_reroutes(env):
+    """A RELOAD that changes the shard count under a PAUSE: a client queued for a server of
+    its old shard, and one that arrived during the PAUSE, run on the shard the new count
+    names (pgmux, without the tool)."""
+    need_routing()
+    topos = env.shard_topologies(1, n_replicas=0, extra_conf=PG_EXTRA)
+    lay = Layout(env, topos, [0, 0, 0, 0])
+    for s in range(4):
+        with lay.connect(s) as c:
+            c.execute(SCHEMA)
+    keys = list(range(1, 200))
+    p2, p4 = lay.placement(keys, 2), lay.placement(keys, 4)
+    a = next(k for k in keys if p2[k] == 0 and p4[k] == 0)
+    b, c_ = [k for k in keys if p2[k] == 0 and p4[k] == 2][:2]
+    sec = lay.section(2)
+    sec["pool_size"] = 1
+    px = env.pgmux({}, {"pool_mode": "transaction"}, sections={DB: sec})
+    holder = psycopg.connect(px.dsn(DB), autocommit=False, prepare_threshold=None)
+    holder.execute("INSERT INTO accounts (user_id, id, val) VALUES (%s, 1, 1)", (a,))   # holds shard 0's server
+    errors = []
+
+    def insert(k):
+        try:
+            with psycopg.connect(px.dsn(DB), autocommit=True, prepare_threshold=None) as c:
+                c.execute("INSERT INTO accounts (user_id, id, val) VALUES (%s, 1, 1)", (k,))
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+    queued = threading.Thread(target=insert, args=(b,))
+    queued.start()
+    wait_for(lambda: any(r["database"] == f"{DB}/0/primary" and r["cl_waiting"] >= 1
+                         for r in px.show("POOLS")), 20, 0.05, "a client queued on shard 0")
+    mark = px.log_mark()
+    pause = threading.Thread(target=console, args=(px, f"PAUSE {DB}"))
+    pause.start()
+    px.wait_log("console: pausing database", mark)
+    holder.commit()   # PAUSE returns once this server is back
+    pause.join(20)
+    assert not pause.is_alive()
+    late = threading.Thread(target=insert, args=(c_,))
+    late.start()
+    wait_for(lambda: any(r["database"] == DB and r["cl_active"] + r["cl_waiting"] >= 1
+                         for r in px.show("POOLS")) or True, 5, 0.05)
+    px.write_section(DB, **lay.section(4))
+    console(px, "RELOAD")
+    console(px, f"RESUME {DB}")
+    for t in (queued, late):
+        t.join(20)
+        assert not t.is_alive()
+    holder.close()
+    assert not errors, errors
+    where = {k: [s for s in range(4) if lay.connect(s).execute(
+        "SELECT count(*) FROM accounts WHERE user_id = %s", (k,)).fetchone()[0]] for k in (b, c_)}
+    assert where == {b: [2], c_: [2]}, where
+
+    # a client held back by a PAUSE still has query_wait_timeout, as a queued one has
+    console(px, "SET query_wait_timeout = 1")
+    with psycopg.connect(px.dsn(DB), autocommit=True, prepare_threshold=None) as c:
+        console(px, f"PAUSE {DB}")
+        err = None
+        try:
+            c.execute("INSERT INTO accounts (user_id, id, val) VALUES (%s, 2, 2)", (b,))
+        except psycopg.OperationalError as e:
+            err = str(e)
+        console(px, f"RESUME {DB}")
+    assert err and "query_wait_timeout" in err, err
+
+
+@timeout(90)
+def test_reshard_text_key(env):
+    """shard_key_type = text, 2 -> 4 within one cluster, no load: the helper table and the
+    filter's cast take the key's type, and pgmux's text hash agrees with the moved rows."""
+    need_routing()
+    topos = env.shard_topologies(1, n_replicas=0, extra_conf=PG_EXTRA)
+    lay = Layout(env, topos, [0, 0, 0, 0])
+    keys = [f"user-{k}" for k in range(600)]
+
+    def place(modulus):
+        with lay.server(0).connect() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS reshard_text_parent (k text) "
+                      "PARTITION BY HASH (k)")
+            return dict(c.execute(
+                "SELECT k, r FROM unnest(%s::text[]) k, generate_series(0, %s::int - 1) r "
+                "WHERE satisfies_hash_partition('reshard_text_parent'::regclass, %s::int, r, k)",
+                (keys, modulus, modulus)).fetchall())
+    p2, p4 = place(2), place(4)
+    for s in range(2):
+        with lay.connect(s) as c:
+            c.execute("CREATE TABLE accounts (user_id varchar(40) NOT NULL, id int NOT NULL, "
+                      "PRIMARY KEY (user_id, id)); GRANT ALL ON accounts TO app")
+            with c.cursor().copy("COPY accounts (user_id, id) FROM STDIN") as cp:
+                for k in keys:
+                    if p2[k] == s:
+                        cp.write_row((k, 1))
+
+    def section(n):
+        sec = lay.section(n)
+        sec["shard_key_type"] = "text"
+        return sec
+    px = env.pgmux({}, {"pool_mode": "transaction"}, sections={DB: section(2)})
+    new_ini = px.dir / "new.ini"
+    new_ini.write_text(px.render_config(sections={DB: section(4)}))
+    tool(px, new_ini, env.dir / "text.state")
+    with psycopg.connect(px.dsn(DB), autocommit=True) as c:
+        for k in keys[:50]:
+            c.execute("INSERT INTO accounts (user_id, id) VALUES (%s, 2)", (k,))
+    for s in range(4):
+        with lay.connect(s) as c:
+            rows = c.execute("SELECT user_id, id FROM accounts").fetchall()
+        assert all(p4[k] == s for k, _ in rows), f"shard {s}: misplaced rows"
+        assert sorted(r for r in rows if r[1] == 1) == sorted((k, 1) for k in keys if p4[k] == s)
+        assert sorted(r for r in rows if r[1] == 2) == sorted((k, 2) for k in keys[:50]
+                                                              if p4[k] == s)
+
+
+@timeout(120)
+def test_reshard_cutover_retries(env):
+    """The cutover gives up cleanly and runs again: a new shard that does not catch up within
+    --cutover-timeout-ms, then a new file that pgmux's RELOAD rejects, each leave pgmux on the
+    old configuration and not paused; a run that finds the database already paused (as a
+    killed run leaves it) carries on under that PAUSE."""
+    lay, px, new_ini, ledger, keys = setup(env, [0, 1, 1, 0], 2, users=300, rows_per_user=1)
+    state = env.dir / "retry.state"
+    live = px.ini.read_text()
+    tool(px, new_ini, state, "plan", "schema", "publication", "slot", "subscription", "sync")
+
+    def still_old():
+        assert px.ini.read_text() == live
+        assert len([r for r in px.show("SHARDS") if r["database"] == DB]) == 2
+        assert not any(r["name"] == DB and r["paused"] for r in px.show("DATABASES"))
+        with psycopg.connect(px.dsn(DB), autocommit=True, prepare_threshold=None) as c:
+            k = random.choice(keys)
+            i = 1000 + len(ledger)
+            c.execute("INSERT INTO accounts (user_id, id, val) VALUES (%s, %s, %s)", (k, i, i))
+            ledger[(k, i)] = i
+
+    with lay.connect(2) as c:
+        c.execute("ALTER SUBSCRIPTION pgmux_reshard_4_2 DISABLE")
+    still_old()   # written while shard 2 does not replicate: must arrive later
+    r = tool(px, new_ini, state, "--cutover-timeout-ms", "300", check=False)
+    assert r.returncode == 1 and "did not apply" in r.stdout and "abandoned" in r.stdout, r.stdout
+    still_old()
+    with lay.connect(2) as c:
+        c.execute("ALTER SUBSCRIPTION pgmux_reshard_4_2 ENABLE")
+
+    good = new_ini.read_text()
+    new_ini.write_text(good.replace(str(px.auth_file), str(px.dir / "no-such-userlist.txt")))
+    r = tool(px, new_ini, state, check=False)
+    assert r.returncode == 1 and "RELOAD" in r.stdout and "abandoned" in r.stdout, r.stdout
+    still_old()
+
+    new_ini.write_text(good)
+    console(px, f"PAUSE {DB}")
+    r = tool(px, new_ini, state)
+    assert "paused already" in r.stdout
+    check_result(lay, px, ledger, 4, [])
