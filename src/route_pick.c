@@ -190,6 +190,9 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 			if (fr != HOOK_FORWARD)
 				return fr;
 			shard = 0;
+		} else if (shard == SHARD_NONE && c->cf.no_shard_key == NOSHARD_ALL && !write &&
+			   !rt->deferred && stmt_msg && se.merge_ok) {
+			return rt_merge_start(cl, h, total, avail);   /* rows pgmux combines */
 		} else if (shard == SHARD_NONE && c->cf.no_shard_key == NOSHARD_SHARD0) {
 			shard = 0;
 		} else {

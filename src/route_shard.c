@@ -21,6 +21,9 @@ void rt_fanout_free(struct client *cl)
 {
 	struct route_session *rt = cl->rt;
 	if (rt->fo) {
+		if (rt->fo->mg)
+			rt_merge_free(rt->fo->mg);
+		rt->fo_merge = false;
 		free(rt->fo->batch);
 		free(rt->fo);
 		rt->fo = NULL;
@@ -89,6 +92,8 @@ enum hook_rc rt_fanout_message(struct server *sv, char type, uint32_t len, bool 
 	struct cluster *c = rt->rs->cl;
 	bool first = fo->shard == 0, last = fo->shard == c->n_shards - 1;
 	struct iobuf *b = sv->c.in;
+	if (fo->mg)
+		return rt_merge_message(sv, type, len, whole);
 	switch (type) {
 	case 'T': case '1': case '2': case 't': case 'n':
 		if (first)
