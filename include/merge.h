@@ -18,7 +18,8 @@ enum merge_kind {
 	MK_BOOL,
 	MK_DATETIME,    /* date, timestamp (ISO DateStyle, AD years; infinity) */
 	MK_BYTES,       /* uuid, name, "char": byte order is PostgreSQL's order */
-	MK_TEXT         /* text, varchar, bpchar: byte order only under COLLATE "C" */
+	MK_TEXT,        /* text, varchar: byte order only under COLLATE "C" */
+	MK_BPCHAR       /* character(n): as text, trailing spaces not counted */
 };
 
 /* One value of a row: len < 0 is SQL NULL. */

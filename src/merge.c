@@ -33,7 +33,8 @@ enum merge_kind merge_kind_of(uint32_t oid)
 	case OID_BOOL: return MK_BOOL;
 	case OID_DATE: case OID_TIMESTAMP: return MK_DATETIME;
 	case OID_UUID: case OID_NAME: case OID_CHAR: return MK_BYTES;
-	case OID_TEXT: case OID_VARCHAR: case OID_BPCHAR: return MK_TEXT;
+	case OID_TEXT: case OID_VARCHAR: return MK_TEXT;
+	case OID_BPCHAR: return MK_BPCHAR;
 	default: return MK_NONE;
 	}
 }
@@ -380,6 +381,15 @@ int merge_cmp(enum merge_kind k, const struct merge_val *a, const struct merge_v
 	case MK_BYTES:
 	case MK_TEXT:
 		return cmp_bytes(a, b);
+	case MK_BPCHAR: {
+		/* PostgreSQL's bpchar comparisons ignore trailing spaces */
+		struct merge_val x2 = *a, y2 = *b;
+		while (x2.len > 0 && x2.p[x2.len - 1] == ' ')
+			x2.len--;
+		while (y2.len > 0 && y2.p[y2.len - 1] == ' ')
+			y2.len--;
+		return cmp_bytes(&x2, &y2);
+	}
 	default:
 		*bad = true;
 		return 0;
@@ -442,7 +452,7 @@ static bool orderable(const struct merge_col *c, bool collate_c)
 {
 	if (c->kind == MK_NONE)
 		return false;
-	return c->kind != MK_TEXT || collate_c || c->collate_c;
+	return (c->kind != MK_TEXT && c->kind != MK_BPCHAR) || collate_c || c->collate_c;
 }
 
 bool merge_init(struct merge_set *m, const struct mergeplan *mp, const uint8_t *body, uint32_t len,

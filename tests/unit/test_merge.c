@@ -194,6 +194,8 @@ static void test_compare(void **state)
 	assert_int_equal(cmpk(MK_DATETIME, "-infinity", "0001-01-01", &bad), -1);
 	assert_int_equal(cmpk(MK_TEXT, "ab", "abc", &bad), -1);
 	assert_int_equal(cmpk(MK_BOOL, "f", "t", &bad), -1);
+	assert_int_equal(cmpk(MK_BPCHAR, "a  ", "a", &bad), 0);
+	assert_int_equal(cmpk(MK_BPCHAR, "a ", "a!", &bad), -1);
 	assert_false(bad);
 	cmpk(MK_DATETIME, "0044-03-15 BC", "2024-01-01", &bad);
 	assert_true(bad);
