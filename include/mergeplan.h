@@ -53,8 +53,10 @@ struct mergeplan {
 	bool aggregate;         /* rows are combined per group (aggregates or GROUP BY) */
 	bool distinct;          /* rows equal in every column are merged */
 	bool limit_pushed;      /* the shards run LIMIT offset+limit */
-	int64_t limit;          /* -1: no LIMIT */
+	int64_t limit;          /* -1: no LIMIT (or a parameter's) */
 	int64_t offset;
+	uint16_t limit_param;   /* LIMIT $n: n, read from the Bind; 0 none */
+	uint16_t offset_param;  /* OFFSET $n */
 };
 
 /* Plans the merge of one SELECT text that shardsql found keyless on a single table.  Returns

@@ -191,6 +191,10 @@ void rt_fanout_free(struct client *cl);
  * on; HOOK_RELEASE: this shard is done (flush, release, then rt_fanout_next); HOOK_STOP: the
  * client was closed; HOOK_FORWARD: forward it. */
 enum hook_rc rt_fanout_message(struct server *sv, char type, uint32_t len, bool whole);
+/* Shows statement tracking (prepared.c) a server answer that routing will drop or replace, so
+ * that its requests are matched and the server goes back owing nothing: HOOK_FORWARD (go
+ * on), HOOK_CONSUMED (it dropped the message itself), HOOK_STOP (the server was closed). */
+enum hook_rc rt_ps_note(struct server *sv, char type, uint32_t len);
 /* After that release: the same batch goes to the next shard. */
 void rt_fanout_next(struct client *cl);
 

@@ -510,6 +510,37 @@ static bool plan_order(struct pctx *x)
 	return true;
 }
 
+static int param_of(const Node *n)
+{
+	return n && n->node_case == PG_QUERY__NODE__NODE_PARAM_REF && n->param_ref->number > 0 &&
+	       n->param_ref->number <= UINT16_MAX ? n->param_ref->number : 0;
+}
+
+/* The LIMIT expression of "SELECT 1 LIMIT <expr>", parsed by PostgreSQL's grammar: the
+ * rewritten LIMIT and OFFSET are written as text and read back as nodes. */
+static Node *parse_limit_expr(const char *expr)
+{
+	char sql[160];
+	snprintf(sql, sizeof(sql), "SELECT 1 LIMIT %s", expr);
+	PgQueryProtobufParseResult pr = pg_query_parse_protobuf(sql);
+	if (pr.error) {
+		pg_query_free_protobuf_parse_result(pr);
+		return NULL;
+	}
+	PgQuery__ParseResult *t = pg_query__parse_result__unpack(NULL, pr.parse_tree.len,
+								 (const uint8_t *)pr.parse_tree.data);
+	pg_query_free_protobuf_parse_result(pr);
+	Node *n = NULL;
+	if (t && t->n_stmts == 1 && t->stmts[0]->stmt &&
+	    t->stmts[0]->stmt->node_case == PG_QUERY__NODE__NODE_SELECT_STMT) {
+		n = t->stmts[0]->stmt->select_stmt->limit_count;
+		t->stmts[0]->stmt->select_stmt->limit_count = NULL;
+	}
+	if (t)
+		pg_query__parse_result__free_unpacked(t, NULL);
+	return n;
+}
+
 static bool plan_limit(struct pctx *x)
 {
 	struct mergeplan *mp = x->mp;
@@ -519,39 +550,66 @@ static bool plan_limit(struct pctx *x)
 		return refuse(x, "FETCH ... WITH TIES");
 	int64_t v;
 	if (s->limit_count && !is_null_const(s->limit_count)) {
-		if (!int_const(s->limit_count, &v))
-			return refuse(x, "a LIMIT other than an integer constant");
-		if (v < 0)
-			return refuse(x, "a negative LIMIT");
-		mp->limit = v;
+		if (int_const(s->limit_count, &v)) {
+			if (v < 0)
+				return refuse(x, "a negative LIMIT");
+			mp->limit = v;
+		} else if (!(mp->limit_param = (uint16_t)param_of(s->limit_count))) {
+			return refuse(x, "a LIMIT other than an integer constant or a $n parameter");
+		}
 	}
 	if (s->limit_offset && !is_null_const(s->limit_offset)) {
-		if (!int_const(s->limit_offset, &v))
-			return refuse(x, "an OFFSET other than an integer constant");
-		if (v < 0)
-			return refuse(x, "a negative OFFSET");
-		mp->offset = v;
+		if (int_const(s->limit_offset, &v)) {
+			if (v < 0)
+				return refuse(x, "a negative OFFSET");
+			mp->offset = v;
+		} else if (!(mp->offset_param = (uint16_t)param_of(s->limit_offset))) {
+			return refuse(x, "an OFFSET other than an integer constant or a $n parameter");
+		}
 	}
-	/* Without combining rows, a shard's rows past offset+limit (in the query's order) can
-	 * never be among the answer's: each shard runs LIMIT offset+limit, no OFFSET. */
 	if (s->limit_offset) {
 		pg_query__node__free_unpacked(s->limit_offset, NULL);
 		s->limit_offset = NULL;
 	}
-	if (mp->limit >= 0 && !mp->aggregate && !mp->distinct) {
-		if (mp->limit > INT64_MAX - mp->offset)
-			return refuse(x, "LIMIT plus OFFSET beyond bigint");
-		Node *c = new_int_const(mp->limit + mp->offset);
-		if (!c)
-			return refuse(x, "a statement too large for pgmux's memory");
-		pg_query__node__free_unpacked(s->limit_count, NULL);
-		s->limit_count = c;
-		s->limit_option = PG_QUERY__LIMIT_OPTION__LIMIT_OPTION_COUNT;
-		mp->limit_pushed = true;
-	} else if (s->limit_count) {
+	if (s->limit_count) {
 		pg_query__node__free_unpacked(s->limit_count, NULL);
 		s->limit_count = NULL;
-		s->limit_option = PG_QUERY__LIMIT_OPTION__LIMIT_OPTION_DEFAULT;
+	}
+	s->limit_option = PG_QUERY__LIMIT_OPTION__LIMIT_OPTION_DEFAULT;
+	/* Without combining rows, a shard's rows past offset+limit (in the query's order) can
+	 * never be among the answer's: each shard runs LIMIT offset+limit, no OFFSET.  Rows that
+	 * are combined (groups, DISTINCT) are cut only once merged. */
+	bool has_limit = mp->limit >= 0 || mp->limit_param;
+	char lim[32] = "", off[32] = "", expr[96];
+	if (mp->limit_param)
+		snprintf(lim, sizeof(lim), "$%u::int8", mp->limit_param);
+	else if (mp->limit >= 0)
+		snprintf(lim, sizeof(lim), "%lld", (long long)mp->limit);
+	if (mp->offset_param)
+		snprintf(off, sizeof(off), "$%u::int8", mp->offset_param);
+	else if (mp->offset)
+		snprintf(off, sizeof(off), "%lld", (long long)mp->offset);
+	if (has_limit && !mp->aggregate && !mp->distinct) {
+		if (!mp->limit_param && !mp->offset_param) {
+			if (mp->limit > INT64_MAX - mp->offset)
+				return refuse(x, "LIMIT plus OFFSET beyond bigint");
+			s->limit_count = new_int_const(mp->limit + mp->offset);
+		} else {
+			snprintf(expr, sizeof(expr), "%s%s%s", lim, off[0] ? " + " : "", off);
+			s->limit_count = parse_limit_expr(expr);
+		}
+		if (!s->limit_count)
+			return refuse(x, "a statement too large for pgmux's memory");
+		s->limit_option = PG_QUERY__LIMIT_OPTION__LIMIT_OPTION_COUNT;
+		mp->limit_pushed = true;
+	} else if (mp->limit_param || mp->offset_param) {
+		/* Applied by pgmux, but the parameters stay in the statement (OFFSET 0 * ...), so
+		 * that the server still infers their types from them. */
+		snprintf(expr, sizeof(expr), "0 * (%s%s%s)", mp->limit_param ? lim : "",
+			 mp->limit_param && mp->offset_param ? " + " : "",
+			 mp->offset_param ? off : "");
+		if (!(s->limit_offset = parse_limit_expr(expr)))
+			return refuse(x, "a statement too large for pgmux's memory");
 	}
 	return true;
 }

@@ -213,7 +213,52 @@ def test_merge_corpus(env):
             failures.append(f"psql text differs: {q}: {diff}")
     assert not failures, f"{len(failures)} of {len(CORPUS)} queries differ:\n  " + \
         "\n  ".join(failures)
+    # the shards' servers go back to the pool after each merged read, not closed
+    opened = open(px.logfile).read().count("new connection to server")
+    assert opened <= 2 * N_SHARDS, f"{opened} server connections for {2 * len(CORPUS)} reads"
     print(f"{len(CORPUS)} merged queries equal the unsharded answers (psycopg and psql)")
+
+
+# The extended protocol (psycopg with parameters: one unnamed Parse/Bind/Describe/Execute/Sync
+# batch, text results): (query, parameters, ordered).
+EXTENDED = [
+    ("SELECT user_id, v FROM items WHERE v > %s ORDER BY v, user_id LIMIT %s OFFSET %s",
+     (10, 7, 3), True),
+    ("SELECT g, count(*), avg(v) FROM items WHERE v > %s GROUP BY g ORDER BY g", (0,), True),
+    ("SELECT DISTINCT g FROM items WHERE name LIKE %s ORDER BY g", ("n%",), True),
+    ("SELECT user_id FROM items WHERE g = %s ORDER BY user_id DESC LIMIT %s", (2, 4), True),
+    ("SELECT count(*), sum(amount), min(day), avg(big) FROM items WHERE big > %s", (0,), True),
+    ("SELECT user_id FROM items ORDER BY user_id OFFSET %s", (200,), True),
+    ("SELECT g, sum(v) FROM items GROUP BY g ORDER BY g LIMIT %s OFFSET %s", (2, 1), True),
+    ("SELECT user_id FROM items ORDER BY user_id LIMIT %s", (None,), True),
+    ("SELECT user_id, name FROM items WHERE v < %s ORDER BY name COLLATE \"C\", user_id LIMIT 9",
+     (40,), True),
+    ("SELECT g, count(*) FROM items WHERE v <> %s GROUP BY g", (7,), False),
+]
+
+
+@timeout(90)
+def test_merge_extended(env):
+    """Merged reads in the extended protocol (psycopg, parameters, LIMIT/OFFSET as $n) equal
+    the unsharded answers."""
+    px, ref = setup(env)
+    failures = []
+    with px.connect(DB) as c, env.pg.connect(ref, TEST_USER) as r:
+        for q, params, ordered in EXTENDED:
+            try:
+                got = c.execute(q, params)
+                g = (norm(got.fetchall(), ordered), [d.name for d in got.description],
+                     [d.type_code for d in got.description], got.statusmessage)
+                want = r.execute(q, params)
+                w = (norm(want.fetchall(), ordered), [d.name for d in want.description],
+                     [d.type_code for d in want.description], want.statusmessage)
+                if g != w:
+                    failures.append(f"differs: {q} {params}:\n    got  {str(g)[:300]}\n"
+                                    f"    want {str(w)[:300]}")
+            except psycopg.Error as e:
+                failures.append(f"psycopg error: {q} {params}: {e.sqlstate} {e}")
+    assert not failures, f"{len(failures)} of {len(EXTENDED)} differ:\n  " + "\n  ".join(failures)
+    print(f"{len(EXTENDED)} merged extended-protocol reads equal the unsharded answers")
 
 
 @timeout(90)
@@ -235,13 +280,15 @@ def test_merge_refusals(env):
         ids = {r[0] for r in c.execute("SELECT user_id FROM items").fetchall()}
         some = c.execute("SELECT user_id FROM items LIMIT 5").fetchall()
         assert len(some) == 5 and {r[0] for r in some} <= ids, some
-        # the extended protocol (parameters) is refused, clearly
-        try:
-            expect_error(lambda: c.execute("SELECT user_id FROM items WHERE v > %s ORDER BY "
-                                           "user_id", (3,)), "0A000", "extended",
-                         ("simple Query",))
-        except AssertionError as e:
-            failures.append(str(e))
+        # the extended protocol: binary results and named prepared statements are refused
+        q = "SELECT user_id FROM items WHERE v > %s ORDER BY user_id"
+        for what, run, words in (
+                ("binary results", lambda: c.execute(q, (3,), binary=True), "binary result"),
+                        ("negative LIMIT", lambda: c.execute(q + " LIMIT %s", (3, -1)), "negative")):
+            try:
+                expect_error(run, ("0A000", "2201W"), what, (words,))
+            except AssertionError as e:
+                failures.append(str(e))
         # a merged answer above max_client_memory: 54000 naming the cap
         try:
             expect_error(lambda: c.execute("SELECT user_id, pad FROM bulk ORDER BY user_id"),
@@ -255,6 +302,16 @@ def test_merge_refusals(env):
         if got != want:
             failures.append(f"bulk with LIMIT differs: {got[:3]} != {want[:3]}")
         assert c.execute("SELECT count(*) FROM bulk").fetchone() == (3000,)
+    # a named prepared statement (psycopg prepare_threshold=0) is refused at its Parse
+    with px.connect(DB, prepare_threshold=0) as c3:
+        try:
+            expect_error(lambda: c3.execute("SELECT user_id FROM items WHERE v > %s ORDER BY "
+                                            "user_id", (3,)), "0A000", "named statement",
+                         ("prepared statement",))
+        except AssertionError as e:
+            failures.append(str(e))
+        # ... while a plain fan-out read (nothing to merge) runs as a named statement
+        assert len(c3.execute("SELECT user_id FROM items WHERE v > %s", (3,)).fetchall()) > 0
     # another client is served normally; the plain fan-out still works
     with px.connect(DB) as c2:
         assert c2.execute("SELECT count(*), max(user_id) FROM bulk").fetchone() == (3000, 2999)

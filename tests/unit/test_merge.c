@@ -65,6 +65,19 @@ static void test_plan_order_limit(void **state)
 	assert_int_equal(mp.offset, 3);
 	mergeplan_free(&mp);
 
+	plan_ok("SELECT v FROM t WHERE w = $3 ORDER BY v LIMIT $1 OFFSET $2", &mp);
+	assert_string_equal(mp.sql, "SELECT v FROM t WHERE w = $3 ORDER BY v LIMIT ($1::int8 + $2::int8)");
+	assert_int_equal(mp.limit_param, 1);
+	assert_int_equal(mp.offset_param, 2);
+	mergeplan_free(&mp);
+	plan_ok("SELECT v FROM t ORDER BY v OFFSET $1", &mp);
+	assert_string_equal(mp.sql, "SELECT v FROM t ORDER BY v OFFSET 0 * $1::int8");
+	mergeplan_free(&mp);
+	plan_ok("SELECT g, count(*) FROM t GROUP BY g LIMIT $2 OFFSET 4", &mp);
+	assert_string_equal(mp.sql, "SELECT g, count(*) FROM t GROUP BY g OFFSET 0 * $2::int8");
+	assert_int_equal(mp.offset, 4);
+	mergeplan_free(&mp);
+
 	plan_ok("SELECT name FROM t ORDER BY name COLLATE \"C\"", &mp);
 	assert_int_equal(mp.n_hidden, 1);
 	assert_true(mp.keys[0].collate_c);
@@ -111,7 +124,7 @@ static void test_plan_refusals(void **state)
 	plan_refused("SELECT lower(name) FROM t ORDER BY 1", "function other than");
 	plan_refused("SELECT v + abs(v) FROM t ORDER BY 1", "function call");
 	plan_refused("SELECT g, count(*) FROM t GROUP BY ROLLUP (g)", "ROLLUP");
-	plan_refused("SELECT v FROM t ORDER BY v LIMIT $1", "LIMIT other than an integer");
+	plan_refused("SELECT v FROM t ORDER BY v LIMIT 2 + 3", "LIMIT other than an integer");
 	plan_refused("SELECT v FROM t ORDER BY v FETCH FIRST 3 ROWS WITH TIES", "WITH TIES");
 	plan_refused("SELECT v FROM t ORDER BY v USING <", "USING");
 	plan_refused("SELECT g FROM t GROUP BY g ORDER BY avg(v)", "avg");
