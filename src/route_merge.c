@@ -284,10 +284,10 @@ enum hook_rc rt_merge_start(struct client *cl, const uint8_t *h, uint32_t total,
 			 "Execute, Sync batch, not as a Bind of a prepared statement", c->name);
 		return refuse_merge(cl, type, total, "0A000", msg);
 	}
-	if (span != avail || !txtrack_quiet(&cl->tt)) {
-		snprintf(msg, sizeof(msg), "pgmux: a read that runs on every shard must come alone (not "
-			 "pipelined with other requests) and fit max_client_memory (%lld bytes)",
-			 (long long)cl->c.w->cf->max_client_memory);
+	if (span > avail || !txtrack_quiet(&cl->tt)) {
+		snprintf(msg, sizeof(msg), "pgmux: a read that runs on every shard must start a "
+			 "pipeline (not follow requests still unanswered) and fit max_client_memory "
+			 "(%lld bytes)", (long long)cl->c.w->cf->max_client_memory);
 		return refuse_merge(cl, type, total, "0A000", msg);
 	}
 	const char *text;

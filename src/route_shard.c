@@ -24,6 +24,7 @@ void rt_fanout_free(struct client *cl)
 		if (rt->fo->mg)
 			rt_merge_free(rt->fo->mg);
 		rt->fo_merge = false;
+		rt->fo_resume = true;   /* requests pipelined behind it route once it is released */
 		free(rt->fo->batch);
 		free(rt->fo);
 		rt->fo = NULL;
@@ -79,11 +80,13 @@ enum hook_rc rt_fanout_start(struct client *cl, const uint8_t *h, uint32_t total
 				return HOOK_WAIT;
 		}
 	}
-	if (!n || n != avail || !txtrack_quiet(&cl->tt)) {
+	/* Requests pipelined behind it wait until it has run on every shard (route_on_message),
+	 * then route on their own; requests before it must have been answered. */
+	if (!n || !txtrack_quiet(&cl->tt)) {
 		char msg[300];
-		snprintf(msg, sizeof(msg), "pgmux: a read that runs on every shard must come alone (not "
-			 "pipelined with other requests) and fit max_client_memory (%lld bytes)",
-			 (long long)cl->c.w->cf->max_client_memory);
+		snprintf(msg, sizeof(msg), "pgmux: a read that runs on every shard must start a "
+			 "pipeline (not follow requests still unanswered) and fit max_client_memory "
+			 "(%lld bytes)", (long long)cl->c.w->cf->max_client_memory);
 		return rt_refuse(cl, h[0], total, "0A000", msg);
 	}
 	/* A named Parse registers its name once (pgmux prepares it on the other shards itself):

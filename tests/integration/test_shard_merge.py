@@ -261,6 +261,34 @@ def test_merge_extended(env):
     print(f"{len(EXTENDED)} merged extended-protocol reads equal the unsharded answers")
 
 
+@timeout(60)
+def test_merge_pipelined(env):
+    """Fan-out reads pipelined with other requests (psycopg pipeline mode): each one that starts
+    the pipeline, or follows another fan-out, runs on every shard while the requests behind it
+    wait, then those run in order."""
+    px, ref = setup(env)
+    steps = [("SELECT g, count(*), avg(v) FROM items WHERE v > %s GROUP BY g ORDER BY g", (0,)),
+             ("SELECT user_id, v FROM items WHERE v > %s ORDER BY v DESC, user_id LIMIT 5", (20,)),
+             ("SELECT user_id FROM items WHERE v > %s", (90,)),   # plain fan-out
+             ("SELECT DISTINCT g FROM items WHERE v < %s ORDER BY g", (10,)),
+             ("SELECT count(*) FROM items WHERE user_id = %s", (5,))]   # keyed, last
+    with px.connect(DB) as c:
+        for rnd in range(2):
+            with c.pipeline() as p:
+                curs = []
+                for q, params in steps:
+                    curs.append(c.cursor().execute(q, params))
+                    p.sync()
+            for (q, params), cur in zip(steps, curs):
+                got = cur.fetchall()
+                want = env.sql(ref, q, params)
+                if "ORDER BY" not in q:
+                    got, want = sorted(got, key=repr), sorted(want, key=repr)
+                assert got == want, f"round {rnd}, pipelined {q}: {got[:5]} != {want[:5]}"
+        # and a simple-protocol fan-out right after, on the same connection
+        assert c.execute("SELECT count(*) FROM items").fetchone() == (N_ROWS,)
+
+
 @timeout(90)
 def test_merge_refusals(env):
     """What pgmux cannot merge exactly is refused with 0A000 naming it; a LIMIT without ORDER BY
