@@ -208,6 +208,8 @@ enum hook_rc rt_merge_start(struct client *cl, const uint8_t *h, uint32_t total,
 /* A server answer while a merged read runs (rt_fanout_message's contract): rows are kept,
  * and after the last shard the merged answer goes out before its ReadyForQuery. */
 enum hook_rc rt_merge_message(struct server *sv, char type, uint32_t len, bool whole);
+/* The bytes a merge holds (its rows, within max_client_memory), for client_memory. */
+uint64_t rt_merge_bytes(const struct route_merge *mg);
 /* Frees a fan-out's merge state. */
 void rt_merge_free(struct route_merge *mg);
 /* shard_for (shard.h) on cl's message: the shard layer is handed the cluster's key and cache

@@ -42,7 +42,7 @@ uint64_t route_client_bytes(const struct client *cl)
 	if (!rt)
 		return 0;
 	return sizeof(*rt) + (uint64_t)rt->retry_len + rt->deferred_len + (rt->fo ? rt->fo->len : 0) +
-	       shardplan_client_bytes(rt->sp);
+	       (rt->fo && rt->fo->mg ? rt_merge_bytes(rt->fo->mg) : 0) + shardplan_client_bytes(rt->sp);
 }
 
 enum hook_rc route_on_server_message(struct server *sv, char type, uint32_t len, bool whole)

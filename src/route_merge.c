@@ -36,6 +36,11 @@ struct route_merge {
 	char err[300];
 };
 
+uint64_t rt_merge_bytes(const struct route_merge *mg)
+{
+	return sizeof(*mg) + mg->desc_len + mg->set.bytes;
+}
+
 void rt_merge_free(struct route_merge *mg)
 {
 	merge_free(&mg->set);
