@@ -35,6 +35,8 @@ struct merge_col {
 	bool hidden;
 	bool int8_sum;          /* a sum PostgreSQL types bigint (sum of int2/int4): range-checked */
 	int16_t avg_count;      /* MP_AVG_SUM: the column of its count */
+	bool binary;            /* the client asked for this column in binary */
+	uint32_t oid;           /* its type, as the client sees it */
 };
 
 struct merge_key {
@@ -67,6 +69,11 @@ struct merge_set {
 bool merge_init(struct merge_set *m, const struct mergeplan *mp, const uint8_t *body, uint32_t len,
 		uint64_t max_bytes);
 
+/* The client's result formats (a Bind's codes: none, one for all, or one per column): the
+ * rows go out in them, converted from the shards' text.  False with m->err set when their
+ * number does not fit the columns or a binary column's type is one pgmux cannot send. */
+bool merge_set_formats(struct merge_set *m, const uint16_t *codes, uint16_t n);
+
 /* True when a later shard's RowDescription body describes the same columns as the first's. */
 bool merge_same_desc(const uint8_t *a, uint32_t alen, const uint8_t *b, uint32_t blen);
 
@@ -97,6 +104,10 @@ int merge_cmp(enum merge_kind k, const struct merge_val *a, const struct merge_v
 /* Adds two decimal texts exactly, into out (cap bytes).  False when either is not a decimal
  * pgmux reads or out is too small. */
 bool merge_dec_add(const char *a, size_t alen, const char *b, size_t blen, char *out, size_t cap);
+
+/* The binary form (PostgreSQL's send function) of a text value of type oid, appended to
+ * pb without its length.  False when pgmux cannot convert it exactly. */
+bool merge_text_to_binary(uint32_t oid, const char *p, size_t len, struct pktbuf *pb);
 
 /* avg = sum / count with PostgreSQL's numeric division scale and rounding. */
 bool merge_dec_avg(const char *sum, size_t slen, const char *count, size_t clen, char *out, size_t cap);

@@ -493,6 +493,7 @@ bool merge_init(struct merge_set *m, const struct mergeplan *mp, const uint8_t *
 			return fail(m, "0A000", "%s", "pgmux cannot merge the shards' answers in binary "
 				    "format");
 		c->kind = (uint8_t)merge_kind_of(oid);
+		c->oid = c->agg == MP_AVG_SUM ? OID_NUMERIC : oid;
 		char tn[32];
 		snprintf(tn, sizeof(tn), "%u", oid);
 		switch (c->agg) {
@@ -763,7 +764,297 @@ bool merge_finish(struct merge_set *m)
 	m->end = m->nrows;
 	if (m->limit >= 0 && (uint64_t)m->limit < m->end - m->first)
 		m->end = m->first + (size_t)m->limit;
+	/* Every value the client gets in binary converts exactly, or none goes out. */
+	struct pktbuf scratch = { 0 };
+	for (size_t i = m->first; i < m->end; i++) {
+		for (uint16_t c = 0; c < m->nvis; c++) {
+			const struct merge_val *v = &m->rows[i][c];
+			if (!m->col[c].binary || v->len < 0)
+				continue;
+			pktbuf_reset(&scratch);
+			if (!merge_text_to_binary(m->col[c].oid, v->p, (size_t)v->len, &scratch)) {
+				pktbuf_free(&scratch);
+				return fail(m, "0A000", "pgmux cannot send a value of type OID %u in binary "
+					    "exactly (a date before Christ, or a DateStyle other than ISO)",
+					    m->col[c].oid);
+			}
+		}
+	}
+	pktbuf_free(&scratch);
 	return true;
+}
+
+static bool binary_ok(uint32_t oid)
+{
+	switch (oid) {
+	case OID_INT2: case OID_INT4: case OID_INT8: case OID_OID: case OID_BOOL: case OID_TEXT:
+	case OID_VARCHAR: case OID_BPCHAR: case OID_NAME: case OID_CHAR: case OID_FLOAT4:
+	case OID_FLOAT8: case OID_NUMERIC: case OID_UUID: case OID_DATE: case OID_TIMESTAMP:
+		return true;
+	default:
+		return false;
+	}
+}
+
+bool merge_set_formats(struct merge_set *m, const uint16_t *codes, uint16_t n)
+{
+	if (n > 1 && n != m->nvis)
+		return fail(m, "08P01", "bind message has %u result formats but query has %u columns",
+			    n, m->nvis);
+	for (uint16_t c = 0; c < m->nvis; c++) {
+		uint16_t f = n == 0 ? 0 : n == 1 ? codes[0] : codes[c];
+		if (f > 1)
+			return fail(m, "22023", "unsupported format code: %u", f);
+		m->col[c].binary = f == 1;
+		bool can = !f || binary_ok(m->col[c].oid);
+		if (!can)
+			return fail(m, "0A000", "pgmux cannot send type OID %u in binary for a merged read "
+				    "(ask for text results)", m->col[c].oid);
+	}
+	return true;
+}
+
+/* ---- binary forms ----------------------------------------------------------------------------- */
+
+static void put_be(struct pktbuf *pb, uint64_t v, int bytes)
+{
+	for (int i = bytes - 1; i >= 0; i--)
+		pktbuf_put_u8(pb, (uint8_t)(v >> (8 * i)));
+}
+
+static bool parse_i64(const char *p, size_t len, int64_t *v)
+{
+	char buf[32];
+	if (!len || len >= sizeof(buf))
+		return false;
+	memcpy(buf, p, len);
+	buf[len] = '\0';
+	char *end;
+	errno = 0;
+	long long x = strtoll(buf, &end, 10);
+	if (errno || *end)
+		return false;
+	*v = x;
+	return true;
+}
+
+/* Days from 1970-01-01 of a proleptic Gregorian date (any year). */
+static int64_t days_from_civil(int64_t y, int64_t mo, int64_t d)
+{
+	y -= mo <= 2;
+	int64_t era = (y >= 0 ? y : y - 399) / 400;
+	int64_t yoe = y - era * 400;
+	int64_t doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+	int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+	return era * 146097 + doe - 719468;
+}
+
+/* "YYYY-MM-DD" (4 or more year digits, AD) at the start of p: days since 2000-01-01. */
+static bool parse_date(const char *p, size_t len, int64_t *days, size_t *used)
+{
+	size_t i = 0;
+	int64_t y = 0;
+	while (i < len && p[i] >= '0' && p[i] <= '9' && i < 9)
+		y = y * 10 + (p[i++] - '0');
+	if (i < 4 || i + 6 > len || p[i] != '-' || p[i + 3] != '-')
+		return false;
+	const char *q = p + i + 1;
+	if (q[0] < '0' || q[0] > '9' || q[1] < '0' || q[1] > '9' || q[3] < '0' || q[3] > '9' ||
+	    q[4] < '0' || q[4] > '9')
+		return false;
+	int64_t mo = (q[0] - '0') * 10 + (q[1] - '0'), d = (q[3] - '0') * 10 + (q[4] - '0');
+	if (mo < 1 || mo > 12 || d < 1 || d > 31)
+		return false;
+	*days = days_from_civil(y, mo, d) - 10957;   /* 2000-01-01 is day 10957 after 1970 */
+	*used = i + 6;
+	return true;
+}
+
+static bool numeric_binary(const char *p, size_t len, struct pktbuf *pb)
+{
+	struct dec d;
+	if (!dec_parse(p, len, &d))
+		return false;
+	if (d.special != DEC_NUM) {
+		static const uint16_t sign[] = { [DEC_NAN] = 0xC000, [DEC_PINF] = 0xD000, [DEC_NINF] = 0xF000 };
+		put_be(pb, 0, 2);
+		put_be(pb, 0, 2);
+		put_be(pb, sign[d.special], 2);
+		put_be(pb, 0, 2);
+		return true;
+	}
+	if (d.fl > 16383)
+		return false;
+	/* base-10000 digits aligned at the point: integer groups from the right, fraction
+	 * groups from the left */
+	size_t ig = (d.il + 3) / 4, fg = (d.fl + 3) / 4;
+	uint16_t *g = calloc(ig + fg + 1, sizeof(*g));
+	if (!g)
+		return false;
+	for (size_t k = 0; k < ig; k++) {
+		int v = 0;
+		for (size_t j = 0; j < 4; j++) {
+			size_t pos = k * 4 + j;   /* digit index in a left-padded integer part */
+			size_t pad = ig * 4 - d.il;
+			v = v * 10 + (pos >= pad ? d.ip[pos - pad] - '0' : 0);
+		}
+		g[k] = (uint16_t)v;
+	}
+	for (size_t k = 0; k < fg; k++) {
+		int v = 0;
+		for (size_t j = 0; j < 4; j++) {
+			size_t pos = k * 4 + j;
+			v = v * 10 + (pos < d.fl ? d.fp[pos] - '0' : 0);
+		}
+		g[ig + k] = (uint16_t)v;
+	}
+	/* PostgreSQL stores (and sends) numerics without leading or trailing zero digits */
+	size_t first = 0, n = ig + fg;
+	int weight = (int)ig - 1;
+	while (first < n && g[first] == 0)
+		first++, weight--;
+	while (n > first && g[n - 1] == 0)
+		n--;
+	bool zero = n == first;
+	put_be(pb, zero ? 0 : n - first, 2);
+	put_be(pb, zero ? 0 : (uint16_t)(int16_t)weight, 2);
+	put_be(pb, d.neg && !zero ? 0x4000 : 0, 2);
+	put_be(pb, d.fl, 2);
+	for (size_t k = first; k < n; k++)
+		put_be(pb, g[k], 2);
+	free(g);
+	return true;
+}
+
+bool merge_text_to_binary(uint32_t oid, const char *p, size_t len, struct pktbuf *pb)
+{
+	int64_t v;
+	switch (oid) {
+	case OID_INT2:
+		if (!parse_i64(p, len, &v) || v < INT16_MIN || v > INT16_MAX)
+			return false;
+		put_be(pb, (uint64_t)v, 2);
+		return true;
+	case OID_INT4:
+		if (!parse_i64(p, len, &v) || v < INT32_MIN || v > INT32_MAX)
+			return false;
+		put_be(pb, (uint64_t)v, 4);
+		return true;
+	case OID_OID:
+		if (!parse_i64(p, len, &v) || v < 0 || v > UINT32_MAX)
+			return false;
+		put_be(pb, (uint64_t)v, 4);
+		return true;
+	case OID_INT8:
+		if (!parse_i64(p, len, &v))
+			return false;
+		put_be(pb, (uint64_t)v, 8);
+		return true;
+	case OID_BOOL:
+		if (len != 1 || (p[0] != 't' && p[0] != 'f'))
+			return false;
+		pktbuf_put_u8(pb, p[0] == 't');
+		return true;
+	case OID_TEXT: case OID_VARCHAR: case OID_BPCHAR: case OID_NAME: case OID_CHAR:
+		pktbuf_put(pb, p, len);   /* their binary form is their text */
+		return true;
+	case OID_FLOAT4: case OID_FLOAT8: {
+		/* exact: the server printed the shortest text that reads back to the same value
+		 * (extra_float_digits 1, the default) */
+		char buf[64];
+		if (!len || len >= sizeof(buf))
+			return false;
+		memcpy(buf, p, len);
+		buf[len] = '\0';
+		char *end;
+		if (oid == OID_FLOAT4) {
+			float f = strtof(buf, &end);
+			uint32_t u;
+			memcpy(&u, &f, 4);
+			put_be(pb, u, 4);
+		} else {
+			double f = strtod(buf, &end);
+			uint64_t u;
+			memcpy(&u, &f, 8);
+			put_be(pb, u, 8);
+		}
+		return *end == '\0';
+	}
+	case OID_NUMERIC:
+		return numeric_binary(p, len, pb);
+	case OID_UUID: {
+		uint8_t out[16];
+		size_t k = 0;
+		for (size_t i = 0; i < len; i++) {
+			if (p[i] == '-')
+				continue;
+			char c = p[i];
+			int x = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 :
+				c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+			if (x < 0 || k >= 32)
+				return false;
+			if (k % 2 == 0)
+				out[k / 2] = (uint8_t)(x << 4);
+			else
+				out[k / 2] |= (uint8_t)x;
+			k++;
+		}
+		if (k != 32)
+			return false;
+		pktbuf_put(pb, out, 16);
+		return true;
+	}
+	case OID_DATE: case OID_TIMESTAMP: {
+		bool date = oid == OID_DATE;
+		if (len == 8 && !memcmp(p, "infinity", 8)) {
+			put_be(pb, date ? (uint64_t)INT32_MAX : (uint64_t)INT64_MAX, date ? 4 : 8);
+			return true;
+		}
+		if (len == 9 && !memcmp(p, "-infinity", 9)) {
+			put_be(pb, date ? (uint64_t)(uint32_t)INT32_MIN : (uint64_t)INT64_MIN, date ? 4 : 8);
+			return true;
+		}
+		int64_t days;
+		size_t used;
+		if (!parse_date(p, len, &days, &used))
+			return false;
+		if (date) {
+			if (used != len)
+				return false;
+			put_be(pb, (uint64_t)(int32_t)days, 4);
+			return true;
+		}
+		/* " HH:MM:SS[.ffffff]" */
+		const char *q = p + used;
+		size_t rest = len - used;
+		if (rest < 9 || q[0] != ' ' || q[3] != ':' || q[6] != ':')
+			return false;
+		for (int k = 1; k <= 8; k++)
+			if (k != 3 && k != 6 && (q[k] < '0' || q[k] > '9'))
+				return false;
+		int hh = (q[1] - '0') * 10 + (q[2] - '0'), mi = (q[4] - '0') * 10 + (q[5] - '0');
+		int ss = (q[7] - '0') * 10 + (q[8] - '0');
+		int64_t us = 0;
+		size_t i = 9;
+		if (i < rest && q[i] == '.') {
+			int digits = 0;
+			for (i++; i < rest && q[i] >= '0' && q[i] <= '9'; i++, digits++)
+				if (digits < 6)
+					us = us * 10 + (q[i] - '0');
+			if (digits == 0 || digits > 6)
+				return false;
+			for (; digits < 6; digits++)
+				us *= 10;
+		}
+		if (i != rest || hh > 24 || mi > 59 || ss > 60)
+			return false;
+		int64_t t = ((days * 24 + hh) * 60 + mi) * 60 + ss;
+		put_be(pb, (uint64_t)(t * 1000000 + us), 8);
+		return true;
+	}
+	default:
+		return false;
+	}
 }
 
 void merge_put_desc(const struct merge_set *m, const uint8_t *body, uint32_t len, struct pktbuf *pb)
@@ -781,10 +1072,10 @@ void merge_put_desc(const struct merge_set *m, const uint8_t *body, uint32_t len
 			pktbuf_put_u32(pb, OID_NUMERIC);
 			pktbuf_put_u16(pb, 0xffff);
 			pktbuf_put_u32(pb, 0xffffffffu);
-			pktbuf_put_u16(pb, 0);
 		} else {
-			pktbuf_put(pb, fx, 18);
+			pktbuf_put(pb, fx, 16);
 		}
+		pktbuf_put_u16(pb, m->col[i].binary ? 1 : 0);
 	}
 	pktbuf_end(pb);
 }
@@ -796,6 +1087,22 @@ void merge_put_row(const struct merge_set *m, size_t i, struct pktbuf *pb)
 	pktbuf_begin(pb, 'D');
 	pktbuf_put_u16(pb, m->nvis);
 	for (uint16_t c = 0; c < m->nvis; c++) {
+		if (r[c].len >= 0 && m->col[c].binary) {
+			/* the length goes in front once the value is written */
+			uint32_t at = pb->len;
+			pktbuf_put_u32(pb, 0);
+			bool ok = merge_text_to_binary(m->col[c].oid, r[c].p, (size_t)r[c].len, pb);
+			assert(ok);   /* merge_finish converted every value once */
+			(void)ok;
+			if (!pb->failed) {
+				uint32_t n = pb->len - at - 4;
+				pb->data[at] = (uint8_t)(n >> 24);
+				pb->data[at + 1] = (uint8_t)(n >> 16);
+				pb->data[at + 2] = (uint8_t)(n >> 8);
+				pb->data[at + 3] = (uint8_t)n;
+			}
+			continue;
+		}
 		pktbuf_put_u32(pb, (uint32_t)r[c].len);
 		if (r[c].len > 0)
 			pktbuf_put(pb, r[c].p, (size_t)r[c].len);

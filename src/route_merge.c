@@ -31,6 +31,8 @@ struct route_merge {
 	uint8_t *desc;              /* the first shard's RowDescription body */
 	uint32_t desc_len;
 	bool emit_desc;             /* the client asked for a RowDescription (Query, Describe) */
+	uint16_t n_res;             /* the client's result format codes (its Bind's) */
+	uint16_t res[MP_MAX_COLS];
 	bool failed;                /* pgmux refuses the answer: the rest is dropped */
 	char sqlstate[6];
 	char err[300];
@@ -278,10 +280,9 @@ enum hook_rc rt_merge_start(struct client *cl, const uint8_t *h, uint32_t total,
 		span = xb.len;
 		if (!bind_read(xb.bind, xb.bind_len, &bv))
 			return refuse_merge(cl, type, total, "08P01", "pgmux: a malformed Bind");
-		for (uint16_t i = 0; i < bv.nres; i++)
-			if (bv.body[bv.res_off + 2 + 2u * i] || bv.body[bv.res_off + 3 + 2u * i])
-				return refuse_merge(cl, type, total, "0A000", "pgmux cannot merge the shards' "
-						    "answers in binary result format (ask for text results)");
+		if (bv.nres > MP_MAX_COLS)
+			return refuse_merge(cl, type, total, "0A000", "pgmux cannot merge a read with more "
+					    "than 256 result format codes");
 	} else if (type != 'Q') {
 		snprintf(msg, sizeof(msg), "pgmux: a read without a shard key on sharded database \"%s\" "
 			 "whose shards' answers must be merged (ORDER BY, LIMIT, aggregates, GROUP BY, "
@@ -317,6 +318,10 @@ enum hook_rc rt_merge_start(struct client *cl, const uint8_t *h, uint32_t total,
 	}
 	struct mergeplan *mp = &mg->plan;
 	mg->emit_desc = type == 'Q' || xb.describe;
+	/* The shards answer in text; the client's formats are applied to the merged rows. */
+	mg->n_res = bv.nres;
+	for (uint16_t i = 0; i < bv.nres; i++)
+		mg->res[i] = (uint16_t)(bv.body[bv.res_off + 2 + 2u * i] << 8 | bv.body[bv.res_off + 3 + 2u * i]);
 	/* LIMIT $n / OFFSET $n: their values, from the Bind, as the server reads them. */
 	const char *perr = NULL, *pstate = "0A000";
 	if ((mp->limit_param || mp->offset_param) && type == 'Q') {
@@ -461,7 +466,8 @@ enum hook_rc rt_merge_message(struct server *sv, char type, uint32_t len, bool w
 				mg->desc_len = len - 4;
 				mg->have_desc = true;
 				if (!merge_init(&mg->set, &mg->plan, body, len - 4,
-						(uint64_t)cl->c.w->cf->max_client_memory))
+						(uint64_t)cl->c.w->cf->max_client_memory) ||
+				    !merge_set_formats(&mg->set, mg->res, mg->n_res))
 					mg_fail(mg, mg->set.sqlstate, mg->set.err);
 			}
 		} else if (!merge_same_desc(mg->desc, mg->desc_len, body, len - 4)) {

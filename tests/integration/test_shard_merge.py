@@ -239,26 +239,30 @@ EXTENDED = [
 
 @timeout(90)
 def test_merge_extended(env):
-    """Merged reads in the extended protocol (psycopg, parameters, LIMIT/OFFSET as $n) equal
-    the unsharded answers."""
+    """Merged reads in the extended protocol (psycopg, parameters, LIMIT/OFFSET as $n), with text
+    and binary results, and the whole corpus with binary results, equal the unsharded answers."""
     px, ref = setup(env)
     failures = []
     with px.connect(DB) as c, env.pg.connect(ref, TEST_USER) as r:
-        for q, params, ordered in EXTENDED:
+        runs = [(e, False) for e in EXTENDED] + [(e, True) for e in EXTENDED] + \
+            [((q, None, o), True) for q, o in CORPUS]   # the corpus, in binary
+        for (q, params, ordered), binary in runs:
             try:
-                got = c.execute(q, params)
-                g = (norm(got.fetchall(), ordered), [d.name for d in got.description],
+                got = c.execute(q, params, binary=binary)
+                # repr: a Decimal's scale and a float's every bit count
+                g = (repr(norm(got.fetchall(), ordered)), [d.name for d in got.description],
                      [d.type_code for d in got.description], got.statusmessage)
-                want = r.execute(q, params)
-                w = (norm(want.fetchall(), ordered), [d.name for d in want.description],
+                want = r.execute(q, params, binary=binary)
+                w = (repr(norm(want.fetchall(), ordered)), [d.name for d in want.description],
                      [d.type_code for d in want.description], want.statusmessage)
                 if g != w:
-                    failures.append(f"differs: {q} {params}:\n    got  {str(g)[:300]}\n"
+                    failures.append(f"differs (binary {binary}): {q} {params}:\n    got  {str(g)[:300]}\n"
                                     f"    want {str(w)[:300]}")
             except psycopg.Error as e:
                 failures.append(f"psycopg error: {q} {params}: {e.sqlstate} {e}")
-    assert not failures, f"{len(failures)} of {len(EXTENDED)} differ:\n  " + "\n  ".join(failures)
-    print(f"{len(EXTENDED)} merged extended-protocol reads equal the unsharded answers")
+    assert not failures, f"{len(failures)} of {len(runs)} differ:\n  " + "\n  ".join(failures)
+    print(f"{len(runs)} merged extended-protocol reads equal the unsharded answers (text and "
+          "binary results)")
 
 
 @timeout(60)
@@ -311,7 +315,9 @@ def test_merge_refusals(env):
         # the extended protocol: binary results and named prepared statements are refused
         q = "SELECT user_id FROM items WHERE v > %s ORDER BY user_id"
         for what, run, words in (
-                ("binary results", lambda: c.execute(q, (3,), binary=True), "binary result"),
+                ("binary timestamptz", lambda: c.execute(
+                    "SELECT user_id, ts::timestamptz FROM items WHERE v > %s ORDER BY user_id",
+                    (3,), binary=True), "in binary"),
                         ("negative LIMIT", lambda: c.execute(q + " LIMIT %s", (3, -1)), "negative")):
             try:
                 expect_error(run, ("0A000", "2201W"), what, (words,))

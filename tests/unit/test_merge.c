@@ -355,6 +355,43 @@ static void test_merge_cap_and_types(void **state)
 	mergeplan_free(&mp);
 }
 
+static void check_bin(uint32_t oid, const char *text, const uint8_t *want, size_t n)
+{
+	struct pktbuf pb = { 0 };
+	print_message("%u %s\n", oid, text);
+	assert_true(merge_text_to_binary(oid, text, strlen(text), &pb));
+	assert_int_equal(pb.len, n);
+	assert_memory_equal(pb.data, want, n);
+	pktbuf_free(&pb);
+}
+
+/* The expected bytes are PostgreSQL 15's send functions' (int4send, numeric_send, ...). */
+static void test_binary(void **state)
+{
+	(void)state;
+	check_bin(23, "-2", (const uint8_t[]){ 0xff, 0xff, 0xff, 0xfe }, 4);
+	check_bin(20, "258", (const uint8_t[]){ 0, 0, 0, 0, 0, 0, 1, 2 }, 8);
+	check_bin(1700, "12345.678", (const uint8_t[]){ 0, 3, 0, 1, 0, 0, 0, 3, 0, 1, 0x09, 0x29,
+							 0x1a, 0x7c }, 14);
+	check_bin(1700, "0.00", (const uint8_t[]){ 0, 0, 0, 0, 0, 0, 0, 2 }, 8);
+	check_bin(1700, "-0.0012", (const uint8_t[]){ 0, 1, 0xff, 0xff, 0x40, 0, 0, 4, 0, 12 }, 10);
+	check_bin(1700, "100000000", (const uint8_t[]){ 0, 1, 0, 2, 0, 0, 0, 0, 0, 1 }, 10);
+	check_bin(1700, "NaN", (const uint8_t[]){ 0, 0, 0, 0, 0xc0, 0, 0, 0 }, 8);
+	check_bin(1082, "2000-01-02", (const uint8_t[]){ 0, 0, 0, 1 }, 4);
+	check_bin(1082, "1999-12-31", (const uint8_t[]){ 0xff, 0xff, 0xff, 0xff }, 4);
+	check_bin(1082, "infinity", (const uint8_t[]){ 0x7f, 0xff, 0xff, 0xff }, 4);
+	check_bin(1114, "2000-01-01 00:00:01.5", (const uint8_t[]){ 0, 0, 0, 0, 0, 0x16, 0xe3, 0x60 }, 8);
+	check_bin(16, "t", (const uint8_t[]){ 1 }, 1);
+	check_bin(701, "-0", (const uint8_t[]){ 0x80, 0, 0, 0, 0, 0, 0, 0 }, 8);
+	check_bin(2950, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+		  (const uint8_t[]){ 0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b,
+				     0xb9, 0xbd, 0x38, 0x0a, 0x11 }, 16);
+	struct pktbuf pb = { 0 };
+	assert_false(merge_text_to_binary(1082, "0044-03-15 BC", 13, &pb));
+	assert_false(merge_text_to_binary(1184, "2024-01-01 00:00:00+00", 22, &pb));
+	pktbuf_free(&pb);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -366,6 +403,7 @@ int main(void)
 		cmocka_unit_test(test_compare),
 		cmocka_unit_test(test_merge_grouped),
 		cmocka_unit_test(test_merge_cap_and_types),
+		cmocka_unit_test(test_binary),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
