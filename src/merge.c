@@ -956,7 +956,8 @@ bool merge_text_to_binary(uint32_t oid, const char *p, size_t len, struct pktbuf
 		pktbuf_put_u8(pb, p[0] == 't');
 		return true;
 	case OID_TEXT: case OID_VARCHAR: case OID_BPCHAR: case OID_NAME: case OID_CHAR:
-		pktbuf_put(pb, p, len);   /* their binary form is their text */
+		if (len)
+			pktbuf_put(pb, p, len);   /* their binary form is their text */
 		return true;
 	case OID_FLOAT4: case OID_FLOAT8: {
 		/* exact: the server printed the shortest text that reads back to the same value

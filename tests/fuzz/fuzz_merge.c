@@ -50,6 +50,13 @@ static void fuzz_values(const char *a, const char *b)
 	}
 	if (merge_dec_avg(a, strlen(a), b, strlen(b), out, sizeof(out)))
 		FUZZ_CHECK(strlen(out) < sizeof(out));
+	static const uint32_t oids[] = { 16, 18, 19, 20, 21, 23, 25, 26, 700, 701, 1042, 1043, 1082,
+					 1114, 1700, 2950 };
+	for (size_t i = 0; i < sizeof(oids) / sizeof(oids[0]); i++) {
+		struct pktbuf pb = { 0 };
+		merge_text_to_binary(oids[i], a, strlen(a), &pb);
+		pktbuf_free(&pb);
+	}
 }
 
 /* Mode 2: a plan from the text before the first NUL, then a RowDescription and DataRows cut
@@ -75,7 +82,9 @@ static void fuzz_rows(const uint8_t *d, size_t n)
 		return;
 	}
 	struct merge_set m;
-	if (merge_init(&m, &mp, p, dl, 1 << 16)) {
+	uint16_t all_binary = 1;
+	if (merge_init(&m, &mp, p, dl, 1 << 16) &&
+	    merge_set_formats(&m, &all_binary, (uint16_t)(d[0] & 1))) {
 		const uint8_t *desc = p;
 		p += dl;
 		while (end - p >= 2) {
