@@ -21,6 +21,7 @@ struct route_fanout {
 	bool had_rows_tag;
 	bool tag_done;              /* the summed CommandComplete is in place */
 	bool advance;               /* the current shard finished: run on the next */
+	struct route_merge *mg;     /* the rows pgmux merges (route_merge.c), or NULL: concatenated */
 };
 
 /* ---- the hooks route_register installs in worker->router (model.h, struct router_ops),
@@ -194,8 +195,27 @@ void rt_fanout_free(struct client *cl);
  * on; HOOK_RELEASE: this shard is done (flush, release, then rt_fanout_next); HOOK_STOP: the
  * client was closed; HOOK_FORWARD: forward it. */
 enum hook_rc rt_fanout_message(struct server *sv, char type, uint32_t len, bool whole);
+/* Shows statement tracking (prepared.c) a server answer that routing will drop or replace, so
+ * that its requests are matched and the server goes back owing nothing: HOOK_FORWARD (go
+ * on), HOOK_CONSUMED (it dropped the message itself), HOOK_STOP (the server was closed). */
+enum hook_rc rt_ps_note(struct server *sv, char type, uint32_t len);
 /* After that release: the same batch goes to the next shard. */
 void rt_fanout_next(struct client *cl);
+
+/* ---- route_merge.c: keyless reads whose shards' answers pgmux merges ---- */
+
+/* A keyless one-table read that needs its shards' rows combined (ORDER BY, LIMIT, aggregates,
+ * GROUP BY, DISTINCT): planned (mergeplan.c), its rewritten Query put in place of the
+ * client's and run on each shard in turn as a fan-out whose rows are kept.  HOOK_CONSUMED
+ * (the rewritten message is read again, or a refusal was answered), HOOK_STOP. */
+enum hook_rc rt_merge_start(struct client *cl, const uint8_t *h, uint32_t total, uint32_t avail);
+/* A server answer while a merged read runs (rt_fanout_message's contract): rows are kept,
+ * and after the last shard the merged answer goes out before its ReadyForQuery. */
+enum hook_rc rt_merge_message(struct server *sv, char type, uint32_t len, bool whole);
+/* The bytes a merge holds (its rows, within max_client_memory), for client_memory. */
+uint64_t rt_merge_bytes(const struct route_merge *mg);
+/* Frees a fan-out's merge state. */
+void rt_merge_free(struct route_merge *mg);
 /* shard_for (shard.h) on cl's message: the shard layer is handed the cluster's key and cache
  * and the session's SET pgmux.* choice, so that it reads neither struct cluster nor client. */
 int rt_shard_for(struct client *cl, char type, const uint8_t *h, uint32_t total, uint32_t avail,

@@ -71,6 +71,8 @@ struct route_set {
 struct route_session {
 	struct route_set *rs;               /* its user's pools over the section's backends */
 	struct route_fanout *fo;            /* a read running on every shard in turn */
+	bool fo_merge;                      /* ... whose rows pgmux merges (route_merge.c) */
+	bool fo_resume;                     /* a fan-out ended: read on once its server is back */
 	uint8_t *retry;                     /* a read batch kept until its first answer */
 	uint32_t retry_len;
 	bool retry_sent;                    /* the saved batch has gone out whole */
@@ -136,7 +138,8 @@ static inline bool route_watches_server(const struct client *cl)
 /* The server messages of type that route_on_server_message needs whole in the buffer. */
 static inline bool route_reads_whole(const struct client *cl, char type)
 {
-	return (type == 'E' || type == 'C' || type == 'T' || type == 't') && route_watches_server(cl);
+	return ((type == 'E' || type == 'C' || type == 'T' || type == 't') && route_watches_server(cl)) ||
+	       (type == 'D' && cl->rt && cl->rt->fo_merge);   /* a merged read keeps its rows */
 }
 
 #endif

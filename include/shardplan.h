@@ -37,6 +37,7 @@ struct sp_eval {
 	bool nokey_read;        /* a statement that reads rows without a provable key */
 	bool nokey_write;       /* ... or may write them */
 	bool fanout_ok;         /* one statement, a plain read whose shards' rows concatenate */
+	bool merge_ok;          /* one statement, a keyless one-table read pgmux may merge */
 	bool utility;           /* every statement touches no table (SET, SHOW, BEGIN ...) */
 	bool no_table;          /* every statement names no table (utility, or SELECT f()) */
 	bool keyed;             /* at least one statement is keyed */

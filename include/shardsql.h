@@ -51,6 +51,8 @@ struct shsql_stmt {
 	uint8_t verdict;        /* shsql_verdict */
 	bool fanout_ok;         /* a plain single-table read: its shards' rows, concatenated, are
 				 * exactly its answer (no join, aggregate, order, limit, distinct) */
+	bool merge_ok;          /* a keyless read of one table (no join, subquery, WITH, FOR
+				 * UPDATE) whose shards' rows pgmux may combine (mergeplan.c) */
 	bool tx_control;        /* BEGIN, COMMIT, ROLLBACK, SAVEPOINT ... */
 	bool insert;            /* an INSERT: a NULL key would place a row, so it is refused */
 	bool no_table;          /* names no table (SET, SHOW, BEGIN, SELECT now() ...): inside a

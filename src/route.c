@@ -42,7 +42,7 @@ uint64_t route_client_bytes(const struct client *cl)
 	if (!rt)
 		return 0;
 	return sizeof(*rt) + (uint64_t)rt->retry_len + rt->deferred_len + (rt->fo ? rt->fo->len : 0) +
-	       shardplan_client_bytes(rt->sp);
+	       (rt->fo && rt->fo->mg ? rt_merge_bytes(rt->fo->mg) : 0) + shardplan_client_bytes(rt->sp);
 }
 
 enum hook_rc route_on_server_message(struct server *sv, char type, uint32_t len, bool whole)
@@ -66,8 +66,17 @@ enum hook_rc route_on_server_message(struct server *sv, char type, uint32_t len,
 
 void route_released(struct client *cl)
 {
-	if (cl->rt->fo)
+	struct route_session *rt = cl->rt;
+	if (rt->fo) {
 		rt_fanout_next(cl);
+	} else if (rt->fo_resume) {
+		/* Requests pipelined behind a fan-out waited (route_on_message): the client's loop
+		 * stopped there, and nothing else would run it again before the client sends more. */
+		rt->fo_resume = false;
+		struct iobuf *b = cl->c.in;
+		if (!cl->link && !cl->c.dead && b && b->scan < b->end)
+			client_on_data(cl);
+	}
 }
 
 /* ---- the pool layer's hooks ----------------------------------------------------------------- */

@@ -237,15 +237,18 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 			if (fr != HOOK_FORWARD)
 				return fr;
 			shard = 0;
+		} else if (shard == SHARD_NONE && c->cf.no_shard_key == NOSHARD_ALL && !write &&
+			   !rt->deferred && stmt_msg && se.merge_ok) {
+			return rt_merge_start(cl, h, total, avail);   /* rows pgmux combines */
 		} else if (shard == SHARD_NONE && c->cf.no_shard_key == NOSHARD_SHARD0) {
 			shard = 0;
 		} else {
 			char msg[400];
 			if (shard == SHARD_NONE && c->cf.no_shard_key == NOSHARD_ALL && !write && !se.nokey_write)
 				snprintf(msg, sizeof(msg), "pgmux: a read without a shard key on sharded database "
-					 "\"%s\" fans out only when the shards' rows together are its answer "
-					 "(one table, no join, subquery, function, aggregate, DISTINCT, GROUP BY, "
-					 "ORDER BY or LIMIT)", c->name);
+					 "\"%s\" runs on every shard only when it reads one table (no join, "
+					 "subquery, WITH, UNION or FOR UPDATE), outside a transaction block",
+					 c->name);
 			else
 				rt_shard_message(c, shard, write, &se, msg, sizeof(msg));
 			char tag[256];

@@ -21,10 +21,33 @@ void rt_fanout_free(struct client *cl)
 {
 	struct route_session *rt = cl->rt;
 	if (rt->fo) {
+		if (rt->fo->mg)
+			rt_merge_free(rt->fo->mg);
+		rt->fo_merge = false;
+		rt->fo_resume = true;   /* requests pipelined behind it route once it is released */
 		free(rt->fo->batch);
 		free(rt->fo);
 		rt->fo = NULL;
 	}
+}
+
+enum hook_rc rt_ps_note(struct server *sv, char type, uint32_t len)
+{
+	if (!sv->ps_active)
+		return HOOK_FORWARD;
+	const uint8_t *body = sv->c.in->data + sv->c.in->scan + PROTO_HDR;
+	return ps_server_message(sv, type, body, len - 4, true);
+}
+
+/* Drops a whole server message that the client must not see, after statement tracking has
+ * matched it to its request: HOOK_CONSUMED, or ps_server_message's HOOK_STOP. */
+static enum hook_rc drop_noted(struct server *sv, char type, uint32_t len)
+{
+	enum hook_rc r = rt_ps_note(sv, type, len);
+	if (r == HOOK_STOP || r == HOOK_CONSUMED)
+		return r;   /* closed, or statement tracking dropped it itself */
+	sbuf_drop(&sv->c, sv->c.in->scan, len + 1);
+	return HOOK_CONSUMED;
 }
 
 /* Saves a read batch to run on each shard in turn: a Query, or a Parse ... Sync batch. */
@@ -57,11 +80,13 @@ enum hook_rc rt_fanout_start(struct client *cl, const uint8_t *h, uint32_t total
 				return HOOK_WAIT;
 		}
 	}
-	if (!n || n != avail || !txtrack_quiet(&cl->tt)) {
+	/* Requests pipelined behind it wait until it has run on every shard (route_on_message),
+	 * then route on their own; requests before it must have been answered. */
+	if (!n || !txtrack_quiet(&cl->tt)) {
 		char msg[300];
-		snprintf(msg, sizeof(msg), "pgmux: a read that runs on every shard must come alone (not "
-			 "pipelined with other requests) and fit max_client_memory (%lld bytes)",
-			 (long long)cl->c.w->cf->max_client_memory);
+		snprintf(msg, sizeof(msg), "pgmux: a read that runs on every shard must start a "
+			 "pipeline (not follow requests still unanswered) and fit max_client_memory "
+			 "(%lld bytes)", (long long)cl->c.w->cf->max_client_memory);
 		return rt_refuse(cl, h[0], total, "0A000", msg);
 	}
 	/* A named Parse registers its name once (pgmux prepares it on the other shards itself):
@@ -89,13 +114,14 @@ enum hook_rc rt_fanout_message(struct server *sv, char type, uint32_t len, bool 
 	struct cluster *c = rt->rs->cl;
 	bool first = fo->shard == 0, last = fo->shard == c->n_shards - 1;
 	struct iobuf *b = sv->c.in;
+	if (fo->mg)
+		return rt_merge_message(sv, type, len, whole);
 	switch (type) {
 	case 'T': case '1': case '2': case 't': case 'n':
 		if (first)
 			return HOOK_FORWARD;
 		assert(whole);   /* route_on_server_message closes on an oversized one */
-		sbuf_drop(&sv->c, b->scan, len + 1);
-		return HOOK_CONSUMED;
+		return drop_noted(sv, type, len);
 	case 'C': {
 		if (fo->tag_done)
 			return HOOK_FORWARD;
@@ -115,10 +141,8 @@ enum hook_rc rt_fanout_message(struct server *sv, char type, uint32_t len, bool 
 			fo->rows += strtoull(sp + 1, NULL, 10);
 			fo->had_rows_tag = true;
 		}
-		if (!last) {
-			sbuf_drop(&sv->c, b->scan, len + 1);
-			return HOOK_CONSUMED;
-		}
+		if (!last)
+			return drop_noted(sv, type, len);
 		if (fo->had_rows_tag) {
 			struct pktbuf pb = { 0 };
 			char t[64];
@@ -143,9 +167,12 @@ enum hook_rc rt_fanout_message(struct server *sv, char type, uint32_t len, bool 
 		}
 		assert(whole);
 		/* This shard is done: what it sent goes out, the server goes back, and the batch
-		 * runs on the next shard (fanout_next, after the release). */
+		 * runs on the next shard (fanout_next, after the release).  Statement tracking
+		 * sees the ReadyForQuery, so that the server goes back with nothing owed. */
 		sv->tx = (char)b->data[b->scan + PROTO_HDR];
-		sbuf_drop(&sv->c, b->scan, len + 1);
+		enum hook_rc pr = drop_noted(sv, type, len);
+		if (pr == HOOK_STOP)
+			return pr;
 		txtrack_reset(&cl->tt);
 		fo->advance = true;
 		return HOOK_RELEASE;

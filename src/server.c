@@ -980,7 +980,7 @@ static bool reads_type(const struct server *sv, const struct client *cl, char ty
 		return true;   /* a few bytes; its tag says DISCARD ALL, PREPARE, the row count */
 	case 'E':
 		return sv->ps_active || route_reads_whole(cl, type);
-	case 'T': case 't':
+	case 'T': case 't': case 'D':
 		return route_reads_whole(cl, type);
 	default:
 		return false;

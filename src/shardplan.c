@@ -47,7 +47,7 @@ struct sp_val {
 
 struct sp_st {
 	uint8_t kind, verdict;
-	bool fanout_ok, insert, no_table;
+	bool fanout_ok, merge_ok, insert, no_table;
 	const char *why;
 	uint32_t n;
 	struct sp_val *v;
@@ -284,6 +284,7 @@ static struct sp_tmpl *tmpl_build(const char *text, uint32_t len, const struct s
 		s->kind = a->kind;
 		s->verdict = a->verdict;
 		s->fanout_ok = a->fanout_ok;
+		s->merge_ok = a->merge_ok;
 		s->insert = a->insert;
 		s->no_table = a->no_table;
 		s->why = a->why;
@@ -634,6 +635,7 @@ static void eval(const struct sp_ctx *ctx, const struct sp_tmpl *t, const char *
 	if (t->parse_error)
 		return;   /* PostgreSQL refuses it wherever it goes: it runs nowhere */
 	e->fanout_ok = t->n_st == 1 && t->st[0].fanout_ok;
+	e->merge_ok = t->n_st == 1 && t->st[0].merge_ok;
 	for (uint32_t i = 0; i < t->n_st; i++) {
 		const struct sp_st *s = &t->st[i];
 		int pos = (int)i + 1;

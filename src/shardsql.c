@@ -516,6 +516,8 @@ static void analyze_select(struct ctx *x, const PgQuery__SelectStmt *s)
 	st->fanout_ok = st->verdict == SHSQL_NOKEY && !sc.funcs && !s->n_distinct_clause &&
 			!s->n_group_clause && !s->having_clause && !s->n_window_clause &&
 			!s->n_sort_clause && !s->limit_count && !s->limit_offset && !s->n_locking_clause;
+	/* Otherwise mergeplan.c decides whether pgmux can combine the shards' rows itself. */
+	st->merge_ok = st->verdict == SHSQL_NOKEY && !s->n_locking_clause;
 }
 
 static bool targets_assign_key(const struct ctx *x, Node *const *list, size_t n)
@@ -667,6 +669,7 @@ static void analyze_explain(struct ctx *x, const PgQuery__ExplainStmt *e, int de
 	if (!analyze)
 		x->st->kind = x->st->kind == SHSQL_UTILITY ? SHSQL_UTILITY : SHSQL_READ;
 	x->st->fanout_ok = false;
+	x->st->merge_ok = false;
 }
 
 static void analyze_node(struct ctx *x, const Node *n, int depth)
@@ -696,6 +699,7 @@ static void analyze_node(struct ctx *x, const Node *n, int depth)
 		/* the cursor's rows are its query's */
 		analyze_node(x, n->declare_cursor_stmt->query, depth + 1);
 		st->fanout_ok = false;
+		st->merge_ok = false;
 		break;
 	case PG_QUERY__NODE__NODE_TRANSACTION_STMT:
 		st->tx_control = true;
