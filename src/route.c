@@ -16,6 +16,8 @@ enum hook_rc route_on_message(struct client *cl, char type, const uint8_t *h, ui
 	struct route_session *rt = cl->rt;
 	if (rt->fo && cl->tt.expect_z)
 		return HOOK_WAIT;   /* behind a fan-out's whole batch: routed on its own after it */
+	if (rt->sw)
+		return rt_split_on_message(cl, total);   /* a split write's step, or waits for it */
 	if (rt->rt_prepare_only && type == 'B' && rt_bind_shard(cl, h, total, avail))
 		return cl->c.dead ? HOOK_STOP : HOOK_CONSUMED;   /* unlinked: routes to its shard */
 	bool routed = rt->rt_routed;
@@ -42,6 +44,7 @@ uint64_t route_client_bytes(const struct client *cl)
 	if (!rt)
 		return 0;
 	return sizeof(*rt) + (uint64_t)rt->retry_len + rt->deferred_len + (rt->fo ? rt->fo->len : 0) +
+	       rt_split_bytes(cl) +
 	       shardplan_client_bytes(rt->sp);
 }
 
@@ -49,6 +52,8 @@ enum hook_rc route_on_server_message(struct server *sv, char type, uint32_t len,
 {
 	struct client *cl = sv->link;
 	struct route_session *rt = cl->rt;
+	if (rt->sw)
+		return rt_split_server(sv, type, len, whole);
 	if (rt->fo) {
 		if (!whole && (type == 'T' || type == 't')) {
 			/* one RowDescription for every shard: it must be read to be dropped */
@@ -68,6 +73,8 @@ void route_released(struct client *cl)
 {
 	if (cl->rt->fo)
 		rt_fanout_next(cl);
+	else if (cl->rt->sw)
+		rt_split_next(cl);
 }
 
 /* ---- the pool layer's hooks ----------------------------------------------------------------- */
@@ -149,6 +156,7 @@ void route_client_free(struct client *cl)
 	if (!rt)
 		return;
 	rt_fanout_free(cl);
+	rt_split_free(cl);
 	if (rt->ryw_server) {
 		rt->ryw_server->ryw_client = NULL;
 		rt->ryw_server = NULL;
