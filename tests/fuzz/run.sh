@@ -41,6 +41,7 @@ declare -A SRCS=(
 	[verdict]="src/verdict.c src/sqlscan.c"
 	[bind]="src/shardval.c src/shardhash.c"
 	[shardsql]="src/shardsql.c src/sqlmask.c"
+	[copysplit]="src/copysplit.c src/splitsql.c"
 	[stream]="$WORKER_SRCS tests/fuzz/stream_peek.c"
 	[stream_route]="$WORKER_SRCS tests/fuzz/stream_peek.c"
 )
@@ -56,6 +57,7 @@ declare -A LIBS=(
 	[verdict]=""
 	[bind]=""
 	[shardsql]="-lpg_query"
+	[copysplit]="-lpg_query -lprotobuf-c"
 	[stream]="$WORKER_LIBS"
 	[stream_route]="$WORKER_LIBS"
 )
@@ -65,7 +67,7 @@ declare -A HELPERS=(
 	[stream]="tests/fuzz/stream_peer.c"
 	[stream_route]="tests/fuzz/stream_peer.c"
 )
-ALL=(startup scram_server scram_client userlist secret config sqlscan verdict bind shardsql stream stream_route)
+ALL=(startup scram_server scram_client userlist secret config sqlscan verdict bind shardsql copysplit stream stream_route)
 
 # shellcheck disable=SC2054  # the commas belong to -fsanitize=
 CFLAGS=(-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined

@@ -10,6 +10,7 @@ column list, NULL or malformed keys, and an UPDATE that changes the shard key.  
 max_prepared_transactions = 0 makes a spanning write fail with a clear error, writing nothing."""
 
 import os
+import socket
 import struct
 
 import psycopg
@@ -22,7 +23,7 @@ from test_routing import need_routing
 INSERT = "INSERT INTO accounts (user_id, name) VALUES"
 
 
-def split_env(env, n, confs=None):
+def split_env(env, n, confs=None, settings=None):
     """n shard primaries (no replicas; confs[i]: extra postgresql.conf keys for shard i), a
     table accounts(user_id int8 primary key, name text) on each, and a pgmux with a sharded
     [database users] section in transaction pooling.  Returns (pgmux, Shards)."""
@@ -38,6 +39,7 @@ def split_env(env, n, confs=None):
                 server=t.primary)
     shards = Shards(env, topos)
     sets = {"pool_mode": "transaction", "monitor_interval": 0.2, "default_pool_size": 4}
+    sets.update(settings or {})
     px = env.pgmux({}, sets, sections={DB: env.sharded_section(
         DB, topos, no_shard_key="error", read_routing="off")})
     wait_shards_up(px, n, n_replicas=0)
@@ -306,3 +308,56 @@ def test_split_prepared_disabled(env):
         cur = c.execute(f"{INSERT} ({ks[1][0]}, 'one')")
         assert cur.rowcount == 1
     check_rows(shards, {ks[1][0]: "one"}, "prepared transactions disabled")
+
+
+@timeout(150)
+def test_split_hostile(env):
+    """A COPY larger than max_client_memory, malformed binary data, and a client that vanishes
+    in the middle of its COPY: each is refused or dropped with nothing written and no prepared
+    transaction left, while another client's writes go on."""
+    px, shards = split_env(env, 2, settings={"max_client_memory": 131072})
+    keys, ks = spanning_keys(shards, 2, seed=111)
+    other = px.connect(DB)
+    with px.connect(DB) as c:
+        with c.cursor() as cur:
+            def big():
+                with cur.copy("COPY accounts (user_id, name) FROM STDIN") as cp:
+                    for i in range(200):
+                        cp.write(f"{keys[i % len(keys)]}\t{'x' * 1000}\n")
+            expect_error(big, "54000", "COPY over max_client_memory",
+                         contains=("max_client_memory",))
+            def garbage():
+                with cur.copy("COPY accounts (user_id, name) FROM STDIN (FORMAT binary)") as cp:
+                    cp.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0) +
+                             struct.pack("!hi", 2, -7))
+            expect_error(garbage, "22P04", "malformed binary COPY")
+            def one_row_huge():
+                with cur.copy("COPY accounts (user_id, name) FROM STDIN") as cp:
+                    cp.write(f"{keys[0]}\t")
+                    for _ in range(40):
+                        cp.write("y" * 4096)
+                    cp.write("\n")
+            expect_error(one_row_huge, "54000", "a row larger than max_client_memory")
+        assert c.execute(f"SELECT count(*) FROM accounts WHERE user_id = {keys[0]}").fetchone() == (0,)
+    check_rows(shards, {}, "refused COPYs")
+
+    # a client that vanishes mid-COPY: its socket is shut, with rows sent and no CopyDone
+    c = px.connect(DB)
+    cur = c.cursor()
+    cp_cm = cur.copy("COPY accounts (user_id, name) FROM STDIN")
+    cp = cp_cm.__enter__()
+    for k in keys:
+        cp.write_row((k, "gone"))
+    cp._write_end = None
+    s = socket.socket(fileno=os.dup(c.fileno()))
+    s.shutdown(socket.SHUT_RDWR)
+    s.close()
+    # the other client is not disturbed
+    cur2 = other.execute(f"{INSERT} ({ks[0][0]}, 'o'), ({ks[1][0]}, 'o')")
+    assert cur2.rowcount == 2
+    other.close()
+    try:
+        c.close()
+    except Exception:  # noqa: BLE001
+        pass
+    check_rows(shards, {ks[0][0]: "o", ks[1][0]: "o"}, "a client gone mid-COPY")
