@@ -109,7 +109,7 @@ void rt_split_free(struct client *cl)
 uint64_t rt_split_bytes(const struct client *cl)
 {
 	const struct route_split *sw = cl->rt->sw;
-	return sw ? sizeof(*sw) + (uint64_t)sw->n * sizeof(sw->sh[0]) + sw->bytes : 0;
+	return sw ? sizeof(*sw) + (uint64_t)sw->n * sizeof(sw->sh[0]) + sw->bytes + sw->pend_cap : 0;
 }
 
 static struct route_split *split_new(struct client *cl, int n)
@@ -722,15 +722,14 @@ enum hook_rc rt_split_server(struct server *sv, char type, uint32_t len, bool wh
 					 "database \"%s\" has prepared transactions disabled; nothing was "
 					 "written", sw->cur, cl->rt->rs->cl->name);
 				split_fail_local(cl, "55000", msg);
-			} else if ((sw->err = malloc(blen < SPLIT_ERR_MAX ? blen : SPLIT_ERR_MAX))) {
-				/* cut at a field boundary is not needed: the client reads it whole */
-				if (blen <= SPLIT_ERR_MAX) {
-					memcpy(sw->err, body, blen);
-					sw->err_len = blen;
-				} else {
-					free(sw->err);
-					sw->err = NULL;
-				}
+			} else if (blen <= SPLIT_ERR_MAX && (sw->err = malloc(blen))) {
+				memcpy(sw->err, body, blen);
+				sw->err_len = blen;
+			} else {
+				/* too long to keep whole: its code and message are what the client needs */
+				char msg[1024];
+				snprintf(msg, sizeof(msg), "%s", m ? m : "error on a shard");
+				split_fail_local(cl, code && strlen(code) == 5 ? code : "XX000", msg);
 			}
 		}
 		break;
