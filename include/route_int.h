@@ -227,6 +227,10 @@ enum hook_rc rt_split_on_message(struct client *cl, uint32_t total);
 /* A server's answer to a step: kept from the client (HOOK_CONSUMED), the step's end releases
  * the server (HOOK_RELEASE, then rt_split_next). */
 enum hook_rc rt_split_server(struct server *sv, char type, uint32_t len, bool whole);
+/* The server running a step was lost (route_retry_lost): a COMMIT / ROLLBACK PREPARED runs
+ * again on a fresh server (at most SPLIT_RESOLVE_TRIES times), a lost PREPARE step fails the
+ * write (everything prepared is rolled back).  true: the client goes on (client_on_data). */
+bool rt_split_lost(struct client *cl);
 /* After that release: the next step (next shard, COMMIT / ROLLBACK PREPARED), or the answer. */
 void rt_split_next(struct client *cl);
 /* The client leaves: its split write's buffers go; prepared transactions it leaves behind are

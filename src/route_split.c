@@ -23,6 +23,9 @@
 #include "splitsql.h"
 #include "txtrack.h"
 
+/* A COMMIT / ROLLBACK PREPARED whose server is lost runs again on a fresh one, this often. */
+#define SPLIT_RESOLVE_TRIES 3
+
 /* A saved ErrorResponse body longer than this is cut (its fields are read, not forwarded). */
 #define SPLIT_ERR_MAX 4096
 
@@ -38,6 +41,7 @@ struct split_shard {
 	size_t len, cap;
 	uint64_t rows;
 	bool prepared;          /* its PREPARE TRANSACTION succeeded: it must be resolved */
+	uint8_t tries;          /* COMMIT / ROLLBACK PREPARED runs lost with their server */
 	char gid[80];
 };
 
@@ -780,6 +784,54 @@ enum hook_rc rt_split_server(struct server *sv, char type, uint32_t len, bool wh
 	}
 	sbuf_drop(&sv->c, b->scan, len + 1);
 	return HOOK_CONSUMED;
+}
+
+bool rt_split_lost(struct client *cl)
+{
+	struct route_split *sw = cl->rt->sw;
+	if (cl->c.dead || sw->cur < 0 || sw->cur >= sw->n || sw->phase == SP_COPY_IN)
+		return false;
+	/* What of the step the lost server never took goes: the step runs again, or not at all. */
+	struct iobuf *b = cl->c.in;
+	if (b && b->scan > b->start) {
+		sbuf_drop(&cl->c, b->start, b->scan - b->start);
+		b->scan = b->start;
+	}
+	if (b && sw->inject_left) {
+		assert(b->end - b->scan >= sw->inject_left);
+		sbuf_drop(&cl->c, b->scan, sw->inject_left);
+	}
+	sw->inject_left = 0;
+	cl->c.pkt_left = 0;
+	txtrack_reset(&cl->tt);
+	struct split_shard *s = &sw->sh[sw->cur];
+	char tag[256];
+	client_tag(cl, tag, sizeof(tag));
+	if (sw->phase == SP_PREPARE) {
+		/* Its PREPARE may have run before the connection went: rolled back with the rest
+		 * (a ROLLBACK PREPARED of a gid that never prepared fails harmlessly). */
+		char msg[300];
+		snprintf(msg, sizeof(msg), "pgmux: the connection to shard %d was lost during a write "
+			 "whose rows belong to several shards; it was rolled back on every shard", sw->cur);
+		log_warn("%s: split write %llu: server of shard %d lost before '%s' was prepared",
+			 tag, (unsigned long long)sw->seq, sw->cur, s->gid);
+		split_fail_local(cl, "08006", msg);
+		s->prepared = true;
+	} else if (++s->tries <= SPLIT_RESOLVE_TRIES) {
+		/* the decision stands: the same COMMIT / ROLLBACK PREPARED on a fresh server */
+		log_warn("%s: split write %llu: server of shard %d lost during %s PREPARED '%s'; "
+			 "running it again on another connection", tag, (unsigned long long)sw->seq,
+			 sw->cur, sw->phase == SP_COMMIT ? "COMMIT" : "ROLLBACK", s->gid);
+		sw->cur--;
+	} else {
+		log_error("%s: split write %llu: %s PREPARED '%s' on shard %d failed %d times: resolve "
+			  "it by hand (pg_prepared_xacts)", tag, (unsigned long long)sw->seq,
+			  sw->phase == SP_COMMIT ? "COMMIT" : "ROLLBACK", s->gid, sw->cur, s->tries);
+		s->prepared = false;
+	}
+	sw->step_err = false;
+	split_advance(cl, 0);
+	return !cl->c.dead;
 }
 
 void rt_split_next(struct client *cl)

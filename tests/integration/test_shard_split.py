@@ -312,9 +312,10 @@ def test_split_prepared_disabled(env):
 
 @timeout(150)
 def test_split_hostile(env):
-    """A COPY larger than max_client_memory, malformed binary data, and a client that vanishes
-    in the middle of its COPY: each is refused or dropped with nothing written and no prepared
-    transaction left, while another client's writes go on."""
+    """A COPY larger than max_client_memory, malformed binary data, a shard whose connection
+    dies in the middle of its part, and a client that vanishes in the middle of its COPY: each
+    is refused or dropped with nothing written and no prepared transaction left, while another
+    client's writes go on."""
     px, shards = split_env(env, 2, settings={"max_client_memory": 131072})
     keys, ks = spanning_keys(shards, 2, seed=111)
     other = px.connect(DB)
@@ -364,3 +365,18 @@ def test_split_hostile(env):
     except Exception:  # noqa: BLE001
         pass
     check_rows(shards, {ks[0][0]: "o", ks[1][0]: "o"}, "a client gone mid-COPY")
+
+    # a shard's server dies while its part runs (a trigger ends its own backend): what the
+    # other shard prepared is rolled back, the client gets 08006 and its connection goes on
+    for s in range(shards.n):
+        env.sql(DB, "CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.name = 'die' THEN PERFORM pg_terminate_backend(pg_backend_pid()); "
+                "END IF; RETURN NEW; END $$", server=shards.primary(s))
+        env.sql(DB, "CREATE TRIGGER die BEFORE INSERT ON accounts FOR EACH ROW "
+                "EXECUTE FUNCTION die()", server=shards.primary(s))
+    k0, k1 = ks[0][1], ks[1][1]
+    with px.connect(DB) as c:
+        expect_error(lambda: c.execute(f"{INSERT} ({k0}, 'ok'), ({k1}, 'die')"), "08006",
+                     "a shard's connection lost mid-write", contains=("rolled back",))
+        assert c.execute(f"SELECT name FROM accounts WHERE user_id = {ks[0][0]}").fetchone() == ("o",)
+    check_rows(shards, {ks[0][0]: "o", ks[1][0]: "o"}, "a shard lost mid-write")
