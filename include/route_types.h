@@ -143,7 +143,7 @@ static inline bool route_takes_copy(const struct client *cl)
 static inline bool route_reads_whole(const struct client *cl, char type)
 {
 	return (type == 'E' || type == 'C' || type == 'T' || type == 't' ||
-		(type == 'Z' && cl->rt && cl->rt->sw)) && route_watches_server(cl);
+		((type == 'Z' || type == 'D') && cl->rt && cl->rt->sw)) && route_watches_server(cl);
 }
 
 #endif

@@ -45,15 +45,17 @@ struct splitsql_copy {
 	bool header;            /* the first line names the columns (text, CSV) */
 	char null_str[64];      /* the NULL marker (NUL-terminated; text "\\N", CSV "") */
 	uint32_t null_len;
-	int key_col;            /* the key's position in the column list */
-	uint32_t n_cols;        /* the column list's length */
+	int key_col;            /* the key's position in the column list (-1: no list) */
+	uint32_t n_cols;        /* the column list's length (0: no list, the table's columns) */
+	char table[300];        /* no column list: the table as a quoted name ("s"."t") */
 	const char *why;        /* set: a COPY FROM STDIN pgmux cannot split, and why (static) */
 };
 
 /*
  * Reads sql (NUL-terminated): 0 when it is exactly one COPY table FROM STDIN (out filled; when
  * pgmux cannot split it out->why says why), 1 when it is something else, -1 out of memory.
- * key is the shard-key column; a COPY must name its columns, the key among them.
+ * key is the shard-key column; a column list must name it.  Without a column list, n_cols is 0
+ * and table holds the table's name, quoted, for pgmux to ask the server for its columns.
  */
 int splitsql_copy(const char *sql, const char *key, struct splitsql_copy *out);
 

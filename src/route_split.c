@@ -30,7 +30,8 @@
 #define SPLIT_ERR_MAX 4096
 
 enum split_phase {
-	SP_COPY_IN = 1,     /* the client streams COPY data; rows go to their shards' buffers */
+	SP_DESCRIBE = 1,    /* a COPY without a column list: its table's columns are asked for */
+	SP_COPY_IN,     /* the client streams COPY data; rows go to their shards' buffers */
 	SP_PREPARE,         /* each shard with rows runs BEGIN; its rows; PREPARE TRANSACTION */
 	SP_COMMIT,          /* every shard prepared: COMMIT PREPARED on each */
 	SP_ROLLBACK         /* one failed: ROLLBACK PREPARED on each that prepared */
@@ -403,6 +404,32 @@ static enum hook_rc start_insert(struct client *cl, uint32_t total, const char *
 	return split_advance(cl, total) ? HOOK_CONSUMED : (cl->c.dead ? HOOK_STOP : HOOK_CONSUMED);
 }
 
+/* pgmux answers the COPY itself (CopyInResponse): the rows come to it first.  total: the
+ * client message this answers (consumed), 0 when none. */
+static enum hook_rc copy_in_response(struct client *cl, uint32_t total)
+{
+	struct route_session *rt = cl->rt;
+	struct route_split *sw = rt->sw;
+	sw->phase = SP_COPY_IN;
+	sw->cur = -1;
+	sw->cs.key_col = sw->opts.key_col;
+	rt->split_copy_in = true;
+	struct pktbuf *o = &cl->c.out;
+	pktbuf_begin(o, 'G');
+	pktbuf_put_u8(o, sw->opts.format == SPLITSQL_BINARY ? 1 : 0);
+	pktbuf_put_u16(o, (uint16_t)sw->opts.n_cols);
+	for (uint32_t i = 0; i < sw->opts.n_cols; i++)
+		pktbuf_put_u16(o, sw->opts.format == SPLITSQL_BINARY ? 1 : 0);
+	pktbuf_end(o);
+	if (total)
+		return rt_reply_out(cl, total);
+	if (sbuf_send_out(&cl->c) < 0) {
+		client_close(cl, "send failed", NULL);
+		return HOOK_STOP;
+	}
+	return HOOK_CONSUMED;
+}
+
 static enum hook_rc start_copy(struct client *cl, uint32_t total, const char *sql, size_t len)
 {
 	struct route_session *rt = cl->rt;
@@ -452,20 +479,35 @@ static enum hook_rc start_copy(struct client *cl, uint32_t total, const char *sq
 	sw->cs.header = opts.header;
 	sw->cs.key_col = opts.key_col;
 	copysplit_init(&sw->cs);
-	sw->phase = SP_COPY_IN;
-	rt->split_copy_in = true;
 	char tag[256];
 	log_info("%s: COPY FROM STDIN split over shards as split write %llu",
 		 client_tag(cl, tag, sizeof(tag)), (unsigned long long)sw->seq);
-	/* pgmux answers the COPY itself: the rows come to it first. */
-	struct pktbuf *o = &cl->c.out;
-	pktbuf_begin(o, 'G');
-	pktbuf_put_u8(o, opts.format == SPLITSQL_BINARY ? 1 : 0);
-	pktbuf_put_u16(o, (uint16_t)opts.n_cols);
-	for (uint32_t i = 0; i < opts.n_cols; i++)
-		pktbuf_put_u16(o, opts.format == SPLITSQL_BINARY ? 1 : 0);
-	pktbuf_end(o);
-	return rt_reply_out(cl, total);
+	if (!opts.n_cols) {
+		/* No column list: the table's columns, in order, as COPY takes them (generated
+		 * ones left out), from shard 0; the COPY is answered once they are known. */
+		char q[1000];
+		char lit[700];
+		size_t o = 0;
+		for (const char *p = opts.table; *p && o + 2 < sizeof(lit); p++) {
+			if (*p == '\'')
+				lit[o++] = '\'';
+			lit[o++] = *p;
+		}
+		lit[o] = '\0';
+		snprintf(q, sizeof(q), "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = "
+			 "'%s'::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped AND "
+			 "attgenerated = '' ORDER BY attnum", lit);
+		sw->phase = SP_DESCRIBE;
+		sw->cur = 0;
+		struct pktbuf pb = { 0 };
+		proto_query(&pb, q);
+		if (!inject(cl, &pb, total)) {
+			client_close(cl, "out of memory", "53200");
+			return HOOK_STOP;
+		}
+		return HOOK_CONSUMED;
+	}
+	return copy_in_response(cl, total);
 }
 
 enum hook_rc rt_split_start(struct client *cl, int why, const char *sql, size_t len, uint32_t total)
@@ -717,7 +759,7 @@ enum hook_rc rt_split_server(struct server *sv, char type, uint32_t len, bool wh
 		log_warn("%s: split write %llu, shard %d (%s): %s", client_tag(cl, tag, sizeof(tag)),
 			 (unsigned long long)sw->seq, sw->cur, sw->sh[sw->cur].gid, m ? m : "error");
 		sw->step_err = true;
-		if (sw->phase == SP_PREPARE && !sw->failed) {
+		if ((sw->phase == SP_PREPARE || sw->phase == SP_DESCRIBE) && !sw->failed) {
 			sw->failed = true;
 			if (code && !strcmp(code, "55000") && m && strstr(m, "prepared transactions are disabled")) {
 				char msg[400];
@@ -738,6 +780,18 @@ enum hook_rc rt_split_server(struct server *sv, char type, uint32_t len, bool wh
 		}
 		break;
 	}
+	case 'D':
+		if (sw->phase == SP_DESCRIBE && blen >= 6 && body[0] == 0 && body[1] == 1) {
+			uint32_t n = ((uint32_t)body[2] << 24) | ((uint32_t)body[3] << 16) |
+				     ((uint32_t)body[4] << 8) | body[5];
+			const char *key = cl->rt->rs->cl->shard_key;
+			if (n != UINT32_MAX && n <= blen - 6 && key && strlen(key) == n &&
+			    !memcmp(body + 6, key, n))
+				sw->opts.key_col = (int)sw->opts.n_cols;
+			if (sw->opts.n_cols < 1600)   /* PostgreSQL's MaxHeapAttributeNumber */
+				sw->opts.n_cols++;
+		}
+		break;
 	case 'C':
 		if (sw->phase == SP_PREPARE && blen > 1) {
 			const char *t = (const char *)body;
@@ -753,7 +807,9 @@ enum hook_rc rt_split_server(struct server *sv, char type, uint32_t len, bool wh
 		/* the step's requests were all answered here, none by statement tracking */
 		ps_unlink(sv);
 		struct split_shard *s = &sw->sh[sw->cur];
-		if (sw->phase == SP_PREPARE) {
+		if (sw->phase == SP_DESCRIBE) {
+			/* nothing to log: the table's columns were read (or its error kept) */
+		} else if (sw->phase == SP_PREPARE) {
 			if (!sw->step_err) {
 				s->prepared = true;
 				log_info("%s: split write %llu: prepared '%s' on shard %d",
@@ -791,6 +847,8 @@ bool rt_split_lost(struct client *cl)
 	struct route_split *sw = cl->rt->sw;
 	if (cl->c.dead || sw->cur < 0 || sw->cur >= sw->n || sw->phase == SP_COPY_IN)
 		return false;
+	if (sw->phase == SP_DESCRIBE)
+		return false;   /* nothing prepared: the client goes as with any lost server */
 	/* What of the step the lost server never took goes: the step runs again, or not at all. */
 	struct iobuf *b = cl->c.in;
 	if (b && b->scan > b->start) {
@@ -834,11 +892,38 @@ bool rt_split_lost(struct client *cl)
 	return !cl->c.dead;
 }
 
+/* The table's columns are known (or its error): the COPY is answered, or refused. */
+static void describe_done(struct client *cl)
+{
+	struct route_split *sw = cl->rt->sw;
+	struct cluster *c = cl->rt->rs->cl;
+	if (!sw->failed && sw->opts.key_col < 0) {
+		char msg[700];
+		snprintf(msg, sizeof(msg), "pgmux: cannot split COPY FROM STDIN over the shards of "
+			 "database \"%s\": table %s has no column %s", c->name, sw->opts.table,
+			 c->shard_key ? c->shard_key : "(no shard key)");
+		split_fail_local(cl, "0A000", msg);
+	}
+	if (sw->failed) {
+		sw->phase = SP_ROLLBACK;
+		sw->cur = sw->n;
+		split_answer(cl);
+	} else if (copy_in_response(cl, 0) == HOOK_STOP) {
+		return;
+	}
+	if (!cl->c.dead)
+		client_on_data(cl);
+}
+
 void rt_split_next(struct client *cl)
 {
 	struct route_split *sw = cl->rt->sw;
 	if (!sw || cl->link || cl->c.dead || sw->phase == SP_COPY_IN)
 		return;
+	if (sw->phase == SP_DESCRIBE) {
+		describe_done(cl);
+		return;
+	}
 	if (split_advance(cl, 0) || !cl->c.dead)
 		client_on_data(cl);
 }

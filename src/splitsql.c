@@ -211,6 +211,37 @@ static bool truthy(const char *v)
 	       !strcasecmp(v, "match");
 }
 
+/* name as a quoted identifier ("a""b") appended at out[*o]; false when it does not fit. */
+static bool put_ident(const char *name, char *out, size_t cap, size_t *o)
+{
+	if (*o + 1 >= cap)
+		return false;
+	out[(*o)++] = '"';
+	for (; *name; name++) {
+		if (*o + 3 >= cap)
+			return false;
+		if (*name == '"')
+			out[(*o)++] = '"';
+		out[(*o)++] = *name;
+	}
+	out[(*o)++] = '"';
+	out[*o] = '\0';
+	return true;
+}
+
+static bool quote_table(const PgQuery__RangeVar *r, char *out, size_t cap)
+{
+	size_t o = 0;
+	out[0] = '\0';
+	if (r->catalogname && r->catalogname[0] &&
+	    (!put_ident(r->catalogname, out, cap, &o) || o + 1 >= cap || !(out[o++] = '.')))
+		return false;
+	if (r->schemaname && r->schemaname[0] &&
+	    (!put_ident(r->schemaname, out, cap, &o) || o + 1 >= cap || !(out[o++] = '.')))
+		return false;
+	return put_ident(r->relname, out, cap, &o);
+}
+
 static void read_copy(const PgQuery__CopyStmt *s, const char *key, struct splitsql_copy *o)
 {
 	const char *delim = NULL, *quote = NULL, *escape = NULL, *null = NULL;
@@ -281,8 +312,10 @@ static void read_copy(const PgQuery__CopyStmt *s, const char *key, struct splits
 		return;
 	}
 	if (!s->n_attlist) {
-		o->why = "a COPY without a column list (name the columns, the shard key among them, "
-			 "so that pgmux knows where each row's key is)";
+		/* the table's own columns: pgmux asks the server for them */
+		o->key_col = -1;
+		if (!quote_table(s->relation, o->table, sizeof(o->table)))
+			o->why = "a COPY whose table name is too long";
 		return;
 	}
 	o->n_cols = (uint32_t)s->n_attlist;

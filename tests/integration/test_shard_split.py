@@ -6,7 +6,8 @@ Rows must land on the shard PostgreSQL's own hash partitioning names (satisfies_
 as test_sharding checks), the command tag must count every shard's rows, a failure on one shard
 must leave nothing anywhere, and pg_prepared_xacts must be empty after every statement.  Refused:
 a spanning write inside a transaction block, RETURNING on a spanning INSERT, a COPY without a
-column list, NULL or malformed keys, and an UPDATE that changes the shard key.  A shard with
+column list that lacks the key (without a list pgmux asks the server for the table's columns),
+NULL or malformed keys, and an UPDATE that changes the shard key.  A shard with
 max_prepared_transactions = 0 makes a spanning write fail with a clear error, writing nothing."""
 
 import os
@@ -159,8 +160,10 @@ def test_split_insert(env):
 def test_split_copy(env):
     """COPY FROM STDIN over two shards in text, CSV and binary, with escapes, quoted newlines,
     headers and other delimiters, through psycopg and psql's \\copy; CopyFail, a NULL key, a
-    malformed key and a COPY without a column list write nothing."""
+    malformed key and a table without the key write nothing; with and without a column list."""
     px, shards = split_env(env, 2)
+    for s in range(shards.n):
+        env.sql(DB, "CREATE TABLE notes (id int, body text)", server=shards.primary(s))
     keys, _ = spanning_keys(shards, 6, seed=81)
     names = {}
     for i, k in enumerate(keys):
@@ -211,6 +214,19 @@ def test_split_copy(env):
     check_rows(shards, names, "COPY binary")
     clear(shards)
 
+    # no column list: pgmux asks shard 0 for the table's columns (text and binary)
+    with px.connect(DB) as c:
+        with c.cursor() as cur:
+            with cur.copy("COPY accounts FROM STDIN") as cp:
+                for k in keys[:6]:
+                    cp.write_row((k, names[k]))
+            assert cur.rowcount == 6, cur.rowcount
+            with cur.copy("COPY public.accounts FROM STDIN (FORMAT binary)") as cp:
+                cp.write(bin_copy([(k, names[k]) for k in keys[6:]]))
+            assert cur.rowcount == len(keys) - 6, cur.rowcount
+    check_rows(shards, names, "COPY without a column list")
+    clear(shards)
+
     # psql \copy, text and CSV
     path = env.dir / "rows.csv"
     path.write_text("".join(f'{k};"{names[k].replace(chr(34), chr(34) * 2)}"\n' for k in keys))
@@ -248,10 +264,12 @@ def test_split_copy(env):
                         cp.write(bad)
                 expect_error(run, state, f"COPY with {what}")
                 check_rows(shards, {}, f"COPY with {what}")
-        expect_error(lambda: c.execute("COPY accounts FROM STDIN"), "0A000",
-                     "COPY without a column list", contains=("column list",))
         expect_error(lambda: c.execute("COPY accounts (name) FROM STDIN"), "0A000",
                      "COPY without the key", contains=("shard key",))
+        expect_error(lambda: c.execute("COPY no_such_table FROM STDIN"), "42P01",
+                     "COPY into a table that does not exist")
+        expect_error(lambda: c.execute("COPY notes FROM STDIN"), "0A000",
+                     "COPY into a table without the key", contains=("has no column user_id",))
         # the last line may lack its newline (PostgreSQL takes it)
         with c.cursor() as cur:
             with cur.copy("COPY accounts (user_id, name) FROM STDIN") as cp:

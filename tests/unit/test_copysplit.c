@@ -270,9 +270,14 @@ static void test_copy_options(void **state)
 	assert_int_equal(splitsql_copy("COPY t (a, user_id) FROM STDIN (FORMAT binary)", "user_id", &o), 0);
 	assert_int_equal(o.format, SPLITSQL_BINARY);
 	assert_null(o.why);
-	/* refused: no column list, no key, ENCODING, FORCE_NULL */
+	/* no column list: the table's name, quoted, to ask the server for its columns */
 	assert_int_equal(splitsql_copy("COPY t FROM STDIN", "user_id", &o), 0);
-	assert_non_null(o.why);
+	assert_null(o.why);
+	assert_int_equal(o.n_cols, 0);
+	assert_string_equal(o.table, "\"t\"");
+	assert_int_equal(splitsql_copy("COPY \"My\"\"S\".tab FROM STDIN (FORMAT csv)", "user_id", &o), 0);
+	assert_string_equal(o.table, "\"My\"\"S\".\"tab\"");
+	/* refused: no key, ENCODING, FORCE_NULL */
 	assert_int_equal(splitsql_copy("COPY t (a) FROM STDIN", "user_id", &o), 0);
 	assert_non_null(o.why);
 	assert_int_equal(splitsql_copy("COPY t (user_id) FROM STDIN (ENCODING 'latin1')", "user_id", &o), 0);
