@@ -97,14 +97,29 @@ void rt_split_free(struct client *cl)
 	struct route_split *sw = rt->sw;
 	if (!sw)
 		return;
-	/* A client that leaves between the phases leaves prepared transactions behind: the log
-	 * names them, with the decision made, for the operator (pg_prepared_xacts). */
+	/* A client that leaves between the phases leaves prepared transactions: each is resolved
+	 * as decided (COMMIT only once every shard had prepared) on an idle server of its shard;
+	 * what cannot be is logged for the operator (pg_prepared_xacts). */
+	struct cluster *c = rt->rs->cl;
+	bool commit = sw->phase == SP_COMMIT;
 	for (int i = 0; i < sw->n; i++) {
-		if (sw->sh[i].prepared)
-			log_warn("split write: client left; prepared transaction '%s' on shard %d stays "
-				 "until resolved (%s PREPARED '%s')", sw->sh[i].gid, i,
-				 sw->phase == SP_COMMIT ? "decision was commit: COMMIT" : "decision was "
-				 "rollback: ROLLBACK", sw->sh[i].gid);
+		const struct split_shard *s = &sw->sh[i];
+		bool in_flight = sw->phase == SP_PREPARE && i == sw->cur && !s->prepared;
+		if (in_flight)
+			log_warn("split write %llu: client left while '%s' was being prepared on shard %d: "
+				 "if it shows in pg_prepared_xacts, ROLLBACK PREPARED it",
+				 (unsigned long long)sw->seq, s->gid, i);
+		if (!s->prepared)
+			continue;
+		int t = i < c->n_shards ? c->primary[i] : -1;
+		char q[160];
+		snprintf(q, sizeof(q), "%s PREPARED '%s'", commit ? "COMMIT" : "ROLLBACK", s->gid);
+		if (t >= 0 && t < rt->rs->n && pool_run_internal(rt->rs->pools[t], q))
+			log_info("split write %llu: client left; %s on shard %d", (unsigned long long)sw->seq,
+				 q, i);
+		else
+			log_warn("split write %llu: client left; prepared transaction '%s' on shard %d stays "
+				 "until resolved (decision: %s)", (unsigned long long)sw->seq, s->gid, i, q);
 	}
 	split_free(sw);
 	rt->sw = NULL;
@@ -756,6 +771,13 @@ enum hook_rc rt_split_server(struct server *sv, char type, uint32_t len, bool wh
 	case 'E': {
 		const char *m = proto_error_field(body, blen, 'M');
 		const char *code = proto_error_field(body, blen, 'C');
+		if (sw->phase == SP_ROLLBACK && code && !strcmp(code, "42704")) {
+			/* a gid whose PREPARE never ran (its server was lost first): nothing to undo */
+			log_info("%s: split write %llu: no prepared transaction '%s' on shard %d",
+				 client_tag(cl, tag, sizeof(tag)), (unsigned long long)sw->seq,
+				 sw->sh[sw->cur].gid, sw->cur);
+			break;
+		}
 		log_warn("%s: split write %llu, shard %d (%s): %s", client_tag(cl, tag, sizeof(tag)),
 			 (unsigned long long)sw->seq, sw->cur, sw->sh[sw->cur].gid, m ? m : "error");
 		sw->step_err = true;

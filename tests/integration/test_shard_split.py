@@ -17,7 +17,7 @@ import struct
 import psycopg
 from psycopg import pq
 
-from pgharness import pg_bin, timeout
+from pgharness import timeout, wait_for
 from test_sharding import (DB, Shards, expect_error, fresh_keys, wait_shards_up)
 from test_routing import need_routing
 
@@ -335,7 +335,7 @@ def test_split_hostile(env):
     is refused or dropped with nothing written and no prepared transaction left, while another
     client's writes go on."""
     px, shards = split_env(env, 2, settings={"max_client_memory": 131072})
-    keys, ks = spanning_keys(shards, 2, seed=111)
+    keys, ks = spanning_keys(shards, 3, seed=111)
     other = px.connect(DB)
     with px.connect(DB) as c:
         with c.cursor() as cur:
@@ -398,3 +398,35 @@ def test_split_hostile(env):
                      "a shard's connection lost mid-write", contains=("rolled back",))
         assert c.execute(f"SELECT name FROM accounts WHERE user_id = {ks[0][0]}").fetchone() == ("o",)
     check_rows(shards, {ks[0][0]: "o", ks[1][0]: "o"}, "a shard lost mid-write")
+
+    # a client that vanishes between the phases: shard 0 has prepared, shard 1's part waits on
+    # a lock the test holds; pgmux rolls back what shard 0 prepared on its own
+    for s in range(shards.n):
+        env.sql(DB, "CREATE FUNCTION wait_lock() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.name = 'wait' THEN PERFORM pg_advisory_xact_lock(4242); END IF; "
+                "RETURN NEW; END $$", server=shards.primary(s))
+        env.sql(DB, "CREATE TRIGGER wait_lock BEFORE INSERT ON accounts FOR EACH ROW "
+                "EXECUTE FUNCTION wait_lock()", server=shards.primary(s))
+    k0, k1 = ks[0][2], ks[1][2]
+    holder = shards.primary(1).connect(DB)
+    holder.execute("SELECT pg_advisory_lock(4242)")
+    c = px.connect(DB)
+    c.pgconn.send_query(f"{INSERT} ({k0}, 'x'), ({k1}, 'wait')".encode())
+
+    def prepared_on_0():
+        return shards.primary(0).sql1("SELECT count(*) FROM pg_prepared_xacts")
+    wait_for(lambda: prepared_on_0() == 1, 30, 0.05)
+    s = socket.socket(fileno=os.dup(c.fileno()))
+    s.shutdown(socket.SHUT_RDWR)
+    s.close()
+    wait_for(lambda: prepared_on_0() == 0, 30, 0.05)
+    # shard 1's part ends before it could prepare
+    holder.execute("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                   "AND NOT granted")
+    holder.execute("SELECT pg_advisory_unlock(4242)")
+    holder.close()
+    try:
+        c.close()
+    except Exception:  # noqa: BLE001
+        pass
+    check_rows(shards, {ks[0][0]: "o", ks[1][0]: "o"}, "a client gone between the phases")
