@@ -125,7 +125,7 @@ static inline void route_note_sent(struct client *cl, char type)
 }
 
 /* Whether a server message to the linked client cl goes through route_on_server_message:
- * false for a plain client (no session) or one with neither a fan-out nor a kept read. */
+ * false for a plain client (no session) or one with no fan-out, kept read or split write. */
 static inline bool route_watches_server(const struct client *cl)
 {
 	const struct route_session *rt = cl->rt;

@@ -2,7 +2,6 @@
 #include "route_int.h"
 
 #include <assert.h>
-#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,7 +200,8 @@ static void split_answer(struct client *cl)
 	}
 }
 
-/* An error of pgmux's own in place of the statement's answer (nothing was prepared yet). */
+/* An error of pgmux's own that the client gets in place of the statement's answer: the write
+ * fails, and whatever had prepared is rolled back. */
 static void split_fail_local(struct client *cl, const char *sqlstate, const char *msg)
 {
 	struct route_split *sw = cl->rt->sw;
