@@ -50,6 +50,10 @@ void pool_wait_login(struct client *cl);
 void pool_acquire(struct client *cl);
 /* The client's transaction (or session) is over: the server goes back or is reset/closed. */
 void pool_release(struct server *sv, bool client_gone);
+/* Runs one statement of pgmux's own (sql) on an idle server of p, as a server check runs:
+ * the server is kept from clients until its answer, which nobody gets (errors are logged).
+ * false when no server is idle now (nothing was sent). */
+bool pool_run_internal(struct pool *p, const char *sql);
 
 /* A server finished login / a login or connect failed.  refused: the server (or pgmux's own
  * login logic) turned the login down, and the clients waiting for this pool get the error now;

@@ -231,4 +231,36 @@ bool rt_check_shard(struct client *cl, char type, const uint8_t *h, uint32_t tot
  * the client was closed). */
 bool rt_bind_shard(struct client *cl, const uint8_t *h, uint32_t total, uint32_t avail);
 
+/* ---- route_split.c: writes that span shards (two-phase commit, one shard at a time) ---- */
+
+/* A Query (total bytes, whole) that shard_for placed on several shards (why SHARD_MULTI: an
+ * INSERT's VALUES rows) or refused (SHARD_REFUSE: a COPY FROM STDIN), sql its text: split over
+ * the shards when it may be (HOOK_CONSUMED: its first step or pgmux's CopyInResponse is under
+ * way), refused when it is such a statement but may not be split here (rt_refuse's result),
+ * HOOK_FORWARD when it is no such statement (the caller refuses it as before); HOOK_STOP when
+ * the client was closed. */
+enum hook_rc rt_split_start(struct client *cl, int why, const char *sql, size_t len, uint32_t total);
+/* An unlinked client's message while a split write runs: COPY data (read into the shards'
+ * buffers), or pgmux's next step (routed to its shard's primary: HOOK_FORWARD); the client's
+ * own next request waits (HOOK_WAIT). */
+enum hook_rc rt_split_pick(struct client *cl, char type, const uint8_t *h, uint32_t total,
+			   uint32_t avail);
+/* A linked client's message while a split write runs: a step's message goes out
+ * (HOOK_FORWARD), the client's own waits for the answer (HOOK_WAIT). */
+enum hook_rc rt_split_on_message(struct client *cl, uint32_t total);
+/* A server's answer to a step: kept from the client (HOOK_CONSUMED), the step's end releases
+ * the server (HOOK_RELEASE, then rt_split_next). */
+enum hook_rc rt_split_server(struct server *sv, char type, uint32_t len, bool whole);
+/* The server running a step was lost (route_retry_lost): a COMMIT / ROLLBACK PREPARED runs
+ * again on a fresh server (at most SPLIT_RESOLVE_TRIES times), a lost PREPARE step fails the
+ * write (everything prepared is rolled back).  true: the client goes on (client_on_data). */
+bool rt_split_lost(struct client *cl);
+/* After that release: the next step (next shard, COMMIT / ROLLBACK PREPARED), or the answer. */
+void rt_split_next(struct client *cl);
+/* The client leaves: its split write's buffers go; prepared transactions it leaves behind are
+ * logged with their gids and the decision made. */
+void rt_split_free(struct client *cl);
+/* Bytes a split write holds for the client (max_client_memory). */
+uint64_t rt_split_bytes(const struct client *cl);
+
 #endif

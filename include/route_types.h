@@ -101,6 +101,8 @@ struct route_session {
 	struct client *cl;                  /* its client, set when it parks */
 	struct list parked;                 /* in w->rt_parked while its message waits for the end
 					     * of a PAUSE (route_pick.c); else a lone node */
+	struct route_split *sw;             /* a write split over shards (route_split.c) */
+	bool split_copy_in;                 /* ... that reads the client's COPY data now */
 };
 
 /* The forwarding loops test these inline before they call routing's hooks (worker->router),
@@ -110,7 +112,7 @@ struct route_session {
 static inline bool route_watches_client(const struct client *cl, char type)
 {
 	const struct route_session *rt = cl->rt;
-	return rt->fo || rt->rt_prepare_only ||
+	return rt->fo || rt->sw || rt->rt_prepare_only ||
 	       (rt->rs->cl->n_shards > 1 && (type == 'Q' || type == 'P' || type == 'B' || rt->rt_routed));
 }
 
@@ -128,17 +130,25 @@ static inline void route_note_sent(struct client *cl, char type)
 }
 
 /* Whether a server message to the linked client cl goes through route_on_server_message:
- * false for a plain client (no session) or one with neither a fan-out nor a kept read. */
+ * false for a plain client (no session) or one with no fan-out, kept read or split write. */
 static inline bool route_watches_server(const struct client *cl)
 {
 	const struct route_session *rt = cl->rt;
-	return rt && (rt->fo || rt->retry);
+	return rt && (rt->fo || rt->retry || rt->sw);
+}
+
+/* An unlinked client whose COPY data pgmux reads itself (a COPY split over shards): its
+ * CopyData, CopyDone and CopyFail go to routing instead of being dropped. */
+static inline bool route_takes_copy(const struct client *cl)
+{
+	return cl->rt && cl->rt->split_copy_in;
 }
 
 /* The server messages of type that route_on_server_message needs whole in the buffer. */
 static inline bool route_reads_whole(const struct client *cl, char type)
 {
-	return ((type == 'E' || type == 'C' || type == 'T' || type == 't') && route_watches_server(cl)) ||
+	return ((type == 'E' || type == 'C' || type == 'T' || type == 't' ||
+		 ((type == 'Z' || type == 'D') && cl->rt && cl->rt->sw)) && route_watches_server(cl)) ||
 	       (type == 'D' && cl->rt && cl->rt->fo_merge);   /* a merged read keeps its rows */
 }
 

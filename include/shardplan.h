@@ -61,6 +61,14 @@ uint64_t shardplan_client_bytes(const struct sp_client *sp);
 void shardplan_query(const struct sp_ctx *ctx, const char *sql, size_t len, struct sp_eval *e);
 
 /*
+ * shardplan_query for a single statement whose key values are to be placed one by one (an
+ * INSERT's VALUES rows, which pgmux splits over shards): vshard[i] gets the shard of key value
+ * i (vcap entries; -1 where a value placed nothing, is unreadable or when the text is not one
+ * statement).  e is as shardplan_query leaves it.
+ */
+void shardplan_query_rows(const struct sp_ctx *ctx, const char *sql, size_t len, struct sp_eval *e,
+			  int *vshard, uint32_t vcap);
+/*
  * A Parse message m (total bytes, whole) and, when the same batch holds one, the first Bind
  * after it (bind: its body, blen bytes; NULL when none).  The statement is remembered under
  * its name for later Binds (the unnamed one until the next unnamed Parse).

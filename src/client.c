@@ -935,7 +935,7 @@ static void forward_loop(struct client *cl)
 				client_close(cl, "client close request", NULL);
 				return;
 			}
-			if (needs_no_server(type) && b->start == b->scan) {
+			if (needs_no_server(type) && b->start == b->scan && !route_takes_copy(cl)) {
 				if (type == 'c' || type == 'f')
 					txtrack_stray_copy_end(&cl->tt);
 				client_drop_msg(cl, total);

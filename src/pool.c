@@ -461,6 +461,20 @@ static struct server *take_ready(struct pool *p)
 	return sv;
 }
 
+bool pool_run_internal(struct pool *p, const char *sql)
+{
+	struct server *sv = take_idle(p);
+	if (!sv)
+		return false;
+	/* as a server check runs: SV_TESTED keeps it from clients until the answer, then it is
+	 * idle again (internal_done) */
+	server_set_state(sv, SV_TESTED);
+	if (server_send_internal(sv, sql))
+		return true;
+	server_close(sv, "send failed");
+	return false;
+}
+
 static void fail_fast(struct client *cl)
 {
 	char msg[400];

@@ -16,6 +16,8 @@ enum hook_rc route_on_message(struct client *cl, char type, const uint8_t *h, ui
 	struct route_session *rt = cl->rt;
 	if (rt->fo && cl->tt.expect_z)
 		return HOOK_WAIT;   /* behind a fan-out's whole batch: routed on its own after it */
+	if (rt->sw)
+		return rt_split_on_message(cl, total);   /* a split write's step, or waits for it */
 	if (rt->rt_prepare_only && type == 'B' && rt_bind_shard(cl, h, total, avail))
 		return cl->c.dead ? HOOK_STOP : HOOK_CONSUMED;   /* unlinked: routes to its shard */
 	bool routed = rt->rt_routed;
@@ -42,13 +44,16 @@ uint64_t route_client_bytes(const struct client *cl)
 	if (!rt)
 		return 0;
 	return sizeof(*rt) + (uint64_t)rt->retry_len + rt->deferred_len + (rt->fo ? rt->fo->len : 0) +
-	       (rt->fo && rt->fo->mg ? rt_merge_bytes(rt->fo->mg) : 0) + shardplan_client_bytes(rt->sp);
+	       (rt->fo && rt->fo->mg ? rt_merge_bytes(rt->fo->mg) : 0) + rt_split_bytes(cl) +
+	       shardplan_client_bytes(rt->sp);
 }
 
 enum hook_rc route_on_server_message(struct server *sv, char type, uint32_t len, bool whole)
 {
 	struct client *cl = sv->link;
 	struct route_session *rt = cl->rt;
+	if (rt->sw)
+		return rt_split_server(sv, type, len, whole);
 	if (rt->fo) {
 		if (!whole && (type == 'T' || type == 't')) {
 			/* one RowDescription for every shard: it must be read to be dropped */
@@ -69,6 +74,8 @@ void route_released(struct client *cl)
 	struct route_session *rt = cl->rt;
 	if (rt->fo) {
 		rt_fanout_next(cl);
+	} else if (rt->sw) {
+		rt_split_next(cl);
 	} else if (rt->fo_resume) {
 		/* Requests pipelined behind a fan-out waited (route_on_message): the client's loop
 		 * stopped there, and nothing else would run it again before the client sends more. */
@@ -161,6 +168,7 @@ void route_client_free(struct client *cl)
 		return;
 	rt_fanout_free(cl);
 	list_del(&rt->parked);
+	rt_split_free(cl);
 	if (rt->ryw_server) {
 		rt->ryw_server->ryw_client = NULL;
 		rt->ryw_server = NULL;

@@ -126,6 +126,8 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 		return rt_fake_message(cl, type, total, avail);
 	if (rt->ryw_server)
 		return HOOK_WAIT;   /* its last commit's LSN is on the way */
+	if (rt->sw)
+		return rt_split_pick(cl, type, h, total, avail);   /* a write split over shards */
 	if (!rt->fo && cluster_paused(c)) {
 		/* Paused: choose nothing yet.  A RELOAD under the PAUSE may change the shards
 		 * (pgmux-reshard), and a shard chosen now would be the old configuration's: the
@@ -216,6 +218,13 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 			shard = rt_shard_for(cl, type, h, total, avail, have ? &r : NULL, &se);
 			if (shard == SHARD_PREPARE && type == 'P' && bind_on_its_way(cl, h, avail))
 				return HOOK_WAIT;   /* its key is in the Bind behind it */
+			if ((shard == SHARD_MULTI || shard == SHARD_REFUSE) && type == 'Q' && have &&
+			    avail == total) {
+				/* an INSERT whose rows span shards, a COPY FROM STDIN: split */
+				enum hook_rc sr = rt_split_start(cl, shard, sql, len, total);
+				if (sr != HOOK_FORWARD)
+					return sr;
+			}
 		} else {
 			/* Sync, Flush, Describe, Close, a stray message: nothing of a table runs */
 			shard = type == 'F' ? SHARD_NONE : 0;
@@ -312,6 +321,8 @@ uint32_t route_msg_need(const struct client *cl, char type, const uint8_t *h, ui
 	bool sharded = c->n_shards > 1;
 	bool text = type == 'Q' || type == 'P';
 	if (!cl->link) {
+		if (rt->split_copy_in && (type == 'd' || type == 'f'))
+			return total;   /* COPY data pgmux splits over shards */
 		if (rt->rt_fake || rt->ryw_server)
 			return 0;   /* answered by type alone, or not routed yet */
 		if (text)

@@ -168,6 +168,8 @@ static bool retry_error(struct server *sv, uint32_t skip, const uint8_t *body, u
 bool route_retry_lost(struct client *cl)
 {
 	struct route_session *rt = cl->rt;
+	if (rt && rt->sw)
+		return rt_split_lost(cl);   /* a write split over shards: its step */
 	if (!rt || !rt->retry || cl->c.dead)
 		return false;   /* a plain client, or no kept read */
 	struct backend *be = rt->rt_be >= 0 && rt->rt_be < rt->rs->n ? rt->rs->cl->be[rt->rt_be] : NULL;

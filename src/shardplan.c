@@ -622,9 +622,10 @@ static int param_hash(const struct sp_ctx *ctx, const struct sp_val *v, const ui
  * Evaluates template t for this text (its literals at lits, when t is a shape) and this
  * Bind (NULL: none yet), for the client's cluster.
  */
-static void eval(const struct sp_ctx *ctx, const struct sp_tmpl *t, const char *text,
-		 const struct sqlmask_lit *lits, const uint32_t *oids, uint16_t n_oids,
-		 const uint8_t *bind, uint32_t blen, struct sp_eval *e)
+static void eval_rows(const struct sp_ctx *ctx, const struct sp_tmpl *t, const char *text,
+		      const struct sqlmask_lit *lits, const uint32_t *oids, uint16_t n_oids,
+		      const uint8_t *bind, uint32_t blen, struct sp_eval *e, int *vshard,
+		      uint32_t vcap)
 {
 	int key_type = ctx->key_type;
 	uint32_t n = (uint32_t)ctx->n_shards;
@@ -694,8 +695,17 @@ static void eval(const struct sp_ctx *ctx, const struct sp_tmpl *t, const char *
 				continue;
 			}
 			add_shard(e, (int)shardhash_shard(h, n));
+			if (vshard && t->n_st == 1 && j < vcap)
+				vshard[j] = (int)shardhash_shard(h, n);
 		}
 	}
+}
+
+static void eval(const struct sp_ctx *ctx, const struct sp_tmpl *t, const char *text,
+		 const struct sqlmask_lit *lits, const uint32_t *oids, uint16_t n_oids,
+		 const uint8_t *bind, uint32_t blen, struct sp_eval *e)
+{
+	eval_rows(ctx, t, text, lits, oids, n_oids, bind, blen, e, NULL, 0);
 }
 
 /* With standard_conforming_strings off, PostgreSQL reads backslashes in '' strings as
@@ -711,7 +721,24 @@ static const char refuse_scs[] =
 	"standard_conforming_strings is off and the statement has a backslash: pgmux would read "
 	"its strings differently from the server";
 
+static void query_eval(const struct sp_ctx *ctx, const char *sql, size_t len, struct sp_eval *e,
+		       int *vshard, uint32_t vcap);
+
 void shardplan_query(const struct sp_ctx *ctx, const char *sql, size_t len, struct sp_eval *e)
+{
+	query_eval(ctx, sql, len, e, NULL, 0);
+}
+
+void shardplan_query_rows(const struct sp_ctx *ctx, const char *sql, size_t len, struct sp_eval *e,
+			  int *vshard, uint32_t vcap)
+{
+	for (uint32_t i = 0; i < vcap; i++)
+		vshard[i] = -1;
+	query_eval(ctx, sql, len, e, vshard, vcap);
+}
+
+static void query_eval(const struct sp_ctx *ctx, const char *sql, size_t len, struct sp_eval *e,
+		       int *vshard, uint32_t vcap)
 {
 	const char *nul = memchr(sql, 0, len);
 	if (nul)
@@ -737,7 +764,7 @@ void shardplan_query(const struct sp_ctx *ctx, const char *sql, size_t len, stru
 	if (!t)
 		set_refuse(e, "53200", "out of memory reading the statement's shard key", 0);
 	else
-		eval(ctx, t, sql, lits, NULL, 0, NULL, 0, e);
+		eval_rows(ctx, t, sql, lits, NULL, 0, NULL, 0, e, vshard, vcap);
 	tmpl_unref(t);
 	if (lits != stack)
 		free(lits);

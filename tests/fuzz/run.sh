@@ -42,6 +42,7 @@ declare -A SRCS=(
 	[bind]="src/shardval.c src/shardhash.c"
 	[shardsql]="src/shardsql.c src/sqlmask.c"
 	[merge]="src/merge.c src/mergeplan.c src/proto.c src/log.c"
+	[copysplit]="src/copysplit.c src/splitsql.c"
 	[stream]="$WORKER_SRCS tests/fuzz/stream_peek.c"
 	[stream_route]="$WORKER_SRCS tests/fuzz/stream_peek.c"
 )
@@ -58,6 +59,7 @@ declare -A LIBS=(
 	[bind]=""
 	[shardsql]="-lpg_query"
 	[merge]="-lpg_query -lprotobuf-c"
+	[copysplit]="-lpg_query -lprotobuf-c"
 	[stream]="$WORKER_LIBS"
 	[stream_route]="$WORKER_LIBS"
 )
@@ -67,7 +69,7 @@ declare -A HELPERS=(
 	[stream]="tests/fuzz/stream_peer.c"
 	[stream_route]="tests/fuzz/stream_peer.c"
 )
-ALL=(startup scram_server scram_client userlist secret config sqlscan verdict bind shardsql merge stream stream_route)
+ALL=(startup scram_server scram_client userlist secret config sqlscan verdict bind shardsql merge copysplit stream stream_route)
 
 # shellcheck disable=SC2054  # the commas belong to -fsanitize=
 CFLAGS=(-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined

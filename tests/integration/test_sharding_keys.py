@@ -350,8 +350,9 @@ def test_text_and_uuid_multi_keys(env):
         with px.connect(db) as c:
             expect_error(lambda: c.execute(
                 f"INSERT INTO {table} (user_id, name) VALUES ({sql_plain(a[0])}, 'x'), "
-                f"({sql_plain(b[0])}, 'y')"),
-                "0A000", f"{db}: multi-row INSERT over two shards", contains=("several shards",))
+                f"({sql_plain(b[0])}, 'y') RETURNING user_id"),
+                "0A000", f"{db}: multi-row INSERT over two shards with RETURNING (split without "
+                "it: test_shard_split)", contains=("several shards",))
             expect_error(lambda: c.execute(
                 f"SELECT * FROM {table} WHERE user_id IN ({sql_plain(a[0])}, {sql_plain(b[0])})"),
                 "0A000", f"{db}: IN list over two shards")
