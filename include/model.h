@@ -154,6 +154,10 @@ struct database {
 	int n_servers;              /* across its pools, for max_db_connections */
 	int n_clients;              /* logged-in clients, for max_db_client_connections */
 	bool paused;                /* console PAUSE db / KILL db: no new server links until RESUME */
+	bool pausing;               /* PAUSE db while statements that span shards run: new
+				     * statements wait unrouted; paused once n_spanning is 0 */
+	int n_spanning;             /* a sharded section's clients with a statement running over
+				     * several shards in turn (a fan-out read, a split write) */
 	bool disabled;              /* console DISABLE db: new client logins are refused */
 	struct cluster *cluster;    /* a [database X] section's front name: routed, no servers */
 	struct backend *be;         /* one server of such a section (route.h) */
@@ -424,6 +428,7 @@ struct worker {
 	struct event ev_sig[5];
 	int shutdown;                       /* 0, or one of PGMUX_SHUTDOWN_* */
 	bool paused;
+	bool pausing;                       /* PAUSE while statements span shards (database.pausing) */
 	bool suspended;                     /* console SUSPEND: paused, accepts held, until RESUME */
 	bool accepts_held;                  /* listeners out of the loop (pgmux_hold_accepts) */
 	struct tls_server *tls_srv;         /* TLS for clients (tls.c), NULL when client_tls_sslmode = disable */

@@ -190,6 +190,13 @@ enum hook_rc rt_retry_check(struct server *sv);
 enum hook_rc rt_fanout_start(struct client *cl, const uint8_t *h, uint32_t total, uint32_t avail);
 /* Drops the client's fan-out, if any. */
 void rt_fanout_free(struct client *cl);
+/* The client starts a statement that runs over several shards in turn (a fan-out read or a
+ * split write): its section's front database counts it, and a PAUSE of the section waits for
+ * it (admin_cmd.c) instead of stopping it between two shards, where a RELOAD under the PAUSE
+ * (pgmux-reshard) would change the shards under it.  Counted once however often called. */
+void rt_span_begin(struct client *cl);
+/* ... and ends it, once neither a fan-out nor a split write is left (a no-op otherwise). */
+void rt_span_end(struct client *cl);
 /* A server answer while the client's read fans out: merges the shards' results into one
  * (one RowDescription, every shard's rows, the summed CommandComplete).  HOOK_CONSUMED: read
  * on; HOOK_RELEASE: this shard is done (flush, release, then rt_fanout_next); HOOK_STOP: the

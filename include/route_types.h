@@ -73,6 +73,8 @@ struct route_session {
 	struct route_fanout *fo;            /* a read running on every shard in turn */
 	bool fo_merge;                      /* ... whose rows pgmux merges (route_merge.c) */
 	bool fo_resume;                     /* a fan-out ended: read on once its server is back */
+	struct database *span_db;           /* the front database whose n_spanning counts this
+					     * client's fan-out or split write, NULL when none */
 	uint8_t *retry;                     /* a read batch kept until its first answer */
 	uint32_t retry_len;
 	bool retry_sent;                    /* the saved batch has gone out whole */

@@ -23,10 +23,41 @@
 /* ---------------------------------------------------------------------------------------- */
 /* control commands */
 
+/*
+ * A PAUSE of a sharded section (or of all) that found statements running over several shards
+ * in turn (database.n_spanning) started as `pausing`: new statements wait unrouted while those
+ * finish, since stopping one between two shards would strand it (its next shard's server is
+ * not given out while paused) or, with a RELOAD under the PAUSE, run its rest on other shards.
+ * Once none is left the PAUSE takes effect.  False while any is left.
+ */
+static bool pause_promote(struct worker *w, const struct database *db)
+{
+	struct list *it, *tmp;
+	int left = 0;
+	list_for_each_safe(it, tmp, &w->databases) {
+		struct database *d = list_entry(it, struct database, node);
+		if (!db || d == db)
+			left += d->n_spanning;
+	}
+	if (left)
+		return false;
+	if (db && db->pausing) {
+		struct database *d = (struct database *)db;
+		d->pausing = false;
+		d->paused = true;
+	} else if (!db && w->pausing) {
+		w->pausing = false;
+		w->paused = true;
+	}
+	return true;
+}
+
 /* True when every pool of db (NULL: all) satisfies the wait. */
 static bool wait_done(struct worker *w, enum admin_wait_kind kind, const struct database *db)
 {
 	struct list *it, *tmp, *s, *st;
+	if (kind == WAIT_PAUSE && !pause_promote(w, db))
+		return false;
 	list_for_each_safe(it, tmp, &w->pools) {
 		struct pool *p = list_entry(it, struct pool, node);
 		if (db && !pool_db_match(db, p->db))
@@ -104,18 +135,18 @@ static enum admin_rc start_wait(struct admin_ctx *x, enum admin_wait_kind kind)
 static enum admin_rc cmd_pause(struct admin_ctx *x)
 {
 	if (x->db) {
-		if (x->w->paused || x->db->paused) {
+		if (x->w->paused || x->w->pausing || x->db->paused || x->db->pausing) {
 			admin_error(x, "55000", "database %s is already paused", x->db->name);
 			return ADMIN_ERR;
 		}
-		x->db->paused = true;
+		x->db->pausing = true;   /* paused once its spanning statements are done */
 		log_info("console: pausing database %s", x->db->name);
 	} else {
-		if (x->w->paused) {
+		if (x->w->paused || x->w->pausing) {
 			admin_error(x, "55000", "pgmux is already paused");
 			return ADMIN_ERR;
 		}
-		x->w->paused = true;
+		x->w->pausing = true;
 		log_info("console: pausing");
 	}
 	return start_wait(x, WAIT_PAUSE);
@@ -125,11 +156,11 @@ static enum admin_rc cmd_resume(struct admin_ctx *x)
 {
 	struct worker *w = x->w;
 	if (x->db) {
-		if (!x->db->paused) {
+		if (!x->db->paused && !x->db->pausing) {
 			admin_error(x, "55000", "database %s is not paused", x->db->name);
 			return ADMIN_ERR;
 		}
-		x->db->paused = false;
+		x->db->paused = x->db->pausing = false;
 		log_info("console: resuming database %s", x->db->name);
 	} else {
 		if (w->shutdown) {
@@ -137,18 +168,18 @@ static enum admin_rc cmd_resume(struct admin_ctx *x)
 			admin_error(x, "08P01", "pooler is shutting down");
 			return ADMIN_ERR;
 		}
-		bool any = w->paused;
+		bool any = w->paused || w->pausing;
 		struct list *it, *tmp;
 		list_for_each_safe(it, tmp, &w->databases) {
 			struct database *db = list_entry(it, struct database, node);
-			any |= db->paused;
-			db->paused = false;
+			any |= db->paused || db->pausing;
+			db->paused = db->pausing = false;
 		}
 		if (!any) {
 			admin_error(x, "55000", "pgmux is not paused");
 			return ADMIN_ERR;
 		}
-		w->paused = false;
+		w->paused = w->pausing = false;
 		if (w->suspended && w->daemon)
 			w->daemon->hold_accepts(w, false);
 		w->suspended = false;

@@ -370,6 +370,7 @@ enum hook_rc rt_merge_start(struct client *cl, const uint8_t *h, uint32_t total,
 	fo->mg = mg;
 	rt->fo = fo;
 	rt->fo_merge = true;
+	rt_span_begin(cl);
 	log_debug("%s: merged read on every shard: %s", client_tag(cl, tag, sizeof(tag)), mp->sql);
 	/* The rewritten request takes the client's place and is routed again, to shard 0. */
 	if (!sbuf_replace(&cl->c, span, fo->batch, fo->len)) {

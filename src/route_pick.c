@@ -85,7 +85,8 @@ static bool bind_on_its_way(struct client *cl, const uint8_t *h, uint32_t avail)
 /* Whether the section's front database (or all of pgmux) is paused. */
 static bool cluster_paused(const struct cluster *c)
 {
-	return c->w->paused || (c->front && pool_db_paused(c->front));
+	return c->w->paused || c->w->pausing ||
+	       (c->front && (pool_db_paused(c->front) || c->front->pausing));
 }
 
 void route_unpark(struct worker *w)

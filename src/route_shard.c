@@ -17,6 +17,23 @@
 
 /* ---- reads on every shard (no_shard_key = all) ------------------------------------------- */
 
+void rt_span_begin(struct client *cl)
+{
+	struct route_session *rt = cl->rt;
+	if (!rt->span_db && (rt->span_db = rt->rs->cl->front))
+		rt->span_db->n_spanning++;
+}
+
+void rt_span_end(struct client *cl)
+{
+	struct route_session *rt = cl->rt;
+	if (!rt->span_db || rt->fo || rt->sw)
+		return;
+	assert(rt->span_db->n_spanning > 0);
+	rt->span_db->n_spanning--;
+	rt->span_db = NULL;
+}
+
 void rt_fanout_free(struct client *cl)
 {
 	struct route_session *rt = cl->rt;
@@ -28,6 +45,7 @@ void rt_fanout_free(struct client *cl)
 		free(rt->fo->batch);
 		free(rt->fo);
 		rt->fo = NULL;
+		rt_span_end(cl);
 	}
 }
 
@@ -98,6 +116,7 @@ enum hook_rc rt_fanout_start(struct client *cl, const uint8_t *h, uint32_t total
 		client_close(cl, "out of memory", "53200");
 		return HOOK_STOP;
 	}
+	rt_span_begin(cl);
 	rt->fo->len = n - skip;
 	memcpy(rt->fo->batch, h + skip, n - skip);
 	rt->fo->shard = 0;

@@ -123,6 +123,7 @@ void rt_split_free(struct client *cl)
 	split_free(sw);
 	rt->sw = NULL;
 	rt->split_copy_in = false;
+	rt_span_end(cl);
 }
 
 uint64_t rt_split_bytes(const struct client *cl)
@@ -145,6 +146,7 @@ static struct route_split *split_new(struct client *cl, int n)
 		snprintf(sw->sh[i].gid, sizeof(sw->sh[i].gid), "pgmux_%ld_%ld_%llu_%d", (long)getpid(),
 			 split_epoch, (unsigned long long)sw->seq, i);
 	cl->rt->sw = sw;
+	rt_span_begin(cl);
 	return sw;
 }
 
@@ -194,6 +196,7 @@ static void split_answer(struct client *cl)
 	split_free(sw);
 	rt->sw = NULL;
 	rt->split_copy_in = false;
+	rt_span_end(cl);
 	if (sbuf_send_out(&cl->c) < 0) {
 		client_close(cl, "send failed", NULL);
 		return;

@@ -430,3 +430,73 @@ def test_split_hostile(env):
     except Exception:  # noqa: BLE001
         pass
     check_rows(shards, {ks[0][0]: "o", ks[1][0]: "o"}, "a client gone between the phases")
+
+
+@timeout(90)
+def test_pause_waits_for_split(env):
+    """A PAUSE of the sharded database while a split COPY is under way waits for it: the COPY
+    finishes on every shard (its steps are not stopped between two shards, where a RELOAD
+    under the PAUSE would change the shards under it), a keyed statement that arrives
+    meanwhile waits unrouted, the PAUSE returns once the COPY is committed, and RESUME lets the
+    waiting statement run."""
+    import threading
+    px, shards = split_env(env, 2)
+    keys, _ = spanning_keys(shards, 3, seed=93)
+    names = {k: f"p{k}" for k in keys}
+    late_key = keys[0] + 1000003
+    copying, finish = threading.Event(), threading.Event()
+    done, errors = {}, []
+
+    def console(sql):
+        with psycopg.connect(px.dsn("pgmux", "postgres"), autocommit=True) as c:
+            c.execute(sql)
+
+    def copier():
+        try:
+            with px.connect(DB) as c, c.cursor() as cur:
+                with cur.copy("COPY accounts (user_id, name) FROM STDIN") as cp:
+                    for k in keys:
+                        cp.write_row((k, names[k]))
+                    copying.set()
+                    finish.wait(30)
+                done["copy"] = cur.rowcount
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+            copying.set()
+
+    def pauser():
+        console(f"PAUSE {DB}")
+        done["pause"] = True
+
+    def late():
+        try:
+            with px.connect(DB) as c:
+                c.execute("INSERT INTO accounts (user_id, name) VALUES (%s, 'late')", (late_key,))
+            done["late"] = True
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    t_copy = threading.Thread(target=copier)
+    t_copy.start()
+    assert copying.wait(30) and not errors, errors
+    mark = px.log_mark()
+    t_pause = threading.Thread(target=pauser)
+    t_pause.start()
+    px.wait_log("console: pausing database", mark)
+    t_late = threading.Thread(target=late)
+    t_late.start()
+    t_pause.join(1.0)
+    assert "pause" not in done, "PAUSE returned while a split COPY was under way"
+    finish.set()
+    t_copy.join(30)
+    assert not errors and done.get("copy") == len(keys), (errors, done)
+    t_pause.join(30)
+    assert done.get("pause"), "PAUSE did not return once the split COPY was committed"
+    t_late.join(0.5)
+    assert "late" not in done, "a keyed INSERT ran during the PAUSE"
+    console(f"RESUME {DB}")
+    t_late.join(30)
+    assert done.get("late") and not errors, (errors, done)
+    want = dict(names)
+    want[late_key] = "late"
+    check_rows(shards, want, "COPY across a PAUSE")
