@@ -456,7 +456,7 @@ def test_reshard_cutover_retries(env):
     """The cutover gives up cleanly and runs again: a new shard that does not catch up within
     --cutover-timeout-ms, then a new file that pgmux's RELOAD rejects, each leave pgmux on the
     old configuration and not paused; a run that finds the database already paused (as a
-    killed run leaves it) carries on under that PAUSE."""
+    killed run leaves it) carries on under that PAUSE; a run after the switch finishes."""
     lay, px, new_ini, ledger, keys = setup(env, [0, 1, 1, 0], 2, users=300, rows_per_user=1)
     state = env.dir / "retry.state"
     live = px.ini.read_text()
@@ -489,6 +489,10 @@ def test_reshard_cutover_retries(env):
 
     new_ini.write_text(good)
     console(px, f"PAUSE {DB}")
-    r = tool(px, new_ini, state)
+    r = tool(px, new_ini, state, "cutover")
     assert "paused already" in r.stdout
+    # a run stopped after the switch: the live file is the new one, the old shards come
+    # from the copy the cutover kept
+    r = tool(px, new_ini, state)
+    assert "already the new configuration" in r.stdout, r.stdout
     check_result(lay, px, ledger, 4, [])
