@@ -1,13 +1,15 @@
 """pgmux-reshard: doubling a sharded database under live traffic (2 -> 4, then 4 -> 8).
 
 Two private PostgreSQL clusters (no replicas) host every shard database: the tool must work
-within one cluster (where CREATE SUBSCRIPTION must not create its slot) and across two.  A
-writer thread inserts and updates rows for random user_ids through pgmux for the whole
-procedure, keeping a ledger of what committed.  Afterwards every row sits on the shard that
-PostgreSQL's satisfies_hash_partition names for the new modulus, the rows equal the ledger
-(nothing lost, nothing doubled), the writer saw no error, and no replication object is left.
-Also: --dry-run changes nothing, a run killed during the sync finishes when started again,
-and a finished reshard refuses to run a second time."""
+within one cluster (where CREATE SUBSCRIPTION must not create its slot) and across two.  Two
+writer threads insert and update rows for random user_ids (each its own) through pgmux for the
+whole procedure, keeping a ledger of what committed.  Afterwards every row sits on the shard
+that PostgreSQL's satisfies_hash_partition names for the new modulus, the rows equal the ledger
+(nothing lost, nothing doubled, no stale value), the writers saw no error, and no replication
+object is left.  Also: --dry-run changes nothing; a run killed during the sync, a cutover that
+times out or whose RELOAD fails, and a run stopped after the switch all finish when started
+again; a finished reshard refuses to run a second time; a RELOAD under a PAUSE reroutes queued
+and paused clients; text keys; the configurations and schemas the tool refuses."""
 
 import os
 import random
@@ -19,7 +21,7 @@ import time
 
 import psycopg
 
-from pgharness import ROOT, TEST_USER, timeout, wait_for
+from pgharness import ROOT, timeout, wait_for
 from test_routing import need_routing
 
 TOOL = os.environ.get("PGMUX_RESHARD_BIN") or str(ROOT / "pgmux-reshard")
