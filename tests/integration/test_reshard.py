@@ -121,7 +121,8 @@ class Writer(threading.Thread):
     def __init__(self, px, ledger, keys, lock, base_id):
         super().__init__(daemon=True)
         self.px, self.ledger, self.keys, self.lock = px, ledger, keys, lock
-        self.mine = [key for key in ledger if key[0] in set(keys)]
+        own = set(keys)
+        self.mine = [key for key in ledger if key[0] in own]
         self.next_id = base_id
         self.stop_ev = threading.Event()
         self.errors, self.inserts, self.updates = [], 0, 0
@@ -277,10 +278,12 @@ def run_move(env, hosts, n_old, users, rows_per_user, kill_during_sync=False):
     return pause_ms
 
 
-@timeout(200)
+@timeout(600)
 def test_reshard_2_to_4(env):
     # shards 0 and 3 on one cluster, 1 and 2 on the other: both moves cross clusters
-    run_move(env, hosts=[0, 1, 1, 0], n_old=2, users=4000, rows_per_user=5)
+    # PGMUX_RESHARD_SCALE=10 moves ten times as many rows (a measurement, not for CI)
+    scale = int(os.environ.get("PGMUX_RESHARD_SCALE", "1"))
+    run_move(env, hosts=[0, 1, 1, 0], n_old=2, users=4000 * scale, rows_per_user=5)
 
 
 @timeout(200)
