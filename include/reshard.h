@@ -117,6 +117,9 @@ bool reshard_step_cleanup(struct reshard *rs);
 
 /* reshard_cutover.c */
 
+/* Whether two files hold the same bytes (false when either cannot be read). */
+bool reshard_same_file_text(const char *a, const char *b);
+
 /* The cutover under a console PAUSE; never leaves pgmux paused when it returns. */
 bool reshard_step_cutover(struct reshard *rs);
 

@@ -234,9 +234,22 @@ static bool same_text(const char *a, const char *b)
 static bool plan_configs(struct reshard *rs)
 {
 	struct config *a = NULL, *b = NULL;
-	char err[1024];
+	char err[1024], old_path[4096];
 	bool ok = false;
-	if (config_load(rs->config, &a, err, sizeof(err)) < 0) {
+	/* after the cutover's switch the live file is the new one: the old shards are then read
+	 * from the copy the cutover kept */
+	snprintf(old_path, sizeof(old_path), "%s", rs->config);
+	if (reshard_same_file_text(rs->config, rs->new_config)) {
+		snprintf(old_path, sizeof(old_path), "%s.pre-reshard", rs->config);
+		if (access(old_path, R_OK) != 0) {
+			fprintf(stderr, "pgmux-reshard: %s and %s are the same, and %s is missing: "
+				"nothing to reshard\n", rs->config, rs->new_config, old_path);
+			return false;
+		}
+		printf("note: %s is already the new configuration: the old shards are read from %s\n",
+		       rs->config, old_path);
+	}
+	if (config_load(old_path, &a, err, sizeof(err)) < 0) {
 		fprintf(stderr, "pgmux-reshard: %s\n", err);
 		return false;
 	}

@@ -34,6 +34,17 @@ static char *slurp(const char *path, size_t *len)
 	return buf;
 }
 
+bool reshard_same_file_text(const char *a, const char *b)
+{
+	size_t la, lb;
+	char *x = slurp(a, &la);
+	char *y = x ? slurp(b, &lb) : NULL;
+	bool same = x && y && la == lb && !memcmp(x, y, la);
+	free(x);
+	free(y);
+	return same;
+}
+
 /* Writes data to path through a temporary file, fsync and rename, keeping path's mode. */
 static bool replace_file(const char *path, const char *data, size_t len)
 {

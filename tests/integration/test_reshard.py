@@ -1,13 +1,15 @@
 """pgmux-reshard: doubling a sharded database under live traffic (2 -> 4, then 4 -> 8).
 
 Two private PostgreSQL clusters (no replicas) host every shard database: the tool must work
-within one cluster (where CREATE SUBSCRIPTION must not create its slot) and across two.  A
-writer thread inserts and updates rows for random user_ids through pgmux for the whole
-procedure, keeping a ledger of what committed.  Afterwards every row sits on the shard that
-PostgreSQL's satisfies_hash_partition names for the new modulus, the rows equal the ledger
-(nothing lost, nothing doubled), the writer saw no error, and no replication object is left.
-Also: --dry-run changes nothing, a run killed during the sync finishes when started again,
-and a finished reshard refuses to run a second time."""
+within one cluster (where CREATE SUBSCRIPTION must not create its slot) and across two.  Two
+writer threads insert and update rows for random user_ids (each its own) through pgmux for the
+whole procedure, keeping a ledger of what committed.  Afterwards every row sits on the shard
+that PostgreSQL's satisfies_hash_partition names for the new modulus, the rows equal the ledger
+(nothing lost, nothing doubled, no stale value), the writers saw no error, and no replication
+object is left.  Also: --dry-run changes nothing; a run killed during the sync, a cutover that
+times out or whose RELOAD fails, and a run stopped after the switch all finish when started
+again; a finished reshard refuses to run a second time; a RELOAD under a PAUSE reroutes queued
+and paused clients; text keys; the configurations and schemas the tool refuses."""
 
 import os
 import random
@@ -19,7 +21,7 @@ import time
 
 import psycopg
 
-from pgharness import ROOT, TEST_USER, timeout, wait_for
+from pgharness import ROOT, timeout, wait_for
 from test_routing import need_routing
 
 TOOL = os.environ.get("PGMUX_RESHARD_BIN") or str(ROOT / "pgmux-reshard")
@@ -119,7 +121,8 @@ class Writer(threading.Thread):
     def __init__(self, px, ledger, keys, lock, base_id):
         super().__init__(daemon=True)
         self.px, self.ledger, self.keys, self.lock = px, ledger, keys, lock
-        self.mine = [key for key in ledger if key[0] in set(keys)]
+        own = set(keys)
+        self.mine = [key for key in ledger if key[0] in own]
         self.next_id = base_id
         self.stop_ev = threading.Event()
         self.errors, self.inserts, self.updates = [], 0, 0
@@ -275,10 +278,12 @@ def run_move(env, hosts, n_old, users, rows_per_user, kill_during_sync=False):
     return pause_ms
 
 
-@timeout(200)
+@timeout(600)
 def test_reshard_2_to_4(env):
     # shards 0 and 3 on one cluster, 1 and 2 on the other: both moves cross clusters
-    run_move(env, hosts=[0, 1, 1, 0], n_old=2, users=4000, rows_per_user=5)
+    # PGMUX_RESHARD_SCALE=10 moves ten times as many rows (a measurement, not for CI)
+    scale = int(os.environ.get("PGMUX_RESHARD_SCALE", "1"))
+    run_move(env, hosts=[0, 1, 1, 0], n_old=2, users=4000 * scale, rows_per_user=5)
 
 
 @timeout(200)
@@ -456,7 +461,7 @@ def test_reshard_cutover_retries(env):
     """The cutover gives up cleanly and runs again: a new shard that does not catch up within
     --cutover-timeout-ms, then a new file that pgmux's RELOAD rejects, each leave pgmux on the
     old configuration and not paused; a run that finds the database already paused (as a
-    killed run leaves it) carries on under that PAUSE."""
+    killed run leaves it) carries on under that PAUSE; a run after the switch finishes."""
     lay, px, new_ini, ledger, keys = setup(env, [0, 1, 1, 0], 2, users=300, rows_per_user=1)
     state = env.dir / "retry.state"
     live = px.ini.read_text()
@@ -489,6 +494,10 @@ def test_reshard_cutover_retries(env):
 
     new_ini.write_text(good)
     console(px, f"PAUSE {DB}")
-    r = tool(px, new_ini, state)
+    r = tool(px, new_ini, state, "cutover")
     assert "paused already" in r.stdout
+    # a run stopped after the switch: the live file is the new one, the old shards come
+    # from the copy the cutover kept
+    r = tool(px, new_ini, state)
+    assert "already the new configuration" in r.stdout, r.stdout
     check_result(lay, px, ledger, 4, [])
