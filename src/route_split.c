@@ -771,9 +771,11 @@ enum hook_rc rt_split_server(struct server *sv, char type, uint32_t len, bool wh
 	case 'E': {
 		const char *m = proto_error_field(body, blen, 'M');
 		const char *code = proto_error_field(body, blen, 'C');
-		if (sw->phase == SP_ROLLBACK && code && !strcmp(code, "42704")) {
-			/* a gid whose PREPARE never ran (its server was lost first): nothing to undo */
-			log_info("%s: split write %llu: no prepared transaction '%s' on shard %d",
+		if (code && !strcmp(code, "42704") &&
+		    (sw->phase == SP_ROLLBACK || (sw->phase == SP_COMMIT && sw->sh[sw->cur].tries))) {
+			/* a gid whose PREPARE never ran (its server was lost first), or whose COMMIT
+			 * PREPARED went through before its server was lost: nothing left to do */
+			log_info("%s: split write %llu: no prepared transaction '%s' (left) on shard %d",
 				 client_tag(cl, tag, sizeof(tag)), (unsigned long long)sw->seq,
 				 sw->sh[sw->cur].gid, sw->cur);
 			break;

@@ -11,6 +11,7 @@ NULL or malformed keys, and an UPDATE that changes the shard key.  A shard with
 max_prepared_transactions = 0 makes a spanning write fail with a clear error, writing nothing."""
 
 import os
+import time
 import socket
 import struct
 
@@ -430,3 +431,54 @@ def test_split_hostile(env):
     except Exception:  # noqa: BLE001
         pass
     check_rows(shards, {ks[0][0]: "o", ks[1][0]: "o"}, "a client gone between the phases")
+
+
+@timeout(150)
+def test_split_commit_retry(env):
+    """The server running COMMIT PREPARED on a shard is lost (it waits for a synchronous standby
+    that does not exist, and the test ends its backend): pgmux runs COMMIT PREPARED again on a
+    fresh connection, the client gets its tag, and every row is committed."""
+    px, shards = split_env(env, 2)
+    keys, ks = spanning_keys(shards, 1, seed=121)
+    s0, s1 = shards.primary(0), shards.primary(1)
+    # shard 1's part waits on a lock the test holds, so the test can act between the phases
+    env.sql(DB, "CREATE FUNCTION wait_lock() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.name = 'wait' THEN PERFORM pg_advisory_xact_lock(4243); END IF; "
+            "RETURN NEW; END $$", server=s1)
+    env.sql(DB, "CREATE TRIGGER wait_lock BEFORE INSERT ON accounts FOR EACH ROW "
+            "EXECUTE FUNCTION wait_lock()", server=s1)
+    holder = s1.connect(DB)
+    holder.execute("SELECT pg_advisory_lock(4243)")
+    c = px.connect(DB)
+    c.pgconn.send_query(f"{INSERT} ({ks[0][0]}, 'a'), ({ks[1][0]}, 'wait')".encode())
+    try:
+        wait_for(lambda: s0.sql1("SELECT count(*) FROM pg_prepared_xacts") == 1, 30, 0.05)
+        # from now on a commit on shard 0 waits for a standby that never comes
+        s0.sql("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        s0.sql("ALTER SYSTEM SET synchronous_commit = on")
+        s0.sql("SELECT pg_reload_conf()")
+        wait_for(lambda: s0.sql1("SHOW synchronous_standby_names") == "nobody", 30, 0.05)
+        holder.execute("SELECT pg_advisory_unlock(4243)")
+
+        def committing():
+            return s0.sql1("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' "
+                           "AND query LIKE 'COMMIT PREPARED%'")
+        wait_for(lambda: committing() is not None, 30, 0.05)
+        s0.sql("SELECT pg_terminate_backend(%s)", (committing(),))
+        wait_for(lambda: "running it again on another connection" in px.log_text(), 30, 0.05)
+        s0.sql("ALTER SYSTEM RESET synchronous_standby_names")
+        s0.sql("ALTER SYSTEM RESET synchronous_commit")
+        s0.sql("SELECT pg_reload_conf()")
+        while c.pgconn.is_busy():
+            c.pgconn.consume_input()
+            time.sleep(0.01)
+        res = c.pgconn.get_result()
+        assert res.status == pq.ExecStatus.COMMAND_OK, res.error_message
+        assert res.command_status == b"INSERT 0 2", res.command_status
+        while c.pgconn.get_result() is not None:
+            pass
+    finally:
+        holder.close()
+        c.close()
+    check_rows(shards, {ks[0][0]: "a", ks[1][0]: "wait"}, "COMMIT PREPARED run again")
+
