@@ -48,6 +48,8 @@ struct split_shard {
 struct route_split {
 	int phase;
 	bool copy;
+	bool returning;         /* an INSERT ... RETURNING: each shard's rows go to the client */
+	bool sent_desc;         /* ... under the first shard's RowDescription */
 	bool failed;            /* a step failed: everything prepared is rolled back */
 	bool step_err;          /* the current step saw an ErrorResponse */
 	int n;                  /* shards */
@@ -358,18 +360,12 @@ static enum hook_rc start_insert(struct client *cl, uint32_t total, const char *
 	}
 	if (rc > 0)
 		return HOOK_FORWARD;   /* not a plain INSERT ... VALUES: refused as before */
-	char msg[400];
-	if (ins.returning) {
-		splitsql_insert_free(&ins);
-		snprintf(msg, sizeof(msg), "pgmux: an INSERT whose rows belong to several shards of "
-			 "database \"%s\" cannot have RETURNING; send one INSERT per shard", c->name);
-		return rt_refuse(cl, 'Q', total, "0A000", msg);
-	}
 	const char *ctxwhy = split_context_refusal(cl, total, total);
 	if (ctxwhy) {
 		splitsql_insert_free(&ins);
 		return rt_refuse(cl, 'Q', total, "0A000", ctxwhy);
 	}
+	bool ins_returning = ins.returning;
 	int *vs = malloc(ins.n_rows * sizeof(int));
 	bool *pick = malloc(ins.n_rows * sizeof(bool));
 	struct route_split *sw = vs && pick ? split_new(cl, c->n_shards) : NULL;
@@ -415,6 +411,7 @@ static enum hook_rc start_insert(struct client *cl, uint32_t total, const char *
 	char tag[256];
 	log_info("%s: INSERT split over shards as split write %llu", client_tag(cl, tag, sizeof(tag)),
 		 (unsigned long long)sw->seq);
+	sw->returning = ins_returning;
 	sw->phase = SP_PREPARE;
 	return split_advance(cl, total) ? HOOK_CONSUMED : (cl->c.dead ? HOOK_STOP : HOOK_CONSUMED);
 }
@@ -804,7 +801,17 @@ enum hook_rc rt_split_server(struct server *sv, char type, uint32_t len, bool wh
 		}
 		break;
 	}
+	case 'T':
+		/* RETURNING: one RowDescription (the first shard's), then every shard's rows; a
+		 * later shard's error follows them, as a statement that fails midway does */
+		if (sw->phase == SP_PREPARE && sw->returning && !sw->sent_desc) {
+			sw->sent_desc = true;
+			return HOOK_FORWARD;
+		}
+		break;
 	case 'D':
+		if (sw->phase == SP_PREPARE && sw->returning)
+			return HOOK_FORWARD;
 		if (sw->phase == SP_DESCRIBE && blen >= 6 && body[0] == 0 && body[1] == 1) {
 			uint32_t n = ((uint32_t)body[2] << 24) | ((uint32_t)body[3] << 16) |
 				     ((uint32_t)body[4] << 8) | body[5];

@@ -5,8 +5,8 @@ prepared does pgmux COMMIT PREPARED on each, so the statement succeeds or fails 
 Rows must land on the shard PostgreSQL's own hash partitioning names (satisfies_hash_partition,
 as test_sharding checks), the command tag must count every shard's rows, a failure on one shard
 must leave nothing anywhere, and pg_prepared_xacts must be empty after every statement.  Refused:
-a spanning write inside a transaction block, RETURNING on a spanning INSERT, a COPY without a
-column list that lacks the key (without a list pgmux asks the server for the table's columns),
+a spanning write inside a transaction block, a spanning INSERT with parameters, a COPY whose
+column list lacks the key (without a list pgmux asks the server for the table's columns),
 NULL or malformed keys, and an UPDATE that changes the shard key.  A shard with
 max_prepared_transactions = 0 makes a spanning write fail with a clear error, writing nothing."""
 
@@ -102,9 +102,10 @@ def bin_copy(rows):
 
 @timeout(150)
 def test_split_insert(env):
-    """A multi-row INSERT over two shards: each row on its shard, the tag counts all of them;
-    a unique violation on one shard writes nothing anywhere; refused inside BEGIN, with
-    RETURNING, and UPDATE of the shard key is refused; pg_prepared_xacts stays empty."""
+    """A multi-row INSERT over two shards: each row on its shard, the tag counts all of them,
+    RETURNING gives every shard's rows; a unique violation on one shard writes nothing
+    anywhere; refused inside BEGIN and with parameters, and UPDATE of the shard key is refused;
+    pg_prepared_xacts stays empty."""
     px, shards = split_env(env, 2)
     keys, ks = spanning_keys(shards, 5, seed=71)
     with px.connect(DB) as c:
@@ -143,8 +144,16 @@ def test_split_insert(env):
                      "spanning INSERT inside BEGIN", contains=("transaction block",))
         c.rollback()
     with px.connect(DB) as c:
-        expect_error(lambda: c.execute(f"{INSERT} {values(fresh)} RETURNING user_id"), "0A000",
-                     "spanning INSERT with RETURNING", contains=("RETURNING",))
+        # RETURNING: every shard's rows, under one RowDescription
+        ret, _ = spanning_keys(shards, 2, seed=74)
+        cur = c.execute(f"{INSERT} {values(ret)} RETURNING name, user_id")
+        assert [d.name for d in cur.description] == ["name", "user_id"]
+        got = cur.fetchall()
+        assert sorted(got) == sorted((f"n{k}", k) for k in ret), got
+        assert cur.statusmessage == f"INSERT 0 {len(ret)}", cur.statusmessage
+        want.update({k: f"n{k}" for k in ret})
+        expect_error(lambda: c.execute(f"{INSERT} {values(fresh + [dup])} RETURNING user_id")
+                     .fetchall(), "23505", "spanning INSERT ... RETURNING with a duplicate")
         expect_error(lambda: c.execute(
             f"UPDATE accounts SET user_id = {fresh[0]} WHERE user_id = {ks[0][0]}"), "0A000",
             "UPDATE of the shard key", contains=("changes the shard key",))
