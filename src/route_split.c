@@ -37,7 +37,7 @@ enum split_phase {
 };
 
 struct split_shard {
-	uint8_t *data;          /* INSERT: its statement; COPY: its rows (header first) */
+	uint8_t *data;          /* COPY: its rows, until its step takes them */
 	size_t len, cap;
 	uint64_t rows;
 	bool prepared;          /* its PREPARE TRANSACTION succeeded: it must be resolved */
@@ -60,8 +60,11 @@ struct route_split {
 	uint8_t *err;           /* the first error: its ErrorResponse body */
 	uint32_t err_len;
 	size_t bytes;           /* what the buffers below hold (max_client_memory) */
-	/* COPY */
-	char *sql;              /* the client's COPY statement, sent again to each shard */
+	char *sql;              /* the client's statement (NUL-terminated) */
+	/* INSERT: its rows and the shard of each; a shard's text is built when its step goes */
+	struct splitsql_insert ins;
+	int *vs;
+	/* COPY (sql is sent again to each shard) */
 	struct splitsql_copy opts;
 	struct copysplit cs;
 	uint8_t *pend;          /* stream bytes not yet cut into rows */
@@ -87,6 +90,8 @@ static void split_free(struct route_split *sw)
 		free(sw->sh[i].data);
 	free(sw->err);
 	free(sw->sql);
+	splitsql_insert_free(&sw->ins);
+	free(sw->vs);
 	free(sw->pend);
 	free(sw->head);
 	free(sw);
@@ -258,10 +263,24 @@ static void build_step(struct route_split *sw, int i, struct pktbuf *pb)
 	snprintf(q, sizeof(q), "\n;PREPARE TRANSACTION '%s'", s->gid);
 	pktbuf_begin(pb, 'Q');
 	pktbuf_put(pb, "BEGIN;\n", 7);
-	if (sw->copy)
+	if (sw->copy) {
 		pktbuf_put(pb, sw->sql, strlen(sw->sql));
-	else
-		pktbuf_put(pb, s->data, s->len);
+	} else {
+		/* this shard's rows only: never longer than the client's text plus two blanks */
+		bool *pick = malloc(sw->ins.n_rows * sizeof(bool));
+		char *text = malloc((size_t)sw->ins.len + 2);
+		if (pick && text) {
+			for (uint32_t r = 0; r < sw->ins.n_rows; r++)
+				pick[r] = sw->vs[r] == i;
+			size_t n = splitsql_insert_build(sw->sql, &sw->ins, pick, text);
+			assert(n <= (size_t)sw->ins.len + 2);
+			pktbuf_put(pb, text, n);
+		} else {
+			pb->failed = true;
+		}
+		free(pick);
+		free(text);
+	}
 	pktbuf_put_str(pb, q);
 	pktbuf_end(pb);
 	if (!sw->copy)
@@ -287,7 +306,7 @@ static bool split_advance(struct client *cl, uint32_t replace)
 		int i = sw->cur + 1;
 		for (; i < sw->n; i++) {
 			const struct split_shard *s = &sw->sh[i];
-			if (sw->phase == SP_PREPARE ? s->len > 0 : s->prepared)
+			if (sw->phase == SP_PREPARE ? s->rows > 0 : s->prepared)
 				break;
 		}
 		if (i < sw->n && !(sw->phase == SP_PREPARE && sw->failed)) {
@@ -297,6 +316,14 @@ static bool split_advance(struct client *cl, uint32_t replace)
 			if (!inject(cl, &pb, replace)) {
 				client_close(cl, "out of memory running a write that spans shards", "53200");
 				return false;
+			}
+			if (sw->phase == SP_PREPARE && sw->sh[i].data) {
+				/* its rows are in the step now */
+				struct split_shard *sh = &sw->sh[i];
+				sw->bytes -= sh->cap;
+				free(sh->data);
+				sh->data = NULL;
+				sh->len = sh->cap = 0;
 			}
 			return true;
 		}
@@ -365,45 +392,31 @@ static enum hook_rc start_insert(struct client *cl, uint32_t total, const char *
 		splitsql_insert_free(&ins);
 		return rt_refuse(cl, 'Q', total, "0A000", ctxwhy);
 	}
-	bool ins_returning = ins.returning;
 	int *vs = malloc(ins.n_rows * sizeof(int));
-	bool *pick = malloc(ins.n_rows * sizeof(bool));
-	struct route_split *sw = vs && pick ? split_new(cl, c->n_shards) : NULL;
+	char *text = malloc(len + 1);
+	struct route_split *sw = vs && text ? split_new(cl, c->n_shards) : NULL;
 	if (!sw) {
 		free(vs);
-		free(pick);
+		free(text);
 		splitsql_insert_free(&ins);
 		client_close(cl, "out of memory", "53200");
 		return HOOK_STOP;
 	}
+	memcpy(text, sql, len);
+	text[len] = '\0';
+	sw->sql = text;
+	sw->ins = ins;
+	sw->vs = vs;
+	sw->bytes += len + 1 + (size_t)ins.n_rows * (2 * sizeof(uint32_t) + sizeof(int));
 	struct sp_ctx x = split_sp_ctx(cl);
 	struct sp_eval e;
 	shardplan_query_rows(&x, sql, len, &e, vs, ins.n_rows);
 	bool ok = !e.refuse && !e.bad && !e.need_bind;
-	for (uint32_t i = 0; ok && i < ins.n_rows; i++)
+	for (uint32_t i = 0; ok && i < ins.n_rows; i++) {
 		ok = vs[i] >= 0 && vs[i] < c->n_shards;
-	for (int s = 0; ok && s < c->n_shards; s++) {
-		uint64_t n = 0;
-		for (uint32_t i = 0; i < ins.n_rows; i++)
-			n += (pick[i] = vs[i] == s);
-		if (!n)
-			continue;
-		struct split_shard *sh = &sw->sh[s];
-		/* Rows are only left out, so a shard's text is never longer than the client's
-		 * (plus the two blanks splitsql_insert_build may add). */
-		if (!(sh->data = malloc(len + 2))) {
-			ok = false;
-			break;
-		}
-		sh->len = splitsql_insert_build(sql, &ins, pick, (char *)sh->data);
-		assert(sh->len <= len + 2);
-		sh->cap = len + 2;
-		sh->rows = n;
-		sw->bytes += sh->cap;
+		if (ok)
+			sw->sh[vs[i]].rows++;
 	}
-	free(vs);
-	free(pick);
-	splitsql_insert_free(&ins);
 	if (!ok) {
 		rt_split_free(cl);
 		return HOOK_FORWARD;   /* rows pgmux cannot place one by one: refused as before */
@@ -411,7 +424,7 @@ static enum hook_rc start_insert(struct client *cl, uint32_t total, const char *
 	char tag[256];
 	log_info("%s: INSERT split over shards as split write %llu", client_tag(cl, tag, sizeof(tag)),
 		 (unsigned long long)sw->seq);
-	sw->returning = ins_returning;
+	sw->returning = sw->ins.returning;
 	sw->phase = SP_PREPARE;
 	return split_advance(cl, total) ? HOOK_CONSUMED : (cl->c.dead ? HOOK_STOP : HOOK_CONSUMED);
 }
