@@ -37,7 +37,7 @@ enum split_phase {
 };
 
 struct split_shard {
-	uint8_t *data;          /* INSERT: its statement; COPY: its rows (header first) */
+	uint8_t *data;          /* COPY: its rows, until its step takes them */
 	size_t len, cap;
 	uint64_t rows;
 	bool prepared;          /* its PREPARE TRANSACTION succeeded: it must be resolved */
@@ -48,6 +48,8 @@ struct split_shard {
 struct route_split {
 	int phase;
 	bool copy;
+	bool returning;         /* an INSERT ... RETURNING: each shard's rows go to the client */
+	bool sent_desc;         /* ... under the first shard's RowDescription */
 	bool failed;            /* a step failed: everything prepared is rolled back */
 	bool step_err;          /* the current step saw an ErrorResponse */
 	int n;                  /* shards */
@@ -58,8 +60,11 @@ struct route_split {
 	uint8_t *err;           /* the first error: its ErrorResponse body */
 	uint32_t err_len;
 	size_t bytes;           /* what the buffers below hold (max_client_memory) */
-	/* COPY */
-	char *sql;              /* the client's COPY statement, sent again to each shard */
+	char *sql;              /* the client's statement (NUL-terminated) */
+	/* INSERT: its rows and the shard of each; a shard's text is built when its step goes */
+	struct splitsql_insert ins;
+	int *vs;
+	/* COPY (sql is sent again to each shard) */
 	struct splitsql_copy opts;
 	struct copysplit cs;
 	uint8_t *pend;          /* stream bytes not yet cut into rows */
@@ -85,6 +90,8 @@ static void split_free(struct route_split *sw)
 		free(sw->sh[i].data);
 	free(sw->err);
 	free(sw->sql);
+	splitsql_insert_free(&sw->ins);
+	free(sw->vs);
 	free(sw->pend);
 	free(sw->head);
 	free(sw);
@@ -259,10 +266,24 @@ static void build_step(struct route_split *sw, int i, struct pktbuf *pb)
 	snprintf(q, sizeof(q), "\n;PREPARE TRANSACTION '%s'", s->gid);
 	pktbuf_begin(pb, 'Q');
 	pktbuf_put(pb, "BEGIN;\n", 7);
-	if (sw->copy)
+	if (sw->copy) {
 		pktbuf_put(pb, sw->sql, strlen(sw->sql));
-	else
-		pktbuf_put(pb, s->data, s->len);
+	} else {
+		/* this shard's rows only: never longer than the client's text plus two blanks */
+		bool *pick = malloc(sw->ins.n_rows * sizeof(bool));
+		char *text = malloc((size_t)sw->ins.len + 2);
+		if (pick && text) {
+			for (uint32_t r = 0; r < sw->ins.n_rows; r++)
+				pick[r] = sw->vs[r] == i;
+			size_t n = splitsql_insert_build(sw->sql, &sw->ins, pick, text);
+			assert(n <= (size_t)sw->ins.len + 2);
+			pktbuf_put(pb, text, n);
+		} else {
+			pb->failed = true;
+		}
+		free(pick);
+		free(text);
+	}
 	pktbuf_put_str(pb, q);
 	pktbuf_end(pb);
 	if (!sw->copy)
@@ -288,7 +309,7 @@ static bool split_advance(struct client *cl, uint32_t replace)
 		int i = sw->cur + 1;
 		for (; i < sw->n; i++) {
 			const struct split_shard *s = &sw->sh[i];
-			if (sw->phase == SP_PREPARE ? s->len > 0 : s->prepared)
+			if (sw->phase == SP_PREPARE ? s->rows > 0 : s->prepared)
 				break;
 		}
 		if (i < sw->n && !(sw->phase == SP_PREPARE && sw->failed)) {
@@ -298,6 +319,14 @@ static bool split_advance(struct client *cl, uint32_t replace)
 			if (!inject(cl, &pb, replace)) {
 				client_close(cl, "out of memory running a write that spans shards", "53200");
 				return false;
+			}
+			if (sw->phase == SP_PREPARE && sw->sh[i].data) {
+				/* its rows are in the step now */
+				struct split_shard *sh = &sw->sh[i];
+				sw->bytes -= sh->cap;
+				free(sh->data);
+				sh->data = NULL;
+				sh->len = sh->cap = 0;
 			}
 			return true;
 		}
@@ -361,56 +390,36 @@ static enum hook_rc start_insert(struct client *cl, uint32_t total, const char *
 	}
 	if (rc > 0)
 		return HOOK_FORWARD;   /* not a plain INSERT ... VALUES: refused as before */
-	char msg[400];
-	if (ins.returning) {
-		splitsql_insert_free(&ins);
-		snprintf(msg, sizeof(msg), "pgmux: an INSERT whose rows belong to several shards of "
-			 "database \"%s\" cannot have RETURNING; send one INSERT per shard", c->name);
-		return rt_refuse(cl, 'Q', total, "0A000", msg);
-	}
 	const char *ctxwhy = split_context_refusal(cl, total, total);
 	if (ctxwhy) {
 		splitsql_insert_free(&ins);
 		return rt_refuse(cl, 'Q', total, "0A000", ctxwhy);
 	}
 	int *vs = malloc(ins.n_rows * sizeof(int));
-	bool *pick = malloc(ins.n_rows * sizeof(bool));
-	struct route_split *sw = vs && pick ? split_new(cl, c->n_shards) : NULL;
+	char *text = malloc(len + 1);
+	struct route_split *sw = vs && text ? split_new(cl, c->n_shards) : NULL;
 	if (!sw) {
 		free(vs);
-		free(pick);
+		free(text);
 		splitsql_insert_free(&ins);
 		client_close(cl, "out of memory", "53200");
 		return HOOK_STOP;
 	}
+	memcpy(text, sql, len);
+	text[len] = '\0';
+	sw->sql = text;
+	sw->ins = ins;
+	sw->vs = vs;
+	sw->bytes += len + 1 + (size_t)ins.n_rows * (2 * sizeof(uint32_t) + sizeof(int));
 	struct sp_ctx x = split_sp_ctx(cl);
 	struct sp_eval e;
 	shardplan_query_rows(&x, sql, len, &e, vs, ins.n_rows);
 	bool ok = !e.refuse && !e.bad && !e.need_bind;
-	for (uint32_t i = 0; ok && i < ins.n_rows; i++)
+	for (uint32_t i = 0; ok && i < ins.n_rows; i++) {
 		ok = vs[i] >= 0 && vs[i] < c->n_shards;
-	for (int s = 0; ok && s < c->n_shards; s++) {
-		uint64_t n = 0;
-		for (uint32_t i = 0; i < ins.n_rows; i++)
-			n += (pick[i] = vs[i] == s);
-		if (!n)
-			continue;
-		struct split_shard *sh = &sw->sh[s];
-		/* Rows are only left out, so a shard's text is never longer than the client's
-		 * (plus the two blanks splitsql_insert_build may add). */
-		if (!(sh->data = malloc(len + 2))) {
-			ok = false;
-			break;
-		}
-		sh->len = splitsql_insert_build(sql, &ins, pick, (char *)sh->data);
-		assert(sh->len <= len + 2);
-		sh->cap = len + 2;
-		sh->rows = n;
-		sw->bytes += sh->cap;
+		if (ok)
+			sw->sh[vs[i]].rows++;
 	}
-	free(vs);
-	free(pick);
-	splitsql_insert_free(&ins);
 	if (!ok) {
 		rt_split_free(cl);
 		return HOOK_FORWARD;   /* rows pgmux cannot place one by one: refused as before */
@@ -418,6 +427,7 @@ static enum hook_rc start_insert(struct client *cl, uint32_t total, const char *
 	char tag[256];
 	log_info("%s: INSERT split over shards as split write %llu", client_tag(cl, tag, sizeof(tag)),
 		 (unsigned long long)sw->seq);
+	sw->returning = sw->ins.returning;
 	sw->phase = SP_PREPARE;
 	return split_advance(cl, total) ? HOOK_CONSUMED : (cl->c.dead ? HOOK_STOP : HOOK_CONSUMED);
 }
@@ -774,9 +784,11 @@ enum hook_rc rt_split_server(struct server *sv, char type, uint32_t len, bool wh
 	case 'E': {
 		const char *m = proto_error_field(body, blen, 'M');
 		const char *code = proto_error_field(body, blen, 'C');
-		if (sw->phase == SP_ROLLBACK && code && !strcmp(code, "42704")) {
-			/* a gid whose PREPARE never ran (its server was lost first): nothing to undo */
-			log_info("%s: split write %llu: no prepared transaction '%s' on shard %d",
+		if (code && !strcmp(code, "42704") &&
+		    (sw->phase == SP_ROLLBACK || (sw->phase == SP_COMMIT && sw->sh[sw->cur].tries))) {
+			/* a gid whose PREPARE never ran (its server was lost first), or whose COMMIT
+			 * PREPARED went through before its server was lost: nothing left to do */
+			log_info("%s: split write %llu: no prepared transaction '%s' (left) on shard %d",
 				 client_tag(cl, tag, sizeof(tag)), (unsigned long long)sw->seq,
 				 sw->sh[sw->cur].gid, sw->cur);
 			break;
@@ -805,7 +817,17 @@ enum hook_rc rt_split_server(struct server *sv, char type, uint32_t len, bool wh
 		}
 		break;
 	}
+	case 'T':
+		/* RETURNING: one RowDescription (the first shard's), then every shard's rows; a
+		 * later shard's error follows them, as a statement that fails midway does */
+		if (sw->phase == SP_PREPARE && sw->returning && !sw->sent_desc) {
+			sw->sent_desc = true;
+			return HOOK_FORWARD;
+		}
+		break;
 	case 'D':
+		if (sw->phase == SP_PREPARE && sw->returning)
+			return HOOK_FORWARD;
 		if (sw->phase == SP_DESCRIBE && blen >= 6 && body[0] == 0 && body[1] == 1) {
 			uint32_t n = ((uint32_t)body[2] << 24) | ((uint32_t)body[3] << 16) |
 				     ((uint32_t)body[4] << 8) | body[5];

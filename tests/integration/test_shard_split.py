@@ -5,12 +5,13 @@ prepared does pgmux COMMIT PREPARED on each, so the statement succeeds or fails 
 Rows must land on the shard PostgreSQL's own hash partitioning names (satisfies_hash_partition,
 as test_sharding checks), the command tag must count every shard's rows, a failure on one shard
 must leave nothing anywhere, and pg_prepared_xacts must be empty after every statement.  Refused:
-a spanning write inside a transaction block, RETURNING on a spanning INSERT, a COPY without a
-column list that lacks the key (without a list pgmux asks the server for the table's columns),
+a spanning write inside a transaction block, a spanning INSERT with parameters, a COPY whose
+column list lacks the key (without a list pgmux asks the server for the table's columns),
 NULL or malformed keys, and an UPDATE that changes the shard key.  A shard with
 max_prepared_transactions = 0 makes a spanning write fail with a clear error, writing nothing."""
 
 import os
+import time
 import socket
 import struct
 
@@ -101,9 +102,10 @@ def bin_copy(rows):
 
 @timeout(150)
 def test_split_insert(env):
-    """A multi-row INSERT over two shards: each row on its shard, the tag counts all of them;
-    a unique violation on one shard writes nothing anywhere; refused inside BEGIN, with
-    RETURNING, and UPDATE of the shard key is refused; pg_prepared_xacts stays empty."""
+    """A multi-row INSERT over two shards: each row on its shard, the tag counts all of them,
+    RETURNING gives every shard's rows; a unique violation on one shard writes nothing
+    anywhere; refused inside BEGIN and with parameters, and UPDATE of the shard key is refused;
+    pg_prepared_xacts stays empty."""
     px, shards = split_env(env, 2)
     keys, ks = spanning_keys(shards, 5, seed=71)
     with px.connect(DB) as c:
@@ -142,8 +144,16 @@ def test_split_insert(env):
                      "spanning INSERT inside BEGIN", contains=("transaction block",))
         c.rollback()
     with px.connect(DB) as c:
-        expect_error(lambda: c.execute(f"{INSERT} {values(fresh)} RETURNING user_id"), "0A000",
-                     "spanning INSERT with RETURNING", contains=("RETURNING",))
+        # RETURNING: every shard's rows, under one RowDescription
+        ret, _ = spanning_keys(shards, 2, seed=74)
+        cur = c.execute(f"{INSERT} {values(ret)} RETURNING name, user_id")
+        assert [d.name for d in cur.description] == ["name", "user_id"]
+        got = cur.fetchall()
+        assert sorted(got) == sorted((f"n{k}", k) for k in ret), got
+        assert cur.statusmessage == f"INSERT 0 {len(ret)}", cur.statusmessage
+        want.update({k: f"n{k}" for k in ret})
+        expect_error(lambda: c.execute(f"{INSERT} {values(fresh + [dup])} RETURNING user_id")
+                     .fetchall(), "23505", "spanning INSERT ... RETURNING with a duplicate")
         expect_error(lambda: c.execute(
             f"UPDATE accounts SET user_id = {fresh[0]} WHERE user_id = {ks[0][0]}"), "0A000",
             "UPDATE of the shard key", contains=("changes the shard key",))
@@ -500,3 +510,54 @@ def test_pause_waits_for_split(env):
     want = dict(names)
     want[late_key] = "late"
     check_rows(shards, want, "COPY across a PAUSE")
+
+
+@timeout(150)
+def test_split_commit_retry(env):
+    """The server running COMMIT PREPARED on a shard is lost (it waits for a synchronous standby
+    that does not exist, and the test ends its backend): pgmux runs COMMIT PREPARED again on a
+    fresh connection, the client gets its tag, and every row is committed."""
+    px, shards = split_env(env, 2)
+    keys, ks = spanning_keys(shards, 1, seed=121)
+    s0, s1 = shards.primary(0), shards.primary(1)
+    # shard 1's part waits on a lock the test holds, so the test can act between the phases
+    env.sql(DB, "CREATE FUNCTION wait_lock() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.name = 'wait' THEN PERFORM pg_advisory_xact_lock(4243); END IF; "
+            "RETURN NEW; END $$", server=s1)
+    env.sql(DB, "CREATE TRIGGER wait_lock BEFORE INSERT ON accounts FOR EACH ROW "
+            "EXECUTE FUNCTION wait_lock()", server=s1)
+    holder = s1.connect(DB)
+    holder.execute("SELECT pg_advisory_lock(4243)")
+    c = px.connect(DB)
+    c.pgconn.send_query(f"{INSERT} ({ks[0][0]}, 'a'), ({ks[1][0]}, 'wait')".encode())
+    try:
+        wait_for(lambda: s0.sql1("SELECT count(*) FROM pg_prepared_xacts") == 1, 30, 0.05)
+        # from now on a commit on shard 0 waits for a standby that never comes
+        s0.sql("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        s0.sql("ALTER SYSTEM SET synchronous_commit = on")
+        s0.sql("SELECT pg_reload_conf()")
+        wait_for(lambda: s0.sql1("SHOW synchronous_standby_names") == "nobody", 30, 0.05)
+        holder.execute("SELECT pg_advisory_unlock(4243)")
+
+        def committing():
+            return s0.sql1("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' "
+                           "AND query LIKE 'COMMIT PREPARED%'")
+        wait_for(lambda: committing() is not None, 30, 0.05)
+        s0.sql("SELECT pg_terminate_backend(%s)", (committing(),))
+        wait_for(lambda: "running it again on another connection" in px.log_text(), 30, 0.05)
+        s0.sql("ALTER SYSTEM RESET synchronous_standby_names")
+        s0.sql("ALTER SYSTEM RESET synchronous_commit")
+        s0.sql("SELECT pg_reload_conf()")
+        while c.pgconn.is_busy():
+            c.pgconn.consume_input()
+            time.sleep(0.01)
+        res = c.pgconn.get_result()
+        assert res.status == pq.ExecStatus.COMMAND_OK, res.error_message
+        assert res.command_status == b"INSERT 0 2", res.command_status
+        while c.pgconn.get_result() is not None:
+            pass
+    finally:
+        holder.close()
+        c.close()
+    check_rows(shards, {ks[0][0]: "a", ks[1][0]: "wait"}, "COMMIT PREPARED run again")
+
