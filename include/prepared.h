@@ -47,6 +47,10 @@ uint64_t ps_client_bytes(const struct client *cl);
  * is handled without its fields). */
 PGMUX_MUST_CHECK enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body, uint32_t blen,
 				 bool whole);
+/* The same for a whole server message that routing reads for itself and may drop (a fan-out's
+ * later shards): statement tracking matches it to its request.  Routing calls this one, the
+ * forwarding loop ps_server_message, so that the loop's call stays inlined. */
+PGMUX_MUST_CHECK enum hook_rc ps_server_note(struct server *sv, char type, const uint8_t *body, uint32_t blen);
 
 /* Splices pgmux's own answers that are due now into the server's stream. */
 PGMUX_MUST_CHECK enum hook_rc ps_emit(struct server *sv);

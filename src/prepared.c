@@ -1333,8 +1333,12 @@ static bool close_queued(const struct ps_server *ps, const struct ps_stmt *st)
 	return false;
 }
 
-enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body, uint32_t blen,
-				 bool whole)
+/* The body of ps_server_message and ps_server_note.  Two exported entries share it so that each
+ * has one caller: the forwarding loop's (server.c) stays inlined into that loop under LTO,
+ * which a second caller of the same function had stopped (4% more instructions per
+ * transaction in cgbench, on every pool). */
+static inline __attribute__((always_inline)) enum hook_rc
+server_message(struct server *sv, char type, const uint8_t *body, uint32_t blen, bool whole)
 {
 	struct ps_server *ps = sv->ps;
 	if (!ps || type == 'S' || type == 'N' || type == 'A')
@@ -1472,6 +1476,17 @@ enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body
 		break;
 	}
 	return HOOK_FORWARD;
+}
+
+enum hook_rc ps_server_message(struct server *sv, char type, const uint8_t *body, uint32_t blen,
+				 bool whole)
+{
+	return server_message(sv, type, body, blen, whole);
+}
+
+enum hook_rc ps_server_note(struct server *sv, char type, const uint8_t *body, uint32_t blen)
+{
+	return server_message(sv, type, body, blen, true);
 }
 
 const char *ps_client_query(struct client *cl, const char *name, uint32_t *len)

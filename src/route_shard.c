@@ -54,7 +54,7 @@ enum hook_rc rt_ps_note(struct server *sv, char type, uint32_t len)
 	if (!sv->ps_active)
 		return HOOK_FORWARD;
 	const uint8_t *body = sv->c.in->data + sv->c.in->scan + PROTO_HDR;
-	return ps_server_message(sv, type, body, len - 4, true);
+	return ps_server_note(sv, type, body, len - 4);
 }
 
 /* Drops a whole server message that the client must not see, after statement tracking has
