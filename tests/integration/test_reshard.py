@@ -614,6 +614,10 @@ def test_reshard_keyless_reads(env):
     assert r.returncode == 1 and "bypass row-level security" in r.stdout \
         and "--allow-rls-bypass" in r.stdout, r.stdout
 
+    r = tool(px, new_ini, env.dir / "dry.state", "--user", "postgres", "--dry-run")
+    assert "CREATE POLICY pgmux_reshard_keep ON public.accounts" in r.stdout \
+        and "DROP POLICY pgmux_reshard_keep" in r.stdout, r.stdout
+
     lock = threading.Lock()
     writer = Inserter(px, ledger, keys, lock)
     reader = Counter(px, ledger, writer, lock)
