@@ -1,4 +1,4 @@
-/* reshard_rls.c: pgmux-reshard's keyless-read guard: row-level security on the old shards from the cutover to the cleanup. */
+/* reshard_rls.c: pgmux-reshard's guard for keyless reads: RLS on the old shards, cutover to cleanup. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -120,11 +120,12 @@ def setup(env, hosts, n_old, users, rows_per_user, app=False):
             # moved with their accounts; the cleanup must delete them first (foreign key)
             c.execute("INSERT INTO accounts_notes SELECT user_id, id, 'note' FROM accounts "
                       "WHERE id = 0")
+    user = "app" if app else "postgres"
     px = env.pgmux({}, {"pool_mode": "transaction", "max_client_conn": 200},
-                   sections={DB: lay.section(n_old, keyless=app, user="app" if app else "postgres")})
+                   sections={DB: lay.section(n_old, keyless=app, user=user)})
     new_ini = px.dir / "new.ini"
     new_ini.write_text(px.render_config(sections={
-        DB: lay.section(len(hosts), keyless=app, user="app" if app else "postgres")}))
+        DB: lay.section(len(hosts), keyless=app, user=user)}))
     return lay, px, new_ini, ledger, keys
 
 
