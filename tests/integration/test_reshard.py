@@ -614,6 +614,14 @@ def test_reshard_keyless_reads(env):
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
     assert r.returncode == 1 and "bypass row-level security" in r.stdout \
         and "--allow-rls-bypass" in r.stdout, r.stdout
+    r = subprocess.run([TOOL, "--database", DB, "--config", str(bad_live), "--new-config",
+                        str(bad_new), "--state", str(env.dir / "bad.state"), "--allow-rls-bypass",
+                        "plan"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "warning: " in r.stdout, r.stdout
+    # the tool itself as app: forced RLS would hide the moved rows from its cleanup
+    r = tool(px, new_ini, env.dir / "app.state", "--user", "app", "plan", check=False)
+    assert r.returncode == 1 and "BYPASSRLS role (--user)" in r.stdout, r.stdout
 
     r = tool(px, new_ini, env.dir / "dry.state", "--user", "postgres", "--dry-run")
     assert "CREATE POLICY pgmux_reshard_keep ON public.accounts" in r.stdout \
