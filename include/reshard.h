@@ -38,6 +38,7 @@ struct reshard {
 	/* options */
 	const char *database, *config, *new_config, *console, *state_path, *pg_bindir, *user;
 	bool dry_run, identity_full;
+	bool allow_rls_bypass;          /* --allow-rls-bypass: go on when pgmux's users bypass RLS */
 	long batch_rows, batch_sleep_ms, cutover_timeout_ms;
 	int64_t max_lag_bytes;
 	/* the plan */
@@ -49,6 +50,11 @@ struct reshard {
 	bool new_aliased;               /* new[i < N] share old[i]'s strings */
 	char **tables;                  /* sharded tables, quoted "schema"."name" */
 	int n_tables;
+	/* the keyless-read guard (reshard_rls.c): no_shard_key = all fans reads over every shard */
+	bool guard_rls;                 /* either file has no_shard_key = all */
+	char **db_users;                /* the server users of the section's backend lines */
+	int n_db_users;
+	bool db_users_unknown;          /* some line has no user=: clients log in as themselves */
 	/* the state file */
 	unsigned done;                  /* bit per enum reshard_step */
 	int lock_fd;
@@ -114,6 +120,23 @@ bool reshard_step_subscription(struct reshard *rs);
 bool reshard_step_sync(struct reshard *rs);
 bool reshard_step_unsubscribe(struct reshard *rs);
 bool reshard_step_cleanup(struct reshard *rs);
+
+/* reshard_rls.c: between the cutover and the cleanup an old shard still holds the rows that
+ * moved; a row-level security policy hides them from pgmux's users, so that a read fanned out
+ * over every shard (no_shard_key = all) sees each row once.  Steps are idempotent. */
+
+/* Before the cutover: the roles that read through pgmux must not bypass row-level security,
+ * and the tool's own role must (the cleanup deletes the hidden rows).  Prints each failure;
+ * false when the run must stop. */
+bool reshard_rls_check(struct reshard *rs);
+
+/* Under the cutover's PAUSE: on each old shard and moved table, records the table's RLS flags,
+ * creates the policy that shows only the rows the shard keeps, and enables and forces RLS. */
+bool reshard_rls_apply(struct reshard *rs);
+
+/* Drops the policies of old shard i and restores each table's recorded RLS flags (nothing
+ * when none were recorded): at the end of the cleanup, or when a cutover is abandoned. */
+bool reshard_rls_remove(struct reshard *rs, int i);
 
 /* reshard_cutover.c */
 

@@ -38,6 +38,7 @@ static void usage(FILE *f)
 		"  --user USER             connect to the shards as USER (password: PGPASSWORD or .pgpass)\n"
 		"  --pg-bindir DIR         where pg_dump and psql are (default: PATH)\n"
 		"  --replica-identity-full set REPLICA IDENTITY FULL on tables whose identity lacks the key\n"
+		"  --allow-rls-bypass      go on when pgmux's server users bypass row-level security\n"
 		"  steps, in order: plan schema publication slot subscription sync cutover unsubscribe\n"
 		"  cleanup (default: every one not yet done)\n");
 }
@@ -156,6 +157,11 @@ static void plan_free(struct reshard *rs)
 		free(rs->tables[t]);
 	free(rs->tables);
 	free(rs->key);
+	for (int u = 0; u < rs->n_db_users; u++)
+		free(rs->db_users[u]);
+	free(rs->db_users);
+	rs->db_users = NULL;
+	rs->n_db_users = 0;
 	rs->old = rs->new = NULL;
 	rs->tables = NULL;
 	rs->key = NULL;
@@ -230,6 +236,37 @@ static bool same_text(const char *a, const char *b)
 	return a == b || (a && b && !strcmp(a, b));
 }
 
+/* The server users pgmux logs in as for the section's backends in either file, into
+ * rs->db_users; a line without user= (the client's own name goes through) sets
+ * rs->db_users_unknown. */
+static bool collect_users(struct reshard *rs, const struct config *a, const struct config *b)
+{
+	const struct config *cfs[2] = { a, b };
+	for (int f = 0; f < 2; f++)
+		for (const struct cfg_db *d = cfs[f]->dbs; d; d = d->next) {
+			if (!d->cluster || strcmp(d->cluster, rs->database) || d->shard < 0)
+				continue;
+			if (!d->user) {
+				rs->db_users_unknown = true;
+				continue;
+			}
+			bool seen = false;
+			for (int u = 0; u < rs->n_db_users && !seen; u++)
+				seen = !strcmp(rs->db_users[u], d->user);
+			if (seen)
+				continue;
+			/* bounded: one per backend line, and those are capped by the shard count */
+			char **grown = realloc(rs->db_users, (size_t)(rs->n_db_users + 1) * sizeof(*grown));
+			if (!grown)
+				return false;
+			rs->db_users = grown;
+			if (!(rs->db_users[rs->n_db_users] = strdup(d->user)))
+				return false;
+			rs->n_db_users++;
+		}
+	return true;
+}
+
 /* Reads both configurations and checks that NEW doubles (or multiplies) LIVE. */
 static bool plan_configs(struct reshard *rs)
 {
@@ -278,15 +315,11 @@ static bool plan_configs(struct reshard *rs)
 			rs->n_old, rs->n_new, RESHARD_MAX_SHARDS);
 		goto out;
 	}
-	if (ca->no_shard_key == NOSHARD_ALL || cb->no_shard_key == NOSHARD_ALL) {
-		/* between the cutover and the cleanup the old shards still hold the moved rows:
-		 * a read fanned out over every shard would count them twice */
-		fprintf(stderr, "pgmux-reshard: [database %s] has no_shard_key = all: between the "
-			"cutover and the cleanup a read fanned out over the shards would see moved "
-			"rows twice; set no_shard_key = error (or shard0) in both files for the move\n",
-			rs->database);
+	/* a read fanned out over every shard would see the moved rows twice between the cutover
+	 * and the cleanup: row-level security hides them on the old shards (reshard_rls.c) */
+	rs->guard_rls = ca->no_shard_key == NOSHARD_ALL || cb->no_shard_key == NOSHARD_ALL;
+	if (rs->guard_rls && !collect_users(rs, a, b))
 		goto out;
-	}
 	const char *dot = strrchr(ca->shard_key, '.');
 	rs->key = strdup(dot ? dot + 1 : ca->shard_key);
 	rs->key_type = ca->shard_key_type;
@@ -355,8 +388,14 @@ static bool plan_print(struct reshard *rs)
 		return false;
 	if (!reshard_check_identity(rs, false))
 		return false;
+	/* once the cutover is done the policies are in place: nothing left to decide */
+	if (rs->guard_rls && !(rs->done & (1u << RS_CUTOVER)) && !reshard_rls_check(rs))
+		return false;
 	printf("plan: [database %s] from %d to %d shards by %s (%s)\n", rs->database, rs->n_old,
 	       rs->n_new, rs->key, rs->key_sqltype);
+	if (rs->guard_rls)
+		printf("plan: no_shard_key = all: from the cutover to the cleanup a row-level security "
+		       "policy on each old shard hides the rows that moved\n");
 	printf("plan: tables moved:");
 	for (int t = 0; t < rs->n_tables; t++)
 		printf(" %s", rs->tables[t]);
@@ -428,6 +467,7 @@ int main(int argc, char **argv)
 		{ "max-lag", required_argument, NULL, 'L' }, { "user", required_argument, NULL, 'U' },
 		{ "pg-bindir", required_argument, NULL, 'P' },
 		{ "replica-identity-full", no_argument, NULL, 'F' },
+		{ "allow-rls-bypass", no_argument, NULL, 'R' },
 		{ "help", no_argument, NULL, 'h' }, { "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -444,6 +484,7 @@ int main(int argc, char **argv)
 		case 'U': rs.user = optarg; break;
 		case 'P': rs.pg_bindir = optarg; break;
 		case 'F': rs.identity_full = true; break;
+		case 'R': rs.allow_rls_bypass = true; break;
 		case 'b':
 			if (!number_arg(optarg, 1, 1000000, &rs.batch_rows, "--batch-rows"))
 				return 2;

@@ -232,12 +232,14 @@ bool reshard_step_cutover(struct reshard *rs)
 		printf("  console: PAUSE %s\n"
 		       "  on each old shard: UPDATE pgmux_reshard.marker SET n = n + 1; wait (every 10 "
 		       "ms, at most %ld ms) until each new shard shows the new value\n"
-		       "  on each new shard: setval of every sequence to its source's value\n"
-		       "  install %s as %s (the old one kept as %s.pre-reshard)\n"
+		       "  on each new shard: setval of every sequence to its source's value\n",
+		       rs->database, rs->cutover_timeout_ms);
+		if (rs->guard_rls)
+			(void)reshard_rls_apply(rs);
+		printf("  install %s as %s (the old one kept as %s.pre-reshard)\n"
 		       "  console: RELOAD; SHOW SHARDS must list %d shards for %s\n"
-		       "  console: RESUME %s (also after any failure)\n", rs->database,
-		       rs->cutover_timeout_ms, rs->new_config, rs->config, rs->config, rs->n_new,
-		       rs->database, rs->database);
+		       "  console: RESUME %s (also after any failure)\n", rs->new_config, rs->config,
+		       rs->config, rs->n_new, rs->database, rs->database);
 		return true;
 	}
 	PGconn *console = PQconnectdb(rs->console);
@@ -268,6 +270,8 @@ bool reshard_step_cutover(struct reshard *rs)
 	double paused = reshard_now_ms();
 	printf("cutover: PAUSE %s returned after %.1f ms\n", rs->database, paused - t0);
 	bool ok = wait_caught_up(rs) && copy_sequences(rs);
+	/* last before the switch: hide from the application what the old shards hand over */
+	ok = ok && (!rs->guard_rls || reshard_rls_apply(rs));
 	bool installed = ok && install_config(rs);
 	bool reloaded = false;
 	if (installed) {
@@ -275,6 +279,21 @@ bool reshard_step_cutover(struct reshard *rs)
 		if (!reloaded) {
 			restore_config(rs);
 			(void)reshard_console(console, "RELOAD", false);
+		}
+	}
+	if (!reloaded && rs->guard_rls) {
+		/* back on N shards the old ones keep every row again: the policies must go before
+		 * the RESUME, or reads would miss rows; if that fails pgmux stays paused */
+		bool removed = true;
+		for (int i = 0; i < rs->n_old; i++)
+			removed &= reshard_rls_remove(rs, i);
+		if (!removed) {
+			fprintf(stderr, "pgmux-reshard: cutover abandoned, but the row-level security "
+				"policies could not be removed from every old shard: %s stays PAUSED "
+				"(reads would miss rows); run again, or drop the policies %s by hand and "
+				"RESUME\n", rs->database, "pgmux_reshard_keep/_owner");
+			PQfinish(console);
+			return false;
 		}
 	}
 	snprintf(cmd, sizeof(cmd), "RESUME %s", rs->database);

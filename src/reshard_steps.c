@@ -525,6 +525,10 @@ bool reshard_step_cleanup(struct reshard *rs)
 			}
 		}
 		free(left);
+		/* the moved rows are gone: the policy hides nothing now; then the helper schema
+		 * (which holds the recorded flags) */
+		if (!reshard_rls_remove(rs, i))
+			return false;
 		snprintf(sql, sizeof(sql), "DROP SCHEMA IF EXISTS pgmux_reshard CASCADE");
 		if (!run_sql(rs, s, sql))
 			return false;

@@ -9,7 +9,9 @@ that PostgreSQL's satisfies_hash_partition names for the new modulus, the rows e
 object is left.  Also: --dry-run changes nothing; a run killed during the sync, a cutover that
 times out or whose RELOAD fails, and a run stopped after the switch all finish when started
 again; a finished reshard refuses to run a second time; a RELOAD under a PAUSE reroutes queued
-and paused clients; text keys; the configurations and schemas the tool refuses."""
+and paused clients; text keys; the configurations and schemas the tool refuses.  With
+no_shard_key = all, reads without a key fanned out over every shard count each row once for
+the whole move (the row-level security policy on the old shards, test_reshard_keyless_reads)."""
 
 import os
 import random
@@ -55,10 +57,14 @@ class Layout:
     def server(self, s):
         return self.clusters[self.hosts[s]].primary
 
-    def section(self, n):
+    def section(self, n, keyless=False, user="postgres"):
+        """keyless: no_shard_key = all (reads without a key fan out over every shard)."""
         sec = {"shard_key": "user_id", "shards": n, "pool_mode": "transaction", "pool_size": 8}
+        if keyless:
+            sec["no_shard_key"] = "all"
         for s in range(n):
-            sec[f"shard.{s}.primary"] = self.env.backend_entry(self.server(s), self.names[s])
+            sec[f"shard.{s}.primary"] = self.env.backend_entry(
+                self.server(s), self.names[s]).replace("user=postgres", f"user={user}")
         return sec
 
     def connect(self, s):
@@ -84,13 +90,21 @@ class Layout:
         return out
 
 
-def setup(env, hosts, n_old, users, rows_per_user):
+def setup(env, hosts, n_old, users, rows_per_user, app=False):
+    """app: pgmux logs in to the shards as the ordinary role app, which owns accounts, and
+    reads without a key fan out over every shard (no_shard_key = all)."""
     need_routing()
     clusters = env.shard_topologies(2, n_replicas=0, extra_conf=PG_EXTRA)
     lay = Layout(env, clusters, hosts)
     for s in range(n_old):
         with lay.connect(s) as c:
             c.execute(SCHEMA)
+            if app:
+                # accounts: no RLS, owned by app (FORCE must filter it); accounts_notes: RLS of
+                # its own, not forced (the tool's policy must be ANDed, the flags restored)
+                c.execute("ALTER TABLE accounts OWNER TO app; "
+                          "ALTER TABLE accounts_notes ENABLE ROW LEVEL SECURITY; "
+                          "CREATE POLICY notes_all ON accounts_notes USING (true)")
             c.execute("SELECT setval('evt_seq', %s)", (1000 + s,))
     keys = list(range(1, users + 1))
     place = lay.placement(keys, n_old)
@@ -106,10 +120,12 @@ def setup(env, hosts, n_old, users, rows_per_user):
             # moved with their accounts; the cleanup must delete them first (foreign key)
             c.execute("INSERT INTO accounts_notes SELECT user_id, id, 'note' FROM accounts "
                       "WHERE id = 0")
+    user = "app" if app else "postgres"
     px = env.pgmux({}, {"pool_mode": "transaction", "max_client_conn": 200},
-                   sections={DB: lay.section(n_old)})
+                   sections={DB: lay.section(n_old, keyless=app, user=user)})
     new_ini = px.dir / "new.ini"
-    new_ini.write_text(px.render_config(sections={DB: lay.section(len(hosts))}))
+    new_ini.write_text(px.render_config(sections={
+        DB: lay.section(len(hosts), keyless=app, user=user)}))
     return lay, px, new_ini, ledger, keys
 
 
@@ -501,3 +517,209 @@ def test_reshard_cutover_retries(env):
     r = tool(px, new_ini, state)
     assert "already the new configuration" in r.stdout, r.stdout
     check_result(lay, px, ledger, 4, [])
+
+
+class Inserter(threading.Thread):
+    """Inserts rows for random user_ids through pgmux until stopped.  Under the lock it counts
+    an insert as in flight before sending it and moves it to the ledger once it committed, so
+    a reader knows the bounds of what a count may see."""
+
+    def __init__(self, px, ledger, keys, lock):
+        super().__init__(daemon=True)
+        self.px, self.ledger, self.keys, self.lock = px, ledger, keys, lock
+        self.stop_ev = threading.Event()
+        self.errors, self.inserts, self.inflight = [], 0, 0
+        self.rng = random.Random(7)
+
+    def run(self):
+        try:
+            conn = psycopg.connect(self.px.dsn(DB), autocommit=True, prepare_threshold=None)
+        except Exception as e:  # noqa: BLE001
+            self.errors.append(f"connect: {e!r}")
+            return
+        with conn:
+            i = 50_000_000
+            while not self.stop_ev.is_set():
+                k = self.rng.choice(self.keys)
+                i += 1
+                with self.lock:
+                    self.inflight += 1
+                try:
+                    conn.execute("INSERT INTO accounts (user_id, id, val) VALUES (%s, %s, %s)",
+                                 (k, i, i))
+                except Exception as e:  # noqa: BLE001 (stays in flight: it may have committed)
+                    self.errors.append(f"{type(e).__name__}: {e}")
+                    return
+                with self.lock:
+                    self.ledger[(k, i)] = i
+                    self.inflight -= 1
+                self.inserts += 1
+
+
+class Counter(threading.Thread):
+    """Runs SELECT count(*) FROM accounts through pgmux (no key: every shard) until stopped;
+    each count must lie between the rows committed before it began and those committed or in
+    flight when it ended.  Counts per phase, the main thread sets the phase."""
+
+    def __init__(self, px, ledger, writer, lock):
+        super().__init__(daemon=True)
+        self.px, self.ledger, self.writer, self.lock = px, ledger, writer, lock
+        self.stop_ev = threading.Event()
+        self.phase = "before"
+        self.reads, self.wrong, self.errors = {}, [], []
+
+    def run(self):
+        try:
+            conn = psycopg.connect(self.px.dsn(DB), autocommit=True, prepare_threshold=None)
+        except Exception as e:  # noqa: BLE001
+            self.errors.append(f"connect: {e!r}")
+            return
+        with conn:
+            while not self.stop_ev.is_set():
+                phase = self.phase
+                with self.lock:
+                    lo = len(self.ledger)
+                try:
+                    # pgmux merges the shards' counts; summed here too, should it pass rows through
+                    got = sum(r[0] for r in conn.execute("SELECT count(*) FROM accounts"))
+                except Exception as e:  # noqa: BLE001
+                    self.errors.append(f"{type(e).__name__}: {e}")
+                    return
+                with self.lock:
+                    hi = len(self.ledger) + self.writer.inflight
+                if not lo <= got <= hi:
+                    self.wrong.append((phase, lo, got, hi))
+                self.reads[phase] = self.reads.get(phase, 0) + 1
+
+
+@timeout(300)
+def test_reshard_keyless_reads(env):
+    """no_shard_key = all, 2 -> 4, pgmux logging in as the ordinary role app (owner of
+    accounts): every count(*) fanned out over the shards, before, during and after the move,
+    and between the cutover and the cleanup in particular, counts each row once (the
+    row-level security policy on the old shards hides the moved rows from app, FORCE included
+    for the owner); the superuser, who bypasses it, still sees them there; the cleanup drops
+    the policies and restores the RLS flags, after a cutover abandoned (RELOAD rejected) too; a
+    cutover killed after the first policies is finished by the next run.  A configuration whose
+    server user is a superuser is refused without --allow-rls-bypass."""
+    lay, px, new_ini, ledger, keys = setup(env, [0, 1, 1, 0], 2, users=500, rows_per_user=4,
+                                           app=True)
+    state = env.dir / "keyless.state"
+
+    # pgmux logging in as a superuser would see every row: refused, nothing touched
+    bad_live, bad_new = px.dir / "bad-live.ini", px.dir / "bad-new.ini"
+    bad_live.write_text(px.render_config(sections={DB: lay.section(2, keyless=True)}))
+    bad_new.write_text(px.render_config(sections={DB: lay.section(4, keyless=True)}))
+    r = subprocess.run([TOOL, "--database", DB, "--config", str(bad_live), "--new-config",
+                        str(bad_new), "--state", str(env.dir / "bad.state"), "plan"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert r.returncode == 1 and "bypass row-level security" in r.stdout \
+        and "--allow-rls-bypass" in r.stdout, r.stdout
+    r = subprocess.run([TOOL, "--database", DB, "--config", str(bad_live), "--new-config",
+                        str(bad_new), "--state", str(env.dir / "bad.state"), "--allow-rls-bypass",
+                        "plan"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "warning: " in r.stdout, r.stdout
+    # the tool itself as app: forced RLS would hide the moved rows from its cleanup
+    r = tool(px, new_ini, env.dir / "app.state", "--user", "app", "plan", check=False)
+    assert r.returncode == 1 and "BYPASSRLS role (--user)" in r.stdout, r.stdout
+
+    r = tool(px, new_ini, env.dir / "dry.state", "--user", "postgres", "--dry-run")
+    assert "CREATE POLICY pgmux_reshard_keep ON public.accounts" in r.stdout \
+        and "DROP POLICY pgmux_reshard_keep" in r.stdout, r.stdout
+
+    lock = threading.Lock()
+    writer = Inserter(px, ledger, keys, lock)
+    reader = Counter(px, ledger, writer, lock)
+    writer.start()
+    reader.start()
+    wait_for(lambda: writer.inserts > 20 and reader.reads.get("before", 0) > 3, 30, 0.05,
+             "the writer and the reader to get going")
+    su = ["--user", "postgres"]
+    tool(px, new_ini, state, *su, "plan", "schema", "publication", "slot", "subscription", "sync")
+
+    def app_sees_all(s):
+        """Whether app, reading old shard s directly, sees every row the superuser sees."""
+        with lay.connect(s) as c:
+            with c.transaction():
+                c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                every = c.execute("SELECT count(*) FROM accounts").fetchone()[0]
+                c.execute("SET LOCAL ROLE app")
+                return c.execute("SELECT count(*) FROM accounts").fetchone()[0] == every
+
+    def rls_as_before():
+        """The old shards' policies and RLS flags as setup made them."""
+        for s in range(2):
+            with lay.connect(s) as c:
+                assert c.execute("SELECT array_agg(polname) FROM pg_policy").fetchone()[0] \
+                    == ["notes_all"]
+                flags = c.execute("SELECT relname, relrowsecurity, relforcerowsecurity "
+                                  "FROM pg_class WHERE relname LIKE 'accounts%' "
+                                  "AND relkind = 'r' ORDER BY 1")
+                assert flags.fetchall() == [("accounts", False, False),
+                                            ("accounts_notes", True, False)]
+
+    # no policy yet: app sees on the old shards the rows their new shards already hold
+    assert app_sees_all(0) and app_sees_all(1)
+    # a cutover abandoned after the policies went on (pgmux rejects the new file's RELOAD)
+    # takes them off again before the RESUME: on 2 shards the old ones keep every row
+    good = new_ini.read_text()
+    new_ini.write_text(good.replace(str(px.auth_file), str(px.dir / "no-such-userlist.txt")))
+    r = tool(px, new_ini, state, *su, "cutover", check=False)
+    assert r.returncode == 1 and "abandoned" in r.stdout and "flags restored" in r.stdout, r.stdout
+    new_ini.write_text(good)
+    assert app_sees_all(0) and app_sees_all(1)
+    rls_as_before()
+    # a run killed once the policies of old shard 0 are on (pgmux may stay paused, with or
+    # without the new file): the next run finishes the cutover
+    p = tool(px, new_ini, state, *su, "cutover", popen=True)
+    out = []
+    for line in p.stdout:
+        out.append(line)
+        if "row-level security shows only the rows it keeps" in line:
+            p.send_signal(signal.SIGKILL)
+            break
+    p.wait(60)
+    print("".join(out))
+    assert p.returncode == -signal.SIGKILL, "".join(out)
+    r = tool(px, new_ini, state, *su, "cutover")
+    reader.phase = "window"
+    wait_for(lambda: reader.reads.get("window", 0) >= 5 or reader.errors, 60, 0.05,
+             "counts between the cutover and the cleanup")
+
+    place4 = lay.placement(keys, 4)
+    for s in range(2):
+        with lay.connect(s) as c:
+            pol = c.execute("SELECT polname, polpermissive FROM pg_policy WHERE polrelid = "
+                            "'accounts'::regclass").fetchall()
+            assert pol == [("pgmux_reshard_keep", True)], pol
+            pol = c.execute("SELECT polname, polpermissive FROM pg_policy WHERE polrelid = "
+                            "'accounts_notes'::regclass ORDER BY 1").fetchall()
+            assert pol == [("notes_all", True), ("pgmux_reshard_keep", False),
+                           ("pgmux_reshard_owner", True)], pol
+            assert c.execute("SELECT relrowsecurity AND relforcerowsecurity FROM pg_class "
+                             "WHERE oid = 'accounts'::regclass").fetchone()[0]
+            # one snapshot, two roles: what the policy hides is exactly the moved rows
+            with c.transaction():
+                c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                every = [k for (k,) in c.execute("SELECT user_id FROM accounts")]
+                c.execute("SET LOCAL ROLE app")
+                seen = [k for (k,) in c.execute("SELECT user_id FROM accounts")]
+            moved = [k for k in every if place4[k] != s]
+            assert moved, "the old shard holds no moved row before the cleanup"
+            assert all(place4[k] == s for k in seen), "app sees moved rows on the old shard"
+            assert len(every) - len(seen) == len(moved), (len(every), len(seen), len(moved))
+
+    r = tool(px, new_ini, state, *su, "unsubscribe", "cleanup")
+    reader.phase = "after"
+    wait_for(lambda: reader.reads.get("after", 0) >= 3 or reader.errors, 60, 0.05,
+             "counts after the cleanup")
+    for t in (writer, reader):
+        t.stop_ev.set()
+    for t in (writer, reader):
+        t.join(30)
+    assert not reader.errors, reader.errors[:5]
+    assert not reader.wrong, f"{len(reader.wrong)} counts outside the ledger: {reader.wrong[:5]}"
+    print(f"keyless counts: {reader.reads}; {writer.inserts} inserts during the move")
+    check_result(lay, px, ledger, 4, [writer])
+    rls_as_before()
