@@ -1,0 +1,839 @@
+"""Attack 14: a hostile client against the cross-shard features merged on integ (merged keyless
+reads, split writes, PAUSE/park).  Each test compares pgmux with one unsharded reference database
+that holds the same rows (merges), or checks placement and pg_prepared_xacts (splits).
+
+Tests whose name ends in _bug reproduce a finding that is still open: they fail until it is
+fixed (see the docstring of each)."""
+
+import os
+import random
+import socket
+import struct
+import subprocess
+import time
+
+import psycopg
+
+import rawpg
+from pgharness import TEST_USER, pg_bin, timeout, wait_for
+from test_routing import need_routing
+from test_sharding import expect_error, wait_shards_up
+
+DB = "mrg"
+N_SHARDS = 3
+
+W_SCHEMA = """CREATE TABLE w (user_id int8 PRIMARY KEY, n numeric, f float8, b bpchar,
+ c "char", t text, d date, ts timestamp, i int4, big int8)"""
+
+W_ROWS = [
+    (1, "1.0", 1.0000002, "a", "a", "a", "2024-01-01", "2024-01-01 00:00:00", 1, 9223372036854775000),
+    (2, "1", 1.0000001, "a  ", "\x80", "A", "2024-01-02", "2024-01-01 00:00:00.5", 2, 9223372036854775000),
+    (3, "1.00", -0.0, "b", "b", "b", "infinity", "infinity", None, 9223372036854775000),
+    (4, "-0", 0.0, None, None, None, "-infinity", "-infinity", 3, -5),
+    (5, "NaN", float("nan"), "a ", "z", "é", "10000-01-01", "2024-01-01 00:00:00.25", 4, 7),
+    (6, "Infinity", float("inf"), "A", "A", "a ", "0044-03-15", "2024-01-01 00:00:01", 5, 8),
+    (7, "-Infinity", float("-inf"), "", "0", "", "2024-01-01", None, 6, 9),
+    (8, "0." + "0" * 900 + "1", 1e-300, "a", "a", "a", "2024-01-01", "2024-01-01 00:00:00", 7, 10),
+    (9, "9" * 500 + ".5", 5e-324, "a", "a", "a", "2024-01-01", "2024-01-01 00:00:00", 8, 11),
+    (10, None, None, "a", "a", "a", None, None, None, None),
+    (11, "0.000", 0.1, "c", "c", "c", "2024-01-03", "2024-01-03 00:00:00", 9, 12),
+    (12, "-1.5", 0.30000000000000004, "c", "c", "c", "2024-01-03", "2024-01-03 00:00:00", 10, 13),
+]
+
+
+def setup(env, settings=None, rows=W_ROWS, schema=W_SCHEMA, placement=None, extra_sql=(),
+          db_settings=""):
+    need_routing()
+    pg = env.pg
+    shard_dbs = [env.database(f"_s{i}", owner=TEST_USER) for i in range(N_SHARDS)]
+    ref = env.database("_ref", owner=TEST_USER)
+    if db_settings:
+        for d in [ref] + shard_dbs:
+            pg.sql(f"ALTER DATABASE {d} SET {db_settings}")
+    ncol = len(rows[0]) if rows else 0
+    ins = f"INSERT INTO w VALUES ({', '.join(['%s'] * ncol)})"
+    for d in [ref] + shard_dbs:
+        with pg.connect(d, TEST_USER) as c:
+            for s in extra_sql:
+                c.execute(s)
+            c.execute(schema)
+    with pg.connect(ref, TEST_USER) as c:
+        with c.cursor() as cur:
+            if rows:
+                cur.executemany(ins, rows)
+    for j, r in enumerate(rows):
+        s = placement(j) if placement else j % N_SHARDS
+        with pg.connect(shard_dbs[s], TEST_USER) as c:
+            c.execute(ins, r)
+    sec = {"shard_key": "user_id", "shards": N_SHARDS, "no_shard_key": "all",
+           "read_routing": "on"}
+    for i, d in enumerate(shard_dbs):
+        sec[f"shard.{i}.primary"] = env.backend_entry(pg, d)
+    sets = {"pool_mode": "transaction", "monitor_interval": 0.2, "default_pool_size": 4,
+            "max_client_memory": 131072}
+    sets.update(settings or {})
+    px = env.pgmux({}, sets, sections={DB: sec})
+    wait_shards_up(px, N_SHARDS, n_replicas=0, db=DB)
+    return px, ref, shard_dbs
+
+
+def as_text(conn):
+    """Values psycopg cannot load (infinite dates, "char" bytes) come back as text."""
+    from psycopg.types.string import TextLoader, TextBinaryLoader
+    for oid in (18, 1082, 1114, 1184, 17, 1186):
+        conn.adapters.register_loader(oid, TextLoader)
+        conn.adapters.register_loader(oid, TextBinaryLoader)
+    conn.adapters.register_loader(18, BytesLoader)
+    conn.adapters.register_loader(18, BytesBinLoader)
+
+
+from psycopg.adapt import Loader  # noqa: E402
+
+
+class BytesLoader(Loader):
+    def load(self, data):
+        return bytes(data)
+
+
+class BytesBinLoader(BytesLoader):
+    format = psycopg.pq.Format.BINARY
+
+
+def compare(px, env, ref, cases, pre=(), binary=False):
+    """Runs each (query, ordered) through pgmux and on ref; returns the list of differences
+    (a refusal with a SQLSTATE is not a difference, it is noted as refused)."""
+    diffs, refused = [], []
+    with px.connect(DB) as c, env.pg.connect(ref, TEST_USER) as r:
+        for conn in (c, r):
+            as_text(conn)
+        for p in pre:
+            c.execute(p)
+            r.execute(p)
+        for q, ordered in cases:
+            try:
+                want = r.execute(q, binary=binary)
+                w = want.fetchall() if want.description else None
+                wtag = want.statusmessage
+            except psycopg.Error as e:
+                w, wtag = f"ERR {e.sqlstate}", None
+            try:
+                got = c.execute(q, binary=binary)
+                g = got.fetchall() if got.description else None
+                gtag = got.statusmessage
+            except psycopg.Error as e:
+                if not e.sqlstate:
+                    diffs.append(f"{q}: error without SQLSTATE: {e}")
+                elif e.sqlstate.startswith("08"):
+                    diffs.append(f"{q}: connection error {e.sqlstate}: {e}")
+                else:
+                    refused.append(f"{q}: {e.sqlstate} {str(e)[:120]}")
+                if c.closed or c.broken:
+                    diffs.append(f"{q}: connection lost")
+                    break
+                continue
+            if isinstance(w, str):
+                diffs.append(f"{q}: reference errs {w} but pgmux answered {g!r:.200}")
+                continue
+            if not ordered and g is not None:
+                g, w = sorted(g, key=repr), sorted(w, key=repr)
+            if repr(g) != repr(w) or gtag != wtag:
+                diffs.append(f"{q}:\n      got  {gtag} {g!r:.300}\n      want {wtag} {w!r:.300}")
+    return diffs, refused
+
+
+def show(diffs, refused):
+    print(f"{len(refused)} refused:")
+    for x in refused:
+        print("   ", x)
+    print(f"{len(diffs)} differ:")
+    for x in diffs:
+        print("   ", x)
+
+
+MERGE_CASES = [
+    ("SELECT user_id, n FROM w ORDER BY n, user_id", True),
+    ("SELECT user_id, n FROM w ORDER BY n DESC NULLS LAST, user_id", True),
+    ("SELECT count(*) FROM (SELECT DISTINCT n FROM w) s", True),
+    ("SELECT DISTINCT n FROM w ORDER BY n", True),
+    ("SELECT n, count(*) FROM w GROUP BY n ORDER BY n", True),
+    ("SELECT count(*), sum(n), min(n), max(n) FROM w", True),
+    ("SELECT avg(n) FROM w WHERE n <> 'NaN' AND user_id <> 6 AND user_id <> 7", True),
+    ("SELECT avg(n) FROM w", True),
+    ("SELECT sum(n), avg(n) FROM w WHERE user_id IN (8, 9, 11)", True),
+    ("SELECT sum(big), avg(big) FROM w", True),
+    ("SELECT sum(i), avg(i), count(i), min(i), max(i) FROM w", True),
+    ("SELECT sum(i), avg(i), count(*), min(i) FROM w WHERE false", True),
+    ("SELECT sum(i) FROM w WHERE false GROUP BY d", True),
+    ("SELECT user_id, f FROM w ORDER BY f, user_id", True),
+    ("SELECT user_id, f FROM w ORDER BY f DESC, user_id", True),
+    ("SELECT max(f), min(f) FROM w", True),
+    ("SELECT max(f), min(f) FROM w WHERE f <> 'NaN'", True),
+    ("SELECT user_id, b FROM w ORDER BY b COLLATE \"C\", user_id", True),
+    ("SELECT DISTINCT b COLLATE \"C\" FROM w ORDER BY 1", True),
+    ("SELECT b COLLATE \"C\", count(*) FROM w GROUP BY 1 ORDER BY 1", True),
+    ("SELECT min(b COLLATE \"C\"), max(b COLLATE \"C\") FROM w", True),
+    ("SELECT min(c), max(c) FROM w", True),
+    ("SELECT user_id, t FROM w ORDER BY t COLLATE \"C\" DESC, user_id", True),
+    ("SELECT user_id, d FROM w ORDER BY d, user_id", True),
+    ("SELECT min(d), max(d), min(ts), max(ts) FROM w", True),
+    ("SELECT user_id, ts FROM w ORDER BY ts, user_id", True),
+    ("SELECT user_id, ts FROM w WHERE ts > '2000-01-01' ORDER BY ts DESC, user_id", True),
+    ("SELECT DISTINCT ts FROM w ORDER BY ts", True),
+    # LIMIT / OFFSET forms
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT ALL", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT NULL", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT 9223372036854775807 OFFSET 3", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT 3 OFFSET 9223372036854775807", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT 9223372036854775807 OFFSET 9223372036854775807", True),
+    ("SELECT user_id FROM w ORDER BY user_id OFFSET 100", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT 0", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT -1", True),
+    ("SELECT user_id FROM w ORDER BY user_id OFFSET -1", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT 2.5", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT 2.4 OFFSET 1.5", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT 1e1", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT '3'", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT (1+1)", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT (SELECT 2)", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT +3", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT 3::int8", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT /* x */ 3 -- y\n", True),
+    ("SELECT user_id FROM w ORDER BY user_id OFFSET 2 LIMIT 3", True),
+    ("SELECT user_id FROM w ORDER BY user_id OFFSET 2 ROWS FETCH NEXT 3 ROWS ONLY", True),
+    ("SELECT user_id FROM w ORDER BY user_id FETCH FIRST ROW ONLY", True),
+    ("SELECT user_id FROM w ORDER BY user_id OFFSET 1 ROW FETCH FIRST 2 ROW ONLY", True),
+    ("SELECT user_id FROM w ORDER BY user_id FETCH FIRST (2) ROWS ONLY", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT 00003", True),
+    ("SELECT user_id FROM w ORDER BY user_id LIMIT 3 LIMIT 4", True),
+    # aliases and positions
+    ("SELECT user_id, i AS big FROM w ORDER BY big, user_id", True),
+    ("SELECT user_id AS i, i AS user_id FROM w ORDER BY user_id, i", True),
+    ("SELECT user_id, i AS big FROM w ORDER BY big + 0, user_id", True),
+    ("SELECT user_id, i FROM w ORDER BY i USING >, user_id", True),
+    ("SELECT user_id, i FROM w ORDER BY -i, user_id", True),
+    ("SELECT *, i FROM w ORDER BY i NULLS FIRST, user_id", True),
+    ("SELECT user_id, user_id FROM w ORDER BY 1 DESC LIMIT 3", True),
+    ("SELECT i, count(*) AS i FROM w GROUP BY i ORDER BY 1", True),
+    ("SELECT count(*) FILTER (WHERE i > 3), sum(i) FILTER (WHERE i < 5) FROM w", True),
+    ("SELECT count(*) AS c FROM w GROUP BY d ORDER BY c, 1", True),
+    ("SELECT count(*) FROM w LIMIT 1 OFFSET 1", True),
+    ("SELECT count(*) FROM w HAVING count(*) > 100", True),
+    ("SELECT sum(i)::text FROM w", True),
+    ("SELECT count(*)::int4 FROM w", True),
+    ("SELECT max(i) FROM w GROUP BY d ORDER BY max(i)", True),
+    ("SELECT DISTINCT i % 2 FROM w ORDER BY 1", True),
+    ("SELECT DISTINCT ON (i) i FROM w ORDER BY i", True),
+    ("SELECT i FROM w GROUP BY i ORDER BY i", True),
+    ("SELECT 1 FROM w ORDER BY count(*)", True),
+    ("SELECT count(*) FROM w, w AS w2", True),
+    # things that are not a plain fan-out
+    ("SELECT count(*) FROM (SELECT 1 FROM w) s", True),
+    ("WITH x AS (SELECT count(*) AS c FROM w) SELECT c FROM x", True),
+    ("SELECT (SELECT count(*) FROM w)", True),
+    ("SELECT * FROM (SELECT user_id FROM w ORDER BY user_id LIMIT 2) s", False),
+    ("SELECT user_id FROM w UNION SELECT user_id FROM w", False),
+    ("SELECT i FROM w UNION SELECT i FROM w", False),
+    ("SELECT i FROM w INTERSECT SELECT i FROM w", False),
+    ("SELECT 1", False),
+    ("SELECT EXISTS (SELECT 1 FROM w WHERE user_id = 4)", False),
+    ("SELECT user_id FROM w WHERE user_id = (SELECT max(user_id) FROM w)", False),
+    ("SELECT user_id FROM w WHERE i > (SELECT avg(i) FROM w)", False),
+    ("SELECT now() IS NOT NULL", False),
+    ("VALUES (1)", False),
+    ("TABLE w ORDER BY user_id LIMIT 2", True),
+    ("SELECT user_id FROM w ORDER BY random() LIMIT 0", True),
+    ("SELECT user_id FROM ONLY w ORDER BY user_id LIMIT 2", True),
+]
+
+
+@timeout(120)
+def test_a14_merge_values(env):
+    """Merged reads over values that look alike in text but differ, LIMIT forms, aliases,
+    subqueries: every answer pgmux gives equals the unsharded database's (refusals are fine)."""
+    px, ref, _ = setup(env)
+    diffs, refused = compare(px, env, ref, MERGE_CASES)
+    show(diffs, refused)
+    d2, r2 = compare(px, env, ref, [(q, o) for q, o in MERGE_CASES if "ORDER BY" in q and
+                                    "LIMIT" not in q and " c" not in q][:25], binary=True)
+    print("---- binary results")
+    show(d2, r2)
+    rep = px.sanitizer_report() if hasattr(px, "sanitizer_report") else ""
+    assert not rep, rep
+    assert not diffs and not d2
+
+
+SESSION_CASES = [
+    ("SELECT user_id, f FROM w ORDER BY f, user_id", True),
+    ("SELECT DISTINCT f FROM w ORDER BY f", True),
+    ("SELECT max(f), min(f) FROM w WHERE f <> 'NaN'", True),
+    ("SELECT user_id, d FROM w ORDER BY d, user_id", True),
+    ("SELECT min(d), max(d) FROM w", True),
+    ("SELECT user_id, ts FROM w ORDER BY ts, user_id", True),
+    ("SELECT d, count(*) FROM w GROUP BY d ORDER BY d", True),
+    ("SELECT user_id, n FROM w ORDER BY n, user_id", True),
+]
+
+
+@timeout(120)
+def test_a14_merge_session_settings(env):
+    """Merged reads under session settings that change the shards' text output: a reduced
+    extra_float_digits, DateStyle SQL/German/Postgres, IntervalStyle; each in a fresh
+    connection, applied with SET (simple protocol) on pgmux and on the reference."""
+    px, ref, _ = setup(env)
+    allbad = []
+    for pre in (["SET DateStyle = 'SQL, DMY'"], ["SET DateStyle = 'German'"],
+                ["SET DateStyle = 'Postgres, MDY'"], ["SET DateStyle = 'ISO, DMY'"],
+                ["SET TimeZone = 'America/New_York'"]):
+        diffs, refused = compare(px, env, ref, SESSION_CASES, pre=pre)
+        print("=====", pre)
+        show(diffs, refused)
+        allbad += [f"{pre}: {d}" for d in diffs]
+    assert not allbad, "\n".join(allbad)
+
+
+@timeout(60)
+def test_a14_merge_float_digits_bug(env):
+    """FINDING: with extra_float_digits below 1 (a database or role setting, so that every
+    server has it) the shards send rounded float text, and pgmux orders floats by that text:
+    1.0000002 and 1.0000001 both read "1", compare equal, and the next key decides; PostgreSQL
+    orders by the real values.  Wrong answer (should refuse, as for a DateStyle other than ISO,
+    or ask the shards for extra_float_digits = 3 and round itself)."""
+    px, ref, _ = setup(env, db_settings="extra_float_digits = -15")
+    diffs, refused = compare(px, env, ref, [
+        ("SELECT user_id, f FROM w WHERE user_id IN (1, 2) ORDER BY f, user_id", True),
+        ("SELECT user_id, f FROM w ORDER BY f, user_id", True),
+        ("SELECT DISTINCT f FROM w ORDER BY f", True)])
+    show(diffs, refused)
+    assert not diffs
+
+
+@timeout(60)
+def test_a14_merge_char_type_bug(env):
+    """FINDING: "char" (OID 18) values at or above 0x80 come out as octal escapes (\\302); pgmux
+    orders "char" by its text bytes, so such a value sorts before 'a' where PostgreSQL (which
+    compares the byte) puts it after 'z'.  Wrong answer (should refuse ORDER BY / DISTINCT on
+    "char", or decode the escape)."""
+    px, ref, _ = setup(env)
+    q = [("SELECT user_id, c FROM w ORDER BY c, user_id", True),
+         ("SELECT DISTINCT c FROM w ORDER BY c", True)]
+    diffs, refused = compare(px, env, ref, q)
+    show(diffs, refused)
+    assert not diffs
+
+
+# ---- split writes --------------------------------------------------------------------------
+
+from test_sharding import DB as SDB  # noqa: E402
+from test_shard_split import (INSERT, split_env, check_rows, spanning_keys,  # noqa: E402
+                              bin_copy, no_prepared)
+
+
+def key_forms(k):
+    """Spellings of int8 key k in a VALUES list that PostgreSQL reads as k."""
+    return [f"{k}.0", f"'{k}'", f"({k})", f"+{k}", f"{k}::int8", f"'{k}'::int8", f"0{k}" if k > 0
+            else f"-0{-k}", f"{k}::numeric", f"E'{k}'", f"' {k}'", f"{k}e0"]
+
+
+@timeout(150)
+def test_a14_split_keys(env):
+    """Spanning INSERTs whose key is spelled as an expression, a string, a numeric, with
+    reordered or quoted column lists, DEFAULT VALUES, INSERT ... SELECT, subqueries; then every
+    row accepted must be on its hash partition's shard, none lost or doubled, and
+    pg_prepared_xacts empty."""
+    px, shards = split_env(env, 2)
+    keys, ks = spanning_keys(shards, 40, seed=1401)
+    want = {}
+    results = []
+    pool = {0: list(ks[0]), 1: list(ks[1])}
+
+    def run(sql, rows, params=None):
+        with px.connect(SDB) as c:
+            try:
+                cur = c.execute(sql, params)
+                results.append(f"OK  {cur.statusmessage}: {sql[:150]}")
+                want.update(rows)
+            except psycopg.Error as e:
+                results.append(f"ERR {e.sqlstate} {str(e)[:110]!r}: {sql[:150]}")
+                assert e.sqlstate, f"no SQLSTATE: {e}"
+            assert c.execute("SELECT 1").fetchone() == (1,)
+
+    n = 0
+    for form_i in range(len(key_forms(1))):
+        a, b = pool[0].pop(), pool[1].pop()
+        fa, fb = key_forms(a)[form_i], key_forms(b)[form_i]
+        run(f"{INSERT} ({fa}, 'f{form_i}'), ({fb}, 'f{form_i}')", {a: f"f{form_i}", b: f"f{form_i}"})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"INSERT INTO accounts (name, user_id) VALUES ('r', {a}), ('r', {b})", {a: "r", b: "r"})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f'INSERT INTO accounts ("user_id", "name") VALUES ({a}, \'q\'), ({b}, \'q\')', {a: "q", b: "q"})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f'INSERT INTO accounts (USER_ID, NAME) VALUES ({a}, \'u\'), ({b}, \'u\')', {a: "u", b: "u"})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"INSERT INTO accounts VALUES ({a}, 'nl'), ({b}, 'nl')", {a: "nl", b: "nl"})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"INSERT INTO public.accounts AS x (user_id, name) VALUES ({a}, 'al'), ({b}, 'al')",
+        {a: "al", b: "al"})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"INSERT INTO accounts (user_id, name) VALUES ({a} + 0, 'e'), ({b} * 1, 'e')", {a: "e", b: "e"})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"INSERT INTO accounts (user_id, name) VALUES ((SELECT {a}), 's'), ((SELECT {b}), 's')",
+        {a: "s", b: "s"})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"INSERT INTO accounts (user_id, name) SELECT * FROM (VALUES ({a}::int8, 'sel'), "
+        f"({b}::int8, 'sel')) v", {a: "sel", b: "sel"})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"INSERT INTO accounts (user_id, name) VALUES ({a}, 'd'), ({b}, DEFAULT)", {a: "d", b: None})
+    run("INSERT INTO accounts DEFAULT VALUES", {})
+    run("INSERT INTO accounts (name) VALUES ('nokey'), ('nokey2')", {})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"INSERT INTO accounts (user_id, name) VALUES ({a}, 'n'), (NULL, 'n'), ({b}, 'n')", {})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"INSERT INTO accounts (user_id, name) VALUES ({a}, 'x'), ({b}, 'x'), ('abc', 'x')", {})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"INSERT INTO accounts (user_id, name) VALUES ({a}, 'x'), ({b}, 'x'), "
+        f"(9223372036854775808, 'x')", {})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"INSERT INTO accounts (user_id, name, user_id) VALUES ({a}, 'x', {b}), ({b}, 'x', {a})", {})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"INSERT INTO accounts (user_id, name) VALUES ({a}, 'x'), ({b}, 'x') ON CONFLICT (user_id) "
+        f"DO UPDATE SET user_id = excluded.user_id + 1", {a: "x", b: "x"})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"INSERT INTO accounts (user_id, name) VALUES ({a}, 'y'), ({b}, 'y') ON CONFLICT (user_id) "
+        f"DO UPDATE SET user_id = accounts.user_id + 1", {a: "x+y", b: "x+y"})   # first time no conflict
+    # and run it again: now there is a conflict, and the key would change
+    run(f"INSERT INTO accounts (user_id, name) VALUES ({a}, 'y'), ({b}, 'y') ON CONFLICT (user_id) "
+        f"DO UPDATE SET user_id = accounts.user_id + 1", {})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"WITH z AS (SELECT 1) INSERT INTO accounts (user_id, name) VALUES ({a}, 'w'), ({b}, 'w')",
+        {a: "w", b: "w"})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"INSERT INTO accounts (user_id, name) VALUES ({a}, 'semi'), ({b}, 'semi'); "
+        f"SELECT 1", {a: "semi", b: "semi"})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"INSERT INTO accounts (user_id, name) VALUES ({a}, $$a'),({b},'z$$), ({b}, 'dq')",
+        {a: f"a'),({b},'z", b: "dq"})
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"INSERT INTO accounts (user_id, name) VALUES ({a}, E'e\\'), ({b}, \\''), ({b}, 'e2')",
+        {a: f"e'), ({b}, '", b: "e2"})
+    # the extended protocol with parameters
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"{INSERT} (%s, %s), (%s, %s)", {a: "p", b: "p"}, (a, "p", b, "p"))
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"{INSERT} (%s, %s), (%s, %s)", {a: "ps", b: "ps"}, (str(a), "ps", str(b), "ps"))
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"{INSERT} (%s::int8, 'pc'), (%s::int8, 'pc')", {a: "pc", b: "pc"}, (a, b))
+    a, b = pool[0].pop(), pool[1].pop()
+    run(f"{INSERT} (%s, 'pn'), (%s, 'pn')", {}, (a, None))
+    print("\n".join(results))
+    # fix up the ON CONFLICT DO UPDATE rows: whatever PostgreSQL did with them, read back
+    for s in range(shards.n):
+        for k, v in shards.rows(s).items():
+            if v in ("x", "y", "x+y"):
+                want.pop(k, None)
+                want[k] = v
+    for k in [k for k, v in want.items() if v == "x+y"]:
+        want.pop(k)
+    check_rows(shards, want, "after the key-spelling INSERTs")
+
+
+def raw_copy(px, header, chunks, end=rawpg.COPY_DONE, timeout=20, split_writes=False, port=None):
+    """COPY through pgmux on a raw connection: the Query, the CopyData chunks, then end (CopyDone,
+    a CopyFail message, or b"" for nothing).  Returns (messages up to ReadyForQuery, conn)."""
+    c = rawpg.RawConn.tcp(port or px.port, SDB, TEST_USER, timeout=timeout)
+    c.send(rawpg.query(header))
+    first = c.read_msg()
+    if first[0] != b"G":
+        return [first] + c.read_until_ready(), c
+    out = b"".join(rawpg.copy_data(ch) for ch in chunks) + end
+    if split_writes:
+        for i in range(0, len(out), 7):
+            c.send(out[i:i + 7])
+    else:
+        c.send(out)
+    return c.read_until_ready(), c
+
+
+def bin_hdr():
+    return b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+
+
+def bin_row(k, name):
+    b = name.encode()
+    return struct.pack("!h", 2) + struct.pack("!iq", 8, k) + struct.pack("!i", len(b)) + b
+
+
+@timeout(200)
+def test_a14_split_copy_hostile(env):
+    """Malformed spanning COPY streams (text, CSV, binary) on raw connections: each gets one
+    ErrorResponse with a SQLSTATE (or succeeds like PostgreSQL would), the connection stays
+    usable, nothing is written, no prepared transaction is left; a well-formed COPY sent in
+    7-byte writes succeeds."""
+    px, shards = split_env(env, 2, settings={"max_client_memory": 262144})
+    keys, ks = spanning_keys(shards, 30, seed=1402)
+    a, b = ks[0], ks[1]
+    T = "COPY accounts (user_id, name) FROM STDIN"
+    C = T + " (FORMAT csv)"
+    B = T + " (FORMAT binary)"
+    cases = [
+        ("text bad escape", T, [f"{a[0]}\tx\\\n{b[0]}\ty\n".encode()]),
+        ("text wrong field count", T, [f"{a[0]}\tx\textra\n{b[0]}\ty\n".encode()]),
+        ("text too few fields", T, [f"{a[0]}\n{b[0]}\ty\n".encode()]),
+        ("text bad key", T, [f"{a[0]}\tx\nabc\ty\n".encode()]),
+        ("text NULL key", T, [f"{a[0]}\tx\n\\N\ty\n".encode()]),
+        ("text key overflow", T, [f"{a[0]}\tx\n9223372036854775808\ty\n".encode()]),
+        ("text key with escape", T, [f"{a[0]}\tx\n\\061{b[0]}\ty\n".encode()]),
+        ("text end marker then data", T, [f"{a[0]}\tx\n\\.\n{b[0]}\ty\n".encode()]),
+        ("text no final newline", T, [f"{a[0]}\tx\n{b[0]}\ty".encode()]),
+        ("text CR LF", T, [f"{a[0]}\tx\r\n{b[0]}\ty\r\n".encode()]),
+        ("text mixed newlines", T, [f"{a[0]}\tx\n{b[0]}\ty\r\n".encode()]),
+        ("text invalid utf8", T, [f"{a[0]}\tx\n{b[0]}\t".encode() + b"\xff\xfe\n"]),
+        ("text NUL byte", T, [f"{a[0]}\tx\n{b[0]}\ty\0z\n".encode()]),
+        ("text duplicate key in stream", T, [f"{a[0]}\tx\n{b[0]}\ty\n{a[0]}\tz\n".encode()]),
+        ("csv unterminated quote", C, [f'{a[0]},"x\n{b[0]},y\n'.encode()]),
+        ("csv quoted key", C, [f'"{a[0]}",x\n"{b[0]}",y\n'.encode()]),
+        ("csv key with spaces", C, [f' {a[0]},x\n{b[0]} ,y\n'.encode()]),
+        ("csv empty key", C, [f'{a[0]},x\n,y\n'.encode()]),
+        ("csv quoted empty key", C, [f'{a[0]},x\n"",y\n'.encode()]),
+        ("csv embedded newline", C, [f'{a[0]},"x\ny"\n{b[0]},"z"\n'.encode()]),
+        ("csv \\. inside quotes", C, [f'{a[0]},"\n\\.\n"\n{b[0]},z\n'.encode()]),
+        ("bin lying field length", B, [bin_hdr() + bin_row(a[0], "x") + struct.pack("!h", 2) +
+                                        struct.pack("!iq", 8, b[0]) + struct.pack("!i", 1000) +
+                                        b"short" + struct.pack("!h", -1)]),
+        ("bin key length 4", B, [bin_hdr() + bin_row(a[0], "x") + struct.pack("!h", 2) +
+                                  struct.pack("!ii", 4, 7) + struct.pack("!i", 1) + b"y" +
+                                  struct.pack("!h", -1)]),
+        ("bin negative length", B, [bin_hdr() + bin_row(a[0], "x") + struct.pack("!h", 2) +
+                                     struct.pack("!iq", 8, b[0]) + struct.pack("!i", -5) +
+                                     struct.pack("!h", -1)]),
+        ("bin no trailer", B, [bin_hdr() + bin_row(a[0], "x") + bin_row(b[0], "y")]),
+        ("bin truncated trailer", B, [bin_hdr() + bin_row(a[0], "x") + bin_row(b[0], "y") + b"\xff"]),
+        ("bin data after trailer", B, [bin_hdr() + bin_row(a[0], "x") + bin_row(b[0], "y") +
+                                        struct.pack("!h", -1) + b"junk"]),
+        ("bin wrong field count", B, [bin_hdr() + bin_row(a[0], "x") + struct.pack("!h", 3) +
+                                       struct.pack("!iq", 8, b[0]) + struct.pack("!i", -1) * 2 +
+                                       struct.pack("!h", -1)]),
+        ("bin bad header", B, [b"PGCOPY\n\xff\r\n\x01" + struct.pack("!ii", 0, 0) +
+                                bin_row(a[0], "x") + struct.pack("!h", -1)]),
+        ("bin header extension", B, [b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 4) + b"abcd" +
+                                      bin_row(a[0], "x") + bin_row(b[0], "y") + struct.pack("!h", -1)]),
+        ("bin OIDs flag", B, [b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 1 << 16, 0) +
+                               bin_row(a[0], "x") + struct.pack("!h", -1)]),
+        ("bin split mid-row", B, [bin_hdr() + bin_row(a[0], "x")[:5], bin_row(a[0], "x")[5:] +
+                                   bin_row(b[0], "y") + struct.pack("!h", -1)]),
+        ("endless row", T, [f"{b[0]}\t".encode()] + [b"z" * 65536] * 6),
+        ("empty CopyData msgs", T, [b"", f"{a[0]}\tx\n".encode(), b"", f"{b[0]}\ty\n".encode(), b""]),
+    ]
+    results, bad, lenient = [], [], []
+    for what, hdr, chunks in cases:
+        before = {s: shards.rows(s) for s in range(shards.n)}
+        try:
+            msgs, c = raw_copy(px, hdr, chunks)
+        except Exception as e:  # noqa: BLE001
+            bad.append(f"{what}: no answer: {e!r}")
+            continue
+        errs = rawpg.errors(msgs)
+        tags = [bd for t, bd in msgs if t == b"C"]
+        if errs:
+            results.append(f"{what}: ERR {errs[0].get('C')} {errs[0].get('M', '')[:100]}")
+            if not errs[0].get("C"):
+                bad.append(f"{what}: error without SQLSTATE")
+        else:
+            results.append(f"{what}: OK {tags}")
+        try:
+            if c.query_rows("SELECT 1") != [("1",)]:
+                bad.append(f"{what}: connection unusable afterwards")
+        except Exception as e:  # noqa: BLE001
+            bad.append(f"{what}: connection unusable afterwards: {e!r}")
+        c.close()
+        after = {s: shards.rows(s) for s in range(shards.n)}
+        if errs and after != before:
+            bad.append(f"{what}: refused but rows changed: {before} -> {after}")
+        for s in range(shards.n):
+            left = shards.primary(s).sql("SELECT gid FROM pg_prepared_xacts")
+            if left:
+                bad.append(f"{what}: prepared left on shard {s}: {left}")
+        union = {}
+        for s in range(shards.n):
+            got = shards.rows(s)
+            place = shards.placement(list(got)) if got else {}
+            for k in got:
+                if place[k] != s:
+                    bad.append(f"{what}: key {k} on shard {s}, belongs on {place[k]}")
+            union.update(got)
+        # the same stream straight into one PostgreSQL (shard 0's server)
+        for s in range(shards.n):
+            shards.primary(s).sql("DELETE FROM accounts", dbname=SDB)
+        dmsgs, dc = raw_copy(px, hdr, chunks, port=shards.primary(0).port)
+        dc.close()
+        derrs = rawpg.errors(dmsgs)
+        direct = shards.rows(0)
+        if errs and not derrs:
+            results.append(f"    (stricter than PostgreSQL, which accepts it: fine)")
+        elif derrs and not errs:
+            lenient.append(f"{what}: pgmux wrote {len(union)} rows where PostgreSQL refuses: "
+                           f"{derrs[0].get('C')} {derrs[0].get('M')}")
+        elif not errs and direct != union:
+            bad.append(f"{what}: differs from PostgreSQL: pgmux "
+                       f"{errs[0].get('C') if errs else union} vs PostgreSQL "
+                       f"{derrs[0].get('C') + ' ' + derrs[0].get('M') if derrs else direct}"[:300])
+        # reset
+        for s in range(shards.n):
+            shards.primary(s).sql("DELETE FROM accounts", dbname=SDB)
+    # well-formed, in 7-byte writes, and CopyFail
+    rows = "".join(f"{k}\tn{k}\n" for k in keys).encode()
+    msgs, c = raw_copy(px, T, [rows[:100], rows[100:]], split_writes=True)
+    tags = [bd for t, bd in msgs if t == b"C"]
+    results.append(f"7-byte writes: {tags} {rawpg.errors(msgs)}")
+    c.close()
+    want = {k: f"n{k}" for k in keys}
+    check_rows(shards, want, "COPY in 7-byte writes")
+    msgs, c = raw_copy(px, T, [rows[:50]], end=rawpg.message(b"f", b"client says no\0"))
+    results.append(f"CopyFail: {[e.get('C') for e in rawpg.errors(msgs)]}")
+    c.close()
+    check_rows(shards, want, "CopyFail")
+    print("\n".join(results))
+    print("LENIENT (pgmux accepts what PostgreSQL refuses; see the report):\n  " +
+          "\n  ".join(lenient))
+    assert not bad, "\n".join(bad)
+    rep = px.sanitizer_report()
+    assert not rep, rep
+
+
+def console(px, sql, timeout=10):
+    with psycopg.connect(px.dsn("pgmux", "postgres"), autocommit=True,
+                         connect_timeout=10) as c:
+        c.execute(f"SET statement_timeout = 0") if False else None
+        cur = c.execute(sql)
+        return cur.fetchall() if cur.description else None
+
+
+def console_async(px, sql):
+    """A console command on a raw connection, answer not awaited: (conn)."""
+    c = rawpg.RawConn.tcp(px.port, "pgmux", "postgres", timeout=30)
+    c.send(rawpg.query(sql))
+    return c
+
+
+def answered(c, wait):
+    """The raw connection's answer up to ReadyForQuery within wait seconds, or None."""
+    try:
+        return c.read_until_ready(timeout=wait)
+    except (socket.timeout, TimeoutError):
+        return None
+
+
+def kill_sock(c):
+    c.sock.shutdown(socket.SHUT_RDWR)
+    c.sock.close()
+
+
+@timeout(150)
+def test_a14_pause_hostile(env):
+    """PAUSE against hostile clients: a spanning COPY that stalls (PAUSE waits), then vanishes
+    (PAUSE must return); PAUSE/RESUME/PAUSE in quick succession; many parked clients, half of
+    which leave; KILL while parked; a global PAUSE; every parked client that stays gets its
+    answer after RESUME, nothing prepared is left, rows are where they belong."""
+    px, shards = split_env(env, 2)
+    keys, ks = spanning_keys(shards, 60, seed=1403)
+    notes, bad = [], []
+    want = {}
+    # 1. a stalled spanning COPY holds the PAUSE
+    a = rawpg.RawConn.tcp(px.port, SDB, TEST_USER, timeout=10)
+    a.send(rawpg.query("COPY accounts (user_id, name) FROM STDIN"))
+    assert a.read_msg()[0] == b"G"
+    a.send(rawpg.copy_data(f"{ks[0][0]}\tstall\n{ks[1][0]}\tstall\n".encode()))
+    time.sleep(0.3)
+    p = console_async(px, f"PAUSE {SDB}")
+    r = answered(p, 2.0)
+    notes.append(f"PAUSE with a stalled COPY: {'returned' if r else 'waits'}")
+    parked = rawpg.RawConn.tcp(px.port, SDB, TEST_USER, timeout=10)
+    parked.send(rawpg.query(f"INSERT INTO accounts (user_id, name) VALUES ({ks[0][1]}, 'parked')"))
+    # a RESUME while pausing
+    try:
+        console(px, f"RESUME {SDB}")
+        notes.append("RESUME while pausing: accepted")
+    except psycopg.Error as e:
+        notes.append(f"RESUME while pausing: {e.sqlstate} {e}")
+    r2 = answered(parked, 2.0)
+    notes.append(f"keyed INSERT after RESUME-while-pausing: {'answered' if r2 else 'still waits'}")
+    r = r or answered(p, 0.5)
+    notes.append(f"the PAUSE after that RESUME: {'returned ' + rawpg.types(r) if r else 'still waits'}")
+    # the COPY client vanishes
+    kill_sock(a)
+    r = r or answered(p, 10.0)
+    notes.append(f"PAUSE after the COPY client vanished: {'returned ' + rawpg.types(r) if r else 'STILL WAITS'}")
+    if not r:
+        bad.append("PAUSE never returned after the stalled COPY's client vanished")
+    errs = rawpg.errors(r or [])
+    p.close()
+    try:
+        console(px, f"RESUME {SDB}")
+    except psycopg.Error as e:
+        notes.append(f"RESUME: {e.sqlstate} {e}")
+    r2 = r2 or answered(parked, 10.0)
+    if not r2:
+        bad.append("the keyed INSERT parked behind the PAUSE never got its answer after RESUME")
+    elif not rawpg.errors(r2):
+        want[ks[0][1]] = "parked"
+    parked.close()
+    # 2. PAUSE, RESUME, PAUSE quickly; a parked client; RESUME
+    for _ in range(5):
+        console(px, f"PAUSE {SDB}")
+        console(px, f"RESUME {SDB}")
+    console(px, f"PAUSE {SDB}")
+    many = []
+    for i in range(20):
+        c = rawpg.RawConn.tcp(px.port, SDB, TEST_USER, timeout=15)
+        k = ks[i % 2][2 + i]
+        c.send(rawpg.query(f"INSERT INTO accounts (user_id, name) VALUES ({k}, 'm{i}')"))
+        many.append((c, k, i))
+    # a spanning INSERT parked too
+    sp = rawpg.RawConn.tcp(px.port, SDB, TEST_USER, timeout=15)
+    sp.send(rawpg.query(f"INSERT INTO accounts (user_id, name) VALUES ({ks[0][40]}, 'sp'), ({ks[1][40]}, 'sp')"))
+    time.sleep(0.5)
+    for c, k, i in many:
+        if c.inq():
+            bad.append(f"client {i} answered during the PAUSE")
+    # half of them leave while parked
+    for c, k, i in many[::2]:
+        kill_sock(c)
+    time.sleep(0.3)
+    console(px, f"RESUME {SDB}")
+    for c, k, i in many[1::2]:
+        r = answered(c, 10)
+        if not r or rawpg.errors(r):
+            bad.append(f"parked client {i}: {rawpg.errors(r) if r else 'no answer'}")
+        else:
+            want[k] = f"m{i}"
+        c.close()
+    r = answered(sp, 10)
+    if not r or rawpg.errors(r):
+        bad.append(f"parked spanning INSERT: {rawpg.errors(r) if r else 'no answer'}")
+    else:
+        want[ks[0][40]] = want[ks[1][40]] = "sp"
+    sp.close()
+    # the ones that left: pgmux's side must not have run their INSERT on a server half-way;
+    # whatever ran, it is on its shard (accounted below by reading back)
+    for c, k, i in many[::2]:
+        for s in range(shards.n):
+            got = shards.rows(s)
+            if k in got:
+                want[k] = got[k]
+                notes.append(f"left-while-parked client {i}: its INSERT ran anyway")
+    # 3. KILL while parked
+    console(px, f"PAUSE {SDB}")
+    kc = rawpg.RawConn.tcp(px.port, SDB, TEST_USER, timeout=15)
+    kc.send(rawpg.query(f"INSERT INTO accounts (user_id, name) VALUES ({ks[0][50]}, 'kill')"))
+    time.sleep(0.3)
+    try:
+        console(px, f"KILL {SDB}")
+    except psycopg.Error as e:
+        notes.append(f"KILL: {e.sqlstate} {e}")
+    try:
+        out = kc.read_raw(5, stop=lambda b: b"Z" in b or b"E" in b)
+        notes.append(f"KILL while parked: the client got {out[:120]!r}")
+    except Exception as e:  # noqa: BLE001
+        notes.append(f"KILL while parked: {e!r}")
+    kc.close()
+    try:
+        console(px, f"RESUME {SDB}")
+    except psycopg.Error as e:
+        notes.append(f"RESUME after KILL: {e.sqlstate} {e}")
+    # 4. global PAUSE with a parked client, then RESUME
+    gp = console_async(px, "PAUSE")
+    r = answered(gp, 10)
+    notes.append(f"global PAUSE: {rawpg.types(r) if r else 'STILL WAITS'}")
+    g = rawpg.RawConn.tcp(px.port, SDB, TEST_USER, timeout=15)
+    g.send(rawpg.query(f"INSERT INTO accounts (user_id, name) VALUES ({ks[1][50]}, 'g')"))
+    time.sleep(0.3)
+    console(px, "RESUME")
+    r = answered(g, 10)
+    if not r or rawpg.errors(r):
+        bad.append(f"client parked by a global PAUSE: {rawpg.errors(r) if r else 'no answer'}")
+    else:
+        want[ks[1][50]] = "g"
+    g.close()
+    gp.close()
+    print("\n".join(notes))
+    # the database works
+    with px.connect(SDB) as c:
+        c.execute(f"INSERT INTO accounts (user_id, name) VALUES ({ks[0][55]}, 'end'), ({ks[1][55]}, 'end')")
+    want[ks[0][55]] = want[ks[1][55]] = "end"
+    wait_for(lambda: all(not shards.primary(s).sql("SELECT gid FROM pg_prepared_xacts")
+                         for s in range(shards.n)), 10, 0.1, "no prepared transactions")
+    check_rows(shards, want, "after the PAUSE attacks")
+    rep = px.sanitizer_report()
+    assert not rep, rep
+    assert not bad, "\n".join(bad)
+
+
+@timeout(200)
+def test_a14_reshard_window_bug(env):
+    """The resharding window: pgmux-reshard up to its cutover (2 -> 4 shards), then — before
+    unsubscribe/cleanup — the live file's section gets no_shard_key = all and pgmux is
+    RELOADed (the tool's plan refuses all, but only in the files it is given, only when it
+    runs).  A keyless count(*) through pgmux then counts the moved rows twice: the old
+    shards still hold them.  Reports what it sees; fails if the count is wrong."""
+    import re as _re
+    import test_reshard as TR
+    lay, px, new_ini, ledger, keys = TR.setup(env, [0, 1, 1, 0], 2, 200, 2)
+    state = env.dir / "reshard.state"
+    r = TR.tool(px, new_ini, state, "plan", "schema", "publication", "slot", "subscription",
+                "sync", "cutover")
+    print(r.stdout[-300:])
+    # the same command line again (as after a crash between the cutover and the cleanup)
+    r1 = TR.tool(px, new_ini, state, check=False)
+    print("FINDING? resuming after the cutover, same command line:", r1.returncode,
+          r1.stdout[-300:])
+    live = px.ini.read_text()
+    sec = _re.search(r"(?ms)^\[database users\].*?(?=^\[|\Z)", live).group(0)
+    if "no_shard_key" in sec:
+        sec2 = _re.sub(r"(?m)^no_shard_key\s*=.*$", "no_shard_key = all", sec)
+    else:
+        sec2 = sec.rstrip("\n") + "\nno_shard_key = all\n\n"
+    px.ini.write_text(live.replace(sec, sec2))
+    console(px, "RELOAD")
+    time.sleep(1.0)
+    with px.connect(TR.DB) as c:
+        try:
+            got = c.execute("SELECT count(*) FROM accounts").fetchone()[0]
+        except psycopg.Error as e:
+            got = f"{e.sqlstate} {e}"
+    print(f"count(*) through pgmux in the window: {got}; rows that exist: {len(ledger)}")
+    # the tool's next steps, with the live file now saying all
+    r2 = TR.tool(px, new_ini, state, "unsubscribe", check=False)
+    print("unsubscribe with no_shard_key = all live:", r2.returncode, r2.stdout[-400:])
+    restart_ok = r1.returncode == 0
+    assert got == len(ledger) and restart_ok, f"restart after cutover rc {r1.returncode}; keyless count(*) in the reshard window: {got} != {len(ledger)}"
+
+
+@timeout(60)
+def test_a14_pause_resumed_while_pausing_bug(env):
+    """FINDING: a PAUSE waiting for a spanning COPY ("pausing"), then RESUME (accepted), then
+    the COPY ends: the pending PAUSE answers success (CommandComplete) although the database is
+    not paused (the next RESUME says 'database users is not paused', and keyed statements run).
+    A tool that trusts the PAUSE's success (pgmux-reshard's cutover) would switch shards
+    under live traffic.  The PAUSE should fail (cancelled by RESUME) or the database be paused."""
+    px, shards = split_env(env, 2)
+    keys, ks = spanning_keys(shards, 3, seed=1404)
+    a = rawpg.RawConn.tcp(px.port, SDB, TEST_USER, timeout=10)
+    a.send(rawpg.query("COPY accounts (user_id, name) FROM STDIN"))
+    assert a.read_msg()[0] == b"G"
+    a.send(rawpg.copy_data(f"{ks[0][0]}\ts\n{ks[1][0]}\ts\n".encode()))
+    time.sleep(0.3)
+    p = console_async(px, f"PAUSE {SDB}")
+    assert answered(p, 1.5) is None, "PAUSE returned while a spanning COPY was under way"
+    console(px, f"RESUME {SDB}")
+    a.send(rawpg.COPY_DONE)
+    a.read_until_ready()
+    a.close()
+    r = answered(p, 10)
+    assert r is not None, "the PAUSE never answered"
+    ok = not rawpg.errors(r)
+    t0 = time.monotonic()
+    with px.connect(SDB) as c:
+        c.execute(f"INSERT INTO accounts (user_id, name) VALUES ({ks[0][1]}, 'x')")
+    ran_at_once = time.monotonic() - t0 < 1.0
+    print(f"PAUSE answered {'success' if ok else rawpg.errors(r)}; a keyed INSERT right after "
+          f"{'ran at once' if ran_at_once else 'waited'}")
+    assert not (ok and ran_at_once), "PAUSE reported success but the database is not paused"
