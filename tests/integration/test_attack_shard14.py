@@ -1221,3 +1221,90 @@ def test_a14_merge_shard_down_and_pause(env):
     rep = px2.sanitizer_report()
     assert not rep, rep
     assert not bad, "\n".join(bad)
+
+
+def raw_parse_typed(sql, oids, name=""):
+    return rawpg.message(b"P", name.encode() + b"\0" + sql.encode() + b"\0" +
+                         struct.pack("!H", len(oids)) + b"".join(struct.pack("!I", o) for o in oids))
+
+
+def raw_bind_params(params, fmts, result_fmts=(), portal="", name=""):
+    body = portal.encode() + b"\0" + name.encode() + b"\0"
+    body += struct.pack("!H", len(fmts)) + b"".join(struct.pack("!H", f) for f in fmts)
+    body += struct.pack("!H", len(params))
+    for p in params:
+        body += struct.pack("!i", -1) if p is None else struct.pack("!i", len(p)) + p
+    body += struct.pack("!H", len(result_fmts)) + b"".join(struct.pack("!H", f) for f in result_fmts)
+    return rawpg.message(b"B", body)
+
+
+@timeout(120)
+def test_a14_merge_limit_params_and_pushdown(env):
+    """LIMIT/OFFSET as $n in every encoding (text with spaces/sign, binary int4/int8, int2,
+    numeric type), compared with PostgreSQL's own answer to the same bytes; and LIMIT over
+    groups ordered by an aggregate (a LIMIT pushed down to the shards would cut groups whose
+    counts the other shards still add to)."""
+    # shard 0: g=1 x3, g=2 x2; shard 1: g=2 x2, g=3 x1; shard 2: g=4 x1
+    rows = [(1, "1", None, "x", "x", "t", "2024-01-01", "2024-01-01", 1, 1),
+            (2, "1", None, "x", "x", "t", "2024-01-01", "2024-01-01", 1, 1),
+            (3, "1", None, "x", "x", "t", "2024-01-01", "2024-01-01", 1, 1),
+            (4, "1", None, "x", "x", "t", "2024-01-01", "2024-01-01", 2, 1),
+            (5, "1", None, "x", "x", "t", "2024-01-01", "2024-01-01", 2, 1),
+            (6, "1", None, "x", "x", "t", "2024-01-01", "2024-01-01", 2, 1),
+            (7, "1", None, "x", "x", "t", "2024-01-01", "2024-01-01", 2, 1),
+            (8, "1", None, "x", "x", "t", "2024-01-01", "2024-01-01", 3, 1),
+            (9, "1", None, "x", "x", "t", "2024-01-01", "2024-01-01", 4, 1)]
+    place = [0, 0, 0, 0, 0, 1, 1, 1, 2]
+    px, ref, _ = setup(env, rows=rows, placement=lambda j: place[j])
+    cases = [
+        ("SELECT i, count(*) FROM w GROUP BY i ORDER BY count(*) DESC, i LIMIT 1", True),
+        ("SELECT i, count(*) AS n FROM w GROUP BY i ORDER BY n DESC, i LIMIT 2", True),
+        ("SELECT i, sum(big) FROM w GROUP BY i ORDER BY 2 DESC, 1 LIMIT 1", True),
+        ("SELECT i, min(user_id) FROM w GROUP BY i ORDER BY max(user_id) DESC LIMIT 1", True),
+        ("SELECT i, count(*) FROM w GROUP BY i ORDER BY i OFFSET 1 LIMIT 2", True),
+        ("SELECT DISTINCT i FROM w ORDER BY i DESC LIMIT 2 OFFSET 1", True),
+        ("SELECT count(*) FROM w GROUP BY i ORDER BY count(*) LIMIT 2", True),
+    ]
+    diffs, refused = compare(px, env, ref, cases)
+    show(diffs, refused)
+    bad = list(diffs)
+    # $n parameters in raw encodings
+    Q = "SELECT user_id FROM w ORDER BY user_id LIMIT $1 OFFSET $2"
+    encs = [
+        ("text", [0, 0], [b"3", b"1"], [0]),
+        ("text spaces", [0, 0], [b" 3 ", b" 1"], [0]),
+        ("text plus", [0, 0], [b"+3", b"+1"], [0]),
+        ("text leading zeros", [0, 0], [b"0003", b"01"], [0]),
+        ("text 3.0", [0, 0], [b"3.0", b"1"], [0]),
+        ("text int4 typed", [23, 23], [b"3", b"1"], [0]),
+        ("binary int8", [20, 20], [struct.pack("!q", 3), struct.pack("!q", 1)], [1]),
+        ("binary int4", [23, 23], [struct.pack("!i", 3), struct.pack("!i", 1)], [1]),
+        ("binary int2", [21, 21], [struct.pack("!h", 3), struct.pack("!h", 1)], [1]),
+        ("binary untyped 8", [0, 0], [struct.pack("!q", 3), struct.pack("!q", 1)], [1]),
+        ("binary int8 short", [20, 20], [struct.pack("!i", 3), struct.pack("!q", 1)], [1]),
+        ("numeric typed text", [1700, 1700], [b"2.5", b"0.6"], [0]),
+        ("binary huge", [20, 20], [struct.pack("!q", 2**63 - 1), struct.pack("!q", 2**62)], [1]),
+        ("text negative", [0, 0], [b"-1", b"0"], [0]),
+        ("NULL limit", [0, 0], [None, b"1"], [0]),
+        ("NULL offset", [0, 0], [b"2", None], [0]),
+    ]
+    out = []
+    for what, oids, params, fmts in encs:
+        answers = []
+        for port, db in ((px.port, DB), (env.pg.port, ref)):
+            c = rawpg.RawConn.tcp(port, db, TEST_USER, timeout=10)
+            c.send(raw_parse_typed(Q, oids) + raw_bind_params(params, fmts) +
+                   rawpg.describe_portal() + rawpg.execute() + rawpg.SYNC)
+            msgs = c.read_until_ready()
+            e = rawpg.errors(msgs)
+            answers.append(("err", e[0].get("C")) if e else ("rows", rawpg.rows(msgs)))
+            c.close()
+        out.append(f"{what}: pgmux {answers[0]} PostgreSQL {answers[1]}")
+        if answers[0][0] == "rows" and answers[0] != answers[1]:
+            bad.append(f"$n {what}: pgmux {answers[0]} != PostgreSQL {answers[1]}")
+        if answers[0][0] == "err" and not answers[0][1]:
+            bad.append(f"$n {what}: error without SQLSTATE")
+    print("\n".join(out))
+    rep = px.sanitizer_report()
+    assert not rep, rep
+    assert not bad, "\n".join(bad)
