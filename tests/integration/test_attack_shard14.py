@@ -1308,3 +1308,91 @@ def test_a14_merge_limit_params_and_pushdown(env):
     rep = px.sanitizer_report()
     assert not rep, rep
     assert not bad, "\n".join(bad)
+
+
+@timeout(200)
+def test_a14_split_copy_options(env):
+    """Spanning COPY with options that change how rows are read: CSV HEADER (each shard's part
+    must not lose its first row), HEADER MATCH, custom DELIMITER / NULL / QUOTE / ESCAPE,
+    the key not first, ENCODING, FORCE_NULL, WHERE; each compared with the same bytes
+    COPYed straight into one PostgreSQL: same outcome, same rows, rows on their shards."""
+    px, shards = split_env(env, 2)
+    keys, ks = spanning_keys(shards, 10, seed=1406)
+    a, b = ks[0], ks[1]
+    cases = [
+        ("csv header", "(user_id, name) FROM STDIN (FORMAT csv, HEADER true)",
+         f"user_id,name\n{a[0]},x\n{b[0]},y\n{a[1]},z\n{b[1]},w\n"),
+        ("csv header match", "(user_id, name) FROM STDIN (FORMAT csv, HEADER match)",
+         f"user_id,name\n{a[0]},x\n{b[0]},y\n"),
+        ("csv header match wrong", "(user_id, name) FROM STDIN (FORMAT csv, HEADER match)",
+         f"name,user_id\n{a[0]},x\n{b[0]},y\n"),
+        ("text header", "(user_id, name) FROM STDIN (HEADER true)",
+         f"user_id\tname\n{a[0]}\tx\n{b[0]}\ty\n"),
+        ("text delimiter |", "(user_id, name) FROM STDIN (DELIMITER '|')",
+         f"{a[0]}|x\n{b[0]}|y\n"),
+        ("text delimiter , key quoted-ish", "(user_id, name) FROM STDIN (DELIMITER ',')",
+         f"{a[0]},x\\,1\n{b[0]},y\n"),
+        ("text NULL 'nil' key", "(user_id, name) FROM STDIN (NULL 'nil')",
+         f"{a[0]}\tnil\nnil\ty\n"),
+        ("text NULL '' key", "(user_id, name) FROM STDIN (NULL '')",
+         f"{a[0]}\tx\n\ty\n"),
+        ("text NULL is a number", f"(user_id, name) FROM STDIN (NULL '{b[0]}')",
+         f"{a[0]}\tx\n{b[0]}\ty\n"),
+        ("csv quote ' escape \\\\", "(user_id, name) FROM STDIN (FORMAT csv, QUOTE '''', ESCAPE '\\')",
+         f"'{a[0]}','x\\'y'\n{b[0]},'z'\n"),
+        ("csv delimiter ;", "(user_id, name) FROM STDIN (FORMAT csv, DELIMITER ';')",
+         f"{a[0]};\"x;1\"\n{b[0]};y\n"),
+        ("key second", "(name, user_id) FROM STDIN", f"x\t{a[0]}\ny\t{b[0]}\n"),
+        ("key second csv", "(name, user_id) FROM STDIN (FORMAT csv)", f"\"x,\",{a[0]}\ny,{b[0]}\n"),
+        ("no column list", "FROM STDIN", f"{a[0]}\tx\n{b[0]}\ty\n"),
+        ("quoted column names", '("user_id", "name") FROM STDIN', f"{a[0]}\tx\n{b[0]}\ty\n"),
+        ("encoding latin1", "(user_id, name) FROM STDIN (ENCODING 'LATIN1')",
+         f"{a[0]}\tx\n{b[0]}\t\xe9\n"),
+        ("csv force_null", "(user_id, name) FROM STDIN (FORMAT csv, FORCE_NULL (name))",
+         f'{a[0]},""\n{b[0]},y\n'),
+        ("csv force_null key", "(user_id, name) FROM STDIN (FORMAT csv, FORCE_NULL (user_id))",
+         f'"",x\n{b[0]},y\n'),
+        ("where", f"(user_id, name) FROM STDIN WHERE user_id <> {b[0]}",
+         f"{a[0]}\tx\n{b[0]}\ty\n{a[1]}\tz\n"),
+        ("old syntax csv header", "(user_id, name) FROM STDIN WITH CSV HEADER",
+         f"user_id,name\n{a[0]},x\n{b[0]},y\n"),
+        ("freeze", "(user_id, name) FROM STDIN (FREEZE)", f"{a[0]}\tx\n{b[0]}\ty\n"),
+        ("default option word as key", "(user_id, name) FROM STDIN (FORMAT text)",
+         f"{a[0]}\tx\n\\N\ty\n"),
+    ]
+    bad, out = [], []
+    for what, tail, data in cases:
+        hdr = f"COPY accounts {tail}"
+        enc = data.encode("latin1") if "latin1" in what else data.encode()
+        for s in range(shards.n):
+            shards.primary(s).sql("DELETE FROM accounts", dbname=SDB)
+        msgs, c = raw_copy(px, hdr, [enc])
+        c.close()
+        errs = rawpg.errors(msgs)
+        tags = [bd.rstrip(b"\0").decode() for t, bd in msgs if t == b"C"]
+        union = {}
+        for s in range(shards.n):
+            got = shards.rows(s)
+            place = shards.placement(list(got)) if got else {}
+            for k in got:
+                if place[k] != s:
+                    bad.append(f"{what}: key {k} on shard {s}, belongs on {place[k]}")
+            union.update(got)
+            if shards.primary(s).sql("SELECT gid FROM pg_prepared_xacts"):
+                bad.append(f"{what}: prepared transaction left on shard {s}")
+        for s in range(shards.n):
+            shards.primary(s).sql("DELETE FROM accounts", dbname=SDB)
+        dmsgs, dc = raw_copy(px, hdr, [enc], port=shards.primary(0).port)
+        dc.close()
+        derrs = rawpg.errors(dmsgs)
+        dtags = [bd.rstrip(b"\0").decode() for t, bd in dmsgs if t == b"C"]
+        direct = shards.rows(0)
+        g = f"ERR {errs[0].get('C')} {errs[0].get('M', '')[:70]}" if errs else f"{tags} {union}"
+        w = f"ERR {derrs[0].get('C')} {derrs[0].get('M', '')[:70]}" if derrs else f"{dtags} {direct}"
+        out.append(f"{what}: pgmux {g[:160]} | PostgreSQL {w[:160]}")
+        if not errs and (derrs or union != direct or tags != dtags):
+            bad.append(f"{what}: pgmux {g[:200]} but PostgreSQL {w[:200]}")
+    print("\n".join(out))
+    rep = px.sanitizer_report()
+    assert not rep, rep
+    assert not bad, "\n".join(bad)
