@@ -1396,3 +1396,96 @@ def test_a14_split_copy_options(env):
     rep = px.sanitizer_report()
     assert not rep, rep
     assert not bad, "\n".join(bad)
+
+
+@timeout(90)
+def test_a14_shrink_parked(env):
+    """RELOAD from 4 to 2 shards (and then to a non-sharded-looking 1) under a PAUSE while
+    clients are parked and one is queued for shard 3's only server; then RESUME: pgmux must
+    not crash (a shard index beyond the new count), each client gets an answer, rows land by
+    the new count.  Also a spanning INSERT and a fan-out read parked across the RELOAD."""
+    import threading
+    import test_reshard as TR
+    need_routing()
+    topos = env.shard_topologies(1, n_replicas=0, extra_conf=TR.PG_EXTRA)
+    lay = TR.Layout(env, topos, [0, 0, 0, 0])
+    for s in range(4):
+        with lay.connect(s) as c:
+            c.execute(TR.SCHEMA)
+    keys = list(range(1, 400))
+    p4 = lay.placement(keys, 4)
+    on3 = [k for k in keys if p4[k] == 3][:12]
+    on2 = [k for k in keys if p4[k] == 2][:4]
+    on0 = [k for k in keys if p4[k] == 0][:4]
+    sec = lay.section(4)
+    sec["pool_size"] = 1
+    px = env.pgmux({}, {"pool_mode": "transaction"}, sections={TR.DB: sec})
+    holder = psycopg.connect(px.dsn(TR.DB), autocommit=False, prepare_threshold=None)
+    holder.execute("INSERT INTO accounts (user_id, id, val) VALUES (%s, 1, 1)", (on3[0],))
+    errors, done = [], []
+
+    def run(sql):
+        try:
+            with psycopg.connect(px.dsn(TR.DB), autocommit=True, prepare_threshold=None) as c:
+                c.execute(sql)
+            done.append(sql)
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{sql[:70]}: {e!r}"[:200])
+    ins = "INSERT INTO accounts (user_id, id, val) VALUES "
+    queued = threading.Thread(target=run, args=(f"{ins}({on3[1]}, 1, 1)",))
+    queued.start()
+    wait_for(lambda: any(r["database"] == f"{TR.DB}/3/primary" and r["cl_waiting"] >= 1
+                         for r in px.show("POOLS")), 20, 0.05, "a client queued on shard 3")
+    pause = threading.Thread(target=console, args=(px, f"PAUSE {TR.DB}"))
+    pause.start()
+    time.sleep(0.3)
+    holder.commit()
+    pause.join(20)
+    assert not pause.is_alive()
+    threads = []
+    for k in on3[2:8] + on2 + on0:
+        threads.append(threading.Thread(target=run, args=(f"{ins}({k}, 1, 1)",)))
+    threads.append(threading.Thread(target=run, args=(
+        f"{ins}({on3[8]}, 1, 1), ({on0[0] + 0}, 2, 2)",)))   # spanning under 4 shards
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    # some parked clients leave
+    raw = []
+    for k in on3[9:12]:
+        c = rawpg.RawConn.tcp(px.port, TR.DB, TEST_USER, timeout=10)
+        c.send(rawpg.query(f"{ins}({k}, 9, 9)"))
+        raw.append(c)
+    time.sleep(0.2)
+    kill_sock(raw[0])
+    sec2 = lay.section(2)
+    sec2["pool_size"] = 1
+    px.ini.write_text(px.render_config(sections={TR.DB: sec2}))
+    console(px, "RELOAD")
+    time.sleep(0.3)
+    console(px, f"RESUME {TR.DB}")
+    for t in [queued] + threads:
+        t.join(20)
+    for c in raw[1:]:
+        r = answered(c, 10)
+        if not r:
+            errors.append("a raw parked client got no answer")
+        c.close()
+    holder.close()
+    assert px.alive(), "pgmux died"
+    print("errors:", "\n".join(errors))
+    print(f"{len(done)} statements ran")
+    # every row is on the shard the 2-count names
+    p2 = lay.placement(keys, 2)
+    misplaced = []
+    for s in range(4):
+        with lay.connect(s) as c:
+            for (k,) in c.execute("SELECT DISTINCT user_id FROM accounts").fetchall():
+                if k == on3[0]:
+                    continue   # the holder's row, written under 4 shards
+                if s >= 2 or p2[k] != s:
+                    misplaced.append((k, s))
+    rep = px.sanitizer_report()
+    assert not rep, rep
+    assert not misplaced, f"rows on the wrong shard after the RELOAD to 2: {misplaced}"
+    assert not errors, errors
