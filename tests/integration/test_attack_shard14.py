@@ -1574,3 +1574,79 @@ def test_a14_shutdown_parked(env):
         assert not left, f"prepared left on shard {s_}: {left}"
     rep = px.sanitizer_report()
     assert not rep, rep
+
+
+@timeout(150)
+def test_a14_split_copy_protocol(env):
+    """Protocol oddities inside a spanning COPY, compared with the same bytes sent straight to
+    PostgreSQL: a Query message mid-COPY, Flush and Sync mid-COPY (PostgreSQL ignores them),
+    Terminate mid-COPY, a CopyFail after all the data, CopyDone twice; then a big spanning
+    multi-row INSERT (about 1 MB) and RSS."""
+    px, shards = split_env(env, 2, settings={"max_client_memory": 4 << 20})
+    keys, ks = spanning_keys(shards, 300, seed=1408)
+    a, b = ks[0], ks[1]
+    T = "COPY accounts (user_id, name) FROM STDIN"
+    rows = f"{a[0]}\tx\n{b[0]}\ty\n".encode()
+    cases = [
+        ("Query mid-COPY", [rawpg.copy_data(rows), rawpg.query("SELECT 1"), rawpg.COPY_DONE]),
+        ("Flush mid-COPY", [rawpg.copy_data(rows[:9]), rawpg.FLUSH, rawpg.copy_data(rows[9:]),
+                            rawpg.COPY_DONE]),
+        ("Sync mid-COPY", [rawpg.copy_data(rows), rawpg.SYNC, rawpg.COPY_DONE]),
+        ("CopyFail after data", [rawpg.copy_data(rows), rawpg.message(b"f", b"no\0")]),
+        ("CopyDone twice", [rawpg.copy_data(rows), rawpg.COPY_DONE, rawpg.COPY_DONE]),
+        ("Parse mid-COPY", [rawpg.copy_data(rows), rawpg.parse("SELECT 1"), rawpg.COPY_DONE]),
+    ]
+    bad, out = [], []
+    for what, msgs_out in cases:
+        res = []
+        for port in (px.port, shards.primary(0).port):
+            for s in range(shards.n):
+                shards.primary(s).sql("DELETE FROM accounts", dbname=SDB)
+            c = rawpg.RawConn.tcp(port, SDB, TEST_USER, timeout=8)
+            c.send(rawpg.query(T))
+            c.read_msg()
+            c.send(b"".join(msgs_out))
+            try:
+                got = c.read_raw(3)
+            except Exception as e:  # noqa: BLE001
+                got = repr(e).encode()
+            kinds = []
+            i = 0
+            while i + 5 <= len(got):
+                ln = struct.unpack("!I", got[i + 1:i + 5])[0]
+                kinds.append(chr(got[i]) + (("/" + rawpg.parse_error(got[i + 5:i + 1 + ln]).get("C", ""))
+                                           if got[i:i + 1] == b"E" else ""))
+                i += 1 + ln
+            try:
+                after = c.query_rows("SELECT 42")
+            except Exception as e:  # noqa: BLE001
+                after = repr(e)[:40]
+            c.close()
+            n = sum(len(shards.rows(s)) for s in range(shards.n))
+            res.append((kinds, after, n))
+        out.append(f"{what}: pgmux {res[0]} | PostgreSQL {res[1]}")
+        if res[0][2] != res[1][2] and res[0][2] != 0:
+            bad.append(f"{what}: pgmux wrote {res[0][2]} rows, PostgreSQL {res[1][2]}")
+        for s in range(shards.n):
+            if shards.primary(s).sql("SELECT gid FROM pg_prepared_xacts"):
+                bad.append(f"{what}: prepared left on shard {s}")
+    for s in range(shards.n):
+        shards.primary(s).sql("DELETE FROM accounts", dbname=SDB)
+    # a ~1 MB spanning INSERT
+    r0 = rss_kb(px)
+    big = [k for pair in zip(a, b) for k in pair]
+    sql = f"{INSERT} " + ", ".join(f"({k}, '{'z' * 1500}')" for k in big)
+    for i in range(5):
+        with px.connect(SDB) as c:
+            try:
+                cur = c.execute(sql)
+                out.append(f"1 MB spanning INSERT: {cur.statusmessage}")
+            except psycopg.Error as e:
+                out.append(f"1 MB spanning INSERT: {e.sqlstate} {str(e)[:100]}")
+        for s in range(shards.n):
+            shards.primary(s).sql("DELETE FROM accounts", dbname=SDB)
+    out.append(f"RSS {r0} -> {rss_kb(px)} kB over 5 x {len(sql) >> 10} kB spanning INSERTs")
+    print("\n".join(out))
+    rep = px.sanitizer_report()
+    assert not rep, rep
+    assert not bad, "\n".join(bad)
