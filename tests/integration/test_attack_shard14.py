@@ -1650,3 +1650,41 @@ def test_a14_split_copy_protocol(env):
     rep = px.sanitizer_report()
     assert not rep, rep
     assert not bad, "\n".join(bad)
+
+
+@timeout(120)
+def test_a14_pipelined_fanout_no_leak(env):
+    """(Held.) After a client pipelines two fan-out reads in one write (see
+    test_a14_merge_pipelined_simple_bug) and goes away, other clients must get only their own
+    answers: a server with an unread answer must not go back to the pool."""
+    rows = [(i, str(i % 7), None, "x", "x", f"t{i}", "2024-01-01", "2024-01-01 00:00:00", i % 5,
+             i) for i in range(1, 61)]
+    px, ref, shard_dbs = setup(env, rows=rows, settings={"default_pool_size": 1})
+    Q = "SELECT user_id, i FROM w ORDER BY i DESC, user_id"
+    P = "SELECT user_id FROM w WHERE i = 4"
+    bad = []
+    for rnd in range(6):
+        v = rawpg.RawConn.tcp(px.port, DB, TEST_USER, timeout=10)
+        v.send(rawpg.query([Q, P][rnd % 2]) + rawpg.query(P) + rawpg.query(Q))
+        time.sleep(0.5)
+        v.close()
+        c = rawpg.RawConn.tcp(px.port, DB, TEST_USER, timeout=10)
+        for n in range(1, 13):
+            try:
+                got = c.query_rows(f"SELECT user_id FROM w WHERE user_id = {n}", timeout=8)
+            except Exception as e:  # noqa: BLE001
+                bad.append(f"round {rnd}: keyed read {n}: {e!r}"[:200])
+                break
+            if any(r != (str(n),) for r in got):
+                bad.append(f"round {rnd}: keyed read of {n} got another request's rows: {got[:5]}")
+        try:
+            cnt = c.query_rows("SELECT count(*) FROM w", timeout=8)
+            if cnt != [("60",)]:
+                bad.append(f"round {rnd}: count(*) got {cnt[:5]}")
+        except Exception as e:  # noqa: BLE001
+            bad.append(f"round {rnd}: count(*): {e!r}"[:200])
+        c.close()
+    print("\n".join(bad))
+    rep = px.sanitizer_report()
+    assert not rep, rep
+    assert not bad, f"{len(bad)} wrong answers"
