@@ -5,6 +5,7 @@ that holds the same rows (merges), or checks placement and pg_prepared_xacts (sp
 Tests whose name ends in _bug reproduce a finding that is still open: they fail until it is
 fixed (see the docstring of each)."""
 
+import os
 import socket
 import struct
 import time
@@ -1688,3 +1689,61 @@ def test_a14_pipelined_fanout_no_leak(env):
     rep = px.sanitizer_report()
     assert not rep, rep
     assert not bad, f"{len(bad)} wrong answers"
+
+
+@timeout(120)
+def test_a14_split_orphan_no_idle_server_bug(env):
+    """FINDING (documented as 'left to the operator', but a plain client can cause it): pool
+    size 1; client A's spanning INSERT has prepared on shard 0 while its shard-1 part waits on
+    a lock; client B holds shard 0's only server in an open transaction; A vanishes.  pgmux
+    finds no idle shard-0 server to ROLLBACK PREPARED and leaves the prepared transaction for
+    good: it keeps its row lock, so a later INSERT of that key waits forever."""
+    px, shards = split_env(env, 2, settings={"default_pool_size": 1})
+    keys, ks = spanning_keys(shards, 4, seed=1409)
+    for s in range(shards.n):
+        env.sql(SDB, "CREATE FUNCTION wait_lock() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.name = 'wait' THEN PERFORM pg_advisory_xact_lock(4243); END IF; "
+                "RETURN NEW; END $$", server=shards.primary(s))
+        env.sql(SDB, "CREATE TRIGGER wait_lock BEFORE INSERT ON accounts FOR EACH ROW "
+                "EXECUTE FUNCTION wait_lock()", server=shards.primary(s))
+    k0, k1 = ks[0][0], ks[1][0]
+    holder = shards.primary(1).connect(SDB)
+    holder.execute("SELECT pg_advisory_lock(4243)")
+    a = px.connect(SDB)
+    a.pgconn.send_query(f"{INSERT} ({k0}, 'x'), ({k1}, 'wait')".encode())
+
+    def prepared_on_0():
+        return shards.primary(0).sql1("SELECT count(*) FROM pg_prepared_xacts")
+    wait_for(lambda: prepared_on_0() == 1, 30, 0.05)
+    # B takes shard 0's only server in a transaction
+    b = px.connect(SDB, autocommit=False)
+    b.execute(f"INSERT INTO accounts (user_id, name) VALUES ({ks[0][1]}, 'b')")
+    s = socket.socket(fileno=os.dup(a.fileno()))
+    s.shutdown(socket.SHUT_RDWR)
+    s.close()
+    time.sleep(1.0)
+    holder.execute("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                   "AND NOT granted")
+    holder.execute("SELECT pg_advisory_unlock(4243)")
+    holder.close()
+    b.commit()
+    b.close()
+    try:
+        a.close()
+    except Exception:  # noqa: BLE001
+        pass
+    time.sleep(3.0)
+    left = shards.primary(0).sql("SELECT gid FROM pg_prepared_xacts")
+    print("prepared left on shard 0 after 3 s:", left)
+    if left:
+        # what a later writer of that key sees
+        with px.connect(SDB) as c:
+            c.execute("SET statement_timeout = '2s'")
+            try:
+                c.execute(f"INSERT INTO accounts (user_id, name) VALUES ({k0}, 'later')")
+                print("later INSERT of the key: ran")
+            except psycopg.Error as e:
+                print(f"later INSERT of the key: {e.sqlstate} {e}")
+        for (gid,) in left:
+            shards.primary(0).sql(f"ROLLBACK PREPARED '{gid}'", dbname=SDB)
+    assert not left, f"prepared transactions left behind: {left}"
