@@ -652,7 +652,8 @@ static enum hook_rc copy_rows(struct client *cl, uint32_t total, bool final)
 		s->rows++;
 		off += used;
 	}
-	memmove(sw->pend, sw->pend + off, sw->pend_len - off);
+	if (off && off < sw->pend_len)   /* pend is NULL until a CopyData had bytes */
+		memmove(sw->pend, sw->pend + off, sw->pend_len - off);
 	sw->pend_len -= off;
 	sw->pend_tried = sw->pend_len;
 	uint64_t limit = (uint64_t)c->w->cf->max_client_memory;
@@ -693,7 +694,8 @@ static enum hook_rc copy_message(struct client *cl, char type, const uint8_t *h,
 			sw->pend = p;
 			sw->pend_cap = cap;
 		}
-		memcpy(sw->pend + sw->pend_len, h + PROTO_HDR, n);
+		if (n)   /* an empty CopyData first: pend is still NULL */
+			memcpy(sw->pend + sw->pend_len, h + PROTO_HDR, n);
 		sw->pend_len += n;
 		enum hook_rc r = copy_rows(cl, total, false);
 		if (r != HOOK_FORWARD)
