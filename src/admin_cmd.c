@@ -102,6 +102,17 @@ void admin_wait_poll(evutil_socket_t fd, short what, void *arg)
 	w->now = worker_now();
 	if (s->wait == WAIT_CLOSE)
 		close_marked_idle(w, s->wait_db);
+	if (s->wait == WAIT_PAUSE && !(s->wait_db ? s->wait_db->paused || s->wait_db->pausing
+						   : w->paused || w->pausing)) {
+		/* A RESUME from another console came first: this PAUSE never took effect, and
+		 * saying it did would let a caller (pgmux-reshard's cutover) act on a live pool. */
+		s->wait = WAIT_NONE;
+		proto_error(&cl->c.out, "ERROR", "55000", "PAUSE ended by a RESUME before it took effect");
+		if (s->wait_simple)
+			proto_ready(&cl->c.out, 'I');
+		admin_process(cl);
+		return;
+	}
 	if (!wait_done(w, s->wait, s->wait_db)) {
 		struct timeval tv = { 0, ADMIN_WAIT_POLL_USEC };
 		event_add(&s->ev_wait, &tv);
