@@ -22,7 +22,7 @@ from pathlib import Path
 
 LAYERS = [
     ("leaf", """log proto hist pwcrypt txtrack sqlscan sqlmask shardsql shardhash namehash verdict
-             mergeplan merge scram userlist config list freelist stats_fields pgmux_config pstext pshash hba sdnotify"""),
+             mergeplan merge mergeval scram userlist config list freelist stats_fields pgmux_config pstext pshash hba sdnotify"""),
     ("base", "model worker sbuf tls"),
     ("engine", "auth auth_query client server repl pool pool_info prepared route shard shardval shardplan monitor"),
     ("ops", "stats janitor admin prom statuspage"),

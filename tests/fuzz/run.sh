@@ -41,7 +41,7 @@ declare -A SRCS=(
 	[verdict]="src/verdict.c src/sqlscan.c"
 	[bind]="src/shardval.c src/shardhash.c"
 	[shardsql]="src/shardsql.c src/sqlmask.c"
-	[merge]="src/merge.c src/mergeplan.c src/proto.c src/log.c"
+	[merge]="src/merge.c src/mergeval.c src/mergeplan.c src/proto.c src/log.c"
 	[stream]="$WORKER_SRCS tests/fuzz/stream_peek.c"
 	[stream_route]="$WORKER_SRCS tests/fuzz/stream_peek.c"
 )
