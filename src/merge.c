@@ -108,7 +108,8 @@ bool merge_init(struct merge_set *m, const struct mergeplan *mp, const uint8_t *
 		if (fmt != 0)
 			return fail(m, "0A000", "%s", "pgmux cannot merge the shards' answers in binary "
 				    "format");
-		c->kind = (uint8_t)mergeval_kind(oid);
+		/* an avg is ordered as the numeric it becomes, not as its sum's type */
+		c->kind = (uint8_t)mergeval_kind(c->agg == MP_AVG_SUM ? MV_OID_NUMERIC : oid);
 		c->oid = c->agg == MP_AVG_SUM ? MV_OID_NUMERIC : oid;
 		char tn[32];
 		snprintf(tn, sizeof(tn), "%u", oid);

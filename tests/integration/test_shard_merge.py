@@ -68,6 +68,10 @@ CORPUS = [
     ("SELECT count(*), sum(v), avg(v), min(v) FROM items WHERE g = 1000", True),
     ("SELECT g, count(*) FROM items GROUP BY g", False),
     ("SELECT g, count(*), sum(v), avg(v) FROM items GROUP BY g ORDER BY g", True),
+    ("SELECT g, avg(v) AS a FROM items GROUP BY g ORDER BY a DESC NULLS LAST, g", True),
+    ("SELECT g, avg(v % 2) AS a FROM items GROUP BY g ORDER BY a, g", True),   # ties in 0.x
+    ("SELECT day > '2021-01-01' AS late, avg(amount), avg(v) FROM items GROUP BY 1 ORDER BY 3, 2",
+     True),
     ("SELECT g, min(v), max(v) FROM items GROUP BY g ORDER BY g DESC NULLS LAST", True),
     ("SELECT g, avg(amount) FROM items GROUP BY 1 ORDER BY 1", True),
     ("SELECT g, avg(big), sum(big) FROM items GROUP BY g ORDER BY g", True),
