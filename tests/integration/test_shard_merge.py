@@ -410,6 +410,9 @@ def random_queries(n, seed):
             shown = [gr for gr in groups if rng.random() < 0.7]
             sel = shown + aggs
             order = [key(sortable.get(gr, gr)) for gr in groups]
+            if groups and rng.random() < 0.4:
+                # an aggregate first (by its position), the group keys break its ties
+                order.insert(0, key(str(len(shown) + rng.randint(1, len(aggs)))))
             q = f"SELECT {', '.join(sel)} FROM items {where}"
             if groups:
                 q += f" GROUP BY {', '.join(groups)} ORDER BY {', '.join(order)}"
