@@ -39,6 +39,17 @@ enum hook_rc rt_ps_note(struct server *sv, char type, uint32_t len)
 	return ps_server_message(sv, type, body, len - 4, true);
 }
 
+/* Drops a whole server message that the client must not see, after statement tracking has
+ * matched it to its request: HOOK_CONSUMED, or ps_server_message's HOOK_STOP. */
+static enum hook_rc drop_noted(struct server *sv, char type, uint32_t len)
+{
+	enum hook_rc r = rt_ps_note(sv, type, len);
+	if (r == HOOK_STOP || r == HOOK_CONSUMED)
+		return r;   /* closed, or statement tracking dropped it itself */
+	sbuf_drop(&sv->c, sv->c.in->scan, len + 1);
+	return HOOK_CONSUMED;
+}
+
 /* Saves a read batch to run on each shard in turn: a Query, or a Parse ... Sync batch. */
 enum hook_rc rt_fanout_start(struct client *cl, const uint8_t *h, uint32_t total,
 				      uint32_t avail)
@@ -111,8 +122,7 @@ enum hook_rc rt_fanout_message(struct server *sv, char type, uint32_t len, bool 
 		if (first)
 			return HOOK_FORWARD;
 		assert(whole);   /* route_on_server_message closes on an oversized one */
-		sbuf_drop(&sv->c, b->scan, len + 1);
-		return HOOK_CONSUMED;
+		return drop_noted(sv, type, len);
 	case 'C': {
 		if (fo->tag_done)
 			return HOOK_FORWARD;
@@ -132,10 +142,8 @@ enum hook_rc rt_fanout_message(struct server *sv, char type, uint32_t len, bool 
 			fo->rows += strtoull(sp + 1, NULL, 10);
 			fo->had_rows_tag = true;
 		}
-		if (!last) {
-			sbuf_drop(&sv->c, b->scan, len + 1);
-			return HOOK_CONSUMED;
-		}
+		if (!last)
+			return drop_noted(sv, type, len);
 		if (fo->had_rows_tag) {
 			struct pktbuf pb = { 0 };
 			char t[64];
@@ -160,9 +168,12 @@ enum hook_rc rt_fanout_message(struct server *sv, char type, uint32_t len, bool 
 		}
 		assert(whole);
 		/* This shard is done: what it sent goes out, the server goes back, and the batch
-		 * runs on the next shard (fanout_next, after the release). */
+		 * runs on the next shard (fanout_next, after the release).  Statement tracking
+		 * sees the ReadyForQuery, so that the server goes back owing nothing. */
 		sv->tx = (char)b->data[b->scan + PROTO_HDR];
-		sbuf_drop(&sv->c, b->scan, len + 1);
+		enum hook_rc pr = drop_noted(sv, type, len);
+		if (pr == HOOK_STOP)
+			return pr;
 		txtrack_reset(&cl->tt);
 		fo->advance = true;
 		return HOOK_RELEASE;
