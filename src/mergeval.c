@@ -601,6 +601,8 @@ bool mergeval_to_binary(uint32_t oid, const char *p, size_t len, struct pktbuf *
 		if (date) {
 			if (used != len)
 				return false;
+			if (days < INT32_MIN || days > INT32_MAX)
+				return false;
 			put_be(pb, (uint64_t)(int32_t)days, 4);
 			return true;
 		}
@@ -628,8 +630,13 @@ bool mergeval_to_binary(uint32_t oid, const char *p, size_t len, struct pktbuf *
 		}
 		if (i != rest || hh > 24 || mi > 59 || ss > 60)
 			return false;
-		int64_t t = ((days * 24 + hh) * 60 + mi) * 60 + ss;
-		put_be(pb, (uint64_t)(t * 1000000 + us), 8);
+		/* years past PostgreSQL's range (294276 AD) would overflow: never sent */
+		if (days > 106751991 || days < -106751991)
+			return false;
+		int64_t t = ((days * 24 + hh) * 60 + mi) * 60 + ss, out;
+		if (__builtin_mul_overflow(t, 1000000, &out) || __builtin_add_overflow(out, us, &out))
+			return false;
+		put_be(pb, (uint64_t)out, 8);
 		return true;
 	}
 	default:
