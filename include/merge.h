@@ -7,26 +7,8 @@
 #include <stdint.h>
 
 #include "mergeplan.h"
+#include "mergeval.h"
 #include "proto.h"
-
-/* How pgmux reads a column's text to compare it. */
-enum merge_kind {
-	MK_NONE = 0,    /* a type pgmux does not compare: refused where it must */
-	MK_INT,         /* int2, int4, int8, oid */
-	MK_FLOAT,       /* float4, float8: NaN last, -0 = 0 */
-	MK_NUMERIC,     /* decimal text; NaN largest, then Infinity */
-	MK_BOOL,
-	MK_DATETIME,    /* date, timestamp (ISO DateStyle, AD years; infinity) */
-	MK_BYTES,       /* uuid, name, "char": byte order is PostgreSQL's order */
-	MK_TEXT,        /* text, varchar: byte order only under COLLATE "C" */
-	MK_BPCHAR       /* character(n): as text, trailing spaces not counted */
-};
-
-/* One value of a row: len < 0 is SQL NULL. */
-struct merge_val {
-	const char *p;
-	int32_t len;
-};
 
 struct merge_col {
 	uint8_t kind;           /* enum merge_kind */
@@ -91,25 +73,5 @@ void merge_put_desc(const struct merge_set *m, const uint8_t *body, uint32_t len
 void merge_put_row(const struct merge_set *m, size_t i, struct pktbuf *pb);
 
 void merge_free(struct merge_set *m);
-
-/* ---- the value functions, exported for the unit tests ---- */
-
-/* The kind of a type OID. */
-enum merge_kind merge_kind_of(uint32_t oid);
-
-/* Compares two non-NULL text values of a kind as PostgreSQL orders them; *bad is set when a
- * value is one pgmux cannot order (a BC date, a non-ISO DateStyle, malformed). */
-int merge_cmp(enum merge_kind k, const struct merge_val *a, const struct merge_val *b, bool *bad);
-
-/* Adds two decimal texts exactly, into out (cap bytes).  False when either is not a decimal
- * pgmux reads or out is too small. */
-bool merge_dec_add(const char *a, size_t alen, const char *b, size_t blen, char *out, size_t cap);
-
-/* The binary form (PostgreSQL's send function) of a text value of type oid, appended to
- * pb without its length.  False when pgmux cannot convert it exactly. */
-bool merge_text_to_binary(uint32_t oid, const char *p, size_t len, struct pktbuf *pb);
-
-/* avg = sum / count with PostgreSQL's numeric division scale and rounding. */
-bool merge_dec_avg(const char *sum, size_t slen, const char *count, size_t clen, char *out, size_t cap);
 
 #endif

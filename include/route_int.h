@@ -21,6 +21,9 @@ struct route_fanout {
 	bool had_rows_tag;
 	bool tag_done;              /* the summed CommandComplete is in place */
 	bool advance;               /* the current shard finished: run on the next */
+	uint32_t cur_len;           /* the batch's bytes on the current shard (a named Parse goes
+				     * to the first only) */
+	uint32_t sent;              /* ... of which went out: anything after them waits */
 	struct route_merge *mg;     /* the rows pgmux merges (route_merge.c), or NULL: concatenated */
 };
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 LAYERS = [
     ("leaf", """log proto hist pwcrypt txtrack sqlscan sqlmask shardsql shardhash namehash verdict
-             mergeplan merge scram userlist config list freelist stats_fields pgmux_config pstext pshash hba sdnotify
+             mergeplan merge mergeval scram userlist config list freelist stats_fields pgmux_config pstext pshash hba sdnotify
              splitsql copysplit"""),
     ("base", "model worker sbuf tls pqev"),
     ("engine", "auth auth_query client server repl pool pool_info prepared route shard shardval shardplan monitor"),

@@ -14,8 +14,13 @@ enum hook_rc route_on_message(struct client *cl, char type, const uint8_t *h, ui
 			      uint32_t avail)
 {
 	struct route_session *rt = cl->rt;
-	if (rt->fo && cl->tt.expect_z)
-		return HOOK_WAIT;   /* behind a fan-out's whole batch: routed on its own after it */
+	if (rt->fo) {
+		/* Behind a fan-out's batch: routed on its own once the fan-out is over, even in
+		 * the moments between shards when nothing is owed (expect_z is 0). */
+		if (rt->fo->sent >= rt->fo->cur_len)
+			return HOOK_WAIT;
+		rt->fo->sent += total;
+	}
 	if (rt->sw)
 		return rt_split_on_message(cl, total);   /* a split write's step, or waits for it */
 	if (rt->rt_prepare_only && type == 'B' && rt_bind_shard(cl, h, total, avail))

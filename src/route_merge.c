@@ -366,7 +366,7 @@ enum hook_rc rt_merge_start(struct client *cl, const uint8_t *h, uint32_t total,
 		return HOOK_STOP;
 	}
 	fo->batch = pb.data;   /* the pktbuf's bytes become the fan-out's batch */
-	fo->len = (uint32_t)pb.len;
+	fo->len = fo->cur_len = (uint32_t)pb.len;
 	fo->mg = mg;
 	rt->fo = fo;
 	rt->fo_merge = true;

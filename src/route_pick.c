@@ -123,6 +123,8 @@ enum hook_rc route_pick(struct client *cl, char type, const uint8_t *h, uint32_t
 	struct route_set *rs = rt->rs;
 	struct cluster *c = rs->cl;
 	struct worker *w = c->w;
+	if (rt->fo && rt->fo->advance)
+		return HOOK_WAIT;   /* between a fan-out's shards: its batch goes first (rt_fanout_next) */
 	if (rt->rt_fake)
 		return rt_fake_message(cl, type, total, avail);
 	if (rt->ryw_server)

@@ -118,6 +118,7 @@ enum hook_rc rt_fanout_start(struct client *cl, const uint8_t *h, uint32_t total
 	}
 	rt_span_begin(cl);
 	rt->fo->len = n - skip;
+	rt->fo->cur_len = n;
 	memcpy(rt->fo->batch, h + skip, n - skip);
 	rt->fo->shard = 0;
 	return HOOK_FORWARD;
@@ -187,7 +188,7 @@ enum hook_rc rt_fanout_message(struct server *sv, char type, uint32_t len, bool 
 		assert(whole);
 		/* This shard is done: what it sent goes out, the server goes back, and the batch
 		 * runs on the next shard (fanout_next, after the release).  Statement tracking
-		 * sees the ReadyForQuery, so that the server goes back with nothing owed. */
+		 * sees the ReadyForQuery, so that the server goes back owing nothing. */
 		sv->tx = (char)b->data[b->scan + PROTO_HDR];
 		enum hook_rc pr = drop_noted(sv, type, len);
 		if (pr == HOOK_STOP)
@@ -208,6 +209,8 @@ void rt_fanout_next(struct client *cl)
 		return;
 	fo->advance = false;
 	fo->shard++;
+	fo->cur_len = fo->len;
+	fo->sent = 0;
 	/* The same batch, back in front of the client's bytes, routes to the next shard. */
 	if (!sbuf_insert(&cl->c, fo->batch, fo->len)) {
 		rt_fanout_free(cl);

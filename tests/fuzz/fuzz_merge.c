@@ -36,25 +36,25 @@ static void fuzz_values(const char *a, const char *b)
 	struct merge_val x = { a, (int32_t)strlen(a) }, y = { b, (int32_t)strlen(b) };
 	for (int k = MK_INT; k <= MK_BPCHAR; k++) {
 		bool bad1 = false, bad2 = false;
-		int c1 = merge_cmp((enum merge_kind)k, &x, &y, &bad1);
-		int c2 = merge_cmp((enum merge_kind)k, &y, &x, &bad2);
+		int c1 = mergeval_cmp((enum merge_kind)k, &x, &y, &bad1);
+		int c2 = mergeval_cmp((enum merge_kind)k, &y, &x, &bad2);
 		FUZZ_CHECK(c1 >= -1 && c1 <= 1);
 		FUZZ_CHECK(bad1 || bad2 || c1 == -c2);
 	}
 	char out[5000];
-	if (merge_dec_add(a, strlen(a), b, strlen(b), out, sizeof(out))) {
+	if (mergeval_dec_add(a, strlen(a), b, strlen(b), out, sizeof(out))) {
 		struct merge_val s = { out, (int32_t)strlen(out) };
 		bool bad = false;
-		merge_cmp(MK_NUMERIC, &s, &x, &bad);
+		mergeval_cmp(MK_NUMERIC, &s, &x, &bad);
 		FUZZ_CHECK(!bad);
 	}
-	if (merge_dec_avg(a, strlen(a), b, strlen(b), out, sizeof(out)))
+	if (mergeval_dec_avg(a, strlen(a), b, strlen(b), out, sizeof(out)))
 		FUZZ_CHECK(strlen(out) < sizeof(out));
 	static const uint32_t oids[] = { 16, 18, 19, 20, 21, 23, 25, 26, 700, 701, 1042, 1043, 1082,
 					 1114, 1700, 2950 };
 	for (size_t i = 0; i < sizeof(oids) / sizeof(oids[0]); i++) {
 		struct pktbuf pb = { 0 };
-		merge_text_to_binary(oids[i], a, strlen(a), &pb);
+		mergeval_to_binary(oids[i], a, strlen(a), &pb);
 		pktbuf_free(&pb);
 	}
 }

@@ -136,7 +136,7 @@ static void test_plan_refusals(void **state)
 static void check_add(const char *a, const char *b, const char *want)
 {
 	char out[128];
-	assert_true(merge_dec_add(a, strlen(a), b, strlen(b), out, sizeof(out)));
+	assert_true(mergeval_dec_add(a, strlen(a), b, strlen(b), out, sizeof(out)));
 	assert_string_equal(out, want);
 }
 
@@ -153,14 +153,14 @@ static void test_dec_add(void **state)
 	check_add("Infinity", "-Infinity", "NaN");
 	check_add("-Infinity", "5", "-Infinity");
 	char out[4];
-	assert_false(merge_dec_add("12345", 5, "1", 1, out, sizeof(out)));
-	assert_false(merge_dec_add("1e5", 3, "1", 1, out, sizeof(out)));
+	assert_false(mergeval_dec_add("12345", 5, "1", 1, out, sizeof(out)));
+	assert_false(mergeval_dec_add("1e5", 3, "1", 1, out, sizeof(out)));
 }
 
 static void check_avg(const char *sum, const char *count, const char *want)
 {
 	char out[2100];
-	assert_true(merge_dec_avg(sum, strlen(sum), count, strlen(count), out, sizeof(out)));
+	assert_true(mergeval_dec_avg(sum, strlen(sum), count, strlen(count), out, sizeof(out)));
 	assert_string_equal(out, want);
 }
 
@@ -184,7 +184,7 @@ static void test_dec_avg(void **state)
 static int cmpk(enum merge_kind k, const char *a, const char *b, bool *bad)
 {
 	struct merge_val x = { a, (int32_t)strlen(a) }, y = { b, (int32_t)strlen(b) };
-	return merge_cmp(k, &x, &y, bad);
+	return mergeval_cmp(k, &x, &y, bad);
 }
 
 static void test_compare(void **state)
@@ -359,7 +359,7 @@ static void check_bin(uint32_t oid, const char *text, const uint8_t *want, size_
 {
 	struct pktbuf pb = { 0 };
 	print_message("%u %s\n", oid, text);
-	assert_true(merge_text_to_binary(oid, text, strlen(text), &pb));
+	assert_true(mergeval_to_binary(oid, text, strlen(text), &pb));
 	assert_int_equal(pb.len, n);
 	assert_memory_equal(pb.data, want, n);
 	pktbuf_free(&pb);
@@ -387,8 +387,8 @@ static void test_binary(void **state)
 		  (const uint8_t[]){ 0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b,
 				     0xb9, 0xbd, 0x38, 0x0a, 0x11 }, 16);
 	struct pktbuf pb = { 0 };
-	assert_false(merge_text_to_binary(1082, "0044-03-15 BC", 13, &pb));
-	assert_false(merge_text_to_binary(1184, "2024-01-01 00:00:00+00", 22, &pb));
+	assert_false(mergeval_to_binary(1082, "0044-03-15 BC", 13, &pb));
+	assert_false(mergeval_to_binary(1184, "2024-01-01 00:00:00+00", 22, &pb));
 	pktbuf_free(&pb);
 }
 
