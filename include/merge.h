@@ -54,6 +54,11 @@ bool merge_init(struct merge_set *m, const struct mergeplan *mp, const uint8_t *
 /* The client's result formats (a Bind's codes: none, one for all, or one per column): the
  * rows go out in them, converted from the shards' text.  False with m->err set when their
  * number does not fit the columns or a binary column's type is one pgmux cannot send. */
+/* Whether the set orders or takes min/max of text by its bytes (text, varchar, bpchar, name):
+ * bytes in the client's encoding, which the shards answer in, order as the server's only when
+ * the two encodings are the same. */
+bool merge_orders_text(const struct merge_set *m);
+
 bool merge_set_formats(struct merge_set *m, const uint16_t *codes, uint16_t n);
 
 /* True when a later shard's RowDescription body describes the same columns as the first's. */

@@ -208,6 +208,9 @@ struct pool {
 	uint8_t scram_client_key[SCRAM_KEY_LEN];
 	/* the secret auth_query found for the pool's user (auth.c), for server logins; or NULL */
 	char *auth_secret;
+	/* statements of pgmux's own waiting for an idle server (pool_run_internal_later) */
+	struct pool_stmt *internal_q;
+	int n_internal_q;
 	/* counters: one uint64_t per STATS_FIELDS row (xact_count, query_count, bytes_recv...) */
 #define POOL_COUNTER(id, member, name, total, avg, kind, prom, unit) uint64_t member;
 	STATS_FIELDS(POOL_COUNTER)

@@ -54,6 +54,12 @@ void pool_release(struct server *sv, bool client_gone);
  * the server is kept from clients until its answer, which nobody gets (errors are logged).
  * false when no server is idle now (nothing was sent). */
 bool pool_run_internal(struct pool *p, const char *sql);
+/* The same, now or as soon as a server of p is idle (one is opened when p has none): for
+ * statements that must run even when every server is busy, such as the COMMIT / ROLLBACK
+ * PREPARED of a split write whose client left.  Runs before waiting clients are served.
+ * false when out of memory or POOL_INTERNAL_Q_MAX are queued (nothing queued then). */
+bool pool_run_internal_later(struct pool *p, const char *sql);
+#define POOL_INTERNAL_Q_MAX 1024
 
 /* A server finished login / a login or connect failed.  refused: the server (or pgmux's own
  * login logic) turned the login down, and the clients waiting for this pool get the error now;

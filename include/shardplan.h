@@ -54,6 +54,10 @@ void shardplan_client_free(struct sp_client **stmts);
 /* Bytes pgmux keeps for a client's remembered statements sp (max_client_memory); NULL: 0. */
 uint64_t shardplan_client_bytes(const struct sp_client *sp);
 
+/* Whether the client's client_encoding is its pool's server_encoding (names compared without
+ * case and punctuation); false when either is unknown. */
+bool shardplan_same_encoding(struct client *cl);
+
 /*
  * A simple Query's text sql[0..len): every statement is read (through the cache of shapes:
  * texts that differ only in their literals are parsed once) and its key values decoded.

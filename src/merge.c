@@ -161,6 +161,22 @@ bool merge_init(struct merge_set *m, const struct mergeplan *mp, const uint8_t *
 	return true;
 }
 
+static bool text_kind(const struct merge_col *c)
+{
+	return c->kind == MK_TEXT || c->kind == MK_BPCHAR || c->oid == MV_OID_NAME;
+}
+
+bool merge_orders_text(const struct merge_set *m)
+{
+	for (uint16_t i = 0; i < m->nkeys; i++)
+		if (text_kind(&m->col[m->key[i].col]))
+			return true;
+	for (uint16_t i = 0; i < m->ncols; i++)
+		if ((m->col[i].agg == MP_MIN || m->col[i].agg == MP_MAX) && text_kind(&m->col[i]))
+			return true;
+	return false;
+}
+
 /* Room for n bytes the set keeps, counted against the cap. */
 static char *keep(struct merge_set *m, size_t n)
 {

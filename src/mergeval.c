@@ -17,7 +17,9 @@ enum merge_kind mergeval_kind(uint32_t oid)
 	case MV_OID_NUMERIC: return MK_NUMERIC;
 	case MV_OID_BOOL: return MK_BOOL;
 	case MV_OID_DATE: case MV_OID_TIMESTAMP: return MK_DATETIME;
-	case MV_OID_UUID: case MV_OID_NAME: case MV_OID_CHAR: return MK_BYTES;
+	case MV_OID_UUID: case MV_OID_NAME: return MK_BYTES;
+	/* "char" is not here: a byte of 0x80 and above is printed as an octal escape (\302),
+	 * whose text sorts before the letters that the byte itself sorts after. */
 	case MV_OID_TEXT: case MV_OID_VARCHAR: return MK_TEXT;
 	case MV_OID_BPCHAR: return MK_BPCHAR;
 	default: return MK_NONE;

@@ -196,11 +196,23 @@ void pool_remove(struct pool *p)
 	worker_defer_free(p->w, &p->reap, free_pool);
 }
 
+/* A statement of pgmux's own that waits for an idle server (pool_run_internal_later). */
+struct pool_stmt {
+	struct pool_stmt *next;
+	char sql[];
+};
+
 /* Pools are keyed by their user's name, which outlives them: freeing one leaves the table
  * walkable. */
 static void pool_free(void *val, void *arg)
 {
 	struct pool *p = val;
+	while (p->internal_q) {
+		struct pool_stmt *q = p->internal_q;
+		p->internal_q = q->next;
+		log_warn("a pool was removed before it could run \"%s\"", q->sql);
+		free(q);
+	}
 	pktbuf_free(&p->welcome);
 	varcache_clear(&((struct worker *)arg)->vars, &p->defaults);
 	if (p->auth_secret) {
@@ -461,6 +473,40 @@ static struct server *take_ready(struct pool *p)
 	return sv;
 }
 
+/* Runs the queued statements of pgmux's own while servers are idle, oldest first. */
+static void run_internal_q(struct pool *p)
+{
+	while (p->internal_q && !list_empty(&p->sv_idle)) {
+		struct pool_stmt *q = p->internal_q;
+		p->internal_q = q->next;
+		p->n_internal_q--;
+		if (!pool_run_internal(p, q->sql))
+			log_warn("pool %s/%s: could not run \"%s\"", p->db->name, p->user->name, q->sql);
+		free(q);
+	}
+}
+
+bool pool_run_internal_later(struct pool *p, const char *sql)
+{
+	if (!p->internal_q && pool_run_internal(p, sql))
+		return true;
+	size_t n = strlen(sql) + 1;
+	struct pool_stmt *q = p->n_internal_q < POOL_INTERNAL_Q_MAX ? malloc(sizeof(*q) + n) : NULL;
+	if (!q)
+		return false;
+	memcpy(q->sql, sql, n);
+	q->next = NULL;
+	struct pool_stmt **tail = &p->internal_q;
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = q;
+	p->n_internal_q++;
+	/* no server at all: open one for it (a busy one comes back by itself) */
+	if (!pool_servers(p) && can_open(p, false, false) && pool_addr_ready(p))
+		server_connect(p, NULL);
+	return true;
+}
+
 bool pool_run_internal(struct pool *p, const char *sql)
 {
 	struct server *sv = take_idle(p);
@@ -571,6 +617,8 @@ void pool_open_forced_pools(struct worker *w)
 void pool_serve_waiters(struct pool *p)
 {
 	struct worker *w = p->w;
+	if (p->internal_q)
+		run_internal_q(p);
 	while (!w->paused && !pool_db_paused(p->db) && !list_empty(&p->cl_waiting)) {
 		struct server *sv = take_ready(p);
 		if (!sv)

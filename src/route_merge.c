@@ -12,6 +12,7 @@
 #include "mergeplan.h"
 #include "sbuf.h"
 #include "server.h"
+#include "shardplan.h"
 #include "txtrack.h"
 
 /*
@@ -470,6 +471,11 @@ enum hook_rc rt_merge_message(struct server *sv, char type, uint32_t len, bool w
 						(uint64_t)cl->c.w->cf->max_client_memory) ||
 				    !merge_set_formats(&mg->set, mg->res, mg->n_res))
 					mg_fail(mg, mg->set.sqlstate, mg->set.err);
+				else if (merge_orders_text(&mg->set) && !shardplan_same_encoding(cl))
+					mg_fail(mg, "0A000", "pgmux cannot order text across shards while "
+						"client_encoding differs from server_encoding: the shards "
+						"send the client's encoding, whose byte order is not the "
+						"server's");
 			}
 		} else if (!merge_same_desc(mg->desc, mg->desc_len, body, len - 4)) {
 			mg_fail(mg, "0A000", "pgmux: the shards describe this read's columns differently "

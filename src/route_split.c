@@ -120,9 +120,10 @@ void rt_split_free(struct client *cl)
 		int t = i < c->n_shards ? c->primary[i] : -1;
 		char q[160];
 		snprintf(q, sizeof(q), "%s PREPARED '%s'", commit ? "COMMIT" : "ROLLBACK", s->gid);
-		if (t >= 0 && t < rt->rs->n && pool_run_internal(rt->rs->pools[t], q))
-			log_info("split write %llu: client left; %s on shard %d", (unsigned long long)sw->seq,
-				 q, i);
+		if (t >= 0 && t < rt->rs->n && rt->rs->pools[t] &&
+		    pool_run_internal_later(rt->rs->pools[t], q))
+			log_info("split write %llu: client left; %s on shard %d (now, or once one of its "
+				 "servers is idle)", (unsigned long long)sw->seq, q, i);
 		else
 			log_warn("split write %llu: client left; prepared transaction '%s' on shard %d stays "
 				 "until resolved (decision: %s)", (unsigned long long)sw->seq, s->gid, i, q);

@@ -492,7 +492,7 @@ static struct sp_tmpl *tmpl_get(const struct sp_ctx *ctx, const char *sql, size_
 /* The client's encodings, for text keys with high bytes: PostgreSQL converts the client's
  * bytes to the server's before hashing, so pgmux hashes them as they are only when both
  * encodings are the same. */
-static bool same_encoding(struct client *cl)
+bool shardplan_same_encoding(struct client *cl)
 {
 	const char *ce = varcache_get(&cl->vars, VAR_CLIENT_ENCODING);
 	const char *se = cl->pool ? pool_parameter(cl->pool, "server_encoding") : NULL;
@@ -599,7 +599,7 @@ static int param_hash(const struct sp_ctx *ctx, const struct sp_val *v, const ui
 			*why = "a text key sent as a parameter of another type";
 			return -1;
 		}
-		if (!all_ascii((const char *)val, len) && !same_encoding(ctx->cl)) {
+		if (!all_ascii((const char *)val, len) && !shardplan_same_encoding(ctx->cl)) {
 			*why = "a text key with non-ASCII bytes while client_encoding differs from "
 			       "server_encoding";
 			return -1;
@@ -689,7 +689,7 @@ static void eval_rows(const struct sp_ctx *ctx, const struct sp_tmpl *t, const c
 					set_refuse(e, "0A000", "an INSERT with a NULL shard key", pos);
 				continue;
 			}
-			if (!ascii && !same_encoding(ctx->cl)) {
+			if (!ascii && !shardplan_same_encoding(ctx->cl)) {
 				set_bad(e, "a text key with non-ASCII bytes while client_encoding differs "
 					"from server_encoding", pos);
 				continue;
