@@ -172,6 +172,15 @@ static int text_row(struct copysplit *cs, const uint8_t *p, size_t n, bool final
 }
 
 /* One CSV line, quotes (and newlines inside them) as PostgreSQL's CSV reader takes them. */
+/* One byte of a CSV key field; past COPYSPLIT_KEY_MAX the field only counts as too long. */
+static void key_put(struct copysplit_key *k, uint32_t *o, uint8_t c, bool *too_long)
+{
+	if (*o == COPYSPLIT_KEY_MAX)
+		*too_long = true;
+	else
+		k->val[(*o)++] = c;
+}
+
 static int csv_row(struct copysplit *cs, const uint8_t *p, size_t n, bool final, size_t *used,
 		   struct copysplit_key *k, bool want_key, const char **why)
 {
@@ -204,12 +213,8 @@ static int csv_row(struct copysplit *cs, const uint8_t *p, size_t n, bool final,
 				i++;
 				continue;
 			}
-			if (keyf) {
-				if (o == COPYSPLIT_KEY_MAX)
-					too_long = true;
-				else
-					k->val[o++] = c;
-			}
+			if (keyf)
+				key_put(k, &o, c, &too_long);
 			i++;
 			continue;
 		}
@@ -244,12 +249,8 @@ static int csv_row(struct copysplit *cs, const uint8_t *p, size_t n, bool final,
 			i++;
 			continue;
 		}
-		if (keyf) {
-			if (o == COPYSPLIT_KEY_MAX)
-				too_long = true;
-			else
-				k->val[o++] = c;
-		}
+		if (keyf)
+			key_put(k, &o, c, &too_long);
 		i++;
 	}
 	if (want_key && !got_key) {
