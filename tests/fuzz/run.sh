@@ -20,8 +20,9 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-15}
 CC=${FUZZ_CC:-clang}
 
 # Every pgmux source but main(), for the harnesses that run the whole worker.  prepared.c is
-# not listed: stream_peek.c compiles it with a read-only accessor of its own.
-WORKER_SRCS=$(ls src/*.c | grep -v -e '^src/main\.c$' -e '^src/prepared\.c$' | tr '\n' ' ')
+# not listed: stream_peek.c compiles it with a read-only accessor of its own.  reshard*.c is
+# the pgmux-reshard program (a main() of its own), not part of the worker.
+WORKER_SRCS=$(ls src/*.c | grep -v -e '^src/main\.c$' -e '^src/prepared\.c$' -e '^src/reshard' | tr '\n' ' ')
 WORKER_LIBS="-levent -levent_extra -lpq -lssl -lcrypto -linih -lpg_query -lprotobuf-c"
 # configured --with-systemd (the default where libsystemd-dev is installed): sdnotify.c calls it
 if grep -q '^#define HAVE_SYSTEMD 1' include/pgmux_config.h 2>/dev/null; then
