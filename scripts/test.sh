@@ -18,7 +18,8 @@
 #
 # Environment:
 #   PGMUX_TEST_ASAN=0      skip the ASan build: unit and integration tests use the normal build
-#   FUZZ_SECONDS=10        time per fuzz harness (0 skips fuzzing)
+#   FUZZ_SECONDS=7         time per fuzz harness (0 skips fuzzing; 15 harnesses: longer runs
+#                          belong outside the 30-minute CI, e.g. FUZZ_SECONDS=600)
 #   PGMUX_TEST_ARGS="..."  extra arguments for run.py (e.g. "-k test_auth" or "-x")
 #   PGMUX_TEST_CGBENCH=0   skip the instruction budget (about 1.5 minutes)
 #   PGMUX_TEST_PGBOUNCER=0 skip PgBouncer's own suite (about 9 minutes)
@@ -30,7 +31,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 ASAN=${PGMUX_TEST_ASAN:-1}
-FUZZ_SECONDS=${FUZZ_SECONDS:-10}
+FUZZ_SECONDS=${FUZZ_SECONDS:-7}
 ASAN_DIR="$ROOT/build-asan"    # in .gitignore
 PY=/usr/bin/python3   # Debian's python: psycopg and asyncpg are installed for it only
 

@@ -1564,7 +1564,7 @@ def test_a14_split_copy_protocol(env):
             c.read_msg()
             c.send(b"".join(msgs_out))
             try:
-                got = c.read_raw(3)
+                got = c.read_raw(1)   # the kinds are printed, not asserted: the row counts are
             except Exception as e:  # noqa: BLE001
                 got = repr(e).encode()
             kinds = []
