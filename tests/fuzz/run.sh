@@ -70,7 +70,7 @@ declare -A HELPERS=(
 	[stream]="tests/fuzz/stream_peer.c"
 	[stream_route]="tests/fuzz/stream_peer.c"
 )
-ALL=(startup scram_server scram_client userlist secret config sqlscan verdict bind shardsql merge copysplit stream stream_route)
+ALL=(startup scram_server scram_client userlist secret config sqlscan verdict bind shardsql hba merge copysplit stream stream_route)
 
 # shellcheck disable=SC2054  # the commas belong to -fsanitize=
 CFLAGS=(-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
