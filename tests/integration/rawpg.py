@@ -88,8 +88,8 @@ def parse_error(body):
     return fields
 
 
-def data_row(body):
-    """The columns of a DataRow as str (None for NULL)."""
+def data_row(body, raw=False):
+    """The columns of a DataRow as str (bytes when raw; None for NULL)."""
     n = struct.unpack("!H", body[:2])[0]
     pos, out = 2, []
     for _ in range(n):
@@ -98,7 +98,8 @@ def data_row(body):
         if ln < 0:
             out.append(None)
         else:
-            out.append(body[pos:pos + ln].decode(errors="replace"))
+            v = body[pos:pos + ln]
+            out.append(v if raw else v.decode(errors="replace"))
             pos += ln
     return tuple(out)
 

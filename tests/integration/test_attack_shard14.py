@@ -1481,17 +1481,7 @@ def test_a14_merge_client_encoding(env):
 
 
 def raw_row(body):
-    n = struct.unpack("!H", body[:2])[0]
-    pos, out = 2, []
-    for _ in range(n):
-        ln = struct.unpack("!i", body[pos:pos + 4])[0]
-        pos += 4
-        if ln < 0:
-            out.append(None)
-        else:
-            out.append(body[pos:pos + ln])
-            pos += ln
-    return out
+    return rawpg.data_row(body, raw=True)
 
 
 @timeout(90)
